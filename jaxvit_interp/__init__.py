@@ -1,0 +1,31 @@
+"""jaxvit-interp: how attention works in Vision Transformers, computed in JAX, published as HTML.
+
+The public entry points are re-exported here; see each subpackage for the details:
+
+- :mod:`jaxvit_interp.model`: the Flax ViT, head gates, attention edits and checkpoint import.
+- :mod:`jaxvit_interp.data`: image folders, preprocessing, the bundled digits set and model.
+"""
+
+from jaxvit_interp.model import (
+    PRUNING_MODES,
+    VARIANTS,
+    AttentionEdit,
+    ModelOutput,
+    Preprocessing,
+    ViTConfig,
+    init_params,
+    run_model,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRUNING_MODES",
+    "VARIANTS",
+    "AttentionEdit",
+    "ModelOutput",
+    "Preprocessing",
+    "ViTConfig",
+    "init_params",
+    "run_model",
+]

@@ -1,0 +1,19 @@
+"""The ViT: configuration, Flax modules, head gates and attention edits, checkpoint import."""
+
+from jaxvit_interp.model.config import VARIANTS, Preprocessing, ViTConfig
+from jaxvit_interp.model.edits import PRUNING_MODES, AttentionEdit, keep_mask
+from jaxvit_interp.model.run import run_model
+from jaxvit_interp.model.vit import ModelOutput, VisionTransformer, init_params
+
+__all__ = [
+    "VARIANTS",
+    "PRUNING_MODES",
+    "AttentionEdit",
+    "ModelOutput",
+    "Preprocessing",
+    "ViTConfig",
+    "VisionTransformer",
+    "init_params",
+    "keep_mask",
+    "run_model",
+]
