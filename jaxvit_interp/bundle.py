@@ -1,0 +1,221 @@
+"""The results bundle: everything one analysis produced, in open formats, loadable without the site.
+
+A bundle is a folder::
+
+    bundle.json        format name and version, model config and checkpoint identity, image ids,
+                       class names, which parts are present, free-form settings of each analysis
+    images.npz         labels, predictions, probabilities, thumbnails, 2-D overview positions
+    importance.npz     pruning metrics per image and head
+    partial.npz        partial pruning (six modes) for a subset of images
+    strength.npz       hop strength, mass, entropy, distance, CLS masses
+    patterns.npz       pattern latents' 2-D positions, clusters, representative patterns
+    attention.npz      full attention matrices for a subset of images (for the pattern view)
+
+Every array's shape is declared in :data:`SCHEMA` with named dimensions, and :func:`load_bundle`
+checks them all, naming the part and array at fault. Each ``.npz`` is written to a temporary name
+and renamed into place, so an interrupted write never leaves a file that reads as valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BUNDLE_FORMAT = "jaxvit-interp-results"
+BUNDLE_VERSION = 1
+INDEX_FILE = "bundle.json"
+
+# Importance metrics in the order the site lists them (DESIGN.md §1).
+IMPORTANCE_METRICS = ("prob", "prob_drop", "kl", "layer", "repr", "flip", "taylor")
+
+# Dimension names: I images, C classes, L layers, H heads, N tokens, K hops, M pruning modes,
+# S images in a subset, T top-k, h/w/c thumbnail height/width/channels, P patterns kinds' sizes.
+SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
+    "images": {
+        "labels": ("I",),
+        "predictions": ("I",),
+        "probs": ("I", "C"),
+        "thumbnails": ("I", "h", "w", "c"),
+        "overview": ("I", 2),
+    },
+    "importance": {m: ("I", "L", "H") for m in IMPORTANCE_METRICS},
+    "partial": {
+        "image_index": ("S_partial",),
+        "prob": ("S_partial", "L", "H", "M"),
+        "top5_classes": ("S_partial", "L", "H", "M", 5),
+        "top5_probs": ("S_partial", "L", "H", "M", 5),
+    },
+    "strength": {
+        "strength": ("I", "L", "H", "K"),
+        "mass": ("I", "L", "H", "K"),
+        "head_entropy": ("I", "L", "H"),
+        "distance": ("I", "L", "H"),
+        "patch_to_cls": ("I", "L", "H"),
+        "cls_to_patch": ("I", "L", "H"),
+    },
+    "patterns": {
+        "cls_positions": ("I", "L", "H", 2),
+        "cls_clusters": ("I", "L", "H"),
+        "cls_representatives": ("Kcls", "gh", "gw"),
+        "cls_centres": ("Kcls", "gh", "gw"),
+        "patch_positions": ("I", "L", "H", 2),
+        "patch_clusters": ("I", "L", "H"),
+        "patch_representatives": ("Kpatch", "oh", "ow"),
+        "patch_centres": ("Kpatch", "oh", "ow"),
+    },
+    "attention": {
+        "image_index": ("S_attention",),
+        "attention": ("S_attention", "L", "H", "N", "N"),
+    },
+}
+# Parts whose arrays a bundle may leave out (a model without CLS has no CLS patterns).
+OPTIONAL_ARRAYS = {
+    "patterns": {"cls_positions", "cls_clusters", "cls_representatives", "cls_centres"},
+    "strength": {"patch_to_cls", "cls_to_patch"},
+}
+
+
+class BundleError(ValueError):
+    """A results bundle that cannot be read: wrong version, missing part, mismatched shape."""
+
+
+@dataclasses.dataclass
+class ResultsBundle:
+    """One analysis's results in memory.
+
+    Attributes:
+      meta: JSON-serialisable description: ``config`` (ViTConfig dict), ``checkpoint``
+        (path and sha256), ``image_ids``, ``class_names``, ``labels_are_predictions``,
+        ``pruning_modes``, and a ``settings`` dict per analysis.
+      parts: part name -> array name -> array, shapes as in :data:`SCHEMA`.
+    """
+
+    meta: dict[str, Any]
+    parts: dict[str, dict[str, np.ndarray]]
+
+    def dims(self) -> dict[str, int]:
+        """The sizes of the named dimensions that the meta fixes."""
+        config = self.meta["config"]
+        grid = (
+            config["image_size"][0] // config["patch_size"][0],
+            config["image_size"][1] // config["patch_size"][1],
+        )
+        has_cls = config["classifier"] == "token"
+        return {
+            "I": len(self.meta["image_ids"]),
+            "C": config["num_classes"],
+            "L": config["num_layers"],
+            "H": config["num_heads"],
+            "N": grid[0] * grid[1] + int(has_cls),
+            "K": max(grid),
+            "M": len(self.meta["pruning_modes"]),
+            "gh": grid[0],
+            "gw": grid[1],
+            "oh": 2 * grid[0] - 1,
+            "ow": 2 * grid[1] - 1,
+        }
+
+    def __getitem__(self, part: str) -> dict[str, np.ndarray]:
+        if part not in self.parts:
+            raise BundleError(f"the results bundle has no {part!r} part (it has {sorted(self.parts)})")
+        return self.parts[part]
+
+    def validate(self) -> None:
+        """Check every present array against :data:`SCHEMA`; raise :class:`BundleError` naming it."""
+        for key in ("config", "image_ids", "class_names", "pruning_modes"):
+            if key not in self.meta:
+                raise BundleError(f"the results bundle's {INDEX_FILE} lacks {key!r}")
+        fixed = self.dims()
+        if len(self.meta["class_names"]) != fixed["C"]:
+            raise BundleError(
+                f"class_names lists {len(self.meta['class_names'])} classes but the model has "
+                f"{fixed['C']}"
+            )
+        for part, arrays in self.parts.items():
+            if part not in SCHEMA:
+                raise BundleError(f"unknown part {part!r} in the results bundle")
+            free: dict[str, int] = {}
+            for name, spec in SCHEMA[part].items():
+                if name not in arrays:
+                    if name in OPTIONAL_ARRAYS.get(part, ()):
+                        continue
+                    raise BundleError(f"part {part!r} lacks array {name!r}")
+                shape = arrays[name].shape
+                if len(shape) != len(spec):
+                    raise BundleError(
+                        f"{part}/{name} has shape {shape}; expected {len(spec)} axes {spec}"
+                    )
+                for axis, (dim, size) in enumerate(zip(spec, shape)):
+                    want = dim if isinstance(dim, int) else fixed.get(dim, free.setdefault(dim, size))
+                    if size != want:
+                        raise BundleError(
+                            f"{part}/{name} has shape {shape}: axis {axis} ({dim}) is {size}, "
+                            f"expected {want}"
+                        )
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_part(directory: Path, part: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write one part atomically (``part.npz``)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _atomic_write(directory / f"{part}.npz", lambda f: np.savez(f, **arrays))
+
+
+def save_bundle(bundle: ResultsBundle, directory: str | Path) -> Path:
+    """Validate and write ``bundle`` into ``directory``; the index is written last."""
+    bundle.validate()
+    directory = Path(directory)
+    for part, arrays in bundle.parts.items():
+        save_part(directory, part, arrays)
+    index = {
+        "format": BUNDLE_FORMAT,
+        "version": BUNDLE_VERSION,
+        "parts": sorted(bundle.parts),
+        **bundle.meta,
+    }
+    _atomic_write(directory / INDEX_FILE, lambda f: f.write(json.dumps(index, indent=1).encode()))
+    return directory
+
+
+def load_bundle(directory: str | Path) -> ResultsBundle:
+    """Read and validate a bundle written by :func:`save_bundle`."""
+    directory = Path(directory)
+    index_path = directory / INDEX_FILE
+    if not index_path.exists():
+        raise BundleError(f"{directory} is not a results bundle: {INDEX_FILE} is missing")
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{index_path} is not valid JSON: {err}") from None
+    if index.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{index_path} is not a {BUNDLE_FORMAT} index (format={index.get('format')!r})")
+    if index.get("version") != BUNDLE_VERSION:
+        raise BundleError(
+            f"{index_path} has bundle version {index.get('version')!r}; this jaxvit-interp reads "
+            f"version {BUNDLE_VERSION}: re-run the analysis with this version"
+        )
+    parts = {}
+    for part in index.get("parts", []):
+        path = directory / f"{part}.npz"
+        if not path.exists():
+            raise BundleError(f"part {part!r} is listed in {INDEX_FILE} but {path} is missing")
+        with np.load(path) as data:
+            parts[part] = {k: data[k] for k in data.files}
+    meta = {k: v for k, v in index.items() if k not in ("format", "version", "parts")}
+    bundle = ResultsBundle(meta=meta, parts=parts)
+    bundle.validate()
+    return bundle

@@ -1,0 +1,32 @@
+"""Sessions: ``nox -s tests``, ``nox -s compare``, ``nox -s lint``, ``nox -s benchmarks``."""
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+
+
+@nox.session
+def tests(session):
+    """The whole suite, comparisons against PyTorch / transformers included."""
+    session.install("-e", ".[test,compare]")
+    session.run("pytest", "-n", "2", *session.posargs)
+
+
+@nox.session
+def compare(session):
+    """Only the tests that compare against another library."""
+    session.install("-e", ".[test,compare]")
+    session.run("pytest", "-m", "compare", *session.posargs)
+
+
+@nox.session
+def lint(session):
+    session.install("ruff")
+    session.run("ruff", "check", "jaxvit_interp", "tests", "benchmarks", *session.posargs)
+
+
+@nox.session
+def benchmarks(session):
+    """Run one benchmark script: ``nox -s benchmarks -- benchmarks/forward_throughput.py``."""
+    session.install("-e", ".[compare]")
+    session.run("python", *(session.posargs or ["benchmarks/forward_throughput.py"]))

@@ -1,0 +1,304 @@
+"""load_image_folder on folders the tests write: formats, labels from subfolders or CSV, skipped
+files, and every error. Expected pixels come from the arrays written, not from the loader."""
+
+import csv
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxvit_interp.data.images import ImageSet, load_image_folder
+from jaxvit_interp.model.config import Preprocessing, ViTConfig
+
+SIZE = (8, 12)  # non-square model input, (height, width)
+
+
+def make_config(image_size=SIZE, channels=3, **preprocessing):
+    preprocessing = {"mean": (0.0,), "std": (1.0,), **preprocessing}  # output = pixels / 255
+    return ViTConfig.from_variant(
+        "mu/4",
+        image_size=image_size,
+        channels=channels,
+        preprocessing=Preprocessing(**preprocessing),
+    )
+
+
+@pytest.fixture
+def rng():
+    seed = np.random.SeedSequence().entropy % 2**32
+    print(f"seed={seed}")
+    return np.random.default_rng(seed)
+
+
+def rand_u8(rng, *shape):
+    return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def write_rgb(path, pixels, **save_kwargs):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, **save_kwargs)
+    return pixels
+
+
+def write_gif(rng, path):
+    """Two-frame GIF with its own random palette; returns the first frame's RGB pixels."""
+    palette = rand_u8(rng, 256, 3)
+    frames = []
+    for _ in range(2):
+        frame = Image.fromarray(rng.integers(0, 256, size=SIZE, dtype=np.uint8), "P")
+        frame.putpalette(palette.reshape(-1).tolist())
+        frames.append(frame)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50, loop=0)
+    first = palette[np.asarray(frames[0])]
+    assert not np.array_equal(first, palette[np.asarray(frames[1])])
+    return first
+
+
+def build_class_folder(rng, root):
+    """Six images, one of each format, in two classes; returns {id: expected RGB uint8}."""
+    expected = {
+        "cat/a.png": write_rgb(root / "cat/a.png", rand_u8(rng, *SIZE, 3)),
+        "cat/g.gif": write_gif(rng, root / "cat/g.gif"),
+        "dog/b.bmp": write_rgb(root / "dog/b.bmp", rand_u8(rng, *SIZE, 3)),
+        "dog/deep/c.tiff": write_rgb(root / "dog/deep/c.tiff", rand_u8(rng, *SIZE, 3)),
+        "dog/d.webp": write_rgb(root / "dog/d.webp", rand_u8(rng, *SIZE, 3), lossless=True),
+    }
+    write_rgb(root / "cat/e.JPG", rand_u8(rng, *SIZE, 3), format="JPEG", quality=95)
+    # JPEG is lossy: what it decodes to, read with Pillow directly, is the expectation.
+    expected["cat/e.JPG"] = np.asarray(Image.open(root / "cat/e.JPG").convert("RGB"))
+    return expected
+
+
+def assert_images(result: ImageSet, expected: dict):
+    assert result.images.dtype == np.float32
+    assert result.images.shape == (len(expected), *SIZE, 3)
+    assert result.ids == list(expected)
+    for i, rel in enumerate(result.ids):
+        np.testing.assert_allclose(result.images[i] * 255.0, expected[rel], atol=1e-3, err_msg=rel)
+
+
+def test_class_subfolders_every_format(rng, tmp_path):
+    expected = build_class_folder(rng, tmp_path)
+    result = load_image_folder(tmp_path, make_config(), progress=False)
+    order = ["cat/a.png", "cat/e.JPG", "cat/g.gif", "dog/b.bmp", "dog/d.webp", "dog/deep/c.tiff"]
+    assert_images(result, {k: expected[k] for k in order})
+    assert result.class_names == ["cat", "dog"]
+    np.testing.assert_array_equal(result.labels, [0, 0, 0, 1, 1, 1])
+    assert result.labels.dtype == np.int32
+    assert result.skipped == [] and len(result) == 6
+
+
+def test_given_class_names_fix_the_indices(rng, tmp_path):
+    build_class_folder(rng, tmp_path)
+    result = load_image_folder(
+        tmp_path, make_config(), class_names=["dog", "bird", "cat"], progress=False
+    )
+    np.testing.assert_array_equal(result.labels, [2, 2, 2, 0, 0, 0])
+    assert result.class_names == ["dog", "bird", "cat"]
+
+
+def write_csv(path, rows, header=("file", "label")):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        if header:
+            writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_csv_labels_agree_with_subfolders(rng, tmp_path):
+    root = tmp_path / "images"
+    build_class_folder(rng, root)
+    by_folder = load_image_folder(root, make_config(), progress=False)
+    rows = [(rel, rel.split("/")[0]) for rel in by_folder.ids]
+    rng.shuffle(rows)
+    by_names = load_image_folder(
+        root, make_config(), labels_csv=write_csv(tmp_path / "l.csv", rows), progress=False
+    )
+    assert by_names.ids == by_folder.ids
+    np.testing.assert_array_equal(by_names.labels, by_folder.labels)
+    np.testing.assert_array_equal(by_names.images, by_folder.images)
+    assert by_names.class_names == ["cat", "dog"]
+
+    # Integer indices into given names; a "./" prefix names the same file.
+    rows = [("./" + rel, str(["cat", "dog"].index(name))) for rel, name in rows]
+    by_index = load_image_folder(
+        root,
+        make_config(),
+        class_names=["cat", "dog"],
+        labels_csv=write_csv(tmp_path / "i.csv", rows),
+        progress=False,
+    )
+    assert by_index.ids == by_folder.ids
+    np.testing.assert_array_equal(by_index.labels, by_folder.labels)
+
+
+def test_csv_integer_labels_without_names_get_placeholder_names(rng, tmp_path):
+    for name in ("x.png", "y.png", "z.png"):
+        write_rgb(tmp_path / name, rand_u8(rng, *SIZE, 3))
+    csv_path = write_csv(tmp_path / "labels.csv", [("y.png", 2), ("x.png", 0)])
+    with pytest.warns(
+        UserWarning, match=r"skipped 1 file\(s\).*z.png \(not listed in labels.csv\)"
+    ):
+        result = load_image_folder(tmp_path, make_config(), labels_csv=csv_path, progress=False)
+    assert result.ids == ["x.png", "y.png"]
+    np.testing.assert_array_equal(result.labels, [0, 2])
+    assert result.class_names == ["0", "1", "2"]
+    assert result.skipped == [("z.png", "not listed in labels.csv")]  # the CSV itself is not
+
+
+def test_csv_extra_columns_and_order_are_accepted(rng, tmp_path):
+    write_rgb(tmp_path / "a.png", rand_u8(rng, *SIZE, 3))
+    csv_path = write_csv(
+        tmp_path / "l.csv", [("cat", "a.png", "note")], header=("Label", "File", "comment")
+    )
+    result = load_image_folder(tmp_path, make_config(), labels_csv=csv_path, progress=False)
+    assert result.class_names == ["cat"] and result.labels.tolist() == [0]
+
+
+def test_flat_folder_is_unlabelled_and_hidden_files_are_ignored(rng, tmp_path):
+    expected = {n: write_rgb(tmp_path / n, rand_u8(rng, *SIZE, 3)) for n in ("b.png", "a.png")}
+    (tmp_path / ".DS_Store").write_bytes(b"\0\1junk")
+    result = load_image_folder(tmp_path, make_config(), progress=False)
+    assert_images(result, {k: expected[k] for k in ("a.png", "b.png")})
+    assert result.labels is None and result.class_names == [] and result.skipped == []
+
+
+def test_bad_files_are_reported_by_name_and_the_rest_load(rng, tmp_path, caplog):
+    good = {
+        "cat/ok.png": write_rgb(tmp_path / "cat/ok.png", rand_u8(rng, *SIZE, 3)),
+        "dog/ok.png": write_rgb(tmp_path / "dog/ok.png", rand_u8(rng, *SIZE, 3)),
+    }
+    whole = tmp_path / "cat/whole.png"
+    write_rgb(whole, rand_u8(rng, 64, 64, 3))  # large enough to have pixel data to cut
+    data = whole.read_bytes()
+    (tmp_path / "cat/truncated.png").write_bytes(data[: len(data) // 2])
+    whole.unlink()
+    (tmp_path / "cat/fake.jpg").write_text("not a picture")
+    (tmp_path / "dog/empty.png").write_bytes(b"")
+    (tmp_path / "dog/notes.txt").write_text("hello")
+    write_rgb(tmp_path / "stray.png", rand_u8(rng, *SIZE, 3))
+    with caplog.at_level(logging.WARNING), pytest.warns(UserWarning, match=r"skipped 5 file"):
+        result = load_image_folder(tmp_path, make_config(), progress=False)
+    assert_images(result, good)
+    np.testing.assert_array_equal(result.labels, [0, 1])
+    reasons = dict(result.skipped)
+    assert [rel for rel, _ in result.skipped] == [
+        "cat/fake.jpg",
+        "cat/truncated.png",
+        "dog/empty.png",
+        "dog/notes.txt",
+        "stray.png",
+    ]
+    assert "cannot identify image file" in reasons["cat/fake.jpg"]
+    assert "truncated" in reasons["cat/truncated.png"]
+    assert reasons["dog/notes.txt"] == "not an image file extension ('.txt')"
+    assert reasons["stray.png"] == "outside any class folder"
+    assert "truncated.png" in caplog.text and "notes.txt" in caplog.text
+
+
+def test_grey_non_square_model_with_resize_and_crop(rng, tmp_path):
+    # Shorter side 16, crop 8x16: 8x14 doubles to 16x28 exactly under nearest; crop offsets
+    # (16 - 8) / 2 = 4 and (28 - 16) / 2 = 6.
+    pixels = write_rgb(tmp_path / "a.png", rand_u8(rng, 8, 14, 3))
+    config = make_config((8, 16), channels=1, resize=16, crop=True, resample="nearest")
+    result = load_image_folder(tmp_path, config, progress=True)  # not a tty: bar turns itself off
+    luma = pixels.repeat(2, 0).repeat(2, 1)[4:12, 6:22] @ np.array([0.299, 0.587, 0.114])
+    assert result.images.shape == (1, 8, 16, 1)
+    np.testing.assert_allclose(result.images[0, ..., 0] * 255, luma, atol=0.51 + 1e-3)
+
+
+def test_skips_shrink_the_array(rng, tmp_path):
+    write_rgb(tmp_path / "a.png", rand_u8(rng, *SIZE, 3))
+    (tmp_path / "b.png").write_text("broken")
+    with pytest.warns(UserWarning):
+        result = load_image_folder(tmp_path, make_config(), progress=False)
+    assert result.images.shape == (1, *SIZE, 3) and result.ids == ["a.png"]
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_missing_folder_or_file_instead_of_folder(tmp_path):
+    with pytest.raises(ValueError, match=r"image folder .*nowhere does not exist"):
+        load_image_folder(tmp_path / "nowhere", make_config())
+    (tmp_path / "f.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"f.png is not a folder"):
+        load_image_folder(tmp_path / "f.png", make_config())
+
+
+def test_no_images_at_all(tmp_path):
+    with pytest.raises(ValueError, match="no images"):
+        load_image_folder(tmp_path, make_config())
+    (tmp_path / "readme.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"no images .*readme.txt"):
+        load_image_folder(tmp_path, make_config())
+    (tmp_path / "bad.png").write_text("x")
+    with pytest.raises(ValueError, match=r"could be loaded.*bad.png"):
+        load_image_folder(tmp_path, make_config(), progress=False)
+
+
+def test_bad_preprocessing_is_an_error_not_a_skip(rng, tmp_path):
+    write_rgb(tmp_path / "a.png", rand_u8(rng, *SIZE, 3))
+    with pytest.raises(ValueError, match="resample 'cubic'"):
+        load_image_folder(tmp_path, make_config(resample="cubic"))
+
+
+@pytest.fixture
+def two_images(rng, tmp_path):
+    for name in ("a.png", "sub/b.png"):
+        write_rgb(tmp_path / name, rand_u8(rng, *SIZE, 3))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "rows, kwargs, match",
+    [
+        (
+            [("a.png", "cat"), ("gone.png", "dog"), ("sub/c.png", "dog")],
+            {},
+            r"names 2 file\(s\) not found .*'gone.png' \(line 3\), 'sub/c.png' \(line 4\)",
+        ),
+        (
+            [("a.png", "cat"), ("sub/b.png", "cow")],
+            {"class_names": ["cat", "dog"]},
+            r"l.csv:3: unknown class 'cow'",
+        ),
+        (
+            [("a.png", "cat"), ("sub/../a.png", "dog")],
+            {},
+            r"l.csv:3: file 'sub/../a.png' is listed twice \(first on line 2\)",
+        ),
+        (
+            [("a.png", "5")],
+            {"class_names": ["cat", "dog"]},
+            r"l.csv:2: label index 5 is out of range for 2 class names",
+        ),
+        ([("a.png", "-1")], {}, r"l.csv:2: label index -1 is negative"),
+        ([("a.png",)], {}, r"l.csv:2: expected columns file,label"),
+        ([("a.png", "")], {}, r"l.csv:2: empty file or label"),
+        ([("../a.png", "cat")], {}, r"l.csv:2: file '../a.png' is not inside"),
+    ],
+)
+def test_bad_csv_names_the_line(two_images, rows, kwargs, match):
+    csv_path = write_csv(two_images / "l.csv", rows)
+    with pytest.raises(ValueError, match=match):
+        load_image_folder(two_images, make_config(), labels_csv=csv_path, **kwargs)
+
+
+def test_csv_without_header_or_missing(two_images):
+    csv_path = write_csv(two_images / "l.csv", [("a.png", "cat")], header=None)
+    with pytest.raises(ValueError, match=r"header row 'file,label'; its first row is \['a.png'"):
+        load_image_folder(two_images, make_config(), labels_csv=csv_path)
+    with pytest.raises(ValueError, match=r"labels CSV .*nope.csv does not exist"):
+        load_image_folder(two_images, make_config(), labels_csv=two_images / "nope.csv")
+
+
+def test_class_folder_outside_given_names_and_duplicate_names(rng, tmp_path):
+    build_class_folder(rng, tmp_path)
+    with pytest.raises(ValueError, match=r"class folder\(s\) \['dog'\] .* not in class_names"):
+        load_image_folder(tmp_path, make_config(), class_names=["cat"])
+    with pytest.raises(ValueError, match="lists 'cat' more than once"):
+        load_image_folder(tmp_path, make_config(), class_names=["cat", "dog", "cat"])
