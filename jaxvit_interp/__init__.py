@@ -7,6 +7,10 @@ The public entry points are re-exported here; see each subpackage for the detail
 """
 
 from jaxvit_interp.model import (
+    CheckpointError,
+    inspect_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
     PRUNING_MODES,
     VARIANTS,
     AttentionEdit,
@@ -20,6 +24,10 @@ from jaxvit_interp.model import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
+    "inspect_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
     "PRUNING_MODES",
     "VARIANTS",
     "AttentionEdit",

@@ -1,11 +1,21 @@
 """The ViT: configuration, Flax modules, head gates and attention edits, checkpoint import."""
 
+from jaxvit_interp.model.checkpoint import (
+    CheckpointError,
+    inspect_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from jaxvit_interp.model.config import VARIANTS, Preprocessing, ViTConfig
 from jaxvit_interp.model.edits import PRUNING_MODES, AttentionEdit, keep_mask
 from jaxvit_interp.model.run import run_model
 from jaxvit_interp.model.vit import ModelOutput, VisionTransformer, init_params
 
 __all__ = [
+    "CheckpointError",
+    "inspect_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
     "VARIANTS",
     "PRUNING_MODES",
     "AttentionEdit",

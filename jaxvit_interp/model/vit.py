@@ -193,4 +193,5 @@ def init_params(config: ViTConfig, rng: Array | int = 0) -> dict[str, Any]:
     if isinstance(rng, int):
         rng = jax.random.PRNGKey(rng)
     images = jnp.zeros((1, *config.image_size, config.channels), jnp.float32)
-    return VisionTransformer(config).init(rng, images)["params"]
+    # Compiled: run eagerly, initialising every layer op by op takes seconds even for tiny models.
+    return jax.jit(VisionTransformer(config).init)(rng, images)["params"]

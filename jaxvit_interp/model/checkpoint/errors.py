@@ -1,0 +1,30 @@
+"""The one exception a bad checkpoint raises, and the formats a loader accepts."""
+
+from __future__ import annotations
+
+ACCEPTED_FORMATS: tuple[str, ...] = (
+    ".npz: vit_jax or big_vision parameters, flat '/'-joined keys",
+    ".safetensors: timm or Hugging Face ViTForImageClassification names",
+    "a Hugging Face folder: config.json + model.safetensors (+ preprocessor_config.json)",
+    "a jaxvit-interp folder written by save_checkpoint: vit_config.json + params/",
+    ".bin / .pth / .pt: PyTorch pickles, only with allow_pickle=True",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot become this project's ViT parameters.
+
+    Raised for unknown formats, missing / extra / mis-shaped tensors (listed by key with the
+    expected and found shapes), a ``config`` that contradicts the tensors (naming the field) and
+    refused pickles.
+    """
+
+
+def accepted_formats() -> str:
+    """The accepted formats as an indented list, for error messages."""
+    return "\n".join(f"  - {line}" for line in ACCEPTED_FORMATS)
+
+
+def shape_str(shape) -> str:
+    """``(3, 4)`` -> ``[3, 4]``; ``None`` -> ``-``."""
+    return "-" if shape is None else "[" + ", ".join(str(int(s)) for s in shape) + "]"

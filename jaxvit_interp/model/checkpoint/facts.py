@@ -1,0 +1,153 @@
+"""What a checkpoint says about its architecture, read from tensor shapes and side files."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+from jaxvit_interp.model.checkpoint.errors import CheckpointError, shape_str
+from jaxvit_interp.model.checkpoint.rules import Rule
+from jaxvit_interp.model.config import VARIANTS, ViTConfig
+
+# ViTConfig fields fixed by the tensors: a user config must agree with the file on these.
+# image_size is not among them: a different size resamples the position embeddings.
+SHAPE_FIELDS: tuple[str, ...] = (
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "mlp_dim",
+    "num_classes",
+    "patch_size",
+    "channels",
+    "classifier",
+    "representation_size",
+    "qkv_bias",
+)
+
+
+@dataclasses.dataclass
+class Facts:
+    """What one checkpoint file fixes about the model.
+
+    Attributes:
+      fields: ``ViTConfig`` fields read from the file (a subset of :data:`SHAPE_FIELDS`;
+        ``num_heads`` is absent when the file cannot tell it).
+      sources: for each field in ``fields``, where it was read (for error messages).
+      num_patches: patches ``Gh*Gw`` the position embeddings cover, or None if unreadable.
+      grid: the patch grid ``(Gh, Gw)`` when a side file states the image size, else None
+        (then a square grid is assumed unless the caller's config says otherwise).
+      defaults: the family's values for the fields tensors cannot show (``layer_norm_eps``,
+        ``gelu_approximate``, ``preprocessing``); a value may be a function of ``image_size``.
+      missing: keys the reader needed and did not find.
+      notes: assumptions made, reported by ``inspect_checkpoint``.
+    """
+
+    fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
+    num_patches: int | None = None
+    grid: tuple[int, int] | None = None
+    defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+    missing: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+class Family(Protocol):
+    """One naming convention: how to read its facts and map its keys."""
+
+    name: str
+    description: str
+
+    def facts(self, tensors: Mapping[str, np.ndarray]) -> Facts: ...
+
+    def rules(self, config: ViTConfig) -> list[Rule]: ...
+
+    def ignored(self, key: str) -> bool: ...
+
+
+class ShapeReader:
+    """Reads shapes of named tensors into a :class:`Facts`, noting what it used and missed."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray], facts: Facts, prefix: str = ""):
+        self.tensors, self.facts, self.prefix = tensors, facts, prefix
+
+    def shape(self, key: str) -> tuple[int, ...] | None:
+        full = self.prefix + key
+        if full not in self.tensors:
+            if full not in self.facts.missing:
+                self.facts.missing.append(full)
+            return None
+        return tuple(int(d) for d in self.tensors[full].shape)
+
+    def has(self, key: str) -> bool:
+        return self.prefix + key in self.tensors
+
+    def set(self, field: str, value: Any, key: str | None = None, how: str | None = None):
+        self.facts.fields[field] = value
+        if how is None:
+            full = self.prefix + key
+            how = f"tensor {full!r} {shape_str(self.tensors[full].shape)}"
+        self.facts.sources[field] = how
+
+    def count_layers(self, block: str) -> int | None:
+        """Blocks = 1 + the largest ``{i}`` among keys starting with ``block`` (e.g. "blocks.{i}.")."""
+        head, _, tail = block.partition("{i}")
+        regex = re.compile(re.escape(self.prefix + head) + r"(\d+)" + re.escape(tail))
+        indices = [int(m.group(1)) for k in self.tensors if (m := regex.match(k))]
+        if not indices:
+            self.facts.missing.append(self.prefix + block.format(i=0) + "...")
+            return None
+        self.set("num_layers", max(indices) + 1, how=f"indices of {self.prefix + block}... keys")
+        return max(indices) + 1
+
+
+def guess_num_heads(hidden_size: int, mlp_dim: int | None) -> tuple[int, str]:
+    """Heads for a file whose shapes do not show them (fused or flat query/key/value).
+
+    A published size from :data:`~jaxvit_interp.model.config.VARIANTS` with the same width and
+    MLP width gives its head count (ViT-H/14 has 16 heads of 80, not 20 of 64); otherwise the
+    standard head width of 64 is assumed. Either way it is a guess, stated in the note.
+    """
+    for name, sizes in VARIANTS.items():
+        if sizes["hidden_size"] == hidden_size and sizes["mlp_dim"] == mlp_dim:
+            return sizes["num_heads"], (
+                f"num_heads={sizes['num_heads']} assumed: width {hidden_size} and MLP {mlp_dim} "
+                f"match the {name} size; pass config= to state it"
+            )
+    if hidden_size % 64 == 0:
+        return hidden_size // 64, (
+            f"num_heads={hidden_size // 64} assumed from the standard head width 64; "
+            "pass config= to state it"
+        )
+    raise CheckpointError(
+        f"cannot tell num_heads: the file does not show it, hidden_size {hidden_size} is not a "
+        "multiple of 64 and matches no known size; pass config=ViTConfig(..., num_heads=...)"
+    )
+
+
+def square_grid(num_patches: int, where: str) -> tuple[int, int]:
+    """The square grid with ``num_patches`` cells, or an error asking for the image size."""
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise CheckpointError(
+            f"{where}: the position embeddings cover {num_patches} patches, which is not a square "
+            "grid; pass config=ViTConfig(image_size=(height, width), ...) to give the layout"
+        )
+    return (side, side)
+
+
+@dataclasses.dataclass(frozen=True)
+class SideFiles:
+    """JSON files found beside the weights.
+
+    Attributes:
+      config_json: ``config.json`` (Hugging Face ``ViTConfig`` or a timm hub config), or None.
+      preprocessor: Hugging Face ``preprocessor_config.json``, or None.
+    """
+
+    config_json: dict[str, Any] | None = None
+    preprocessor: dict[str, Any] | None = None

@@ -1,0 +1,170 @@
+"""Reading checkpoint containers into flat ``{key: numpy array}`` dicts plus side files.
+
+Containers: ``.npz``, ``.safetensors`` (single or sharded in a Hugging Face folder), PyTorch
+pickles (only when allowed) and this project's own orbax folder. Which *names* the keys follow
+(vit_jax, big_vision, timm, Hugging Face) is decided afterwards from the keys themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxvit_interp.model.checkpoint.errors import CheckpointError, accepted_formats
+from jaxvit_interp.model.checkpoint.facts import SideFiles
+from jaxvit_interp.model.config import ViTConfig
+
+PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt")
+# Wrappers training scripts put around a state dict (DeiT: {"model": ...}).
+STATE_DICT_WRAPPERS = ("state_dict", "model", "model_state", "module")
+
+
+@dataclasses.dataclass
+class RawCheckpoint:
+    """A checkpoint read from disk, before any renaming.
+
+    Attributes:
+      path: what was opened.
+      container: ``"npz"``, ``"safetensors"``, ``"pickle"`` or ``"jaxvit"`` (own orbax format).
+      tensors: file key -> array, as stored.
+      side: JSON side files (Hugging Face / timm ``config.json``, ``preprocessor_config.json``).
+      stored_config: the :class:`ViTConfig` saved with an own-format checkpoint, else None.
+    """
+
+    path: Path
+    container: str
+    tensors: dict[str, np.ndarray]
+    side: SideFiles = SideFiles()
+    stored_config: ViTConfig | None = None
+
+
+def read_checkpoint(path, *, allow_pickle: bool = False) -> RawCheckpoint:
+    """Open ``path`` (file or folder) and read every tensor in it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.is_dir():
+        return _read_folder(path, allow_pickle)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return RawCheckpoint(path, "npz", _read_npz(path))
+    if suffix == ".safetensors":
+        return RawCheckpoint(path, "safetensors", _read_safetensors(path), _side_files(path.parent))
+    if suffix in PICKLE_SUFFIXES:
+        return RawCheckpoint(
+            path, "pickle", _read_pickle(path, allow_pickle), _side_files(path.parent)
+        )
+    raise CheckpointError(
+        f"{str(path)!r}: unknown checkpoint format {suffix or '(no suffix)'!r}; accepted:\n"
+        + accepted_formats()
+    )
+
+
+def _read_folder(path: Path, allow_pickle: bool) -> RawCheckpoint:
+    from jaxvit_interp.model.checkpoint import orbax_io
+
+    if (path / orbax_io.CONFIG_FILE).exists():
+        config, tensors = orbax_io.read_params(path)
+        return RawCheckpoint(path, "jaxvit", tensors, stored_config=config)
+    side = _side_files(path)
+    if (path / "model.safetensors").exists():
+        return RawCheckpoint(
+            path, "safetensors", _read_safetensors(path / "model.safetensors"), side
+        )
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        # Sharded: the index maps each tensor to the shard holding it.
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        tensors = {}
+        for shard in shards:
+            tensors.update(_read_safetensors(path / shard))
+        return RawCheckpoint(path, "safetensors", tensors, side)
+    for name in ("pytorch_model.bin", "model.pth", "model.pt"):
+        if (path / name).exists():
+            return RawCheckpoint(
+                path / name, "pickle", _read_pickle(path / name, allow_pickle), side
+            )
+    present = sorted(p.name for p in path.iterdir())[:12]
+    raise CheckpointError(
+        f"folder {str(path)!r} holds no checkpoint this loader knows (found: "
+        f"{', '.join(present) or 'nothing'}); accepted:\n" + accepted_formats()
+    )
+
+
+def _side_files(folder: Path) -> SideFiles:
+    def load(name: str) -> dict[str, Any] | None:
+        file = folder / name
+        if not file.exists():
+            return None
+        try:
+            return json.loads(file.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{str(file)!r} is not valid JSON: {e}") from e
+
+    return SideFiles(load("config.json"), load("preprocessor_config.json"))
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    # allow_pickle=False: an .npz of parameters never needs object arrays, and loading them
+    # would run code from the file.
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except ValueError as e:
+        raise CheckpointError(f"{str(path)!r}: cannot read as .npz of arrays: {e}") from e
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return {key: f.get_tensor(key) for key in f.keys()}
+    except SafetensorError as e:
+        raise CheckpointError(f"{str(path)!r}: not a readable .safetensors file: {e}") from e
+
+
+def _read_pickle(path: Path, allow_pickle: bool) -> dict[str, np.ndarray]:
+    if not allow_pickle:
+        raise CheckpointError(
+            f"{str(path)!r} is a PyTorch pickle: unpickling can run arbitrary code stored in the "
+            "file, so it is refused. Convert it to .safetensors, or pass allow_pickle=True if "
+            "you trust where it came from."
+        )
+    try:
+        import torch
+    except ImportError as e:
+        raise CheckpointError(f"reading {str(path)!r} needs PyTorch (pip install torch)") from e
+    try:
+        # The safe loader first: plain state dicts need nothing else.
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Training checkpoints carry other objects (argparse namespaces, ...); the caller has
+        # allowed running the pickle.
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in STATE_DICT_WRAPPERS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f"{str(path)!r} does not hold a state dict (found {type(obj).__name__})"
+        )
+    tensors = {}
+    for key, value in obj.items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu()
+            # numpy has no bfloat16; float32 holds it exactly.
+            if value.dtype == torch.bfloat16:
+                value = value.float()
+            tensors[key] = value.numpy()
+    # DataParallel / DDP wrap every name in "module.".
+    if tensors and all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
+    return tensors

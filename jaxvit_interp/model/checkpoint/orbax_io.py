@@ -1,0 +1,141 @@
+"""This project's own checkpoint: an orbax checkpoint of the parameters plus the config as JSON.
+
+Layout of a checkpoint folder::
+
+    vit_config.json  {"format": "jaxvit-interp", "format_version": 1, "config": {...}}
+    params/          orbax StandardCheckpointer output (the tree under "params")
+
+where ``config`` is ``ViTConfig.to_dict()``.
+
+``vit_config.json`` is written last, so a folder that has it holds a complete checkpoint; its
+name differs from Hugging Face's ``config.json`` so the two kinds of folder cannot be confused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxvit_interp.model.checkpoint.errors import CheckpointError, shape_str
+from jaxvit_interp.model.checkpoint.facts import SHAPE_FIELDS, Facts
+from jaxvit_interp.model.checkpoint.rules import Rule, expected_targets, flatten, identity_rules
+from jaxvit_interp.model.config import ViTConfig
+
+CONFIG_FILE = "vit_config.json"
+PARAMS_DIR = "params"
+FORMAT = "jaxvit-interp"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path, config: ViTConfig, params: Any, *, overwrite: bool = False) -> Path:
+    """Write ``params`` and ``config`` to the folder ``path``, for :func:`load_checkpoint`.
+
+    Args:
+      path: folder to create (its parents too).
+      config: the model's :class:`ViTConfig`, stored as JSON.
+      params: the tree under ``"params"`` (as from ``init_params`` or ``load_checkpoint``);
+        checked against ``config`` before anything is written.
+      overwrite: replace an existing checkpoint at ``path`` instead of refusing.
+
+    Returns:
+      The folder, as an absolute path.
+
+    Arrays are saved at their own dtype and values, so loading returns them bit for bit (as
+    float32, which every parameter of this model is).
+    """
+    path = Path(path).absolute()  # orbax wants absolute paths
+    flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+    expected = expected_targets(config)
+    problems = [f"missing {k} {shape_str(s)}" for k, s in expected.items() if k not in flat]
+    problems += [f"extra {k} {shape_str(v.shape)}" for k, v in flat.items() if k not in expected]
+    problems += [
+        f"mis-shaped {k}: config needs {shape_str(expected[k])}, params have {shape_str(v.shape)}"
+        for k, v in flat.items()
+        if k in expected and tuple(v.shape) != expected[k]
+    ]
+    if problems:
+        raise CheckpointError(
+            "params do not fit the config given to save_checkpoint:\n  " + "\n  ".join(problems)
+        )
+    if path.is_file() or (path.exists() and any(path.iterdir()) and not overwrite):
+        raise FileExistsError(f"{str(path)!r} exists and is not empty; pass overwrite=True")
+    path.mkdir(parents=True, exist_ok=True)
+    (path / CONFIG_FILE).unlink(missing_ok=True)
+    # Host numpy arrays carry no device placement, so the checkpoint restores on any machine.
+    host = jax.tree.map(np.asarray, params)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path / PARAMS_DIR, host, force=overwrite)
+        checkpointer.wait_until_finished()
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict()}
+    tmp = path / (CONFIG_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    os.replace(tmp, path / CONFIG_FILE)
+    return path
+
+
+def read_params(path) -> tuple[ViTConfig, dict[str, np.ndarray]]:
+    """The stored config and the flat ``{"/"-joined path: array}`` parameters of a checkpoint."""
+    path = Path(path).absolute()
+    try:
+        meta = json.loads((path / CONFIG_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{str(path / CONFIG_FILE)!r} is not valid JSON: {e}") from e
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise CheckpointError(
+            f"{str(path / CONFIG_FILE)!r} is not a {FORMAT} config (format={meta.get('format')!r})"
+        )
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} was written by a newer version (format_version "
+            f"{meta['format_version']} > {FORMAT_VERSION}); upgrade jaxvit-interp"
+        )
+    try:
+        config = ViTConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{str(path / CONFIG_FILE)!r}: invalid config: {e}") from e
+    params_dir = path / PARAMS_DIR
+    if not params_dir.exists():
+        raise CheckpointError(f"{str(path)!r} has {CONFIG_FILE} but no {PARAMS_DIR}/ folder")
+    with ocp.StandardCheckpointer() as checkpointer:
+        tree = checkpointer.metadata(params_dir).item_metadata.tree
+        # Shape/dtype targets without sharding restore as host numpy arrays, whatever device
+        # the checkpoint was written from.
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
+        params = checkpointer.restore(params_dir, target)
+    return config, {k: np.asarray(v) for k, v in flatten(params).items()}
+
+
+class OwnFamily:
+    """Keys already in this project's names; every config field known from ``vit_config.json``."""
+
+    name = "jaxvit"
+    description = "jaxvit-interp (orbax)"
+
+    def __init__(self, stored: ViTConfig):
+        self.stored = stored
+
+    def facts(self, tensors) -> Facts:
+        c = self.stored
+        return Facts(
+            fields={f: getattr(c, f) for f in SHAPE_FIELDS},
+            sources={f: CONFIG_FILE for f in SHAPE_FIELDS},
+            num_patches=c.num_patches,
+            grid=c.grid,
+            defaults=dict(
+                layer_norm_eps=c.layer_norm_eps,
+                gelu_approximate=c.gelu_approximate,
+                preprocessing=c.preprocessing,
+            ),
+        )
+
+    def rules(self, config: ViTConfig) -> list[Rule]:
+        return identity_rules(expected_targets(config))
+
+    def ignored(self, key: str) -> bool:
+        return False
