@@ -4,6 +4,7 @@ The public entry points are re-exported here; see each subpackage for the detail
 
 - :mod:`jaxvit_interp.model`: the Flax ViT, head gates, attention edits and checkpoint import.
 - :mod:`jaxvit_interp.data`: image folders, preprocessing, the bundled digits set and model.
+- :mod:`jaxvit_interp.strength`: attention strength per Chebyshev hop, head entropy, attention distance.
 """
 
 from jaxvit_interp.model import (
@@ -20,6 +21,13 @@ from jaxvit_interp.model import (
     init_params,
     run_model,
 )
+from jaxvit_interp.strength import (
+    HopStrength,
+    StrengthResults,
+    hop_strength,
+    model_strength_over_images,
+    strength_over_images,
+)
 
 __version__ = "0.1.0"
 
@@ -34,6 +42,11 @@ __all__ = [
     "ModelOutput",
     "Preprocessing",
     "ViTConfig",
+    "HopStrength",
+    "StrengthResults",
+    "hop_strength",
+    "model_strength_over_images",
+    "strength_over_images",
     "init_params",
     "run_model",
 ]

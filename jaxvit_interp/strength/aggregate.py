@@ -1,0 +1,259 @@
+"""Hop strength streamed over many images: per-image ("local") and over-images ("global") results.
+
+Attention is consumed one batch at a time and only the per-head results (a few numbers per head)
+are kept, so ``[image, layer, head, N, N]`` for the whole image set never exists: ViT-B/16 over
+1,000 images would be 22 GB of float32 attention, its results under 20 MB.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.model.vit import VisionTransformer
+from jaxvit_interp.strength.hops import HopRings, hop_rings
+from jaxvit_interp.strength.kernels import (
+    HopStrength,
+    StrengthSummary,
+    hop_strength_kernel,
+    summarize_kernel,
+)
+from jaxvit_interp.strength.measure import check_attention_shape, check_rows, default_atol
+
+# Images in messages are counted over the whole stream, not within the batch.
+_AXES = "image layer head query"
+
+
+@flax.struct.dataclass
+class StrengthResults:
+    """Hop strength of every head on every image, and its distribution over the images.
+
+    Attributes:
+      local: :class:`HopStrength` of NumPy arrays with leading axes ``[image, layer, head]``.
+      summary: the global results, :class:`StrengthSummary` over the images.
+      grid: patch grid ``(Gh, Gw)``; static.
+      patch_size: pixels per patch ``(height, width)``, the unit of ``distance``; static.
+      has_cls_token: whether the model has a CLS token (CLS fields are NaN when not); static.
+    """
+
+    local: HopStrength
+    summary: StrengthSummary
+    grid: tuple[int, int] = flax.struct.field(pytree_node=False)
+    patch_size: tuple[int, int] = flax.struct.field(pytree_node=False)
+    has_cls_token: bool = flax.struct.field(pytree_node=False)
+
+    @property
+    def num_hops(self) -> int:
+        return max(self.grid)
+
+
+def summarize(local: HopStrength, *, num_bins: int = 20) -> StrengthSummary:
+    """Global results (NumPy) from per-image results with leading axes ``[image, layer, head]``."""
+    if np.ndim(local.head_entropy) != 3:
+        raise ValueError(
+            f"per-image results must have leading axes [image, layer, head]; head_entropy has "
+            f"shape {np.shape(local.head_entropy)}"
+        )
+    if np.shape(local.head_entropy)[0] == 0:
+        raise ValueError("no images to summarise: the per-image results are empty")
+    if num_bins < 1:
+        raise ValueError(f"num_bins must be at least 1, got {num_bins}")
+    return jax.device_get(summarize_kernel(local, num_bins=num_bins))
+
+
+def _collect(
+    batches: Iterator[tuple[Any, int, tuple[int, ...], Any]],
+    rings: HopRings,
+    *,
+    total: int | None,
+    check_stochastic: bool,
+    atol: float | None,
+    num_bins: int,
+    progress: bool,
+) -> StrengthResults:
+    """Fetch kernel outputs batch by batch, check their rows, and stack the per-image results.
+
+    ``batches`` yields ``((result, row_sums, row_min), valid, shape, dtype)``: device outputs of
+    one batch, how many leading images are real (the rest are padding), the attention shape for
+    messages and its dtype (for the default tolerance). Fetching the previous batch after the
+    next one is dispatched keeps an accelerator busy while the host checks and copies.
+    """
+    local: list[HopStrength] = []
+    done = 0
+    with tqdm(total=total, unit="image", desc="hop strength", disable=not progress) as bar:
+
+        def fetch(pending):
+            nonlocal done
+            outputs, valid, shape, dtype = pending
+            result, row_sums, row_min = jax.device_get(outputs)
+            row_sums, row_min = row_sums[:valid], row_min[:valid]
+            check_rows(
+                row_sums,
+                row_min,
+                shape,
+                check_stochastic=check_stochastic,
+                atol=default_atol(dtype) if atol is None else atol,
+                axis_names=_AXES,
+                index_offset=done,
+            )
+            local.append(jax.tree.map(lambda x: x[:valid], result))
+            done += valid
+            bar.update(valid)
+
+        pending = None
+        for item in batches:
+            if pending is not None:
+                fetch(pending)
+            pending = item
+        if pending is not None:
+            fetch(pending)
+
+    if not local:
+        raise ValueError("no attention batches were given: nothing to measure")
+    stacked = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *local)
+    return StrengthResults(
+        local=stacked,
+        summary=summarize(stacked, num_bins=num_bins),
+        grid=rings.grid,
+        patch_size=rings.patch_size,
+        has_cls_token=rings.has_cls_token,
+    )
+
+
+def strength_over_images(
+    attention_batches: Iterable,
+    grid,
+    *,
+    has_cls_token: bool = True,
+    patch_size=(1, 1),
+    num_images: int | None = None,
+    check_stochastic: bool = True,
+    atol: float | None = None,
+    num_bins: int = 20,
+    progress: bool = True,
+) -> StrengthResults:
+    """Hop strength of attention arriving in batches of images (e.g. from a generator).
+
+    Args:
+      attention_batches: iterable of ``[batch, layer, head, N, N]`` attention arrays (NumPy or
+        JAX); batch sizes may differ, layer and head counts may not. Only one batch is held at a
+        time (two while an accelerator overlaps them).
+      grid, has_cls_token, patch_size, check_stochastic, atol: as in :func:`.hop_strength`.
+      num_images: total images, for the progress bar only.
+      num_bins: bins of the entropy histogram over ``[0, ln K]``.
+      progress: show a tqdm progress bar.
+
+    Returns:
+      :class:`StrengthResults`: ``local`` ``[image, layer, head, ...]`` and the ``summary``.
+
+    Raises:
+      ValueError: a batch is not ``[batch, layer, head, N, N]`` with ``N`` matching the grid, its
+        layer/head counts differ from the first batch's, or its rows fail the checks of
+        :func:`.hop_strength` (the message names the image, layer, head and query).
+    """
+    rings = hop_rings(grid, has_cls_token=has_cls_token, patch_size=patch_size)
+
+    def run() -> Iterator[tuple[Any, int, tuple[int, ...], Any]]:
+        first_shape = None
+        for attention in attention_batches:
+            shape = tuple(np.shape(attention))
+            if len(shape) != 5:
+                raise ValueError(
+                    f"attention batch has shape {shape}; expected [batch, layer, head, N, N]"
+                )
+            check_attention_shape(shape, rings)
+            if first_shape is None:
+                first_shape = shape
+            elif shape[1:3] != first_shape[1:3]:
+                raise ValueError(
+                    f"attention batch has shape {shape}, but the first batch had {first_shape}: "
+                    f"layer and head counts must not change between batches"
+                )
+            dtype = getattr(attention, "dtype", np.float32)
+            yield hop_strength_kernel(attention, rings), shape[0], shape, dtype
+
+    return _collect(
+        run(),
+        rings,
+        total=num_images,
+        check_stochastic=check_stochastic,
+        atol=atol,
+        num_bins=num_bins,
+        progress=progress,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _model_strength_batch(config: ViTConfig, params, images, rings: HopRings):
+    # One compiled program from pixels to per-head results: the batch's attention lives only
+    # inside it, and the model outputs nobody reads (logits, residual stream) are pruned by XLA.
+    attention = VisionTransformer(config).apply({"params": params}, images).attention
+    return hop_strength_kernel(attention, rings)
+
+
+def model_strength_over_images(
+    config: ViTConfig,
+    params,
+    images,
+    *,
+    batch_size: int = 16,
+    check_stochastic: bool = True,
+    atol: float | None = None,
+    num_bins: int = 20,
+    progress: bool = True,
+) -> StrengthResults:
+    """Run the model over ``images`` batch by batch and measure every head's hop strength.
+
+    Args:
+      config: the model's :class:`~jaxvit_interp.model.config.ViTConfig` (its grid, patch size
+        and classifier give the rings and whether there is a CLS token).
+      params: its parameter tree.
+      images: ``[image, height, width, channels]`` preprocessed images (a NumPy array, memmap or
+        anything sliceable); each batch is copied to the device on its own.
+      batch_size: images per forward pass. The last batch is padded to this size, so the
+        program compiles once; padded results are dropped.
+      check_stochastic, atol, num_bins, progress: as in :func:`strength_over_images`.
+
+    Returns:
+      :class:`StrengthResults` with ``local`` ``[image, layer, head, ...]`` and the ``summary``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    num_images = len(images)
+    expected = (*config.image_size, config.channels)
+    if num_images == 0 or tuple(np.shape(images)[1:]) != expected:
+        raise ValueError(
+            f"images have shape {tuple(np.shape(images))}; expected [image, {expected[0]}, "
+            f"{expected[1]}, {expected[2]}] with at least one image"
+        )
+    rings = hop_rings(config.grid, has_cls_token=config.has_cls_token, patch_size=config.patch_size)
+    n = rings.num_tokens
+    attention_shape = (num_images, config.num_layers, config.num_heads, n, n)
+
+    def run():
+        for start in range(0, num_images, batch_size):
+            batch = np.asarray(images[start : start + batch_size], np.float32)
+            valid = len(batch)
+            if valid < batch_size:
+                padding = np.zeros((batch_size - valid, *expected), np.float32)
+                batch = np.concatenate([batch, padding])
+            outputs = _model_strength_batch(config, params, jnp.asarray(batch), rings)
+            yield outputs, valid, attention_shape, np.float32
+
+    return _collect(
+        run(),
+        rings,
+        total=num_images,
+        check_stochastic=check_stochastic,
+        atol=atol,
+        num_bins=num_bins,
+        progress=progress,
+    )
