@@ -1,0 +1,234 @@
+"""Latents -> a 2-D map of heads, clusters, and a representative pattern per cluster (paper D1).
+
+:func:`embed_patterns` is the entry point: it encodes patterns ``[image, layer, head, h, w]`` (any
+leading axes) with a trained autoencoder, projects the latents to 2-D (UMAP from ``umap-learn``, or
+t-SNE from scikit-learn), clusters them with k-means (scikit-learn), choosing ``k`` by the
+silhouette score over a range unless it is given, and returns a :class:`PatternEmbedding`.
+
+Clustering runs on the latents by default (``cluster_space="latent"``): the autoencoder's own
+geometry, which a projection can tear (UMAP may split one group into islands or pull two
+together). ``cluster_space="xy"`` clusters what the eye sees in the 2-D map instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.metrics import silhouette_score
+
+from jaxvit_interp.patterns.train import TrainedAutoencoder
+
+PROJECTIONS: tuple[str, ...] = ("umap", "tsne")
+CLUSTER_SPACES: tuple[str, ...] = ("latent", "xy")
+
+
+@dataclasses.dataclass(kw_only=True)
+class PatternEmbedding:
+    """Where each pattern lands, which cluster it joins, and what each cluster looks like.
+
+    ``...`` below is the leading shape of the patterns given, typically ``[image, layer, head]``.
+
+    Attributes:
+      latents: ``[..., latent]`` autoencoder latents.
+      xy: ``[..., 2]`` 2-D projection of the latents: each head's position on each image; None
+        when no projection was asked for.
+      labels: ``[...]`` cluster of each pattern, ``0 .. k-1``.
+      k: number of clusters.
+      silhouette: silhouette score for each ``k`` tried (empty when ``k`` was fixed).
+      centres: ``[k, latent]`` mean latent of each cluster's members.
+      centres_xy: ``[k, 2]`` mean position of each cluster's members (None without ``xy``).
+      representative_index: ``[k, len(...)]`` index (into ``...``) of each cluster's member
+        nearest its centre, in the space clustering used.
+      representative: ``[k, h, w]`` that member's (normalised) pattern.
+      decoded_centre: ``[k, h, w]`` the autoencoder's decoding of each cluster's latent centre.
+      projection: ``"umap"``, ``"tsne"`` or None.
+      cluster_space: ``"latent"`` or ``"xy"``.
+    """
+
+    latents: np.ndarray
+    xy: np.ndarray | None
+    labels: np.ndarray
+    k: int
+    silhouette: dict[int, float]
+    centres: np.ndarray
+    centres_xy: np.ndarray | None
+    representative_index: np.ndarray
+    representative: np.ndarray
+    decoded_centre: np.ndarray
+    projection: str | None
+    cluster_space: str
+
+    @property
+    def mean_xy(self) -> np.ndarray | None:
+        """``[...[1:], 2]``: each head's position averaged over the first (image) axis."""
+        return None if self.xy is None else self.xy.mean(axis=0)
+
+    @property
+    def cluster_sizes(self) -> np.ndarray:
+        """``[k]`` members per cluster."""
+        return np.bincount(self.labels.ravel(), minlength=self.k)
+
+    def majority_labels(self) -> np.ndarray:
+        """``[...[1:]]``: each head's most frequent cluster over the first (image) axis."""
+        flat = self.labels.reshape(self.labels.shape[0], -1)
+        counts = np.apply_along_axis(np.bincount, 0, flat, minlength=self.k)  # [k, heads]
+        return counts.argmax(0).reshape(self.labels.shape[1:])
+
+
+def project(
+    latents: np.ndarray,
+    method: str = "umap",
+    *,
+    seed: int = 0,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    perplexity: float = 30.0,
+) -> np.ndarray:
+    """2-D projection ``[M, 2]`` of ``latents`` ``[M, d]`` by UMAP or t-SNE, seeded by ``seed``."""
+    x = np.asarray(latents, np.float32)
+    if x.ndim != 2 or len(x) < 3:
+        raise ValueError(f"latents have shape {tuple(x.shape)}; project needs [M >= 3, d]")
+    if method == "umap":
+        import umap  # imported here: it compiles with numba on first import, seconds of start-up
+
+        reducer = umap.UMAP(
+            n_components=2,
+            n_neighbors=min(n_neighbors, len(x) - 1),
+            min_dist=min_dist,
+            random_state=seed,
+            n_jobs=1,  # a fixed random_state runs single-threaded anyway; saying so silences it
+        )
+        with warnings.catch_warnings():
+            # Small inputs make UMAP fall back to exact kNN and its spectral init warn; harmless.
+            warnings.simplefilter("ignore", UserWarning)
+            return reducer.fit_transform(x).astype(np.float32)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        tsne = TSNE(
+            2,
+            perplexity=min(perplexity, (len(x) - 1) / 3),
+            init="pca",
+            random_state=seed,
+            # Exact gradients are quadratic in M but, for a few hundred points, several times
+            # faster than Barnes-Hut's tree building.
+            method="exact" if len(x) <= 500 else "barnes_hut",
+        )
+        return tsne.fit_transform(x).astype(np.float32)
+    raise ValueError(f"unknown projection {method!r}; expected one of {', '.join(PROJECTIONS)}")
+
+
+def kmeans(x: np.ndarray, k: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """k-means of ``x`` ``[M, d]``: ``(labels [M], centres [k, d])``."""
+    km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(np.asarray(x, np.float64))
+    return km.labels_.astype(np.int32), km.cluster_centers_.astype(np.float32)
+
+
+def choose_k(
+    x: np.ndarray,
+    k_range: tuple[int, int] = (2, 12),
+    *,
+    seed: int = 0,
+    sample_size: int = 5000,
+) -> tuple[int, dict[int, float]]:
+    """The ``k`` in ``k_range`` (inclusive) whose k-means clusters of ``x`` have the top silhouette.
+
+    The silhouette is computed on at most ``sample_size`` points (a seeded sample) since it is
+    quadratic in the number of points. Returns ``(k, {k: score})``.
+    """
+    x = np.asarray(x, np.float64)
+    lo, hi = k_range
+    hi = min(hi, len(x) - 1)
+    if lo < 2 or hi < lo:
+        raise ValueError(
+            f"k_range {k_range} is empty for {len(x)} points; need 2 <= low <= high <= points - 1"
+        )
+    scores = {}
+    for k in range(lo, hi + 1):
+        labels, _ = kmeans(x, k, seed=seed)
+        if len(np.unique(labels)) < 2:
+            scores[k] = -1.0  # identical points: k-means found one cluster only
+            continue
+        scores[k] = float(
+            silhouette_score(x, labels, sample_size=min(sample_size, len(x)), random_state=seed)
+        )
+    return max(scores, key=scores.get), scores
+
+
+def nearest_members(x: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """``[k]``: for each cluster, the index of its member in ``x`` ``[M, d]`` nearest its centre."""
+    out = np.empty(len(centres), np.int64)
+    for c, centre in enumerate(centres):
+        members = np.flatnonzero(labels == c)
+        if members.size == 0:
+            raise ValueError(f"cluster {c} has no members")
+        out[c] = members[np.argmin(((x[members] - centre) ** 2).sum(-1))]
+    return out
+
+
+def embed_patterns(
+    model: TrainedAutoencoder,
+    patterns,
+    *,
+    projection: str | None = "umap",
+    k: int | None = None,
+    k_range: tuple[int, int] = (2, 12),
+    cluster_space: str = "latent",
+    seed: int = 0,
+) -> PatternEmbedding:
+    """Encode, project and cluster normalised ``patterns`` ``[..., h, w]``.
+
+    Args:
+      model: the trained autoencoder (see :func:`~jaxvit_interp.patterns.train.train_autoencoder`).
+      patterns: normalised patterns with any leading axes, typically ``[image, layer, head]``.
+      projection: ``"umap"``, ``"tsne"``, or None for no 2-D map (clusters only).
+      k: number of clusters; None chooses it in ``k_range`` by silhouette (:func:`choose_k`).
+      k_range: inclusive range of ``k`` tried when ``k`` is None.
+      cluster_space: ``"latent"`` (default) or ``"xy"`` (the 2-D projection).
+      seed: seeds the projection and k-means.
+    """
+    if cluster_space not in CLUSTER_SPACES:
+        raise ValueError(
+            f"unknown cluster_space {cluster_space!r}; expected one of {', '.join(CLUSTER_SPACES)}"
+        )
+    x = np.asarray(patterns, np.float32)
+    lead = x.shape[:-2]
+    flat_patterns = x.reshape(-1, *x.shape[-2:])
+    if cluster_space == "xy" and projection is None:
+        raise ValueError(
+            "cluster_space='xy' clusters the 2-D projection, so projection cannot be None"
+        )
+    latents = model.encode(flat_patterns)
+    xy = None if projection is None else project(latents, projection, seed=seed)
+    space = latents if cluster_space == "latent" else xy
+    if k is None:
+        k, scores = choose_k(space, k_range, seed=seed)
+    else:
+        if not 1 <= k <= len(space):
+            raise ValueError(f"k={k} clusters is impossible for {len(space)} patterns")
+        scores = {}
+    labels, _ = kmeans(space, k, seed=seed)
+    # k-means can leave a cluster empty only with duplicate points; relabel to 0..k'-1 then.
+    present, labels = np.unique(labels, return_inverse=True)
+    k = len(present)
+    centres = np.stack([latents[labels == c].mean(0) for c in range(k)])
+    centres_xy = None if xy is None else np.stack([xy[labels == c].mean(0) for c in range(k)])
+    space_centres = centres if cluster_space == "latent" else centres_xy
+    nearest = nearest_members(space, labels, space_centres)
+    return PatternEmbedding(
+        latents=latents.reshape(*lead, -1),
+        xy=None if xy is None else xy.reshape(*lead, 2),
+        labels=labels.reshape(lead).astype(np.int32),
+        k=k,
+        silhouette=scores,
+        centres=centres,
+        centres_xy=centres_xy,
+        representative_index=np.stack(np.unravel_index(nearest, lead), axis=-1),
+        representative=flat_patterns[nearest],
+        decoded_centre=model.decode(centres),
+        projection=projection,
+        cluster_space=cluster_space,
+    )
