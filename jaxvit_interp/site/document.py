@@ -1,0 +1,204 @@
+"""Results bundle -> one Bokeh document with the four linked views -> one offline HTML file."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bokeh.document import Document
+from bokeh.embed import file_html
+from bokeh.layouts import column, row
+from bokeh.models import ColumnDataSource, Div
+from bokeh.resources import INLINE
+
+from jaxvit_interp.bundle import IMPORTANCE_METRICS, ResultsBundle
+from jaxvit_interp.site import callbacks
+from jaxvit_interp.site.initial import initial_state
+from jaxvit_interp.site.sources import METRIC_INFO, PATTERN_KINDS, make_sources, prepare_site_data
+from jaxvit_interp.site.views import importance, overview, pattern, strength
+from jaxvit_interp.site.views.common import FONT, Context, text_box
+
+INDEX_FILE = "index.html"
+# BokehJS inflates gzip-compressed arrays in plain JavaScript, which costs more opening time
+# than the bytes it saves on attention-sized arrays: arrays are stored uncompressed by default.
+DEFAULT_COMPRESSION = 0
+# Tables the page's code may read even when a bundle lacks the part behind them.
+OPTIONAL_TABLES = ("partial", "top5", "attention")
+
+
+def _check_options(metrics, default_metric, default_kind) -> tuple[list[str], str]:
+    metrics = list(metrics) if metrics else list(IMPORTANCE_METRICS)
+    unknown = [m for m in metrics if m not in IMPORTANCE_METRICS]
+    if unknown or not metrics:
+        raise ValueError(
+            f"unknown importance metric(s) {unknown}; expected some of {list(IMPORTANCE_METRICS)}"
+        )
+    default_metric = default_metric or metrics[0]
+    if default_metric not in metrics:
+        raise ValueError(f"default metric {default_metric!r} is not among the metrics {metrics}")
+    if default_kind is not None and default_kind not in PATTERN_KINDS:
+        raise ValueError(f"default pattern kind {default_kind!r}; expected one of {PATTERN_KINDS}")
+    return metrics, default_metric
+
+
+def _initial_head(heads: dict[str, Any], metric: str) -> int:
+    """The most important head over all images under ``metric``: where a reader starts."""
+    values = np.asarray(heads[f"global_{metric}"], np.float64)
+    if not np.isfinite(values).any():
+        return 0
+    if METRIC_INFO[metric]["important_high"]:
+        return int(np.nanargmax(values))
+    return int(np.nanargmin(values))
+
+
+def _header(ctx: Context, title: str, bundle: ResultsBundle):
+    info = ctx.info
+    checkpoint = bundle.meta.get("checkpoint") or {}
+    where = checkpoint.get("path") or "unknown checkpoint"
+    summary = (
+        f"{info['num_images']} images, {len(info['class_names'])} classes | ViT with "
+        f"{info['num_layers']} layers x {info['num_heads']} heads, "
+        f"{info['grid'][0]}x{info['grid'][1]} patches{' + CLS' if info['has_cls'] else ''} | "
+        f"model: {where} | attention stored for {info['num_attention']} images, partial "
+        f"pruning for {info['num_partial']}"
+    )
+    heading = text_box(ctx, "site_title", title, styles={
+        "font": f"600 20px {FONT}", "color": "#1f2328", "margin": "4px 8px 0 8px"})
+    sub = text_box(ctx, "site_summary", summary, styles={
+        "font": f"12px {FONT}", "color": "#555", "margin": "0 8px"})
+    guide = Div(text=(
+        f'<div style="font:12px {FONT};color:#555;margin:0 8px">Click an image (A) to make '
+        "B, C and D local to it; click a head in B, C or D to choose it everywhere; click a "
+        "patch (D) to see where it looks. Hover any mark for its values.</div>"))
+    return column(heading, sub, guide)
+
+
+def build_document(
+    bundle: ResultsBundle,
+    *,
+    title: str | None = None,
+    max_attention_images: int | None = None,
+    metrics: list[str] | None = None,
+    default_metric: str | None = None,
+    default_kind: str | None = None,
+    thumbnail_size: int | None = 64,
+) -> Document:
+    """The site as a validated Bokeh ``Document`` (all behaviour in CustomJS).
+
+    Args:
+      bundle: a results bundle (validated again here).
+      title: page and heading title; defaults to the checkpoint's name.
+      max_attention_images: keep the attention of at most this many images of the bundle's
+        attention subset (the biggest part of the file).
+      metrics / default_metric: the importance metrics the menu lists, and the one shown first.
+      default_kind: ``"cls"`` or ``"patch"``: the pattern kind D shows first.
+      thumbnail_size: shrink thumbnails to at most this many pixels a side.
+    """
+    metrics, default_metric = _check_options(metrics, default_metric, default_kind)
+    data = prepare_site_data(bundle, max_attention_images=max_attention_images,
+                             thumbnail_size=thumbnail_size)
+    sources = make_sources(data)
+    for name in OPTIONAL_TABLES:
+        sources.setdefault(name, ColumnDataSource(data={}, name=name))
+    ctx = Context(data=data, sources=sources, options={
+        "metrics": metrics, "default_metric": default_metric, "default_kind": default_kind})
+    if title is None:
+        checkpoint = (bundle.meta.get("checkpoint") or {}).get("path") or "a Vision Transformer"
+        title = f"How attention works in {Path(str(checkpoint)).name}"
+
+    view_a = overview.build(ctx)
+    view_b = importance.build(ctx)
+    view_c = strength.build(ctx)
+    view_d = pattern.build(ctx)
+    layout = column(_header(ctx, title, bundle), row(view_a, column(view_b, view_c)), view_d,
+                    name="site")
+
+    first = _initial_head(data.tables["heads"], default_metric)
+    modes = data.info["pruning_modes"]
+    first_mode = modes.index("head") if "head" in modes else 0
+    kinds = data.info["kinds"]
+    kind = (kinds[ctx.models["kind_toggle"].active] if kinds else None)
+    state = ColumnDataSource(name="state", data={})
+    models = {**sources, **ctx.models, "state": state}
+    # The opening state is drawn from data computed here: the page runs no code to open.
+    opening = initial_state(data, metric=default_metric, kind=kind, head=first, mode=first_mode)
+    for name, columns in opening["sources"].items():
+        models[name].data = {**models[name].data, **columns}
+    for name, values in opening["props"].items():
+        for attr, value in values.items():
+            setattr(models[name], attr, value)
+    state.data = opening["state"]
+    models["heads"].selected.indices = [first]
+    models["partial_bars"].selected.indices = [first_mode]
+
+    update = callbacks.update_callback(data.info, models)
+    for name in ("images", "heads", "patches", "partial_bars"):
+        models[name].selected.js_on_change("indices", update)
+    ctx.models["metric_select"].js_on_change("value", update)
+    ctx.models["kind_toggle"].js_on_change("active", update)
+    search_args = {k: models[k] for k in ("images", "search", "search_status")}
+    ctx.models["search"].js_on_change("value", callbacks.search_callback(search_args))
+    ctx.models["global_button"].js_on_event(
+        "button_click", callbacks.global_callback(search_args))
+    if "cls_query_button" in ctx.models:
+        ctx.models["cls_query_button"].js_on_event(
+            "button_click", callbacks.cls_query_callback({"patches": models["patches"]}))
+
+    doc = Document()
+    doc.title = title
+    doc.add_root(layout)
+    doc.validate()
+    return doc
+
+
+@contextlib.contextmanager
+def _compression(level: int):
+    """Bokeh's array compression level while the page is written, then the caller's again."""
+    from bokeh.settings import SettingProvenance, settings
+
+    if not 0 <= level <= 9:
+        raise ValueError(f"compression level must be 0..9 (gzip levels), got {level}")
+    setting = settings.compression_level
+    previous, provenance = setting.get_value_with_provenance()
+    setting.set_value(level)
+    try:
+        yield
+    finally:
+        if provenance is SettingProvenance.USER_SET:
+            setting.set_value(previous)
+        else:
+            setting.unset_value()
+
+
+def build_site(
+    bundle: ResultsBundle,
+    out_dir: str | Path,
+    *,
+    title: str | None = None,
+    max_attention_images: int | None = None,
+    compression: int = DEFAULT_COMPRESSION,
+    **options: Any,
+) -> Path:
+    """Write the site to ``out_dir/index.html``: one file, BokehJS inline, opens offline.
+
+    ``compression`` is the gzip level (0-9) of the page's arrays: 0 opens fastest; higher
+    levels shrink files of compressible (e.g. very peaked) attention at some opening time.
+    Other ``options`` go to :func:`build_document` (``metrics``, ``default_metric``,
+    ``default_kind``, ``thumbnail_size``). Returns the path of the file written.
+    """
+    doc = build_document(bundle, title=title, max_attention_images=max_attention_images,
+                         **options)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / INDEX_FILE
+    with _compression(compression):
+        page = file_html(doc, resources=INLINE, title=doc.title)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+__all__ = ["INDEX_FILE", "build_document", "build_site"]

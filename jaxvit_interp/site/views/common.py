@@ -1,0 +1,94 @@
+"""What the four views share: the build context, panel framing, figures and text boxes."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from bokeh.models import Column, Div, Model
+from bokeh.plotting import figure
+
+from jaxvit_interp.site.sources import SiteData
+
+PANEL_STYLE = {
+    "border": "1px solid #d6d9de",
+    "border-radius": "6px",
+    "padding": "4px 8px 8px 8px",
+    "margin": "4px",
+    "background": "#ffffff",
+}
+FONT = "Helvetica, Arial, sans-serif"
+
+
+@dataclasses.dataclass
+class Context:
+    """Everything a view needs to build itself and to be reached by the page's code.
+
+    Attributes:
+      data: the prepared tables and facts.
+      sources: table name -> the shared ``ColumnDataSource`` of that entity.
+      models: name -> model the page's code reads or writes (display sources, widgets,
+        mappers, notes). Every model registered here carries the same Bokeh ``name``, so a
+        test or a reader's console finds it with ``doc.get_model_by_name(name)``.
+      options: site options (``metrics``, ``default_metric``, ``default_kind``).
+    """
+
+    data: SiteData
+    sources: dict[str, Any]
+    models: dict[str, Model] = dataclasses.field(default_factory=dict)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.data.info
+
+    def add(self, name: str, model: Model) -> Model:
+        """Register ``model`` under ``name`` (and name it so); returns it."""
+        if name in self.models or name in self.sources:
+            raise ValueError(f"two site models are both named {name!r}")
+        model.name = name
+        self.models[name] = model
+        return model
+
+
+def text_box(ctx: Context | None, name: str | None, text: str = "", **kwargs) -> Div:
+    """A Div that shows its text literally: labels and ids from a bundle are never HTML."""
+    styles = {"font-size": "12px", "color": "#333", **kwargs.pop("styles", {})}
+    div = Div(text=text, render_as_text=True, styles=styles, **kwargs)
+    if ctx is not None and name is not None:
+        ctx.add(name, div)
+    return div
+
+
+def heading(letter: str, title: str) -> Div:
+    """A view's heading; both strings are this module's constants, never bundle text."""
+    return Div(
+        text=f'<span style="font:600 15px {FONT};color:#2b2f36">{title}</span>'
+        f'<span style="display:inline-block;margin-left:6px;width:18px;height:18px;'
+        f'border:1.5px solid #2b2f36;border-radius:50%;text-align:center;'
+        f'font:600 12px/18px {FONT}">{letter}</span>',
+    )
+
+
+def panel(letter: str, title: str, name: str, children: list, **kwargs) -> Column:
+    """A bordered view with its heading; ``name`` is what figure export looks for."""
+    return Column(heading(letter, title), *children, name=name, styles=dict(PANEL_STYLE),
+                  **kwargs)
+
+
+def plot(title: str, width: int, height: int, *, tools: str = "", name: str | None = None,
+         **kwargs) -> figure:
+    """A figure with the site's quiet style: no logo, light grid, small titles."""
+    kwargs.setdefault("toolbar_location", "below" if tools else None)
+    p = figure(title=title, width=width, height=height, tools=tools, name=name, **kwargs)
+    p.toolbar.logo = None
+    p.title.text_font_size = "12px"
+    p.title.text_font_style = "normal"
+    p.title.text_color = "#555"
+    p.outline_line_color = None
+    p.grid.grid_line_color = "#eeeeee"
+    p.axis.axis_label_text_font_size = "11px"
+    p.axis.axis_label_text_font_style = "normal"
+    p.axis.major_label_text_font_size = "10px"
+    p.min_border_left = 40
+    return p

@@ -1,0 +1,430 @@
+"""The site as a reader uses it, in headless Chromium: every check reads what the page shows.
+
+Expected values come straight from the bundle's arrays with numpy, independently of the Python
+preparation and of the page's JavaScript that computed what is shown.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sitepage import EVIL_ID, make_bundle
+
+from jaxvit_interp.site.browser import FIND_VIEW_JS
+from jaxvit_interp.site.document import build_site
+from jaxvit_interp.site.initial import initial_state
+from jaxvit_interp.site.sources import ATTENTION_SCALE, METRIC_INFO, prepare_site_data
+
+pytestmark = pytest.mark.slow
+
+# All text of the page, through every (nested) shadow root.
+DEEP_TEXT_JS = """() => {
+  const parts = [];
+  const walk = (root) => {
+    for (const el of root.querySelectorAll("*")) {
+      if (el.shadowRoot) walk(el.shadowRoot);
+      if (!["STYLE", "SCRIPT"].includes(el.nodeName) && el.childNodes.length)
+        for (const n of el.childNodes) if (n.nodeType === 3) parts.push(n.textContent);
+    }
+  };
+  walk(document);
+  return parts.join(" ");
+}"""
+# <img> elements anywhere, through every shadow root.
+DEEP_IMG_JS = """() => {
+  let n = 0;
+  const walk = (root) => {
+    for (const el of root.querySelectorAll("*")) {
+      if (el.shadowRoot) walk(el.shadowRoot);
+      if (el.nodeName === "IMG") n += 1;
+    }
+  };
+  walk(document);
+  return n;
+}"""
+# uint16 storage of attention: half a step of 1/65535.
+ATT_TOL = 0.5 / ATTENTION_SCALE + 1e-7
+
+
+def _dims(bundle):
+    d = bundle.dims()
+    return d["L"], d["H"], d["K"], d["N"]
+
+
+def _pick_image(bundle, *, attention: bool | None = None, partial: bool | None = None,
+                not_index: tuple = ()):
+    att = set(bundle["attention"]["image_index"].tolist())
+    par = set(bundle["partial"]["image_index"].tolist())
+    for i in range(len(bundle.meta["image_ids"])):
+        if i in not_index:
+            continue
+        if attention is not None and (i in att) != attention:
+            continue
+        if partial is not None and (i in par) != partial:
+            continue
+        return i
+    pytest.skip("the random subsets left no image of the kind this test needs")
+
+
+def test_page_loads_without_errors_and_shows_global_values(tiny_site, tiny_bundle, open_page):
+    site = open_page(tiny_site)
+    assert site.errors == []
+    L, H, K, _ = _dims(tiny_bundle)
+    state = site.state()
+    assert state["image"] == -1 and state["metric"] == "prob"
+    # Every view was drawn: each figure has a view with a laid-out canvas.
+    for plot in ("overview_plot", "importance_grid", "partial_plot", "top5_plot", "entropy_plot",
+                 "hop_plot", "entropy_hist_plot", "embedding_plot", "image_plot", "matrix_plot",
+                 "value_hist_plot", "reps_plot"):
+        size = site.page.evaluate(
+            f"(n) => {{ const v = ({FIND_VIEW_JS})(n); return v ? [v.bbox.width, v.bbox.height]"
+            " : null; }", plot)
+        assert size is not None and min(size) > 50, (plot, size)
+    heads = site.data("heads")
+    prob = tiny_bundle["importance"]["prob"]
+    np.testing.assert_allclose(heads["value"], prob.mean(0).reshape(L * H), rtol=1e-5, atol=1e-7)
+    entropy = tiny_bundle["strength"]["head_entropy"]
+    np.testing.assert_allclose(heads["entropy"], entropy.mean(0).reshape(-1), rtol=1e-5)
+    # The flip fraction the tooltips show is the fraction of images whose top-1 class flips.
+    flip = tiny_bundle["importance"]["flip"]
+    np.testing.assert_allclose(heads["flip_fraction"], (flip > 0.5).mean(0).reshape(-1),
+                               rtol=1e-5)
+    # C2 of the initially chosen head is its hop strength averaged over images.
+    k = state["head"]
+    np.testing.assert_allclose(site.data("hop_bars")["strength"],
+                               tiny_bundle["strength"]["strength"].mean(0).reshape(L * H, K)[k],
+                               rtol=1e-5)
+    assert "All 30 images" in site.text("image_info")
+
+
+def test_clicking_an_image_makes_b_and_c_local(tiny_site, tiny_bundle, open_page):
+    site = open_page(tiny_site)
+    L, H, K, _ = _dims(tiny_bundle)
+    i = _pick_image(tiny_bundle, partial=True, not_index=(0,))
+    before = site.data("heads")["value"]
+    images = site.data("images")
+    site.click("overview_plot", images["x"][i], images["y"][i])
+    assert site.selected("images") == [i]
+    state = site.state()
+    assert state["image"] == i
+    k = state["head"]
+    lay, h = divmod(k, H)
+    heads = site.data("heads")
+    np.testing.assert_allclose(heads["value"], tiny_bundle["importance"]["prob"][i].reshape(-1),
+                               rtol=1e-6)
+    assert not np.allclose(heads["value"], before)
+    np.testing.assert_allclose(heads["entropy"],
+                               tiny_bundle["strength"]["head_entropy"][i].reshape(-1), rtol=1e-6)
+    np.testing.assert_allclose(site.data("hop_bars")["strength"],
+                               tiny_bundle["strength"]["strength"][i, lay, h], rtol=1e-6)
+    s = int(np.flatnonzero(tiny_bundle["partial"]["image_index"] == i)[0])
+    np.testing.assert_allclose(site.data("partial_bars")["prob"],
+                               tiny_bundle["partial"]["prob"][s, lay, h], rtol=1e-6)
+    mode = state["mode"]
+    names = tiny_bundle.meta["class_names"]
+    top5 = site.data("top5_view")
+    expected = [names[c] for c in tiny_bundle["partial"]["top5_classes"][s, lay, h, mode]]
+    assert [t.rsplit(": ", 1)[0] for t in top5["text"]] == expected
+    np.testing.assert_allclose(top5["prob"], tiny_bundle["partial"]["top5_probs"][s, lay, h, mode],
+                               rtol=1e-6)
+    # C3 marks this image's entropy in the head's distribution.
+    assert site.prop("entropy_span", "visible")
+    np.testing.assert_allclose(site.prop("entropy_span", "location"),
+                               tiny_bundle["strength"]["head_entropy"][i, lay, h], rtol=1e-6)
+    assert tiny_bundle.meta["image_ids"][i] in site.text("image_info")
+    # Clicking empty space returns to the global view.
+    xs, ys = np.asarray(images["x"]), np.asarray(images["y"])
+    site.click("overview_plot", xs.max() + 0.02 * np.ptp(xs), ys.max() + 0.02 * np.ptp(ys))
+    assert site.state()["image"] == -1
+    np.testing.assert_allclose(site.data("heads")["value"],
+                               tiny_bundle["importance"]["prob"].mean(0).reshape(-1), rtol=1e-5)
+    assert site.errors == []
+
+
+def _red_pixels(rgb: np.ndarray) -> int:
+    """Pixels of the selection outline colour (#d62728), allowing for antialiasing."""
+    r, g, b = (rgb[..., c].astype(int) for c in range(3))
+    return int(((r > 170) & (g < 90) & (b < 90)).sum())
+
+
+def test_choosing_a_head_in_b_highlights_it_in_c_and_d(tiny_site, tiny_bundle, open_page):
+    site = open_page(tiny_site)
+    L, H, K, _ = _dims(tiny_bundle)
+    i = _pick_image(tiny_bundle, attention=True)
+    site.set_selected("images", [i])
+    first = site.state()["head"]
+    heads = site.data("heads")
+    # The head farthest from the current one in C1, so the two highlights cannot overlap.
+    xy = np.stack([heads["entropy_x"], heads["entropy"]], 1)
+    k = int(np.argmax(np.linalg.norm(xy - xy[first], axis=1) * np.array(
+        [j != first for j in range(L * H)])))
+    lay, h = divmod(k, H)
+    heads = site.data("heads")
+    spots = {  # where head k and the first head are drawn in C1 and D1
+        (plot, j): (heads[x][j], heads[y][j])
+        for plot, x, y in (("entropy_plot", "entropy_x", "entropy"),
+                           ("embedding_plot", "pos_x", "pos_y"))
+        for j in (k, first)
+    }
+    before = {key: _red_pixels(site.pixels_near(key[0], *xy_)) for key, xy_ in spots.items()}
+    site.click("importance_grid", h, lay)
+    assert site.selected("heads") == [k]
+    assert site.state()["head"] == k
+    # C and D draw the shared heads source, whose selection they outline in red: the outline
+    # appears around head k and leaves the first head.
+    for renderer in ("entropy_points", "embedding_heads", "importance_cells"):
+        assert site.page.evaluate(
+            "(n) => Bokeh.documents[0].get_model_by_name(n).data_source.name", renderer) == "heads"
+    after = {key: _red_pixels(site.pixels_near(key[0], *xy_)) for key, xy_ in spots.items()}
+    for plot in ("entropy_plot", "embedding_plot"):
+        assert after[plot, k] - before[plot, k] > 10, (plot, before, after)
+        far = np.hypot(*np.subtract(site.screen_xy(plot, *spots[plot, first]),
+                                    site.screen_xy(plot, *spots[plot, k])))
+        if far > 40:  # the two spots do not overlap
+            assert before[plot, first] - after[plot, first] > 10, (plot, before, after)
+    # Their contents follow the head: C2 hop strength and D's attention.
+    np.testing.assert_allclose(site.data("hop_bars")["strength"],
+                               tiny_bundle["strength"]["strength"][i, lay, h], rtol=1e-6)
+    s = int(np.flatnonzero(tiny_bundle["attention"]["image_index"] == i)[0])
+    att = tiny_bundle["attention"]["attention"][s, lay, h]
+    np.testing.assert_allclose(site.data("patches")["heat"], att[0, 1:], atol=ATT_TOL)
+    for title in ("partial_title", "hop_title", "entropy_hist_title", "embedding_title",
+                  "image_title", "matrix_title"):
+        assert f"layer {lay}, head {h}" in site.prop(title, "text"), title
+    assert site.errors == []
+
+
+def test_clicking_a_patch_moves_the_overlay(tiny_site, tiny_bundle, open_page, site_seed):
+    site = open_page(tiny_site)
+    L, H, K, N = _dims(tiny_bundle)
+    gh, gw = tiny_bundle.dims()["gh"], tiny_bundle.dims()["gw"]
+    i = _pick_image(tiny_bundle, attention=True)
+    site.set_selected("images", [i])
+    k = site.state()["head"]
+    lay, h = divmod(k, H)
+    s = int(np.flatnonzero(tiny_bundle["attention"]["image_index"] == i)[0])
+    att = tiny_bundle["attention"]["attention"][s, lay, h]
+    # With no patch chosen the query is the CLS token.
+    np.testing.assert_allclose(site.data("patches")["heat"], att[0, 1:], atol=ATT_TOL)
+    rng = np.random.default_rng(site_seed)
+    p1, p2 = rng.choice(gh * gw, 2, replace=False)
+    for p in (p1, p2):
+        r, c = divmod(int(p), gw)
+        site.click("image_plot", c + 0.5, gh - r - 0.5)
+        assert site.selected("patches") == [int(p)]
+        assert site.state()["query"] == 1 + p
+        np.testing.assert_allclose(site.data("patches")["heat"], att[1 + p, 1:], atol=ATT_TOL)
+        marker = site.data("query_marker")
+        assert (marker["x"], marker["y"]) == ([c + 0.5], [gh - r - 0.5])
+        assert site.prop("query_band", "top") == 1 + p
+        assert f"query: patch (row {r}, col {c})" in site.prop("image_title", "text")
+    # The matrix shows the whole head, the histogram counts all its N*N values.
+    matrix = np.asarray(site.data("matrix_view")["image"][0]).reshape(N, N)
+    np.testing.assert_allclose(matrix, att, atol=ATT_TOL)
+    assert sum(site.data("value_hist")["count"]) == N * N
+    site.page.locator("button", has_text="CLS token as query").click()
+    site.page.wait_for_function(
+        "() => Bokeh.documents[0].get_model_by_name('state').data.query[0] === 0")
+    np.testing.assert_allclose(site.data("patches")["heat"], att[0, 1:], atol=ATT_TOL)
+    assert site.errors == []
+
+
+@pytest.mark.parametrize("metric", ["kl", "taylor"])
+def test_metric_menu_switches_metrics(tiny_site, tiny_bundle, open_page, metric):
+    site = open_page(tiny_site)
+    before = site.data("heads")["value"]
+    site.page.locator("select").select_option(
+        label=f"{metric}: {METRIC_INFO[metric]['title']}")
+    site.page.wait_for_function(
+        "(m) => Bokeh.documents[0].get_model_by_name('state').data.metric[0] === m", arg=metric)
+    heads = site.data("heads")
+    values = tiny_bundle["importance"][metric].mean(0).reshape(-1)
+    np.testing.assert_allclose(heads["value"], values, rtol=1e-5)
+    assert not np.allclose(before, heads["value"])
+    assert set(heads["metric"]) == {metric}
+    assert site.prop("value_colorbar", "title") == metric
+    assert site.prop("value_mapper", "low") == pytest.approx(values.min(), rel=1e-5)
+    assert site.prop("value_mapper", "high") == pytest.approx(values.max(), rel=1e-5)
+    assert site.errors == []
+
+
+def test_search_finds_an_image_by_id_and_by_label(tiny_site, tiny_bundle, open_page):
+    site = open_page(tiny_site)
+    ids = tiny_bundle.meta["image_ids"]
+    box = site.page.locator("input[type=text]")
+    box.fill(ids[7])
+    box.press("Enter")
+    site.page.wait_for_function(
+        "() => Bokeh.documents[0].get_model_by_name('state').data.image[0] === 7")
+    assert site.selected("images") == [7]
+    assert "Found image img-007" in site.text("search_status")
+    # By label: the most confident image of that class is chosen, all of them outlined.
+    labels = tiny_bundle["images"]["labels"]
+    c = int(labels[3])
+    name = tiny_bundle.meta["class_names"][c]
+    members = np.flatnonzero(labels == c)
+    p_y = tiny_bundle["images"]["probs"][members, c]
+    best = int(members[np.argmax(p_y)])
+    box.fill(name.upper() if c else "script")  # case-insensitive, and a part of a label
+    box.press("Enter")
+    site.page.wait_for_function(
+        "(b) => Bokeh.documents[0].get_model_by_name('state').data.image[0] === b", arg=best)
+    outline = np.asarray(site.data("images")["outline"])
+    assert set(np.flatnonzero(outline == 3)) >= set(members)
+    assert f"{len(members)} image(s) match" in site.text("search_status")
+    box.fill("no-such-image-anywhere")
+    box.press("Enter")
+    site.page.wait_for_function(
+        "() => Bokeh.documents[0].get_model_by_name('search_status').text.startsWith('No image')")
+    assert site.state()["image"] == best  # a failed search leaves the choice alone
+    site.page.locator("button", has_text="All images").click()
+    site.page.wait_for_function(
+        "() => Bokeh.documents[0].get_model_by_name('state').data.image[0] === -1")
+    assert site.errors == []
+
+
+def test_labels_and_ids_show_as_text(tiny_site, tiny_bundle, open_page):
+    site = open_page(tiny_site)
+    dialogs = []
+    site.page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    # Image 0 has the hostile id; find it with the search box, as a reader would.
+    box = site.page.locator("input[type=text]")
+    box.fill(EVIL_ID)
+    box.press("Enter")
+    site.page.wait_for_function(
+        "() => Bokeh.documents[0].get_model_by_name('state').data.image[0] === 0")
+    label = tiny_bundle.meta["class_names"][int(tiny_bundle["images"]["labels"][0])]
+    info = site.text("image_info")
+    assert EVIL_ID in info and label in info
+    assert site.html_elements("image_info", "img, script") == 0
+    # The hover tooltip on that image shows the id literally, and no element came of it.
+    images = site.data("images")
+    site.page.mouse.move(*site.screen_xy("overview_plot", images["x"][0], images["y"][0]))
+    site.page.wait_for_function(f"(id) => ({DEEP_TEXT_JS})().includes(id)", arg=EVIL_ID,
+                                timeout=5000)
+    assert site.page.evaluate(DEEP_IMG_JS) == 0
+    assert site.page.evaluate("() => window.__xss") is None
+    assert dialogs == []
+    assert "alert" not in "".join(site.errors)
+
+
+def test_notes_for_images_without_partial_or_attention(tiny_site, tiny_bundle, open_page):
+    site = open_page(tiny_site)
+    i = _pick_image(tiny_bundle, partial=False, attention=False)
+    site.set_selected("images", [i])
+    assert "not computed for this image" in site.text("partial_note")
+    assert site.data("top5_view")["text"] == []
+    assert "not stored for this image" in site.text("attention_note")
+    assert site.data("matrix_view")["image"] == []
+    assert site.errors == []
+
+
+def test_site_of_a_model_without_cls_and_without_optional_parts(tmp_path, open_page, rng):
+    bundle = make_bundle(rng, num_layers=2, num_heads=3, grid=(3, 5), has_cls=False)
+    for part in ("partial", "attention"):
+        del bundle.parts[part]
+    path = build_site(bundle, tmp_path / "site", metrics=["kl", "prob"])
+    site = open_page(path)
+    assert site.errors == []
+    assert site.state()["metric"] == "kl"
+    assert site.state()["kind"] == "patch"
+    assert "no partial-pruning results" in site.text("partial_note")
+    site.set_selected("images", [1])
+    # Without CLS the default query is the centre patch.
+    assert site.state()["query"] == 1 * 5 + 2
+    np.testing.assert_allclose(site.data("heads")["value"],
+                               bundle["importance"]["kl"][1].reshape(-1), rtol=1e-6)
+    assert site.page.locator("button", has_text="CLS token as query").count() == 0
+    assert site.text("attention_note") == "This results bundle stores no attention matrices."
+    assert site.errors == []
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return bool(np.isclose(a, b, rtol=1e-6, atol=1e-9, equal_nan=True))
+    return a == b
+
+
+def test_opening_state_is_what_the_page_computes(tiny_site, tiny_bundle, open_page):
+    """The state drawn from Python at opening equals the page's own global view."""
+    site = open_page(tiny_site)
+    data = prepare_site_data(tiny_bundle)
+    opening = initial_state(data, metric="prob", kind=data.info["kinds"][0],
+                            head=site.state()["head"], mode=site.state()["mode"])
+
+    def snapshot():
+        sources = {name: {c: site.data(name)[c] for c in cols}
+                   for name, cols in opening["sources"].items()}
+        props = {name: {a: site.prop(name, a) for a in attrs}
+                 for name, attrs in opening["props"].items()}
+        texts = {name: site.text(name) for name in ("image_info", "partial_note",
+                                                     "attention_note")}
+        return sources, props, texts
+
+    before = snapshot()
+    i = _pick_image(tiny_bundle, attention=True, partial=True)
+    site.set_selected("images", [i])
+    assert site.state()["image"] == i
+    site.page.locator("button", has_text="All images").click()
+    site.page.wait_for_function(
+        "() => Bokeh.documents[0].get_model_by_name('state').data.image[0] === -1")
+    after = snapshot()
+    for part_before, part_after in zip(before, after, strict=True):
+        for name in part_before:
+            for key in part_before[name] if isinstance(part_before[name], dict) else [None]:
+                b = part_before[name] if key is None else part_before[name][key]
+                a = part_after[name] if key is None else part_after[name][key]
+                assert _same(b, a), (name, key, b, a)
+    assert site.errors == []
+
+
+def test_pattern_toggle_and_pruning_mode_bars(tiny_site, tiny_bundle, open_page):
+    site = open_page(tiny_site)
+    L, H, K, _ = _dims(tiny_bundle)
+    k = site.state()["head"]
+    lay, h = divmod(k, H)
+    site.page.locator("button", has_text="patch patterns").click()
+    site.page.wait_for_function(
+        "() => Bokeh.documents[0].get_model_by_name('state').data.kind[0] === 'patch'")
+    patch = tiny_bundle["patterns"]["patch_positions"]
+    heads = site.data("heads")
+    np.testing.assert_allclose(heads["pos_x"], patch[..., 0].mean(0).reshape(-1), rtol=1e-5)
+    np.testing.assert_allclose(site.data("head_images")["y"], patch[:, lay, h, 1], rtol=1e-6)
+    reps = site.data("reps_view")
+    assert len(reps["image"]) == len(tiny_bundle["patterns"]["patch_representatives"])
+    assert site.prop("embedding_x_range", "start") < patch[..., 0].min()
+    # A bar of B2 chooses the pruning mode whose top-5 B3 lists.
+    i = _pick_image(tiny_bundle, partial=True)
+    site.set_selected("images", [i])
+    s = int(np.flatnonzero(tiny_bundle["partial"]["image_index"] == i)[0])
+    probs = tiny_bundle["partial"]["prob"][s, lay, h]
+    modes = tiny_bundle.meta["pruning_modes"]
+    m = int(np.argmax(probs))  # the tallest bar is the easiest to hit
+    if m == site.state()["mode"]:
+        pytest.skip("the tallest bar is already the chosen mode")
+    site.click("partial_plot", m + 0.5, probs[m] / 2)  # factor m sits at m + 0.5
+    assert site.selected("partial_bars") == [m]
+    names = tiny_bundle.meta["class_names"]
+    want = [names[c] for c in tiny_bundle["partial"]["top5_classes"][s, lay, h, m]]
+    assert [t.rsplit(": ", 1)[0] for t in site.data("top5_view")["text"]] == want
+    assert modes[m] in site.prop("top5_title", "text")
+    assert site.errors == []
+
+
+def test_fewer_classes_than_five_keep_a_shorter_top_k(tmp_path, open_page, rng):
+    bundle = make_bundle(rng, num_classes=3, num_layers=2, num_heads=2, grid=(3, 3),
+                         partial_images=4, attention_images=2)
+    assert bundle["partial"]["top5_classes"].shape[-1] == 3
+    site = open_page(build_site(bundle, tmp_path / "site"))
+    i = int(bundle["partial"]["image_index"][0])
+    site.set_selected("images", [i])
+    k, mode = site.state()["head"], site.state()["mode"]
+    lay, h = divmod(k, 2)
+    names = bundle.meta["class_names"]
+    top = site.data("top5_view")
+    assert [t.rsplit(": ", 1)[0] for t in top["text"]] == [
+        names[c] for c in bundle["partial"]["top5_classes"][0, lay, h, mode]]
+    assert top["y"] == [3, 2, 1]
+    assert site.errors == []

@@ -1,0 +1,116 @@
+"""Results bundles on disk: a round trip, and bad bundles failing with the part named."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from jaxvit_interp.bundle import BUNDLE_VERSION, INDEX_FILE, BundleError, load_bundle, save_bundle
+
+sys.path.insert(0, os.path.dirname(__file__))
+from sitepage import make_bundle  # noqa: E402
+
+
+@pytest.fixture
+def saved(rng, tmp_path):
+    bundle = make_bundle(rng, num_images=12, num_layers=2, num_heads=2, grid=(3, 3),
+                         partial_images=3, attention_images=2)
+    return bundle, save_bundle(bundle, tmp_path / "bundle")
+
+
+def _edit_index(directory, **changes):
+    path = directory / INDEX_FILE
+    index = json.loads(path.read_text())
+    index.update(changes)
+    path.write_text(json.dumps(index))
+
+
+def _rewrite_part(directory, part, **arrays):
+    path = directory / f"{part}.npz"
+    with np.load(path) as data:
+        contents = {k: data[k] for k in data.files}
+    contents.update(arrays)
+    for name, value in arrays.items():
+        if value is None:
+            del contents[name]
+    np.savez(path, **contents)
+
+
+def test_round_trip_keeps_every_array_and_the_meta(saved):
+    bundle, directory = saved
+    loaded = load_bundle(directory)
+    assert loaded.meta == json.loads(json.dumps(bundle.meta))
+    assert sorted(loaded.parts) == sorted(bundle.parts)
+    for part, arrays in bundle.parts.items():
+        assert sorted(loaded.parts[part]) == sorted(arrays)
+        for name, array in arrays.items():
+            np.testing.assert_array_equal(loaded.parts[part][name], array)
+            assert loaded.parts[part][name].dtype == array.dtype
+
+
+def test_a_bundle_of_another_version_is_refused(saved):
+    _, directory = saved
+    _edit_index(directory, version=BUNDLE_VERSION + 1)
+    with pytest.raises(BundleError, match=f"version {BUNDLE_VERSION + 1}"):
+        load_bundle(directory)
+    _edit_index(directory, version=BUNDLE_VERSION, format="something-else")
+    with pytest.raises(BundleError, match="something-else"):
+        load_bundle(directory)
+
+
+def test_missing_index_part_file_or_array_is_named(saved, tmp_path):
+    _, directory = saved
+    with pytest.raises(BundleError, match="bundle.json is missing"):
+        load_bundle(tmp_path / "nowhere")
+    (directory / "strength.npz").unlink()
+    with pytest.raises(BundleError, match="part 'strength'.*strength.npz is missing"):
+        load_bundle(directory)
+
+
+def test_missing_array_is_named(saved):
+    _, directory = saved
+    _rewrite_part(directory, "importance", kl=None)
+    with pytest.raises(BundleError, match="part 'importance' lacks array 'kl'"):
+        load_bundle(directory)
+
+
+@pytest.mark.parametrize("part,name,shape,needle", [
+    ("strength", "strength", (12, 2, 2, 5), r"strength/strength .* axis 3 \(K\) is 5, expected 3"),
+    ("importance", "prob", (12, 3, 2), r"importance/prob .* axis 1 \(L\) is 3, expected 2"),
+    ("images", "probs", (11, 5), r"images/probs .* axis 0 \(I\) is 11, expected 12"),
+    ("attention", "attention", (2, 2, 2, 11, 11),
+     r"attention/attention .* \(N\) is 11, expected 10"),
+    ("partial", "prob", (3, 2, 2), r"partial/prob has shape \(3, 2, 2\); expected 4 axes"),
+])
+def test_mismatched_shapes_name_the_part_and_array(saved, part, name, shape, needle):
+    _, directory = saved
+    _rewrite_part(directory, part, **{name: np.zeros(shape, np.float32)})
+    with pytest.raises(BundleError, match=needle):
+        load_bundle(directory)
+
+
+def test_subset_sizes_must_agree_within_a_part(saved):
+    _, directory = saved
+    # image_index says 3 images, the arrays hold 4: the free dimension S_partial disagrees.
+    _rewrite_part(directory, "partial", image_index=np.arange(4, dtype=np.int32))
+    with pytest.raises(BundleError,
+                       match="partial/prob .* axis 0 \\(S_partial\\) is 3, expected 4"):
+        load_bundle(directory)
+
+
+def test_class_names_must_match_the_model(saved):
+    _, directory = saved
+    _edit_index(directory, class_names=["a", "b"])
+    with pytest.raises(BundleError, match="class_names lists 2 classes but the model has 5"):
+        load_bundle(directory)
+
+
+def test_corrupt_index_is_named(saved):
+    _, directory = saved
+    (directory / INDEX_FILE).write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(directory)
