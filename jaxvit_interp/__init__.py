@@ -5,6 +5,8 @@ The public entry points are re-exported here; see each subpackage for the detail
 - :mod:`jaxvit_interp.model`: the Flax ViT, head gates, attention edits and checkpoint import.
 - :mod:`jaxvit_interp.data`: image folders, preprocessing, the bundled digits set and model.
 - :mod:`jaxvit_interp.strength`: attention strength per Chebyshev hop, head entropy, attention distance.
+- :mod:`jaxvit_interp.pipeline`: ``analyze``: every analysis, chunked and resumable, to a results bundle.
+- :mod:`jaxvit_interp.site`: ``build_site``: a results bundle as one offline HTML file.
 """
 
 from jaxvit_interp.model import (
@@ -21,6 +23,9 @@ from jaxvit_interp.model import (
     init_params,
     run_model,
 )
+from jaxvit_interp.bundle import ResultsBundle, load_bundle
+from jaxvit_interp.pipeline import AnalysisSettings, analyze
+from jaxvit_interp.site import build_site, export_figures
 from jaxvit_interp.strength import (
     HopStrength,
     StrengthResults,
@@ -32,6 +37,12 @@ from jaxvit_interp.strength import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnalysisSettings",
+    "ResultsBundle",
+    "analyze",
+    "build_site",
+    "export_figures",
+    "load_bundle",
     "CheckpointError",
     "inspect_checkpoint",
     "load_checkpoint",

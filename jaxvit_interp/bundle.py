@@ -34,7 +34,7 @@ INDEX_FILE = "bundle.json"
 IMPORTANCE_METRICS = ("prob", "prob_drop", "kl", "layer", "repr", "flip", "taylor")
 
 # Dimension names: I images, C classes, L layers, H heads, N tokens, K hops, M pruning modes,
-# S images in a subset, T top-k, h/w/c thumbnail height/width/channels, P patterns kinds' sizes.
+# S images in a subset, T top-k (5, or the class count when smaller), h/w/c thumbnail height/width/channels, P patterns kinds' sizes.
 SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
     "images": {
         "labels": ("I",),
@@ -47,8 +47,8 @@ SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
     "partial": {
         "image_index": ("S_partial",),
         "prob": ("S_partial", "L", "H", "M"),
-        "top5_classes": ("S_partial", "L", "H", "M", 5),
-        "top5_probs": ("S_partial", "L", "H", "M", 5),
+        "top5_classes": ("S_partial", "L", "H", "M", "T"),
+        "top5_probs": ("S_partial", "L", "H", "M", "T"),
     },
     "strength": {
         "strength": ("I", "L", "H", "K"),

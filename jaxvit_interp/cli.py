@@ -34,7 +34,7 @@ def _load_model(checkpoint: str, allow_pickle: bool = False):
 
         config, params = load_digits_model()
         path = builtin_path(WEIGHTS_FILE)
-        return config, params, {"checkpoint": BUILTIN_DIGITS, "sha256": _sha256(path)}
+        return config, params, {"path": BUILTIN_DIGITS, "sha256": _sha256(path)}
     from jaxvit_interp.model.checkpoint import load_checkpoint
 
     path = Path(checkpoint)
@@ -42,7 +42,7 @@ def _load_model(checkpoint: str, allow_pickle: bool = False):
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     config, params = load_checkpoint(path, allow_pickle=allow_pickle)
     digest = _sha256(path) if path.is_file() else hashlib.sha256(str(path.resolve()).encode()).hexdigest()
-    return config, params, {"checkpoint": str(path), "sha256": digest}
+    return config, params, {"path": str(path), "sha256": digest}
 
 
 def _sha256(path: Path) -> str:
@@ -72,7 +72,19 @@ def _load_images(source: str, config, labels_csv: str | None, max_images: int | 
     folder = Path(source)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {source} does not exist")
-    image_set = load_image_folder(folder, config, labels_csv=labels_csv, progress=not args.quiet)
+    import logging
+    import warnings
+
+    # The loader logs each skipped file and warns once; here one clean line per file says it all.
+    loader_log = logging.getLogger("jaxvit_interp.data.images")
+    level = loader_log.level
+    loader_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            image_set = load_image_folder(folder, config, labels_csv=labels_csv, progress=not args.quiet)
+    finally:
+        loader_log.setLevel(level)
     for path, reason in image_set.skipped:
         print(f"jaxvit-interp: skipped {path}: {reason}", file=sys.stderr)
     images, labels, ids = image_set.images, image_set.labels, list(image_set.ids)
@@ -184,14 +196,27 @@ def _site_from_spec(args, spec_path: str) -> int:
     spec = load_site_spec(spec_path)
     out = Path(args.out)
     run = out / "run"
-    config, params, identity = _load_model(spec.model)
-    images, labels, ids, class_names = _load_images(spec.images, config, spec.labels, spec.max_images, args)
-    settings = AnalysisSettings.from_dict(spec.analysis)
+    config, params, identity = _load_model(str(spec.model))
+    labels_csv = str(spec.labels) if spec.labels else None
+    images, labels, ids, class_names = _load_images(
+        str(spec.images), config, labels_csv, spec.max_images, args
+    )
+    settings = AnalysisSettings.from_dict(
+        {
+            **spec.analysis,
+            "partial_images": spec.partial_images,
+            "attention_images": spec.attention_images,
+            "thumbnail_size": spec.thumbnail_size,
+        }
+    )
     analyze(
         config, params, images, run, labels=labels, image_ids=ids, class_names=class_names,
         model_identity=identity, settings=settings, progress=not args.quiet,
     )
-    html = build_site(load_bundle(run), out, title=args.title or spec.title)
+    options = spec.site_options()
+    if args.title:
+        options["title"] = args.title
+    html = build_site(load_bundle(run), out, **options)
     print(f"site written to {html}")
     return 0
 

@@ -1,0 +1,348 @@
+"""``analyze``: images -> every analysis -> a results bundle on disk, chunked and resumable.
+
+A run folder holds ``run.json`` (what the run is: its fingerprint and settings), ``chunks/``
+(per-image results, one ``.npz`` per chunk of images, written atomically as soon as each chunk
+is done), the pattern autoencoders' checkpoints, and finally the results bundle files
+(:mod:`jaxvit_interp.bundle`). Run the same command again after an interruption and only the
+missing chunks are computed; every random choice is seeded, so the result equals an
+uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxvit_interp.bundle import (
+    IMPORTANCE_METRICS,
+    INDEX_FILE,
+    ResultsBundle,
+    save_bundle,
+)
+from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
+from jaxvit_interp.pipeline.progress import progress_bar, progress_enabled
+from jaxvit_interp.pipeline.settings import AnalysisSettings, run_fingerprint
+from jaxvit_interp.pipeline.summaries import (
+    STRENGTH_FIELDS,
+    attention_matrices,
+    attention_summaries,
+)
+
+RUN_FILE = "run.json"
+CHUNK_DIR = "chunks"
+
+
+class RunFolderError(ValueError):
+    """The output folder holds something other than this run."""
+
+
+def image_digest(images: np.ndarray, image_ids: list[str]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(list(image_ids)).encode())
+    h.update(np.ascontiguousarray(images, np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _prepare_run_folder(out: Path, fingerprint: str, record: dict[str, Any]) -> None:
+    run_file = out / RUN_FILE
+    if run_file.exists():
+        held = json.loads(run_file.read_text()).get("fingerprint")
+        if held != fingerprint:
+            raise RunFolderError(
+                f"{out} holds another run (fingerprint {held}, this one is {fingerprint}: a "
+                "different model, image set or settings); choose another output folder or delete it"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
+        raise RunFolderError(f"{out} is not empty and holds no {RUN_FILE}; choose an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{RUN_FILE}.tmp"
+    tmp.write_text(json.dumps({"fingerprint": fingerprint, **record}, indent=1))
+    os.replace(tmp, run_file)
+
+
+def _subset(num_images: int, size: int, seed: int) -> np.ndarray:
+    """Sorted image indices of a seeded random subset of ``size`` (all images when fewer)."""
+    if size >= num_images:
+        return np.arange(num_images)
+    return np.sort(np.random.default_rng(seed).choice(num_images, size, replace=False))
+
+
+def is_writer() -> bool:
+    """Across hosts every process computes, and only the first writes files."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def all_devices_mesh() -> "jax.sharding.Mesh | None":
+    """A 1-D mesh over every device of every host (None on one device): images are split over it."""
+    import jax
+
+    if jax.device_count() == 1:
+        return None
+    # A plain Mesh has automatic axes: XLA propagates the image sharding through the kernels.
+    return jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
+
+
+def _compute_chunk(config, params, images, labels, partial_local, attention_local, settings):
+    from jaxvit_interp.importance import head_importance, partial_pruning
+
+    batch = settings.batch_size or min(len(images), 32)
+    mesh = all_devices_mesh()
+    importance = head_importance(
+        config, params, images, labels, metrics=IMPORTANCE_METRICS, batch_size=settings.batch_size,
+        memory_budget_bytes=settings.memory_budget_bytes, mesh=mesh, progress=False,
+    )
+    arrays = {m: np.asarray(importance[m], np.float32) for m in IMPORTANCE_METRICS}
+    arrays["probs"] = importance.probs.astype(np.float32)
+    arrays["predictions"] = importance.predictions.astype(np.int32)
+    arrays["targets"] = importance.labels.astype(np.int32)
+    summaries = attention_summaries(config, params, images, batch, mesh)
+    arrays.update({k: v.astype(np.float32) for k, v in summaries.items()})
+    if len(partial_local):
+        partial = partial_pruning(
+            config, params, images[partial_local], importance.labels[partial_local],
+            top_k=min(5, config.num_classes), batch_size=settings.batch_size,
+            memory_budget_bytes=settings.memory_budget_bytes, mesh=mesh, progress=False,
+        )
+        # [image, head pair, mode, ...] -> [image, layer, head, mode, ...]
+        L, H = config.num_layers, config.num_heads
+        order = np.argsort(partial.heads[:, 0] * H + partial.heads[:, 1])
+        grid = lambda a: a[:, order].reshape(len(a), L, H, *a.shape[2:])  # noqa: E731
+        arrays["partial_prob"] = grid(partial.prob).astype(np.float32)
+        arrays["partial_top5_classes"] = grid(partial.top_classes).astype(np.int32)
+        arrays["partial_top5_probs"] = grid(partial.top_probs).astype(np.float32)
+    if len(attention_local):
+        arrays["attention"] = attention_matrices(config, params, images[attention_local])
+    return arrays
+
+
+def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load_chunk(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError):
+        return None  # a torn file from an older writer: recompute it
+
+
+def thumbnails(images: np.ndarray, config: ViTConfig, max_side: int) -> np.ndarray:
+    """uint8 thumbnails ``[image, h, w, c]`` of preprocessed images, pixel range restored."""
+    pre = config.preprocessing
+    channels = images.shape[-1]
+    mean = np.resize(np.asarray(pre.mean, np.float32), channels)
+    std = np.resize(np.asarray(pre.std, np.float32), channels)
+    pixels = np.clip((images * std + mean) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    h, w = pixels.shape[1:3]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return pixels
+    from PIL import Image
+
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    out = []
+    for img in pixels:
+        pil = Image.fromarray(img[..., 0] if channels == 1 else img)
+        small = np.asarray(pil.resize(size, Image.Resampling.BILINEAR))
+        out.append(small[..., None] if channels == 1 else small)
+    return np.stack(out)
+
+
+def overview_positions(vectors: np.ndarray, seed: int) -> np.ndarray:
+    """2-D positions of images from their per-head importance vectors (UMAP; PCA when few)."""
+    x = np.asarray(vectors, np.float64).reshape(len(vectors), -1)
+    if len(x) < 16:
+        from sklearn.decomposition import PCA
+
+        if len(x) < 3:
+            return np.pad(x[:, :2], ((0, 0), (0, max(0, 2 - x.shape[1])))).astype(np.float32)
+        return PCA(2, random_state=seed).fit_transform(x).astype(np.float32)
+    import warnings
+
+    import umap
+
+    reducer = umap.UMAP(n_components=2, random_state=seed, n_neighbors=min(15, len(x) - 1))
+    with warnings.catch_warnings():
+        # A fixed random_state makes UMAP single-threaded; that is the point, not news.
+        warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+        return reducer.fit_transform(x).astype(np.float32)
+
+
+def _pattern_part(config, merged, settings, out: Path, progress: bool) -> dict[str, np.ndarray]:
+    from jaxvit_interp.patterns.embed import embed_patterns
+    from jaxvit_interp.patterns.extract import normalize_patterns
+    from jaxvit_interp.patterns.train import train_autoencoder
+
+    part = {}
+    kinds = [k for k in settings.pattern_kinds if k != "cls" or config.has_cls_token]
+    for kind in kinds:
+        raw = merged[f"{kind}_pattern"]  # [image, layer, head, h, w]
+        patterns = np.asarray(normalize_patterns(raw, config.num_patches))
+        flat = patterns.reshape(-1, *patterns.shape[-2:])
+        pick = _subset(len(flat), settings.pattern_samples, settings.seed)
+        model = train_autoencoder(
+            flat[pick], settings.autoencoder, workdir=out / f"autoencoder-{kind}", progress=progress
+        )
+        emb = embed_patterns(
+            model, patterns, projection=settings.projection, k=settings.clusters, seed=settings.seed
+        )
+        part[f"{kind}_positions"] = emb.xy.astype(np.float32)
+        part[f"{kind}_clusters"] = emb.labels.astype(np.int32)
+        part[f"{kind}_representatives"] = emb.representative.astype(np.float32)
+        part[f"{kind}_centres"] = emb.decoded_centre.astype(np.float32)
+    return part
+
+
+def analyze(
+    config: ViTConfig,
+    params: Any,
+    images: np.ndarray,
+    out: str | Path,
+    *,
+    labels: np.ndarray | None = None,
+    image_ids: list[str] | None = None,
+    class_names: list[str] | None = None,
+    model_identity: dict[str, Any] | None = None,
+    settings: AnalysisSettings | None = None,
+    progress: bool = True,
+) -> ResultsBundle:
+    """Run every analysis on ``images`` and write the results bundle into ``out``.
+
+    Args:
+      config, params: the model.
+      images: ``[image, height, width, channels]`` preprocessed.
+      out: the run folder (created; an interrupted run there is resumed).
+      labels: ``[image]`` class ids, or None to measure against the model's predictions.
+      image_ids: a name per image (default ``"0"``, ``"1"``, ...).
+      class_names: a name per class (default the class indices).
+      model_identity: the checkpoint's ``path`` and ``sha256``, stored as the bundle's
+        ``checkpoint``.
+      settings: :class:`AnalysisSettings`.
+      progress: progress bars (also off when the output is not a terminal).
+
+    Returns:
+      The :class:`~jaxvit_interp.bundle.ResultsBundle`, also saved in ``out``; arrays are
+      ``[image, layer, head, ...]``.
+    """
+    from jaxvit_interp.importance.validate import check_images, check_labels
+
+    settings = settings or AnalysisSettings()
+    progress = progress_enabled(progress)
+    images = np.asarray(check_images(config, images), np.float32)
+    labels = check_labels(config, labels, len(images))
+    num_images = len(images)
+    image_ids = [str(i) for i in range(num_images)] if image_ids is None else list(image_ids)
+    if len(image_ids) != num_images:
+        raise ValueError(f"{len(image_ids)} image ids for {num_images} images")
+    class_names = class_names or [str(c) for c in range(config.num_classes)]
+    if len(class_names) != config.num_classes:
+        raise ValueError(
+            f"{len(class_names)} class names for a model with {config.num_classes} classes"
+        )
+    if "cls" in settings.pattern_kinds and not config.has_cls_token and settings.pattern_kinds == ("cls",):
+        raise ValueError("pattern_kinds=('cls',) needs a model with a CLS token")
+    model_identity = model_identity or {}
+    out = Path(out)
+    fingerprint = run_fingerprint(
+        model_identity={**model_identity, "config": config.to_dict()},
+        image_digest=image_digest(images, image_ids),
+        settings=settings,
+    )
+    _prepare_run_folder(
+        out, fingerprint, {"settings": settings.to_dict(), "model": model_identity, "images": num_images}
+    )
+    if run_is_complete(out):
+        from jaxvit_interp.bundle import load_bundle
+
+        return load_bundle(out)  # this very run finished before: nothing to redo
+
+    partial_index = _subset(num_images, settings.partial_images, settings.seed) if settings.partial_images else np.zeros(0, int)
+    attention_index = partial_index[: settings.attention_images]
+    chunk_dir = out / CHUNK_DIR
+    chunk_dir.mkdir(exist_ok=True)
+    starts = list(range(0, num_images, settings.chunk_images))
+    chunks = []
+    bar = progress_bar(total=num_images, desc="analysing images", unit="img", enabled=progress)
+    for number, start in enumerate(starts):
+        stop = min(start + settings.chunk_images, num_images)
+        path = chunk_dir / f"chunk-{number:05d}.npz"
+        arrays = _load_chunk(path) if path.exists() else None
+        if arrays is None:
+            in_chunk = lambda idx: idx[(idx >= start) & (idx < stop)] - start  # noqa: E731
+            arrays = _compute_chunk(
+                config, params, images[start:stop],
+                None if labels is None else labels[start:stop],
+                in_chunk(partial_index), in_chunk(attention_index), settings,
+            )
+            if is_writer():
+                _save_npz_atomic(path, arrays)
+        chunks.append(arrays)
+        bar.update(stop - start)
+    bar.close()
+
+    merged = {
+        name: np.concatenate([c[name] for c in chunks if name in c])
+        for name in set().union(*chunks)
+    }
+    importance = {m: merged[m] for m in IMPORTANCE_METRICS}
+    parts = {
+        "images": {
+            "labels": merged["targets"],
+            "predictions": merged["predictions"],
+            "probs": merged["probs"],
+            "thumbnails": thumbnails(images, config, settings.thumbnail_size),
+            "overview": overview_positions(importance["prob_drop"], settings.seed),
+        },
+        "importance": importance,
+        "strength": {
+            name: merged[name]
+            for name in STRENGTH_FIELDS
+            if config.has_cls_token or name not in ("patch_to_cls", "cls_to_patch")
+        },
+        "patterns": _pattern_part(config, merged, settings, out, progress),
+    }
+    if len(partial_index):
+        parts["partial"] = {
+            "image_index": partial_index.astype(np.int32),
+            "prob": merged["partial_prob"],
+            "top5_classes": merged["partial_top5_classes"],
+            "top5_probs": merged["partial_top5_probs"],
+        }
+    if len(attention_index):
+        parts["attention"] = {
+            "image_index": attention_index.astype(np.int32),
+            "attention": merged["attention"],
+        }
+    meta = {
+        "config": config.to_dict(),
+        "checkpoint": model_identity,
+        "image_ids": image_ids,
+        "class_names": list(class_names),
+        "labels_are_predictions": labels is None,
+        "pruning_modes": [m for m in PRUNING_MODES if config.has_cls_token or m not in CLS_MODES],
+        "fingerprint": fingerprint,
+        "settings": settings.to_dict(),
+    }
+    bundle = ResultsBundle(meta=meta, parts=parts)
+    if is_writer():
+        save_bundle(bundle, out)
+    return bundle
+
+
+def run_is_complete(out: str | Path) -> bool:
+    return (Path(out) / INDEX_FILE).exists()

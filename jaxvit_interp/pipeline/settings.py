@@ -1,0 +1,86 @@
+"""Settings of one analysis run, and the fingerprint that tells whether a folder holds this run."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+from jaxvit_interp.patterns.train import AutoencoderSettings
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AnalysisSettings:
+    """What ``analyze`` computes and how.
+
+    Attributes:
+      chunk_images: images per resumable chunk; a chunk is written to disk as soon as it is done.
+      batch_size: images per device pass inside a chunk (None: as the memory budget allows).
+      memory_budget_bytes: per-device working-set budget of the ablation engine (None: default).
+      partial_images: images (chosen at random with ``seed``) that get partial pruning of every
+        head in all six modes; 0 skips partial pruning.
+      attention_images: images (the first of the partial-pruning ones) whose full attention
+        matrices are kept for the pattern view.
+      thumbnail_size: longest side of the thumbnails kept for the site, in pixels.
+      pattern_kinds: which patterns feed the autoencoders (``cls`` needs a CLS token).
+      pattern_samples: most patterns (sampled with ``seed``) each autoencoder trains on.
+      clusters: number of pattern clusters; None chooses it from the data.
+      projection: ``umap`` or ``tsne`` for the 2-D maps.
+      autoencoder: :class:`AutoencoderSettings` of the pattern autoencoders.
+      seed: seeds every random choice of the run.
+    """
+
+    chunk_images: int = 64
+    batch_size: int | None = None
+    memory_budget_bytes: int | None = None
+    partial_images: int = 64
+    attention_images: int = 32
+    thumbnail_size: int = 112
+    pattern_kinds: tuple[str, ...] = ("cls", "patch")
+    pattern_samples: int = 20_000
+    clusters: int | None = None
+    projection: str = "umap"
+    autoencoder: AutoencoderSettings = AutoencoderSettings()
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "pattern_kinds", tuple(self.pattern_kinds))
+        for name in ("chunk_images", "thumbnail_size", "pattern_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("partial_images", "attention_images"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.attention_images > max(self.partial_images, 0) and self.partial_images:
+            object.__setattr__(self, "attention_images", self.partial_images)
+        unknown = set(self.pattern_kinds) - {"cls", "patch"}
+        if unknown or not self.pattern_kinds:
+            raise ValueError(f"pattern_kinds must be a non-empty subset of cls, patch; got {self.pattern_kinds}")
+        if self.projection not in ("umap", "tsne"):
+            raise ValueError(f"projection must be 'umap' or 'tsne', got {self.projection!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["autoencoder"] = self.autoencoder.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AnalysisSettings":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown analysis setting(s): {', '.join(unknown)}")
+        d = dict(d)
+        if isinstance(d.get("autoencoder"), dict):
+            d["autoencoder"] = AutoencoderSettings.from_dict(d["autoencoder"])
+        return cls(**d)
+
+
+def run_fingerprint(*, model_identity: dict, image_digest: str, settings: AnalysisSettings) -> str:
+    """A hash of everything that decides a run's results (but not of where it is written)."""
+    blob = json.dumps(
+        {"model": model_identity, "images": image_digest, "settings": settings.to_dict()},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
