@@ -1,0 +1,521 @@
+"""Time every single-head ablation of a ViT: the batched engine vs the loops people write today.
+
+For each model (random weights, 224 px) and image count this measures, in one process:
+
+  (a) ``jaxvit_interp.head_importance`` (the batched engine; all ablation metrics but ``taylor``),
+  (b) a plain JAX loop: one jitted forward pass per pruned head (``head_mask``),
+  (c) Hugging Face ``transformers`` on PyTorch CPU: ``ViTForImageClassification`` with
+      ``head_mask``
+      once per pruned head (after checking the mask really changes the logits),
+
+plus a large float32 matrix product in JAX (and PyTorch) for the machine's attainable rate.  (b) and
+(c) run the same full forward pass for every head, so by default they are timed on a sample of
+heads spread over all layers and scaled to all heads (``--baseline-heads all`` runs every head).
+
+FLOP counts: "needed" = one full pass plus, for each head of layer ``l``, layers ``l..L-1`` and the
+classifier (what an ablation has to recompute when lower layers are reused); "executed" = what the
+engine actually runs (it also skips the attention of the pruned layer itself and every query but
+CLS in the last layer).  GFLOP/s figures divide those counts by the engine's time with compiled
+programs; the first call, compilation included, is reported next to it.
+
+Also: how the engine's time grows with images and with the number of heads ablated, ViT-B/16
+figures, peak memory, and on the built-in digits model (when present) the accuracy curves of
+cumulative pruning in importance order vs random orders and the rank correlation of ``taylor``
+with exact ``prob_drop``.
+
+Run:  python benchmarks/head_importance.py            (about 10 minutes on a 2-core CPU)
+      python benchmarks/head_importance.py --quick    (a smoke run)
+      python benchmarks/head_importance.py --variants B/16 --images 256 --no-torch   (a GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvit_interp.importance import (
+    cumulative_pruning_accuracy,
+    engine,
+    head_importance,
+    partial_pruning,
+    rank_by_metric,
+)
+from jaxvit_interp.model import VisionTransformer, ViTConfig, init_params
+
+ABLATION_METRICS = ("prob", "prob_drop", "kl", "layer", "repr", "flip")
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOP counts (multiply-add = 2 FLOPs; per image).
+# ---------------------------------------------------------------------------------------------
+
+
+def layer_flops(c: ViTConfig) -> int:
+    n, d, f = c.num_tokens, c.hidden_size, c.mlp_dim
+    return 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * f
+
+
+def readout_flops(c: ViTConfig) -> int:
+    d, r = c.hidden_size, c.representation_size
+    return 2 * d * r + 2 * r * c.num_classes if r else 2 * d * c.num_classes
+
+
+def full_flops(c: ViTConfig) -> int:
+    embed = 2 * c.num_patches * (c.patch_size[0] * c.patch_size[1] * c.channels) * c.hidden_size
+    return embed + c.num_layers * layer_flops(c) + readout_flops(c)
+
+
+def needed_flops(c: ViTConfig) -> int:
+    """One full pass plus layers l..L-1 and the readout for every head of every layer l."""
+    L, H = c.num_layers, c.num_heads
+    per_layer = [H * ((L - layer) * layer_flops(c) + readout_flops(c)) for layer in range(L)]
+    return full_flops(c) + sum(per_layer)
+
+
+def executed_flops(c: ViTConfig) -> int:
+    """What the engine runs: full pass, then per head of layer l its delta, layer l's MLP,
+    layers l+1..L-2 whole and the last layer for the CLS query only (token classifier)."""
+    n, d, f, dh = c.num_tokens, c.hidden_size, c.mlp_dim, c.head_dim
+    L, H = c.num_layers, c.num_heads
+    mlp = 2 * 2 * n * d * f
+    delta = 2 * n * n * dh + 2 * n * dh * d
+    if c.has_cls_token:
+        last = 2 * 2 * n * d * d + 2 * d * d + 2 * 2 * n * d + 2 * d * d + 2 * 2 * d * f
+        last_mlp = 2 * 2 * d * f
+    else:
+        last, last_mlp = layer_flops(c), mlp
+    total = full_flops(c)
+    for layer in range(L):
+        own = last_mlp if layer == L - 1 else mlp
+        above = sum(last if j == L - 1 else layer_flops(c) for j in range(layer + 1, L))
+        total += H * (delta + own + above + readout_flops(c))
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement helpers.
+# ---------------------------------------------------------------------------------------------
+
+
+class PeakRSS:
+    """Peak resident memory of this process while active, sampled every 20 ms."""
+
+    def __enter__(self):
+        import psutil
+
+        self._proc = psutil.Process()
+        self.start = self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def increase(self) -> int:
+        return self.peak - self.start
+
+
+def device_peak_bytes() -> int | None:
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def matmul_rate(n: int = 3072, repeats: int = 5) -> float:
+    """Best GFLOP/s of an n x n float32 matrix product in JAX."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    f = jax.jit(lambda a, b: a @ b)
+    f(a, a).block_until_ready()
+    best = min(_timed(lambda: f(a, a).block_until_ready()) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def torch_matmul_rate(n: int = 3072, repeats: int = 5) -> float:
+    import torch
+
+    a = torch.randn(n, n)
+    a @ a
+    best = min(_timed(lambda: a @ a) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def sample_heads(c: ViTConfig, count: int | None) -> list[tuple[int, int]]:
+    """``count`` heads spread over every layer (all heads when None)."""
+    heads = [(layer, h) for layer in range(c.num_layers) for h in range(c.num_heads)]
+    if count is None or count >= len(heads):
+        return heads
+    idx = np.linspace(0, len(heads) - 1, count).round().astype(int)
+    return [heads[i] for i in idx]
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) the engine, (b) a JAX loop, (c) transformers on PyTorch.
+# ---------------------------------------------------------------------------------------------
+
+
+def engine_plan(c, params, num_images, num_heads=None):
+    """The chunk plan ``head_importance`` will use (without taylor)."""
+    return engine.plan_chunks(
+        c,
+        num_images=num_images,
+        num_slots=num_heads or c.num_heads,
+        spawn_layers=tuple(range(c.num_layers)),
+        with_taylor=False,
+        need_streams=True,
+        fixed_bytes=engine.params_bytes(params),
+        step_tokens=engine.default_step_tokens(),
+    )
+
+
+def run_engine(c, params, images):
+    """Seconds for all single-head ablations, plus memory.
+
+    ``first``: the first call on one chunk of images (compilation included); ``warm``: every
+    image afterwards, with the programs compiled (the chunk shape is the same, so nothing
+    recompiles).
+    """
+    plan = engine_plan(c, params, len(images))
+    run = lambda x: head_importance(c, params, x, metrics=ABLATION_METRICS, progress=False)  # noqa: E731
+    with PeakRSS() as rss:
+        first = _timed(lambda: run(images[: plan.images_per_chunk]))
+        warm = _timed(lambda: run(images))
+    return {
+        "first": first,
+        "warm": warm,
+        "rss": rss.increase,
+        "device_peak": device_peak_bytes(),
+        "plan": plan,
+    }
+
+
+def run_jax_loop(c, params, images, heads):
+    """Seconds per head of a jitted forward pass with that head masked, metrics on the host."""
+    model = VisionTransformer(c)
+
+    @jax.jit
+    def forward(params, images, mask, layer):
+        out = model.apply({"params": params}, images, head_mask=mask)
+        return out.logits, out.pre_logits, jnp.take(out.block_outputs, layer, axis=1)
+
+    x = jnp.asarray(images)
+    ones = np.ones((c.num_layers, c.num_heads), np.float32)
+    base_logits, base_z, _ = jax.device_get(forward(params, x, ones, 0))
+    p = jax.nn.softmax(base_logits)
+
+    def one(layer, head):
+        mask = ones.copy()
+        mask[layer, head] = 0
+        logits, z, block = jax.device_get(forward(params, x, mask, layer))
+        q = jax.nn.softmax(logits)
+        return float(np.sum(p * (np.log(p) - np.log(q)))) + float(np.sum(z * base_z))
+
+    one(*heads[0])  # compile
+    t = time.perf_counter()
+    for lh in heads:
+        one(*lh)
+    return (time.perf_counter() - t) / len(heads)
+
+
+def run_torch_loop(c, images, heads):
+    """Seconds per head of transformers' ViT on PyTorch CPU with ``head_mask``.
+
+    Checks first that the mask really changes the logits.
+    """
+    import torch
+    import transformers
+
+    torch.set_num_threads(os.cpu_count())
+    hf_config = transformers.ViTConfig(
+        hidden_size=c.hidden_size,
+        num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads,
+        intermediate_size=c.mlp_dim,
+        image_size=c.image_size[0],
+        patch_size=c.patch_size[0],
+        num_channels=c.channels,
+        num_labels=c.num_classes,
+        layer_norm_eps=c.layer_norm_eps,
+        hidden_act="gelu_pytorch_tanh" if c.gelu_approximate else "gelu",
+        attn_implementation="eager",  # head_mask is applied by the eager attention path
+    )
+    torch.manual_seed(0)
+    model = transformers.ViTForImageClassification(hf_config).eval()
+    pixels = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    ones = torch.ones(c.num_layers, c.num_heads)
+
+    with torch.inference_mode():
+        base = model(pixel_values=pixels).logits
+        p = torch.softmax(base, -1)
+        mask = ones.clone()
+        mask[heads[0]] = 0
+        changed = float((model(pixel_values=pixels, head_mask=mask).logits - base).abs().max())
+        if not changed > 1e-6:
+            raise RuntimeError("transformers ignored head_mask: the pruned logits did not change")
+
+        def one(layer, head):
+            mask = ones.clone()
+            mask[layer, head] = 0
+            q = torch.softmax(model(pixel_values=pixels, head_mask=mask).logits, -1)
+            return float((p * (p.log() - q.log())).sum())
+
+        t = time.perf_counter()
+        for lh in heads:
+            one(*lh)
+    return (
+        (time.perf_counter() - t) / len(heads),
+        changed,
+        transformers.__version__,
+        torch.__version__,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections.
+# ---------------------------------------------------------------------------------------------
+
+
+def compare(variant, num_images, baseline_heads, args, matmul_gflops):
+    c = ViTConfig.from_variant(variant)
+    params = init_params(c, 0)
+    images = (
+        np.random.default_rng(0)
+        .uniform(-1, 1, (num_images, *c.image_size, c.channels))
+        .astype(np.float32)
+    )
+    heads_total = c.num_layers * c.num_heads
+    print(
+        f"\n## {variant}: {c.num_layers} layers x {c.num_heads} heads = {heads_total} ablations, "
+        f"{num_images} images of {c.image_size[0]} px"
+    )
+    a = run_engine(c, params, images)
+    need, done = needed_flops(c) * num_images, executed_flops(c) * num_images
+    rate_needed = need / a["warm"] / 1e9
+    rate_done = done / a["warm"] / 1e9
+    plan = a["plan"]
+    print(
+        f"(a) engine: {a['warm']:.1f} s compiled (first call on {plan.images_per_chunk} "
+        f"image(s), compilation included: {a['first']:.1f} s)"
+    )
+    print(
+        f"    chunks: {plan.num_image_chunks} x {plan.images_per_chunk} images, "
+        f"{plan.num_slot_chunks} x {plan.slots_per_chunk} heads per layer, "
+        f"{plan.streams_per_step or 'all'} stream(s) per step; estimated working set "
+        f"{plan.estimated_bytes / 2**20:.0f} MiB; peak RSS increase {a['rss'] / 2**20:.0f} MiB"
+        + (f"; device peak {a['device_peak'] / 2**20:.0f} MiB" if a["device_peak"] else "")
+    )
+    print(
+        f"    FLOPs needed {need / 1e12:.2f} T ({rate_needed:.1f} GFLOP/s = "
+        f"{100 * rate_needed / matmul_gflops:.0f}% of matmul), executed {done / 1e12:.2f} T "
+        f"({rate_done:.1f} GFLOP/s = {100 * rate_done / matmul_gflops:.0f}% of matmul)"
+    )
+    sample = sample_heads(c, None if baseline_heads == "all" else int(baseline_heads))
+    note = (
+        ""
+        if len(sample) == heads_total
+        else f" (timed on {len(sample)} heads, scaled to {heads_total})"
+    )
+    b = run_jax_loop(c, params, images, sample) * heads_total
+    print(
+        f"(b) JAX loop, one jitted forward per head: {b:.1f} s{note}"
+        f"  -> engine {b / a['warm']:.2f}x faster"
+    )
+    row = {
+        "variant": variant,
+        "images": num_images,
+        "a": a["warm"],
+        "b": b,
+        "needed_rate": rate_needed,
+        "executed_rate": rate_done,
+        "first": a["first"],
+    }
+    if not args.no_torch:
+        per, changed, tv, pv = run_torch_loop(c, images, sample)
+        cc = per * heads_total
+        print(
+            f"(c) transformers {tv} / torch {pv} CPU, head_mask per head: {cc:.1f} s{note} "
+            f"(mask changes logits by up to {changed:.2e})  -> engine {cc / a['warm']:.2f}x faster"
+        )
+        row["c"] = cc
+    return row
+
+
+def scaling(args):
+    c = ViTConfig.from_variant("S/16")
+    params = init_params(c, 0)
+    rng = np.random.default_rng(1)
+    print("\n## Scaling of the engine (ViT-S/16, compiled programs)")
+    counts = sorted(args.scaling_images)
+    images = rng.uniform(-1, 1, (max(counts), *c.image_size, 3)).astype(np.float32)
+
+    def run(x):
+        return head_importance(c, params, x, metrics=ABLATION_METRICS, progress=False)
+
+    compiled = set()  # chunk sizes whose programs exist already
+    for n in counts:
+        plan = engine_plan(c, params, n)
+        if plan.images_per_chunk not in compiled:
+            run(images[: plan.images_per_chunk])
+            compiled.add(plan.images_per_chunk)
+        t = _timed(lambda n=n: run(images[:n]))
+        print(
+            f"   {n:3d} images, 72 heads: {t:.1f} s ({t / n:.2f} s per image; "
+            f"{plan.num_image_chunks} chunk(s) of {plan.images_per_chunk})"
+        )
+    few = images[: args.scaling_head_images]
+    for count in args.scaling_heads:
+        heads = sample_heads(c, count)
+
+        def run_heads(heads=heads):
+            return partial_pruning(c, params, few, heads=heads, modes=("head",), progress=False)
+
+        run_heads()  # compile
+        t = _timed(run_heads)
+        print(
+            f"   {len(few)} image(s), {count:3d} heads (whole-head pruning): {t:.1f} s "
+            f"({t / count:.3f} s per head)"
+        )
+
+
+def digits_section():
+    try:
+        from jaxvit_interp.data.digits import load_digits, load_digits_model
+
+        config, params = load_digits_model()
+    except (ImportError, FileNotFoundError) as e:
+        print(f"\n## Digits: skipped ({e})")
+        return
+    from scipy.stats import spearmanr
+
+    train_x, train_y = load_digits("train")
+    test_x, test_y = load_digits("test")
+    result = head_importance(config, params, train_x, train_y, progress=False)
+    heads = config.num_layers * config.num_heads
+    print(
+        f"\n## Digits model ({config.num_layers} layers x {config.num_heads} heads), importance on "
+        f"{len(train_y)} training images, accuracy on {len(test_y)} held-out images"
+    )
+    curves = {}
+    for metric in ("prob_drop", "kl", "taylor"):
+        order = rank_by_metric(result, metric)[::-1]  # least important first
+        curves[metric] = cumulative_pruning_accuracy(config, params, test_x, test_y, order)
+    rng = np.random.default_rng(0)
+    randoms = [
+        cumulative_pruning_accuracy(
+            config,
+            params,
+            test_x,
+            test_y,
+            np.asarray(
+                [(layer, h) for layer in range(config.num_layers) for h in range(config.num_heads)]
+            )[rng.permutation(heads)],
+        )
+        for _ in range(5)
+    ]
+    fmt = lambda v: " ".join(f"{x:.2f}" for x in v)  # noqa: E731
+    print("heads pruned: " + " ".join(f"{k:4d}" for k in range(heads + 1)))
+    for metric, curve in curves.items():
+        print(f"{metric:>9s} order: {fmt(curve)}  (area {curve.mean():.3f})")
+    for i, curve in enumerate(randoms):
+        print(f"random order {i}: {fmt(curve)}  (area {curve.mean():.3f})")
+    print(f"random mean area {np.mean([r.mean() for r in randoms]):.3f}")
+    flat = lambda m: result[m].reshape(len(train_y), -1)  # noqa: E731
+    global_rho = spearmanr(result.taylor.mean(0).ravel(), result.prob_drop.mean(0).ravel())[0]
+    per_image = [spearmanr(t, p)[0] for t, p in zip(flat("taylor"), flat("prob_drop"), strict=True)]
+    print(
+        f"Spearman(taylor, prob_drop): global means {global_rho:.3f}; per image median "
+        f"{np.nanmedian(per_image):.3f}"
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--variants", nargs="+", default=["S/16", "B/16"])
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        type=int,
+        default=[8, 2],
+        help="images per variant (the last value repeats)",
+    )
+    parser.add_argument(
+        "--baseline-heads",
+        nargs="+",
+        default=["12", "6"],
+        help="heads to time (b), (c) on per variant, or 'all' (the last value repeats)",
+    )
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--scaling-images", nargs="*", type=int, default=[4, 8, 16])
+    parser.add_argument("--scaling-heads", nargs="*", type=int, default=[18, 36, 72])
+    parser.add_argument("--scaling-head-images", type=int, default=1)
+    parser.add_argument("--no-digits", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="smoke run: small sizes")
+    args = parser.parse_args()
+    if args.quick:
+        args.variants, args.images, args.baseline_heads = ["S/16"], [2], ["3"]
+        args.scaling_images, args.scaling_heads = [1, 2], [6, 12]
+        args.scaling_head_images = 1
+
+    start = time.perf_counter()
+    print(
+        f"# Head-importance benchmark: jax {jax.__version__} on {jax.devices()[0].device_kind} "
+        f"({jax.device_count()} device(s)); {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPU cores"
+    )
+    mm = matmul_rate()
+    print(
+        f"JAX float32 matmul 3072^3: {mm:.1f} GFLOP/s"
+        + ("" if args.no_torch else f"; PyTorch: {torch_matmul_rate():.1f} GFLOP/s")
+    )
+    rows = []
+    for i, variant in enumerate(args.variants):
+        n = args.images[min(i, len(args.images) - 1)]
+        heads = args.baseline_heads[min(i, len(args.baseline_heads) - 1)]
+        rows.append(compare(variant, n, heads, args, mm))
+    mm_after = matmul_rate()
+    print(f"\nJAX matmul again after the comparisons: {mm_after:.1f} GFLOP/s")
+    if args.scaling_images or args.scaling_heads:
+        scaling(args)
+    if not args.no_digits:
+        digits_section()
+
+    print(
+        "\n## Summary (targets: >= 2.5x vs (c), >= 1.7x vs (b), >= 45% of matmul on needed FLOPs)"
+    )
+    ref = (mm + mm_after) / 2
+    for r in rows:
+        line = (
+            f"{r['variant']}, {r['images']} images: engine {r['a']:.1f} s, "
+            f"vs (b) {r['b'] / r['a']:.2f}x"
+        )
+        if "c" in r:
+            line += f", vs (c) {r['c'] / r['a']:.2f}x"
+        line += (
+            f", needed FLOPs at {100 * r['needed_rate'] / ref:.0f}% of matmul "
+            f"(executed {100 * r['executed_rate'] / ref:.0f}%)"
+        )
+        print(line)
+    print(f"total benchmark time {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

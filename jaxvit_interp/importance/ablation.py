@@ -1,0 +1,165 @@
+"""``head_importance``: every metric of DESIGN.md §1 for every image and every head."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvit_interp.importance import validate
+from jaxvit_interp.importance.engine import run_engine
+from jaxvit_interp.importance.metrics import ablation_metrics
+from jaxvit_interp.model.config import ViTConfig
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadImportance:
+    """Per-image, per-head importance of one model on one image set.
+
+    Metric arrays are ``[image, layer, head]`` (float32; ``flip`` bool) or None when not
+    requested.  ``y`` below is ``labels`` (see ``labels_are_predictions``).
+
+    Attributes:
+      prob: ``p'_y`` after pruning the head.
+      prob_drop: ``p_y - p'_y``.
+      kl: ``KL(p || p')`` in nats.
+      layer: ``||O_l - O'_l|| / ||O_l||`` (Frobenius, all tokens) of the head's own attention
+        block.  Pruning changes that output only through the head's own term of the output
+        projection, so this is the norm of the head's contribution relative to the block's
+        output; the effect on later blocks shows in ``repr`` and the output metrics.
+      repr: ``1 - cos(z, z')`` of the pre-logits vector.
+      flip: True where pruning changes the top-1 class.
+      taylor: ``|dCE(p, y)/dm_lh|`` at gates 1.
+      probs: ``[image, class]`` unpruned softmax output ``p``.
+      predictions: ``[image]`` unpruned top-1 class.
+      labels: ``[image]`` the class ``y`` every metric refers to.
+      labels_are_predictions: True when no labels were given and ``labels == predictions``.
+      metrics: names of the metrics computed.
+    """
+
+    prob: np.ndarray | None
+    prob_drop: np.ndarray | None
+    kl: np.ndarray | None
+    layer: np.ndarray | None
+    repr: np.ndarray | None
+    flip: np.ndarray | None
+    taylor: np.ndarray | None
+    probs: np.ndarray
+    predictions: np.ndarray
+    labels: np.ndarray
+    labels_are_predictions: bool
+    metrics: tuple[str, ...]
+
+    def __getitem__(self, metric: str) -> np.ndarray:
+        """``result["kl"]``: one metric's ``[image, layer, head]`` array."""
+        if metric not in validate.METRICS:
+            raise KeyError(
+                f"unknown metric {metric!r}; expected one of {', '.join(validate.METRICS)}"
+            )
+        value = getattr(self, metric)
+        if value is None:
+            raise KeyError(
+                f"metric {metric!r} was not computed; this result has {', '.join(self.metrics)}"
+            )
+        return value
+
+    @property
+    def num_images(self) -> int:
+        return self.probs.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(images, layers, heads)``."""
+        return self[self.metrics[0]].shape
+
+
+def _importance_reduce(logits, z, targets, logits_pruned, z_pruned) -> dict[str, Array]:
+    """Output-side metrics of every ablation: ``[batch, spawn_layer, slot]`` each."""
+    per_slot = jax.vmap(ablation_metrics, in_axes=(None, None, None, 0, 0))
+    per_layer = jax.vmap(per_slot, in_axes=(None, None, None, 0, 0))
+    return jax.vmap(per_layer)(logits, z, targets, logits_pruned, z_pruned)
+
+
+def head_importance(
+    config: ViTConfig,
+    params: Any,
+    images,
+    labels=None,
+    *,
+    metrics: Iterable[str] = validate.METRICS,
+    batch_size: int | None = None,
+    memory_budget_bytes: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: bool = True,
+) -> HeadImportance:
+    """Prune every head of every layer, one at a time, on every image, and measure the effect.
+
+    Pruning head ``h`` of layer ``l`` multiplies its output by 0 before the output projection
+    (``head_mask[l, h] = 0``).  The single-head ablations run batched on the device, reusing the
+    unpruned layers below each pruned head (see :mod:`jaxvit_interp.importance.engine`).
+
+    Args:
+      config, params: the model.
+      images: ``[image, height, width, channels]`` preprocessed pixels.
+      labels: ``[image]`` int class ids, or None to measure against the unpruned prediction.
+      metrics: any of ``prob prob_drop kl layer repr flip taylor``.
+      batch_size: at most this many images per chunk (over all devices); default: as many as
+        the memory budget allows (on CPU, also about 1,024 tokens' worth per device, which keeps
+        the work in cache).
+      memory_budget_bytes: per-device working-set budget; default
+        :func:`~jaxvit_interp.importance.engine.default_memory_budget`.
+      mesh: a ``jax.sharding.Mesh`` to shard images over all its devices; None: default device.
+      progress: show a progress bar over chunks.
+
+    Returns:
+      :class:`HeadImportance` with arrays ``[image, layer, head]``.
+
+    Raises:
+      ValueError: before any model work, for labels outside the class range, images of the
+        wrong size or channel count, NaN or infinite pixels, an empty image set, or bad options.
+    """
+    metrics = validate.check_metrics(metrics)
+    images = validate.check_images(config, images)
+    labels = validate.check_labels(config, labels, images.shape[0])
+    batch_size = validate.check_positive("batch_size", batch_size)
+    memory_budget_bytes = validate.check_positive("memory_budget_bytes", memory_budget_bytes)
+    mesh = validate.check_mesh(mesh)
+
+    wanted = set(metrics)
+    need_streams = bool(wanted & validate.ABLATION_METRICS)
+    L, H = config.num_layers, config.num_heads
+    spawn = need_streams or "layer" in wanted
+    out = run_engine(
+        config,
+        params,
+        images,
+        labels,
+        spawn_layers=tuple(range(L)) if spawn else (),
+        slot_heads=np.tile(np.arange(H, dtype=np.int32), (L, 1)),
+        reduce=_importance_reduce if need_streams else None,
+        with_taylor="taylor" in wanted,
+        need_streams=need_streams,
+        memory_budget_bytes=memory_budget_bytes,
+        batch_size=batch_size,
+        mesh=mesh,
+        progress=progress,
+        desc="head importance",
+    )
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(out.logits), axis=-1))
+    fields = {m: (out.per_slot[m] if m in out.per_slot else None) for m in validate.METRICS}
+    fields["taylor"] = out.taylor
+    fields = {m: (fields[m] if m in wanted else None) for m in validate.METRICS}
+    return HeadImportance(
+        **fields,
+        probs=probs,
+        predictions=out.logits.argmax(axis=-1).astype(np.int32),
+        labels=out.targets,
+        labels_are_predictions=labels is None,
+        metrics=metrics,
+    )

@@ -1,0 +1,127 @@
+"""From per-image importance to global, per-class and ranked views (paper: local vs global impact).
+
+Scores are ``[..., layer, head]`` numpy arrays.  For every metric a larger value means a more
+important head except ``prob`` (the probability left after pruning), where smaller does:
+:data:`HIGHER_IS_MORE_IMPORTANT` records that, and the ranking functions honour it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jaxvit_interp.importance.ablation import HeadImportance
+from jaxvit_interp.importance.validate import METRICS
+
+HIGHER_IS_MORE_IMPORTANT: dict[str, bool] = {m: m != "prob" for m in METRICS}
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalImportance:
+    """Importance over a whole image set.
+
+    Attributes:
+      mean: ``{metric: [layer, head]}`` mean over images (``flip``: the flip fraction).
+      flip_fraction: ``[layer, head]`` fraction of images whose top-1 class flips when the head is
+        pruned (the images for which the head is critical), or None without ``flip``.
+      num_images: images averaged over.
+    """
+
+    mean: dict[str, np.ndarray]
+    flip_fraction: np.ndarray | None
+    num_images: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassImportance:
+    """Mean importance per class ``y``.
+
+    Attributes:
+      classes: ``[k]`` the classes that have at least one image, increasing.
+      mean: ``{metric: [k, layer, head]}`` mean over that class's images.
+      counts: ``[k]`` images per class.
+    """
+
+    classes: np.ndarray
+    mean: dict[str, np.ndarray]
+    counts: np.ndarray
+
+
+def flip_fraction(flip: np.ndarray) -> np.ndarray:
+    """``[image, layer, head]`` bool -> ``[layer, head]`` fraction of images that flip."""
+    return np.asarray(flip, np.float64).mean(axis=0)
+
+
+def global_importance(
+    result: HeadImportance, *, normalize_layers: bool = False
+) -> GlobalImportance:
+    """Mean of every computed metric over images, optionally normalised per layer."""
+    mean = {m: np.asarray(result[m], np.float64).mean(axis=0) for m in result.metrics}
+    if normalize_layers:
+        mean = {m: normalize_per_layer(v) for m, v in mean.items()}
+    flips = flip_fraction(result.flip) if result.flip is not None else None
+    return GlobalImportance(mean=mean, flip_fraction=flips, num_images=result.num_images)
+
+
+def per_class_importance(
+    result: HeadImportance, *, normalize_layers: bool = False
+) -> ClassImportance:
+    """Mean of every computed metric over the images of each class ``y`` (``result.labels``)."""
+    classes, inverse, counts = np.unique(result.labels, return_inverse=True, return_counts=True)
+    # one-hot [k, image] / counts -> averaging matrix; a matmul does every class at once.
+    weights = (inverse[None, :] == np.arange(classes.size)[:, None]) / counts[:, None]
+    mean = {}
+    for m in result.metrics:
+        v = np.tensordot(weights, np.asarray(result[m], np.float64), axes=1)
+        mean[m] = normalize_per_layer(v) if normalize_layers else v
+    return ClassImportance(classes=classes, mean=mean, counts=counts)
+
+
+def normalize_per_layer(scores: np.ndarray, exponent: float = 2.0) -> np.ndarray:
+    """Divide each layer's head scores by their Lp norm over heads (as in the bertology scripts).
+
+    scores ``[..., layer, head]``.  A layer whose scores are all zero stays zero.
+    """
+    scores = np.asarray(scores, np.float64)
+    norm = np.power(np.power(np.abs(scores), exponent).sum(axis=-1, keepdims=True), 1.0 / exponent)
+    return scores / np.where(norm > 0, norm, 1.0)
+
+
+def rank_heads(scores: np.ndarray, *, higher_is_more_important: bool = True) -> np.ndarray:
+    """Heads from most to least important.
+
+    Args:
+      scores: ``[layer, head]``.
+      higher_is_more_important: False for metrics like ``prob`` where a smaller value matters more.
+
+    Returns:
+      ``[layer * head, 2]`` int ``(layer, head)`` pairs; ties keep layer-major order.
+    """
+    scores = np.asarray(scores, np.float64)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be [layer, head], got shape {scores.shape}")
+    flat = scores.reshape(-1) if higher_is_more_important else -scores.reshape(-1)
+    order = np.argsort(-flat, kind="stable")
+    return np.stack(np.unravel_index(order, scores.shape), axis=-1).astype(np.int32)
+
+
+def head_ranks(scores: np.ndarray, *, higher_is_more_important: bool = True) -> np.ndarray:
+    """``[layer, head]`` int rank of each head, 0 = most important (the inverse of
+    :func:`rank_heads`)."""
+    order = rank_heads(scores, higher_is_more_important=higher_is_more_important)
+    ranks = np.empty(np.shape(scores), np.int32)
+    ranks[order[:, 0], order[:, 1]] = np.arange(order.shape[0])
+    return ranks
+
+
+def rank_by_metric(
+    result: HeadImportance, metric: str, *, normalize_layers: bool = False
+) -> np.ndarray:
+    """Heads ranked by their global mean of ``metric``, most important first.
+
+    Returns ``[layer * head, 2]`` ``(layer, head)`` pairs.
+    """
+    result[metric]  # a KeyError naming the metric when it was not computed
+    scores = global_importance(result, normalize_layers=normalize_layers).mean[metric]
+    return rank_heads(scores, higher_is_more_important=HIGHER_IS_MORE_IMPORTANT[metric])

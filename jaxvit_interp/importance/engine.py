@@ -1,0 +1,652 @@
+"""The batched ablation engine: every single-head ablation of a ViT in a few compiled programs.
+
+How the work is laid out, and why it stays exact:
+
+* One ordinary forward pass of the model gives, for every layer ``l``, the residual stream
+  ``x_l`` entering the block, the attention probabilities ``A_l`` and the attention block output
+  ``O_l``.  Pruning head ``h`` of layer ``l`` leaves layers ``< l`` untouched, so they are never
+  recomputed for an ablation.
+* Inside layer ``l`` pruning changes only head ``h``'s term of the output projection:
+  ``O'_l = O_l - delta`` with ``delta = (A_lh V_lh) W_out[h]``.  Partial pruning is the same with
+  ``A_lh`` replaced by its zeroed entries ``A_lh * (1 - keep)``.  So the pruned stream after the
+  attention block is ``x_l + O_l - delta``; attention is not recomputed in the pruned layer, only
+  its MLP and the layers above run.  ``||delta|| / ||O_l||`` is the ``layer`` metric.
+* The ablations ("spawns") of a chunk of images travel together as streams
+  ``[batch, stream, token, hidden]`` through one unrolled sweep over the layers: at layer ``j`` the
+  streams spawned below ``j`` run the whole block, and the ones spawned at ``j`` join after it.
+  Which head (and which partial-pruning mode) each spawn slot prunes is data, not a static
+  argument, so one compiled program serves every chunk of heads: no retrace and no host round trip
+  per head.
+* With a CLS classifier only the CLS token of the last block reaches the logits, so in the last
+  block queries, MLP and readout run for that token alone (keys and values still cover all tokens).
+* Images and spawn slots are cut into chunks whose estimated working set fits a memory budget;
+  over several devices the images of a chunk are sharded along the batch axis of a
+  ``jax.sharding.Mesh`` and everything else is replicated.
+
+Axis names in shapes: ``batch layer head slot stream token hidden class``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from jaxvit_interp.importance.metrics import layer_change
+from jaxvit_interp.importance.taylor import taylor_importance
+from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.model.vit import Encoder1DBlock, MlpBlock, ModelOutput, VisionTransformer
+
+Array = jax.Array
+_F32 = 4  # bytes
+
+
+# --------------------------------------------------------------------------------------------
+# Pure kernels: pieces of one block, applied with the model's own Flax modules and parameters.
+# --------------------------------------------------------------------------------------------
+
+
+def _block_params(params, layer: int):
+    return params["Transformer"][f"encoderblock_{layer}"]
+
+
+def _layer_norm(config: ViTConfig, p, x: Array) -> Array:
+    return nn.LayerNorm(epsilon=config.layer_norm_eps).apply({"params": p}, x)
+
+
+def _qkv_dense(config: ViTConfig, p, x: Array) -> Array:
+    """One of the query/key/value projections: ``[..., hidden] -> [..., head, head_dim]``."""
+    dense = nn.DenseGeneral((config.num_heads, config.head_dim), use_bias=config.qkv_bias)
+    return dense.apply({"params": p}, x)
+
+
+def _mlp_half(config: ViTConfig, p, x: Array) -> Array:
+    """Second half of a block: ``x + MLP(LayerNorm_2(x))``. x ``[..., token, hidden]``."""
+    y = _layer_norm(config, p["LayerNorm_2"], x)
+    return x + MlpBlock(config.mlp_dim, config.gelu_approximate).apply(
+        {"params": p["MlpBlock_3"]}, y
+    )
+
+
+def _full_block(config: ViTConfig, p, x: Array) -> Array:
+    """The model's unpruned block. x ``[batch, token, hidden]`` -> same."""
+    gate = jnp.ones((config.num_heads,), x.dtype)
+    out, _, _ = Encoder1DBlock(config).apply({"params": p}, x, gate, None)
+    return out
+
+
+def _cls_block(config: ViTConfig, p, x: Array) -> Array:
+    """The unpruned block for the CLS query only: ``[batch, token, hidden] -> [batch, 1, hidden]``.
+
+    Exact for the CLS row: attention mixes values over all tokens, but no other query is needed.
+    """
+    a = p["MultiHeadDotProductAttention_1"]
+    y = _layer_norm(config, p["LayerNorm_0"], x)
+    q = _qkv_dense(config, a["query"], y[:, :1])
+    k = _qkv_dense(config, a["key"], y)
+    v = _qkv_dense(config, a["value"], y)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(config.head_dim).astype(x.dtype)
+    heads = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
+    out = nn.DenseGeneral(config.hidden_size, axis=(-2, -1)).apply({"params": a["out"]}, heads)
+    return _mlp_half(config, p, x[:, :1] + out)
+
+
+def spawn_deltas(
+    config: ViTConfig, p, residual: Array, attention: Array, heads: Array, drop: Array | None
+) -> Array:
+    """``delta = O_l - O'_l`` for each spawn slot of one layer, from the unpruned pass.
+
+    Args:
+      p: the block's parameters.
+      residual: ``[batch, token, hidden]`` stream entering the block.
+      attention: ``[batch, head, query, key]`` its unpruned attention probabilities.
+      heads: ``[slot]`` int, the head each slot prunes.
+      drop: ``[slot, query, key]`` 1 on the attention entries each slot zeroes, or None for the
+        whole head.
+
+    Returns:
+      ``[batch, slot, token, hidden]``: the pruned entries' contribution to the block output.
+    """
+    a = p["MultiHeadDotProductAttention_1"]
+    v = _qkv_dense(config, a["value"], _layer_norm(config, p["LayerNorm_0"], residual))
+    probs = attention[:, heads]  # [batch, slot, query, key]
+    if drop is not None:
+        probs = probs * drop
+    mixed = jnp.einsum("bsqk,bksd->bsqd", probs, v[:, :, heads])
+    return jnp.einsum("bsqd,sdo->bsqo", mixed, a["out"]["kernel"][heads])
+
+
+def readout(config: ViTConfig, params, x: Array) -> tuple[Array, Array]:
+    """Final norm, pooling, pre-logits and head: ``[batch, token, hidden]`` -> (logits, z)."""
+    x = _layer_norm(config, params["Transformer"]["encoder_norm"], x)
+    z = x[:, 0] if config.has_cls_token else x.mean(axis=1)
+    if config.representation_size is not None:
+        dense = nn.Dense(config.representation_size)
+        z = jnp.tanh(dense.apply({"params": params["pre_logits"]}, z))
+    logits = nn.Dense(config.num_classes).apply({"params": params["head"]}, z)
+    return logits, z
+
+
+def _grouped(fn, x: Array, group: int | None) -> Array:
+    """``fn`` over streams ``x [stream, batch, token, hidden]``, at most ``group`` streams per step.
+
+    ``fn`` maps ``[batch, token, hidden]`` to ``[batch, token', hidden]``.  Steps run one after
+    another (``lax.map``) so that on a CPU each step's activations stay in cache; one step over all
+    streams (``group=None``) suits an accelerator.  The group is the largest divisor of the stream
+    count not above ``group``, so no stream is padded.
+    """
+    streams = x.shape[0]
+    if group is None or streams <= group:
+        return jax.vmap(fn)(x)
+    g = max(d for d in range(1, group + 1) if streams % d == 0)
+    steps = jax.lax.map(jax.vmap(fn), x.reshape(streams // g, g, *x.shape[1:]))
+    return steps.reshape(streams, *steps.shape[2:])
+
+
+def ablation_sweep(
+    config: ViTConfig,
+    params,
+    full: ModelOutput,
+    spawn_layers: tuple[int, ...],
+    slot_heads: Array,
+    slot_drop: Array | None = None,
+    need_streams: bool = True,
+    group: int | None = None,
+) -> tuple[Array | None, Array | None, Array]:
+    """Run every spawned ablation of a batch of images to the logits, reusing the unpruned pass.
+
+    Args:
+      full: the unpruned ``ModelOutput`` of these images (all layers).
+      spawn_layers: static, increasing layers at which ablations start.
+      slot_heads: ``[len(spawn_layers), slot]`` int, the head each slot prunes at each layer.
+      slot_drop: ``[len(spawn_layers), slot, query, key]`` entries each slot zeroes, or None to
+        prune whole heads.
+      need_streams: False computes only the ``layer`` metric (no pruned forward passes).
+      group: static, at most this many streams (each covering the whole batch) per step; None
+        for one step per layer.
+
+    Returns:
+      ``(logits [batch, spawn_layer, slot, class], pre_logits [batch, spawn_layer, slot, hidden],
+      layer_change [batch, spawn_layer, slot])``; the first two are None without streams.
+    """
+    c = config
+    batch = full.residual.shape[0]
+    slots = slot_heads.shape[1]
+    cls_only = c.has_cls_token
+    last = c.num_layers - 1
+    # Ablations in flight, [stream, batch, token, hidden] in spawn order.  Streams lead so that
+    # grouping them never splits the (possibly sharded) batch axis.
+    x = None
+    changes = []
+    for layer in range(spawn_layers[0], c.num_layers):
+        p = _block_params(params, layer)
+        if x is not None:
+            block = _cls_block if layer == last and cls_only else _full_block
+            x = _grouped(functools.partial(block, c, p), x, group)
+        if layer not in spawn_layers:
+            continue
+        i = spawn_layers.index(layer)
+        drop = None if slot_drop is None else slot_drop[i]
+        delta = spawn_deltas(
+            c, p, full.residual[:, layer], full.attention[:, layer], slot_heads[i], drop
+        )
+        block_out = full.block_outputs[:, layer]
+        changes.append(jax.vmap(jax.vmap(layer_change, (None, 0)))(block_out, delta))
+        if not need_streams:
+            continue
+        new = (full.residual[:, layer] + block_out)[None] - jnp.swapaxes(delta, 0, 1)
+        if layer == last and cls_only:
+            new = new[:, :, :1]
+        new = _grouped(functools.partial(_mlp_half, c, p), new, group)
+        x = new if x is None else jnp.concatenate([x, new], axis=0)
+    changes = jnp.stack(changes, axis=1)
+    if not need_streams:
+        return None, None, changes
+    logits, z = jax.vmap(functools.partial(readout, c, params))(x)  # [stream, batch, ...]
+    unstack = lambda a: jnp.moveaxis(  # noqa: E731  -> [batch, spawn_layer, slot, ...]
+        a.reshape(len(spawn_layers), slots, batch, -1), 2, 0
+    )
+    return unstack(logits), unstack(z), changes
+
+
+# --------------------------------------------------------------------------------------------
+# Compiled chunk programs.
+# --------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("config", "with_taylor"))
+def full_pass(config: ViTConfig, params, images: Array, targets: Array | None, with_taylor: bool):
+    """The unpruned pass of one chunk, plus the ``taylor`` metric when asked.
+
+    Returns ``(ModelOutput, targets [batch], taylor [batch, layer, head] or None)``; targets are
+    the given labels or, when None, the unpruned predictions.
+    """
+    if with_taylor:
+        taylor, out, y = taylor_importance(config, params, images, targets)
+        return out, y, taylor
+    out = VisionTransformer(config).apply({"params": params}, images)
+    y = jnp.argmax(out.logits, axis=-1) if targets is None else targets
+    return out, y, None
+
+
+Reduce = Callable[[Array, Array, Array, Array, Array], dict[str, Array]]
+
+
+@functools.partial(
+    jax.jit, static_argnames=("config", "spawn_layers", "reduce", "need_streams", "group")
+)
+def ablation_chunk(
+    config: ViTConfig,
+    params,
+    full: ModelOutput,
+    targets: Array,
+    slot_heads: Array,
+    slot_modes: Array | None,
+    drop_table: Array | None,
+    spawn_layers: tuple[int, ...],
+    reduce: Reduce | None,
+    need_streams: bool,
+    group: int | None = None,
+) -> dict[str, Array]:
+    """One chunk of spawn slots on one chunk of images, reduced to per-ablation outputs.
+
+    ``reduce(logits [b, c], z [b, d], targets [b], logits' [b, s, k, c], z' [b, s, k, d])`` maps the
+    pruned outputs to arrays ``[b, s, k, ...]`` on the device, so only those come back.
+    Returns its dict plus ``"layer"`` ``[batch, spawn_layer, slot]``.
+    """
+    drop = None if drop_table is None else drop_table[slot_modes]
+    logits, z, changes = ablation_sweep(
+        config, params, full, spawn_layers, slot_heads, drop, need_streams, group
+    )
+    result = {"layer": changes}
+    if need_streams and reduce is not None:
+        result.update(reduce(full.logits, full.pre_logits, targets, logits, z))
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Chunk planning under a memory budget.
+# --------------------------------------------------------------------------------------------
+
+
+def default_memory_budget() -> int:
+    """Bytes per device the engine may use when the caller sets no budget.
+
+    Half the free memory of an accelerator; on CPU a quarter of physical memory, at most 4 GiB,
+    because a CPU host is shared with everything else running on it.
+    """
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(0.5 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        physical = 8 << 30
+    return int(min(4 << 30, physical // 4))
+
+
+def _block_work_bytes(config: ViTConfig) -> int:
+    """Live bytes of one sequence inside one block (activations, scores, MLP hidden)."""
+    n, d, h, f = config.num_tokens, config.hidden_size, config.num_heads, config.mlp_dim
+    return _F32 * (8 * n * d + 3 * h * n * n + 2 * n * f)
+
+
+def full_pass_bytes(config: ViTConfig, with_taylor: bool) -> int:
+    """Estimated bytes per image of :func:`full_pass`, outputs included."""
+    n, d, h, f, L = (
+        config.num_tokens,
+        config.hidden_size,
+        config.num_heads,
+        config.mlp_dim,
+        config.num_layers,
+    )
+    outputs = _F32 * L * (2 * n * d + h * n * n)
+    if with_taylor:
+        # Reverse mode keeps each block's activations for the backward pass.
+        return (
+            outputs
+            + _F32 * L * (10 * n * d + 3 * h * n * n + 3 * n * f)
+            + _block_work_bytes(config)
+        )
+    return outputs + _block_work_bytes(config)
+
+
+def _stream_state_bytes(config: ViTConfig) -> int:
+    """Bytes of one ablation stream's residual between blocks (input, output, and the copy made
+    when new spawns join)."""
+    return _F32 * 3 * config.num_tokens * config.hidden_size
+
+
+def _stream_work_bytes(config: ViTConfig) -> int:
+    """Bytes of one sequence's activations inside a block that XLA keeps live at once (MLP hidden
+    activations and attention scores dominate); calibrated against XLA's memory analysis."""
+    n, h, f = config.num_tokens, config.num_heads, config.mlp_dim
+    return _F32 * ((3 * n * f) // 2 + h * n * n)
+
+
+def sweep_bytes(
+    config: ViTConfig,
+    spawn_layers: tuple[int, ...],
+    slots: int,
+    need_streams: bool,
+    stepped: bool = False,
+) -> int:
+    """Estimated bytes per image of :func:`ablation_chunk`, the unpruned pass it reads included.
+
+    ``stepped``: streams go through each block a few at a time, so the block working set is a
+    fixed cost per step (see :func:`plan_chunks`) rather than a cost per stream.
+    """
+    n, d, h, L = config.num_tokens, config.hidden_size, config.num_heads, config.num_layers
+    inputs = _F32 * L * (2 * n * d + h * n * n)
+    spawn = _F32 * slots * (3 * n * d + 2 * n * n)
+    if not need_streams:
+        return inputs + spawn
+    streams = len(spawn_layers) * slots
+    per_stream = _stream_state_bytes(config) + (0 if stepped else _stream_work_bytes(config))
+    return inputs + spawn + streams * per_stream
+
+
+def default_step_tokens() -> int | None:
+    """Tokens per step through a block on this backend: 1,024 on CPU, None (all at once) otherwise.
+
+    A CPU runs a block fastest when its activations stay in cache, so streams go through a few at
+    a time; an accelerator wants the largest batch it can hold.
+    """
+    return 1024 if jax.default_backend() == "cpu" else None
+
+
+def params_bytes(params) -> int:
+    """Bytes of a parameter tree; every device holds a full copy."""
+    return int(
+        sum(np.dtype(a.dtype).itemsize * np.size(a) for a in jax.tree_util.tree_leaves(params))
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkPlan:
+    """How the images and spawn slots are cut.
+
+    Attributes:
+      images_per_chunk: images in one chunk, over all devices (the last chunk is padded).
+      num_image_chunks: number of image chunks.
+      slots_per_chunk: spawn slots per layer in one chunk (the last chunk is padded).
+      num_slot_chunks: number of slot chunks.
+      streams_per_step: ablation streams (each covering the chunk's images) per step through a
+        block, or None for all at once.
+      estimated_bytes: estimated peak bytes per device of one chunk.
+    """
+
+    images_per_chunk: int
+    num_image_chunks: int
+    slots_per_chunk: int
+    num_slot_chunks: int
+    streams_per_step: int | None
+    estimated_bytes: int
+
+
+def _even_chunks(total: int, most: int, multiple: int = 1) -> tuple[int, int]:
+    """``(size, count)`` with ``size <= most`` (a multiple of ``multiple``) and the least padding.
+
+    Among sizes of at least half the largest allowed one, the one whose padded total
+    ``size * ceil(total / size)`` is smallest wins (ties go to the larger size), so a remainder
+    chunk wastes little work and no second program shape is compiled.
+    """
+    most = max(multiple, (most // multiple) * multiple)
+    most = min(most, -(-total // multiple) * multiple)
+    best = None
+    for size in range(most, 0, -multiple):
+        if 2 * size < most:
+            break
+        count = -(-total // size)
+        if best is None or size * count < best[0] * best[1]:
+            best = (size, count)
+    return best
+
+
+def plan_chunks(
+    config: ViTConfig,
+    *,
+    num_images: int,
+    num_slots: int,
+    spawn_layers: tuple[int, ...],
+    with_taylor: bool,
+    need_streams: bool,
+    memory_budget_bytes: int | None = None,
+    batch_size: int | None = None,
+    num_devices: int = 1,
+    fixed_bytes: int = 0,
+    step_tokens: int | None = None,
+) -> ChunkPlan:
+    """Largest chunks whose estimated per-device working set fits the budget.
+
+    ``fixed_bytes`` (the parameters) is taken off the budget first.  All spawn slots of a layer in
+    one chunk is preferred (the most work per program launch); slots are split only when a single
+    image per device would not fit otherwise.  With ``step_tokens`` (see
+    :func:`default_step_tokens`) streams pass through each block in steps of about that many
+    tokens, and a chunk holds at most that many tokens' worth of images per device.
+    """
+    total_budget = memory_budget_bytes or default_memory_budget()
+    n = config.num_tokens
+    step_images = None if step_tokens is None else max(1, step_tokens // n)
+    # A tenth of the budget is held back for what the estimates leave out (XLA's own buffers).
+    budget = int(0.9 * total_budget) - fixed_bytes
+    if step_images is not None and need_streams and num_slots:
+        budget -= step_images * _stream_work_bytes(config)
+    per_image = lambda k: max(  # noqa: E731
+        full_pass_bytes(config, with_taylor),
+        sweep_bytes(config, spawn_layers, k, need_streams, step_images is not None)
+        if num_slots
+        else 0,
+    )
+    slots = num_slots
+    while slots > 1 and per_image(slots) > budget:
+        slots = -(-slots // 2)
+    if per_image(slots) > budget:
+        raise ValueError(
+            f"memory budget {total_budget:,} bytes is too small: the parameters and one step "
+            f"through a block take {int(0.9 * total_budget) - budget:,} bytes and one image with "
+            f"one ablation at a time needs about {per_image(slots):,} more per device (with a "
+            f"tenth of the budget held back)"
+        )
+    slot_size, slot_count = _even_chunks(num_slots, slots) if num_slots else (0, 0)
+    per_device = max(1, budget // per_image(slot_size or 1))
+    if step_images is not None:
+        per_device = min(per_device, step_images)
+    most_images = per_device * num_devices
+    if batch_size is not None:
+        most_images = min(most_images, batch_size)
+    image_size, image_count = _even_chunks(num_images, most_images, num_devices)
+    local = image_size // num_devices
+    group = None if step_images is None else max(1, step_images // local)
+    estimate = (int(0.9 * total_budget) - budget) + per_image(slot_size or 1) * local
+    return ChunkPlan(image_size, image_count, slot_size, slot_count, group, int(estimate))
+
+
+# --------------------------------------------------------------------------------------------
+# The driver: chunks, devices, progress. Host code only; the work is in the programs above.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EngineOutput:
+    """Host arrays from :func:`run_engine`.
+
+    Attributes:
+      logits: ``[batch, class]`` unpruned logits.
+      targets: ``[batch]`` the class ``y`` used by the metrics.
+      taylor: ``[batch, layer, head]`` or None.
+      per_slot: ``{name: [batch, spawn_layer, slot, ...]}`` from ``reduce`` plus ``"layer"``.
+    """
+
+    logits: np.ndarray
+    targets: np.ndarray
+    taylor: np.ndarray | None
+    per_slot: dict[str, np.ndarray]
+    plan: ChunkPlan
+
+
+def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+    if a.shape[0] == rows:
+        return a
+    pad = np.zeros((rows - a.shape[0], *a.shape[1:]), a.dtype)
+    return np.concatenate([a, pad], axis=0)
+
+
+def _pad_slots(a: np.ndarray, slots: int) -> np.ndarray:
+    """Pad axis 1 by repeating the last slot; padded results are discarded."""
+    if a.shape[1] == slots:
+        return a
+    return np.concatenate([a, np.repeat(a[:, -1:], slots - a.shape[1], axis=1)], axis=1)
+
+
+def run_engine(
+    config: ViTConfig,
+    params: Any,
+    images,
+    labels: np.ndarray | None,
+    *,
+    spawn_layers: tuple[int, ...],
+    slot_heads: np.ndarray,
+    slot_modes: np.ndarray | None = None,
+    drop_table: np.ndarray | None = None,
+    reduce: Reduce | None = None,
+    with_taylor: bool = False,
+    need_streams: bool = True,
+    memory_budget_bytes: int | None = None,
+    batch_size: int | None = None,
+    mesh: Mesh | None = None,
+    progress: bool = True,
+    desc: str = "ablations",
+    step_tokens: int | None | str = "auto",
+) -> EngineOutput:
+    """Run the unpruned pass and every spawn slot over all images, chunk by chunk.
+
+    Args:
+      images: validated ``[batch, h, w, c]`` float32.
+      labels: validated ``[batch]`` int32, or None to use predictions.
+      spawn_layers: increasing layers at which ablations start (empty: unpruned pass only).
+      slot_heads: ``[len(spawn_layers), slot]`` int head pruned by each slot.
+      slot_modes, drop_table: ``[len(spawn_layers), slot]`` int index into ``drop_table``
+        ``[mode, query, key]`` (1 = zeroed) for partial pruning; both None for whole heads.
+      reduce: maps pruned logits to per-slot outputs on the device (see :func:`ablation_chunk`).
+      mesh: shard image chunks over all of this mesh's devices (batch axis); None: one device.
+      step_tokens: tokens per step through a block; "auto" for :func:`default_step_tokens`.
+    """
+    num_images = images.shape[0]
+    num_slots = slot_heads.shape[1] if spawn_layers else 0
+    devices = mesh.devices.size if mesh is not None else 1
+    plan = plan_chunks(
+        config,
+        num_images=num_images,
+        num_slots=num_slots,
+        spawn_layers=spawn_layers,
+        with_taylor=with_taylor,
+        need_streams=need_streams,
+        memory_budget_bytes=memory_budget_bytes,
+        batch_size=batch_size,
+        num_devices=devices,
+        fixed_bytes=params_bytes(params),
+        step_tokens=default_step_tokens() if step_tokens == "auto" else step_tokens,
+    )
+    if mesh is not None:
+        batch_spec = NamedSharding(mesh, PartitionSpec(mesh.axis_names))
+        replicated = NamedSharding(mesh, PartitionSpec())
+        put_batch = lambda a: jax.device_put(a, batch_spec)  # noqa: E731
+        put_all = lambda a: jax.device_put(a, replicated)  # noqa: E731
+    else:
+        put_batch = put_all = jnp.asarray
+    params = jax.tree_util.tree_map(put_all, params)
+
+    # Slot chunks: pad every layer's slot list to a whole number of equal chunks.
+    table = None if drop_table is None else put_all(np.asarray(drop_table, np.float32))
+    slot_chunks = []
+    if num_slots:
+        padded = plan.slots_per_chunk * plan.num_slot_chunks
+        heads_all = _pad_slots(np.asarray(slot_heads, np.int32), padded)
+        modes_all = (
+            None if slot_modes is None else _pad_slots(np.asarray(slot_modes, np.int32), padded)
+        )
+        for k in range(plan.num_slot_chunks):
+            part = slice(k * plan.slots_per_chunk, (k + 1) * plan.slots_per_chunk)
+            slot_chunks.append(
+                (
+                    part,
+                    put_all(heads_all[:, part]),
+                    None if modes_all is None else put_all(modes_all[:, part]),
+                )
+            )
+
+    logits_out = np.zeros((num_images, config.num_classes), np.float32)
+    targets_out = np.zeros((num_images,), np.int32)
+    taylor_out = (
+        np.zeros((num_images, config.num_layers, config.num_heads), np.float32)
+        if with_taylor
+        else None
+    )
+    per_slot: dict[str, np.ndarray] = {}
+    steps = plan.num_image_chunks * (1 + len(slot_chunks))
+    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
+
+    def collect(rows, full_logits, y, taylor, parts):
+        n = rows.stop - rows.start
+        logits_out[rows] = np.asarray(full_logits)[:n]
+        targets_out[rows] = np.asarray(y)[:n]
+        if taylor is not None:
+            taylor_out[rows] = np.asarray(taylor)[:n]
+        for part, result in parts:
+            for name, value in result.items():
+                value = np.asarray(value)[:n]
+                if name not in per_slot:
+                    per_slot[name] = np.zeros(
+                        (num_images, len(spawn_layers), num_slots, *value.shape[3:]), value.dtype
+                    )
+                stop = min(part.stop, num_slots)
+                per_slot[name][rows, :, part.start : stop] = value[:, :, : stop - part.start]
+            bar.update(1)
+        bar.update(1)
+
+    pending = None  # the previous chunk's device results
+    for i in range(plan.num_image_chunks):
+        rows = slice(i * plan.images_per_chunk, min((i + 1) * plan.images_per_chunk, num_images))
+        # The next images go to the device while the previous chunk still computes; its results
+        # are fetched before this chunk starts, so one chunk's activations are live at a time.
+        chunk = put_batch(_pad_rows(np.asarray(images[rows]), plan.images_per_chunk))
+        targets = (
+            None if labels is None else put_batch(_pad_rows(labels[rows], plan.images_per_chunk))
+        )
+        if pending is not None:
+            collect(*pending)
+        full, y, taylor = full_pass(config, params, chunk, targets, with_taylor)
+        parts = [
+            (
+                part,
+                ablation_chunk(
+                    config,
+                    params,
+                    full,
+                    y,
+                    heads,
+                    modes,
+                    table,
+                    spawn_layers,
+                    reduce,
+                    need_streams,
+                    plan.streams_per_step,
+                ),
+            )
+            for part, heads, modes in slot_chunks
+        ]
+        pending = (rows, full.logits, y, taylor, parts)
+        del full
+    collect(*pending)
+    bar.close()
+    return EngineOutput(logits_out, targets_out, taylor_out, per_slot, plan)

@@ -1,0 +1,83 @@
+"""Bad input fails with a clear message before any model work starts."""
+
+import numpy as np
+import pytest
+
+from jaxvit_interp.importance import ablation, head_importance, partial_pruning
+from jaxvit_interp.importance import partial as partial_module
+
+CONFIG = dict(
+    image_size=(8, 8),
+    patch_size=(4, 4),
+    hidden_size=8,
+    num_layers=2,
+    num_heads=2,
+    mlp_dim=8,
+    num_classes=4,
+)
+
+
+@pytest.fixture
+def model(random_model, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("model work started before the input was checked")
+
+    monkeypatch.setattr(ablation, "run_engine", no_work)
+    monkeypatch.setattr(partial_module, "run_engine", no_work)
+    return random_model(0, **CONFIG)
+
+
+def _images(n=3, shape=(8, 8, 3)):
+    return np.random.default_rng(0).normal(size=(n, *shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "images, labels, match",
+    [
+        (_images(), [0, 4, 1], r"outside the class range \[0, 4\).*labels\[1\]=4"),
+        (_images(), [0, -1, 1], r"labels\[1\]=-1"),
+        (_images(), [0, 1], r"one label per image, shape \(3,\)"),
+        (_images(), [0.5, 1, 2], "integer class ids"),
+        (_images(shape=(16, 16, 3)), None, r"wrong size.*\[batch, 8, 8, 3\]"),
+        (_images(shape=(8, 8, 1)), None, r"wrong channel count.*channels=3"),
+        (_images()[0], None, "expected 4 axes"),
+        (_images(n=0), None, "image set is empty"),
+    ],
+)
+def test_bad_images_and_labels(model, images, labels, match):
+    config, params = model
+    for run in (head_importance, partial_pruning):
+        with pytest.raises(ValueError, match=match):
+            run(config, params, images, labels, progress=False)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_pixels(model, bad):
+    config, params = model
+    images = _images(5)
+    images[3, 2, 1, 0] = bad
+    with pytest.raises(ValueError, match="NaN or infinite pixels, e.g. image index 3"):
+        head_importance(config, params, images, progress=False)
+
+
+def test_bad_options(model):
+    config, params = model
+    images = _images()
+    with pytest.raises(ValueError, match="unknown metric"):
+        head_importance(config, params, images, metrics=("prob", "entropy"), progress=False)
+    with pytest.raises(ValueError, match="no metrics"):
+        head_importance(config, params, images, metrics=(), progress=False)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        head_importance(config, params, images, batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="memory_budget_bytes"):
+        head_importance(config, params, images, memory_budget_bytes=-5, progress=False)
+    with pytest.raises(ValueError, match="jax.sharding.Mesh"):
+        head_importance(config, params, images, mesh="cpu", progress=False)
+    with pytest.raises(ValueError, match="duplicates"):
+        partial_pruning(config, params, images, heads=[(0, 1), (0, 1)], progress=False)
+
+
+def test_budget_too_small_is_reported(random_model):
+    config, params = random_model(0, **CONFIG)
+    with pytest.raises(ValueError, match="memory budget 1,000 bytes is too small"):
+        head_importance(config, params, _images(), memory_budget_bytes=1000, progress=False)
