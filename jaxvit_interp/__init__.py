@@ -4,26 +4,43 @@ The public entry points are re-exported here; see each subpackage for the detail
 
 - :mod:`jaxvit_interp.model`: the Flax ViT, head gates, attention edits and checkpoint import.
 - :mod:`jaxvit_interp.data`: image folders, preprocessing, the bundled digits set and model.
+- :mod:`jaxvit_interp.importance`: pruning-based head importance, partial pruning, Taylor scores.
+- :mod:`jaxvit_interp.patterns`: attention patterns, their autoencoder, projection and clusters.
 - :mod:`jaxvit_interp.strength`: attention strength per Chebyshev hop, head entropy, attention distance.
 - :mod:`jaxvit_interp.pipeline`: ``analyze``: every analysis, chunked and resumable, to a results bundle.
 - :mod:`jaxvit_interp.site`: ``build_site``: a results bundle as one offline HTML file.
 """
 
+from jaxvit_interp.bundle import ResultsBundle, load_bundle
+from jaxvit_interp.importance import (
+    HeadImportance,
+    PartialPruning,
+    global_importance,
+    head_importance,
+    partial_pruning,
+    per_class_importance,
+    rank_heads,
+)
 from jaxvit_interp.model import (
-    CheckpointError,
-    inspect_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
     PRUNING_MODES,
     VARIANTS,
     AttentionEdit,
+    CheckpointError,
     ModelOutput,
     Preprocessing,
     ViTConfig,
     init_params,
+    inspect_checkpoint,
+    load_checkpoint,
     run_model,
+    save_checkpoint,
 )
-from jaxvit_interp.bundle import ResultsBundle, load_bundle
+from jaxvit_interp.patterns import (
+    AutoencoderSettings,
+    embed_patterns,
+    extract_patterns,
+    train_autoencoder,
+)
 from jaxvit_interp.pipeline import AnalysisSettings, analyze
 from jaxvit_interp.site import build_site, export_figures
 from jaxvit_interp.strength import (
@@ -37,6 +54,17 @@ from jaxvit_interp.strength import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoencoderSettings",
+    "HeadImportance",
+    "PartialPruning",
+    "embed_patterns",
+    "extract_patterns",
+    "global_importance",
+    "head_importance",
+    "partial_pruning",
+    "per_class_importance",
+    "rank_heads",
+    "train_autoencoder",
     "AnalysisSettings",
     "ResultsBundle",
     "analyze",

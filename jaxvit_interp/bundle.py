@@ -122,7 +122,9 @@ class ResultsBundle:
 
     def __getitem__(self, part: str) -> dict[str, np.ndarray]:
         if part not in self.parts:
-            raise BundleError(f"the results bundle has no {part!r} part (it has {sorted(self.parts)})")
+            raise BundleError(
+                f"the results bundle has no {part!r} part (it has {sorted(self.parts)})"
+            )
         return self.parts[part]
 
     def validate(self) -> None:
@@ -151,7 +153,9 @@ class ResultsBundle:
                         f"{part}/{name} has shape {shape}; expected {len(spec)} axes {spec}"
                     )
                 for axis, (dim, size) in enumerate(zip(spec, shape)):
-                    want = dim if isinstance(dim, int) else fixed.get(dim, free.setdefault(dim, size))
+                    want = (
+                        dim if isinstance(dim, int) else fixed.get(dim, free.setdefault(dim, size))
+                    )
                     if size != want:
                         raise BundleError(
                             f"{part}/{name} has shape {shape}: axis {axis} ({dim}) is {size}, "
@@ -202,7 +206,9 @@ def load_bundle(directory: str | Path) -> ResultsBundle:
     except json.JSONDecodeError as err:
         raise BundleError(f"{index_path} is not valid JSON: {err}") from None
     if index.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{index_path} is not a {BUNDLE_FORMAT} index (format={index.get('format')!r})")
+        raise BundleError(
+            f"{index_path} is not a {BUNDLE_FORMAT} index (format={index.get('format')!r})"
+        )
     if index.get("version") != BUNDLE_VERSION:
         raise BundleError(
             f"{index_path} has bundle version {index.get('version')!r}; this jaxvit-interp reads "

@@ -41,7 +41,11 @@ def _load_model(checkpoint: str, allow_pickle: bool = False):
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     config, params = load_checkpoint(path, allow_pickle=allow_pickle)
-    digest = _sha256(path) if path.is_file() else hashlib.sha256(str(path.resolve()).encode()).hexdigest()
+    digest = (
+        _sha256(path)
+        if path.is_file()
+        else hashlib.sha256(str(path.resolve()).encode()).hexdigest()
+    )
     return config, params, {"path": str(path), "sha256": digest}
 
 
@@ -82,7 +86,9 @@ def _load_images(source: str, config, labels_csv: str | None, max_images: int | 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            image_set = load_image_folder(folder, config, labels_csv=labels_csv, progress=not args.quiet)
+            image_set = load_image_folder(
+                folder, config, labels_csv=labels_csv, progress=not args.quiet
+            )
     finally:
         loader_log.setLevel(level)
     for path, reason in image_set.skipped:
@@ -108,8 +114,15 @@ def _settings_from(args, file_settings: dict):
 
     values = dict(file_settings)
     for name in (
-        "chunk_images", "batch_size", "partial_images", "attention_images", "clusters",
-        "projection", "seed", "thumbnail_size", "pattern_samples",
+        "chunk_images",
+        "batch_size",
+        "partial_images",
+        "attention_images",
+        "clusters",
+        "projection",
+        "seed",
+        "thumbnail_size",
+        "pattern_samples",
     ):
         value = getattr(args, name, None)
         if value is not None:
@@ -157,14 +170,27 @@ def _analyze(args) -> int:
             raise UsageError(f"{flag} is required (on the command line or in --config)")
     settings = _settings_from(args, file_cfg.get("analysis", {}))
     _maybe_distributed(args)
-    config, params, identity = _load_model(checkpoint, args.allow_pickle or file_cfg.get("allow_pickle", False))
+    config, params, identity = _load_model(
+        checkpoint, args.allow_pickle or file_cfg.get("allow_pickle", False)
+    )
     images, labels, ids, class_names = _load_images(
-        images_src, config, args.labels or file_cfg.get("labels"),
-        args.max_images or file_cfg.get("max_images"), args,
+        images_src,
+        config,
+        args.labels or file_cfg.get("labels"),
+        args.max_images or file_cfg.get("max_images"),
+        args,
     )
     analyze(
-        config, params, images, out, labels=labels, image_ids=ids, class_names=class_names,
-        model_identity=identity, settings=settings, progress=not args.quiet,
+        config,
+        params,
+        images,
+        out,
+        labels=labels,
+        image_ids=ids,
+        class_names=class_names,
+        model_identity=identity,
+        settings=settings,
+        progress=not args.quiet,
     )
     print(f"results bundle written to {out}")
     return 0
@@ -177,7 +203,9 @@ def _site(args) -> int:
     if len(args.target) == 2 and args.target[0] == "build":
         return _site_from_spec(args, args.target[1])
     if len(args.target) != 1:
-        raise UsageError("usage: jaxvit-interp site RUN --out DIR, or site build SPEC.toml --out DIR")
+        raise UsageError(
+            "usage: jaxvit-interp site RUN --out DIR, or site build SPEC.toml --out DIR"
+        )
     run = Path(args.target[0])
     if not run.exists():
         raise FileNotFoundError(f"run folder {run} does not exist")
@@ -210,8 +238,16 @@ def _site_from_spec(args, spec_path: str) -> int:
         }
     )
     analyze(
-        config, params, images, run, labels=labels, image_ids=ids, class_names=class_names,
-        model_identity=identity, settings=settings, progress=not args.quiet,
+        config,
+        params,
+        images,
+        run,
+        labels=labels,
+        image_ids=ids,
+        class_names=class_names,
+        model_identity=identity,
+        settings=settings,
+        progress=not args.quiet,
     )
     options = spec.site_options()
     if args.title:
@@ -258,14 +294,38 @@ def _train_digits(args) -> int:
 def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("analysis options (defaults: see AnalysisSettings)")
     g.add_argument("--chunk-images", type=int, help="images per resumable chunk (default 64)")
-    g.add_argument("--batch-size", type=int, help="images per device pass (default: fit the memory budget)")
-    g.add_argument("--memory-budget-mb", type=float, help="per-device working-set budget in MiB for ablations")
-    g.add_argument("--partial-images", type=int, help="images that get partial pruning of every head (default 64)")
-    g.add_argument("--attention-images", type=int, help="images whose full attention is kept for the site (default 32)")
-    g.add_argument("--clusters", type=int, help="number of pattern clusters (default: chosen from the data)")
-    g.add_argument("--projection", choices=("umap", "tsne"), help="2-D projection of pattern latents (default umap)")
-    g.add_argument("--pattern-samples", type=int, help="most patterns each autoencoder trains on (default 20000)")
-    g.add_argument("--thumbnail-size", type=int, help="longest thumbnail side in pixels (default 112)")
+    g.add_argument(
+        "--batch-size", type=int, help="images per device pass (default: fit the memory budget)"
+    )
+    g.add_argument(
+        "--memory-budget-mb", type=float, help="per-device working-set budget in MiB for ablations"
+    )
+    g.add_argument(
+        "--partial-images",
+        type=int,
+        help="images that get partial pruning of every head (default 64)",
+    )
+    g.add_argument(
+        "--attention-images",
+        type=int,
+        help="images whose full attention is kept for the site (default 32)",
+    )
+    g.add_argument(
+        "--clusters", type=int, help="number of pattern clusters (default: chosen from the data)"
+    )
+    g.add_argument(
+        "--projection",
+        choices=("umap", "tsne"),
+        help="2-D projection of pattern latents (default umap)",
+    )
+    g.add_argument(
+        "--pattern-samples",
+        type=int,
+        help="most patterns each autoencoder trains on (default 20000)",
+    )
+    g.add_argument(
+        "--thumbnail-size", type=int, help="longest thumbnail side in pixels (default 112)"
+    )
     g.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
 
 
@@ -294,14 +354,30 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run head importance (with partial pruning), attention strength and attention "
         "patterns. Results are written in chunks; rerunning the same command resumes.",
     )
-    p.add_argument("--checkpoint", help=f"checkpoint file or folder (.npz, .safetensors, Hugging Face folder, own orbax folder) or {BUILTIN_DIGITS}")
-    p.add_argument("--images", help=f"image folder (class subfolders or --labels CSV) or {BUILTIN_DIGITS}")
+    p.add_argument(
+        "--checkpoint",
+        help=f"checkpoint file or folder (.npz, .safetensors, Hugging Face folder, own orbax folder) or {BUILTIN_DIGITS}",
+    )
+    p.add_argument(
+        "--images", help=f"image folder (class subfolders or --labels CSV) or {BUILTIN_DIGITS}"
+    )
     p.add_argument("--labels", help="CSV with columns file,label (label: class name or index)")
     p.add_argument("--out", help="run folder to write (resumed if it holds this run)")
-    p.add_argument("--config", help="TOML file with the same keys as the flags (flags win); settings under [analysis]")
+    p.add_argument(
+        "--config",
+        help="TOML file with the same keys as the flags (flags win); settings under [analysis]",
+    )
     p.add_argument("--max-images", type=int, help="analyse only the first N images (sorted by id)")
-    p.add_argument("--allow-pickle", action="store_true", help="allow PyTorch pickles (.bin/.pth): loading one runs code")
-    p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first (multi-host)")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow PyTorch pickles (.bin/.pth): loading one runs code",
+    )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() first (multi-host)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_analysis_options(p)
     p.set_defaults(func=_analyze)
@@ -312,7 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="`site RUN --out DIR` renders a finished run; `site build SPEC.toml --out DIR` runs "
         "the analysis a site spec describes and renders it.",
     )
-    p.add_argument("target", nargs="+", metavar="RUN | build SPEC", help="a run folder, or `build` and a site spec")
+    p.add_argument(
+        "target",
+        nargs="+",
+        metavar="RUN | build SPEC",
+        help="a run folder, or `build` and a site spec",
+    )
     p.add_argument("--out", required=True, help="folder for index.html")
     p.add_argument("--title", help="page title")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -347,7 +428,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jaxvit-interp: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (UsageError, CheckpointError, BundleError, FileNotFoundError, NotADirectoryError, ValueError) as err:
+    except (
+        UsageError,
+        CheckpointError,
+        BundleError,
+        FileNotFoundError,
+        NotADirectoryError,
+        ValueError,
+    ) as err:
         if os.environ.get("JAXVIT_DEBUG"):
             raise
         print(f"jaxvit-interp: error: {err or type(err).__name__}", file=sys.stderr)

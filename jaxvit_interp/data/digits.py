@@ -122,7 +122,11 @@ def train_digits_model(
     test_images, test_labels = load_digits("test")
     start = time.perf_counter()
     params, history = train_classifier(
-        DIGITS_CONFIG, train_config, train_images, train_labels, background=BACKGROUND,
+        DIGITS_CONFIG,
+        train_config,
+        train_images,
+        train_labels,
+        background=BACKGROUND,
         progress=progress,
     )
     seconds = time.perf_counter() - start

@@ -32,7 +32,7 @@ class Preprocessing:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         d = dict(d)
         d["mean"] = tuple(d.get("mean", cls.mean))
         d["std"] = tuple(d.get("std", cls.std))
@@ -128,7 +128,7 @@ class ViTConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
-    def replace(self, **changes) -> "ViTConfig":
+    def replace(self, **changes) -> ViTConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,7 +140,7 @@ class ViTConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ViTConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ViTConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -151,7 +151,7 @@ class ViTConfig:
         return cls(**d)
 
     @classmethod
-    def from_variant(cls, variant: str, **overrides) -> "ViTConfig":
+    def from_variant(cls, variant: str, **overrides) -> ViTConfig:
         """``ViTConfig.from_variant("B/16", num_classes=10)``; see :data:`VARIANTS`."""
         name, _, patch = variant.partition("/")
         if name not in VARIANTS or not patch.isdigit():

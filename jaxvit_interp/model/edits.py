@@ -71,7 +71,7 @@ class AttentionEdit:
         return 1.0 - edited * (1.0 - keep)
 
     @classmethod
-    def partial_pruning(cls, config, mode: str, layer: int, head: int) -> "AttentionEdit":
+    def partial_pruning(cls, config, mode: str, layer: int, head: int) -> AttentionEdit:
         """The edit that applies ``mode`` to head ``head`` of layer ``layer`` of ``config``'s model."""
         if not (0 <= layer < config.num_layers and 0 <= head < config.num_heads):
             raise ValueError(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.struct
 import jax
@@ -153,7 +154,9 @@ def train_classifier(
     encoder["posembed_input"] = {"pos_embedding": sincos_position_embedding(config)}
     params = {**params, "Transformer": encoder}
     state = TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=make_optimizer(train_config).init(params)
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=make_optimizer(train_config).init(params),
     )
     train_step = make_train_step(config, train_config, background)
     batches = np.random.default_rng(train_config.seed)

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from jaxvit_interp.bundle import (
@@ -60,7 +61,9 @@ def _prepare_run_folder(out: Path, fingerprint: str, record: dict[str, Any]) -> 
             )
         return
     if out.exists() and any(out.iterdir()):
-        raise RunFolderError(f"{out} is not empty and holds no {RUN_FILE}; choose an empty or new folder")
+        raise RunFolderError(
+            f"{out} is not empty and holds no {RUN_FILE}; choose an empty or new folder"
+        )
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{RUN_FILE}.tmp"
     tmp.write_text(json.dumps({"fingerprint": fingerprint, **record}, indent=1))
@@ -76,19 +79,20 @@ def _subset(num_images: int, size: int, seed: int) -> np.ndarray:
 
 def is_writer() -> bool:
     """Across hosts every process computes, and only the first writes files."""
-    import jax
-
     return jax.process_index() == 0
 
 
-def all_devices_mesh() -> "jax.sharding.Mesh | None":
+def all_devices_mesh() -> jax.sharding.Mesh | None:
     """A 1-D mesh over every device of every host (None on one device): images are split over it."""
-    import jax
-
     if jax.device_count() == 1:
         return None
     # A plain Mesh has automatic axes: XLA propagates the image sharding through the kernels.
     return jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
+
+
+def _local_indices(indices: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """The members of ``indices`` inside ``[start, stop)``, counted from ``start``."""
+    return indices[(indices >= start) & (indices < stop)] - start
 
 
 def _compute_chunk(config, params, images, labels, partial_local, attention_local, settings):
@@ -97,8 +101,15 @@ def _compute_chunk(config, params, images, labels, partial_local, attention_loca
     batch = settings.batch_size or min(len(images), 32)
     mesh = all_devices_mesh()
     importance = head_importance(
-        config, params, images, labels, metrics=IMPORTANCE_METRICS, batch_size=settings.batch_size,
-        memory_budget_bytes=settings.memory_budget_bytes, mesh=mesh, progress=False,
+        config,
+        params,
+        images,
+        labels,
+        metrics=IMPORTANCE_METRICS,
+        batch_size=settings.batch_size,
+        memory_budget_bytes=settings.memory_budget_bytes,
+        mesh=mesh,
+        progress=False,
     )
     arrays = {m: np.asarray(importance[m], np.float32) for m in IMPORTANCE_METRICS}
     arrays["probs"] = importance.probs.astype(np.float32)
@@ -108,9 +119,15 @@ def _compute_chunk(config, params, images, labels, partial_local, attention_loca
     arrays.update({k: v.astype(np.float32) for k, v in summaries.items()})
     if len(partial_local):
         partial = partial_pruning(
-            config, params, images[partial_local], importance.labels[partial_local],
-            top_k=min(5, config.num_classes), batch_size=settings.batch_size,
-            memory_budget_bytes=settings.memory_budget_bytes, mesh=mesh, progress=False,
+            config,
+            params,
+            images[partial_local],
+            importance.labels[partial_local],
+            top_k=min(5, config.num_classes),
+            batch_size=settings.batch_size,
+            memory_budget_bytes=settings.memory_budget_bytes,
+            mesh=mesh,
+            progress=False,
         )
         # [image, head pair, mode, ...] -> [image, layer, head, mode, ...]
         L, H = config.num_layers, config.num_heads
@@ -254,7 +271,11 @@ def analyze(
         raise ValueError(
             f"{len(class_names)} class names for a model with {config.num_classes} classes"
         )
-    if "cls" in settings.pattern_kinds and not config.has_cls_token and settings.pattern_kinds == ("cls",):
+    if (
+        "cls" in settings.pattern_kinds
+        and not config.has_cls_token
+        and settings.pattern_kinds == ("cls",)
+    ):
         raise ValueError("pattern_kinds=('cls',) needs a model with a CLS token")
     model_identity = model_identity or {}
     out = Path(out)
@@ -264,14 +285,20 @@ def analyze(
         settings=settings,
     )
     _prepare_run_folder(
-        out, fingerprint, {"settings": settings.to_dict(), "model": model_identity, "images": num_images}
+        out,
+        fingerprint,
+        {"settings": settings.to_dict(), "model": model_identity, "images": num_images},
     )
     if run_is_complete(out):
         from jaxvit_interp.bundle import load_bundle
 
         return load_bundle(out)  # this very run finished before: nothing to redo
 
-    partial_index = _subset(num_images, settings.partial_images, settings.seed) if settings.partial_images else np.zeros(0, int)
+    partial_index = (
+        _subset(num_images, settings.partial_images, settings.seed)
+        if settings.partial_images
+        else np.zeros(0, int)
+    )
     attention_index = partial_index[: settings.attention_images]
     chunk_dir = out / CHUNK_DIR
     chunk_dir.mkdir(exist_ok=True)
@@ -283,11 +310,14 @@ def analyze(
         path = chunk_dir / f"chunk-{number:05d}.npz"
         arrays = _load_chunk(path) if path.exists() else None
         if arrays is None:
-            in_chunk = lambda idx: idx[(idx >= start) & (idx < stop)] - start  # noqa: E731
             arrays = _compute_chunk(
-                config, params, images[start:stop],
+                config,
+                params,
+                images[start:stop],
                 None if labels is None else labels[start:stop],
-                in_chunk(partial_index), in_chunk(attention_index), settings,
+                _local_indices(partial_index, start, stop),
+                _local_indices(attention_index, start, stop),
+                settings,
             )
             if is_writer():
                 _save_npz_atomic(path, arrays)

@@ -13,4 +13,6 @@ def progress_enabled(requested: bool = True) -> bool:
 
 
 def progress_bar(*, total: int, desc: str, unit: str, enabled: bool = True) -> tqdm:
-    return tqdm(total=total, desc=desc, unit=unit, disable=not progress_enabled(enabled), dynamic_ncols=True)
+    return tqdm(
+        total=total, desc=desc, unit=unit, disable=not progress_enabled(enabled), dynamic_ncols=True
+    )

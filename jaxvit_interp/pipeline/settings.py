@@ -56,7 +56,9 @@ class AnalysisSettings:
             object.__setattr__(self, "attention_images", self.partial_images)
         unknown = set(self.pattern_kinds) - {"cls", "patch"}
         if unknown or not self.pattern_kinds:
-            raise ValueError(f"pattern_kinds must be a non-empty subset of cls, patch; got {self.pattern_kinds}")
+            raise ValueError(
+                f"pattern_kinds must be a non-empty subset of cls, patch; got {self.pattern_kinds}"
+            )
         if self.projection not in ("umap", "tsne"):
             raise ValueError(f"projection must be 'umap' or 'tsne', got {self.projection!r}")
 
@@ -66,7 +68,7 @@ class AnalysisSettings:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AnalysisSettings":
+    def from_dict(cls, d: dict[str, Any]) -> AnalysisSettings:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

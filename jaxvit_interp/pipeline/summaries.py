@@ -56,7 +56,9 @@ def attention_summaries(
         batch = np.asarray(images[start : start + batch_size], np.float32)
         valid = len(batch)
         if valid < batch_size:
-            batch = np.concatenate([batch, np.zeros((batch_size - valid, *batch.shape[1:]), batch.dtype)])
+            batch = np.concatenate(
+                [batch, np.zeros((batch_size - valid, *batch.shape[1:]), batch.dtype)]
+            )
         batch = jnp.asarray(batch) if sharding is None else jax.device_put(batch, sharding)
         out = jax.device_get(_summaries(config, params, batch, rings))
         if not np.isfinite(out["row_sum_error"]) or out["row_sum_error"] > 1e-3:
@@ -72,4 +74,6 @@ def attention_summaries(
 
 def attention_matrices(config: ViTConfig, params, images) -> np.ndarray:
     """Full attention ``[image, layer, head, N, N]`` as float16 (for a few images shown on the site)."""
-    return np.asarray(_attention(config, params, jnp.asarray(images, jnp.float32))).astype(np.float16)
+    return np.asarray(_attention(config, params, jnp.asarray(images, jnp.float32))).astype(
+        np.float16
+    )

@@ -42,7 +42,9 @@ def reference_forward(config, params, image, head_mask=None, keep=None):
     attentions = np.zeros((L, H, len(x), len(x)))
     for layer in range(L):
         blk = enc[f"encoderblock_{layer}"]
-        y = _layer_norm(x, {k: f64(v) for k, v in blk["LayerNorm_0"].items()}, config.layer_norm_eps)
+        y = _layer_norm(
+            x, {k: f64(v) for k, v in blk["LayerNorm_0"].items()}, config.layer_norm_eps
+        )
         mha = blk["MultiHeadDotProductAttention_1"]
         out = np.zeros_like(x)
         for h in range(H):
@@ -62,9 +64,13 @@ def reference_forward(config, params, image, head_mask=None, keep=None):
                 head_out = head_out * head_mask[layer, h]
             out += head_out @ f64(mha["out"]["kernel"])[h]
         x = x + out + f64(mha["out"]["bias"])
-        y = _layer_norm(x, {k: f64(v) for k, v in blk["LayerNorm_2"].items()}, config.layer_norm_eps)
+        y = _layer_norm(
+            x, {k: f64(v) for k, v in blk["LayerNorm_2"].items()}, config.layer_norm_eps
+        )
         mlp = blk["MlpBlock_3"]
-        y = _gelu(y @ f64(mlp["Dense_0"]["kernel"]) + f64(mlp["Dense_0"]["bias"]), config.gelu_approximate)
+        y = _gelu(
+            y @ f64(mlp["Dense_0"]["kernel"]) + f64(mlp["Dense_0"]["bias"]), config.gelu_approximate
+        )
         x = x + y @ f64(mlp["Dense_1"]["kernel"]) + f64(mlp["Dense_1"]["bias"])
     x = _layer_norm(x, {k: f64(v) for k, v in enc["encoder_norm"].items()}, config.layer_norm_eps)
     pooled = x[0] if config.has_cls_token else x.mean(0)

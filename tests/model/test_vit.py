@@ -3,12 +3,11 @@
 import jax
 import numpy as np
 import pytest
+from reference_vit import reference_forward  # noqa: I001  (tests/model is on sys.path via conftest)
 
 from jaxvit_interp import AttentionEdit, ViTConfig, init_params, run_model
 from jaxvit_interp.model.edits import PRUNING_MODES, keep_mask
 from jaxvit_interp.model.vit import VisionTransformer
-
-from reference_vit import reference_forward  # noqa: I001  (tests/model is on sys.path via conftest)
 
 CONFIGS = {
     "token-nonsquare": ViTConfig.from_variant(
@@ -80,11 +79,15 @@ def test_keep_masks_zero_the_right_entries():
     assert zeroed["none"] == []
     assert len(zeroed["head"]) == n * n
     assert zeroed["cls_to_cls"] == [[0, 0]]
-    assert sorted(map(tuple, zeroed["cls"])) == sorted({(0, j) for j in range(n)} | {(i, 0) for i in range(n)})
+    assert sorted(map(tuple, zeroed["cls"])) == sorted(
+        {(0, j) for j in range(n)} | {(i, 0) for i in range(n)}
+    )
     assert sorted(map(tuple, zeroed["cls_patch"])) == sorted(
         {(0, j) for j in range(1, n)} | {(i, 0) for i in range(1, n)}
     )
-    assert sorted(map(tuple, zeroed["patch_to_patch"])) == [(i, j) for i in range(1, n) for j in range(1, n)]
+    assert sorted(map(tuple, zeroed["patch_to_patch"])) == [
+        (i, j) for i in range(1, n) for j in range(1, n)
+    ]
     with pytest.raises(ValueError, match="needs a CLS token"):
         keep_mask("cls", n, has_cls_token=False)
     with pytest.raises(ValueError, match="unknown pruning mode"):
@@ -102,7 +105,9 @@ def test_start_layer_resumes_from_residual(start_layer, rng):
         {"params": params}, full.residual[:, start_layer], head_mask=mask, start_layer=start_layer
     )
     np.testing.assert_allclose(resumed.logits, full.logits, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(resumed.attention, full.attention[:, start_layer:], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        resumed.attention, full.attention[:, start_layer:], rtol=1e-5, atol=1e-7
+    )
 
 
 def test_vit_b16_parameter_count():

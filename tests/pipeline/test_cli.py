@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,10 +18,19 @@ from jaxvit_interp.bundle import IMPORTANCE_METRICS, load_bundle
 # A tiny random model keeps every analysis stage fast; fast settings for the autoencoder too.
 CONFIG = ViTConfig.from_variant("mu/2", image_size=(8, 8), num_layers=2, num_heads=2, num_classes=3)
 FAST = [
-    "--chunk-images", "4", "--partial-images", "5", "--attention-images", "3",
-    "--pattern-samples", "64", "--clusters", "3", "--quiet",
+    "--chunk-images",
+    "4",
+    "--partial-images",
+    "5",
+    "--attention-images",
+    "3",
+    "--pattern-samples",
+    "64",
+    "--clusters",
+    "3",
+    "--quiet",
 ]
-AE_FAST = '[analysis]\nautoencoder = { max_epochs = 3, batch_size = 16, latent_dim = 4, features = [8] }\n'
+AE_FAST = "[analysis]\nautoencoder = { max_epochs = 3, batch_size = 16, latent_dim = 4, features = [8] }\n"
 
 
 def cli(*args, timeout=600, env=None):
@@ -46,13 +54,17 @@ def image_folder(tmp_path_factory):
     """Class subfolders of small PNGs, plus the files a real folder holds: odd modes and junk."""
     root = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng()
-    for c, name in enumerate(["cat", "dog", "owl"]):
+    for name in ["cat", "dog", "owl"]:
         (root / name).mkdir()
         for i in range(4):
             pixels = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / name / f"{i}.png")
-    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(root / "cat" / "gray.png")
-    Image.fromarray(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "RGBA").save(root / "dog" / "rgba.png")
+    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(
+        root / "cat" / "gray.png"
+    )
+    Image.fromarray(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "RGBA").save(
+        root / "dog" / "rgba.png"
+    )
     (root / "owl" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     (root / "owl" / "notes.txt").write_text("not an image")
     (root / "config.toml").write_text(AE_FAST)
@@ -60,8 +72,18 @@ def image_folder(tmp_path_factory):
 
 
 def analyze_args(checkpoint, image_folder, out):
-    return ["analyze", "--checkpoint", checkpoint, "--images", image_folder, "--out", out,
-            "--config", image_folder / "config.toml", *FAST]
+    return [
+        "analyze",
+        "--checkpoint",
+        checkpoint,
+        "--images",
+        image_folder,
+        "--out",
+        out,
+        "--config",
+        image_folder / "config.toml",
+        *FAST,
+    ]
 
 
 def test_analyze_folder_reports_bad_files_and_analyses_the_rest(checkpoint, image_folder, tmp_path):
@@ -92,8 +114,11 @@ def test_resume_after_kill_equals_uninterrupted_run(checkpoint, image_folder, tm
     out = tmp_path / "killed"
     exe = shutil.which("jaxvit-interp")
     cmd = [exe] if exe else [sys.executable, "-m", "jaxvit_interp.cli"]
-    proc = subprocess.Popen([*cmd, *map(str, analyze_args(checkpoint, image_folder, out))],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*cmd, *map(str, analyze_args(checkpoint, image_folder, out))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not list((out / "chunks").glob("chunk-*.npz")):
         time.sleep(0.05)
@@ -108,7 +133,9 @@ def test_resume_after_kill_equals_uninterrupted_run(checkpoint, image_folder, tm
     a, b = load_bundle(tmp_path / "whole"), load_bundle(out)
     for part in ("images", "importance", "strength", "partial", "attention", "patterns"):
         for name, value in a[part].items():
-            np.testing.assert_allclose(b[part][name], value, rtol=1e-6, atol=1e-6, err_msg=f"{part}/{name}")
+            np.testing.assert_allclose(
+                b[part][name], value, rtol=1e-6, atol=1e-6, err_msg=f"{part}/{name}"
+            )
 
 
 def _one_line_error(result, needle):
@@ -121,12 +148,28 @@ def _one_line_error(result, needle):
 
 def test_bad_arguments_end_with_one_clear_line(checkpoint, image_folder, tmp_path):
     _one_line_error(
-        cli("analyze", "--checkpoint", tmp_path / "nope.npz", "--images", image_folder, "--out", tmp_path / "r"),
+        cli(
+            "analyze",
+            "--checkpoint",
+            tmp_path / "nope.npz",
+            "--images",
+            image_folder,
+            "--out",
+            tmp_path / "r",
+        ),
         "nope.npz",
     )
     (tmp_path / "empty").mkdir()
     _one_line_error(
-        cli("analyze", "--checkpoint", checkpoint, "--images", tmp_path / "empty", "--out", tmp_path / "r"),
+        cli(
+            "analyze",
+            "--checkpoint",
+            checkpoint,
+            "--images",
+            tmp_path / "empty",
+            "--out",
+            tmp_path / "r",
+        ),
         "empty",
     )
     flat = tmp_path / "flat"
@@ -136,13 +179,33 @@ def test_bad_arguments_end_with_one_clear_line(checkpoint, image_folder, tmp_pat
     with open(labels, "w", newline="") as f:
         csv.writer(f).writerows([["file", "label"], ["a.png", "0"], ["ghost.png", "1"]])
     _one_line_error(
-        cli("analyze", "--checkpoint", checkpoint, "--images", flat, "--labels", labels, "--out", tmp_path / "r"),
+        cli(
+            "analyze",
+            "--checkpoint",
+            checkpoint,
+            "--images",
+            flat,
+            "--labels",
+            labels,
+            "--out",
+            tmp_path / "r",
+        ),
         "ghost.png",
     )
     with open(labels, "w", newline="") as f:
         csv.writer(f).writerows([["file", "label"], ["a.png", "7"]])
     _one_line_error(
-        cli("analyze", "--checkpoint", checkpoint, "--images", flat, "--labels", labels, "--out", tmp_path / "r"),
+        cli(
+            "analyze",
+            "--checkpoint",
+            checkpoint,
+            "--images",
+            flat,
+            "--labels",
+            labels,
+            "--out",
+            tmp_path / "r",
+        ),
         "7",
     )
     other = tmp_path / "other"
@@ -160,4 +223,6 @@ def test_analyze_sharded_over_four_devices_equals_one(checkpoint, image_folder, 
     a, b = load_bundle(tmp_path / "one"), load_bundle(tmp_path / "four")
     for part in ("importance", "strength", "partial"):
         for name, value in a[part].items():
-            np.testing.assert_allclose(b[part][name], value, rtol=1e-5, atol=1e-6, err_msg=f"{part}/{name}")
+            np.testing.assert_allclose(
+                b[part][name], value, rtol=1e-5, atol=1e-6, err_msg=f"{part}/{name}"
+            )
