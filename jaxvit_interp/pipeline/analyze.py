@@ -215,9 +215,12 @@ def _pattern_part(config, merged, settings, out: Path, progress: bool) -> dict[s
         model = train_autoencoder(
             flat[pick], settings.autoencoder, workdir=out / f"autoencoder-{kind}", progress=progress
         )
+        bar = progress_bar(total=1, desc=f"projecting {kind} patterns", unit="stage", enabled=progress)
         emb = embed_patterns(
             model, patterns, projection=settings.projection, k=settings.clusters, seed=settings.seed
         )
+        bar.update(1)
+        bar.close()
         part[f"{kind}_positions"] = emb.xy.astype(np.float32)
         part[f"{kind}_clusters"] = emb.labels.astype(np.int32)
         part[f"{kind}_representatives"] = emb.representative.astype(np.float32)

@@ -226,3 +226,23 @@ def test_analyze_sharded_over_four_devices_equals_one(checkpoint, image_folder, 
             np.testing.assert_allclose(
                 b[part][name], value, rtol=1e-5, atol=1e-6, err_msg=f"{part}/{name}"
             )
+
+
+@pytest.mark.slow
+def test_demo_writes_the_site_and_a_second_run_reuses_the_analysis(tmp_path):
+    out = tmp_path / "demo"
+    first = cli("demo", "--out", out, "--quiet")
+    assert first.returncode == 0, first.stderr
+    html = out / "index.html"
+    assert str(html) in first.stdout
+    page = html.read_text()
+    assert "Bokeh" in page and "cdn.bokeh.org" not in page and "<script src=" not in page
+    bundle = load_bundle(out / "run")
+    assert len(bundle.meta["image_ids"]) == 300 and bundle.meta["checkpoint"]["path"] == "builtin:digits"
+    # The shipped model is good: its predictions agree with the held-out labels.
+    images = bundle["images"]
+    assert (images["predictions"] == images["labels"]).mean() > 0.9
+    chunks = {p: p.stat().st_mtime_ns for p in (out / "run" / "chunks").iterdir()}
+    second = cli("demo", "--out", out, "--quiet")
+    assert second.returncode == 0, second.stderr
+    assert {p: p.stat().st_mtime_ns for p in (out / "run" / "chunks").iterdir()} == chunks
