@@ -278,6 +278,15 @@ def ablation_chunk(
 # --------------------------------------------------------------------------------------------
 
 
+def to_host(x) -> np.ndarray:
+    """A result as NumPy on every process; across hosts the shards are gathered first."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 def default_memory_budget() -> int:
     """Bytes per device the engine may use when the caller sets no budget.
 
@@ -598,13 +607,13 @@ def run_engine(
 
     def collect(rows, full_logits, y, taylor, parts):
         n = rows.stop - rows.start
-        logits_out[rows] = np.asarray(full_logits)[:n]
-        targets_out[rows] = np.asarray(y)[:n]
+        logits_out[rows] = to_host(full_logits)[:n]
+        targets_out[rows] = to_host(y)[:n]
         if taylor is not None:
-            taylor_out[rows] = np.asarray(taylor)[:n]
+            taylor_out[rows] = to_host(taylor)[:n]
         for part, result in parts:
             for name, value in result.items():
-                value = np.asarray(value)[:n]
+                value = to_host(value)[:n]
                 if name not in per_slot:
                     per_slot[name] = np.zeros(
                         (num_images, len(spawn_layers), num_slots, *value.shape[3:]), value.dtype

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvit_interp.importance.engine import to_host
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import VisionTransformer
 from jaxvit_interp.patterns.extract import cls_pattern, patch_pattern
@@ -60,7 +61,7 @@ def attention_summaries(
                 [batch, np.zeros((batch_size - valid, *batch.shape[1:]), batch.dtype)]
             )
         batch = jnp.asarray(batch) if sharding is None else jax.device_put(batch, sharding)
-        out = jax.device_get(_summaries(config, params, batch, rings))
+        out = {k: to_host(v) for k, v in _summaries(config, params, batch, rings).items()}
         if not np.isfinite(out["row_sum_error"]) or out["row_sum_error"] > 1e-3:
             raise FloatingPointError(
                 f"the model's attention rows do not sum to 1 (off by {out['row_sum_error']:.3g}) "
