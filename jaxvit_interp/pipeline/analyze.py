@@ -215,7 +215,9 @@ def _pattern_part(config, merged, settings, out: Path, progress: bool) -> dict[s
         model = train_autoencoder(
             flat[pick], settings.autoencoder, workdir=out / f"autoencoder-{kind}", progress=progress
         )
-        bar = progress_bar(total=1, desc=f"projecting {kind} patterns", unit="stage", enabled=progress)
+        bar = progress_bar(
+            total=1, desc=f"projecting {kind} patterns", unit="stage", enabled=progress
+        )
         emb = embed_patterns(
             model, patterns, projection=settings.projection, k=settings.clusters, seed=settings.seed
         )
@@ -274,11 +276,7 @@ def analyze(
         raise ValueError(
             f"{len(class_names)} class names for a model with {config.num_classes} classes"
         )
-    if (
-        "cls" in settings.pattern_kinds
-        and not config.has_cls_token
-        and settings.pattern_kinds == ("cls",)
-    ):
+    if settings.pattern_kinds == ("cls",) and not config.has_cls_token:
         raise ValueError("pattern_kinds=('cls',) needs a model with a CLS token")
     model_identity = model_identity or {}
     out = Path(out)

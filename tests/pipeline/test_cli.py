@@ -176,38 +176,17 @@ def test_bad_arguments_end_with_one_clear_line(checkpoint, image_folder, tmp_pat
     flat.mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(flat / "a.png")
     labels = tmp_path / "labels.csv"
+
+    def analyze_flat():
+        args = ["--checkpoint", checkpoint, "--images", flat, "--labels", labels]
+        return cli("analyze", *args, "--out", tmp_path / "r")
+
     with open(labels, "w", newline="") as f:
         csv.writer(f).writerows([["file", "label"], ["a.png", "0"], ["ghost.png", "1"]])
-    _one_line_error(
-        cli(
-            "analyze",
-            "--checkpoint",
-            checkpoint,
-            "--images",
-            flat,
-            "--labels",
-            labels,
-            "--out",
-            tmp_path / "r",
-        ),
-        "ghost.png",
-    )
+    _one_line_error(analyze_flat(), "ghost.png")
     with open(labels, "w", newline="") as f:
         csv.writer(f).writerows([["file", "label"], ["a.png", "7"]])
-    _one_line_error(
-        cli(
-            "analyze",
-            "--checkpoint",
-            checkpoint,
-            "--images",
-            flat,
-            "--labels",
-            labels,
-            "--out",
-            tmp_path / "r",
-        ),
-        "7",
-    )
+    _one_line_error(analyze_flat(), "7")
     other = tmp_path / "other"
     other.mkdir()
     (other / "run.json").write_text('{"fingerprint": "0123456789abcdef"}')
@@ -238,7 +217,10 @@ def test_demo_writes_the_site_and_a_second_run_reuses_the_analysis(tmp_path):
     page = html.read_text()
     assert "Bokeh" in page and "cdn.bokeh.org" not in page and "<script src=" not in page
     bundle = load_bundle(out / "run")
-    assert len(bundle.meta["image_ids"]) == 300 and bundle.meta["checkpoint"]["path"] == "builtin:digits"
+    assert (
+        len(bundle.meta["image_ids"]) == 300
+        and bundle.meta["checkpoint"]["path"] == "builtin:digits"
+    )
     # The shipped model is good: its predictions agree with the held-out labels.
     images = bundle["images"]
     assert (images["predictions"] == images["labels"]).mean() > 0.9
