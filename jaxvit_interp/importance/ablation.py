@@ -110,8 +110,8 @@ def head_importance(
       labels: ``[image]`` int class ids, or None to measure against the unpruned prediction.
       metrics: any of ``prob prob_drop kl layer repr flip taylor``.
       batch_size: at most this many images per chunk (over all devices); default: as many as
-        the memory budget allows (on CPU, also about 1,024 tokens' worth per device, which keeps
-        the work in cache).
+        the memory budget allows (on CPU, also about 4,096 tokens' worth per device, see
+        :func:`~jaxvit_interp.importance.engine.default_step_tokens`).
       memory_budget_bytes: per-device working-set budget; default
         :func:`~jaxvit_interp.importance.engine.default_memory_budget`.
       mesh: a ``jax.sharding.Mesh`` to shard images over all its devices; None: default device.

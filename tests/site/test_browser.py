@@ -51,19 +51,33 @@ def _dims(bundle):
     return d["L"], d["H"], d["K"], d["N"]
 
 
-def _pick_image(bundle, *, attention: bool | None = None, partial: bool | None = None,
-                not_index: tuple = ()):
+def _images_of_kind(bundle, *, attention: bool | None = None, partial: bool | None = None,
+                    not_index: tuple = ()) -> list[int]:
     att = set(bundle["attention"]["image_index"].tolist())
     par = set(bundle["partial"]["image_index"].tolist())
-    for i in range(len(bundle.meta["image_ids"])):
-        if i in not_index:
-            continue
-        if attention is not None and (i in att) != attention:
-            continue
-        if partial is not None and (i in par) != partial:
-            continue
-        return i
-    pytest.skip("the random subsets left no image of the kind this test needs")
+    kind = [
+        i for i in range(len(bundle.meta["image_ids"]))
+        if i not in not_index
+        and (attention is None or (i in att) == attention)
+        and (partial is None or (i in par) == partial)
+    ]
+    if not kind:
+        pytest.skip("the random subsets left no image of the kind this test needs")
+    return kind
+
+
+def _pick_image(bundle, **kind) -> int:
+    return _images_of_kind(bundle, **kind)[0]
+
+
+def _most_isolated(images, candidates: list[int]) -> int:
+    """The candidate whose overview point lies farthest from every other point (axes scaled to
+    the same range), so that a click on it cannot land on a neighbour."""
+    xy = np.stack([np.asarray(images["x"]), np.asarray(images["y"])], 1)
+    xy = xy / np.maximum(np.ptp(xy, axis=0), 1e-12)
+    dist = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
+    np.fill_diagonal(dist, np.inf)
+    return max(candidates, key=lambda i: dist[i].min())
 
 
 def test_page_loads_without_errors_and_shows_global_values(tiny_site, tiny_bundle, open_page):
@@ -100,9 +114,9 @@ def test_page_loads_without_errors_and_shows_global_values(tiny_site, tiny_bundl
 def test_clicking_an_image_makes_b_and_c_local(tiny_site, tiny_bundle, open_page):
     site = open_page(tiny_site)
     L, H, K, _ = _dims(tiny_bundle)
-    i = _pick_image(tiny_bundle, partial=True, not_index=(0,))
-    before = site.data("heads")["value"]
     images = site.data("images")
+    i = _most_isolated(images, _images_of_kind(tiny_bundle, partial=True, not_index=(0,)))
+    before = site.data("heads")["value"]
     site.click("overview_plot", images["x"][i], images["y"][i])
     assert site.selected("images") == [i]
     state = site.state()
