@@ -11,12 +11,15 @@ For each model (random weights, 224 px) and image count this measures, in one pr
 plus a large float32 matrix product in JAX (and PyTorch) for the machine's attainable rate.  (b) and
 (c) run the same full forward pass for every head, so by default they are timed on a sample of
 heads spread over all layers and scaled to all heads (``--baseline-heads all`` runs every head).
+After compiling, (a), (b) and (c) are timed in turn for ``--rounds`` rounds and the best time of
+each is reported, with the ratio of every round.
 
 FLOP counts: "needed" = one full pass plus, for each head of layer ``l``, layers ``l..L-1`` and the
 classifier (what an ablation has to recompute when lower layers are reused); "executed" = what the
-engine actually runs (it also skips the attention of the pruned layer itself and every query but
-CLS in the last layer).  GFLOP/s figures divide those counts by the engine's time with compiled
-programs; the first call, compilation included, is reported next to it.
+engine actually runs (it also skips the attention of the pruned layer, folds the pruned head into
+that layer's first MLP product, and in the last layer computes the CLS row only, without
+projecting any other token).  GFLOP/s figures divide those counts by the engine's time with
+compiled programs; the first call, compilation included, is reported next to it.
 
 Also: how the engine's time grows with images and with the number of heads ablated, ViT-B/16
 figures, peak memory, and on the built-in digits model (when present) the accuracy curves of
@@ -80,23 +83,38 @@ def needed_flops(c: ViTConfig) -> int:
 
 
 def executed_flops(c: ViTConfig) -> int:
-    """What the engine runs: full pass, then per head of layer l its delta, layer l's MLP,
-    layers l+1..L-2 whole and the last layer for the CLS query only (token classifier)."""
+    """What the engine runs per image (see ``jaxvit_interp/importance/engine.py``).
+
+    The full pass; then for each spawn layer ``l`` the value projection once and, per head, its
+    mixed values and delta; the pruned layer's MLP with the first product folded through the
+    head's delta (``head_dim`` wide) plus that product of the unpruned stream once per layer;
+    layers ``l+1..L-2`` whole; and the last layer for the CLS query only, with keys and values
+    reassociated so that no token but CLS is projected (token classifier).
+    """
     n, d, f, dh = c.num_tokens, c.hidden_size, c.mlp_dim, c.head_dim
     L, H = c.num_layers, c.num_heads
     mlp = 2 * 2 * n * d * f
     delta = 2 * n * n * dh + 2 * n * dh * d
     if c.has_cls_token:
-        last = 2 * 2 * n * d * d + 2 * d * d + 2 * 2 * n * d + 2 * d * d + 2 * 2 * d * f
+        # q, key directions, scores, pooled tokens, values, output projection, MLP: CLS only.
+        last = 2 * d * d + 2 * d * d + 2 * 2 * n * d * H + 2 * d * d + 2 * d * d + 2 * 2 * d * f
         last_mlp = 2 * 2 * d * f
     else:
         last, last_mlp = layer_flops(c), mlp
     total = full_flops(c)
     for layer in range(L):
-        own = last_mlp if layer == L - 1 else mlp
+        if layer == L - 1 and c.has_cls_token:
+            own, shared = last_mlp, 0
+        else:
+            own, shared = 2 * n * dh * f + 2 * n * f * d, 2 * n * d * f
         above = sum(last if j == L - 1 else layer_flops(c) for j in range(layer + 1, L))
-        total += H * (delta + own + above + readout_flops(c))
+        total += 2 * n * d * d + shared + H * (delta + own + above + readout_flops(c))
     return total
+
+
+def fold_flops(c: ViTConfig) -> int:
+    """The engine's once-per-run folding of output projections into the MLP (all layers)."""
+    return 2 * c.num_layers * c.hidden_size * c.hidden_size * c.mlp_dim
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,29 +205,25 @@ def engine_plan(c, params, num_images, num_heads=None):
     )
 
 
-def run_engine(c, params, images):
-    """Seconds for all single-head ablations, plus memory.
+def prepare_engine(c, params, images):
+    """Compile the engine's programs; returns ``(first, run)``.
 
-    ``first``: the first call on one chunk of images (compilation included); ``warm``: every
-    image afterwards, with the programs compiled (the chunk shape is the same, so nothing
-    recompiles).
+    ``first``: seconds of the first call on one chunk of images (compilation included);
+    ``run()``: seconds for all single-head ablations of every image with the programs compiled
+    (the chunk shape is the same, so nothing recompiles).
     """
     plan = engine_plan(c, params, len(images))
-    run = lambda x: head_importance(c, params, x, metrics=ABLATION_METRICS, progress=False)  # noqa: E731
-    with PeakRSS() as rss:
-        first = _timed(lambda: run(images[: plan.images_per_chunk]))
-        warm = _timed(lambda: run(images))
-    return {
-        "first": first,
-        "warm": warm,
-        "rss": rss.increase,
-        "device_peak": device_peak_bytes(),
-        "plan": plan,
-    }
+
+    def call(x):
+        return head_importance(c, params, x, metrics=ABLATION_METRICS, progress=False)
+
+    first = _timed(lambda: call(images[: plan.images_per_chunk]))
+    return first, plan, lambda: _timed(lambda: call(images))
 
 
-def run_jax_loop(c, params, images, heads):
-    """Seconds per head of a jitted forward pass with that head masked, metrics on the host."""
+def prepare_jax_loop(c, params, images, heads):
+    """Compile a jitted forward pass with one head masked; returns ``run()``: seconds per head
+    over ``heads``, metrics on the host."""
     model = VisionTransformer(c)
 
     @jax.jit
@@ -230,16 +244,21 @@ def run_jax_loop(c, params, images, heads):
         return float(np.sum(p * (np.log(p) - np.log(q)))) + float(np.sum(z * base_z))
 
     one(*heads[0])  # compile
-    t = time.perf_counter()
-    for lh in heads:
-        one(*lh)
-    return (time.perf_counter() - t) / len(heads)
+
+    def run():
+        t = time.perf_counter()
+        for lh in heads:
+            one(*lh)
+        return (time.perf_counter() - t) / len(heads)
+
+    return run
 
 
-def run_torch_loop(c, images, heads):
-    """Seconds per head of transformers' ViT on PyTorch CPU with ``head_mask``.
+def prepare_torch_loop(c, images, heads):
+    """transformers' ViT on PyTorch CPU with ``head_mask``; returns ``(run, changed, versions)``.
 
-    Checks first that the mask really changes the logits.
+    ``run()``: seconds per head over ``heads``.  Checks first that the mask really changes the
+    logits (``changed``: the largest change).
     """
     import torch
     import transformers
@@ -269,24 +288,23 @@ def run_torch_loop(c, images, heads):
         mask = ones.clone()
         mask[heads[0]] = 0
         changed = float((model(pixel_values=pixels, head_mask=mask).logits - base).abs().max())
-        if not changed > 1e-6:
-            raise RuntimeError("transformers ignored head_mask: the pruned logits did not change")
+    if not changed > 1e-6:
+        raise RuntimeError("transformers ignored head_mask: the pruned logits did not change")
 
-        def one(layer, head):
-            mask = ones.clone()
-            mask[layer, head] = 0
-            q = torch.softmax(model(pixel_values=pixels, head_mask=mask).logits, -1)
-            return float((p * (p.log() - q.log())).sum())
+    def one(layer, head):
+        mask = ones.clone()
+        mask[layer, head] = 0
+        q = torch.softmax(model(pixel_values=pixels, head_mask=mask).logits, -1)
+        return float((p * (p.log() - q.log())).sum())
 
-        t = time.perf_counter()
-        for lh in heads:
-            one(*lh)
-    return (
-        (time.perf_counter() - t) / len(heads),
-        changed,
-        transformers.__version__,
-        torch.__version__,
-    )
+    def run():
+        with torch.inference_mode():
+            t = time.perf_counter()
+            for lh in heads:
+                one(*lh)
+        return (time.perf_counter() - t) / len(heads)
+
+    return run, changed, f"transformers {transformers.__version__} / torch {torch.__version__}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,6 +313,11 @@ def run_torch_loop(c, images, heads):
 
 
 def compare(variant, num_images, baseline_heads, args, matmul_gflops):
+    """(a), (b) and (c) timed in turn, ``args.rounds`` times; the best of each is reported.
+
+    Interleaving the rounds exposes all three to the same load on a shared machine, and the
+    ratios of each round show how much that load moved them.
+    """
     c = ViTConfig.from_variant(variant)
     params = init_params(c, 0)
     images = (
@@ -307,55 +330,70 @@ def compare(variant, num_images, baseline_heads, args, matmul_gflops):
         f"\n## {variant}: {c.num_layers} layers x {c.num_heads} heads = {heads_total} ablations, "
         f"{num_images} images of {c.image_size[0]} px"
     )
-    a = run_engine(c, params, images)
-    need, done = needed_flops(c) * num_images, executed_flops(c) * num_images
-    rate_needed = need / a["warm"] / 1e9
-    rate_done = done / a["warm"] / 1e9
-    plan = a["plan"]
-    print(
-        f"(a) engine: {a['warm']:.1f} s compiled (first call on {plan.images_per_chunk} "
-        f"image(s), compilation included: {a['first']:.1f} s)"
-    )
-    print(
-        f"    chunks: {plan.num_image_chunks} x {plan.images_per_chunk} images, "
-        f"{plan.num_slot_chunks} x {plan.slots_per_chunk} heads per layer, "
-        f"{plan.streams_per_step or 'all'} stream(s) per step; estimated working set "
-        f"{plan.estimated_bytes / 2**20:.0f} MiB; peak RSS increase {a['rss'] / 2**20:.0f} MiB"
-        + (f"; device peak {a['device_peak'] / 2**20:.0f} MiB" if a["device_peak"] else "")
-    )
-    print(
-        f"    FLOPs needed {need / 1e12:.2f} T ({rate_needed:.1f} GFLOP/s = "
-        f"{100 * rate_needed / matmul_gflops:.0f}% of matmul), executed {done / 1e12:.2f} T "
-        f"({rate_done:.1f} GFLOP/s = {100 * rate_done / matmul_gflops:.0f}% of matmul)"
-    )
     sample = sample_heads(c, None if baseline_heads == "all" else int(baseline_heads))
     note = (
         ""
         if len(sample) == heads_total
         else f" (timed on {len(sample)} heads, scaled to {heads_total})"
     )
-    b = run_jax_loop(c, params, images, sample) * heads_total
+    with PeakRSS() as rss:
+        first, plan, run_a = prepare_engine(c, params, images)
+        times = {"a": [run_a()]}
+    run_b = prepare_jax_loop(c, params, images, sample)
+    runs = {"a": run_a, "b": lambda: run_b() * heads_total}
+    if not args.no_torch:
+        run_c, changed, versions = prepare_torch_loop(c, images, sample)
+        runs["c"] = lambda: run_c() * heads_total
+    for r in range(args.rounds):
+        for key, run in runs.items():
+            if not (key == "a" and r == 0):  # round 0 of (a) ran with the memory probe
+                times.setdefault(key, []).append(run())
+    best = {key: min(v) for key, v in times.items()}
+    per_round = lambda key: ", ".join(  # noqa: E731
+        f"{y / x:.2f}" for x, y in zip(times["a"], times[key], strict=True)
+    )
+    rounds = lambda key: ", ".join(f"{t:.1f}" for t in times[key])  # noqa: E731
+    a = best["a"]
+    need = needed_flops(c) * num_images
+    done = executed_flops(c) * num_images + fold_flops(c)
+    rate_needed, rate_done = need / a / 1e9, done / a / 1e9
     print(
-        f"(b) JAX loop, one jitted forward per head: {b:.1f} s{note}"
-        f"  -> engine {b / a['warm']:.2f}x faster"
+        f"(a) engine: {a:.1f} s compiled, best of {args.rounds} rounds ({rounds('a')} s); "
+        f"first call on {plan.images_per_chunk} image(s), compilation included: {first:.1f} s"
+    )
+    device_peak = device_peak_bytes()
+    print(
+        f"    chunks: {plan.num_image_chunks} x {plan.images_per_chunk} images, "
+        f"{plan.num_slot_chunks} x {plan.slots_per_chunk} heads per layer, "
+        f"{plan.streams_per_step or 'all'} stream(s) per step; estimated working set "
+        f"{plan.estimated_bytes / 2**20:.0f} MiB; peak RSS increase {rss.increase / 2**20:.0f} MiB"
+        + (f"; device peak {device_peak / 2**20:.0f} MiB" if device_peak else "")
+    )
+    print(
+        f"    FLOPs needed {need / 1e12:.2f} T ({rate_needed:.1f} GFLOP/s = "
+        f"{100 * rate_needed / matmul_gflops:.0f}% of matmul), executed {done / 1e12:.2f} T "
+        f"({rate_done:.1f} GFLOP/s = {100 * rate_done / matmul_gflops:.0f}% of matmul)"
+    )
+    print(
+        f"(b) JAX loop, one jitted forward per head: {best['b']:.1f} s{note}, rounds "
+        f"{rounds('b')} s  -> engine {best['b'] / a:.2f}x faster (per round {per_round('b')})"
     )
     row = {
         "variant": variant,
         "images": num_images,
-        "a": a["warm"],
-        "b": b,
+        "a": a,
+        "b": best["b"],
         "needed_rate": rate_needed,
         "executed_rate": rate_done,
-        "first": a["first"],
+        "first": first,
     }
-    if not args.no_torch:
-        per, changed, tv, pv = run_torch_loop(c, images, sample)
-        cc = per * heads_total
+    if "c" in runs:
         print(
-            f"(c) transformers {tv} / torch {pv} CPU, head_mask per head: {cc:.1f} s{note} "
-            f"(mask changes logits by up to {changed:.2e})  -> engine {cc / a['warm']:.2f}x faster"
+            f"(c) {versions} CPU, head_mask per head: {best['c']:.1f} s{note}, rounds "
+            f"{rounds('c')} s (mask changes logits by up to {changed:.2e})  -> engine "
+            f"{best['c'] / a:.2f}x faster (per round {per_round('c')})"
         )
-        row["c"] = cc
+        row["c"] = best["c"]
     return row
 
 
@@ -469,6 +507,9 @@ def main():
         help="heads to time (b), (c) on per variant, or 'all' (the last value repeats)",
     )
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="timing rounds of (a), (b), (c) in turn"
+    )
     parser.add_argument("--scaling-images", nargs="*", type=int, default=[4, 8, 16])
     parser.add_argument("--scaling-heads", nargs="*", type=int, default=[18, 36, 72])
     parser.add_argument("--scaling-head-images", type=int, default=1)
@@ -478,7 +519,7 @@ def main():
     if args.quick:
         args.variants, args.images, args.baseline_heads = ["S/16"], [2], ["3"]
         args.scaling_images, args.scaling_heads = [1, 2], [6, 12]
-        args.scaling_head_images = 1
+        args.scaling_head_images, args.rounds = 1, 1
 
     start = time.perf_counter()
     print(

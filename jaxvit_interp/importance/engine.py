@@ -219,8 +219,7 @@ def _grouped(fn, xs, group: int | None) -> Array:
 
     Within a step of an even number of streams, each half is its own computation.  XLA's CPU
     runtime runs independent operations side by side, while it gives an elementwise pass or a
-    batch of small attention products one thread: two halves keep two cores busy through those
-    (about 8% faster per block for ViT-S/16 on a 2-core machine).
+    batch of small attention products one thread: two halves keep two cores busy through those.
     """
     xs = xs if isinstance(xs, tuple) else (xs,)
     streams = xs[0].shape[0]
@@ -468,9 +467,8 @@ def default_step_tokens() -> int | None:
     """Tokens per step through a block on this backend: 4,096 on CPU, None (all at once) otherwise.
 
     On a CPU a step of a few thousand tokens is fastest: enough rows for efficient matrix
-    products, few enough that a step's activations stay in cache (on a 2-core machine, ViT-S/16
-    ran 10-15% faster with 4,096 than with 1,024 or 8,192).  An accelerator wants the largest
-    batch it can hold.
+    products, few enough that a step's activations stay in cache.  An accelerator wants the
+    largest batch it can hold.
     """
     return 4096 if jax.default_backend() == "cpu" else None
 

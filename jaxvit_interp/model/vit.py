@@ -76,7 +76,7 @@ class MultiHeadDotProductAttention(nn.Module):
         )
         # Heads lead ([batch, head, token, head_dim]) so that both attention products are plain
         # batched matrix products: with the head axis between tokens and features, XLA's CPU
-        # backend runs them as a slow loop (several times slower).
+        # backend runs them as a slow loop.
         q = jnp.swapaxes(dense("query", self.qkv_bias)(x), 1, 2)
         k = jnp.swapaxes(dense("key", self.qkv_bias)(x), 1, 2)
         v = jnp.swapaxes(dense("value", self.qkv_bias)(x), 1, 2)
