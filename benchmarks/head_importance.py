@@ -206,10 +206,10 @@ def engine_plan(c, params, num_images, num_heads=None):
 
 
 def prepare_engine(c, params, images):
-    """Compile the engine's programs; returns ``(first, run)``.
+    """Compile the engine's programs; returns ``(first, plan, run)``.
 
     ``first``: seconds of the first call on one chunk of images (compilation included);
-    ``run()``: seconds for all single-head ablations of every image with the programs compiled
+    ``plan``: the engine's chunk plan; ``run()``: seconds for all single-head ablations of every image with the programs compiled
     (the chunk shape is the same, so nothing recompiles).
     """
     plan = engine_plan(c, params, len(images))
@@ -344,6 +344,11 @@ def compare(variant, num_images, baseline_heads, args, matmul_gflops):
     if not args.no_torch:
         run_c, changed, versions = prepare_torch_loop(c, images, sample)
         runs["c"] = lambda: run_c() * heads_total
+    if args.trace:
+        # One more engine run under the profiler (Perfetto trace, open at ui.perfetto.dev).
+        with jax.profiler.trace(args.trace, create_perfetto_trace=True):
+            run_a()
+        print(f"    profiler trace of one engine run written under {args.trace}")
     for r in range(args.rounds):
         for key, run in runs.items():
             if not (key == "a" and r == 0):  # round 0 of (a) ran with the memory probe
@@ -509,6 +514,9 @@ def main():
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument(
         "--rounds", type=int, default=3, help="timing rounds of (a), (b), (c) in turn"
+    )
+    parser.add_argument(
+        "--trace", metavar="DIR", help="write a jax.profiler trace of one engine run per variant"
     )
     parser.add_argument("--scaling-images", nargs="*", type=int, default=[4, 8, 16])
     parser.add_argument("--scaling-heads", nargs="*", type=int, default=[18, 36, 72])

@@ -542,7 +542,8 @@ def plan_chunks(
 ) -> ChunkPlan:
     """Largest chunks whose estimated per-device working set fits the budget.
 
-    ``fixed_bytes`` (the parameters) is taken off the budget first.  All spawn slots of a layer in
+    ``fixed_bytes`` (the parameters) and, with streams, the :func:`fold_mlp_inputs` matrices are
+    taken off the budget first.  All spawn slots of a layer in
     one chunk is preferred (the most work per program launch); slots are split only when a single
     image per device would not fit otherwise.  With ``step_tokens`` (see
     :func:`default_step_tokens`) streams pass through each block in steps of about that many
@@ -553,6 +554,8 @@ def plan_chunks(
     step_images = None if step_tokens is None else max(1, step_tokens // n)
     # A tenth of the budget is held back for what the estimates leave out (XLA's own buffers).
     budget = int(0.9 * total_budget) - fixed_bytes
+    if need_streams and num_slots:
+        budget -= folded_bytes(config, spawn_layers)
     if step_images is not None and need_streams and num_slots:
         budget -= step_images * _stream_work_bytes(config)
     per_image = lambda k: max(  # noqa: E731
@@ -668,8 +671,7 @@ def run_engine(
         memory_budget_bytes=memory_budget_bytes,
         batch_size=batch_size,
         num_devices=devices,
-        fixed_bytes=params_bytes(params)
-        + (folded_bytes(config, spawn_layers) if need_streams else 0),
+        fixed_bytes=params_bytes(params),
         step_tokens=default_step_tokens() if step_tokens == "auto" else step_tokens,
     )
     if mesh is not None:

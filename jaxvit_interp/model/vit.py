@@ -102,7 +102,7 @@ def gelu(x: Array, approximate: bool) -> Array:
     """GELU: the tanh approximation, or the exact form ``x/2 (1 + erf(x / sqrt 2))``.
 
     The exact form is written with ``erf`` as PyTorch does; ``jax.nn.gelu`` uses ``erfc``, which
-    is more accurate only where GELU is below 1e-6 in magnitude and about twice as slow on a CPU.
+    is more accurate only where GELU is below 1e-6 in magnitude and slower on a CPU.
     """
     if approximate:
         return nn.gelu(x, approximate=True)

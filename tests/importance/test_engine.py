@@ -1,6 +1,7 @@
 """Chunk planning: balanced chunks, and compiled programs that really fit the memory budget."""
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jaxvit_interp.importance import engine
@@ -59,7 +60,7 @@ def test_planned_chunks_fit_the_budget(budget_mib, step_tokens, random_model):
         with_taylor=True,
         need_streams=True,
         memory_budget_bytes=budget,
-        fixed_bytes=engine.params_bytes(params) + engine.folded_bytes(config, layers),
+        fixed_bytes=engine.params_bytes(params),
         step_tokens=step_tokens,
     )
     assert plan.estimated_bytes <= budget
@@ -89,3 +90,57 @@ def test_planned_chunks_fit_the_budget(budget_mib, step_tokens, random_model):
     # (unless steps through a block, not memory, limit the chunk).
     if plan.num_image_chunks > 1 and step_tokens is None:
         assert used > budget / 8, (plan, used)
+
+
+@pytest.mark.parametrize("offset", [0.0, 50.0])
+@pytest.mark.parametrize("gelu_approximate", [True, False])
+def test_pruned_mlp_half_equals_the_plain_block_half(offset, gelu_approximate, random_model):
+    """The folded first MLP product equals LayerNorm + MLP on the explicit pruned stream, also
+    when the stream carries a large common offset (as trained ViTs' residual streams do)."""
+    config, params = random_model(
+        int(np.random.default_rng().integers(1 << 30)),
+        image_size=(8, 8),
+        patch_size=(4, 4),
+        hidden_size=24,
+        num_layers=2,
+        num_heads=3,
+        mlp_dim=40,
+        num_classes=5,
+        gelu_approximate=gelu_approximate,
+    )
+    rng = np.random.default_rng()
+    layer, head = 1, int(rng.integers(config.num_heads))
+    p = engine._block_params(params, layer)
+    u = rng.normal(size=(2, config.num_tokens, config.hidden_size)).astype(np.float32)
+    u[..., :3] += offset  # outlier features
+    u += offset / 10
+    mixed = rng.normal(size=(2, config.num_tokens, config.head_dim)).astype(np.float32)
+    w_out = p["MultiHeadDotProductAttention_1"]["out"]["kernel"][head]
+    delta = mixed @ w_out
+    folded = engine.fold_mlp_inputs(params, (layer,))[0, head]
+    got = engine._pruned_mlp_half(
+        config, p, u, engine._shared_mlp_input(config, p, u), delta, mixed, folded
+    )
+    want = engine._mlp_half(config, p, jnp.asarray(u - delta))
+    scale = float(jnp.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * scale)
+
+
+def test_cls_block_equals_the_cls_row_of_the_full_block(random_model):
+    for qkv_bias in (True, False):
+        config, params = random_model(
+            int(np.random.default_rng().integers(1 << 30)),
+            image_size=(8, 12),
+            patch_size=(4, 4),
+            hidden_size=24,
+            num_layers=2,
+            num_heads=3,
+            mlp_dim=40,
+            num_classes=5,
+            qkv_bias=qkv_bias,
+        )
+        p = engine._block_params(params, 1)
+        x = np.random.default_rng().normal(size=(3, config.num_tokens, 24)).astype(np.float32)
+        got = engine._cls_block(config, p, jnp.asarray(x))
+        want = engine._full_block(config, p, jnp.asarray(x))[:, :1]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

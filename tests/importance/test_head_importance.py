@@ -63,8 +63,7 @@ def _budget_for_slots(config, params, slots, with_taylor=True):
                 with_taylor=with_taylor,
                 need_streams=True,
                 memory_budget_bytes=budget,
-                fixed_bytes=engine.params_bytes(params)
-                + engine.folded_bytes(config, tuple(range(config.num_layers))),
+                fixed_bytes=engine.params_bytes(params),
                 step_tokens=engine.default_step_tokens(),
             )
             if plan.slots_per_chunk >= slots:
