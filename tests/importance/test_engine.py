@@ -92,13 +92,9 @@ def test_planned_chunks_fit_the_budget(budget_mib, step_tokens, random_model):
         assert used > budget / 8, (plan, used)
 
 
-@pytest.mark.parametrize("offset", [0.0, 50.0])
-@pytest.mark.parametrize("gelu_approximate", [True, False])
-def test_pruned_mlp_half_equals_the_plain_block_half(offset, gelu_approximate, random_model):
-    """The folded first MLP product equals LayerNorm + MLP on the explicit pruned stream, also
-    when the stream carries a large common offset (as trained ViTs' residual streams do)."""
-    config, params = random_model(
-        int(np.random.default_rng().integers(1 << 30)),
+def _fresh_small_model(random_model, **overrides):
+    """A two-layer model with fresh random parameters."""
+    fields = dict(
         image_size=(8, 8),
         patch_size=(4, 4),
         hidden_size=24,
@@ -106,8 +102,16 @@ def test_pruned_mlp_half_equals_the_plain_block_half(offset, gelu_approximate, r
         num_heads=3,
         mlp_dim=40,
         num_classes=5,
-        gelu_approximate=gelu_approximate,
     )
+    return random_model(int(np.random.default_rng().integers(1 << 30)), **{**fields, **overrides})
+
+
+@pytest.mark.parametrize("offset", [0.0, 50.0])
+@pytest.mark.parametrize("gelu_approximate", [True, False])
+def test_pruned_mlp_half_equals_the_plain_block_half(offset, gelu_approximate, random_model):
+    """The folded first MLP product equals LayerNorm + MLP on the explicit pruned stream, also
+    when the stream carries a large common offset (as trained ViTs' residual streams do)."""
+    config, params = _fresh_small_model(random_model, gelu_approximate=gelu_approximate)
     rng = np.random.default_rng()
     layer, head = 1, int(rng.integers(config.num_heads))
     p = engine._block_params(params, layer)
@@ -128,17 +132,7 @@ def test_pruned_mlp_half_equals_the_plain_block_half(offset, gelu_approximate, r
 
 def test_cls_block_equals_the_cls_row_of_the_full_block(random_model):
     for qkv_bias in (True, False):
-        config, params = random_model(
-            int(np.random.default_rng().integers(1 << 30)),
-            image_size=(8, 12),
-            patch_size=(4, 4),
-            hidden_size=24,
-            num_layers=2,
-            num_heads=3,
-            mlp_dim=40,
-            num_classes=5,
-            qkv_bias=qkv_bias,
-        )
+        config, params = _fresh_small_model(random_model, image_size=(8, 12), qkv_bias=qkv_bias)
         p = engine._block_params(params, 1)
         x = np.random.default_rng().normal(size=(3, config.num_tokens, 24)).astype(np.float32)
         got = engine._cls_block(config, p, jnp.asarray(x))
