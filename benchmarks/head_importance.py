@@ -21,6 +21,10 @@ that layer's first MLP product, and in the last layer computes the CLS row only,
 projecting any other token).  GFLOP/s figures divide those counts by the engine's time with
 compiled programs; the first call, compilation included, is reported next to it.
 
+With ``--cpu-devices N`` (N > 1) the host CPU is shown to JAX as N devices, (a) shards the images
+over them (as ``analyze`` does over every device) and the same engine on one device is timed beside
+it, in the same rounds.
+
 Also: how the engine's time grows with images and with the number of heads ablated, ViT-B/16
 figures, peak memory, and on the built-in digits model (when present) the accuracy curves of
 cumulative pruning in importance order vs random orders and the rank correlation of ``taylor``
@@ -51,6 +55,7 @@ from jaxvit_interp.importance import (
     rank_by_metric,
 )
 from jaxvit_interp.model import VisionTransformer, ViTConfig, init_params
+from jaxvit_interp.pipeline.analyze import all_devices_mesh
 
 ABLATION_METRICS = ("prob", "prob_drop", "kl", "layer", "repr", "flip")
 
@@ -191,7 +196,7 @@ def sample_heads(c: ViTConfig, count: int | None) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def engine_plan(c, params, num_images, num_heads=None):
+def engine_plan(c, params, num_images, num_heads=None, mesh=None):
     """The chunk plan ``head_importance`` will use (without taylor)."""
     return engine.plan_chunks(
         c,
@@ -202,20 +207,24 @@ def engine_plan(c, params, num_images, num_heads=None):
         need_streams=True,
         fixed_bytes=engine.params_bytes(params),
         step_tokens=engine.default_step_tokens(),
+        num_devices=1 if mesh is None else mesh.size,
     )
 
 
-def prepare_engine(c, params, images):
+def prepare_engine(c, params, images, mesh=None):
     """Compile the engine's programs; returns ``(first, plan, run)``.
 
     ``first``: seconds of the first call on one chunk of images (compilation included);
-    ``plan``: the engine's chunk plan; ``run()``: seconds for all single-head ablations of every image with the programs compiled
-    (the chunk shape is the same, so nothing recompiles).
+    ``plan``: the engine's chunk plan; ``run()``: seconds for all single-head ablations of every
+    image with the programs compiled (the chunk shape is the same, so nothing recompiles).
+    ``mesh``: shard the images over its devices; None: one device.
     """
-    plan = engine_plan(c, params, len(images))
+    plan = engine_plan(c, params, len(images), mesh=mesh)
 
     def call(x):
-        return head_importance(c, params, x, metrics=ABLATION_METRICS, progress=False)
+        return head_importance(
+            c, params, x, metrics=ABLATION_METRICS, progress=False, mesh=mesh
+        )
 
     first = _timed(lambda: call(images[: plan.images_per_chunk]))
     return first, plan, lambda: _timed(lambda: call(images))
@@ -336,11 +345,16 @@ def compare(variant, num_images, baseline_heads, args, matmul_gflops):
         if len(sample) == heads_total
         else f" (timed on {len(sample)} heads, scaled to {heads_total})"
     )
+    mesh = all_devices_mesh()
     with PeakRSS() as rss:
-        first, plan, run_a = prepare_engine(c, params, images)
+        first, plan, run_a = prepare_engine(c, params, images, mesh)
         times = {"a": [run_a()]}
+    runs = {"a": run_a}
+    if mesh is not None:
+        # The same engine on one device of the split CPU: what the split itself gains.
+        runs["a1"] = prepare_engine(c, params, images)[2]
     run_b = prepare_jax_loop(c, params, images, sample)
-    runs = {"a": run_a, "b": lambda: run_b() * heads_total}
+    runs["b"] = lambda: run_b() * heads_total
     if not args.no_torch:
         run_c, changed, versions = prepare_torch_loop(c, images, sample)
         runs["c"] = lambda: run_c() * heads_total
@@ -362,9 +376,11 @@ def compare(variant, num_images, baseline_heads, args, matmul_gflops):
     need = needed_flops(c) * num_images
     done = executed_flops(c) * num_images + fold_flops(c)
     rate_needed, rate_done = need / a / 1e9, done / a / 1e9
+    where = "one device" if mesh is None else f"images sharded over {mesh.size} devices"
     print(
-        f"(a) engine: {a:.1f} s compiled, best of {args.rounds} rounds ({rounds('a')} s); "
-        f"first call on {plan.images_per_chunk} image(s), compilation included: {first:.1f} s"
+        f"(a) engine, {where}: {a:.1f} s compiled, best of {args.rounds} rounds "
+        f"({rounds('a')} s); first call on {plan.images_per_chunk} image(s), compilation "
+        f"included: {first:.1f} s"
     )
     device_peak = device_peak_bytes()
     print(
@@ -379,6 +395,17 @@ def compare(variant, num_images, baseline_heads, args, matmul_gflops):
         f"{100 * rate_needed / matmul_gflops:.0f}% of matmul), executed {done / 1e12:.2f} T "
         f"({rate_done:.1f} GFLOP/s = {100 * rate_done / matmul_gflops:.0f}% of matmul)"
     )
+    if "a1" in runs:
+        print(
+            f"    the same engine on one device: {best['a1']:.1f} s, rounds {rounds('a1')} s  "
+            f"-> {best['a1'] / a:.2f}x slower (per round {per_round('a1')})"
+        )
+    loop_flops = heads_total * full_flops(c) * num_images
+    print(
+        f"    (b) and (c) run {heads_total} full passes = {loop_flops / 1e12:.2f} TFLOP, "
+        f"{loop_flops / done:.2f}x the engine's executed FLOPs: the engine's speed-up over them "
+        f"if all three ran at one FLOP rate"
+    )
     print(
         f"(b) JAX loop, one jitted forward per head: {best['b']:.1f} s{note}, rounds "
         f"{rounds('b')} s  -> engine {best['b'] / a:.2f}x faster (per round {per_round('b')})"
@@ -391,7 +418,10 @@ def compare(variant, num_images, baseline_heads, args, matmul_gflops):
         "needed_rate": rate_needed,
         "executed_rate": rate_done,
         "first": first,
+        "devices": 1 if mesh is None else mesh.size,
     }
+    if "a1" in runs:
+        row["a1"] = best["a1"]
     if "c" in runs:
         print(
             f"(c) {versions} CPU, head_mask per head: {best['c']:.1f} s{note}, rounds "
@@ -406,16 +436,22 @@ def scaling(args):
     c = ViTConfig.from_variant("S/16")
     params = init_params(c, 0)
     rng = np.random.default_rng(1)
-    print("\n## Scaling of the engine (ViT-S/16, compiled programs)")
+    mesh = all_devices_mesh()
+    print(
+        "\n## Scaling of the engine (ViT-S/16, compiled programs; images over "
+        f"{1 if mesh is None else mesh.size} device(s), heads on one device)"
+    )
     counts = sorted(args.scaling_images)
     images = rng.uniform(-1, 1, (max(counts), *c.image_size, 3)).astype(np.float32)
 
     def run(x):
-        return head_importance(c, params, x, metrics=ABLATION_METRICS, progress=False)
+        return head_importance(
+            c, params, x, metrics=ABLATION_METRICS, progress=False, mesh=mesh
+        )
 
     compiled = set()  # chunk sizes whose programs exist already
     for n in counts:
-        plan = engine_plan(c, params, n)
+        plan = engine_plan(c, params, n, mesh=mesh)
         if plan.images_per_chunk not in compiled:
             run(images[: plan.images_per_chunk])
             compiled.add(plan.images_per_chunk)
@@ -523,7 +559,23 @@ def main():
     parser.add_argument("--scaling-head-images", type=int, default=1)
     parser.add_argument("--no-digits", action="store_true")
     parser.add_argument("--quick", action="store_true", help="smoke run: small sizes")
+    parser.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="show the host CPU to JAX as N devices (XLA's host device count); with N > 1, (a) "
+        "shards images over them and the same engine on one device is timed beside it",
+    )
     args = parser.parse_args()
+    if args.cpu_devices < 1:
+        parser.error(f"--cpu-devices must be at least 1, got {args.cpu_devices}")
+    if args.cpu_devices > 1:
+        # Read when JAX starts its backends, which nothing above has done yet.
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = (
+            f"{flags} --xla_force_host_platform_device_count={args.cpu_devices}".strip()
+        )
     if args.quick:
         args.variants, args.images, args.baseline_heads = ["S/16"], [2], ["3"]
         args.scaling_images, args.scaling_heads = [1, 2], [6, 12]
@@ -558,9 +610,11 @@ def main():
     ref = (mm + mm_after) / 2
     for r in rows:
         line = (
-            f"{r['variant']}, {r['images']} images: engine {r['a']:.1f} s, "
-            f"vs (b) {r['b'] / r['a']:.2f}x"
+            f"{r['variant']}, {r['images']} images: engine {r['a']:.1f} s on "
+            f"{r['devices']} device(s), vs (b) {r['b'] / r['a']:.2f}x"
         )
+        if "a1" in r:
+            line += f", vs itself on one device {r['a1'] / r['a']:.2f}x"
         if "c" in r:
             line += f", vs (c) {r['c'] / r['a']:.2f}x"
         line += (

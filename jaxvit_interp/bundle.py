@@ -91,7 +91,8 @@ class ResultsBundle:
     Attributes:
       meta: JSON-serialisable description: ``config`` (ViTConfig dict), ``checkpoint``
         (path and sha256), ``image_ids``, ``class_names``, ``labels_are_predictions``,
-        ``pruning_modes``, and a ``settings`` dict per analysis.
+        ``pruning_modes``, a ``settings`` dict per analysis, and ``devices`` (platform, kind and
+        count of the devices the analysis ran on).
       parts: part name -> array name -> array, shapes as in :data:`SCHEMA`.
     """
 

@@ -390,7 +390,8 @@ def default_memory_budget() -> int:
     """Bytes per device the engine may use when the caller sets no budget.
 
     Half the free memory of an accelerator; on CPU a quarter of physical memory, at most 4 GiB,
-    because a CPU host is shared with everything else running on it.
+    because a CPU host is shared with everything else running on it, split evenly between the
+    host's CPU devices (see :mod:`jaxvit_interp.devices`), which all draw on that memory.
     """
     stats = jax.devices()[0].memory_stats() or {}
     if "bytes_limit" in stats:
@@ -399,7 +400,8 @@ def default_memory_budget() -> int:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         physical = 8 << 30
-    return int(min(4 << 30, physical // 4))
+    host_devices = max(1, len(jax.local_devices(backend="cpu")))
+    return int(min(4 << 30, physical // 4)) // host_devices
 
 
 def _block_work_bytes(config: ViTConfig) -> int:

@@ -368,6 +368,12 @@ def analyze(
         "pruning_modes": [m for m in PRUNING_MODES if config.has_cls_token or m not in CLS_MODES],
         "fingerprint": fingerprint,
         "settings": settings.to_dict(),
+        # Where it ran: results agree across device counts to float32 rounding.
+        "devices": {
+            "platform": jax.default_backend(),
+            "kind": jax.devices()[0].device_kind,
+            "count": jax.device_count(),
+        },
     }
     bundle = ResultsBundle(meta=meta, parts=parts)
     if is_writer():

@@ -52,6 +52,10 @@ SCRIPT = textwrap.dedent(
     plan = plan_chunks(config, num_images=6, num_slots=2, spawn_layers=(0, 1), with_taylor=True,
                        need_streams=True, batch_size=5, num_devices=4)
     assert plan.images_per_chunk % 4 == 0, plan
+    # The four CPU devices share the host's memory, so they share its default budget.
+    import os
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert engine.default_memory_budget() == min(4 << 30, physical // 4) // 4
     print("SHARDED-OK")
     """
 )

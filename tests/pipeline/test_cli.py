@@ -200,6 +200,9 @@ def test_analyze_sharded_over_four_devices_equals_one(checkpoint, image_folder, 
     four = cli(*analyze_args(checkpoint, image_folder, tmp_path / "four"), env=env)
     assert four.returncode == 0, four.stderr
     a, b = load_bundle(tmp_path / "one"), load_bundle(tmp_path / "four")
+    # Each bundle records where it ran.
+    assert a.meta["devices"] == {"platform": "cpu", "kind": "cpu", "count": 1}
+    assert b.meta["devices"] == {"platform": "cpu", "kind": "cpu", "count": 4}
     for part in ("importance", "strength", "partial"):
         for name, value in a[part].items():
             np.testing.assert_allclose(
