@@ -391,7 +391,7 @@ def default_memory_budget() -> int:
 
     Half the free memory of an accelerator; on CPU a quarter of physical memory, at most 4 GiB,
     because a CPU host is shared with everything else running on it, split evenly between the
-    host's CPU devices (see :mod:`jaxvit_interp.devices`), which all draw on that memory.
+    process's CPU devices (XLA's host device count), which all draw on that memory.
     """
     stats = jax.devices()[0].memory_stats() or {}
     if "bytes_limit" in stats:
