@@ -351,7 +351,7 @@ def compare(variant, num_images, baseline_heads, args, matmul_gflops):
         times = {"a": [run_a()]}
     runs = {"a": run_a}
     if mesh is not None:
-        # The same engine on one device of the split CPU: what the split itself gains.
+        # The same engine on one device, in the same rounds: what sharding over the mesh gains.
         runs["a1"] = prepare_engine(c, params, images)[2]
     run_b = prepare_jax_loop(c, params, images, sample)
     runs["b"] = lambda: run_b() * heads_total

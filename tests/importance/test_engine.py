@@ -134,7 +134,8 @@ def test_cls_block_equals_the_cls_row_of_the_full_block(random_model):
     for qkv_bias in (True, False):
         config, params = _fresh_small_model(random_model, image_size=(8, 12), qkv_bias=qkv_bias)
         p = engine._block_params(params, 1)
-        x = np.random.default_rng().normal(size=(3, config.num_tokens, 24)).astype(np.float32)
+        shape = (3, config.num_tokens, config.hidden_size)
+        x = np.random.default_rng().normal(size=shape).astype(np.float32)
         got = engine._cls_block(config, p, jnp.asarray(x))
         want = engine._full_block(config, p, jnp.asarray(x))[:, :1]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -7,6 +7,7 @@ import textwrap
 
 SCRIPT = textwrap.dedent(
     """
+    import os
     import jax, numpy as np
     from jax.sharding import Mesh
     from jaxvit_interp.importance import engine, head_importance, partial_pruning, plan_chunks
@@ -53,7 +54,6 @@ SCRIPT = textwrap.dedent(
                        need_streams=True, batch_size=5, num_devices=4)
     assert plan.images_per_chunk % 4 == 0, plan
     # The four CPU devices share the host's memory, so they share its default budget.
-    import os
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert engine.default_memory_budget() == min(4 << 30, physical // 4) // 4
     print("SHARDED-OK")
