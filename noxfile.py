@@ -21,8 +21,11 @@ def compare(session):
 
 @nox.session
 def lint(session):
+    """Ruff's checks and its formatting, over the package, the tests and the benchmarks."""
     session.install("ruff")
-    session.run("ruff", "check", "jaxvit_interp", "tests", "benchmarks", *session.posargs)
+    paths = ["jaxvit_interp", "tests", "benchmarks", "noxfile.py"]
+    session.run("ruff", "check", *paths, *session.posargs)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session

@@ -222,9 +222,7 @@ def prepare_engine(c, params, images, mesh=None):
     plan = engine_plan(c, params, len(images), mesh=mesh)
 
     def call(x):
-        return head_importance(
-            c, params, x, metrics=ABLATION_METRICS, progress=False, mesh=mesh
-        )
+        return head_importance(c, params, x, metrics=ABLATION_METRICS, progress=False, mesh=mesh)
 
     first = _timed(lambda: call(images[: plan.images_per_chunk]))
     return first, plan, lambda: _timed(lambda: call(images))
@@ -445,9 +443,7 @@ def scaling(args):
     images = rng.uniform(-1, 1, (max(counts), *c.image_size, 3)).astype(np.float32)
 
     def run(x):
-        return head_importance(
-            c, params, x, metrics=ABLATION_METRICS, progress=False, mesh=mesh
-        )
+        return head_importance(c, params, x, metrics=ABLATION_METRICS, progress=False, mesh=mesh)
 
     compiled = set()  # chunk sizes whose programs exist already
     for n in counts:

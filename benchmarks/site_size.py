@@ -34,9 +34,13 @@ OPEN_TARGET_S = 3.0
 
 
 def build(num_images: int, attention: int, partial: int, out: Path, **shape) -> tuple[Path, float]:
-    bundle = synthetic_bundle(np.random.default_rng(0), num_images=num_images,
-                              attention_images=attention, partial_images=partial,
-                              **{**DIGITS, **shape})
+    bundle = synthetic_bundle(
+        np.random.default_rng(0),
+        num_images=num_images,
+        attention_images=attention,
+        partial_images=partial,
+        **{**DIGITS, **shape},
+    )
     start = time.perf_counter()
     path = build_site(bundle, out)
     return path, time.perf_counter() - start
@@ -84,8 +88,10 @@ def main() -> None:
                 open_times(browser, path, 1)  # warm the browser's caches once
                 busy: list[float] = []
                 times = open_times(browser, path, args.repeats, busy)
-                print(f"  open time   {statistics.median(times):6.2f} s median of {len(times)} "
-                      f"(min {min(times):.2f}, max {max(times):.2f}; target < {OPEN_TARGET_S} s)")
+                print(
+                    f"  open time   {statistics.median(times):6.2f} s median of {len(times)} "
+                    f"(min {min(times):.2f}, max {max(times):.2f}; target < {OPEN_TARGET_S} s)"
+                )
                 print(f"  main thread {statistics.median(busy):6.2f} s busy (median)")
                 if not args.quick:
                     print("\nopen time vs images (attention for 32):")
@@ -111,8 +117,10 @@ def main() -> None:
             sizes[a] = p.stat().st_size / 1e6
             print(f"  {a:4d} attention images: {sizes[a]:6.2f} MB")
         per_attention = (sizes[128] - sizes[0]) / 128
-        print(f"  => {per_attention * 1e3:.1f} kB per attention image "
-              f"(L*H*N*N*2 bytes = {6 * 4 * 65 * 65 * 2 / 1e3:.1f} kB raw, base64 x 4/3)")
+        print(
+            f"  => {per_attention * 1e3:.1f} kB per attention image "
+            f"(L*H*N*N*2 bytes = {6 * 4 * 65 * 65 * 2 / 1e3:.1f} kB raw, base64 x 4/3)"
+        )
 
 
 if __name__ == "__main__":

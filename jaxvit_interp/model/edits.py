@@ -29,7 +29,9 @@ CLS_MODES = frozenset({"cls", "cls_patch", "cls_to_cls"})
 def keep_mask(mode: str, num_tokens: int, has_cls_token: bool = True) -> np.ndarray:
     """Keep factors ``[query, key]`` (1 keep, 0 zero) for one partial-pruning ``mode``."""
     if mode not in PRUNING_MODES:
-        raise ValueError(f"unknown pruning mode {mode!r}; expected one of {', '.join(PRUNING_MODES)}")
+        raise ValueError(
+            f"unknown pruning mode {mode!r}; expected one of {', '.join(PRUNING_MODES)}"
+        )
     if mode in CLS_MODES and not has_cls_token:
         raise ValueError(f"pruning mode {mode!r} needs a CLS token, and this model has none")
     keep = np.ones((num_tokens, num_tokens), np.float32)

@@ -44,8 +44,12 @@ class BrowserUnavailable(RuntimeError):
 
 def find_chromium(executable: str | os.PathLike | None = None) -> Path:
     """The Chromium binary: ``executable``, else ``$JAXVIT_CHROMIUM``, else the system's."""
-    candidates = [executable, os.environ.get(CHROMIUM_ENV), *CHROMIUM_CANDIDATES,
-                  shutil.which("chromium")]
+    candidates = [
+        executable,
+        os.environ.get(CHROMIUM_ENV),
+        *CHROMIUM_CANDIDATES,
+        shutil.which("chromium"),
+    ]
     for c in candidates:
         if c and Path(c).is_file() and os.access(c, os.X_OK):
             return Path(c)
@@ -69,22 +73,27 @@ def chromium(executable: str | os.PathLike | None = None) -> Iterator[Any]:
             "no browser download is needed)"
         ) from err
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(path), args=CHROMIUM_ARGS,
-                                     headless=True)
+        browser = pw.chromium.launch(executable_path=str(path), args=CHROMIUM_ARGS, headless=True)
         try:
             yield browser
         finally:
             browser.close()
 
 
-def open_site(browser, path: str | os.PathLike, *, width: int = 1500, height: int = 1250,
-              scale: float = 1.0, timeout_ms: float = 30000):
+def open_site(
+    browser,
+    path: str | os.PathLike,
+    *,
+    width: int = 1500,
+    height: int = 1250,
+    scale: float = 1.0,
+    timeout_ms: float = 30000,
+):
     """Open ``path`` in a new page and wait until every view is drawn; returns the page.
 
     The page records console errors and uncaught exceptions in ``page.site_errors``.
     """
-    page = browser.new_page(viewport={"width": width, "height": height},
-                            device_scale_factor=scale)
+    page = browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=scale)
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))

@@ -28,19 +28,19 @@ TEXTS: dict[str, str] = {
     "scope_global": "mean over all images",
     "scope_local": "image {id}",
     "image_info_global": "All {n} images (global view). Click an image or search to make the "
-                         "views local to it.",
+    "views local to it.",
     "image_info_local": "Chosen image: {id} | label {label} | predicted {predicted} "
-                        "(p(label) = {prob})",
+    "(p(label) = {prob})",
     "importance_title": "{metric} ({scope})",
     "partial_title": "p(label) after partial pruning: {head}",
     "partial_none": "This results bundle has no partial-pruning results.",
     "partial_global": "Mean over the {n} images with partial pruning; choose one of them for "
-                      "its own bars and top-5 predictions.",
+    "its own bars and top-5 predictions.",
     "partial_local": "Partial pruning for image {id}; click a bar for that mode's top-5 "
-                     "predictions.",
+    "predictions.",
     "partial_not_computed": "Partial pruning was not computed for this image (only for the {n} "
-                            "images whose tooltip in A lists \"partial pruning\").",
-    "top5_local": "top-5 after pruning \"{mode}\"",
+    'images whose tooltip in A lists "partial pruning").',
+    "top5_local": 'top-5 after pruning "{mode}"',
     "top5_global": "top-5: choose an image",
     "top5_not_computed": "top-5: not computed here",
     "entropy_title": "head entropy across layers ({scope})",
@@ -55,7 +55,7 @@ TEXTS: dict[str, str] = {
     "matrix_title_local": "attention of {head}, image {id}",
     "attention_global": "Choose an image in A: the {n} outlined images have stored attention.",
     "attention_not_stored": "Attention was not stored for this image (only for the {n} outlined "
-                            "images in A).",
+    "images in A).",
     "attention_local": "",
     "attention_none": "This results bundle stores no attention matrices.",
 }
@@ -358,10 +358,12 @@ patches.selected.indices = [];
 
 def update_callback(info: dict[str, Any], args: dict[str, Any]) -> CustomJS:
     """The callback that redraws every view from the current selections and widgets."""
-    code = (UPDATE_JS.replace("__INFO__", json.dumps(info))
-            .replace("__TEXTS__", json.dumps(TEXTS))
-            .replace("__KIND_NAMES__", json.dumps(KIND_NAMES))
-            .replace("__VIRIDIS__", json.dumps(list(Viridis256))))
+    code = (
+        UPDATE_JS.replace("__INFO__", json.dumps(info))
+        .replace("__TEXTS__", json.dumps(TEXTS))
+        .replace("__KIND_NAMES__", json.dumps(KIND_NAMES))
+        .replace("__VIRIDIS__", json.dumps(list(Viridis256)))
+    )
     return CustomJS(args=args, code=code)
 
 

@@ -64,14 +64,25 @@ def _header(ctx: Context, title: str, bundle: ResultsBundle):
         f"model: {where} | attention stored for {info['num_attention']} images, partial "
         f"pruning for {info['num_partial']}"
     )
-    heading = text_box(ctx, "site_title", title, styles={
-        "font": f"600 20px {FONT}", "color": "#1f2328", "margin": "4px 8px 0 8px"})
-    sub = text_box(ctx, "site_summary", summary, styles={
-        "font": f"12px {FONT}", "color": "#555", "margin": "0 8px"})
-    guide = Div(text=(
-        f'<div style="font:12px {FONT};color:#555;margin:0 8px">Click an image (A) to make '
-        "B, C and D local to it; click a head in B, C or D to choose it everywhere; click a "
-        "patch (D) to see where it looks. Hover any mark for its values.</div>"))
+    heading = text_box(
+        ctx,
+        "site_title",
+        title,
+        styles={"font": f"600 20px {FONT}", "color": "#1f2328", "margin": "4px 8px 0 8px"},
+    )
+    sub = text_box(
+        ctx,
+        "site_summary",
+        summary,
+        styles={"font": f"12px {FONT}", "color": "#555", "margin": "0 8px"},
+    )
+    guide = Div(
+        text=(
+            f'<div style="font:12px {FONT};color:#555;margin:0 8px">Click an image (A) to make '
+            "B, C and D local to it; click a head in B, C or D to choose it everywhere; click a "
+            "patch (D) to see where it looks. Hover any mark for its values.</div>"
+        )
+    )
     return column(heading, sub, guide)
 
 
@@ -97,13 +108,21 @@ def build_document(
       thumbnail_size: shrink thumbnails to at most this many pixels a side.
     """
     metrics, default_metric = _check_options(metrics, default_metric, default_kind)
-    data = prepare_site_data(bundle, max_attention_images=max_attention_images,
-                             thumbnail_size=thumbnail_size)
+    data = prepare_site_data(
+        bundle, max_attention_images=max_attention_images, thumbnail_size=thumbnail_size
+    )
     sources = make_sources(data)
     for name in OPTIONAL_TABLES:
         sources.setdefault(name, ColumnDataSource(data={}, name=name))
-    ctx = Context(data=data, sources=sources, options={
-        "metrics": metrics, "default_metric": default_metric, "default_kind": default_kind})
+    ctx = Context(
+        data=data,
+        sources=sources,
+        options={
+            "metrics": metrics,
+            "default_metric": default_metric,
+            "default_kind": default_kind,
+        },
+    )
     if title is None:
         checkpoint = (bundle.meta.get("checkpoint") or {}).get("path") or "a Vision Transformer"
         title = f"How attention works in {Path(str(checkpoint)).name}"
@@ -112,14 +131,15 @@ def build_document(
     view_b = importance.build(ctx)
     view_c = strength.build(ctx)
     view_d = pattern.build(ctx)
-    layout = column(_header(ctx, title, bundle), row(view_a, column(view_b, view_c)), view_d,
-                    name="site")
+    layout = column(
+        _header(ctx, title, bundle), row(view_a, column(view_b, view_c)), view_d, name="site"
+    )
 
     first = _initial_head(data.tables["heads"], default_metric)
     modes = data.info["pruning_modes"]
     first_mode = modes.index("head") if "head" in modes else 0
     kinds = data.info["kinds"]
-    kind = (kinds[ctx.models["kind_toggle"].active] if kinds else None)
+    kind = kinds[ctx.models["kind_toggle"].active] if kinds else None
     state = ColumnDataSource(name="state", data={})
     models = {**sources, **ctx.models, "state": state}
     # The opening state is drawn from data computed here: the page runs no code to open.
@@ -140,11 +160,11 @@ def build_document(
     ctx.models["kind_toggle"].js_on_change("active", update)
     search_args = {k: models[k] for k in ("images", "search", "search_status")}
     ctx.models["search"].js_on_change("value", callbacks.search_callback(search_args))
-    ctx.models["global_button"].js_on_event(
-        "button_click", callbacks.global_callback(search_args))
+    ctx.models["global_button"].js_on_event("button_click", callbacks.global_callback(search_args))
     if "cls_query_button" in ctx.models:
         ctx.models["cls_query_button"].js_on_event(
-            "button_click", callbacks.cls_query_callback({"patches": models["patches"]}))
+            "button_click", callbacks.cls_query_callback({"patches": models["patches"]})
+        )
 
     doc = Document()
     doc.title = title
@@ -188,8 +208,7 @@ def build_site(
     Other ``options`` go to :func:`build_document` (``metrics``, ``default_metric``,
     ``default_kind``, ``thumbnail_size``). Returns the path of the file written.
     """
-    doc = build_document(bundle, title=title, max_attention_images=max_attention_images,
-                         **options)
+    doc = build_document(bundle, title=title, max_attention_images=max_attention_images, **options)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / INDEX_FILE

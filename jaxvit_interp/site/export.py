@@ -153,8 +153,9 @@ def export_figures(
             browser = stack.enter_context(chromium(chromium_path))
         site = build_site(bundle, tmp, **site_options)
         page = open_site(browser, site, scale=scale)
-        page.evaluate(_STATE_JS, [-1 if image_index is None else image_index,
-                                  layer * dims["H"] + head])
+        page.evaluate(
+            _STATE_JS, [-1 if image_index is None else image_index, layer * dims["H"] + head]
+        )
         wait_drawn(page)
         if page.site_errors:
             raise RuntimeError(f"the site reported errors while exporting: {page.site_errors}")
@@ -171,8 +172,12 @@ def export_figures(
             if "svg" in formats:
                 found = page.evaluate(_SVGS_JS, name)
                 scope = "all images" if image_index is None else f"image {image_name}"
-                svg = _compose_svg(found["plots"], found["width"], found["height"],
-                                   f"{letter}  {title}: layer {layer}, head {head}, {scope}")
+                svg = _compose_svg(
+                    found["plots"],
+                    found["width"],
+                    found["height"],
+                    f"{letter}  {title}: layer {layer}, head {head}, {scope}",
+                )
                 path = out_dir / f"{base}.svg"
                 path.write_text(svg, encoding="utf-8")
                 written.append(path)

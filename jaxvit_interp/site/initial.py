@@ -45,8 +45,9 @@ def fixed(v: float, digits: int) -> str:
     return f"{v:.{digits}f}" if math.isfinite(v) else "n/a"
 
 
-def initial_state(data: SiteData, *, metric: str, kind: str | None, head: int,
-                  mode: int) -> dict[str, Any]:
+def initial_state(
+    data: SiteData, *, metric: str, kind: str | None, head: int, mode: int
+) -> dict[str, Any]:
     """Display data of the opening state.
 
     Returns:
@@ -86,9 +87,11 @@ def initial_state(data: SiteData, *, metric: str, kind: str | None, head: int,
         "value_text": [sig(float(v)) for v in value],
         "metric": [metric] * LH,
     }
-    props["value_mapper"] = {"low": lo, "high": hi,
-                             "palette": list(Viridis256)[::-1] if important_high
-                             else list(Viridis256)}
+    props["value_mapper"] = {
+        "low": lo,
+        "high": hi,
+        "palette": list(Viridis256)[::-1] if important_high else list(Viridis256),
+    }
     props["value_colorbar"] = {"title": metric}
     props["importance_title"] = {"text": fill("importance_title", metric=metric, scope=scope)}
     props["image_info"] = {"text": fill("image_info_global", n=info["num_images"])}
@@ -106,8 +109,12 @@ def initial_state(data: SiteData, *, metric: str, kind: str | None, head: int,
         probs = np.full(len(modes), np.nan)
         note = TEXTS["partial_none"]
         labels = [""] * len(modes)
-    sources["partial_bars"] = {"mode": list(modes), "prob": np.nan_to_num(probs, nan=0.0),
-                               "label": labels, "head": [head_name] * len(modes)}
+    sources["partial_bars"] = {
+        "mode": list(modes),
+        "prob": np.nan_to_num(probs, nan=0.0),
+        "label": labels,
+        "head": [head_name] * len(modes),
+    }
     props["partial_note"] = {"text": note}
     props["partial_title"] = {"text": fill("partial_title", head=head_name)}
     sources["top5_view"] = {"rank": [], "prob": [], "text": [], "y": [], "head": []}
@@ -115,21 +122,25 @@ def initial_state(data: SiteData, *, metric: str, kind: str | None, head: int,
 
     # C
     hop_rows = slice(head * K, (head + 1) * K)
-    sources["hop_bars"] = {"hop": list(range(K)),
-                           "strength": tables["head_hops"]["strength"][hop_rows],
-                           "mass": tables["head_hops"]["mass"][hop_rows],
-                           "head": [head_name] * K}
+    sources["hop_bars"] = {
+        "hop": list(range(K)),
+        "strength": tables["head_hops"]["strength"][hop_rows],
+        "mass": tables["head_hops"]["mass"][hop_rows],
+        "head": [head_name] * K,
+    }
     props["hop_title"] = {"text": fill("hop_title", head=head_name)}
     props["entropy_title"] = {"text": fill("entropy_title", scope=scope)}
     bins = info["entropy_bins"]
     width = info["max_entropy"] * 1.0001 / bins
     entropy = np.asarray(tables["image_heads"]["head_entropy"], np.float64).reshape(-1, LH)[:, head]
     entropy = entropy[np.isfinite(entropy)]
-    count = np.bincount(np.clip(np.floor(entropy / width), 0, bins - 1).astype(int),
-                        minlength=bins)
-    sources["entropy_hist"] = {"left": np.arange(bins) * width,
-                               "right": (np.arange(bins) + 1) * width, "count": count,
-                               "head": [head_name] * bins}
+    count = np.bincount(np.clip(np.floor(entropy / width), 0, bins - 1).astype(int), minlength=bins)
+    sources["entropy_hist"] = {
+        "left": np.arange(bins) * width,
+        "right": (np.arange(bins) + 1) * width,
+        "count": count,
+        "head": [head_name] * bins,
+    }
     props["entropy_hist_title"] = {"text": fill("entropy_hist_title", head=head_name)}
     props["entropy_span"] = {"visible": False}
 
@@ -147,25 +158,39 @@ def initial_state(data: SiteData, *, metric: str, kind: str | None, head: int,
             "x": np.asarray(ih[f"{kind}_x"]).reshape(-1, LH)[:, head],
             "y": np.asarray(ih[f"{kind}_y"]).reshape(-1, LH)[:, head],
             "size": [5] * info["num_images"],
-            "color": images["color"], "id": images["id"], "label": images["label"],
+            "color": images["color"],
+            "id": images["id"],
+            "label": images["label"],
         }
-        props["embedding_title"] = {"text": fill("embedding_title", kind=KIND_NAMES[kind],
-                                                 scope=scope, head=head_name)}
+        props["embedding_title"] = {
+            "text": fill("embedding_title", kind=KIND_NAMES[kind], scope=scope, head=head_name)
+        }
         reps = tables["representatives"]
         rows = [j for j, k in enumerate(reps["kind"]) if k == kind]
         col = {c: [reps[c][j] for j in rows] for c in reps}
         cluster = int(heads[f"global_{kind}_cluster"][head])
         sources["reps_view"] = {
-            "image": col["image"], "x": col["x"], "y": col["y"], "dw": col["dw"], "dh": col["dh"],
-            "cluster": col["cluster"], "members": col["count"],
+            "image": col["image"],
+            "x": col["x"],
+            "y": col["y"],
+            "dw": col["dw"],
+            "dh": col["dh"],
+            "cluster": col["cluster"],
+            "members": col["count"],
             "count": [f"#{c}: {n}" for c, n in zip(col["cluster"], col["count"], strict=True)],
             "label_x": [x + w / 2 for x, w in zip(col["x"], col["dw"], strict=True)],
         }
         at = col["cluster"].index(cluster) if cluster in col["cluster"] else -1
         sources["reps_highlight"] = (
-            {"x": [], "y": [], "w": [], "h": []} if at < 0 else
-            {"x": [col["x"][at] + col["dw"][at] / 2], "y": [col["dh"][at] / 2],
-             "w": [col["dw"][at] + 0.7], "h": [col["dh"][at] + 0.7]})
+            {"x": [], "y": [], "w": [], "h": []}
+            if at < 0
+            else {
+                "x": [col["x"][at] + col["dw"][at] / 2],
+                "y": [col["dh"][at] / 2],
+                "w": [col["dw"][at] + 0.7],
+                "h": [col["dh"][at] + 0.7],
+            }
+        )
         props["reps_title"] = {"text": fill("reps_title", head=head_name, cluster=cluster)}
         if rows:
             h0 = max(col["dh"])
@@ -185,14 +210,26 @@ def initial_state(data: SiteData, *, metric: str, kind: str | None, head: int,
         sources["query_marker"] = {"x": [column + 0.5], "y": [gh - row - 0.5]}
     else:
         sources["query_marker"] = {"x": [], "y": []}
-    sources["patches"] = {"heat": [0.0] * (gh * gw), "alpha": [0.0] * (gh * gw),
-                          "head": [head_name] * (gh * gw)}
+    sources["patches"] = {
+        "heat": [0.0] * (gh * gw),
+        "alpha": [0.0] * (gh * gw),
+        "head": [head_name] * (gh * gw),
+    }
     props["image_title"] = {"text": TEXTS["image_title_global"]}
     props["matrix_title"] = {"text": TEXTS["matrix_title_none"]}
     props["query_band"] = {"visible": False}
-    props["attention_note"] = {"text": fill("attention_global", n=info["num_attention"])
-                               if info["num_attention"] else TEXTS["attention_none"]}
+    props["attention_note"] = {
+        "text": fill("attention_global", n=info["num_attention"])
+        if info["num_attention"]
+        else TEXTS["attention_none"]
+    }
 
-    state = {"image": [-1], "head": [head], "mode": [mode], "query": [query],
-             "metric": [metric], "kind": [kind or ""]}
+    state = {
+        "image": [-1],
+        "head": [head],
+        "mode": [mode],
+        "query": [query],
+        "metric": [metric],
+        "kind": [kind or ""],
+    }
     return {"sources": sources, "props": props, "state": state}

@@ -120,8 +120,9 @@ def quantize_attention(attention: np.ndarray) -> np.ndarray:
     return np.round(a * ATTENTION_SCALE).astype(np.uint16)
 
 
-def density_image(points: np.ndarray, extent: tuple[float, float, float, float],
-                  bins: int = DENSITY_BINS) -> np.ndarray:
+def density_image(
+    points: np.ndarray, extent: tuple[float, float, float, float], bins: int = DENSITY_BINS
+) -> np.ndarray:
     """2-D histogram of ``points [n, 2]`` over ``extent`` (x0, x1, y0, y1) -> ``[bins, bins]``.
 
     Row ``r`` counts points with y in the r-th bin from the bottom (Bokeh's default image
@@ -129,9 +130,7 @@ def density_image(points: np.ndarray, extent: tuple[float, float, float, float],
     counts are log1p-compressed and scaled to a maximum of 1 so sparse regions stay visible.
     """
     x0, x1, y0, y1 = extent
-    counts, _, _ = np.histogram2d(
-        points[:, 1], points[:, 0], bins=bins, range=[[y0, y1], [x0, x1]]
-    )
+    counts, _, _ = np.histogram2d(points[:, 1], points[:, 0], bins=bins, range=[[y0, y1], [x0, x1]])
     counts = np.log1p(counts)
     return (counts / max(counts.max(), 1e-12)).astype(np.float32)
 
@@ -152,8 +151,10 @@ def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
 def _most_common(assignments: np.ndarray) -> np.ndarray:
     """``[I, L, H]`` cluster ids -> ``[L*H]`` the most frequent id of each head (ties: lowest)."""
     flat = assignments.reshape(assignments.shape[0], -1)
-    return np.array([np.bincount(col[col >= 0]).argmax() if (col >= 0).any() else -1
-                     for col in flat.T], np.int32)
+    return np.array(
+        [np.bincount(col[col >= 0]).argmax() if (col >= 0).any() else -1 for col in flat.T],
+        np.int32,
+    )
 
 
 @dataclasses.dataclass
@@ -213,8 +214,11 @@ def prepare_site_data(
         attention_index = bundle["attention"]["image_index"].astype(np.int64)
         if max_attention_images is not None:
             attention_index = attention_index[: max(0, int(max_attention_images))]
-    partial_index = (bundle["partial"]["image_index"].astype(np.int64)
-                     if "partial" in bundle.parts else np.zeros(0, np.int64))
+    partial_index = (
+        bundle["partial"]["image_index"].astype(np.int64)
+        if "partial" in bundle.parts
+        else np.zeros(0, np.int64)
+    )
     for part, index in (("attention", attention_index), ("partial", partial_index)):
         if ((index < 0) | (index >= n_img)).any():
             raise BundleError(f"{part}/image_index refers to images outside 0..{n_img - 1}")
@@ -243,8 +247,8 @@ def prepare_site_data(
         # Images whose attention is stored get an outline, so readers can find them.
         "outline": np.where(attention_row >= 0, 1.5, 0.0).astype(np.float32),
         "stored": [
-            ", ".join(n for n, row in (("attention", a), ("partial pruning", s)) if row >= 0)
-            or "-" for a, s in zip(attention_row, partial_row, strict=True)
+            ", ".join(n for n, row in (("attention", a), ("partial pruning", s)) if row >= 0) or "-"
+            for a, s in zip(attention_row, partial_row, strict=True)
         ],
     }
 
@@ -304,10 +308,12 @@ def prepare_site_data(
     default_kind = kinds[0] if kinds else None
     heads["value"] = heads["global_prob"].copy()
     heads["entropy"] = heads["global_head_entropy"].copy()
-    heads["pos_x"] = (heads[f"global_{default_kind}_x"].copy() if default_kind
-                      else np.zeros(LH, np.float32))
-    heads["pos_y"] = (heads[f"global_{default_kind}_y"].copy() if default_kind
-                      else np.zeros(LH, np.float32))
+    heads["pos_x"] = (
+        heads[f"global_{default_kind}_x"].copy() if default_kind else np.zeros(LH, np.float32)
+    )
+    heads["pos_y"] = (
+        heads[f"global_{default_kind}_y"].copy() if default_kind else np.zeros(LH, np.float32)
+    )
     heads["value_text"] = [f"{v:.3g}" for v in heads["value"]]
     heads["text_color"] = ["#000000"] * LH
     heads["metric"] = ["prob"] * LH
@@ -332,8 +338,16 @@ def prepare_site_data(
 
     # --- pattern embedding density and cluster representatives -----------------------------
     density: dict[str, list] = {"kind": [], "image": [], "x": [], "y": [], "dw": [], "dh": []}
-    reps: dict[str, list] = {"kind": [], "cluster": [], "image": [], "x": [], "y": [],
-                             "dw": [], "dh": [], "count": []}
+    reps: dict[str, list] = {
+        "kind": [],
+        "cluster": [],
+        "image": [],
+        "x": [],
+        "y": [],
+        "dw": [],
+        "dh": [],
+        "count": [],
+    }
     extents = {}
     for kind in kinds:
         points = patterns[f"{kind}_positions"].reshape(-1, 2).astype(np.float64)
@@ -346,8 +360,9 @@ def prepare_site_data(
         density["dw"].append(extent[1] - extent[0])
         density["dh"].append(extent[3] - extent[2])
         representatives = patterns[f"{kind}_representatives"].astype(np.float64)
-        counts = np.bincount(patterns[f"{kind}_clusters"].reshape(-1).clip(0),
-                             minlength=len(representatives))
+        counts = np.bincount(
+            patterns[f"{kind}_clusters"].reshape(-1).clip(0), minlength=len(representatives)
+        )
         for c, rep in enumerate(representatives):
             lo, hi = np.nanmin(rep), np.nanmax(rep)
             # Each representative scaled to [0, 1]: the shape of the pattern matters, not its scale.
@@ -387,8 +402,11 @@ def prepare_site_data(
         "extents": {k: list(v) for k, v in extents.items()},
         "has_partial": "partial" in bundle.parts,
         # Top-k kept after partial pruning: 5, or the class count when smaller.
-        "top_k": (int(bundle["partial"]["top5_classes"].shape[-1]) if "partial" in bundle.parts
-                  else min(5, len(class_names))),
+        "top_k": (
+            int(bundle["partial"]["top5_classes"].shape[-1])
+            if "partial" in bundle.parts
+            else min(5, len(class_names))
+        ),
         "num_partial": int(len(partial_index)),
         "num_attention": int(len(attention_index)),
         "attention_scale": ATTENTION_SCALE,
@@ -403,5 +421,6 @@ def make_sources(data: SiteData) -> dict[str, Any]:
     """One named ``ColumnDataSource`` per table (name = table name, e.g. ``"heads"``)."""
     from bokeh.models import ColumnDataSource
 
-    return {name: ColumnDataSource(data=dict(cols), name=name)
-            for name, cols in data.tables.items()}
+    return {
+        name: ColumnDataSource(data=dict(cols), name=name) for name, cols in data.tables.items()
+    }

@@ -154,8 +154,9 @@ def _positive(where: Path, key: str, value: int) -> int:
     return value
 
 
-def _source(where: Path, key: str, value: str, *, folder: bool | None,
-            builtin_ok: bool = True) -> str | Path:
+def _source(
+    where: Path, key: str, value: str, *, folder: bool | None, builtin_ok: bool = True
+) -> str | Path:
     """A ``builtin:`` name as is, or a path resolved against the spec's folder that exists."""
     if value.startswith("builtin:") and builtin_ok:
         if value not in BUILTINS:
@@ -208,9 +209,11 @@ def load_site_spec(path: str | Path) -> SiteSpec:
 
     max_images = _positive(where, "max_images", top["max_images"])
     attention_images = _positive(where, "attention_images", top["attention_images"])
-    partial_images = _positive(where, "partial_images",
-                               top["partial_images"] if top["partial_images"] is not None
-                               else attention_images)
+    partial_images = _positive(
+        where,
+        "partial_images",
+        top["partial_images"] if top["partial_images"] is not None else attention_images,
+    )
     for key, value in (("attention_images", attention_images), ("partial_images", partial_images)):
         if value > max_images:
             raise SiteSpecError(f"{where}: {key} = {value} exceeds max_images = {max_images}")
@@ -245,8 +248,11 @@ def load_site_spec(path: str | Path) -> SiteSpec:
         title=top["title"],
         model=_source(where, "model", top["model"], folder=None),
         images=_source(where, "images", top["images"], folder=True),
-        labels=(_source(where, "labels", top["labels"], folder=False, builtin_ok=False)
-                if top["labels"] is not None else None),
+        labels=(
+            _source(where, "labels", top["labels"], folder=False, builtin_ok=False)
+            if top["labels"] is not None
+            else None
+        ),
         max_images=max_images,
         attention_images=attention_images,
         partial_images=partial_images,

@@ -47,8 +47,15 @@ def synthetic_bundle(
     gh, gw = grid
     n_img, C, L, H = num_images, num_classes, num_layers, num_heads
     config = ViTConfig(
-        image_size=grid, patch_size=(1, 1), channels=1, hidden_size=8 * H, num_layers=L,
-        num_heads=H, mlp_dim=16 * H, num_classes=C, classifier="token" if has_cls else "gap",
+        image_size=grid,
+        patch_size=(1, 1),
+        channels=1,
+        hidden_size=8 * H,
+        num_layers=L,
+        num_heads=H,
+        mlp_dim=16 * H,
+        num_classes=C,
+        classifier="token" if has_cls else "gap",
     )
     N, K = config.num_tokens, max(grid)
     modes = [m for m in PRUNING_MODES if has_cls or m not in CLS_MODES]

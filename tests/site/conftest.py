@@ -28,8 +28,14 @@ def site_seed():
 @pytest.fixture(scope="session")
 def tiny_bundle(site_seed):
     """30 images, 5 classes, 3x2 heads, 4x4 patches + CLS; partial for 8, attention for 6."""
-    return make_bundle(np.random.default_rng(site_seed), num_layers=3, num_heads=2, grid=(4, 4),
-                       partial_images=8, attention_images=6)
+    return make_bundle(
+        np.random.default_rng(site_seed),
+        num_layers=3,
+        num_heads=2,
+        grid=(4, 4),
+        partial_images=8,
+        attention_images=6,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,14 @@ def make_bundle(rng: np.random.Generator, **kwargs):
     num_classes = kwargs.pop("num_classes", 5)
     class_names = [EVIL_LABEL] + [f"class-{c}" for c in range(1, num_classes)]
     image_ids = [EVIL_ID] + [f"img-{i:03d}" for i in range(1, num_images)]
-    return synthetic_bundle(rng, num_images=num_images, num_classes=num_classes,
-                            class_names=class_names, image_ids=image_ids, **kwargs)
+    return synthetic_bundle(
+        rng,
+        num_images=num_images,
+        num_classes=num_classes,
+        class_names=class_names,
+        image_ids=image_ids,
+        **kwargs,
+    )
 
 
 class SitePage:
@@ -44,15 +50,19 @@ class SitePage:
                   ? Array.from(v, (x) => (x != null && x.shape) ? Array.from(x) : x) : v;
               }
               return out;
-            }""", name)
+            }""",
+            name,
+        )
 
     def prop(self, name: str, attr: str):
         return self.page.evaluate(
-            "([n, a]) => Bokeh.documents[0].get_model_by_name(n)[a]", [name, attr])
+            "([n, a]) => Bokeh.documents[0].get_model_by_name(n)[a]", [name, attr]
+        )
 
     def selected(self, source: str) -> list[int]:
         return self.page.evaluate(
-            "(n) => Array.from(Bokeh.documents[0].get_model_by_name(n).selected.indices)", source)
+            "(n) => Array.from(Bokeh.documents[0].get_model_by_name(n).selected.indices)", source
+        )
 
     def state(self) -> dict:
         return {k: v[0] for k, v in self.data("state").items()}
@@ -65,7 +75,9 @@ class SitePage:
               const root = v.el.shadowRoot || v.el;
               return [...root.childNodes].filter((n) => !["STYLE", "LINK"].includes(n.nodeName))
                 .map((n) => n.textContent).join("");
-            }}""", name)
+            }}""",
+            name,
+        )
 
     def html_elements(self, name: str, selector: str) -> int:
         """How many elements matching ``selector`` a view's DOM holds."""
@@ -73,16 +85,22 @@ class SitePage:
             f"""([name, sel]) => {{
               const v = ({FIND_VIEW_JS})(name);
               return (v.el.shadowRoot || v.el).querySelectorAll(sel).length;
-            }}""", [name, selector])
+            }}""",
+            [name, selector],
+        )
 
     def screen_xy(self, plot: str, x: float, y: float) -> tuple[float, float]:
         """Page coordinates of data point ``(x, y)`` of figure ``plot``."""
-        return tuple(self.page.evaluate(
-            f"""([name, x, y]) => {{
+        return tuple(
+            self.page.evaluate(
+                f"""([name, x, y]) => {{
               const v = ({FIND_VIEW_JS})(name);
               const r = v.canvas_view.el.getBoundingClientRect();
               return [r.left + v.frame.x_scale.compute(x), r.top + v.frame.y_scale.compute(y)];
-            }}""", [plot, float(x), float(y)]))
+            }}""",
+                [plot, float(x), float(y)],
+            )
+        )
 
     def click(self, plot: str, x: float, y: float) -> None:
         """A real mouse click at data point ``(x, y)`` of ``plot``; waits for the redraw."""
@@ -95,7 +113,8 @@ class SitePage:
     def set_selected(self, source: str, indices: list[int]) -> None:
         self.page.evaluate(
             "([n, i]) => { Bokeh.documents[0].get_model_by_name(n).selected.indices = i; }",
-            [source, [int(i) for i in indices]])
+            [source, [int(i) for i in indices]],
+        )
         wait_drawn(self.page)
 
     def pixels_near(self, plot: str, x: float, y: float, radius: int = 14):
@@ -105,8 +124,7 @@ class SitePage:
         from PIL import Image
 
         sx, sy = self.screen_xy(plot, x, y)
-        png = self.page.screenshot(clip={"x": sx - radius, "y": sy - radius,
-                                         "width": 2 * radius, "height": 2 * radius})
+        png = self.page.screenshot(
+            clip={"x": sx - radius, "y": sy - radius, "width": 2 * radius, "height": 2 * radius}
+        )
         return np.asarray(Image.open(BytesIO(png)).convert("RGB"))
-
-

@@ -51,12 +51,14 @@ def _dims(bundle):
     return d["L"], d["H"], d["K"], d["N"]
 
 
-def _images_of_kind(bundle, *, attention: bool | None = None, partial: bool | None = None,
-                    not_index: tuple = ()) -> list[int]:
+def _images_of_kind(
+    bundle, *, attention: bool | None = None, partial: bool | None = None, not_index: tuple = ()
+) -> list[int]:
     att = set(bundle["attention"]["image_index"].tolist())
     par = set(bundle["partial"]["image_index"].tolist())
     kind = [
-        i for i in range(len(bundle.meta["image_ids"]))
+        i
+        for i in range(len(bundle.meta["image_ids"]))
         if i not in not_index
         and (attention is None or (i in att) == attention)
         and (partial is None or (i in par) == partial)
@@ -87,12 +89,25 @@ def test_page_loads_without_errors_and_shows_global_values(tiny_site, tiny_bundl
     state = site.state()
     assert state["image"] == -1 and state["metric"] == "prob"
     # Every view was drawn: each figure has a view with a laid-out canvas.
-    for plot in ("overview_plot", "importance_grid", "partial_plot", "top5_plot", "entropy_plot",
-                 "hop_plot", "entropy_hist_plot", "embedding_plot", "image_plot", "matrix_plot",
-                 "value_hist_plot", "reps_plot"):
+    for plot in (
+        "overview_plot",
+        "importance_grid",
+        "partial_plot",
+        "top5_plot",
+        "entropy_plot",
+        "hop_plot",
+        "entropy_hist_plot",
+        "embedding_plot",
+        "image_plot",
+        "matrix_plot",
+        "value_hist_plot",
+        "reps_plot",
+    ):
         size = site.page.evaluate(
             f"(n) => {{ const v = ({FIND_VIEW_JS})(n); return v ? [v.bbox.width, v.bbox.height]"
-            " : null; }", plot)
+            " : null; }",
+            plot,
+        )
         assert size is not None and min(size) > 50, (plot, size)
     heads = site.data("heads")
     prob = tiny_bundle["importance"]["prob"]
@@ -101,13 +116,14 @@ def test_page_loads_without_errors_and_shows_global_values(tiny_site, tiny_bundl
     np.testing.assert_allclose(heads["entropy"], entropy.mean(0).reshape(-1), rtol=1e-5)
     # The flip fraction the tooltips show is the fraction of images whose top-1 class flips.
     flip = tiny_bundle["importance"]["flip"]
-    np.testing.assert_allclose(heads["flip_fraction"], (flip > 0.5).mean(0).reshape(-1),
-                               rtol=1e-5)
+    np.testing.assert_allclose(heads["flip_fraction"], (flip > 0.5).mean(0).reshape(-1), rtol=1e-5)
     # C2 of the initially chosen head is its hop strength averaged over images.
     k = state["head"]
-    np.testing.assert_allclose(site.data("hop_bars")["strength"],
-                               tiny_bundle["strength"]["strength"].mean(0).reshape(L * H, K)[k],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        site.data("hop_bars")["strength"],
+        tiny_bundle["strength"]["strength"].mean(0).reshape(L * H, K)[k],
+        rtol=1e-5,
+    )
     assert "All 30 images" in site.text("image_info")
 
 
@@ -124,34 +140,45 @@ def test_clicking_an_image_makes_b_and_c_local(tiny_site, tiny_bundle, open_page
     k = state["head"]
     lay, h = divmod(k, H)
     heads = site.data("heads")
-    np.testing.assert_allclose(heads["value"], tiny_bundle["importance"]["prob"][i].reshape(-1),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        heads["value"], tiny_bundle["importance"]["prob"][i].reshape(-1), rtol=1e-6
+    )
     assert not np.allclose(heads["value"], before)
-    np.testing.assert_allclose(heads["entropy"],
-                               tiny_bundle["strength"]["head_entropy"][i].reshape(-1), rtol=1e-6)
-    np.testing.assert_allclose(site.data("hop_bars")["strength"],
-                               tiny_bundle["strength"]["strength"][i, lay, h], rtol=1e-6)
+    np.testing.assert_allclose(
+        heads["entropy"], tiny_bundle["strength"]["head_entropy"][i].reshape(-1), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        site.data("hop_bars")["strength"], tiny_bundle["strength"]["strength"][i, lay, h], rtol=1e-6
+    )
     s = int(np.flatnonzero(tiny_bundle["partial"]["image_index"] == i)[0])
-    np.testing.assert_allclose(site.data("partial_bars")["prob"],
-                               tiny_bundle["partial"]["prob"][s, lay, h], rtol=1e-6)
+    np.testing.assert_allclose(
+        site.data("partial_bars")["prob"], tiny_bundle["partial"]["prob"][s, lay, h], rtol=1e-6
+    )
     mode = state["mode"]
     names = tiny_bundle.meta["class_names"]
     top5 = site.data("top5_view")
     expected = [names[c] for c in tiny_bundle["partial"]["top5_classes"][s, lay, h, mode]]
     assert [t.rsplit(": ", 1)[0] for t in top5["text"]] == expected
-    np.testing.assert_allclose(top5["prob"], tiny_bundle["partial"]["top5_probs"][s, lay, h, mode],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        top5["prob"], tiny_bundle["partial"]["top5_probs"][s, lay, h, mode], rtol=1e-6
+    )
     # C3 marks this image's entropy in the head's distribution.
     assert site.prop("entropy_span", "visible")
-    np.testing.assert_allclose(site.prop("entropy_span", "location"),
-                               tiny_bundle["strength"]["head_entropy"][i, lay, h], rtol=1e-6)
+    np.testing.assert_allclose(
+        site.prop("entropy_span", "location"),
+        tiny_bundle["strength"]["head_entropy"][i, lay, h],
+        rtol=1e-6,
+    )
     assert tiny_bundle.meta["image_ids"][i] in site.text("image_info")
     # Clicking empty space returns to the global view.
     xs, ys = np.asarray(images["x"]), np.asarray(images["y"])
     site.click("overview_plot", xs.max() + 0.02 * np.ptp(xs), ys.max() + 0.02 * np.ptp(ys))
     assert site.state()["image"] == -1
-    np.testing.assert_allclose(site.data("heads")["value"],
-                               tiny_bundle["importance"]["prob"].mean(0).reshape(-1), rtol=1e-5)
+    np.testing.assert_allclose(
+        site.data("heads")["value"],
+        tiny_bundle["importance"]["prob"].mean(0).reshape(-1),
+        rtol=1e-5,
+    )
     assert site.errors == []
 
 
@@ -170,14 +197,19 @@ def test_choosing_a_head_in_b_highlights_it_in_c_and_d(tiny_site, tiny_bundle, o
     heads = site.data("heads")
     # The head farthest from the current one in C1, so the two highlights cannot overlap.
     xy = np.stack([heads["entropy_x"], heads["entropy"]], 1)
-    k = int(np.argmax(np.linalg.norm(xy - xy[first], axis=1) * np.array(
-        [j != first for j in range(L * H)])))
+    k = int(
+        np.argmax(
+            np.linalg.norm(xy - xy[first], axis=1) * np.array([j != first for j in range(L * H)])
+        )
+    )
     lay, h = divmod(k, H)
     heads = site.data("heads")
     spots = {  # where head k and the first head are drawn in C1 and D1
         (plot, j): (heads[x][j], heads[y][j])
-        for plot, x, y in (("entropy_plot", "entropy_x", "entropy"),
-                           ("embedding_plot", "pos_x", "pos_y"))
+        for plot, x, y in (
+            ("entropy_plot", "entropy_x", "entropy"),
+            ("embedding_plot", "pos_x", "pos_y"),
+        )
         for j in (k, first)
     }
     before = {key: _red_pixels(site.pixels_near(key[0], *xy_)) for key, xy_ in spots.items()}
@@ -187,23 +219,37 @@ def test_choosing_a_head_in_b_highlights_it_in_c_and_d(tiny_site, tiny_bundle, o
     # C and D draw the shared heads source, whose selection they outline in red: the outline
     # appears around head k and leaves the first head.
     for renderer in ("entropy_points", "embedding_heads", "importance_cells"):
-        assert site.page.evaluate(
-            "(n) => Bokeh.documents[0].get_model_by_name(n).data_source.name", renderer) == "heads"
+        assert (
+            site.page.evaluate(
+                "(n) => Bokeh.documents[0].get_model_by_name(n).data_source.name", renderer
+            )
+            == "heads"
+        )
     after = {key: _red_pixels(site.pixels_near(key[0], *xy_)) for key, xy_ in spots.items()}
     for plot in ("entropy_plot", "embedding_plot"):
         assert after[plot, k] - before[plot, k] > 10, (plot, before, after)
-        far = np.hypot(*np.subtract(site.screen_xy(plot, *spots[plot, first]),
-                                    site.screen_xy(plot, *spots[plot, k])))
+        far = np.hypot(
+            *np.subtract(
+                site.screen_xy(plot, *spots[plot, first]), site.screen_xy(plot, *spots[plot, k])
+            )
+        )
         if far > 40:  # the two spots do not overlap
             assert before[plot, first] - after[plot, first] > 10, (plot, before, after)
     # Their contents follow the head: C2 hop strength and D's attention.
-    np.testing.assert_allclose(site.data("hop_bars")["strength"],
-                               tiny_bundle["strength"]["strength"][i, lay, h], rtol=1e-6)
+    np.testing.assert_allclose(
+        site.data("hop_bars")["strength"], tiny_bundle["strength"]["strength"][i, lay, h], rtol=1e-6
+    )
     s = int(np.flatnonzero(tiny_bundle["attention"]["image_index"] == i)[0])
     att = tiny_bundle["attention"]["attention"][s, lay, h]
     np.testing.assert_allclose(site.data("patches")["heat"], att[0, 1:], atol=ATT_TOL)
-    for title in ("partial_title", "hop_title", "entropy_hist_title", "embedding_title",
-                  "image_title", "matrix_title"):
+    for title in (
+        "partial_title",
+        "hop_title",
+        "entropy_hist_title",
+        "embedding_title",
+        "image_title",
+        "matrix_title",
+    ):
         assert f"layer {lay}, head {h}" in site.prop(title, "text"), title
     assert site.errors == []
 
@@ -238,7 +284,8 @@ def test_clicking_a_patch_moves_the_overlay(tiny_site, tiny_bundle, open_page, s
     assert sum(site.data("value_hist")["count"]) == N * N
     site.page.locator("button", has_text="CLS token as query").click()
     site.page.wait_for_function(
-        "() => Bokeh.documents[0].get_model_by_name('state').data.query[0] === 0")
+        "() => Bokeh.documents[0].get_model_by_name('state').data.query[0] === 0"
+    )
     np.testing.assert_allclose(site.data("patches")["heat"], att[0, 1:], atol=ATT_TOL)
     assert site.errors == []
 
@@ -247,10 +294,10 @@ def test_clicking_a_patch_moves_the_overlay(tiny_site, tiny_bundle, open_page, s
 def test_metric_menu_switches_metrics(tiny_site, tiny_bundle, open_page, metric):
     site = open_page(tiny_site)
     before = site.data("heads")["value"]
-    site.page.locator("select").select_option(
-        label=f"{metric}: {METRIC_INFO[metric]['title']}")
+    site.page.locator("select").select_option(label=f"{metric}: {METRIC_INFO[metric]['title']}")
     site.page.wait_for_function(
-        "(m) => Bokeh.documents[0].get_model_by_name('state').data.metric[0] === m", arg=metric)
+        "(m) => Bokeh.documents[0].get_model_by_name('state').data.metric[0] === m", arg=metric
+    )
     heads = site.data("heads")
     values = tiny_bundle["importance"][metric].mean(0).reshape(-1)
     np.testing.assert_allclose(heads["value"], values, rtol=1e-5)
@@ -269,7 +316,8 @@ def test_search_finds_an_image_by_id_and_by_label(tiny_site, tiny_bundle, open_p
     box.fill(ids[7])
     box.press("Enter")
     site.page.wait_for_function(
-        "() => Bokeh.documents[0].get_model_by_name('state').data.image[0] === 7")
+        "() => Bokeh.documents[0].get_model_by_name('state').data.image[0] === 7"
+    )
     assert site.selected("images") == [7]
     assert "Found image img-007" in site.text("search_status")
     # By label: the most confident image of that class is chosen, all of them outlined.
@@ -282,18 +330,21 @@ def test_search_finds_an_image_by_id_and_by_label(tiny_site, tiny_bundle, open_p
     box.fill(name.upper() if c else "script")  # case-insensitive, and a part of a label
     box.press("Enter")
     site.page.wait_for_function(
-        "(b) => Bokeh.documents[0].get_model_by_name('state').data.image[0] === b", arg=best)
+        "(b) => Bokeh.documents[0].get_model_by_name('state').data.image[0] === b", arg=best
+    )
     outline = np.asarray(site.data("images")["outline"])
     assert set(np.flatnonzero(outline == 3)) >= set(members)
     assert f"{len(members)} image(s) match" in site.text("search_status")
     box.fill("no-such-image-anywhere")
     box.press("Enter")
     site.page.wait_for_function(
-        "() => Bokeh.documents[0].get_model_by_name('search_status').text.startsWith('No image')")
+        "() => Bokeh.documents[0].get_model_by_name('search_status').text.startsWith('No image')"
+    )
     assert site.state()["image"] == best  # a failed search leaves the choice alone
     site.page.locator("button", has_text="All images").click()
     site.page.wait_for_function(
-        "() => Bokeh.documents[0].get_model_by_name('state').data.image[0] === -1")
+        "() => Bokeh.documents[0].get_model_by_name('state').data.image[0] === -1"
+    )
     assert site.errors == []
 
 
@@ -306,7 +357,8 @@ def test_labels_and_ids_show_as_text(tiny_site, tiny_bundle, open_page):
     box.fill(EVIL_ID)
     box.press("Enter")
     site.page.wait_for_function(
-        "() => Bokeh.documents[0].get_model_by_name('state').data.image[0] === 0")
+        "() => Bokeh.documents[0].get_model_by_name('state').data.image[0] === 0"
+    )
     label = tiny_bundle.meta["class_names"][int(tiny_bundle["images"]["labels"][0])]
     info = site.text("image_info")
     assert EVIL_ID in info and label in info
@@ -314,8 +366,9 @@ def test_labels_and_ids_show_as_text(tiny_site, tiny_bundle, open_page):
     # The hover tooltip on that image shows the id literally, and no element came of it.
     images = site.data("images")
     site.page.mouse.move(*site.screen_xy("overview_plot", images["x"][0], images["y"][0]))
-    site.page.wait_for_function(f"(id) => ({DEEP_TEXT_JS})().includes(id)", arg=EVIL_ID,
-                                timeout=5000)
+    site.page.wait_for_function(
+        f"(id) => ({DEEP_TEXT_JS})().includes(id)", arg=EVIL_ID, timeout=5000
+    )
     assert site.page.evaluate(DEEP_IMG_JS) == 0
     assert site.page.evaluate("() => window.__xss") is None
     assert dialogs == []
@@ -346,8 +399,9 @@ def test_site_of_a_model_without_cls_and_without_optional_parts(tmp_path, open_p
     site.set_selected("images", [1])
     # Without CLS the default query is the centre patch.
     assert site.state()["query"] == 1 * 5 + 2
-    np.testing.assert_allclose(site.data("heads")["value"],
-                               bundle["importance"]["kl"][1].reshape(-1), rtol=1e-6)
+    np.testing.assert_allclose(
+        site.data("heads")["value"], bundle["importance"]["kl"][1].reshape(-1), rtol=1e-6
+    )
     assert site.page.locator("button", has_text="CLS token as query").count() == 0
     assert site.text("attention_note") == "This results bundle stores no attention matrices."
     assert site.errors == []
@@ -365,16 +419,22 @@ def test_opening_state_is_what_the_page_computes(tiny_site, tiny_bundle, open_pa
     """The state drawn from Python at opening equals the page's own global view."""
     site = open_page(tiny_site)
     data = prepare_site_data(tiny_bundle)
-    opening = initial_state(data, metric="prob", kind=data.info["kinds"][0],
-                            head=site.state()["head"], mode=site.state()["mode"])
+    opening = initial_state(
+        data,
+        metric="prob",
+        kind=data.info["kinds"][0],
+        head=site.state()["head"],
+        mode=site.state()["mode"],
+    )
 
     def snapshot():
-        sources = {name: {c: site.data(name)[c] for c in cols}
-                   for name, cols in opening["sources"].items()}
-        props = {name: {a: site.prop(name, a) for a in attrs}
-                 for name, attrs in opening["props"].items()}
-        texts = {name: site.text(name) for name in ("image_info", "partial_note",
-                                                     "attention_note")}
+        sources = {
+            name: {c: site.data(name)[c] for c in cols} for name, cols in opening["sources"].items()
+        }
+        props = {
+            name: {a: site.prop(name, a) for a in attrs} for name, attrs in opening["props"].items()
+        }
+        texts = {name: site.text(name) for name in ("image_info", "partial_note", "attention_note")}
         return sources, props, texts
 
     before = snapshot()
@@ -383,7 +443,8 @@ def test_opening_state_is_what_the_page_computes(tiny_site, tiny_bundle, open_pa
     assert site.state()["image"] == i
     site.page.locator("button", has_text="All images").click()
     site.page.wait_for_function(
-        "() => Bokeh.documents[0].get_model_by_name('state').data.image[0] === -1")
+        "() => Bokeh.documents[0].get_model_by_name('state').data.image[0] === -1"
+    )
     after = snapshot()
     for part_before, part_after in zip(before, after, strict=True):
         for name in part_before:
@@ -401,7 +462,8 @@ def test_pattern_toggle_and_pruning_mode_bars(tiny_site, tiny_bundle, open_page)
     lay, h = divmod(k, H)
     site.page.locator("button", has_text="patch patterns").click()
     site.page.wait_for_function(
-        "() => Bokeh.documents[0].get_model_by_name('state').data.kind[0] === 'patch'")
+        "() => Bokeh.documents[0].get_model_by_name('state').data.kind[0] === 'patch'"
+    )
     patch = tiny_bundle["patterns"]["patch_positions"]
     heads = site.data("heads")
     np.testing.assert_allclose(heads["pos_x"], patch[..., 0].mean(0).reshape(-1), rtol=1e-5)
@@ -428,8 +490,15 @@ def test_pattern_toggle_and_pruning_mode_bars(tiny_site, tiny_bundle, open_page)
 
 
 def test_fewer_classes_than_five_keep_a_shorter_top_k(tmp_path, open_page, rng):
-    bundle = make_bundle(rng, num_classes=3, num_layers=2, num_heads=2, grid=(3, 3),
-                         partial_images=4, attention_images=2)
+    bundle = make_bundle(
+        rng,
+        num_classes=3,
+        num_layers=2,
+        num_heads=2,
+        grid=(3, 3),
+        partial_images=4,
+        attention_images=2,
+    )
     assert bundle["partial"]["top5_classes"].shape[-1] == 3
     site = open_page(build_site(bundle, tmp_path / "site"))
     i = int(bundle["partial"]["image_index"][0])
@@ -439,6 +508,7 @@ def test_fewer_classes_than_five_keep_a_shorter_top_k(tmp_path, open_page, rng):
     names = bundle.meta["class_names"]
     top = site.data("top5_view")
     assert [t.rsplit(": ", 1)[0] for t in top["text"]] == [
-        names[c] for c in bundle["partial"]["top5_classes"][0, lay, h, mode]]
+        names[c] for c in bundle["partial"]["top5_classes"][0, lay, h, mode]
+    ]
     assert top["y"] == [3, 2, 1]
     assert site.errors == []

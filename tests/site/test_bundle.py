@@ -17,8 +17,15 @@ from sitepage import make_bundle  # noqa: E402
 
 @pytest.fixture
 def saved(rng, tmp_path):
-    bundle = make_bundle(rng, num_images=12, num_layers=2, num_heads=2, grid=(3, 3),
-                         partial_images=3, attention_images=2)
+    bundle = make_bundle(
+        rng,
+        num_images=12,
+        num_layers=2,
+        num_heads=2,
+        grid=(3, 3),
+        partial_images=3,
+        attention_images=2,
+    )
     return bundle, save_bundle(bundle, tmp_path / "bundle")
 
 
@@ -78,14 +85,26 @@ def test_missing_array_is_named(saved):
         load_bundle(directory)
 
 
-@pytest.mark.parametrize("part,name,shape,needle", [
-    ("strength", "strength", (12, 2, 2, 5), r"strength/strength .* axis 3 \(K\) is 5, expected 3"),
-    ("importance", "prob", (12, 3, 2), r"importance/prob .* axis 1 \(L\) is 3, expected 2"),
-    ("images", "probs", (11, 5), r"images/probs .* axis 0 \(I\) is 11, expected 12"),
-    ("attention", "attention", (2, 2, 2, 11, 11),
-     r"attention/attention .* \(N\) is 11, expected 10"),
-    ("partial", "prob", (3, 2, 2), r"partial/prob has shape \(3, 2, 2\); expected 4 axes"),
-])
+@pytest.mark.parametrize(
+    "part,name,shape,needle",
+    [
+        (
+            "strength",
+            "strength",
+            (12, 2, 2, 5),
+            r"strength/strength .* axis 3 \(K\) is 5, expected 3",
+        ),
+        ("importance", "prob", (12, 3, 2), r"importance/prob .* axis 1 \(L\) is 3, expected 2"),
+        ("images", "probs", (11, 5), r"images/probs .* axis 0 \(I\) is 11, expected 12"),
+        (
+            "attention",
+            "attention",
+            (2, 2, 2, 11, 11),
+            r"attention/attention .* \(N\) is 11, expected 10",
+        ),
+        ("partial", "prob", (3, 2, 2), r"partial/prob has shape \(3, 2, 2\); expected 4 axes"),
+    ],
+)
 def test_mismatched_shapes_name_the_part_and_array(saved, part, name, shape, needle):
     _, directory = saved
     _rewrite_part(directory, part, **{name: np.zeros(shape, np.float32)})
@@ -97,8 +116,9 @@ def test_subset_sizes_must_agree_within_a_part(saved):
     _, directory = saved
     # image_index says 3 images, the arrays hold 4: the free dimension S_partial disagrees.
     _rewrite_part(directory, "partial", image_index=np.arange(4, dtype=np.int32))
-    with pytest.raises(BundleError,
-                       match="partial/prob .* axis 0 \\(S_partial\\) is 3, expected 4"):
+    with pytest.raises(
+        BundleError, match="partial/prob .* axis 0 \\(S_partial\\) is 3, expected 4"
+    ):
         load_bundle(directory)
 
 

@@ -18,8 +18,15 @@ from sitepage import EVIL_ID, EVIL_LABEL, make_bundle  # noqa: E402
 
 @pytest.fixture
 def bundle(rng):
-    return make_bundle(rng, num_images=10, num_layers=2, num_heads=2, grid=(3, 3),
-                       partial_images=3, attention_images=3)
+    return make_bundle(
+        rng,
+        num_images=10,
+        num_layers=2,
+        num_heads=2,
+        grid=(3, 3),
+        partial_images=3,
+        attention_images=3,
+    )
 
 
 def test_one_offline_file_with_hostile_names_escaped(bundle, tmp_path):
@@ -41,10 +48,32 @@ def test_one_offline_file_with_hostile_names_escaped(bundle, tmp_path):
 def test_every_model_the_page_code_uses_is_in_the_document(bundle):
     doc = build_document(bundle)
     names = {m.name for m in doc.models if m.name}
-    for name in ("images", "heads", "image_heads", "hops", "head_hops", "partial", "top5",
-                 "attention", "thumbnails", "state", "partial_bars", "top5_view", "hop_bars",
-                 "entropy_hist", "head_images", "patches", "matrix_view", "value_hist",
-                 "view_A", "view_B", "view_C", "view_D", "metric_select", "search"):
+    for name in (
+        "images",
+        "heads",
+        "image_heads",
+        "hops",
+        "head_hops",
+        "partial",
+        "top5",
+        "attention",
+        "thumbnails",
+        "state",
+        "partial_bars",
+        "top5_view",
+        "hop_bars",
+        "entropy_hist",
+        "head_images",
+        "patches",
+        "matrix_view",
+        "value_hist",
+        "view_A",
+        "view_B",
+        "view_C",
+        "view_D",
+        "metric_select",
+        "search",
+    ):
         assert name in names, name
     # A's, B's, C's and D's head marks all draw the one heads source.
     heads = doc.get_model_by_name("heads")
@@ -71,12 +100,22 @@ def test_optional_parts_may_be_missing(bundle, tmp_path):
 
 
 def test_attention_limit_and_compression_shrink_the_file(rng, tmp_path):
-    bundle = make_bundle(rng, num_images=20, num_layers=3, num_heads=4, grid=(6, 6),
-                         partial_images=4, attention_images=8)
+    bundle = make_bundle(
+        rng,
+        num_images=20,
+        num_layers=3,
+        num_heads=4,
+        grid=(6, 6),
+        partial_images=4,
+        attention_images=8,
+    )
     before = settings.compression_level()
     sizes = {}
-    for key, options in {"all": {}, "two": {"max_attention_images": 2},
-                         "zipped": {"compression": 9}}.items():
+    for key, options in {
+        "all": {},
+        "two": {"max_attention_images": 2},
+        "zipped": {"compression": 9},
+    }.items():
         sizes[key] = build_site(bundle, tmp_path / key, **options).stat().st_size
     # Each attention image holds L*H*N*N uint16 values, base64 encoded (4/3).
     per_image = 3 * 4 * 37 * 37 * 2 * 4 / 3
@@ -89,10 +128,13 @@ def test_default_kind_opens_on_that_pattern_kind(bundle):
     doc = build_document(bundle, default_kind="patch", default_metric="kl")
     assert doc.get_model_by_name("state").data["kind"] == ["patch"]
     assert doc.get_model_by_name("state").data["metric"] == ["kl"]
-    assert doc.get_model_by_name("kind_toggle").labels[doc.get_model_by_name(
-        "kind_toggle").active] == "patch patterns"
+    assert (
+        doc.get_model_by_name("kind_toggle").labels[doc.get_model_by_name("kind_toggle").active]
+        == "patch patterns"
+    )
     pos = bundle["patterns"]["patch_positions"]
     assert doc.get_model_by_name("density_view").data["x"][0] < pos[..., 0].min()
     # The opening head is the most important one under the default metric (highest kl).
     assert doc.get_model_by_name("heads").selected.indices == [
-        int(np.nanargmax(bundle["importance"]["kl"].mean(0).reshape(-1)))]
+        int(np.nanargmax(bundle["importance"]["kl"].mean(0).reshape(-1)))
+    ]

@@ -32,13 +32,16 @@ def test_arguments_are_checked(tiny_bundle, tmp_path):
 @pytest.mark.slow
 def test_views_as_png_and_svg(tiny_bundle, tmp_path, browser):
     image = 0  # the image whose id is hostile: file names must stay plain
-    files = export_figures(tiny_bundle, tmp_path, image, 2, 1, views=("B", "D"), scale=2,
-                           browser=browser)
+    files = export_figures(
+        tiny_bundle, tmp_path, image, 2, 1, views=("B", "D"), scale=2, browser=browser
+    )
     names = sorted(p.name for p in files)
-    assert names == ["B_importance_img_src_x_onerror_window_xss_1_l2h1.png",
-                     "B_importance_img_src_x_onerror_window_xss_1_l2h1.svg",
-                     "D_pattern_img_src_x_onerror_window_xss_1_l2h1.png",
-                     "D_pattern_img_src_x_onerror_window_xss_1_l2h1.svg"]
+    assert names == [
+        "B_importance_img_src_x_onerror_window_xss_1_l2h1.png",
+        "B_importance_img_src_x_onerror_window_xss_1_l2h1.svg",
+        "D_pattern_img_src_x_onerror_window_xss_1_l2h1.png",
+        "D_pattern_img_src_x_onerror_window_xss_1_l2h1.svg",
+    ]
     for path in files:
         if path.suffix == ".png":
             with Image.open(path) as im:

@@ -27,9 +27,15 @@ from sitepage import make_bundle  # noqa: E402
 
 @pytest.fixture
 def bundle(rng):
-    return make_bundle(rng, num_images=int(rng.integers(8, 20)), num_layers=int(rng.integers(1, 4)),
-                       num_heads=int(rng.integers(1, 4)), grid=(3, 4), partial_images=5,
-                       attention_images=4)
+    return make_bundle(
+        rng,
+        num_images=int(rng.integers(8, 20)),
+        num_layers=int(rng.integers(1, 4)),
+        num_heads=int(rng.integers(1, 4)),
+        grid=(3, 4),
+        partial_images=5,
+        attention_images=4,
+    )
 
 
 def test_rows_of_per_image_tables_follow_the_documented_layout(bundle, rng):
@@ -75,8 +81,10 @@ def test_global_values_are_means_over_images_ignoring_nan(bundle, rng):
             entropies = [bundle["strength"]["head_entropy"][i, lay, h] for i in range(n_img)]
             assert heads["global_head_entropy"][k] == pytest.approx(np.mean(entropies), rel=1e-5)
             for hop in range(K):
-                mean = sum(bundle["strength"]["strength"][i, lay, h, hop]
-                           for i in range(n_img)) / n_img
+                mean = (
+                    sum(bundle["strength"]["strength"][i, lay, h, hop] for i in range(n_img))
+                    / n_img
+                )
                 assert head_hops["strength"][k * K + hop] == pytest.approx(mean, rel=1e-5)
             for kind in ("cls", "patch"):
                 pos = bundle["patterns"][f"{kind}_positions"][:, lay, h]
@@ -84,7 +92,8 @@ def test_global_values_are_means_over_images_ignoring_nan(bundle, rng):
                 counts = Counter(bundle["patterns"][f"{kind}_clusters"][:, lay, h].tolist())
                 top = max(counts.values())
                 assert heads[f"global_{kind}_cluster"][k] == min(
-                    c for c, n in counts.items() if n == top)
+                    c for c, n in counts.items() if n == top
+                )
     assert math.isnan(heads["global_kl"][0])
 
 
@@ -104,8 +113,10 @@ def test_partial_and_attention_subsets(bundle):
                     top_k = bundle["partial"]["top5_classes"].shape[-1]
                     for t in range(top_k):
                         r5 = row * top_k + t
-                        assert top5["class_index"][r5] == bundle["partial"]["top5_classes"][
-                            s, lay, h, m, t]
+                        assert (
+                            top5["class_index"][r5]
+                            == bundle["partial"]["top5_classes"][s, lay, h, m, t]
+                        )
     assert (images["partial_row"] >= 0).sum() == len(bundle["partial"]["image_index"])
     kept = bundle["attention"]["image_index"][:3]
     assert sorted(np.flatnonzero(images["attention_row"] >= 0)) == sorted(kept)
@@ -115,11 +126,14 @@ def test_partial_and_attention_subsets(bundle):
     for s in range(3):
         for lay in range(L):
             for h in range(H):
-                block = value[((s * L * H + lay * H + h) * N * N):((s * L * H + lay * H + h + 1)
-                                                                     * N * N)]
-                np.testing.assert_allclose(block.reshape(N, N) / ATTENTION_SCALE,
-                                           bundle["attention"]["attention"][s, lay, h],
-                                           atol=0.5 / ATTENTION_SCALE + 1e-9)
+                block = value[
+                    ((s * L * H + lay * H + h) * N * N) : ((s * L * H + lay * H + h + 1) * N * N)
+                ]
+                np.testing.assert_allclose(
+                    block.reshape(N, N) / ATTENTION_SCALE,
+                    bundle["attention"]["attention"][s, lay, h],
+                    atol=0.5 / ATTENTION_SCALE + 1e-9,
+                )
 
 
 def test_quantized_attention_error_is_half_a_step(rng):
@@ -129,7 +143,12 @@ def test_quantized_attention_error_is_half_a_step(rng):
     err = np.abs(q / ATTENTION_SCALE - a).max()
     assert err <= 0.5 / ATTENTION_SCALE + 1e-12
     assert quantize_attention(np.array([0.0, 1.0, 1.5, -0.1, np.nan])).tolist() == [
-        0, 65535, 65535, 0, 0]
+        0,
+        65535,
+        65535,
+        0,
+        0,
+    ]
 
 
 def _pack_slow(rgba_uint8: np.ndarray) -> np.ndarray:
@@ -149,8 +168,9 @@ def test_thumbnails_are_packed_rgba(rng):
     rgba = np.concatenate([np.repeat(gray, 3, -1), np.full((3, 5, 4, 1), 255, np.uint8)], -1)
     np.testing.assert_array_equal(pack_thumbnails(gray), _pack_slow(rgba))
     rgb01 = rng.uniform(0, 1, (2, 3, 3, 3))
-    want = np.concatenate([np.round(rgb01 * 255).astype(np.uint8),
-                           np.full((2, 3, 3, 1), 255, np.uint8)], -1)
+    want = np.concatenate(
+        [np.round(rgb01 * 255).astype(np.uint8), np.full((2, 3, 3, 1), 255, np.uint8)], -1
+    )
     np.testing.assert_array_equal(pack_thumbnails(rgb01), _pack_slow(want))
     # Preprocessed pixels in [-1, 1] are scaled per image to the full range.
     signed = rng.uniform(-1, 1, (2, 4, 4, 1))
@@ -191,13 +211,23 @@ def test_most_common_cluster(rng):
 
 def test_text_helpers_match_javascript_formatting():
     # Expected strings are what Number.prototype.toPrecision / toExponential / toFixed give.
-    cases = {0.5: "0.500", 0.12345: "0.123", 12.345: "12.3", 123.4: "123", 0.0012: "1.2e-3",
-             1234.0: "1.2e+3", 0.0: "0.00", -0.25: "-0.250", float("nan"): "n/a"}
+    cases = {
+        0.5: "0.500",
+        0.12345: "0.123",
+        12.345: "12.3",
+        123.4: "123",
+        0.0012: "1.2e-3",
+        1234.0: "1.2e+3",
+        0.0: "0.00",
+        -0.25: "-0.250",
+        float("nan"): "n/a",
+    }
     for v, want in cases.items():
         assert sig(v) == want, v
     assert fixed(0.12345, 3) == "0.123" and fixed(float("inf"), 3) == "n/a"
     assert fill("hop_title", head="layer 1, head 2") == (
-        "strength across neighbours: layer 1, head 2")
+        "strength across neighbours: layer 1, head 2"
+    )
 
 
 def test_bundles_the_site_cannot_show(bundle):

@@ -43,31 +43,42 @@ def test_paths_resolve_against_the_spec_folder(tmp_path):
     (tmp_path / "model.npz").write_bytes(b"")
     sub = tmp_path / "sites"
     sub.mkdir()
-    spec = load_site_spec(write(sub, 'model = "../model.npz"\nimages = "../images"\n'
-                                     'labels = "../labels.csv"\npartial_images = 7\n'))
+    spec = load_site_spec(
+        write(
+            sub,
+            'model = "../model.npz"\nimages = "../images"\n'
+            'labels = "../labels.csv"\npartial_images = 7\n',
+        )
+    )
     assert spec.model == tmp_path / "model.npz"
     assert spec.images == tmp_path / "images"
     assert spec.labels == tmp_path / "labels.csv"
     assert spec.partial_images == 7
 
 
-@pytest.mark.parametrize("text,needle", [
-    (MINIMAL + "colour = 3\n", "unknown key 'colour'"),
-    (MINIMAL + "[views]\ncolour = 3\n", "unknown key 'views.colour'"),
-    (MINIMAL + "[analysis]\nepochs = 3\n", "unknown key 'analysis.epochs'"),
-    ('images = "builtin:digits"\n', "required key 'model' is missing"),
-    (MINIMAL + 'max_images = "300"\n', "max_images must be of type int, got '300'"),
-    (MINIMAL + "max_images = true\n", "max_images must be of type int, got True"),
-    (MINIMAL + "max_images = 0\n", "max_images must be at least 1"),
-    (MINIMAL + "attention_images = 400\n", "attention_images = 400 exceeds max_images = 300"),
-    (MINIMAL + '[views]\nmetrics = ["kl", "fisher"]\n', "unknown metric 'fisher'"),
-    (MINIMAL + '[views]\nmetrics = ["kl"]\ndefault_metric = "prob"\n', "default_metric = 'prob'"),
-    (MINIMAL + '[views]\ndefault_kind = "row"\n', "default_kind = 'row'"),
-    (MINIMAL + "[views]\ncompression = 12\n", "views.compression must be a gzip level"),
-    (MINIMAL + "views = 3\n", "views must be a table"),
-    ('model = "builtin:imagenet"\nimages = "builtin:digits"\n', "not a built-in"),
-    (MINIMAL + "title = \n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        (MINIMAL + "colour = 3\n", "unknown key 'colour'"),
+        (MINIMAL + "[views]\ncolour = 3\n", "unknown key 'views.colour'"),
+        (MINIMAL + "[analysis]\nepochs = 3\n", "unknown key 'analysis.epochs'"),
+        ('images = "builtin:digits"\n', "required key 'model' is missing"),
+        (MINIMAL + 'max_images = "300"\n', "max_images must be of type int, got '300'"),
+        (MINIMAL + "max_images = true\n", "max_images must be of type int, got True"),
+        (MINIMAL + "max_images = 0\n", "max_images must be at least 1"),
+        (MINIMAL + "attention_images = 400\n", "attention_images = 400 exceeds max_images = 300"),
+        (MINIMAL + '[views]\nmetrics = ["kl", "fisher"]\n', "unknown metric 'fisher'"),
+        (
+            MINIMAL + '[views]\nmetrics = ["kl"]\ndefault_metric = "prob"\n',
+            "default_metric = 'prob'",
+        ),
+        (MINIMAL + '[views]\ndefault_kind = "row"\n', "default_kind = 'row'"),
+        (MINIMAL + "[views]\ncompression = 12\n", "views.compression must be a gzip level"),
+        (MINIMAL + "views = 3\n", "views must be a table"),
+        ('model = "builtin:imagenet"\nimages = "builtin:digits"\n', "not a built-in"),
+        (MINIMAL + "title = \n", "not valid TOML"),
+    ],
+)
 def test_bad_specs_name_the_key(tmp_path, text, needle):
     path = write(tmp_path, text)
     with pytest.raises(SiteSpecError, match=needle) as err:
@@ -101,9 +112,21 @@ def test_spec_options_build_a_site(tmp_path, rng):
 
     from jaxvit_interp.site.document import build_site
 
-    spec = load_site_spec(write(tmp_path, MINIMAL + 'title = "T"\nattention_images = 1\n'
-                                '[views]\nmetrics = ["kl", "flip"]\ndefault_kind = "patch"\n'))
-    bundle = make_bundle(rng, num_images=6, num_layers=1, num_heads=2, grid=(2, 2),
-                         partial_images=2, attention_images=2)
+    spec = load_site_spec(
+        write(
+            tmp_path,
+            MINIMAL + 'title = "T"\nattention_images = 1\n'
+            '[views]\nmetrics = ["kl", "flip"]\ndefault_kind = "patch"\n',
+        )
+    )
+    bundle = make_bundle(
+        rng,
+        num_images=6,
+        num_layers=1,
+        num_heads=2,
+        grid=(2, 2),
+        partial_images=2,
+        attention_images=2,
+    )
     page = build_site(bundle, tmp_path / "out", **spec.site_options()).read_text()
     assert "<title>T</title>" in page

@@ -65,19 +65,19 @@ def heading(letter: str, title: str) -> Div:
     return Div(
         text=f'<span style="font:600 15px {FONT};color:#2b2f36">{title}</span>'
         f'<span style="display:inline-block;margin-left:6px;width:18px;height:18px;'
-        f'border:1.5px solid #2b2f36;border-radius:50%;text-align:center;'
+        f"border:1.5px solid #2b2f36;border-radius:50%;text-align:center;"
         f'font:600 12px/18px {FONT}">{letter}</span>',
     )
 
 
 def panel(letter: str, title: str, name: str, children: list, **kwargs) -> Column:
     """A bordered view with its heading; ``name`` is what figure export looks for."""
-    return Column(heading(letter, title), *children, name=name, styles=dict(PANEL_STYLE),
-                  **kwargs)
+    return Column(heading(letter, title), *children, name=name, styles=dict(PANEL_STYLE), **kwargs)
 
 
-def plot(title: str, width: int, height: int, *, tools: str = "", name: str | None = None,
-         **kwargs) -> figure:
+def plot(
+    title: str, width: int, height: int, *, tools: str = "", name: str | None = None, **kwargs
+) -> figure:
     """A figure with the site's quiet style: no logo, light grid, small titles."""
     kwargs.setdefault("toolbar_location", "below" if tools else None)
     p = figure(title=title, width=width, height=height, tools=tools, name=name, **kwargs)

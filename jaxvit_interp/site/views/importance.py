@@ -38,85 +38,175 @@ def build(ctx: Context):
     L, H = info["num_layers"], info["num_heads"]
     metrics = ctx.options.get("metrics") or info["metrics"]
     default = ctx.options.get("default_metric") or metrics[0]
-    select = ctx.add("metric_select", Select(
-        title="Metric", value=default, width=260,
-        options=[(m, f"{m}: {info['metric_info'][m]['title']}") for m in metrics],
-    ))
+    select = ctx.add(
+        "metric_select",
+        Select(
+            title="Metric",
+            value=default,
+            width=260,
+            options=[(m, f"{m}: {info['metric_info'][m]['title']}") for m in metrics],
+        ),
+    )
 
     # --- B1: the head grid --------------------------------------------------------------------
     mapper = ctx.add("value_mapper", LinearColorMapper(palette=list(Viridis256), low=0, high=1))
     cell = 26 if H <= 16 else 14
     width = max(300, min(480, 70 + cell * H + 80))
     height = max(180, min(320, 60 + cell * L))
-    p = plot("", width, height, name="importance_grid",
-             x_range=Range1d(-0.5, H - 0.5), y_range=Range1d(L - 0.5, -0.5))
+    p = plot(
+        "",
+        width,
+        height,
+        name="importance_grid",
+        x_range=Range1d(-0.5, H - 0.5),
+        y_range=Range1d(L - 0.5, -0.5),
+    )
     ctx.add("importance_title", p.title)
     p.xaxis.axis_label = "head"
     p.yaxis.axis_label = "layer"
     for axis, n in ((p.xaxis, H), (p.yaxis, L)):
         axis.ticker = list(range(n)) if n <= 16 else list(range(0, n, 2))
     p.grid.visible = False
-    r = p.rect("head", "layer", 0.94, 0.94, source=heads, name="importance_cells",
-               fill_color={"field": "value", "transform": mapper}, line_color="white")
-    r.selection_glyph = r.glyph.clone(fill_color={"field": "value", "transform": mapper},
-                             line_color="#d62728", line_width=3)
-    r.nonselection_glyph = r.glyph.clone(fill_color={"field": "value", "transform": mapper},
-                                line_color="white")
+    r = p.rect(
+        "head",
+        "layer",
+        0.94,
+        0.94,
+        source=heads,
+        name="importance_cells",
+        fill_color={"field": "value", "transform": mapper},
+        line_color="white",
+    )
+    r.selection_glyph = r.glyph.clone(
+        fill_color={"field": "value", "transform": mapper}, line_color="#d62728", line_width=3
+    )
+    r.nonselection_glyph = r.glyph.clone(
+        fill_color={"field": "value", "transform": mapper}, line_color="white"
+    )
     if H <= 16 and L <= 24:
-        labels = p.text("head", "layer", text="value_text", source=heads, text_align="center",
-                        text_baseline="middle", text_font_size="8px" if H > 8 else "9px",
-                        text_color="text_color")
+        labels = p.text(
+            "head",
+            "layer",
+            text="value_text",
+            source=heads,
+            text_align="center",
+            text_baseline="middle",
+            text_font_size="8px" if H > 8 else "9px",
+            text_color="text_color",
+        )
         _keep_style(labels)
     p.add_tools(TapTool(renderers=[r], mode="replace"))
-    p.add_tools(HoverTool(renderers=[r], tooltips=[
-        ("head", "@name"), ("metric", "@metric"), ("value", "@value{0.0000}"),
-        ("flip fraction (all images)", "@flip_fraction{0.000}"),
-    ]))
-    bar = ColorBar(color_mapper=mapper, width=10, label_standoff=4,
-                   major_label_text_font_size="9px")
+    p.add_tools(
+        HoverTool(
+            renderers=[r],
+            tooltips=[
+                ("head", "@name"),
+                ("metric", "@metric"),
+                ("value", "@value{0.0000}"),
+                ("flip fraction (all images)", "@flip_fraction{0.000}"),
+            ],
+        )
+    )
+    bar = ColorBar(
+        color_mapper=mapper, width=10, label_standoff=4, major_label_text_font_size="9px"
+    )
     p.add_layout(bar, "right")
     ctx.add("value_colorbar", bar)
 
     # --- B2: partial pruning ------------------------------------------------------------------
     modes = info["pruning_modes"]
-    bars = ctx.add("partial_bars", ColumnDataSource(data={
-        "mode": list(modes), "prob": [0.0] * len(modes), "label": [""] * len(modes),
-        "head": [""] * len(modes)}))
-    q = plot("probability after partial pruning", 300, height, name="partial_plot",
-             x_range=FactorRange(*modes), y_range=Range1d(0, 1.12))
+    bars = ctx.add(
+        "partial_bars",
+        ColumnDataSource(
+            data={
+                "mode": list(modes),
+                "prob": [0.0] * len(modes),
+                "label": [""] * len(modes),
+                "head": [""] * len(modes),
+            }
+        ),
+    )
+    q = plot(
+        "probability after partial pruning",
+        300,
+        height,
+        name="partial_plot",
+        x_range=FactorRange(*modes),
+        y_range=Range1d(0, 1.12),
+    )
     ctx.add("partial_title", q.title)
     q.xaxis.major_label_orientation = 0.6
     q.yaxis.axis_label = "p(label)"
-    vb = q.vbar(x="mode", top="prob", width=0.75, source=bars, fill_color="#9ecae1",
-                line_color="#6b9ac4", name="partial_bars_glyph")
+    vb = q.vbar(
+        x="mode",
+        top="prob",
+        width=0.75,
+        source=bars,
+        fill_color="#9ecae1",
+        line_color="#6b9ac4",
+        name="partial_bars_glyph",
+    )
     vb.selection_glyph = vb.glyph.clone(fill_color="#3182bd", line_color="#08519c", line_width=2)
     vb.nonselection_glyph = vb.glyph.clone(fill_color="#c6dbef", line_color="#9ecae1")
-    _keep_style(q.text("mode", "prob", text="label", source=bars, text_align="center",
-                       text_baseline="bottom", text_font_size="9px", y_offset=-1))
+    _keep_style(
+        q.text(
+            "mode",
+            "prob",
+            text="label",
+            source=bars,
+            text_align="center",
+            text_baseline="bottom",
+            text_font_size="9px",
+            y_offset=-1,
+        )
+    )
     q.add_tools(TapTool(renderers=[vb], mode="replace"))
-    q.add_tools(HoverTool(renderers=[vb], tooltips=[
-        ("head", "@head"), ("mode", "@mode"), ("p(label)", "@label")]))
+    q.add_tools(
+        HoverTool(
+            renderers=[vb], tooltips=[("head", "@head"), ("mode", "@mode"), ("p(label)", "@label")]
+        )
+    )
     partial_note = text_box(ctx, "partial_note", width=width + 300 + 250)
 
     # --- B3: top-5 --------------------------------------------------------------------------
-    top5 = ctx.add("top5_view", ColumnDataSource(data={
-        "rank": [], "prob": [], "text": [], "y": [], "head": []}))
+    top5 = ctx.add(
+        "top5_view",
+        ColumnDataSource(data={"rank": [], "prob": [], "text": [], "y": [], "head": []}),
+    )
     top_k = info["top_k"]
-    t = plot("top-5 predictions after pruning", 250, height, name="top5_plot",
-             x_range=Range1d(0, 1.0), y_range=Range1d(0.4, top_k + 0.6))
+    t = plot(
+        "top-5 predictions after pruning",
+        250,
+        height,
+        name="top5_plot",
+        x_range=Range1d(0, 1.0),
+        y_range=Range1d(0.4, top_k + 0.6),
+    )
     ctx.add("top5_title", t.title)
     # Rank 1 at the top: rank r is drawn at y = top_k + 1 - r.
     t.yaxis.ticker = list(range(1, top_k + 1))
     t.yaxis.major_label_overrides = {top_k + 1 - r: f"#{r}" for r in range(1, top_k + 1)}
     t.xaxis.axis_label = "probability"
     t.grid.visible = False
-    t.hbar(y="y", right="prob", height=0.7, source=top5, fill_color="#c6dbef",
-           line_color="#9ecae1")
+    t.hbar(y="y", right="prob", height=0.7, source=top5, fill_color="#c6dbef", line_color="#9ecae1")
     # Drawn on the canvas as text: class names are never interpreted as HTML.
-    t.text(x=0, y="y", text="text", source=top5, text_baseline="middle", x_offset=6,
-           text_font_size="10px", text_color="#222")
-    return panel("B", "Head Importance", "view_B", [
-        select,
-        row(p, column(q), column(t)),
-        partial_note,
-    ])
+    t.text(
+        x=0,
+        y="y",
+        text="text",
+        source=top5,
+        text_baseline="middle",
+        x_offset=6,
+        text_font_size="10px",
+        text_color="#222",
+    )
+    return panel(
+        "B",
+        "Head Importance",
+        "view_B",
+        [
+            select,
+            row(p, column(q), column(t)),
+            partial_note,
+        ],
+    )

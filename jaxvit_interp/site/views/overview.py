@@ -19,22 +19,51 @@ WIDTH = 420
 def build(ctx: Context):
     images = ctx.sources["images"]
     info = ctx.info
-    p = plot("images in 2-D, coloured by class (faint = low probability)", WIDTH, 430,
-             tools="pan,wheel_zoom,reset", name="overview_plot")
+    p = plot(
+        "images in 2-D, coloured by class (faint = low probability)",
+        WIDTH,
+        430,
+        tools="pan,wheel_zoom,reset",
+        name="overview_plot",
+    )
     p.xaxis.visible = p.yaxis.visible = False
     p.grid.visible = False
-    r = p.scatter("x", "y", source=images, size=8, fill_color="color", fill_alpha="alpha",
-                  line_color="#2b2f36", line_width="outline", name="overview_points")
-    r.selection_glyph = r.glyph.clone(size=14, fill_color="color", fill_alpha=1.0,
-                                line_color="#d62728", line_width=3)
-    r.nonselection_glyph = r.glyph.clone(size=7, fill_color="color", fill_alpha=0.3,
-                                   line_color="#2b2f36", line_alpha=0.3, line_width="outline")
+    r = p.scatter(
+        "x",
+        "y",
+        source=images,
+        size=8,
+        fill_color="color",
+        fill_alpha="alpha",
+        line_color="#2b2f36",
+        line_width="outline",
+        name="overview_points",
+    )
+    r.selection_glyph = r.glyph.clone(
+        size=14, fill_color="color", fill_alpha=1.0, line_color="#d62728", line_width=3
+    )
+    r.nonselection_glyph = r.glyph.clone(
+        size=7,
+        fill_color="color",
+        fill_alpha=0.3,
+        line_color="#2b2f36",
+        line_alpha=0.3,
+        line_width="outline",
+    )
     p.add_tools(TapTool(renderers=[r], mode="replace"))
     prob_name = "predicted class" if info["labels_are_predictions"] else "label"
-    p.add_tools(HoverTool(renderers=[r], tooltips=[
-        ("id", "@id"), ("label", "@label"), ("predicted", "@predicted"),
-        (f"p({prob_name})", "@prob{0.000}"), ("also stored", "@stored"),
-    ]))
+    p.add_tools(
+        HoverTool(
+            renderers=[r],
+            tooltips=[
+                ("id", "@id"),
+                ("label", "@label"),
+                ("predicted", "@predicted"),
+                (f"p({prob_name})", "@prob{0.000}"),
+                ("also stored", "@stored"),
+            ],
+        )
+    )
     num_classes = len(info["class_names"])
     if num_classes <= 20:
         # The legend draws from its own never-drawn points (NaN positions), one per class, so
@@ -42,24 +71,45 @@ def build(ctx: Context):
         from bokeh.models import ColumnDataSource
 
         palette = class_palette(num_classes)
-        keys = ColumnDataSource(data={
-            "x": [float("nan")] * num_classes, "y": [float("nan")] * num_classes,
-            "color": palette, "label": list(info["class_names"])})
+        keys = ColumnDataSource(
+            data={
+                "x": [float("nan")] * num_classes,
+                "y": [float("nan")] * num_classes,
+                "color": palette,
+                "label": list(info["class_names"]),
+            }
+        )
         key = p.scatter("x", "y", source=keys, size=8, fill_color="color", line_color=None)
-        legend = Legend(items=[LegendItem(label=value(name), renderers=[key], index=c)
-                               for c, name in enumerate(info["class_names"])],
-                        label_text_font_size="10px", glyph_height=12, glyph_width=12,
-                        spacing=0, padding=4, margin=0, border_line_color=None)
+        legend = Legend(
+            items=[
+                LegendItem(label=value(name), renderers=[key], index=c)
+                for c, name in enumerate(info["class_names"])
+            ],
+            label_text_font_size="10px",
+            glyph_height=12,
+            glyph_width=12,
+            spacing=0,
+            padding=4,
+            margin=0,
+            border_line_color=None,
+        )
         p.add_layout(legend, "right")
 
-    search = ctx.add("search", TextInput(title="Find an image (id or label), then Enter",
-                                         placeholder="e.g. 7 or img-0012", width=250))
-    everything = ctx.add("global_button", Button(label="All images (global)", width=140,
-                                                 button_type="default", align="end"))
+    search = ctx.add(
+        "search",
+        TextInput(
+            title="Find an image (id or label), then Enter",
+            placeholder="e.g. 7 or img-0012",
+            width=250,
+        ),
+    )
+    everything = ctx.add(
+        "global_button",
+        Button(label="All images (global)", width=140, button_type="default", align="end"),
+    )
     # Fixed widths: a Div that resizes with its text would move the views beside it.
     status = text_box(ctx, "search_status", "", width=WIDTH)
     chosen = text_box(ctx, "image_info", "", width=WIDTH)
     from bokeh.layouts import row
 
-    return panel("A", "Image Overview", "view_A",
-                 [row(search, everything), status, chosen, p])
+    return panel("A", "Image Overview", "view_A", [row(search, everything), status, chosen, p])

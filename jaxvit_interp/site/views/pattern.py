@@ -40,44 +40,98 @@ def _embedding(ctx: Context):
     heads = ctx.sources["heads"]
     kinds = info["kinds"]
     extent = info["extents"][kinds[0]] if kinds else [0, 1, 0, 1]
-    p = plot("heads in the pattern embedding", 420, 420, tools="pan,wheel_zoom,reset",
-             name="embedding_plot", x_range=Range1d(extent[0], extent[1]),
-             y_range=Range1d(extent[2], extent[3]))
+    p = plot(
+        "heads in the pattern embedding",
+        420,
+        420,
+        tools="pan,wheel_zoom,reset",
+        name="embedding_plot",
+        x_range=Range1d(extent[0], extent[1]),
+        y_range=Range1d(extent[2], extent[3]),
+    )
     ctx.add("embedding_title", p.title)
     ctx.add("embedding_x_range", p.x_range)
     ctx.add("embedding_y_range", p.y_range)
     p.grid.visible = False
     p.xaxis.visible = p.yaxis.visible = False
-    density = ctx.add("density_view", ColumnDataSource(data={
-        "image": [], "x": [], "y": [], "dw": [], "dh": []}))
-    density_mapper = LinearColorMapper(palette=list(Greys256[60:]), low=0, high=1,
-                                       low_color=(0, 0, 0, 0))
+    density = ctx.add(
+        "density_view", ColumnDataSource(data={"image": [], "x": [], "y": [], "dw": [], "dh": []})
+    )
+    density_mapper = LinearColorMapper(
+        palette=list(Greys256[60:]), low=0, high=1, low_color=(0, 0, 0, 0)
+    )
     density_mapper.palette = density_mapper.palette[::-1]  # dense = dark
-    p.image(image="image", x="x", y="y", dw="dw", dh="dh", source=density,
-            color_mapper=density_mapper, global_alpha=0.55)
-    per_image = ctx.add("head_images", ColumnDataSource(data={
-        "x": [], "y": [], "color": [], "id": [], "label": [], "size": []}))
-    pts = p.scatter("x", "y", source=per_image, size="size", fill_color="color",
-                    fill_alpha=0.6, line_color="#555555", line_alpha=0.6, marker="circle")
+    p.image(
+        image="image",
+        x="x",
+        y="y",
+        dw="dw",
+        dh="dh",
+        source=density,
+        color_mapper=density_mapper,
+        global_alpha=0.55,
+    )
+    per_image = ctx.add(
+        "head_images",
+        ColumnDataSource(data={"x": [], "y": [], "color": [], "id": [], "label": [], "size": []}),
+    )
+    pts = p.scatter(
+        "x",
+        "y",
+        source=per_image,
+        size="size",
+        fill_color="color",
+        fill_alpha=0.6,
+        line_color="#555555",
+        line_alpha=0.6,
+        marker="circle",
+    )
     p.add_tools(HoverTool(renderers=[pts], tooltips=[("image", "@id"), ("label", "@label")]))
-    r = p.scatter("pos_x", "pos_y", source=heads, size=11, fill_color="layer_color",
-                  line_color="white", line_width=1, name="embedding_heads", marker="circle")
-    r.selection_glyph = r.glyph.clone(size=18, fill_color="layer_color", line_color="#d62728",
-                                line_width=3, marker="circle")
-    r.nonselection_glyph = r.glyph.clone(size=10, fill_color="layer_color", fill_alpha=0.85,
-                                   line_color="white", marker="circle")
+    r = p.scatter(
+        "pos_x",
+        "pos_y",
+        source=heads,
+        size=11,
+        fill_color="layer_color",
+        line_color="white",
+        line_width=1,
+        name="embedding_heads",
+        marker="circle",
+    )
+    r.selection_glyph = r.glyph.clone(
+        size=18, fill_color="layer_color", line_color="#d62728", line_width=3, marker="circle"
+    )
+    r.nonselection_glyph = r.glyph.clone(
+        size=10, fill_color="layer_color", fill_alpha=0.85, line_color="white", marker="circle"
+    )
     p.add_tools(TapTool(renderers=[r], mode="replace"))
-    p.add_tools(HoverTool(renderers=[r], tooltips=[
-        ("head", "@name"), ("position", "(@pos_x{0.00}, @pos_y{0.00})")]))
-    toggle = ctx.add("kind_toggle", RadioButtonGroup(
-        labels=[KIND_LABELS[k] for k in kinds] or ["no pattern results"],
-        active=kinds.index(ctx.options["default_kind"])
-        if ctx.options.get("default_kind") in kinds else 0,
-        width=260))
-    note = text_box(ctx, "embedding_note", (
-        "Large dots: heads (coloured by layer); small dots: the chosen head on each image; "
-        "grey: density of all (image, head) points.") if kinds else
-        "This results bundle has no pattern results.", width=400)
+    p.add_tools(
+        HoverTool(
+            renderers=[r],
+            tooltips=[("head", "@name"), ("position", "(@pos_x{0.00}, @pos_y{0.00})")],
+        )
+    )
+    toggle = ctx.add(
+        "kind_toggle",
+        RadioButtonGroup(
+            labels=[KIND_LABELS[k] for k in kinds] or ["no pattern results"],
+            active=kinds.index(ctx.options["default_kind"])
+            if ctx.options.get("default_kind") in kinds
+            else 0,
+            width=260,
+        ),
+    )
+    note = text_box(
+        ctx,
+        "embedding_note",
+        (
+            "Large dots: heads (coloured by layer); small dots: the chosen head on each image; "
+            "grey: density of all (image, head) points."
+        )
+        if kinds
+        else "This results bundle has no pattern results.",
+        width=400,
+    )
     return column(toggle, p, note)
 
 
@@ -85,43 +139,72 @@ def _image(ctx: Context):
     info = ctx.info
     gh, gw = info["grid"]
     scale = 280 / max(gh, gw)
-    p = plot("chosen image: click a patch to make it the query", int(gw * scale) + 50,
-             int(gh * scale) + 40, name="image_plot", x_range=Range1d(0, gw),
-             y_range=Range1d(0, gh))
+    p = plot(
+        "chosen image: click a patch to make it the query",
+        int(gw * scale) + 50,
+        int(gh * scale) + 40,
+        name="image_plot",
+        x_range=Range1d(0, gw),
+        y_range=Range1d(0, gh),
+    )
     ctx.add("image_title", p.title)
     p.xaxis.visible = p.yaxis.visible = False
     p.grid.visible = False
-    thumb = ctx.add("thumb", ColumnDataSource(data={
-        "image": [], "x": [], "y": [], "dw": [], "dh": []}))
+    thumb = ctx.add(
+        "thumb", ColumnDataSource(data={"image": [], "x": [], "y": [], "dw": [], "dh": []})
+    )
     p.image_rgba(image="image", x="x", y="y", dw="dw", dh="dh", source=thumb, origin="top_left")
-    patches = ctx.add("patches", ColumnDataSource(data={
-        "row": [r for r in range(gh) for _ in range(gw)],
-        "col": [c for _ in range(gh) for c in range(gw)],
-        "x": [c + 0.5 for _ in range(gh) for c in range(gw)],
-        "y": [gh - r - 0.5 for r in range(gh) for _ in range(gw)],
-        "heat": [0.0] * (gh * gw),
-        "alpha": [0.0] * (gh * gw),
-        "head": [""] * (gh * gw),
-    }))
+    patches = ctx.add(
+        "patches",
+        ColumnDataSource(
+            data={
+                "row": [r for r in range(gh) for _ in range(gw)],
+                "col": [c for _ in range(gh) for c in range(gw)],
+                "x": [c + 0.5 for _ in range(gh) for c in range(gw)],
+                "y": [gh - r - 0.5 for r in range(gh) for _ in range(gw)],
+                "heat": [0.0] * (gh * gw),
+                "alpha": [0.0] * (gh * gw),
+                "head": [""] * (gh * gw),
+            }
+        ),
+    )
     heat = ctx.add("heat_mapper", LinearColorMapper(palette=HEAT_PALETTE, low=0, high=1))
     fill = {"field": "heat", "transform": heat}
-    r = p.rect("x", "y", 1, 1, source=patches, fill_color=fill, fill_alpha="alpha",
-               line_color="#ffffff", line_alpha=0.35, name="patch_cells")
+    r = p.rect(
+        "x",
+        "y",
+        1,
+        1,
+        source=patches,
+        fill_color=fill,
+        fill_alpha="alpha",
+        line_color="#ffffff",
+        line_alpha=0.35,
+        name="patch_cells",
+    )
     # Selection is shown by the query marker instead, so the heat stays undimmed.
-    r.selection_glyph = r.glyph.clone(fill_color=fill, fill_alpha="alpha", line_color="#ffffff",
-                             line_alpha=0.35)
-    r.nonselection_glyph = r.glyph.clone(fill_color=fill, fill_alpha="alpha", line_color="#ffffff",
-                                line_alpha=0.35)
+    r.selection_glyph = r.glyph.clone(
+        fill_color=fill, fill_alpha="alpha", line_color="#ffffff", line_alpha=0.35
+    )
+    r.nonselection_glyph = r.glyph.clone(
+        fill_color=fill, fill_alpha="alpha", line_color="#ffffff", line_alpha=0.35
+    )
     p.add_tools(TapTool(renderers=[r], mode="replace"))
-    p.add_tools(HoverTool(renderers=[r], tooltips=[
-        ("head", "@head"), ("patch (row, col)", "(@row, @col)"),
-        ("attention from query", "@heat{0.0000}")]))
+    p.add_tools(
+        HoverTool(
+            renderers=[r],
+            tooltips=[
+                ("head", "@head"),
+                ("patch (row, col)", "(@row, @col)"),
+                ("attention from query", "@heat{0.0000}"),
+            ],
+        )
+    )
     marker = ctx.add("query_marker", ColumnDataSource(data={"x": [], "y": []}))
     p.rect("x", "y", 1, 1, source=marker, fill_alpha=0, line_color="#1f77b4", line_width=3)
     children = []
     if info["has_cls"]:
-        children.append(ctx.add("cls_query_button", Button(label="CLS token as query",
-                                                           width=160)))
+        children.append(ctx.add("cls_query_button", Button(label="CLS token as query", width=160)))
     note = text_box(ctx, "attention_note", "", width=int(gw * scale) + 50)
     return column(*children, p, note)
 
@@ -129,74 +212,155 @@ def _image(ctx: Context):
 def _matrix(ctx: Context):
     info = ctx.info
     N = info["num_tokens"]
-    p = plot("attention matrix (rows: query, columns: key)", 420, 420, name="matrix_plot",
-             x_range=Range1d(0, N), y_range=Range1d(N, 0))
+    p = plot(
+        "attention matrix (rows: query, columns: key)",
+        420,
+        420,
+        name="matrix_plot",
+        x_range=Range1d(0, N),
+        y_range=Range1d(N, 0),
+    )
     ctx.add("matrix_title", p.title)
     p.xaxis.axis_label = "key token" + (" (0 = CLS)" if info["has_cls"] else "")
     p.yaxis.axis_label = "query token"
     p.grid.visible = False
-    matrix = ctx.add("matrix_view", ColumnDataSource(data={
-        "image": [], "x": [], "y": [], "dw": [], "dh": [], "head": []}))
+    matrix = ctx.add(
+        "matrix_view",
+        ColumnDataSource(data={"image": [], "x": [], "y": [], "dw": [], "dh": [], "head": []}),
+    )
     mapper = ctx.add("matrix_mapper", LinearColorMapper(palette=HEAT_PALETTE, low=0, high=1))
-    img = p.image(image="image", x="x", y="y", dw="dw", dh="dh", source=matrix,
-                  color_mapper=mapper)  # with the flipped y range, row 0 (query 0) is on top
+    img = p.image(
+        image="image", x="x", y="y", dw="dw", dh="dh", source=matrix, color_mapper=mapper
+    )  # with the flipped y range, row 0 (query 0) is on top
     # Token t covers [t, t + 1): round the pointer down, not to the nearest token.
     token = CustomJSHover(code="return String(Math.floor(value))")
-    p.add_tools(HoverTool(renderers=[img], tooltips=[
-        ("head", "@head"), ("query", "$y{custom}"), ("key", "$x{custom}"),
-        ("attention", "@image{0.00000}")], formatters={"$x": token, "$y": token}))
-    band = ctx.add("query_band", BoxAnnotation(top=0, bottom=1, fill_alpha=0.0,
-                                               line_color="#1f77b4", line_width=2,
-                                               visible=False))
+    p.add_tools(
+        HoverTool(
+            renderers=[img],
+            tooltips=[
+                ("head", "@head"),
+                ("query", "$y{custom}"),
+                ("key", "$x{custom}"),
+                ("attention", "@image{0.00000}"),
+            ],
+            formatters={"$x": token, "$y": token},
+        )
+    )
+    band = ctx.add(
+        "query_band",
+        BoxAnnotation(
+            top=0, bottom=1, fill_alpha=0.0, line_color="#1f77b4", line_width=2, visible=False
+        ),
+    )
     p.add_layout(band)
-    bar = ColorBar(color_mapper=mapper, width=10, label_standoff=4,
-                   major_label_text_font_size="9px")
+    bar = ColorBar(
+        color_mapper=mapper, width=10, label_standoff=4, major_label_text_font_size="9px"
+    )
     p.add_layout(bar, "right")
     return p
 
 
 def _histogram(ctx: Context):
-    hist = ctx.add("value_hist", ColumnDataSource(data={
-        "left": [], "right": [], "count": [], "head": []}))
+    hist = ctx.add(
+        "value_hist", ColumnDataSource(data={"left": [], "right": [], "count": [], "head": []})
+    )
     p = plot("values of the attention matrix", 290, 190, name="value_hist_plot")
     p.xaxis.axis_label = "attention"
     p.yaxis.axis_label = "entries"
     p.y_range.start = 0
-    q = p.quad(left="left", right="right", top="count", bottom=0, source=hist,
-               fill_color="#fdae6b", line_color="#e6550d")
-    p.add_tools(HoverTool(renderers=[q], tooltips=[
-        ("head", "@head"), ("attention", "@left{0.0000} - @right{0.0000}"),
-        ("entries", "@count")]))
+    q = p.quad(
+        left="left",
+        right="right",
+        top="count",
+        bottom=0,
+        source=hist,
+        fill_color="#fdae6b",
+        line_color="#e6550d",
+    )
+    p.add_tools(
+        HoverTool(
+            renderers=[q],
+            tooltips=[
+                ("head", "@head"),
+                ("attention", "@left{0.0000} - @right{0.0000}"),
+                ("entries", "@count"),
+            ],
+        )
+    )
     return p
 
 
 def _representatives(ctx: Context):
-    reps = ctx.add("reps_view", ColumnDataSource(data={
-        "image": [], "x": [], "y": [], "dw": [], "dh": [], "count": [], "cluster": [],
-        "label_x": []}))
-    highlight = ctx.add("reps_highlight", ColumnDataSource(data={
-        "x": [], "y": [], "w": [], "h": []}))
-    p = plot("cluster representatives", 290, 170, name="reps_plot",
-             x_range=Range1d(-0.5, 10), y_range=Range1d(-2.2, 8))
+    reps = ctx.add(
+        "reps_view",
+        ColumnDataSource(
+            data={
+                "image": [],
+                "x": [],
+                "y": [],
+                "dw": [],
+                "dh": [],
+                "count": [],
+                "cluster": [],
+                "label_x": [],
+            }
+        ),
+    )
+    highlight = ctx.add(
+        "reps_highlight", ColumnDataSource(data={"x": [], "y": [], "w": [], "h": []})
+    )
+    p = plot(
+        "cluster representatives",
+        290,
+        170,
+        name="reps_plot",
+        x_range=Range1d(-0.5, 10),
+        y_range=Range1d(-2.2, 8),
+    )
     ctx.add("reps_title", p.title)
     ctx.add("reps_x_range", p.x_range)
     ctx.add("reps_y_range", p.y_range)
     p.xaxis.visible = p.yaxis.visible = False
     p.grid.visible = False
     mapper = LinearColorMapper(palette=HEAT_PALETTE, low=0, high=1)
-    img = p.image(image="image", x="x", y="y", dw="dw", dh="dh", source=reps,
-                  color_mapper=mapper, origin="top_left")
-    p.rect("x", "y", "w", "h", source=highlight, fill_alpha=0, line_color="#d62728",
-           line_width=3)
-    p.text("label_x", -0.4, text="count", source=reps, text_align="center",
-           text_baseline="top", text_font_size="9px", text_color="#555")
-    p.add_tools(HoverTool(renderers=[img], tooltips=[("cluster", "@cluster"),
-                                                     ("members", "@count")]))
+    img = p.image(
+        image="image",
+        x="x",
+        y="y",
+        dw="dw",
+        dh="dh",
+        source=reps,
+        color_mapper=mapper,
+        origin="top_left",
+    )
+    p.rect("x", "y", "w", "h", source=highlight, fill_alpha=0, line_color="#d62728", line_width=3)
+    p.text(
+        "label_x",
+        -0.4,
+        text="count",
+        source=reps,
+        text_align="center",
+        text_baseline="top",
+        text_font_size="9px",
+        text_color="#555",
+    )
+    p.add_tools(
+        HoverTool(renderers=[img], tooltips=[("cluster", "@cluster"), ("members", "@count")])
+    )
     return p
 
 
 def build(ctx: Context):
-    return panel("D", "Head Attention Pattern", "view_D", [
-        row(_embedding(ctx), _image(ctx), _matrix(ctx),
-            column(_histogram(ctx), _representatives(ctx))),
-    ])
+    return panel(
+        "D",
+        "Head Attention Pattern",
+        "view_D",
+        [
+            row(
+                _embedding(ctx),
+                _image(ctx),
+                _matrix(ctx),
+                column(_histogram(ctx), _representatives(ctx)),
+            ),
+        ],
+    )
