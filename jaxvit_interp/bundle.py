@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jaxvit_interp.errors import InputError
+from jaxvit_interp.storage import load_npz, save_npz, write_text
 
 BUNDLE_FORMAT = "jaxvit-interp-results"
 BUNDLE_VERSION = 1
@@ -80,7 +82,7 @@ OPTIONAL_ARRAYS = {
 }
 
 
-class BundleError(ValueError):
+class BundleError(InputError):
     """A results bundle that cannot be read: wrong version, missing part, mismatched shape."""
 
 
@@ -164,20 +166,11 @@ class ResultsBundle:
                         )
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_part(directory: Path, part: str, arrays: dict[str, np.ndarray]) -> None:
     """Write one part atomically (``part.npz``)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write(directory / f"{part}.npz", lambda f: np.savez(f, **arrays))
+    save_npz(directory / f"{part}.npz", arrays)
 
 
 def save_bundle(bundle: ResultsBundle, directory: str | Path) -> Path:
@@ -192,7 +185,7 @@ def save_bundle(bundle: ResultsBundle, directory: str | Path) -> Path:
         "parts": sorted(bundle.parts),
         **bundle.meta,
     }
-    _atomic_write(directory / INDEX_FILE, lambda f: f.write(json.dumps(index, indent=1).encode()))
+    write_text(directory / INDEX_FILE, json.dumps(index, indent=1))
     return directory
 
 
@@ -220,8 +213,7 @@ def load_bundle(directory: str | Path) -> ResultsBundle:
         path = directory / f"{part}.npz"
         if not path.exists():
             raise BundleError(f"part {part!r} is listed in {INDEX_FILE} but {path} is missing")
-        with np.load(path) as data:
-            parts[part] = {k: data[k] for k in data.files}
+        parts[part] = load_npz(path, what=f"results bundle part {part!r}")
     meta = {k: v for k, v in index.items() if k not in ("format", "version", "parts")}
     bundle = ResultsBundle(meta=meta, parts=parts)
     bundle.validate()

@@ -1,7 +1,9 @@
 """The ``jaxvit-interp`` command: ``demo``, ``analyze``, ``site``, ``inspect``, ``train-digits``.
 
-Every command ends a failure with one line, ``jaxvit-interp: error: ...``, and exit status 2;
-tracebacks are only for bugs.
+Every failure that is the input's or the environment's fault (a bad option, file or label, a
+corrupt checkpoint, a full disk, a closed pipe) ends with one line, ``jaxvit-interp: error:
+...`` (plus indented detail), and exit status 2. Tracebacks are only for bugs; set
+``JAXVIT_DEBUG=1`` to see one for any error.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import sys
 import tomllib
 from pathlib import Path
 
+from jaxvit_interp.errors import InputError, environment_error_message
+
 BUILTIN_DIGITS = "builtin:digits"
 DEFAULT_DEMO_OUT = "demo-site"
 
 
-class UsageError(ValueError):
+class UsageError(InputError):
     """A bad command line or configuration file."""
 
 
@@ -25,28 +29,82 @@ def _log(args, message: str) -> None:
         print(message, file=sys.stderr)
 
 
-def _load_model(checkpoint: str, allow_pickle: bool = False):
-    """``(config, params, identity)`` of a checkpoint path or ``builtin:digits``."""
+def _positive_int(value, what: str = "the value") -> int:
+    """``value`` as an integer of at least 1, or a :class:`UsageError` naming ``what``."""
+    try:
+        number = int(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or str(number) != str(value).strip() or number < 1:
+        raise UsageError(f"{what} must be a whole number of at least 1, got {value!r}")
+    return number
+
+
+def _arg_type(kind: str):
+    """An argparse ``type`` that rejects what the analysis would only reject later."""
+
+    def parse(text: str):
+        try:
+            value = float(text) if kind == "positive_float" else int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        least_ok = value > 0 if kind in ("positive_int", "positive_float") else value >= 0
+        if not least_ok or value != value:  # the second test refuses NaN
+            need = "more than 0" if kind != "count" else "0 or more"
+            raise argparse.ArgumentTypeError(f"must be {need}, got {text}")
+        return value
+
+    parse.__name__ = kind  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_INT, POSITIVE_FLOAT, COUNT = (
+    _arg_type("positive_int"),
+    _arg_type("positive_float"),
+    _arg_type("count"),
+)
+
+
+def _load_model(
+    checkpoint: str, allow_pickle: bool = False, class_names_file: str | None = None, args=None
+):
+    """``(config, params, identity)`` of a checkpoint path or ``builtin:digits``.
+
+    ``class_names_file`` (one name per line, or JSON) replaces the class names the checkpoint
+    carries, or gives them to one that carries none.
+    """
     import hashlib
 
     if checkpoint == BUILTIN_DIGITS:
         from jaxvit_interp.data.digits import WEIGHTS_FILE, builtin_path, load_digits_model
 
         config, params = load_digits_model()
-        path = builtin_path(WEIGHTS_FILE)
-        return config, params, {"path": BUILTIN_DIGITS, "sha256": _sha256(path)}
-    from jaxvit_interp.model.checkpoint import load_checkpoint
+        identity = {"path": BUILTIN_DIGITS, "sha256": _sha256(builtin_path(WEIGHTS_FILE))}
+    else:
+        from jaxvit_interp.model.checkpoint import load_checkpoint
 
-    path = Path(checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    config, params = load_checkpoint(path, allow_pickle=allow_pickle)
-    digest = (
-        _sha256(path)
-        if path.is_file()
-        else hashlib.sha256(str(path.resolve()).encode()).hexdigest()
-    )
-    return config, params, {"path": str(path), "sha256": digest}
+        path = Path(checkpoint)
+        if not path.exists():
+            raise UsageError(f"checkpoint {checkpoint} does not exist")
+        config, params = load_checkpoint(path, allow_pickle=allow_pickle)
+        digest = (
+            _sha256(path)
+            if path.is_file()
+            else hashlib.sha256(str(path.resolve()).encode()).hexdigest()
+        )
+        identity = {"path": str(path), "sha256": digest}
+    if class_names_file:
+        from jaxvit_interp.data.labels import read_class_names
+
+        if not Path(class_names_file).is_file():
+            raise UsageError(f"class names file {class_names_file} does not exist")
+        config = config.replace(class_names=read_class_names(class_names_file, config.num_classes))
+    elif config.class_names is None and args is not None:
+        _log(
+            args,
+            f"note: the model has no class names; its classes are shown as 0..{config.num_classes - 1} (give --class-names FILE to name them)",
+        )
+    return config, params, identity
 
 
 def _sha256(path: Path) -> str:
@@ -60,22 +118,38 @@ def _sha256(path: Path) -> str:
 
 
 def _load_images(source: str, config, labels_csv: str | None, max_images: int | None, args):
-    """``(images, labels, ids, class_names)`` from a folder or ``builtin:digits``."""
+    """``(images, labels, ids, class_names, label_matching)`` from a folder or ``builtin:digits``.
+
+    Labels are the model's class indices (:mod:`jaxvit_interp.data.labels`); ``label_matching``
+    records how they were matched, for the results bundle.
+    """
+    from jaxvit_interp.data.labels import display_class_names, match_labels
+
+    names = display_class_names(config.class_names, config.num_classes)
     if source == BUILTIN_DIGITS:
-        from jaxvit_interp.data.digits import CLASS_NAMES, load_digits
+        from jaxvit_interp.data.digits import load_digits
 
         if labels_csv:
             raise UsageError("--labels cannot be combined with the built-in digits images")
-        images, labels = load_digits("test")
+        images, digits = load_digits("test")
         ids = [f"test-{i:03d}" for i in range(len(images))]
         if max_images:
-            images, labels, ids = images[:max_images], labels[:max_images], ids[:max_images]
-        return images, labels, ids, list(CLASS_NAMES)
+            images, digits, ids = images[:max_images], digits[:max_images], ids[:max_images]
+        texts = [str(d) for d in digits]
+        matching = match_labels(
+            texts,
+            class_names=config.class_names,
+            num_classes=config.num_classes,
+            origins={t: f"built-in digit {t}" for t in texts},
+            source="builtin",
+        )
+        labels = [matching.index[t] for t in texts]
+        return images, labels, ids, names, matching.to_dict(names)
     from jaxvit_interp.data.images import load_image_folder
 
     folder = Path(source)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {source} does not exist")
+        raise UsageError(f"image folder {source} does not exist")
     import logging
     import warnings
 
@@ -93,20 +167,15 @@ def _load_images(source: str, config, labels_csv: str | None, max_images: int | 
         loader_log.setLevel(level)
     for path, reason in image_set.skipped:
         print(f"jaxvit-interp: skipped {path}: {reason}", file=sys.stderr)
+    matching = image_set.label_matching
+    if matching is not None and matching.note:
+        print(f"jaxvit-interp: note: {matching.note}", file=sys.stderr)
     images, labels, ids = image_set.images, image_set.labels, list(image_set.ids)
     if max_images:
         images, ids = images[:max_images], ids[:max_images]
         labels = None if labels is None else labels[:max_images]
-    class_names = list(image_set.class_names) if image_set.class_names else None
-    if labels is not None and len(labels) and int(max(labels)) >= config.num_classes:
-        worst = int(max(labels))
-        name = class_names[worst] if class_names else str(worst)
-        raise UsageError(
-            f"label {name!r} (class index {worst}) is outside the model's {config.num_classes} classes"
-        )
-    if class_names is not None and len(class_names) != config.num_classes:
-        class_names = None  # the folder's classes are a subset; name the model's by index
-    return images, labels, ids, class_names
+    names = image_set.class_names
+    return images, labels, ids, names, None if matching is None else matching.to_dict(names)
 
 
 def _settings_from(args, file_settings: dict):
@@ -136,18 +205,31 @@ def _read_config_file(path: str | None) -> dict:
     if not path:
         return {}
     p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"config file {path} does not exist")
+    if not p.is_file():
+        raise UsageError(f"config file {path} does not exist")
     try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as err:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"config file {path} is not valid TOML: {err}") from None
-    allowed = {"checkpoint", "images", "labels", "out", "max_images", "allow_pickle", "analysis"}
+    allowed = {
+        "checkpoint",
+        "images",
+        "labels",
+        "class_names",
+        "out",
+        "max_images",
+        "allow_pickle",
+        "analysis",
+    }
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise UsageError(
             f"config file {path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
         )
+    if "max_images" in data:
+        data["max_images"] = _positive_int(data["max_images"], f"config file {path}: max_images")
+    if not isinstance(data.get("analysis", {}), dict):
+        raise UsageError(f"config file {path}: [analysis] must be a table of settings")
     return data
 
 
@@ -168,17 +250,19 @@ def _analyze(args) -> int:
     for flag, value in (("--checkpoint", checkpoint), ("--images", images_src), ("--out", out)):
         if not value:
             raise UsageError(f"{flag} is required (on the command line or in --config)")
+    # Every setting is checked before the model or the images are read, and all of them before
+    # the run folder is made: a rejected option never leaves a folder behind.
     settings = _settings_from(args, file_cfg.get("analysis", {}))
     _maybe_distributed(args)
     config, params, identity = _load_model(
-        checkpoint, args.allow_pickle or file_cfg.get("allow_pickle", False)
-    )
-    images, labels, ids, class_names = _load_images(
-        images_src,
-        config,
-        args.labels or file_cfg.get("labels"),
-        args.max_images or file_cfg.get("max_images"),
+        checkpoint,
+        args.allow_pickle or file_cfg.get("allow_pickle", False),
+        args.class_names or file_cfg.get("class_names"),
         args,
+    )
+    max_images = args.max_images if args.max_images is not None else file_cfg.get("max_images")
+    images, labels, ids, class_names, matching = _load_images(
+        images_src, config, args.labels or file_cfg.get("labels"), max_images, args
     )
     analyze(
         config,
@@ -188,6 +272,7 @@ def _analyze(args) -> int:
         labels=labels,
         image_ids=ids,
         class_names=class_names,
+        label_matching=matching,
         model_identity=identity,
         settings=settings,
         progress=not args.quiet,
@@ -208,7 +293,7 @@ def _site(args) -> int:
         )
     run = Path(args.target[0])
     if not run.exists():
-        raise FileNotFoundError(f"run folder {run} does not exist")
+        raise UsageError(f"run folder {run} does not exist")
     html = build_site(load_bundle(run), args.out, title=args.title)
     print(f"site written to {html}")
     return 0
@@ -226,7 +311,7 @@ def _site_from_spec(args, spec_path: str) -> int:
     run = out / "run"
     config, params, identity = _load_model(str(spec.model))
     labels_csv = str(spec.labels) if spec.labels else None
-    images, labels, ids, class_names = _load_images(
+    images, labels, ids, class_names, matching = _load_images(
         str(spec.images), config, labels_csv, spec.max_images, args
     )
     settings = AnalysisSettings.from_dict(
@@ -245,6 +330,7 @@ def _site_from_spec(args, spec_path: str) -> int:
         labels=labels,
         image_ids=ids,
         class_names=class_names,
+        label_matching=matching,
         model_identity=identity,
         settings=settings,
         progress=not args.quiet,
@@ -260,7 +346,7 @@ def _site_from_spec(args, spec_path: str) -> int:
 def _demo(args) -> int:
     spec = Path(__file__).resolve().parents[1] / "sites" / "digits.toml"
     if not spec.exists():
-        raise FileNotFoundError(
+        raise UsageError(
             f"the demo's site spec {spec} is missing: run the demo from a checkout of the repository"
         )
     args.target = ["build", str(spec)]
@@ -293,25 +379,33 @@ def _train_digits(args) -> int:
 
 def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("analysis options (defaults: see AnalysisSettings)")
-    g.add_argument("--chunk-images", type=int, help="images per resumable chunk (default 64)")
     g.add_argument(
-        "--batch-size", type=int, help="images per device pass (default: fit the memory budget)"
+        "--chunk-images", type=POSITIVE_INT, help="images per resumable chunk (default 64)"
     )
     g.add_argument(
-        "--memory-budget-mb", type=float, help="per-device working-set budget in MiB for ablations"
+        "--batch-size",
+        type=POSITIVE_INT,
+        help="images per device pass (default: fit the memory budget)",
+    )
+    g.add_argument(
+        "--memory-budget-mb",
+        type=POSITIVE_FLOAT,
+        help="per-device working-set budget in MiB for ablations",
     )
     g.add_argument(
         "--partial-images",
-        type=int,
-        help="images that get partial pruning of every head (default 64)",
+        type=COUNT,
+        help="images that get partial pruning of every head (default 64; 0: none)",
     )
     g.add_argument(
         "--attention-images",
-        type=int,
-        help="images whose full attention is kept for the site (default 32)",
+        type=COUNT,
+        help="images whose full attention is kept for the site (default 32; 0: none)",
     )
     g.add_argument(
-        "--clusters", type=int, help="number of pattern clusters (default: chosen from the data)"
+        "--clusters",
+        type=POSITIVE_INT,
+        help="number of pattern clusters (default: chosen from the data)",
     )
     g.add_argument(
         "--projection",
@@ -320,17 +414,26 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--pattern-samples",
-        type=int,
-        help="most patterns each autoencoder trains on (default 20000)",
+        type=POSITIVE_INT,
+        help="most patterns each autoencoder trains on (default 20000, at least 32)",
     )
     g.add_argument(
-        "--thumbnail-size", type=int, help="longest thumbnail side in pixels (default 112)"
+        "--thumbnail-size",
+        type=POSITIVE_INT,
+        help="longest thumbnail side in pixels (default 112)",
     )
     g.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad command line told in one line (plus where to look) like any error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n  (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jaxvit-interp",
         description="How attention works in Vision Transformers: head importance, attention strength "
         "and patterns, published as one offline HTML file.",
@@ -361,13 +464,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--images", help=f"image folder (class subfolders or --labels CSV) or {BUILTIN_DIGITS}"
     )
-    p.add_argument("--labels", help="CSV with columns file,label (label: class name or index)")
+    p.add_argument(
+        "--labels",
+        help="CSV with columns file,label (label: one of the model's class names or indices)",
+    )
+    p.add_argument(
+        "--class-names",
+        metavar="FILE",
+        help="the model's class names, one per line in class-index order (or a JSON list); "
+        "replaces the names the checkpoint carries",
+    )
     p.add_argument("--out", help="run folder to write (resumed if it holds this run)")
     p.add_argument(
         "--config",
         help="TOML file with the same keys as the flags (flags win); settings under [analysis]",
     )
-    p.add_argument("--max-images", type=int, help="analyse only the first N images (sorted by id)")
+    p.add_argument(
+        "--max-images",
+        type=POSITIVE_INT,
+        metavar="N",
+        help="analyse only the first N images (sorted by id)",
+    )
     p.add_argument(
         "--allow-pickle",
         action="store_true",
@@ -418,27 +535,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(message: str) -> None:
+    """``jaxvit-interp: error: <first line>``, then the message's detail lines, indented."""
+    first, *rest = message.strip().splitlines() or [""]
+    lines = [f"jaxvit-interp: error: {first}"]
+    lines += [line if line.startswith(" ") else f"  {line}" for line in rest]
+    print("\n".join(lines), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from jaxvit_interp.bundle import BundleError
-    from jaxvit_interp.model.checkpoint import CheckpointError
-
+    debug = bool(os.environ.get("JAXVIT_DEBUG"))
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handlers below
+        return status
     except KeyboardInterrupt:
         print("jaxvit-interp: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (
-        UsageError,
-        CheckpointError,
-        BundleError,
-        FileNotFoundError,
-        NotADirectoryError,
-        ValueError,
-    ) as err:
-        if os.environ.get("JAXVIT_DEBUG"):
+    except BrokenPipeError:
+        # Whoever read the output stopped reading (`| head`). Point stdout at /dev/null so that
+        # the interpreter's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _report("the output was closed before everything was written (broken pipe)")
+        return 2
+    except InputError as err:
+        if debug:
             raise
-        print(f"jaxvit-interp: error: {err or type(err).__name__}", file=sys.stderr)
+        _report(str(err) or type(err).__name__)
+        return 2
+    except OSError as err:
+        message = environment_error_message(err)
+        if message is None or debug:
+            raise  # not the environment's fault: a bug, with its traceback
+        _report(message)
         return 2
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import Preprocessing, ViTConfig
 
 CLASS_NAMES = [str(d) for d in range(10)]
@@ -38,6 +39,7 @@ DIGITS_CONFIG = ViTConfig(
     layer_norm_eps=1e-6,
     gelu_approximate=True,
     preprocessing=DIGITS_PREPROCESSING,
+    class_names=tuple(CLASS_NAMES),
 )
 
 BUILTIN_DIR = "builtin"
@@ -54,7 +56,7 @@ def load_digits(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
     if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+        raise InputError(f"split must be 'train', 'test' or 'all', got {split!r}")
     data = sklearn_digits()
     images = (data.images.astype(np.float32) / 16.0 - 0.5) / 0.5
     images = images[..., None]

@@ -2,16 +2,17 @@
 
 Two ways to give labels:
 
-- class subfolders, ``root/<class>/**/<image>``: the class names are the folder names, sorted
-  (or ``class_names`` when given, which fixes the label indices);
-- a CSV with a header row ``file,label``: ``file`` is a path relative to ``root``, ``label`` a
-  class name or an integer index into the class names.
+- class subfolders, ``root/<class>/**/<image>``: each folder name is a label;
+- a CSV with a header row ``file,label``: ``file`` is a path relative to ``root``, ``label`` the
+  image's label.
 
-With neither, ``root`` holds the images directly and there are no labels.
+Either way each label is matched to one of the *model's* classes, by class name, another
+spelling of it, or class index (:mod:`jaxvit_interp.data.labels`); a label that matches none is
+an error. With neither, ``root`` holds the images directly and there are no labels.
 
 A file that is not an image, or an image that fails to decode, is reported in
 :attr:`ImageSet.skipped` (and by a warning) and the rest load. Mistakes in the request itself (a
-missing folder, a CSV naming files that do not exist) raise ``ValueError``.
+missing folder, a CSV naming files that do not exist) raise :class:`~jaxvit_interp.errors.InputError`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import dataclasses
 import logging
 import os
 import posixpath
-import re
 import struct
 import warnings
 from collections.abc import Sequence
@@ -31,7 +31,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from jaxvit_interp.data.labels import LabelMatching, display_class_names, match_labels
 from jaxvit_interp.data.preprocess import _preprocess_checked, check_preprocessing
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageSet", "load_image_folder"]
@@ -51,7 +53,6 @@ _DECODE_ERRORS = (
     struct.error,
     Image.DecompressionBombError,
 )
-_INDEX = re.compile(r"[+-]?\d+")
 _SHOWN = 5  # how many skipped files a warning names before summarising the rest
 
 
@@ -61,11 +62,14 @@ class ImageSet:
 
     Attributes:
       images: ``[B, H, W, C]`` float32 model inputs (``(H, W) = config.image_size``).
-      labels: ``[B]`` int32 indices into ``class_names``, or ``None`` when the folder has no labels.
+      labels: ``[B]`` int32 class indices of the model, or ``None`` when the folder has no labels.
       ids: ``B`` paths relative to the folder, ``/``-separated, sorted by path components; the
         ``i``-th belongs to ``images[i]``.
-      class_names: the label names (empty when unlabelled and none were given).
+      class_names: the model's class names; for a model without names, the labels when they
+        were numbered in sorted order, else the class indices written out.
       skipped: ``(path relative to the folder, reason)`` for every file that was not loaded.
+      label_matching: how the folder's or CSV's labels were tied to the model's classes, or
+        ``None`` when there are no labels.
     """
 
     images: np.ndarray
@@ -73,6 +77,7 @@ class ImageSet:
     ids: list[str]
     class_names: list[str]
     skipped: list[tuple[str, str]]
+    label_matching: LabelMatching | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -99,97 +104,57 @@ def _walk_files(top: Path, root: Path) -> list[str]:
     return found
 
 
-def _check_class_names(class_names: Sequence[str] | None) -> list[str] | None:
-    if class_names is None:
-        return None
-    names = [str(n) for n in class_names]
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise ValueError(f"class_names lists {name!r} more than once")
-        seen.add(name)
-    return names
-
-
-def _read_labels_csv(
-    csv_path: Path, root: Path, class_names: list[str] | None
-) -> tuple[dict[str, int], list[str]]:
-    """Parse ``file,label`` rows -> ``({relative path: label index}, class names)``."""
+def _read_labels_csv(csv_path: Path, root: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Parse ``file,label`` rows -> ``({relative path: label text}, {label text: "file:line"})``."""
     if not csv_path.is_file():
-        raise ValueError(f"labels CSV {csv_path} does not exist")
-    rows: list[tuple[int, str, str]] = []  # (line, relative path, label text)
+        raise InputError(f"labels CSV {csv_path} does not exist")
+    labels: dict[str, str] = {}
+    origins: dict[str, str] = {}
     first_line: dict[str, int] = {}
     # utf-8-sig: spreadsheets often save a byte-order mark that would otherwise end up in "file".
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        columns = [c.strip().lower() for c in header] if header else []
-        if "file" not in columns or "label" not in columns:
-            raise ValueError(
-                f"labels CSV {csv_path} must start with a header row 'file,label'; "
-                f"its first row is {header!r}"
-            )
-        file_col, label_col = columns.index("file"), columns.index("label")
-        for row in reader:
-            line = reader.line_num
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) <= max(file_col, label_col):
-                raise ValueError(f"{csv_path}:{line}: expected columns file,label, got {row!r}")
-            name, label = row[file_col].strip(), row[label_col].strip()
-            if not name or not label:
-                raise ValueError(f"{csv_path}:{line}: empty file or label in {row!r}")
-            rel = posixpath.normpath(name.replace("\\", "/"))
-            if posixpath.isabs(rel) or rel == ".." or rel.startswith("../"):
-                raise ValueError(f"{csv_path}:{line}: file {name!r} is not inside {root}")
-            if rel in first_line:
-                raise ValueError(
-                    f"{csv_path}:{line}: file {name!r} is listed twice "
-                    f"(first on line {first_line[rel]})"
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            columns = [c.strip().lower() for c in header] if header else []
+            if "file" not in columns or "label" not in columns:
+                raise InputError(
+                    f"labels CSV {csv_path} must start with a header row 'file,label'; "
+                    f"its first row is {header!r}"
                 )
-            first_line[rel] = line
-            rows.append((line, rel, label))
+            file_col, label_col = columns.index("file"), columns.index("label")
+            for row in reader:
+                line = reader.line_num
+                if not any(cell.strip() for cell in row):
+                    continue
+                if len(row) <= max(file_col, label_col):
+                    raise InputError(f"{csv_path}:{line}: expected columns file,label, got {row!r}")
+                name, label = row[file_col].strip(), row[label_col].strip()
+                if not name or not label:
+                    raise InputError(f"{csv_path}:{line}: empty file or label in {row!r}")
+                rel = posixpath.normpath(name.replace("\\", "/"))
+                if posixpath.isabs(rel) or rel == ".." or rel.startswith("../"):
+                    raise InputError(f"{csv_path}:{line}: file {name!r} is not inside {root}")
+                if rel in first_line:
+                    raise InputError(
+                        f"{csv_path}:{line}: file {name!r} is listed twice "
+                        f"(first on line {first_line[rel]})"
+                    )
+                first_line[rel] = line
+                labels[rel] = label
+                origins.setdefault(label, f"{csv_path}:{line}")
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"labels CSV {csv_path} is not a readable UTF-8 CSV file: {err}") from None
 
-    missing = [(line, rel) for line, rel, _ in rows if not (root / rel).is_file()]
+    missing = [(first_line[rel], rel) for rel in labels if not (root / rel).is_file()]
     if missing:
         shown = ", ".join(f"{rel!r} (line {line})" for line, rel in missing[:_SHOWN])
         more = f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
-        raise ValueError(
+        raise InputError(
             f"labels CSV {csv_path} names {len(missing)} file(s) not found under {root}: "
             f"{shown}{more}"
         )
-
-    labels: dict[str, int] = {}
-    if class_names is not None:
-        index_of = {n: i for i, n in enumerate(class_names)}
-        for line, rel, label in rows:
-            # A listed name wins over reading it as a number, so class "3" in digits is class "3".
-            if label in index_of:
-                labels[rel] = index_of[label]
-            elif _INDEX.fullmatch(label):
-                i = int(label)
-                if not 0 <= i < len(class_names):
-                    raise ValueError(
-                        f"{csv_path}:{line}: label index {i} is out of range for "
-                        f"{len(class_names)} class names"
-                    )
-                labels[rel] = i
-            else:
-                raise ValueError(
-                    f"{csv_path}:{line}: unknown class {label!r}; class_names are {class_names}"
-                )
-        return labels, class_names
-
-    if all(_INDEX.fullmatch(label) for _, _, label in rows):
-        for line, rel, label in rows:
-            if int(label) < 0:
-                raise ValueError(f"{csv_path}:{line}: label index {label} is negative")
-            labels[rel] = int(label)
-        # Placeholder names keep class_names[label] valid for every label.
-        return labels, [str(i) for i in range(max(labels.values(), default=-1) + 1)]
-    names = sorted({label for _, _, label in rows})
-    index_of = {n: i for i, n in enumerate(names)}
-    return {rel: index_of[label] for _, rel, label in rows}, names
+    return labels, origins
 
 
 def _decode(path: Path, config: ViTConfig) -> np.ndarray:
@@ -213,66 +178,79 @@ def load_image_folder(
       root: the folder. With ``labels_csv`` every image it names is loaded; otherwise
         subfolders are classes (files directly in ``root`` are then skipped), or, with no
         subfolders, the images directly in ``root`` are loaded without labels.
-      config: gives ``image_size``, ``channels`` and ``preprocessing``.
+      config: gives ``image_size``, ``channels``, ``preprocessing``, ``num_classes`` and the
+        model's ``class_names``.
       labels_csv: CSV with header ``file,label`` (other columns ignored); images under ``root``
         it does not list are skipped and reported.
-      class_names: fixes the names and their order (label ``i`` is ``class_names[i]``);
-        subfolders or CSV labels outside it raise. Without it, names are the sorted subfolder
-        names, the sorted CSV names, or ``"0" .. "max"`` for integer CSV labels.
+      class_names: the model's class names, when ``config`` does not carry them (a name per
+        class, in class-index order).
       progress: show a tqdm bar (only on a terminal).
 
     Returns:
-      An :class:`ImageSet`; ``images`` is ``[B, H, W, C]`` float32.
+      An :class:`ImageSet`; ``images`` is ``[B, H, W, C]`` float32, ``labels`` the model's
+      class indices, ``class_names`` the model's (its indices when it has no names).
 
     Raises:
-      ValueError: the folder or CSV is missing, the CSV is malformed (names the line), names a
-        file twice or a file that does not exist, a label is unknown, the preprocessing cannot
-        give ``config.image_size``, or no image could be loaded.
+      InputError: the folder or CSV is missing, the CSV is malformed (names the line), names a
+        file twice or a file that does not exist, the preprocessing cannot give
+        ``config.image_size``, or no image could be loaded.
+      LabelError: a label is none of the model's classes (see :func:`match_labels`).
     """
     root = Path(root)
     if not root.exists():
-        raise ValueError(f"image folder {root} does not exist")
+        raise InputError(f"image folder {root} does not exist")
     if not root.is_dir():
-        raise ValueError(f"image folder {root} is not a folder")
+        raise InputError(f"image folder {root} is not a folder")
     check_preprocessing(config)
-    names = _check_class_names(class_names)
+    if class_names is None:
+        class_names = config.class_names
+    elif len(class_names) != config.num_classes:
+        raise InputError(
+            f"class_names gives {len(class_names)} names for a model with "
+            f"{config.num_classes} classes"
+        )
     skipped: list[tuple[str, str]] = []
-    labels_by_id: dict[str, int] | None
+    texts_by_id: dict[str, str] | None
+    origins: dict[str, str] = {}
+    source = "csv"
 
     if labels_csv is not None:
         csv_path = Path(labels_csv)
-        labels_by_id, names = _read_labels_csv(csv_path, root, names)
-        candidates = sorted(labels_by_id, key=_path_key)
+        texts_by_id, origins = _read_labels_csv(csv_path, root)
+        candidates = sorted(texts_by_id, key=_path_key)
         csv_rel = None
         if csv_path.resolve().is_relative_to(root.resolve()):
             csv_rel = csv_path.resolve().relative_to(root.resolve()).as_posix()
-        listed = set(labels_by_id)
         for rel in _walk_files(root, root):
-            if rel not in listed and rel != csv_rel:
+            if rel not in texts_by_id and rel != csv_rel:
                 skipped.append((rel, f"not listed in {csv_path.name}"))
     else:
         subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name))
         top_files = [p.name for p in root.iterdir() if p.is_file() and not _is_hidden(p.name)]
         if subdirs:
-            if names is None:
-                names = subdirs
-            else:
-                unknown = [d for d in subdirs if d not in names]
-                if unknown:
-                    raise ValueError(
-                        f"class folder(s) {unknown} under {root} are not in class_names {names}"
-                    )
-            index_of = {n: i for i, n in enumerate(names)}
-            labels_by_id = {}
+            source = "folders"
+            texts_by_id = {}
             for d in subdirs:
+                origins[d] = f"class folder {root / d}"
                 for rel in _walk_files(root / d, root):
-                    labels_by_id[rel] = index_of[d]
-            candidates = sorted(labels_by_id, key=_path_key)
+                    texts_by_id[rel] = d
+            candidates = sorted(texts_by_id, key=_path_key)
             skipped += [(f, "outside any class folder") for f in top_files]
         else:
-            labels_by_id = None
-            names = names or []
+            texts_by_id = None
             candidates = sorted(top_files, key=_path_key)
+
+    # Labels are tied to the model's classes before any image is decoded: a wrong label fails
+    # at once, not after minutes of loading.
+    matching = None
+    if texts_by_id is not None:
+        matching = match_labels(
+            list(texts_by_id.values()),
+            class_names=class_names,
+            num_classes=config.num_classes,
+            origins=origins,
+            source=source,
+        )
 
     images_to_load = []
     for rel in candidates:
@@ -282,7 +260,7 @@ def load_image_folder(
         else:
             skipped.append((rel, f"not an image file extension ({suffix or 'none'!r})"))
     if not images_to_load:
-        raise ValueError(
+        raise InputError(
             f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}"
             + (f"; skipped: {_describe(skipped)}" if skipped else "")
         )
@@ -310,7 +288,7 @@ def load_image_folder(
     for rel, reason in skipped:
         logger.warning("skipped %s: %s", root / rel, reason)
     if not ids:
-        raise ValueError(f"no image under {root} could be loaded; skipped: {_describe(skipped)}")
+        raise InputError(f"no image under {root} could be loaded; skipped: {_describe(skipped)}")
     if skipped:
         warnings.warn(
             f"skipped {len(skipped)} file(s) under {root}: {_describe(skipped)}", stacklevel=2
@@ -321,9 +299,16 @@ def load_image_folder(
         except ValueError:
             images = images[: len(ids)].copy()
     labels = None
-    if labels_by_id is not None:
-        labels = np.asarray([labels_by_id[rel] for rel in ids], dtype=np.int32)
-    return ImageSet(images=images, labels=labels, ids=ids, class_names=list(names), skipped=skipped)
+    if matching is not None:
+        labels = np.asarray([matching.index[texts_by_id[rel]] for rel in ids], dtype=np.int32)
+    return ImageSet(
+        images=images,
+        labels=labels,
+        ids=ids,
+        class_names=display_class_names(class_names, config.num_classes, matching),
+        skipped=skipped,
+        label_matching=matching,
+    )
 
 
 def _describe(skipped: list[tuple[str, str]]) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import Preprocessing, ViTConfig
 
 __all__ = [
@@ -46,7 +47,7 @@ def _resample(name: str) -> Image.Resampling:
         return Image.Resampling[name.upper()]
     except KeyError:
         options = ", ".join(m.lower() for m in Image.Resampling.__members__)
-        raise ValueError(
+        raise InputError(
             f"unknown preprocessing.resample {name!r}; expected one of {options}"
         ) from None
 
@@ -62,7 +63,7 @@ def _channel_stats(values: tuple[float, ...], name: str, channels: int) -> np.nd
         return arr.astype(np.float32)
     if arr.size == 1 or (channels == 1 and arr.size > 1 and np.all(arr == arr[0])):
         return np.full((channels,), arr[0], dtype=np.float32)
-    raise ValueError(
+    raise InputError(
         f"preprocessing.{name} has {arr.size} value(s) {tuple(values)} but the model has "
         f"{channels} channel(s)"
     )
@@ -77,19 +78,19 @@ def check_preprocessing(config: ViTConfig) -> None:
     p: Preprocessing = config.preprocessing
     h, w = config.image_size
     if config.channels not in (1, 3):
-        raise ValueError(f"config.channels must be 1 or 3 for image input, got {config.channels}")
+        raise InputError(f"config.channels must be 1 or 3 for image input, got {config.channels}")
     _resample(p.resample)
     _channel_stats(p.mean, "mean", config.channels)
     std = _channel_stats(p.std, "std", config.channels)
     if np.any(std <= 0):
-        raise ValueError(f"preprocessing.std must be positive, got {tuple(p.std)}")
+        raise InputError(f"preprocessing.std must be positive, got {tuple(p.std)}")
     if p.resize is None:
         return
     if isinstance(p.resize, int):
         if p.resize <= 0:
-            raise ValueError(f"preprocessing.resize must be positive, got {p.resize}")
+            raise InputError(f"preprocessing.resize must be positive, got {p.resize}")
         if not p.crop:
-            raise ValueError(
+            raise InputError(
                 f"preprocessing.resize={p.resize} (shorter side) without crop gives a size that "
                 f"depends on each image's aspect ratio, not image_size {config.image_size}; set "
                 "crop=True or resize=None"
@@ -97,21 +98,21 @@ def check_preprocessing(config: ViTConfig) -> None:
         # The shorter side becomes `resize` and the longer side at least that, so this is exactly
         # the condition for the crop to fit whatever the aspect ratio.
         if p.resize < max(h, w):
-            raise ValueError(
+            raise InputError(
                 f"preprocessing.resize={p.resize} (shorter side) is smaller than image_size "
                 f"{config.image_size}; the centre crop would not fit"
             )
         return
     rh, rw = p.resize
     if rh <= 0 or rw <= 0:
-        raise ValueError(f"preprocessing.resize must be positive, got {p.resize}")
+        raise InputError(f"preprocessing.resize must be positive, got {p.resize}")
     if p.crop and (rh < h or rw < w):
-        raise ValueError(
+        raise InputError(
             f"preprocessing.resize={tuple(p.resize)} is smaller than image_size "
             f"{config.image_size} on some side; the centre crop would not fit"
         )
     if not p.crop and (rh, rw) != (h, w):
-        raise ValueError(
+        raise InputError(
             f"preprocessing.resize={tuple(p.resize)} without crop must equal image_size "
             f"{config.image_size}"
         )
@@ -147,7 +148,7 @@ def to_model_mode(image: Image.Image, channels: int) -> Image.Image:
         integer images with values outside 0..65535.
     """
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+        raise InputError(f"channels must be 1 or 3, got {channels}")
     target = "L" if channels == 1 else "RGB"
     mode = image.mode
     if mode in _WIDE_INT_MODES:
@@ -193,7 +194,7 @@ def crop_box(size_hw: tuple[int, int], crop_hw: tuple[int, int]) -> tuple[int, i
     """
     (h, w), (ch, cw) = size_hw, crop_hw
     if ch > h or cw > w:
-        raise ValueError(f"cannot centre-crop {crop_hw} out of an image of size {size_hw}")
+        raise InputError(f"cannot centre-crop {crop_hw} out of an image of size {size_hw}")
     top = int(round((h - ch) / 2.0))
     left = int(round((w - cw) / 2.0))
     return (left, top, left + cw, top + ch)

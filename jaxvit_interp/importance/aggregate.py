@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance.ablation import HeadImportance
 from jaxvit_interp.importance.validate import METRICS
 
@@ -100,7 +101,7 @@ def rank_heads(scores: np.ndarray, *, higher_is_more_important: bool = True) -> 
     """
     scores = np.asarray(scores, np.float64)
     if scores.ndim != 2:
-        raise ValueError(f"scores must be [layer, head], got shape {scores.shape}")
+        raise InputError(f"scores must be [layer, head], got shape {scores.shape}")
     flat = scores.reshape(-1) if higher_is_more_important else -scores.reshape(-1)
     order = np.argsort(-flat, kind="stable")
     return np.stack(np.unravel_index(order, scores.shape), axis=-1).astype(np.int32)

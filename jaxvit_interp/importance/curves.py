@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance import validate
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import VisionTransformer
@@ -47,7 +48,7 @@ def cumulative_pruning_accuracy(
     images = validate.check_images(config, images)
     labels = validate.check_labels(config, labels, images.shape[0])
     if labels is None:
-        raise ValueError("cumulative_pruning_accuracy needs labels")
+        raise InputError("cumulative_pruning_accuracy needs labels")
     order = validate.check_heads(config, [tuple(x) for x in np.asarray(order).reshape(-1, 2)])
     mask = np.ones((config.num_layers, config.num_heads), np.float32)
     accuracy = []

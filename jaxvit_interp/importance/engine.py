@@ -44,6 +44,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance.metrics import layer_change
 from jaxvit_interp.importance.taylor import taylor_importance
 from jaxvit_interp.model.config import ViTConfig
@@ -570,7 +571,7 @@ def plan_chunks(
     while slots > 1 and per_image(slots) > budget:
         slots = -(-slots // 2)
     if per_image(slots) > budget:
-        raise ValueError(
+        raise InputError(
             f"memory budget {total_budget:,} bytes is too small: the parameters and one step "
             f"through a block take {int(0.9 * total_budget) - budget:,} bytes and one image with "
             f"one ablation at a time needs about {per_image(slots):,} more per device (with a "

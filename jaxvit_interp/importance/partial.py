@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance import validate
 from jaxvit_interp.importance.engine import run_engine
 from jaxvit_interp.importance.metrics import probability
@@ -113,7 +114,7 @@ def partial_pruning(
     modes = validate.check_modes(config, modes)
     top_k = validate.check_positive("top_k", top_k)
     if top_k > config.num_classes:
-        raise ValueError(f"top_k={top_k} exceeds the model's {config.num_classes} classes")
+        raise InputError(f"top_k={top_k} exceeds the model's {config.num_classes} classes")
     batch_size = validate.check_positive("batch_size", batch_size)
     memory_budget_bytes = validate.check_positive("memory_budget_bytes", memory_budget_bytes)
     mesh = validate.check_mesh(mesh)

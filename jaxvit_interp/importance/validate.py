@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
 
@@ -22,21 +23,21 @@ def check_images(config: ViTConfig, images) -> jax.Array | np.ndarray:
     if not isinstance(images, jax.Array):
         images = np.asarray(images)
         if images.dtype == object:
-            raise ValueError("images must be a numeric array [batch, height, width, channels]")
+            raise InputError("images must be a numeric array [batch, height, width, channels]")
         images = images.astype(np.float32, copy=False)
     else:
         images = images.astype(jnp.float32)
     expected = (*config.image_size, config.channels)
     if images.ndim != 4:
-        raise ValueError(
+        raise InputError(
             f"images have shape {tuple(images.shape)}; expected 4 axes "
             f"[batch, {expected[0]}, {expected[1]}, {expected[2]}]"
         )
     if images.shape[0] == 0:
-        raise ValueError("the image set is empty: images have 0 entries along the batch axis")
+        raise InputError("the image set is empty: images have 0 entries along the batch axis")
     if images.shape[1:] != expected:
         what = "channel count" if images.shape[1:3] == expected[:2] else "size"
-        raise ValueError(
+        raise InputError(
             f"images have the wrong {what}: shape {tuple(images.shape)}, but this model takes "
             f"[batch, {expected[0]}, {expected[1]}, {expected[2]}] "
             f"(image_size={config.image_size}, channels={config.channels})"
@@ -45,7 +46,7 @@ def check_images(config: ViTConfig, images) -> jax.Array | np.ndarray:
     finite = np.asarray(xp.isfinite(images).all(axis=(1, 2, 3)))
     if not finite.all():
         bad = np.flatnonzero(~finite)
-        raise ValueError(
+        raise InputError(
             f"{bad.size} image(s) contain NaN or infinite pixels, e.g. image index "
             f"{', '.join(str(i) for i in bad[:5])}"
         )
@@ -58,7 +59,7 @@ def check_labels(config: ViTConfig, labels, num_images: int) -> np.ndarray | Non
         return None
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.shape[0] != num_images:
-        raise ValueError(
+        raise InputError(
             f"labels have shape {labels.shape}; expected one label per image, shape ({num_images},)"
         )
     if labels.dtype.kind not in "iu":
@@ -69,10 +70,10 @@ def check_labels(config: ViTConfig, labels, num_images: int) -> np.ndarray | Non
         ):
             labels = labels.astype(np.int64)
         else:
-            raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
+            raise InputError(f"labels must be integer class ids, got dtype {labels.dtype}")
     bad = np.flatnonzero((labels < 0) | (labels >= config.num_classes))
     if bad.size:
-        raise ValueError(
+        raise InputError(
             f"{bad.size} label(s) outside the class range [0, {config.num_classes}), e.g. "
             + ", ".join(f"labels[{i}]={labels[i]}" for i in bad[:5])
         )
@@ -86,9 +87,9 @@ def check_metrics(metrics: Iterable[str]) -> tuple[str, ...]:
     metrics = tuple(metrics)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; expected some of {', '.join(METRICS)}")
+        raise InputError(f"unknown metric(s) {unknown}; expected some of {', '.join(METRICS)}")
     if not metrics:
-        raise ValueError(f"no metrics requested; expected some of {', '.join(METRICS)}")
+        raise InputError(f"no metrics requested; expected some of {', '.join(METRICS)}")
     return tuple(m for m in METRICS if m in metrics)
 
 
@@ -101,19 +102,19 @@ def check_heads(config: ViTConfig, heads: Sequence[Sequence[int]] | None) -> lis
         try:
             layer, head = (int(v) for v in item)
         except (TypeError, ValueError):
-            raise ValueError(f"heads must be (layer, head) pairs, got {item!r}") from None
+            raise InputError(f"heads must be (layer, head) pairs, got {item!r}") from None
         if not (0 <= layer < config.num_layers and 0 <= head < config.num_heads):
-            raise ValueError(
+            raise InputError(
                 f"head (layer={layer}, head={head}) is outside the model's "
                 f"{config.num_layers} layers x {config.num_heads} heads"
             )
         out.append((layer, head))
     if not out:
-        raise ValueError(
+        raise InputError(
             "heads is empty; pass None for every head or a list of (layer, head) pairs"
         )
     if len(set(out)) != len(out):
-        raise ValueError(f"heads contains duplicates: {out}")
+        raise InputError(f"heads contains duplicates: {out}")
     return out
 
 
@@ -125,13 +126,13 @@ def check_modes(config: ViTConfig, modes: Sequence[str] | None) -> tuple[str, ..
     modes = (modes,) if isinstance(modes, str) else tuple(modes)
     for m in modes:
         if m not in PRUNING_MODES:
-            raise ValueError(
+            raise InputError(
                 f"unknown pruning mode {m!r}; expected one of {', '.join(PRUNING_MODES)}"
             )
         if m not in available:
-            raise ValueError(f"pruning mode {m!r} needs a CLS token, and this model has none")
+            raise InputError(f"pruning mode {m!r} needs a CLS token, and this model has none")
     if not modes:
-        raise ValueError("modes is empty")
+        raise InputError("modes is empty")
     return tuple(m for m in PRUNING_MODES if m in modes)
 
 
@@ -140,13 +141,13 @@ def check_positive(name: str, value, kind=int):
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+        raise InputError(f"{name} must be a positive number, got {value!r}")
     if value <= 0 or (kind is int and int(value) != value):
-        raise ValueError(f"{name} must be a positive {kind.__name__}, got {value!r}")
+        raise InputError(f"{name} must be a positive {kind.__name__}, got {value!r}")
     return kind(value)
 
 
 def check_mesh(mesh):
     if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
-        raise ValueError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+        raise InputError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
     return mesh

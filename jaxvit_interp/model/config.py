@@ -6,6 +6,8 @@ import dataclasses
 import json
 from typing import Any, Literal
 
+from jaxvit_interp.errors import InputError
+
 Classifier = Literal["token", "gap"]
 
 
@@ -69,6 +71,9 @@ class ViTConfig:
       gelu_approximate: tanh GELU (vit_jax, big_vision) or exact erf GELU (timm, Hugging Face).
       qkv_bias: whether query/key/value projections have biases.
       preprocessing: how raw images are turned into this model's input.
+      class_names: a name per class, in class-index order, where the checkpoint (or the user)
+        gives them; ``None`` when the model's classes are known only by index. Labels of
+        images are matched against these names (see :mod:`jaxvit_interp.data.labels`).
     """
 
     image_size: tuple[int, int] = (224, 224)
@@ -85,6 +90,7 @@ class ViTConfig:
     gelu_approximate: bool = True
     qkv_bias: bool = True
     preprocessing: Preprocessing = INCEPTION_PREPROCESSING
+    class_names: tuple[str, ...] | None = None
 
     def __post_init__(self):
         # Accept ints for square sizes and lists from JSON, but store tuples so configs hash.
@@ -94,17 +100,25 @@ class ViTConfig:
                 value = (value, value)
             object.__setattr__(self, name, tuple(int(v) for v in value))
         if self.classifier not in ("token", "gap"):
-            raise ValueError(f"classifier must be 'token' or 'gap', got {self.classifier!r}")
+            raise InputError(f"classifier must be 'token' or 'gap', got {self.classifier!r}")
         for side, (img, patch) in zip(("height", "width"), zip(self.image_size, self.patch_size)):
             if img % patch:
-                raise ValueError(
+                raise InputError(
                     f"image {side} {img} does not divide by patch {side} {patch} "
                     f"(image_size={self.image_size}, patch_size={self.patch_size})"
                 )
         if self.hidden_size % self.num_heads:
-            raise ValueError(
+            raise InputError(
                 f"hidden_size {self.hidden_size} does not divide by num_heads {self.num_heads}"
             )
+        if self.class_names is not None:
+            names = tuple(str(n) for n in self.class_names)
+            if len(names) != self.num_classes:
+                raise InputError(
+                    f"class_names gives {len(names)} names for a model with "
+                    f"{self.num_classes} classes"
+                )
+            object.__setattr__(self, "class_names", names)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -134,6 +148,8 @@ class ViTConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["preprocessing"] = self.preprocessing.to_dict()
+        if self.class_names is not None:
+            d["class_names"] = list(self.class_names)
         return d
 
     def to_json(self) -> str:
@@ -144,7 +160,7 @@ class ViTConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown ViTConfig field(s): {', '.join(unknown)}")
+            raise InputError(f"unknown ViTConfig field(s): {', '.join(unknown)}")
         d = dict(d)
         if "preprocessing" in d and isinstance(d["preprocessing"], dict):
             d["preprocessing"] = Preprocessing.from_dict(d["preprocessing"])
@@ -155,7 +171,7 @@ class ViTConfig:
         """``ViTConfig.from_variant("B/16", num_classes=10)``; see :data:`VARIANTS`."""
         name, _, patch = variant.partition("/")
         if name not in VARIANTS or not patch.isdigit():
-            raise ValueError(
+            raise InputError(
                 f"unknown ViT variant {variant!r}; expected NAME/PATCH with NAME one of "
                 f"{', '.join(VARIANTS)} (e.g. 'B/16')"
             )

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.run import run_model
 from jaxvit_interp.patterns.extract import extract_patterns, pattern_shape
@@ -45,7 +46,7 @@ def collect_patterns(
     for kind in kinds:
         pattern_shape(kind, config.grid)  # validates the kind before any model pass
         if kind == "cls" and not config.has_cls_token:
-            raise ValueError(
+            raise InputError(
                 "this model has no CLS token, so it has no CLS pattern; use kind='patch'"
             )
     images = np.asarray(images)

@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.patterns.train import TrainedAutoencoder
 
 PROJECTIONS: tuple[str, ...] = ("umap", "tsne")
@@ -90,7 +91,7 @@ def project(
     """2-D projection ``[M, 2]`` of ``latents`` ``[M, d]`` by UMAP or t-SNE, seeded by ``seed``."""
     x = np.asarray(latents, np.float32)
     if x.ndim != 2 or len(x) < 3:
-        raise ValueError(f"latents have shape {tuple(x.shape)}; project needs [M >= 3, d]")
+        raise InputError(f"latents have shape {tuple(x.shape)}; project needs [M >= 3, d]")
     if method == "umap":
         import umap  # imported here: it compiles with numba on first import, seconds of start-up
 
@@ -118,7 +119,7 @@ def project(
             method="exact" if len(x) <= 500 else "barnes_hut",
         )
         return tsne.fit_transform(x).astype(np.float32)
-    raise ValueError(f"unknown projection {method!r}; expected one of {', '.join(PROJECTIONS)}")
+    raise InputError(f"unknown projection {method!r}; expected one of {', '.join(PROJECTIONS)}")
 
 
 def kmeans(x: np.ndarray, k: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +144,7 @@ def choose_k(
     lo, hi = k_range
     hi = min(hi, len(x) - 1)
     if lo < 2 or hi < lo:
-        raise ValueError(
+        raise InputError(
             f"k_range {k_range} is empty for {len(x)} points; need 2 <= low <= high <= points - 1"
         )
     scores = {}
@@ -164,7 +165,7 @@ def nearest_members(x: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> n
     for c, centre in enumerate(centres):
         members = np.flatnonzero(labels == c)
         if members.size == 0:
-            raise ValueError(f"cluster {c} has no members")
+            raise AssertionError(f"cluster {c} has no members")
         out[c] = members[np.argmin(((x[members] - centre) ** 2).sum(-1))]
     return out
 
@@ -191,14 +192,14 @@ def embed_patterns(
       seed: seeds the projection and k-means.
     """
     if cluster_space not in CLUSTER_SPACES:
-        raise ValueError(
+        raise InputError(
             f"unknown cluster_space {cluster_space!r}; expected one of {', '.join(CLUSTER_SPACES)}"
         )
     x = np.asarray(patterns, np.float32)
     lead = x.shape[:-2]
     flat_patterns = x.reshape(-1, *x.shape[-2:])
     if cluster_space == "xy" and projection is None:
-        raise ValueError(
+        raise InputError(
             "cluster_space='xy' clusters the 2-D projection, so projection cannot be None"
         )
     latents = model.encode(flat_patterns)
@@ -208,7 +209,7 @@ def embed_patterns(
         k, scores = choose_k(space, k_range, seed=seed)
     else:
         if not 1 <= k <= len(space):
-            raise ValueError(f"k={k} clusters is impossible for {len(space)} patterns")
+            raise InputError(f"k={k} clusters is impossible for {len(space)} patterns")
         scores = {}
     labels, _ = kmeans(space, k, seed=seed)
     # k-means can leave a cluster empty only with duplicate points; relabel to 0..k'-1 then.

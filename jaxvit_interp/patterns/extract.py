@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvit_interp.errors import InputError
+
 Array = jax.Array
 
 PATTERN_KINDS: tuple[str, ...] = ("cls", "patch")
@@ -40,7 +42,7 @@ def pattern_shape(kind: str, grid: tuple[int, int]) -> tuple[int, int]:
         return (gh, gw)
     if kind == "patch":
         return (2 * gh - 1, 2 * gw - 1)
-    raise ValueError(f"unknown pattern kind {kind!r}; expected one of {', '.join(PATTERN_KINDS)}")
+    raise InputError(f"unknown pattern kind {kind!r}; expected one of {', '.join(PATTERN_KINDS)}")
 
 
 def check_attention(attention, grid: tuple[int, int], has_cls_token: bool, *, atol: float = 1e-3):
@@ -56,11 +58,11 @@ def check_attention(attention, grid: tuple[int, int], has_cls_token: bool, *, at
     expected = gh * gw + int(has_cls_token)
     what = f"{gh}x{gw} patches" + (" + CLS" if has_cls_token else ", no CLS")
     if len(shape) < 2 or shape[-1] != shape[-2]:
-        raise ValueError(
+        raise InputError(
             f"attention has shape {shape}; expected [..., query, key] with query == key"
         )
     if shape[-1] != expected:
-        raise ValueError(
+        raise InputError(
             f"attention has shape {shape}: {shape[-1]} tokens, but a {what} grid has {expected}"
         )
     nan, first_nan, worst, worst_row, worst_sum = (
@@ -68,12 +70,12 @@ def check_attention(attention, grid: tuple[int, int], has_cls_token: bool, *, at
     )
     if nan:
         first = tuple(int(i) for i in np.unravel_index(first_nan, shape))
-        raise ValueError(
+        raise InputError(
             f"attention of shape {shape} has {nan} NaN value(s), first at index {first}"
         )
     if worst > atol:
         row = tuple(int(i) for i in np.unravel_index(worst_row, shape[:-1]))
-        raise ValueError(
+        raise InputError(
             f"attention of shape {shape} is not row-stochastic: row {row} sums to {worst_sum:.6g} "
             f"(tolerance {atol:g})"
         )
@@ -93,7 +95,7 @@ def _attention_stats(a: Array):
 def cls_pattern(attention: Array, grid: tuple[int, int], has_cls_token: bool = True) -> Array:
     """CLS pattern ``[..., Gh, Gw]`` of attention ``[..., N, N]``: the CLS query row on patches."""
     if not has_cls_token:
-        raise ValueError("this model has no CLS token, so it has no CLS pattern; use kind='patch'")
+        raise InputError("this model has no CLS token, so it has no CLS pattern; use kind='patch'")
     return attention[..., 0, 1:].reshape(*attention.shape[:-2], *grid)
 
 
@@ -176,6 +178,6 @@ def normalize_patterns(patterns: Array, num_patches: int, method: str = "log") -
         reduce = jnp.max if method == "max" else jnp.sum
         scale = reduce(patterns, axis=(-2, -1), keepdims=True)
         return jnp.where(scale > 0, patterns / jnp.where(scale > 0, scale, 1.0), 0.0)
-    raise ValueError(
+    raise InputError(
         f"unknown pattern normalisation {method!r}; expected one of {', '.join(NORMALIZATIONS)}"
     )

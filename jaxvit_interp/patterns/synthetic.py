@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvit_interp.errors import InputError
+
 PLANTED_KINDS: tuple[str, ...] = (
     "self",
     "up",
@@ -71,10 +73,10 @@ def planted_masks(
             pass
         elif kind == "cls_only":
             if not has_cls_token:
-                raise ValueError("planted kind 'cls_only' needs a CLS token (has_cls_token=False)")
+                raise InputError("planted kind 'cls_only' needs a CLS token (has_cls_token=False)")
             masks[k, first:, 0] = 1
         else:
-            raise ValueError(
+            raise InputError(
                 f"unknown planted kind {kind!r}; expected one of {', '.join(PLANTED_KINDS)}"
             )
     return masks

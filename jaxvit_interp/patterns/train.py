@@ -27,7 +27,9 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.patterns.autoencoder import PatternAutoencoder
+from jaxvit_interp.storage import orbax_write
 
 Array = jax.Array
 
@@ -65,20 +67,40 @@ class AutoencoderSettings:
     seed: int = 0
 
     def __post_init__(self):
-        object.__setattr__(self, "features", tuple(int(f) for f in self.features))
+        try:
+            features = tuple(int(f) for f in self.features)
+        except (TypeError, ValueError):
+            raise InputError(
+                f"features must be a list of convolution widths, got {self.features!r}"
+            ) from None
+        object.__setattr__(self, "features", features)
+        if not features or min(features) < 1:
+            raise InputError(f"features must name at least one positive width, got {features}")
+        for name in ("latent_dim", "batch_size", "max_epochs", "patience", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InputError(f"autoencoder {name} must be an integer, got {value!r}")
+            if name != "seed" and value < 1:
+                raise InputError(f"autoencoder {name} must be at least 1, got {value}")
+        for name in ("learning_rate", "min_delta", "heldout_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InputError(f"autoencoder {name} must be a number, got {value!r}")
         if not 0.0 < self.heldout_fraction < 1.0:
-            raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
-        for name in ("latent_dim", "batch_size", "max_epochs", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.features:
-            raise ValueError("features must name at least one convolution width")
+            raise InputError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        if not self.learning_rate > 0:
+            raise InputError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.min_delta < 0:
+            raise InputError(f"min_delta must be 0 or more, got {self.min_delta}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AutoencoderSettings:
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise InputError(f"unknown autoencoder setting(s): {', '.join(unknown)}")
         return cls(**d)
 
 
@@ -123,7 +145,7 @@ class TrainedAutoencoder:
         """Patterns ``[..., h, w]`` decoded from latents ``[..., latent]``."""
         z = np.asarray(latents, np.float32)
         if z.shape[-1:] != (self.settings.latent_dim,):
-            raise ValueError(
+            raise InputError(
                 f"latents have shape {tuple(z.shape)}; expected [..., {self.settings.latent_dim}]"
             )
         flat = z.reshape(-1, z.shape[-1])
@@ -162,7 +184,7 @@ def _pattern_mse(module, params, x):
 def _as_patterns(patterns, shape) -> np.ndarray:
     x = np.asarray(patterns, np.float32)
     if x.ndim < 2 or tuple(x.shape[-2:]) != tuple(shape):
-        raise ValueError(
+        raise InputError(
             f"patterns have shape {tuple(x.shape)}; this autoencoder takes [..., {shape[0]}, "
             f"{shape[1]}]"
         )
@@ -255,7 +277,7 @@ def fingerprint(patterns: np.ndarray, settings: AutoencoderSettings) -> str:
 def _check_training_patterns(patterns, settings: AutoencoderSettings) -> np.ndarray:
     x = np.asarray(patterns, np.float32)
     if x.ndim < 3:
-        raise ValueError(
+        raise InputError(
             f"patterns have shape {tuple(x.shape)}; expected [..., h, w] with at least one "
             f"leading (pattern) axis"
         )
@@ -263,14 +285,14 @@ def _check_training_patterns(patterns, settings: AutoencoderSettings) -> np.ndar
     bad = ~np.isfinite(x)
     if bad.any():
         first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), x.shape))
-        raise ValueError(
+        raise InputError(
             f"patterns contain {int(bad.sum())} NaN or infinite value(s), first at flattened "
             f"index {first}"
         )
     n = len(x)
     heldout = int(round(settings.heldout_fraction * n))
     if n < MIN_PATTERNS or heldout < 1 or heldout >= n:
-        raise ValueError(
+        raise InputError(
             f"{n} patterns are too few to train the pattern autoencoder: it needs at least "
             f"{MIN_PATTERNS}, with a held-out share of {settings.heldout_fraction:g} leaving "
             f"patterns on both sides of the split (got {heldout} held out)"
@@ -349,7 +371,7 @@ def train_autoencoder(
             break
     bar.close()
     if best[2] < 0:
-        raise FloatingPointError(
+        raise InputError(
             f"pattern autoencoder training diverged: held-out loss {held_hist[0]} after the first "
             f"epoch; try a smaller learning_rate than {settings.learning_rate}"
         )
@@ -399,7 +421,8 @@ def save_autoencoder(model: TrainedAutoencoder, workdir: str | pathlib.Path) -> 
         "best_epoch": model.best_epoch,
     }
     split = {"heldout_index": np.asarray(model.heldout_index, np.int64)}
-    with _checkpointer() as ckpt:
+    array_bytes = sum(np.asarray(a).nbytes for a in jax.tree.leaves((model.params, split)))
+    with orbax_write(path, array_bytes), _checkpointer() as ckpt:
         ckpt.save(
             path,
             ocp.args.Composite(
@@ -422,7 +445,7 @@ def restore_autoencoder(workdir: str | pathlib.Path) -> TrainedAutoencoder:
     with _checkpointer() as ckpt:
         meta = ckpt.restore(path, ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(
+            raise InputError(
                 f"checkpoint in {path} has format {meta.get('format')!r}; this version reads "
                 f"{CHECKPOINT_FORMAT!r}"
             )

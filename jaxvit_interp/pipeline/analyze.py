@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,8 @@ from jaxvit_interp.bundle import (
     ResultsBundle,
     save_bundle,
 )
+from jaxvit_interp.data.labels import display_class_names
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
 from jaxvit_interp.pipeline.progress import progress_bar, progress_enabled
@@ -34,12 +35,13 @@ from jaxvit_interp.pipeline.summaries import (
     attention_matrices,
     attention_summaries,
 )
+from jaxvit_interp.storage import save_npz, write_text
 
 RUN_FILE = "run.json"
 CHUNK_DIR = "chunks"
 
 
-class RunFolderError(ValueError):
+class RunFolderError(InputError):
     """The output folder holds something other than this run."""
 
 
@@ -53,7 +55,13 @@ def image_digest(images: np.ndarray, image_ids: list[str]) -> str:
 def _prepare_run_folder(out: Path, fingerprint: str, record: dict[str, Any]) -> None:
     run_file = out / RUN_FILE
     if run_file.exists():
-        held = json.loads(run_file.read_text()).get("fingerprint")
+        try:
+            held = json.loads(run_file.read_text()).get("fingerprint")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            raise RunFolderError(
+                f"{run_file} is not readable; {out} may hold a damaged run: choose another "
+                "output folder or delete it"
+            ) from None
         if held != fingerprint:
             raise RunFolderError(
                 f"{out} holds another run (fingerprint {held}, this one is {fingerprint}: a "
@@ -65,9 +73,7 @@ def _prepare_run_folder(out: Path, fingerprint: str, record: dict[str, Any]) -> 
             f"{out} is not empty and holds no {RUN_FILE}; choose an empty or new folder"
         )
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{RUN_FILE}.tmp"
-    tmp.write_text(json.dumps({"fingerprint": fingerprint, **record}, indent=1))
-    os.replace(tmp, run_file)
+    write_text(run_file, json.dumps({"fingerprint": fingerprint, **record}, indent=1))
 
 
 def _subset(num_images: int, size: int, seed: int) -> np.ndarray:
@@ -139,15 +145,6 @@ def _compute_chunk(config, params, images, labels, partial_local, attention_loca
     if len(attention_local):
         arrays["attention"] = attention_matrices(config, params, images[attention_local])
     return arrays
-
-
-def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _load_chunk(path: Path) -> dict[str, np.ndarray] | None:
@@ -239,6 +236,7 @@ def analyze(
     labels: np.ndarray | None = None,
     image_ids: list[str] | None = None,
     class_names: list[str] | None = None,
+    label_matching: dict[str, Any] | None = None,
     model_identity: dict[str, Any] | None = None,
     settings: AnalysisSettings | None = None,
     progress: bool = True,
@@ -251,7 +249,9 @@ def analyze(
       out: the run folder (created; an interrupted run there is resumed).
       labels: ``[image]`` class ids, or None to measure against the model's predictions.
       image_ids: a name per image (default ``"0"``, ``"1"``, ...).
-      class_names: a name per class (default the class indices).
+      class_names: a name per class (default ``config.class_names``, else the class indices).
+      label_matching: how the labels were tied to the model's classes (see
+        :meth:`~jaxvit_interp.data.labels.LabelMatching.to_dict`), stored in the bundle's meta.
       model_identity: the checkpoint's ``path`` and ``sha256``, stored as the bundle's
         ``checkpoint``.
       settings: :class:`AnalysisSettings`.
@@ -260,6 +260,11 @@ def analyze(
     Returns:
       The :class:`~jaxvit_interp.bundle.ResultsBundle`, also saved in ``out``; arrays are
       ``[image, layer, head, ...]``.
+
+    Raises:
+      InputError: before anything is written, for bad images, labels, names or settings, or a
+        memory budget too small for one image; :class:`RunFolderError` when ``out`` holds
+        another run.
     """
     from jaxvit_interp.importance.validate import check_images, check_labels
 
@@ -270,14 +275,13 @@ def analyze(
     num_images = len(images)
     image_ids = [str(i) for i in range(num_images)] if image_ids is None else list(image_ids)
     if len(image_ids) != num_images:
-        raise ValueError(f"{len(image_ids)} image ids for {num_images} images")
-    class_names = class_names or [str(c) for c in range(config.num_classes)]
+        raise InputError(f"{len(image_ids)} image ids for {num_images} images")
+    class_names = list(class_names or display_class_names(config.class_names, config.num_classes))
     if len(class_names) != config.num_classes:
-        raise ValueError(
+        raise InputError(
             f"{len(class_names)} class names for a model with {config.num_classes} classes"
         )
-    if settings.pattern_kinds == ("cls",) and not config.has_cls_token:
-        raise ValueError("pattern_kinds=('cls',) needs a model with a CLS token")
+    _preflight(config, params, settings, num_images)
     model_identity = model_identity or {}
     out = Path(out)
     fingerprint = run_fingerprint(
@@ -321,7 +325,7 @@ def analyze(
                 settings,
             )
             if is_writer():
-                _save_npz_atomic(path, arrays)
+                save_npz(path, arrays)
         chunks.append(arrays)
         bar.update(stop - start)
     bar.close()
@@ -365,6 +369,7 @@ def analyze(
         "image_ids": image_ids,
         "class_names": list(class_names),
         "labels_are_predictions": labels is None,
+        "label_matching": label_matching or {"source": "none" if labels is None else "array"},
         "pruning_modes": [m for m in PRUNING_MODES if config.has_cls_token or m not in CLS_MODES],
         "fingerprint": fingerprint,
         "settings": settings.to_dict(),
@@ -379,6 +384,44 @@ def analyze(
     if is_writer():
         save_bundle(bundle, out)
     return bundle
+
+
+def _preflight(config: ViTConfig, params, settings: AnalysisSettings, num_images: int) -> None:
+    """Refuse, before anything is written, what would fail only later in the run."""
+    from jaxvit_interp.importance.engine import (
+        default_step_tokens,
+        params_bytes,
+        plan_chunks,
+    )
+    from jaxvit_interp.patterns.train import MIN_PATTERNS
+
+    if settings.pattern_kinds == ("cls",) and not config.has_cls_token:
+        raise InputError("pattern_kinds=('cls',) needs a model with a CLS token")
+    patterns = num_images * config.num_layers * config.num_heads
+    needed = max(MIN_PATTERNS, settings.clusters or 0)
+    if patterns < needed:
+        why = f"{settings.clusters} clusters" if settings.clusters else "the pattern autoencoders"
+        raise InputError(
+            f"{num_images} image(s) give {patterns} heads x images per pattern kind; {why} "
+            f"need at least {needed}: analyse more images"
+            + (" or ask for fewer --clusters" if settings.clusters else "")
+        )
+    # The ablation engine's largest working set (one image, one ablation at a time, Taylor
+    # scores on) must fit the budget; plan_chunks raises the same error the run would.
+    mesh = all_devices_mesh()
+    plan_chunks(
+        config,
+        num_images=num_images,
+        num_slots=config.num_heads,
+        spawn_layers=tuple(range(config.num_layers)),
+        with_taylor=True,
+        need_streams=True,
+        memory_budget_bytes=settings.memory_budget_bytes,
+        batch_size=settings.batch_size,
+        num_devices=1 if mesh is None else mesh.size,
+        fixed_bytes=params_bytes(params),
+        step_tokens=default_step_tokens(),
+    )
 
 
 def run_is_complete(out: str | Path) -> bool:

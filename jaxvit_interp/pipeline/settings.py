@@ -7,7 +7,10 @@ import hashlib
 import json
 from typing import Any
 
-from jaxvit_interp.patterns.train import AutoencoderSettings
+import numpy as np
+
+from jaxvit_interp.errors import InputError
+from jaxvit_interp.patterns.train import MIN_PATTERNS, AutoencoderSettings
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -45,22 +48,37 @@ class AnalysisSettings:
     seed: int = 0
 
     def __post_init__(self):
+        # Every setting is checked here, before a run touches the disk: a mistake found after
+        # hours of ablations (or after the run folder is made) costs the user the run.
+        if isinstance(self.pattern_kinds, str):
+            object.__setattr__(self, "pattern_kinds", (self.pattern_kinds,))
         object.__setattr__(self, "pattern_kinds", tuple(self.pattern_kinds))
-        for name in ("chunk_images", "thumbnail_size", "pattern_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("partial_images", "attention_images"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        for name, least, optional in (
+            ("chunk_images", 1, False),
+            ("batch_size", 1, True),
+            ("memory_budget_bytes", 1, True),
+            ("partial_images", 0, False),
+            ("attention_images", 0, False),
+            ("thumbnail_size", 1, False),
+            ("pattern_samples", MIN_PATTERNS, False),
+            ("clusters", 1, True),
+            ("seed", None, False),
+        ):
+            _check_int(name, getattr(self, name), least, optional)
         if self.attention_images > max(self.partial_images, 0) and self.partial_images:
             object.__setattr__(self, "attention_images", self.partial_images)
         unknown = set(self.pattern_kinds) - {"cls", "patch"}
         if unknown or not self.pattern_kinds:
-            raise ValueError(
+            raise InputError(
                 f"pattern_kinds must be a non-empty subset of cls, patch; got {self.pattern_kinds}"
             )
         if self.projection not in ("umap", "tsne"):
-            raise ValueError(f"projection must be 'umap' or 'tsne', got {self.projection!r}")
+            raise InputError(f"projection must be 'umap' or 'tsne', got {self.projection!r}")
+        if not isinstance(self.autoencoder, AutoencoderSettings):
+            raise InputError(
+                f"autoencoder must be AutoencoderSettings (or a table of its fields), got "
+                f"{self.autoencoder!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -72,11 +90,21 @@ class AnalysisSettings:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown analysis setting(s): {', '.join(unknown)}")
+            raise InputError(f"unknown analysis setting(s): {', '.join(unknown)}")
         d = dict(d)
         if isinstance(d.get("autoencoder"), dict):
             d["autoencoder"] = AutoencoderSettings.from_dict(d["autoencoder"])
         return cls(**d)
+
+
+def _check_int(name: str, value: Any, least: int | None, optional: bool) -> None:
+    """``value`` is an integer (not a bool) of at least ``least``; None only when optional."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise InputError(f"{name} must be an integer, got {value!r}")
+    if least is not None and value < least:
+        raise InputError(f"{name} must be at least {least}, got {value}")
 
 
 def run_fingerprint(*, model_identity: dict, image_digest: str, settings: AnalysisSettings) -> str:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance.engine import to_host
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import VisionTransformer
@@ -63,7 +64,7 @@ def attention_summaries(
         batch = jnp.asarray(batch) if sharding is None else jax.device_put(batch, sharding)
         out = {k: to_host(v) for k, v in _summaries(config, params, batch, rings).items()}
         if not np.isfinite(out["row_sum_error"]) or out["row_sum_error"] > 1e-3:
-            raise FloatingPointError(
+            raise InputError(
                 f"the model's attention rows do not sum to 1 (off by {out['row_sum_error']:.3g}) "
                 f"on images {start}..{start + valid - 1}: non-finite weights or pixels?"
             )

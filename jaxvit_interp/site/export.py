@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxvit_interp.bundle import ResultsBundle
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.site.browser import FIND_VIEW_JS, chromium, open_site, wait_drawn
 from jaxvit_interp.site.document import build_site
 
@@ -131,14 +132,14 @@ def export_figures(
     dims = bundle.dims()
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise ValueError(f"unknown figure format(s) {bad}; expected some of {FORMATS}")
+        raise InputError(f"unknown figure format(s) {bad}; expected some of {FORMATS}")
     bad = [v for v in views if v not in VIEWS]
     if bad or not views:
-        raise ValueError(f"unknown view(s) {bad}; expected some of {tuple(VIEWS)}")
+        raise InputError(f"unknown view(s) {bad}; expected some of {tuple(VIEWS)}")
     if image_index is not None and not 0 <= image_index < dims["I"]:
-        raise ValueError(f"image_index {image_index} is outside 0..{dims['I'] - 1}")
+        raise InputError(f"image_index {image_index} is outside 0..{dims['I'] - 1}")
     if not 0 <= layer < dims["L"] or not 0 <= head < dims["H"]:
-        raise ValueError(
+        raise InputError(
             f"head (layer {layer}, head {head}) is outside {dims['L']} layers x {dims['H']} heads"
         )
     out_dir = Path(out_dir)

@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from jaxvit_interp.bundle import IMPORTANCE_METRICS
+from jaxvit_interp.errors import InputError
 
 BUILTINS = ("builtin:digits",)
 PATTERN_KINDS = ("cls", "patch")
 
 
-class SiteSpecError(ValueError):
+class SiteSpecError(InputError):
     """A site spec that cannot be used; the message names the file and the key."""
 
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import VisionTransformer
 from jaxvit_interp.strength.hops import HopRings, hop_rings
@@ -58,14 +59,14 @@ class StrengthResults:
 def summarize(local: HopStrength, *, num_bins: int = 20) -> StrengthSummary:
     """Global results (NumPy) from per-image results with leading axes ``[image, layer, head]``."""
     if np.ndim(local.head_entropy) != 3:
-        raise ValueError(
+        raise InputError(
             f"per-image results must have leading axes [image, layer, head]; head_entropy has "
             f"shape {np.shape(local.head_entropy)}"
         )
     if np.shape(local.head_entropy)[0] == 0:
-        raise ValueError("no images to summarise: the per-image results are empty")
+        raise InputError("no images to summarise: the per-image results are empty")
     if num_bins < 1:
-        raise ValueError(f"num_bins must be at least 1, got {num_bins}")
+        raise InputError(f"num_bins must be at least 1, got {num_bins}")
     return jax.device_get(summarize_kernel(local, num_bins=num_bins))
 
 
@@ -117,7 +118,7 @@ def _collect(
             fetch(pending)
 
     if not local:
-        raise ValueError("no attention batches were given: nothing to measure")
+        raise InputError("no attention batches were given: nothing to measure")
     stacked = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *local)
     return StrengthResults(
         local=stacked,
@@ -166,14 +167,14 @@ def strength_over_images(
         for attention in attention_batches:
             shape = tuple(np.shape(attention))
             if len(shape) != 5:
-                raise ValueError(
+                raise InputError(
                     f"attention batch has shape {shape}; expected [batch, layer, head, N, N]"
                 )
             check_attention_shape(shape, rings)
             if first_shape is None:
                 first_shape = shape
             elif shape[1:3] != first_shape[1:3]:
-                raise ValueError(
+                raise InputError(
                     f"attention batch has shape {shape}, but the first batch had {first_shape}: "
                     f"layer and head counts must not change between batches"
                 )
@@ -226,11 +227,11 @@ def model_strength_over_images(
       :class:`StrengthResults` with ``local`` ``[image, layer, head, ...]`` and the ``summary``.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
     num_images = len(images)
     expected = (*config.image_size, config.channels)
     if num_images == 0 or tuple(np.shape(images)[1:]) != expected:
-        raise ValueError(
+        raise InputError(
             f"images have shape {tuple(np.shape(images))}; expected [image, {expected[0]}, "
             f"{expected[1]}, {expected[2]}] with at least one image"
         )

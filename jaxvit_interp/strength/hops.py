@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvit_interp.errors import InputError
+
 Array = jax.Array
 
 
@@ -28,11 +30,11 @@ def _pair(value, name: str) -> tuple[int, int]:
     try:
         pair = tuple(int(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(
+        raise InputError(
             f"{name} must be an int or a (height, width) pair, got {value!r}"
         ) from None
     if len(pair) != 2 or min(pair) < 1 or any(p != v for p, v in zip(pair, value, strict=True)):
-        raise ValueError(f"{name} must be two positive integers (height, width), got {value!r}")
+        raise InputError(f"{name} must be two positive integers (height, width), got {value!r}")
     return pair
 
 

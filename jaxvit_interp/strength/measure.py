@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.strength.hops import HopRings, hop_rings
 from jaxvit_interp.strength.kernels import HopStrength, hop_strength_kernel
 
@@ -29,7 +30,7 @@ def check_attention_shape(shape: tuple[int, ...], rings: HopRings) -> None:
     cls = "a CLS token plus " if rings.has_cls_token else "no CLS token, "
     expected = f"{cls}{gh}x{gw} patches = {rings.num_tokens} tokens"
     if len(shape) < 2 or shape[-1] != shape[-2]:
-        raise ValueError(
+        raise InputError(
             f"attention has shape {shape}; its last two axes must be [query, key] of equal "
             f"length ({expected})"
         )
@@ -39,7 +40,7 @@ def check_attention_shape(shape: tuple[int, ...], rings: HopRings) -> None:
             hint = " (one extra token: pass has_cls_token=True?)"
         elif shape[-1] == rings.num_tokens - 1 and rings.has_cls_token:
             hint = " (one token short: pass has_cls_token=False for a model without CLS?)"
-        raise ValueError(
+        raise InputError(
             f"attention has shape {shape} with {shape[-1]} tokens, but grid {rings.grid} with "
             f"{expected}{hint}"
         )
@@ -81,7 +82,7 @@ def check_rows(
     bad = ~np.isfinite(row_sums) | ~np.isfinite(row_min)
     if bad.any():
         index = tuple(np.argwhere(bad)[0])
-        raise ValueError(
+        raise InputError(
             f"attention of shape {tuple(shape)} contains NaN or inf: {int(bad.sum())} row(s), "
             f"the first at row index {name(index)}{where}, which sums to {row_sums[index]}"
         )
@@ -89,7 +90,7 @@ def check_rows(
         return
     if (row_min < -atol).any():
         index = np.unravel_index(np.argmin(row_min), row_min.shape)
-        raise ValueError(
+        raise InputError(
             f"attention of shape {tuple(shape)} is not row-stochastic: row {name(index)}{where} "
             f"has a negative entry {row_min[index]:.6g}; pass check_stochastic=False to skip "
             f"this check"
@@ -97,7 +98,7 @@ def check_rows(
     deviation = np.abs(row_sums - 1.0)
     if (deviation > atol).any():
         index = np.unravel_index(np.argmax(deviation), deviation.shape)
-        raise ValueError(
+        raise InputError(
             f"attention of shape {tuple(shape)} is not row-stochastic: row {name(index)}{where} "
             f"sums to "
             f"{row_sums[index]:.6g} (tolerance {atol:g}, {int((deviation > atol).sum())} row(s) "

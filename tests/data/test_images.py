@@ -9,18 +9,22 @@ import pytest
 from PIL import Image
 
 from jaxvit_interp.data.images import ImageSet, load_image_folder
+from jaxvit_interp.data.labels import LabelError
 from jaxvit_interp.model.config import Preprocessing, ViTConfig
 
 SIZE = (8, 12)  # non-square model input, (height, width)
 
 
-def make_config(image_size=SIZE, channels=3, **preprocessing):
+def make_config(image_size=SIZE, channels=3, class_names=("cat", "dog"), **preprocessing):
+    """A model of the classes ``class_names`` (or of 3 unnamed classes when None)."""
     preprocessing = {"mean": (0.0,), "std": (1.0,), **preprocessing}  # output = pixels / 255
     return ViTConfig.from_variant(
         "mu/4",
         image_size=image_size,
         channels=channels,
         preprocessing=Preprocessing(**preprocessing),
+        num_classes=3 if class_names is None else len(class_names),
+        class_names=class_names,
     )
 
 
@@ -90,13 +94,22 @@ def test_class_subfolders_every_format(rng, tmp_path):
     assert result.skipped == [] and len(result) == 6
 
 
-def test_given_class_names_fix_the_indices(rng, tmp_path):
+def test_the_models_class_names_fix_the_indices(rng, tmp_path):
     build_class_folder(rng, tmp_path)
-    result = load_image_folder(
-        tmp_path, make_config(), class_names=["dog", "bird", "cat"], progress=False
-    )
+    config = make_config(class_names=("dog", "bird", "cat"))
+    result = load_image_folder(tmp_path, config, progress=False)
     np.testing.assert_array_equal(result.labels, [2, 2, 2, 0, 0, 0])
     assert result.class_names == ["dog", "bird", "cat"]
+    assert result.label_matching.source == "folders"
+    assert result.label_matching.how == {"cat": "name", "dog": "name"}
+    # Names given beside a config without them do the same.
+    given = load_image_folder(
+        tmp_path,
+        make_config(class_names=None),
+        class_names=["dog", "bird", "cat"],
+        progress=False,
+    )
+    np.testing.assert_array_equal(given.labels, result.labels)
 
 
 def write_csv(path, rows, header=("file", "label")):
@@ -122,27 +135,29 @@ def test_csv_labels_agree_with_subfolders(rng, tmp_path):
     np.testing.assert_array_equal(by_names.images, by_folder.images)
     assert by_names.class_names == ["cat", "dog"]
 
-    # Integer indices into given names; a "./" prefix names the same file.
+    # Integer class indices; a "./" prefix names the same file.
     rows = [("./" + rel, str(["cat", "dog"].index(name))) for rel, name in rows]
     by_index = load_image_folder(
         root,
         make_config(),
-        class_names=["cat", "dog"],
         labels_csv=write_csv(tmp_path / "i.csv", rows),
         progress=False,
     )
+    assert set(by_index.label_matching.how.values()) == {"index"}
     assert by_index.ids == by_folder.ids
     np.testing.assert_array_equal(by_index.labels, by_folder.labels)
 
 
-def test_csv_integer_labels_without_names_get_placeholder_names(rng, tmp_path):
+def test_csv_integer_labels_of_a_model_without_names_are_class_indices(rng, tmp_path):
     for name in ("x.png", "y.png", "z.png"):
         write_rgb(tmp_path / name, rand_u8(rng, *SIZE, 3))
     csv_path = write_csv(tmp_path / "labels.csv", [("y.png", 2), ("x.png", 0)])
     with pytest.warns(
         UserWarning, match=r"skipped 1 file\(s\).*z.png \(not listed in labels.csv\)"
     ):
-        result = load_image_folder(tmp_path, make_config(), labels_csv=csv_path, progress=False)
+        result = load_image_folder(
+            tmp_path, make_config(class_names=None), labels_csv=csv_path, progress=False
+        )
     assert result.ids == ["x.png", "y.png"]
     np.testing.assert_array_equal(result.labels, [0, 2])
     assert result.class_names == ["0", "1", "2"]
@@ -155,7 +170,7 @@ def test_csv_extra_columns_and_order_are_accepted(rng, tmp_path):
         tmp_path / "l.csv", [("cat", "a.png", "note")], header=("Label", "File", "comment")
     )
     result = load_image_folder(tmp_path, make_config(), labels_csv=csv_path, progress=False)
-    assert result.class_names == ["cat"] and result.labels.tolist() == [0]
+    assert result.class_names == ["cat", "dog"] and result.labels.tolist() == [0]
 
 
 def test_flat_folder_is_unlabelled_and_hidden_files_are_ignored(rng, tmp_path):
@@ -163,7 +178,8 @@ def test_flat_folder_is_unlabelled_and_hidden_files_are_ignored(rng, tmp_path):
     (tmp_path / ".DS_Store").write_bytes(b"\0\1junk")
     result = load_image_folder(tmp_path, make_config(), progress=False)
     assert_images(result, {k: expected[k] for k in ("a.png", "b.png")})
-    assert result.labels is None and result.class_names == [] and result.skipped == []
+    assert result.labels is None and result.label_matching is None and result.skipped == []
+    assert result.class_names == ["cat", "dog"]  # the model's, whatever the folder holds
 
 
 def test_bad_files_are_reported_by_name_and_the_rest_load(rng, tmp_path, caplog):
@@ -263,8 +279,8 @@ def two_images(rng, tmp_path):
         ),
         (
             [("a.png", "cat"), ("sub/b.png", "cow")],
-            {"class_names": ["cat", "dog"]},
-            r"l.csv:3: unknown class 'cow'",
+            {},
+            r"l.csv:3: label 'cow' is not one of the model's classes",
         ),
         (
             [("a.png", "cat"), ("sub/../a.png", "dog")],
@@ -273,10 +289,14 @@ def two_images(rng, tmp_path):
         ),
         (
             [("a.png", "5")],
-            {"class_names": ["cat", "dog"]},
-            r"l.csv:2: label index 5 is out of range for 2 class names",
+            {},
+            r"l.csv:2: label '5' is not one of the model's classes",
         ),
-        ([("a.png", "-1")], {}, r"l.csv:2: label index -1 is negative"),
+        (
+            [("a.png", "-1")],
+            {"config": make_config(class_names=None)},
+            r"l.csv:2: label '-1' is not a class index 0..2",
+        ),
         ([("a.png",)], {}, r"l.csv:2: expected columns file,label"),
         ([("a.png", "")], {}, r"l.csv:2: empty file or label"),
         ([("../a.png", "cat")], {}, r"l.csv:2: file '../a.png' is not inside"),
@@ -284,8 +304,9 @@ def two_images(rng, tmp_path):
 )
 def test_bad_csv_names_the_line(two_images, rows, kwargs, match):
     csv_path = write_csv(two_images / "l.csv", rows)
+    config = kwargs.pop("config", make_config())
     with pytest.raises(ValueError, match=match):
-        load_image_folder(two_images, make_config(), labels_csv=csv_path, **kwargs)
+        load_image_folder(two_images, config, labels_csv=csv_path, **kwargs)
 
 
 def test_csv_without_header_or_missing(two_images):
@@ -296,9 +317,9 @@ def test_csv_without_header_or_missing(two_images):
         load_image_folder(two_images, make_config(), labels_csv=two_images / "nope.csv")
 
 
-def test_class_folder_outside_given_names_and_duplicate_names(rng, tmp_path):
+def test_class_folder_that_is_no_class_of_the_model(rng, tmp_path):
     build_class_folder(rng, tmp_path)
-    with pytest.raises(ValueError, match=r"class folder\(s\) \['dog'\] .* not in class_names"):
+    with pytest.raises(LabelError, match=r"class folder .*dog: label 'dog' is not one of"):
+        load_image_folder(tmp_path, make_config(class_names=("cat", "cow")))
+    with pytest.raises(ValueError, match="1 names for a model with 2 classes"):
         load_image_folder(tmp_path, make_config(), class_names=["cat"])
-    with pytest.raises(ValueError, match="lists 'cat' more than once"):
-        load_image_folder(tmp_path, make_config(), class_names=["cat", "dog", "cat"])

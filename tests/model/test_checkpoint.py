@@ -357,3 +357,28 @@ def test_non_square_grid_needs_config(tmp_path, seed):
     loaded_config, params = load_checkpoint(tmp_path / "wide.npz", config=config)
     assert loaded_config == config
     assert_same_params(params, flat)
+
+
+def test_class_names_travel_with_the_checkpoint(tmp_path, seed):
+    """A 1,000-class file without names gets ImageNet-1k's, said in the report; names given
+    to a nameless model are kept by the own format; other class counts stay nameless."""
+    from jaxvit_interp.data.imagenet import imagenet1k
+
+    config = ViTConfig.from_variant("mu/4", image_size=8, num_classes=1000)
+    np.savez(tmp_path / "in1k.npz", **flat_params(config, seed))
+    loaded, _ = load_checkpoint(tmp_path / "in1k.npz")
+    assert loaded.class_names == imagenet1k().names
+    assert "ImageNet-1k" in str(inspect_checkpoint(tmp_path / "in1k.npz"))
+
+    small = CONFIGS["token"]
+    np.savez(tmp_path / "five.npz", **flat_params(small, seed))
+    assert load_checkpoint(tmp_path / "five.npz")[0].class_names is None
+    named = small.replace(class_names=("a", "b", "c", "d", "e"))
+    # A caller's config without names takes the file's; one with names keeps its own.
+    assert load_checkpoint(tmp_path / "in1k.npz", config=config)[0].class_names == (
+        imagenet1k().names
+    )
+    save_checkpoint(tmp_path / "own", named, tree(flat_params(small, seed)))
+    assert load_checkpoint(tmp_path / "own")[0].class_names == ("a", "b", "c", "d", "e")
+    with pytest.raises(ValueError, match="class_names gives 2 names for a model with 5"):
+        small.replace(class_names=("a", "b"))

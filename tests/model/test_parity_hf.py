@@ -280,3 +280,34 @@ def test_hugging_face_heads_contradiction(tmp_path, seed):
     model.save_pretrained(tmp_path, safe_serialization=True)
     with pytest.raises(CheckpointError, match=r"num_heads: config has 8, .*config.json"):
         load_checkpoint(tmp_path, config=expected_config(model).replace(num_heads=8))
+
+
+def test_class_names_from_hugging_face_id2label_and_timm_label_names(tmp_path, seed):
+    """id2label names the classes (transformers' placeholder LABEL_i does not); a timm hub
+    config's label_names too, with ImageNet synset ids turned into ImageNet's names."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from jaxvit_interp.data.imagenet import imagenet1k
+
+    names = {0: "cat", 1: "dog", 2: "owl"}
+    model = hf_model(seed, **{**HF_CONFIGS["one_layer_8_heads_grey"], "id2label": names})
+    model.save_pretrained(tmp_path / "named", safe_serialization=True)
+    assert load_checkpoint(tmp_path / "named")[0].class_names == ("cat", "dog", "owl")
+    plain = hf_model(seed, **HF_CONFIGS["one_layer_8_heads_grey"])
+    plain.save_pretrained(tmp_path / "plain", safe_serialization=True)
+    assert load_checkpoint(tmp_path / "plain")[0].class_names is None
+
+    timm = tmp_path / "timm"
+    timm.mkdir()
+    model = hf_model(seed, **{**HF_CONFIGS["square_4_heads"], "num_labels": 1000})
+    save_file(hf_to_timm(model.state_dict()), timm / "model.safetensors")
+    synsets = [imagenet1k().aliases[i][0] for i in range(1000)]
+    hub = {"architecture": "vit", "pretrained_cfg": {"input_size": [3, 32, 32]},
+           "model_args": {"num_heads": 4}, "label_names": synsets}  # fmt: skip
+    (timm / "config.json").write_text(json.dumps(hub))
+    assert load_checkpoint(timm / "model.safetensors")[0].class_names == imagenet1k().names
+    hub["label_names"] = [f"kind {i}" for i in range(1000)]
+    (timm / "config.json").write_text(json.dumps(hub))
+    assert load_checkpoint(timm / "model.safetensors")[0].class_names[7] == "kind 7"

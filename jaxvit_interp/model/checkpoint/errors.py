@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from jaxvit_interp.errors import InputError
+
 ACCEPTED_FORMATS: tuple[str, ...] = (
     ".npz: vit_jax or big_vision parameters, flat '/'-joined keys",
     ".safetensors: timm or Hugging Face ViTForImageClassification names",
@@ -11,7 +13,7 @@ ACCEPTED_FORMATS: tuple[str, ...] = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot become this project's ViT parameters.
 
     Raised for unknown formats, missing / extra / mis-shaped tensors (listed by key with the

@@ -42,7 +42,8 @@ class Facts:
       grid: the patch grid ``(Gh, Gw)`` when a side file states the image size, else None
         (then a square grid is assumed unless the caller's config says otherwise).
       defaults: the family's values for the fields tensors cannot show (``layer_norm_eps``,
-        ``gelu_approximate``, ``preprocessing``); a value may be a function of ``image_size``.
+        ``gelu_approximate``, ``preprocessing``, ``class_names``); a value may be a function
+        of ``image_size``.
       missing: keys the reader needed and did not find.
       notes: assumptions made, reported by ``inspect_checkpoint``.
     """
@@ -151,3 +152,34 @@ class SideFiles:
 
     config_json: dict[str, Any] | None = None
     preprocessor: dict[str, Any] | None = None
+
+
+def class_names_fact(facts: Facts, names, source: str) -> None:
+    """Record the class names a file gives (``names`` in class-index order, or None).
+
+    Names that do not fit the classifier are dropped with a note. A file that names none, of a
+    model with 1,000 classes, is taken to be ImageNet-1k's (the published ViT, DeiT and timm
+    classifiers are), with a note saying so.
+    """
+    from jaxvit_interp.data.imagenet import NUM_CLASSES, imagenet1k, is_imagenet1k
+
+    num_classes = facts.fields.get("num_classes")
+    if names is not None and num_classes is not None and len(names) != num_classes:
+        facts.notes.append(
+            f"{source} names {len(names)} classes but the classifier has {num_classes}; ignored"
+        )
+        names = None
+    if names is not None:
+        names = tuple(str(n) for n in names)
+        if is_imagenet1k(names):
+            facts.notes.append(f"class names from {source} (ImageNet-1k)")
+        else:
+            facts.notes.append(f"class names from {source}")
+    elif num_classes == NUM_CLASSES:
+        names = imagenet1k().names
+        facts.notes.append(
+            "class names assumed to be ImageNet-1k's (the file names none and the classifier "
+            "has 1,000 classes); give --class-names FILE if they are not"
+        )
+    if names is not None:
+        facts.defaults["class_names"] = names

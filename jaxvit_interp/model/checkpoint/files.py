@@ -8,6 +8,7 @@ pickles (only when allowed) and this project's own orbax folder. Which *names* t
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import pickle
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 from jaxvit_interp.model.checkpoint.errors import CheckpointError, accepted_formats
 from jaxvit_interp.model.checkpoint.facts import SideFiles
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.storage import UnreadableFileError, load_npz
 
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt")
 # Wrappers training scripts put around a state dict (DeiT: {"model": ...}).
@@ -79,7 +81,12 @@ def _read_folder(path: Path, allow_pickle: bool) -> RawCheckpoint:
     index = path / "model.safetensors.index.json"
     if index.exists():
         # Sharded: the index maps each tensor to the shard holding it.
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(
+                f"{str(index)!r} is not a safetensors index (JSON with a 'weight_map'): {e}"
+            ) from None
         tensors = {}
         for shard in shards:
             tensors.update(_read_safetensors(path / shard))
@@ -103,20 +110,17 @@ def _side_files(folder: Path) -> SideFiles:
             return None
         try:
             return json.loads(file.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{str(file)!r} is not valid JSON: {e}") from e
 
     return SideFiles(load("config.json"), load("preprocessor_config.json"))
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    # allow_pickle=False: an .npz of parameters never needs object arrays, and loading them
-    # would run code from the file.
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except ValueError as e:
-        raise CheckpointError(f"{str(path)!r}: cannot read as .npz of arrays: {e}") from e
+        return load_npz(path, what=".npz checkpoint")
+    except UnreadableFileError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -126,7 +130,9 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
         with safe_open(str(path), framework="numpy") as f:
             return {key: f.get_tensor(key) for key in f.keys()}
     except SafetensorError as e:
-        raise CheckpointError(f"{str(path)!r}: not a readable .safetensors file: {e}") from e
+        raise CheckpointError(
+            f"{str(path)!r}: not a readable .safetensors file (truncated or corrupt?): {e}"
+        ) from None
 
 
 def _read_pickle(path: Path, allow_pickle: bool) -> dict[str, np.ndarray]:
@@ -141,12 +147,22 @@ def _read_pickle(path: Path, allow_pickle: bool) -> dict[str, np.ndarray]:
     except ImportError as e:
         raise CheckpointError(f"reading {str(path)!r} needs PyTorch (pip install torch)") from e
     try:
-        # The safe loader first: plain state dicts need nothing else.
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Training checkpoints carry other objects (argparse namespaces, ...); the caller has
-        # allowed running the pickle.
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            # The safe loader first: plain state dicts need nothing else.
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "weights_only" not in str(e):
+                raise
+            # Training checkpoints carry other objects (argparse namespaces, ...); the caller
+            # has allowed running the pickle.
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, OSError) as e:
+        if isinstance(e, OSError) and e.errno not in (None, errno.EINVAL):
+            raise  # the file system's own error (permission denied, ...), reported as such
+        raise CheckpointError(
+            f"{str(path)!r}: not a readable PyTorch checkpoint (truncated or corrupt?): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         inner = next((obj[k] for k in STATE_DICT_WRAPPERS if isinstance(obj.get(k), dict)), None)
         if inner is None:

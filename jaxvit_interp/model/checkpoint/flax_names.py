@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from jaxvit_interp.model.checkpoint.errors import CheckpointError
-from jaxvit_interp.model.checkpoint.facts import Facts, ShapeReader
+from jaxvit_interp.model.checkpoint.facts import Facts, ShapeReader, class_names_fact
 from jaxvit_interp.model.checkpoint.rules import Rule, expected_targets, identity_rules
 from jaxvit_interp.model.config import INCEPTION_PREPROCESSING, ViTConfig
 
@@ -101,6 +101,7 @@ class FlaxFamily:
         if (s := r.shape(posemb)) is not None:
             # vit_jax's table has a CLS row; big_vision's never does.
             facts.num_patches = s[1] - int(has_cls and not self.big_vision)
+        class_names_fact(facts, None, self.description)
         return facts
 
     def rules(self, config: ViTConfig) -> list[Rule]:

@@ -170,6 +170,8 @@ def settle_config(plan: Plan, config: ViTConfig | None) -> None:
     else:
         grid = square_grid(facts.num_patches, plan.where)
     patch = config.patch_size
+    if config.class_names is None and facts.defaults.get("class_names") is not None:
+        config = config.replace(class_names=facts.defaults["class_names"])
     plan.config = config
     plan.file_config = config.replace(image_size=(grid[0] * patch[0], grid[1] * patch[1]))
     if plan.file_config.grid != config.grid:

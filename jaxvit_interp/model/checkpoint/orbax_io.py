@@ -14,7 +14,6 @@ name differs from Hugging Face's ``config.json`` so the two kinds of folder cann
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from jaxvit_interp.model.checkpoint.errors import CheckpointError, shape_str
 from jaxvit_interp.model.checkpoint.facts import SHAPE_FIELDS, Facts
 from jaxvit_interp.model.checkpoint.rules import Rule, expected_targets, flatten, identity_rules
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.storage import orbax_write, write_text
 
 CONFIG_FILE = "vit_config.json"
 PARAMS_DIR = "params"
@@ -69,13 +69,12 @@ def save_checkpoint(path, config: ViTConfig, params: Any, *, overwrite: bool = F
     (path / CONFIG_FILE).unlink(missing_ok=True)
     # Host numpy arrays carry no device placement, so the checkpoint restores on any machine.
     host = jax.tree.map(np.asarray, params)
-    with ocp.StandardCheckpointer() as checkpointer:
+    array_bytes = sum(a.nbytes for a in jax.tree.leaves(host))
+    with orbax_write(path / PARAMS_DIR, array_bytes), ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(path / PARAMS_DIR, host, force=overwrite)
         checkpointer.wait_until_finished()
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict()}
-    tmp = path / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    os.replace(tmp, path / CONFIG_FILE)
+    write_text(path / CONFIG_FILE, json.dumps(meta, indent=2, sort_keys=True))
     return path
 
 
@@ -84,7 +83,7 @@ def read_params(path) -> tuple[ViTConfig, dict[str, np.ndarray]]:
     path = Path(path).absolute()
     try:
         meta = json.loads((path / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{str(path / CONFIG_FILE)!r} is not valid JSON: {e}") from e
     if meta.get("format") != FORMAT or "config" not in meta:
         raise CheckpointError(
@@ -102,12 +101,20 @@ def read_params(path) -> tuple[ViTConfig, dict[str, np.ndarray]]:
     params_dir = path / PARAMS_DIR
     if not params_dir.exists():
         raise CheckpointError(f"{str(path)!r} has {CONFIG_FILE} but no {PARAMS_DIR}/ folder")
-    with ocp.StandardCheckpointer() as checkpointer:
-        tree = checkpointer.metadata(params_dir).item_metadata.tree
-        # Shape/dtype targets without sharding restore as host numpy arrays, whatever device
-        # the checkpoint was written from.
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
-        params = checkpointer.restore(params_dir, target)
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            tree = checkpointer.metadata(params_dir).item_metadata.tree
+            # Shape/dtype targets without sharding restore as host numpy arrays, whatever device
+            # the checkpoint was written from.
+            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
+            params = checkpointer.restore(params_dir, target)
+    except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds for bad files
+        if isinstance(e, OSError) and e.errno is not None:
+            raise  # the file system's own error (permission denied, ...), reported as such
+        raise CheckpointError(
+            f"{str(params_dir)!r} is not a readable orbax checkpoint (truncated or corrupt?): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     return config, {k: np.asarray(v) for k, v in flatten(params).items()}
 
 
@@ -131,6 +138,7 @@ class OwnFamily:
                 layer_norm_eps=c.layer_norm_eps,
                 gelu_approximate=c.gelu_approximate,
                 preprocessing=c.preprocessing,
+                class_names=c.class_names,
             ),
         )
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from jaxvit_interp.model.checkpoint.errors import CheckpointError
-from jaxvit_interp.model.checkpoint.facts import Facts, ShapeReader, SideFiles
+from jaxvit_interp.model.checkpoint.facts import Facts, ShapeReader, SideFiles, class_names_fact
 from jaxvit_interp.model.checkpoint.rules import Rule, expected_targets
 from jaxvit_interp.model.config import INCEPTION_PREPROCESSING, Preprocessing, ViTConfig
 
@@ -106,6 +106,37 @@ PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box"
 # Hugging Face activation names: "gelu" is the exact erf form, these others the tanh one.
 HF_TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def hf_class_names(cfg: Mapping[str, Any]) -> list[str] | None:
+    """``id2label`` of a Hugging Face ``config.json`` in class-index order, or None.
+
+    transformers fills ``id2label`` with ``LABEL_0, LABEL_1, ...`` when a model was made without
+    names; those say nothing and count as none.
+    """
+    id2label = cfg.get("id2label")
+    if not isinstance(id2label, Mapping) or not id2label:
+        return None
+    try:
+        items = sorted((int(k), str(v)) for k, v in id2label.items())
+    except (TypeError, ValueError):
+        return None
+    if [i for i, _ in items] != list(range(len(items))):
+        return None
+    names = [v for _, v in items]
+    if all(v == f"LABEL_{i}" for i, v in enumerate(names)):
+        return None
+    return names
+
+
+def timm_class_names(cfg: Mapping[str, Any]) -> list[str] | None:
+    """``label_names`` of a timm hub ``config.json`` (synset ids become ImageNet names), or None."""
+    from jaxvit_interp.data.imagenet import imagenet1k_names_from_synsets
+
+    names = cfg.get("label_names") or (cfg.get("pretrained_cfg") or {}).get("label_names")
+    if not isinstance(names, list | tuple) or not names:
+        return None
+    return list(imagenet1k_names_from_synsets(names) or names)
 
 
 def rules_from_table(config: ViTConfig, top, block) -> list[Rule]:
@@ -218,6 +249,7 @@ class HuggingFaceFamily:
             gelu_approximate=act != "gelu",
             preprocessing=lambda image_size: hf_preprocessing(pp, image_size),
         )
+        class_names_fact(facts, hf_class_names(cfg), "config.json id2label")
         return facts
 
     def rules(self, config: ViTConfig) -> list[Rule]:
@@ -298,6 +330,7 @@ class TimmFamily:
             gelu_approximate=False,
             preprocessing=lambda image_size: timm_preprocessing(pretrained, image_size),
         )
+        class_names_fact(facts, timm_class_names(self.timm_config), "config.json label_names")
         return facts
 
     def rules(self, config: ViTConfig) -> list[Rule]:
