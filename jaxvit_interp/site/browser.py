@@ -19,8 +19,12 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 # Environment variable naming another Chromium binary.
 CHROMIUM_ENV = "JAXVIT_CHROMIUM"
 
-# True once BokehJS has built every root and drawn it (the document's "idle" state).
-DRAWN_JS = "() => !!(window.Bokeh && Bokeh.documents.length && Bokeh.documents[0].is_idle)"
+# True once BokehJS has built and drawn every root (the document's "idle" state) and the page's
+# code has computed its state, which it first does when the document is ready.
+DRAWN_JS = """() => {
+  const doc = window.Bokeh && Bokeh.documents[0];
+  return !!(doc && doc.is_idle && doc.get_model_by_name("state")?.data.image?.length);
+}"""
 
 # Find a model's view anywhere under the root views (views are created per model).
 FIND_VIEW_JS = """
@@ -89,7 +93,7 @@ def open_site(
     scale: float = 1.0,
     timeout_ms: float = 30000,
 ):
-    """Open ``path`` in a new page and wait until every view is drawn; returns the page.
+    """Open ``path`` in a new page and wait until its opening state is drawn; returns the page.
 
     The page records console errors and uncaught exceptions in ``page.site_errors``.
     """
@@ -100,6 +104,7 @@ def open_site(
     page.site_errors = errors
     page.goto(Path(path).resolve().as_uri())
     page.wait_for_function(DRAWN_JS, timeout=timeout_ms)
+    wait_drawn(page, timeout_ms)
     return page
 
 
