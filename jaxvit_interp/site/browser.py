@@ -95,13 +95,23 @@ def open_site(
 ):
     """Open ``path`` in a new page and wait until its opening state is drawn; returns the page.
 
-    The page records console errors and uncaught exceptions in ``page.site_errors``.
+    The page records console errors and uncaught exceptions in ``page.site_errors``, console
+    warnings in ``page.site_warnings``.
     """
     page = browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=scale)
     errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    warnings: list[str] = []
+
+    def console(message) -> None:
+        if message.type == "error":
+            errors.append(message.text)
+        elif message.type == "warning":
+            warnings.append(message.text)
+
+    page.on("console", console)
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.site_errors = errors
+    page.site_warnings = warnings
     page.goto(Path(path).resolve().as_uri())
     page.wait_for_function(DRAWN_JS, timeout=timeout_ms)
     wait_drawn(page, timeout_ms)

@@ -83,7 +83,7 @@ def _most_isolated(images, candidates: list[int]) -> int:
 
 def test_page_loads_without_errors_and_shows_global_values(tiny_site, tiny_bundle, open_page):
     site = open_page(tiny_site)
-    assert site.errors == []
+    assert site.problems == []
     L, H, K, _ = _dims(tiny_bundle)
     state = site.state()
     assert state["image"] == -1 and state["metric"] == "prob"
@@ -178,7 +178,7 @@ def test_clicking_an_image_makes_b_and_c_local(tiny_site, tiny_bundle, open_page
         tiny_bundle["importance"]["prob"].mean(0).reshape(-1),
         rtol=1e-5,
     )
-    assert site.errors == []
+    assert site.problems == []
 
 
 def _red_pixels(rgb: np.ndarray) -> int:
@@ -250,7 +250,7 @@ def test_choosing_a_head_in_b_highlights_it_in_c_and_d(tiny_site, tiny_bundle, o
         "matrix_title",
     ):
         assert f"layer {lay}, head {h}" in site.prop(title, "text"), title
-    assert site.errors == []
+    assert site.problems == []
 
 
 def test_clicking_a_patch_moves_the_overlay(tiny_site, tiny_bundle, open_page, site_seed):
@@ -286,7 +286,7 @@ def test_clicking_a_patch_moves_the_overlay(tiny_site, tiny_bundle, open_page, s
         "() => Bokeh.documents[0].get_model_by_name('state').data.query[0] === 0"
     )
     np.testing.assert_allclose(site.data("patches")["heat"], att[0, 1:], atol=ATT_TOL)
-    assert site.errors == []
+    assert site.problems == []
 
 
 @pytest.mark.parametrize("metric", ["kl", "taylor"])
@@ -305,7 +305,7 @@ def test_metric_menu_switches_metrics(tiny_site, tiny_bundle, open_page, metric)
     assert site.prop("value_colorbar", "title") == metric
     assert site.prop("value_mapper", "low") == pytest.approx(values.min(), rel=1e-5)
     assert site.prop("value_mapper", "high") == pytest.approx(values.max(), rel=1e-5)
-    assert site.errors == []
+    assert site.problems == []
 
 
 def test_search_finds_an_image_by_id_and_by_label(tiny_site, tiny_bundle, open_page):
@@ -344,7 +344,7 @@ def test_search_finds_an_image_by_id_and_by_label(tiny_site, tiny_bundle, open_p
     site.page.wait_for_function(
         "() => Bokeh.documents[0].get_model_by_name('state').data.image[0] === -1"
     )
-    assert site.errors == []
+    assert site.problems == []
 
 
 def test_labels_and_ids_show_as_text(tiny_site, tiny_bundle, open_page):
@@ -371,7 +371,7 @@ def test_labels_and_ids_show_as_text(tiny_site, tiny_bundle, open_page):
     assert site.page.evaluate(DEEP_IMG_JS) == 0
     assert site.page.evaluate("() => window.__xss") is None
     assert dialogs == []
-    assert "alert" not in "".join(site.errors)
+    assert "alert" not in "".join(site.problems)
 
 
 def test_notes_for_images_without_partial_or_attention(tiny_site, tiny_bundle, open_page):
@@ -382,7 +382,7 @@ def test_notes_for_images_without_partial_or_attention(tiny_site, tiny_bundle, o
     assert site.data("top5_view")["text"] == []
     assert "not stored for this image" in site.text("attention_note")
     assert site.data("matrix_view")["image"] == []
-    assert site.errors == []
+    assert site.problems == []
 
 
 def test_site_of_a_model_without_cls_and_without_optional_parts(tmp_path, open_page, rng):
@@ -391,7 +391,7 @@ def test_site_of_a_model_without_cls_and_without_optional_parts(tmp_path, open_p
         del bundle.parts[part]
     path = build_site(bundle, tmp_path / "site", metrics=["kl", "prob"])
     site = open_page(path)
-    assert site.errors == []
+    assert site.problems == []
     assert site.state()["metric"] == "kl"
     assert site.state()["kind"] == "patch"
     assert "no partial-pruning results" in site.text("partial_note")
@@ -403,7 +403,7 @@ def test_site_of_a_model_without_cls_and_without_optional_parts(tmp_path, open_p
     )
     assert site.page.locator("button", has_text="CLS token as query").count() == 0
     assert site.text("attention_note") == "This results bundle stores no attention matrices."
-    assert site.errors == []
+    assert site.problems == []
 
 
 def test_site_without_pattern_results(tmp_path, open_page, rng):
@@ -419,7 +419,7 @@ def test_site_without_pattern_results(tmp_path, open_page, rng):
     np.testing.assert_allclose(
         site.data("patches")["heat"], bundle["attention"]["attention"][0, 1, 1, 0, 1:], atol=ATT_TOL
     )
-    assert site.errors == []
+    assert site.problems == []
 
 
 def _most_important_head(bundle, metric: str) -> int:
@@ -500,7 +500,7 @@ def test_opening_view_and_the_way_back_to_it(tiny_site, tiny_bundle, open_page):
         "() => Bokeh.documents[0].get_model_by_name('state').data.image[0] === -1"
     )
     _assert_global_view(site, tiny_bundle, other, "prob", "cls")
-    assert site.errors == []
+    assert site.problems == []
 
 
 def test_site_options_choose_the_opening_metric_and_pattern_kind(tiny_bundle, tmp_path, open_page):
@@ -509,7 +509,7 @@ def test_site_options_choose_the_opening_metric_and_pattern_kind(tiny_bundle, tm
     patch = tiny_bundle["patterns"]["patch_positions"]
     assert site.prop("embedding_x_range", "start") < patch[..., 0].min()
     assert site.data("density_view")["x"][0] == site.prop("embedding_x_range", "start")
-    assert site.errors == []
+    assert site.problems == []
 
 
 def test_pattern_toggle_and_pruning_mode_bars(tiny_site, tiny_bundle, open_page):
@@ -543,7 +543,7 @@ def test_pattern_toggle_and_pruning_mode_bars(tiny_site, tiny_bundle, open_page)
     want = [names[c] for c in tiny_bundle["partial"]["top5_classes"][s, lay, h, m]]
     assert [t.rsplit(": ", 1)[0] for t in site.data("top5_view")["text"]] == want
     assert modes[m] in site.prop("top5_title", "text")
-    assert site.errors == []
+    assert site.problems == []
 
 
 def test_fewer_classes_than_five_keep_a_shorter_top_k(tmp_path, open_page, rng):
@@ -568,4 +568,4 @@ def test_fewer_classes_than_five_keep_a_shorter_top_k(tmp_path, open_page, rng):
         names[c] for c in bundle["partial"]["top5_classes"][0, lay, h, mode]
     ]
     assert top["y"] == [3, 2, 1]
-    assert site.errors == []
+    assert site.problems == []

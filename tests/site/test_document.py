@@ -147,5 +147,5 @@ def test_the_page_code_runs_once_the_document_is_ready(bundle):
     assert ready.args["info"]["num_images"] == 10
     taken = re.findall(r"function \w+\(\{([^}]*)\}|const \{([^}]*)\} = page;", ready.code)
     names = {n.strip() for groups in taken for group in groups for n in group.split(",")} - {""}
-    assert {"info", "value_palette", "images", "heads", "state"} <= names
+    assert {"info", "value_palette", "images", "heads", "state", "entropy_hist_y_range"} <= names
     assert names <= ready.args.keys(), names - ready.args.keys()

@@ -58,6 +58,9 @@ const repeat = (n, value) => new Array(n).fill(value);
 const slice = (col, Type, start, length) =>
   new Type(col.buffer, col.byteOffset + start * Type.BYTES_PER_ELEMENT, length);
 
+// A histogram's axis of counts: from 0 to the largest count plus 5%, as Bokeh pads its own.
+const fitCounts = (range, counts) => { range.end = 1.05 * Math.max(1, ...counts); };
+
 // `count` equal bins of width `width` from 0; values past the last bin count in it.
 function histogram(values, count, width) {
   const counts = repeat(count, 0);
@@ -223,7 +226,7 @@ function drawPartial(page, s) {
 // C1's title, C2: the chosen head's strength per hop; C3: its entropy over all images.
 function drawStrength(page, s) {
   const {info, hops, head_hops, image_heads, hop_bars, hop_title, entropy_title, entropy_hist,
-         entropy_hist_title, entropy_span} = page;
+         entropy_hist_title, entropy_hist_y_range, entropy_span} = page;
   const K = info.num_hops, LH = info.num_layers * info.num_heads, {image, k, head} = s;
   const src = image >= 0 ? hops.data : head_hops.data;
   const row0 = ((image >= 0 ? image * LH : 0) + k) * K;
@@ -234,6 +237,7 @@ function drawStrength(page, s) {
   setText(entropy_title, "text", fill("entropy_title", {scope: s.scope}));
   const {left, right, counts} = entropyHistogram(page, k);
   entropy_hist.data = {left, right, count: counts, head: repeat(counts.length, head)};
+  fitCounts(entropy_hist_y_range, counts);
   setText(entropy_hist_title, "text", fill("entropy_hist_title", {head}));
   if (image >= 0) entropy_span.location = image_heads.data.head_entropy[image * LH + k];
   entropy_span.visible = image >= 0;
@@ -287,8 +291,8 @@ function drawEmbedding(page, s) {
 // attention matrix; D5: the histogram of its values.
 function drawAttention(page, s) {
   const {info, images, thumbnails, attention, patches, thumb, query_marker, heat_mapper,
-         matrix_view, matrix_mapper, query_band, value_hist, image_title, matrix_title,
-         attention_note} = page;
+         matrix_view, matrix_mapper, query_band, value_hist, value_hist_x_range, value_hist_y_range,
+         image_title, matrix_title, attention_note} = page;
   const {image, k, head, query} = s;
   const [GH, GW] = info.grid, P = GH * GW, N = info.num_tokens, FIRST = info.has_cls ? 1 : 0;
   const LH = info.num_layers * info.num_heads;
@@ -332,6 +336,8 @@ function drawAttention(page, s) {
     const bins = info.value_bins;
     const {left, right, counts} = histogram(flat, bins, (mmax > 0 ? mmax : 1) * 1.0001 / bins);
     value_hist.data = {left, right, count: counts, head: repeat(bins, head)};
+    value_hist_x_range.end = last(right);
+    fitCounts(value_hist_y_range, counts);
     setText(matrix_title, "text", fill("matrix_title_local", {head, id: images.data.id[image]}));
   } else {
     matrix_view.data = {...empty, head: []};
