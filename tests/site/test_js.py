@@ -1,4 +1,4 @@
-"""The page's JavaScript modules: text helpers as written, shipped in the wheel."""
+"""The page's JavaScript modules: valid syntax, text helpers as written, shipped in the wheel."""
 
 from __future__ import annotations
 
@@ -27,6 +27,24 @@ def _node(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 def test_the_page_has_its_modules():
     assert {p.name for p in MODULES} >= {"update.js", "search.js", "all_images.js", "cls_query.js"}
+
+
+@needs_node
+@pytest.mark.parametrize("module", MODULES, ids=lambda p: p.name)
+def test_module_syntax(module):
+    result = _node("--check", str(module))
+    assert result.returncode == 0, result.stderr
+
+
+@needs_node
+def test_syntax_check_catches_a_broken_module(tmp_path):
+    # Outside a package of "type": "module", node 20 passes broken ES modules silently.
+    shutil.copytree(JS_DIR, tmp_path / "js")
+    broken = tmp_path / "js" / "broken.js"
+    broken.write_text("export default function update(page) {\n  return page;\n")
+    result = _node("--check", str(broken))
+    assert result.returncode != 0
+    assert "SyntaxError" in result.stderr
 
 
 @needs_node
