@@ -25,6 +25,9 @@ DRAWN_JS = """() => {
   const doc = window.Bokeh && Bokeh.documents[0];
   return !!(doc && doc.is_idle && doc.get_model_by_name("state")?.data.image?.length);
 }"""
+# Resolves with the start time (performance.now()'s clock) of the second animation frame from
+# now: BokehJS draws what changed in the first.
+NEXT_FRAMES_JS = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
 
 # Find a model's view anywhere under the root views (views are created per model).
 FIND_VIEW_JS = """
@@ -120,5 +123,5 @@ def open_site(
 
 def wait_drawn(page, timeout_ms: float = 10000) -> None:
     """Wait for BokehJS to finish redrawing after a change (two animation frames, then idle)."""
-    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    page.evaluate(NEXT_FRAMES_JS)
     page.wait_for_function(DRAWN_JS, timeout=timeout_ms)
