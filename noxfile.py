@@ -1,6 +1,11 @@
 """Sessions: ``nox -s tests``, ``nox -s compare``, ``nox -s lint``, ``nox -s benchmarks``."""
 
+from pathlib import Path
+
 import nox
+
+# The site's page code: ES modules, which the package.json beside them declares to node.
+JS_MODULES = sorted(Path("jaxvit_interp/site/js").glob("*.js"))
 
 nox.options.sessions = ["tests", "lint"]
 
@@ -21,11 +26,14 @@ def compare(session):
 
 @nox.session
 def lint(session):
-    """Ruff's checks and its formatting, over the package, the tests and the benchmarks."""
+    """Ruff's checks and its formatting, over the package, the tests and the benchmarks; node's
+    syntax check of the site's JavaScript."""
     session.install("ruff")
     paths = ["jaxvit_interp", "tests", "benchmarks", "noxfile.py"]
     session.run("ruff", "check", *paths, *session.posargs)
     session.run("ruff", "format", "--check", *paths)
+    for module in JS_MODULES:
+        session.run("node", "--check", str(module), external=True)
 
 
 @nox.session

@@ -19,8 +19,15 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 # Environment variable naming another Chromium binary.
 CHROMIUM_ENV = "JAXVIT_CHROMIUM"
 
-# True once BokehJS has built every root and drawn it (the document's "idle" state).
-DRAWN_JS = "() => !!(window.Bokeh && Bokeh.documents.length && Bokeh.documents[0].is_idle)"
+# True once BokehJS has built and drawn every root (the document's "idle" state) and the page's
+# code has computed its state, which it first does when the document is ready.
+DRAWN_JS = """() => {
+  const doc = window.Bokeh && Bokeh.documents[0];
+  return !!(doc && doc.is_idle && doc.get_model_by_name("state")?.data.image?.length);
+}"""
+# Resolves with the start time (performance.now()'s clock) of the second animation frame from
+# now: BokehJS draws what changed in the first.
+NEXT_FRAMES_JS = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
 
 # Find a model's view anywhere under the root views (views are created per model).
 FIND_VIEW_JS = """
@@ -89,21 +96,32 @@ def open_site(
     scale: float = 1.0,
     timeout_ms: float = 30000,
 ):
-    """Open ``path`` in a new page and wait until every view is drawn; returns the page.
+    """Open ``path`` in a new page and wait until its opening state is drawn; returns the page.
 
-    The page records console errors and uncaught exceptions in ``page.site_errors``.
+    The page records console errors and uncaught exceptions in ``page.site_errors``, console
+    warnings in ``page.site_warnings``.
     """
     page = browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=scale)
     errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    warnings: list[str] = []
+
+    def console(message) -> None:
+        if message.type == "error":
+            errors.append(message.text)
+        elif message.type == "warning":
+            warnings.append(message.text)
+
+    page.on("console", console)
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.site_errors = errors
+    page.site_warnings = warnings
     page.goto(Path(path).resolve().as_uri())
     page.wait_for_function(DRAWN_JS, timeout=timeout_ms)
+    wait_drawn(page, timeout_ms)
     return page
 
 
 def wait_drawn(page, timeout_ms: float = 10000) -> None:
     """Wait for BokehJS to finish redrawing after a change (two animation frames, then idle)."""
-    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    page.evaluate(NEXT_FRAMES_JS)
     page.wait_for_function(DRAWN_JS, timeout=timeout_ms)

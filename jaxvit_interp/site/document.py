@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 from bokeh.document import Document
 from bokeh.embed import file_html
+from bokeh.events import DocumentReady
 from bokeh.layouts import column, row
 from bokeh.models import ColumnDataSource, Div
 from bokeh.resources import INLINE
 
 from jaxvit_interp.bundle import IMPORTANCE_METRICS, ResultsBundle
 from jaxvit_interp.site import callbacks
-from jaxvit_interp.site.initial import initial_state
 from jaxvit_interp.site.sources import METRIC_INFO, PATTERN_KINDS, make_sources, prepare_site_data
 from jaxvit_interp.site.views import importance, overview, pattern, strength
 from jaxvit_interp.site.views.common import FONT, Context, text_box
@@ -138,18 +138,9 @@ def build_document(
     first = _initial_head(data.tables["heads"], default_metric)
     modes = data.info["pruning_modes"]
     first_mode = modes.index("head") if "head" in modes else 0
-    kinds = data.info["kinds"]
-    kind = kinds[ctx.models["kind_toggle"].active] if kinds else None
+    # The state is empty until the page's code first runs, on the document's ready event.
     state = ColumnDataSource(name="state", data={})
     models = {**sources, **ctx.models, "state": state}
-    # The opening state is drawn from data computed here: the page runs no code to open.
-    opening = initial_state(data, metric=default_metric, kind=kind, head=first, mode=first_mode)
-    for name, columns in opening["sources"].items():
-        models[name].data = {**models[name].data, **columns}
-    for name, values in opening["props"].items():
-        for attr, value in values.items():
-            setattr(models[name], attr, value)
-    state.data = opening["state"]
     models["heads"].selected.indices = [first]
     models["partial_bars"].selected.indices = [first_mode]
 
@@ -169,6 +160,7 @@ def build_document(
     doc = Document()
     doc.title = title
     doc.add_root(layout)
+    doc.js_on_event(DocumentReady, update)
     doc.validate()
     return doc
 

@@ -36,8 +36,9 @@ class SitePage:
         self.page = page
 
     @property
-    def errors(self) -> list[str]:
-        return self.page.site_errors
+    def problems(self) -> list[str]:
+        """The console errors and warnings and the uncaught exceptions of the page."""
+        return self.page.site_errors + self.page.site_warnings
 
     def data(self, name: str) -> dict:
         """A data source's columns (typed arrays become lists)."""

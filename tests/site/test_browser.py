@@ -12,8 +12,7 @@ from sitepage import EVIL_ID, make_bundle
 
 from jaxvit_interp.site.browser import FIND_VIEW_JS
 from jaxvit_interp.site.document import build_site
-from jaxvit_interp.site.initial import initial_state
-from jaxvit_interp.site.sources import ATTENTION_SCALE, METRIC_INFO, prepare_site_data
+from jaxvit_interp.site.sources import ATTENTION_SCALE, ENTROPY_BINS, METRIC_INFO
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +83,7 @@ def _most_isolated(images, candidates: list[int]) -> int:
 
 def test_page_loads_without_errors_and_shows_global_values(tiny_site, tiny_bundle, open_page):
     site = open_page(tiny_site)
-    assert site.errors == []
+    assert site.problems == []
     L, H, K, _ = _dims(tiny_bundle)
     state = site.state()
     assert state["image"] == -1 and state["metric"] == "prob"
@@ -179,7 +178,7 @@ def test_clicking_an_image_makes_b_and_c_local(tiny_site, tiny_bundle, open_page
         tiny_bundle["importance"]["prob"].mean(0).reshape(-1),
         rtol=1e-5,
     )
-    assert site.errors == []
+    assert site.problems == []
 
 
 def _red_pixels(rgb: np.ndarray) -> int:
@@ -251,7 +250,7 @@ def test_choosing_a_head_in_b_highlights_it_in_c_and_d(tiny_site, tiny_bundle, o
         "matrix_title",
     ):
         assert f"layer {lay}, head {h}" in site.prop(title, "text"), title
-    assert site.errors == []
+    assert site.problems == []
 
 
 def test_clicking_a_patch_moves_the_overlay(tiny_site, tiny_bundle, open_page, site_seed):
@@ -287,7 +286,7 @@ def test_clicking_a_patch_moves_the_overlay(tiny_site, tiny_bundle, open_page, s
         "() => Bokeh.documents[0].get_model_by_name('state').data.query[0] === 0"
     )
     np.testing.assert_allclose(site.data("patches")["heat"], att[0, 1:], atol=ATT_TOL)
-    assert site.errors == []
+    assert site.problems == []
 
 
 @pytest.mark.parametrize("metric", ["kl", "taylor"])
@@ -306,7 +305,7 @@ def test_metric_menu_switches_metrics(tiny_site, tiny_bundle, open_page, metric)
     assert site.prop("value_colorbar", "title") == metric
     assert site.prop("value_mapper", "low") == pytest.approx(values.min(), rel=1e-5)
     assert site.prop("value_mapper", "high") == pytest.approx(values.max(), rel=1e-5)
-    assert site.errors == []
+    assert site.problems == []
 
 
 def test_search_finds_an_image_by_id_and_by_label(tiny_site, tiny_bundle, open_page):
@@ -345,7 +344,7 @@ def test_search_finds_an_image_by_id_and_by_label(tiny_site, tiny_bundle, open_p
     site.page.wait_for_function(
         "() => Bokeh.documents[0].get_model_by_name('state').data.image[0] === -1"
     )
-    assert site.errors == []
+    assert site.problems == []
 
 
 def test_labels_and_ids_show_as_text(tiny_site, tiny_bundle, open_page):
@@ -372,7 +371,7 @@ def test_labels_and_ids_show_as_text(tiny_site, tiny_bundle, open_page):
     assert site.page.evaluate(DEEP_IMG_JS) == 0
     assert site.page.evaluate("() => window.__xss") is None
     assert dialogs == []
-    assert "alert" not in "".join(site.errors)
+    assert "alert" not in "".join(site.problems)
 
 
 def test_notes_for_images_without_partial_or_attention(tiny_site, tiny_bundle, open_page):
@@ -383,7 +382,7 @@ def test_notes_for_images_without_partial_or_attention(tiny_site, tiny_bundle, o
     assert site.data("top5_view")["text"] == []
     assert "not stored for this image" in site.text("attention_note")
     assert site.data("matrix_view")["image"] == []
-    assert site.errors == []
+    assert site.problems == []
 
 
 def test_site_of_a_model_without_cls_and_without_optional_parts(tmp_path, open_page, rng):
@@ -392,7 +391,7 @@ def test_site_of_a_model_without_cls_and_without_optional_parts(tmp_path, open_p
         del bundle.parts[part]
     path = build_site(bundle, tmp_path / "site", metrics=["kl", "prob"])
     site = open_page(path)
-    assert site.errors == []
+    assert site.problems == []
     assert site.state()["metric"] == "kl"
     assert site.state()["kind"] == "patch"
     assert "no partial-pruning results" in site.text("partial_note")
@@ -404,55 +403,113 @@ def test_site_of_a_model_without_cls_and_without_optional_parts(tmp_path, open_p
     )
     assert site.page.locator("button", has_text="CLS token as query").count() == 0
     assert site.text("attention_note") == "This results bundle stores no attention matrices."
-    assert site.errors == []
+    assert site.problems == []
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return bool(np.isclose(a, b, rtol=1e-6, atol=1e-9, equal_nan=True))
-    return a == b
-
-
-def test_opening_state_is_what_the_page_computes(tiny_site, tiny_bundle, open_page):
-    """The state drawn from Python at opening equals the page's own global view."""
-    site = open_page(tiny_site)
-    data = prepare_site_data(tiny_bundle)
-    opening = initial_state(
-        data,
-        metric="prob",
-        kind=data.info["kinds"][0],
-        head=site.state()["head"],
-        mode=site.state()["mode"],
+def test_site_without_pattern_results(tmp_path, open_page, rng):
+    bundle = make_bundle(rng, num_layers=2, num_heads=2, grid=(3, 3), attention_images=2)
+    del bundle.parts["patterns"]
+    site = open_page(build_site(bundle, tmp_path / "site"))
+    assert site.state()["kind"] == ""
+    assert site.text("embedding_note") == "This results bundle has no pattern results."
+    i = int(bundle["attention"]["image_index"][0])
+    site.set_selected("images", [i])
+    site.set_selected("heads", [3])
+    assert (site.state()["image"], site.state()["head"]) == (i, 3)
+    np.testing.assert_allclose(
+        site.data("patches")["heat"], bundle["attention"]["attention"][0, 1, 1, 0, 1:], atol=ATT_TOL
     )
+    assert site.problems == []
 
-    def snapshot():
-        sources = {
-            name: {c: site.data(name)[c] for c in cols} for name, cols in opening["sources"].items()
-        }
-        props = {
-            name: {a: site.prop(name, a) for a in attrs} for name, attrs in opening["props"].items()
-        }
-        texts = {name: site.text(name) for name in ("image_info", "partial_note", "attention_note")}
-        return sources, props, texts
 
-    before = snapshot()
+def _most_important_head(bundle, metric: str) -> int:
+    values = np.nanmean(bundle["importance"][metric], axis=0).reshape(-1)
+    return int(np.argmax(values) if METRIC_INFO[metric]["important_high"] else np.argmin(values))
+
+
+def _assert_global_view(site, bundle, k: int, metric: str, kind: str) -> None:
+    """What the page shows over all images for head ``k``, against the bundle reduced here."""
+    L, H, K, _ = _dims(bundle)
+    lay, h = divmod(k, H)
+    state = site.state()
+    assert (state["image"], state["head"], state["metric"], state["kind"]) == (-1, k, metric, kind)
+    assert site.selected("heads") == [k]
+    # B1: each head's mean over images, as the grid writes it (three significant figures).
+    values = np.nanmean(bundle["importance"][metric], axis=0).reshape(-1)
+    heads = site.data("heads")
+    np.testing.assert_allclose(heads["value"], values, rtol=1e-5)
+    for text, v in zip(heads["value_text"], values, strict=True):
+        assert float(text) == pytest.approx(v, rel=5e-3, abs=1e-12), (text, v)
+        figures = text.split("e")[0].lstrip("-").replace(".", "").lstrip("0")
+        assert len(figures) == (2 if "e" in text else 3), text
+    assert site.prop("value_mapper", "low") == pytest.approx(values.min(), rel=1e-5)
+    assert site.prop("value_mapper", "high") == pytest.approx(values.max(), rel=1e-5)
+    assert site.prop("importance_title", "text") == f"{metric} (mean over all images)"
+    # B2: p(label) after each partial-pruning mode, averaged over the images that have it.
+    partial = np.nanmean(bundle["partial"]["prob"][:, lay, h], axis=0)
+    bars = site.data("partial_bars")
+    np.testing.assert_allclose(bars["prob"], partial, rtol=1e-5)
+    for text, v in zip(bars["label"], partial, strict=True):
+        assert float(text) == pytest.approx(v, abs=5e-4 + 1e-6)
+    n_partial = len(bundle["partial"]["image_index"])
+    assert site.text("partial_note").startswith(f"Mean over the {n_partial} images")
+    assert site.data("top5_view")["text"] == []
+    # C2: the head's hop strengths and masses averaged over images.
+    hop_bars = site.data("hop_bars")
+    for column in ("strength", "mass"):
+        np.testing.assert_allclose(
+            hop_bars[column], bundle["strength"][column][:, lay, h].mean(0), rtol=1e-5
+        )
+    # C3: the head's entropy over all images in equal bins up to ln(K).
+    entropy = bundle["strength"]["head_entropy"][:, lay, h]
+    edges = np.arange(ENTROPY_BINS + 1) * np.log(K) * 1.0001 / ENTROPY_BINS
+    hist = site.data("entropy_hist")
+    np.testing.assert_array_equal(hist["count"], np.histogram(entropy, edges)[0])
+    np.testing.assert_allclose(hist["left"], edges[:-1], rtol=1e-9)
+    assert not site.prop("entropy_span", "visible")
+    # D1: the head on each image, and its most common cluster outlined.
+    positions = bundle["patterns"][f"{kind}_positions"]
+    np.testing.assert_allclose(heads["pos_x"], positions[..., 0].mean(0).reshape(-1), rtol=1e-5)
+    np.testing.assert_allclose(site.data("head_images")["y"], positions[:, lay, h, 1], rtol=1e-6)
+    cluster = int(np.bincount(bundle["patterns"][f"{kind}_clusters"][:, lay, h]).argmax())
+    assert site.prop("reps_title", "text").endswith(f"(layer {lay}, head {h}: #{cluster})")
+    reps = site.data("reps_view")
+    c = reps["cluster"].index(cluster)
+    assert site.data("reps_highlight")["x"] == [reps["x"][c] + reps["dw"][c] / 2]
+    # D2, D3: no image, so no attention.
+    assert site.data("matrix_view")["image"] == []
+    assert site.data("value_hist")["count"] == []
+    n_attention = len(bundle["attention"]["image_index"])
+    assert f"the {n_attention} outlined images" in site.text("attention_note")
+    assert f"All {len(bundle.meta['image_ids'])} images" in site.text("image_info")
+
+
+def test_opening_view_and_the_way_back_to_it(tiny_site, tiny_bundle, open_page):
+    """The page opens on the most important head over all images, and shows the same values
+    for a head when sent back to the global view."""
+    site = open_page(tiny_site)
+    k = _most_important_head(tiny_bundle, "prob")
+    _assert_global_view(site, tiny_bundle, k, "prob", "cls")
     i = _pick_image(tiny_bundle, attention=True, partial=True)
     site.set_selected("images", [i])
     assert site.state()["image"] == i
+    other = (k + 1) % (tiny_bundle.dims()["L"] * tiny_bundle.dims()["H"])
+    site.set_selected("heads", [other])
     site.page.locator("button", has_text="All images").click()
     site.page.wait_for_function(
         "() => Bokeh.documents[0].get_model_by_name('state').data.image[0] === -1"
     )
-    after = snapshot()
-    for part_before, part_after in zip(before, after, strict=True):
-        for name in part_before:
-            for key in part_before[name] if isinstance(part_before[name], dict) else [None]:
-                b = part_before[name] if key is None else part_before[name][key]
-                a = part_after[name] if key is None else part_after[name][key]
-                assert _same(b, a), (name, key, b, a)
-    assert site.errors == []
+    _assert_global_view(site, tiny_bundle, other, "prob", "cls")
+    assert site.problems == []
+
+
+def test_site_options_choose_the_opening_metric_and_pattern_kind(tiny_bundle, tmp_path, open_page):
+    site = open_page(build_site(tiny_bundle, tmp_path, default_metric="kl", default_kind="patch"))
+    _assert_global_view(site, tiny_bundle, _most_important_head(tiny_bundle, "kl"), "kl", "patch")
+    patch = tiny_bundle["patterns"]["patch_positions"]
+    assert site.prop("embedding_x_range", "start") < patch[..., 0].min()
+    assert site.data("density_view")["x"][0] == site.prop("embedding_x_range", "start")
+    assert site.problems == []
 
 
 def test_pattern_toggle_and_pruning_mode_bars(tiny_site, tiny_bundle, open_page):
@@ -486,7 +543,7 @@ def test_pattern_toggle_and_pruning_mode_bars(tiny_site, tiny_bundle, open_page)
     want = [names[c] for c in tiny_bundle["partial"]["top5_classes"][s, lay, h, m]]
     assert [t.rsplit(": ", 1)[0] for t in site.data("top5_view")["text"]] == want
     assert modes[m] in site.prop("top5_title", "text")
-    assert site.errors == []
+    assert site.problems == []
 
 
 def test_fewer_classes_than_five_keep_a_shorter_top_k(tmp_path, open_page, rng):
@@ -511,4 +568,4 @@ def test_fewer_classes_than_five_keep_a_shorter_top_k(tmp_path, open_page, rng):
         names[c] for c in bundle["partial"]["top5_classes"][0, lay, h, mode]
     ]
     assert top["y"] == [3, 2, 1]
-    assert site.errors == []
+    assert site.problems == []

@@ -94,7 +94,6 @@ def test_optional_parts_may_be_missing(bundle, tmp_path):
     for part in ("partial", "attention", "patterns"):
         del bundle.parts[part]
     doc = build_document(bundle)
-    assert doc.get_model_by_name("partial_note").text.startswith("This results bundle has no")
     assert doc.get_model_by_name("embedding_note").text.startswith("This results bundle has no")
     assert build_site(bundle, tmp_path).exists()
 
@@ -124,17 +123,29 @@ def test_attention_limit_and_compression_shrink_the_file(rng, tmp_path):
     assert settings.compression_level() == before  # Bokeh's own setting is left as it was
 
 
-def test_default_kind_opens_on_that_pattern_kind(bundle):
+def test_options_choose_the_opening_selections(bundle):
+    """The document holds what the page opens on; the page's code draws it (test_browser.py)."""
     doc = build_document(bundle, default_kind="patch", default_metric="kl")
-    assert doc.get_model_by_name("state").data["kind"] == ["patch"]
-    assert doc.get_model_by_name("state").data["metric"] == ["kl"]
-    assert (
-        doc.get_model_by_name("kind_toggle").labels[doc.get_model_by_name("kind_toggle").active]
-        == "patch patterns"
-    )
-    pos = bundle["patterns"]["patch_positions"]
-    assert doc.get_model_by_name("density_view").data["x"][0] < pos[..., 0].min()
+    toggle = doc.get_model_by_name("kind_toggle")
+    assert toggle.labels[toggle.active] == "patch patterns"
+    assert doc.get_model_by_name("metric_select").value == "kl"
     # The opening head is the most important one under the default metric (highest kl).
     assert doc.get_model_by_name("heads").selected.indices == [
         int(np.nanargmax(bundle["importance"]["kl"].mean(0).reshape(-1)))
     ]
+    modes = bundle.meta["pruning_modes"]
+    assert doc.get_model_by_name("partial_bars").selected.indices == [modes.index("head")]
+
+
+def test_the_page_code_runs_once_the_document_is_ready(bundle):
+    doc = build_document(bundle)
+    (ready,) = doc.callbacks.js_event_callbacks["document_ready"]
+    update = doc.get_model_by_name("images").selected.js_property_callbacks["change:indices"][0]
+    assert ready is update
+    assert ready.module is True and "export default function update" in ready.code
+    # Values reach the code as arguments, and every name its functions take from them is one.
+    assert ready.args["info"]["num_images"] == 10
+    taken = re.findall(r"function \w+\(\{([^}]*)\}|const \{([^}]*)\} = page;", ready.code)
+    names = {n.strip() for groups in taken for group in groups for n in group.split(",")} - {""}
+    assert {"info", "value_palette", "images", "heads", "state", "entropy_hist_y_range"} <= names
+    assert names <= ready.args.keys(), names - ready.args.keys()

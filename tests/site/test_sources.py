@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from jaxvit_interp.bundle import IMPORTANCE_METRICS, BundleError
-from jaxvit_interp.site.initial import fill, fixed, sig
 from jaxvit_interp.site.sources import (
     ATTENTION_SCALE,
     _most_common,
@@ -207,27 +206,6 @@ def test_most_common_cluster(rng):
         counts = Counter(assignments[:, lay, h].tolist())
         top = max(counts.values())
         assert got[k] == min(c for c, n in counts.items() if n == top)
-
-
-def test_text_helpers_match_javascript_formatting():
-    # Expected strings are what Number.prototype.toPrecision / toExponential / toFixed give.
-    cases = {
-        0.5: "0.500",
-        0.12345: "0.123",
-        12.345: "12.3",
-        123.4: "123",
-        0.0012: "1.2e-3",
-        1234.0: "1.2e+3",
-        0.0: "0.00",
-        -0.25: "-0.250",
-        float("nan"): "n/a",
-    }
-    for v, want in cases.items():
-        assert sig(v) == want, v
-    assert fixed(0.12345, 3) == "0.123" and fixed(float("inf"), 3) == "n/a"
-    assert fill("hop_title", head="layer 1, head 2") == (
-        "strength across neighbours: layer 1, head 2"
-    )
 
 
 def test_bundles_the_site_cannot_show(bundle):

@@ -264,10 +264,20 @@ def _histogram(ctx: Context):
     hist = ctx.add(
         "value_hist", ColumnDataSource(data={"left": [], "right": [], "count": [], "head": []})
     )
-    p = plot("values of the attention matrix", 290, 190, name="value_hist_plot")
+    # Fitted to the histogram by the page: the histogram is empty until an image with stored
+    # attention is chosen, and an automatic range of nothing has no extent.
+    p = plot(
+        "values of the attention matrix",
+        290,
+        190,
+        name="value_hist_plot",
+        x_range=Range1d(0, 1),
+        y_range=Range1d(0, 1),
+    )
+    ctx.add("value_hist_x_range", p.x_range)
+    ctx.add("value_hist_y_range", p.y_range)
     p.xaxis.axis_label = "attention"
     p.yaxis.axis_label = "entries"
-    p.y_range.start = 0
     q = p.quad(
         left="left",
         right="right",

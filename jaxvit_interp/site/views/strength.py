@@ -109,11 +109,14 @@ def build(ctx: Context):
         HEIGHT,
         name="entropy_hist_plot",
         x_range=Range1d(0, top),
+        # The page fits the height to the counts: an automatic range of a histogram that has
+        # no bins yet has no extent, which BokehJS warns about.
+        y_range=Range1d(0, 1),
     )
     ctx.add("entropy_hist_title", h.title)
+    ctx.add("entropy_hist_y_range", h.y_range)
     h.xaxis.axis_label = "entropy (nats)"
     h.yaxis.axis_label = "images"
-    h.y_range.start = 0
     qd = h.quad(
         left="left",
         right="right",

@@ -1,0 +1,366 @@
+// The page's state: one function reads the chosen image, head, pruning mode and query (the
+// shared sources' selections), the metric menu and the pattern toggle, redraws every view from
+// the entity tables (row layouts in sources.py) and records the result in the `state` source.
+// The page runs it once when the document is ready, which draws the opening state, and again
+// after every change of a selection or widget.
+//
+// `page` holds the models by name and two values from the build: `info` (sizes, names, modes,
+// which parts exist) and `value_palette` (B1's colours, light to dark).
+
+// Every text the page shows; `fill` replaces each {key}.
+export const TEXTS = {
+  scope_global: "mean over all images",
+  scope_local: "image {id}",
+  image_info_global: "All {n} images (global view). Click an image or search to make the views " +
+    "local to it.",
+  image_info_local: "Chosen image: {id} | label {label} | predicted {predicted} " +
+    "(p(label) = {prob})",
+  importance_title: "{metric} ({scope})",
+  partial_title: "p(label) after partial pruning: {head}",
+  partial_none: "This results bundle has no partial-pruning results.",
+  partial_global: "Mean over the {n} images with partial pruning; choose one of them for its own " +
+    "bars and top-5 predictions.",
+  partial_local: "Partial pruning for image {id}; click a bar for that mode's top-5 predictions.",
+  partial_not_computed: "Partial pruning was not computed for this image (only for the {n} " +
+    'images whose tooltip in A lists "partial pruning").',
+  top5_local: 'top-5 after pruning "{mode}"',
+  top5_global: "top-5: choose an image",
+  top5_not_computed: "top-5: not computed here",
+  entropy_title: "head entropy across layers ({scope})",
+  hop_title: "strength across neighbours: {head}",
+  entropy_hist_title: "entropy of {head} over all images",
+  embedding_title: "{kind} patterns ({scope}); chosen: {head}",
+  reps_title: "cluster representatives ({head}: #{cluster})",
+  image_title_global: "chosen image: click a patch to make it the query",
+  image_title_cls: "{head}; query: the CLS token",
+  image_title_patch: "{head}; query: patch (row {row}, col {col})",
+  matrix_title_none: "attention matrix (rows: query, columns: key)",
+  matrix_title_local: "attention of {head}, image {id}",
+  attention_global: "Choose an image in A: the {n} outlined images have stored attention.",
+  attention_not_stored: "Attention was not stored for this image (only for the {n} outlined " +
+    "images in A).",
+  attention_local: "",
+  attention_none: "This results bundle stores no attention matrices.",
+};
+const KIND_NAMES = {cls: "CLS", patch: "patch"};
+
+// ---- text and array helpers ------------------------------------------------------------------
+export const fixed = (v, digits) => Number.isFinite(v) ? v.toFixed(digits) : "n/a";
+export const sig = (v) => !Number.isFinite(v) ? "n/a" :
+  (v !== 0 && (Math.abs(v) >= 1000 || Math.abs(v) < 0.01)) ? v.toExponential(1) : v.toPrecision(3);
+export const fill = (name, values) =>
+  TEXTS[name].replace(/\{(\w+)\}/g, (_, key) => String(values[key]));
+// Changing a Div's text re-lays out the whole page, so unchanged texts are left alone.
+const setText = (model, attr, text) => { if (model[attr] !== text) model[attr] = text; };
+const last = (a) => a[a.length - 1];
+const repeat = (n, value) => new Array(n).fill(value);
+// A typed view of `length` entries from `start` of a decoded column: no copy.
+const slice = (col, Type, start, length) =>
+  new Type(col.buffer, col.byteOffset + start * Type.BYTES_PER_ELEMENT, length);
+
+// A histogram's axis of counts: from 0 to the largest count plus 5%, as Bokeh pads its own.
+const fitCounts = (range, counts) => { range.end = 1.05 * Math.max(1, ...counts); };
+
+// `count` equal bins of width `width` from 0; values past the last bin count in it.
+function histogram(values, count, width) {
+  const counts = repeat(count, 0);
+  for (const v of values) {
+    if (Number.isFinite(v)) counts[Math.max(0, Math.min(count - 1, Math.floor(v / width)))] += 1;
+  }
+  return {
+    left: counts.map((_, b) => b * width), right: counts.map((_, b) => (b + 1) * width), counts,
+  };
+}
+
+// ---- reductions over images: each could instead look up a table the bundle precomputes --------
+
+// Head k's p(label) after each partial-pruning mode, averaged over the images that have it.
+function partialMeans({info, partial}, k) {
+  const M = info.pruning_modes.length, LH = info.num_layers * info.num_heads;
+  const prob = partial.data.prob, means = repeat(M, NaN);
+  for (let m = 0; m < M; m++) {
+    let sum = 0, n = 0;
+    for (let s = 0; s < info.num_partial; s++) {
+      const v = prob[(s * LH + k) * M + m];
+      if (Number.isFinite(v)) { sum += v; n += 1; }
+    }
+    if (n) means[m] = sum / n;
+  }
+  return means;
+}
+
+// Head k's entropy over all images in info.entropy_bins bins up to the largest possible entropy.
+function entropyHistogram({info, image_heads}, k) {
+  const LH = info.num_layers * info.num_heads, column = image_heads.data.head_entropy;
+  const values = Array.from({length: info.num_images}, (_, i) => column[i * LH + k]);
+  return histogram(values, info.entropy_bins, info.max_entropy * 1.0001 / info.entropy_bins);
+}
+
+// ---- the state --------------------------------------------------------------------------------
+
+// The state the selections and widgets ask for; null after normalising a selection, whose change
+// runs update again.
+function readState({info, images, heads, image_heads, partial_bars, patches, state, metric_select,
+                    kind_toggle}) {
+  const previous = (col) => state.data[col]?.[0];  // the state is empty before the first run
+  const isel = images.selected.indices;
+  if (isel.length > 1) { images.selected.indices = [last(isel)]; return null; }
+  const hsel = heads.selected.indices;
+  if (hsel.length !== 1) {
+    heads.selected.indices = [hsel.length ? last(hsel) : previous("head") ?? 0];
+    return null;
+  }
+  const msel = partial_bars.selected.indices;
+  if (msel.length !== 1) {
+    partial_bars.selected.indices = [msel.length ? last(msel) : previous("mode") ?? 0];
+    return null;
+  }
+  const psel = patches.selected.indices;
+  if (psel.length > 1) { patches.selected.indices = [last(psel)]; return null; }
+
+  const LH = info.num_layers * info.num_heads;
+  const image = isel.length ? isel[0] : -1, k = hsel[0];
+  const kinds = info.kinds;
+  const kind = kinds.length ? kinds[Math.min(kind_toggle.active, kinds.length - 1)] : null;
+  const hd = heads.data, ih = image_heads.data;
+  return {
+    image,
+    k,
+    mode: msel[0],
+    // No patch chosen: the CLS token, or the centre patch of a model without CLS.
+    query: psel.length ? (info.has_cls ? 1 : 0) + psel[0] : info.default_query,
+    metric: metric_select.value,
+    kind,
+    kindChanged: previous("kind") !== (kind || ""),
+    head: hd.name[k],
+    scope: image >= 0 ? fill("scope_local", {id: images.data.id[image]}) : TEXTS.scope_global,
+    // A per-head value for the chosen image, or over all images: a lookup in the heads table,
+    // whose global_ columns sources.py fills with means (for clusters, the most common one).
+    pick: (col, j) => image >= 0 ? ih[col][image * LH + j] : hd["global_" + col][j],
+  };
+}
+
+// ---- views ------------------------------------------------------------------------------------
+
+// A: what the chosen image is.
+function drawImageInfo({info, images, image_info}, s) {
+  const img = images.data, i = s.image;
+  setText(image_info, "text", i >= 0
+    ? fill("image_info_local", {id: img.id[i], label: img.label[i], predicted: img.predicted[i],
+                                prob: fixed(img.prob[i], 3)})
+    : fill("image_info_global", {n: info.num_images}));
+}
+
+// The shared heads source: B1's metric value, C1's entropy and D1's position of every head.
+function drawHeads({info, heads, value_mapper, value_palette, importance_title, value_colorbar},
+                   s) {
+  const LH = info.num_layers * info.num_heads, {metric, kind} = s;
+  const value = new Array(LH), entropy = new Array(LH), pos_x = new Array(LH);
+  const pos_y = new Array(LH);
+  let lo = Infinity, hi = -Infinity;
+  for (let j = 0; j < LH; j++) {
+    const v = s.pick(metric, j);
+    value[j] = v;
+    if (Number.isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    entropy[j] = s.pick("head_entropy", j);
+    pos_x[j] = kind ? s.pick(kind + "_x", j) : 0;
+    pos_y[j] = kind ? s.pick(kind + "_y", j) : 0;
+  }
+  if (!Number.isFinite(lo)) { lo = 0; hi = 1; }
+  if (!(hi > lo)) { const pad = 0.5 * (Math.abs(lo) || 1); lo -= pad; hi += pad; }
+  const importantHigh = info.metric_info[metric].important_high;
+  value_mapper.low = lo;
+  value_mapper.high = hi;
+  // Dark marks an important head whichever direction the metric runs.
+  value_mapper.palette = importantHigh ? value_palette.slice().reverse() : value_palette;
+  const text_color = value.map((v) => {
+    const t = (v - lo) / (hi - lo);
+    return (importantHigh ? t > 0.55 : t < 0.45) ? "#ffffff" : "#000000";
+  });
+  heads.data = {...heads.data, value, entropy, pos_x, pos_y, text_color,
+                value_text: value.map(sig), metric: repeat(LH, metric)};
+  setText(importance_title, "text", fill("importance_title", {metric, scope: s.scope}));
+  setText(value_colorbar, "title", metric);
+}
+
+// B2: p(label) after each partial-pruning mode of the chosen head; B3: the chosen mode's top-5.
+function drawPartial(page, s) {
+  const {info, images, partial, top5, partial_bars, partial_note, partial_title, top5_view,
+         top5_title} = page;
+  const modes = info.pruning_modes, M = modes.length, LH = info.num_layers * info.num_heads;
+  const {image, k, head} = s;
+  const row = image >= 0 ? images.data.partial_row[image] : -1;
+  let probs = repeat(M, NaN), note;
+  if (!info.has_partial) {
+    note = TEXTS.partial_none;
+  } else if (image >= 0 && row < 0) {
+    note = fill("partial_not_computed", {n: info.num_partial});
+  } else if (image >= 0) {
+    probs = probs.map((_, m) => partial.data.prob[(row * LH + k) * M + m]);
+    note = fill("partial_local", {id: images.data.id[image]});
+  } else {
+    probs = partialMeans(page, k);
+    note = fill("partial_global", {n: info.num_partial});
+  }
+  partial_bars.data = {mode: modes, prob: probs.map((v) => Number.isFinite(v) ? v : 0),
+                       label: probs.map((v) => info.has_partial ? fixed(v, 3) : ""),
+                       head: repeat(M, head)};
+  setText(partial_note, "text", note);
+  setText(partial_title, "text", fill("partial_title", {head}));
+
+  const rank = [], prob = [], text = [], y = [];
+  if (row >= 0) {
+    const TOPK = info.top_k;
+    for (let t = 0; t < TOPK; t++) {
+      const r = ((row * LH + k) * M + s.mode) * TOPK + t;
+      const p = top5.data.prob[r];
+      rank.push(t + 1); y.push(TOPK - t); prob.push(p);
+      text.push(`${info.class_names[top5.data.class_index[r]]}: ${sig(p)}`);
+    }
+  }
+  top5_view.data = {rank, prob, text, y, head: repeat(rank.length, head)};
+  setText(top5_title, "text", row >= 0 ? fill("top5_local", {mode: modes[s.mode]})
+    : image >= 0 ? TEXTS.top5_not_computed : TEXTS.top5_global);
+}
+
+// C1's title, C2: the chosen head's strength per hop; C3: its entropy over all images.
+function drawStrength(page, s) {
+  const {info, hops, head_hops, image_heads, hop_bars, hop_title, entropy_title, entropy_hist,
+         entropy_hist_title, entropy_hist_y_range, entropy_span} = page;
+  const K = info.num_hops, LH = info.num_layers * info.num_heads, {image, k, head} = s;
+  const src = image >= 0 ? hops.data : head_hops.data;
+  const row0 = ((image >= 0 ? image * LH : 0) + k) * K;
+  const hop = Array.from({length: K}, (_, t) => t);
+  hop_bars.data = {hop, strength: hop.map((t) => src.strength[row0 + t]),
+                   mass: hop.map((t) => src.mass[row0 + t]), head: repeat(K, head)};
+  setText(hop_title, "text", fill("hop_title", {head}));
+  setText(entropy_title, "text", fill("entropy_title", {scope: s.scope}));
+  const {left, right, counts} = entropyHistogram(page, k);
+  entropy_hist.data = {left, right, count: counts, head: repeat(counts.length, head)};
+  fitCounts(entropy_hist_y_range, counts);
+  setText(entropy_hist_title, "text", fill("entropy_hist_title", {head}));
+  if (image >= 0) entropy_span.location = image_heads.data.head_entropy[image * LH + k];
+  entropy_span.visible = image >= 0;
+}
+
+// D1: the heads in the pattern embedding, the chosen head on each image, and the cluster
+// representatives with the chosen head's cluster outlined.
+function drawEmbedding(page, s) {
+  const {info, images, image_heads, density, representatives, density_view, head_images,
+         embedding_title, embedding_x_range, embedding_y_range, reps_view, reps_highlight,
+         reps_title, reps_x_range, reps_y_range} = page;
+  const {kind, k, head} = s;
+  if (!kind) return;
+  if (s.kindChanged) {
+    const d = density.data, r = d.kind.indexOf(kind);
+    density_view.data = {image: [d.image[r]], x: [d.x[r]], y: [d.y[r]], dw: [d.dw[r]],
+                         dh: [d.dh[r]]};
+    const e = info.extents[kind];
+    embedding_x_range.start = e[0]; embedding_x_range.end = e[1];
+    embedding_y_range.start = e[2]; embedding_y_range.end = e[3];
+  }
+  const n = info.num_images, LH = info.num_layers * info.num_heads, ih = image_heads.data;
+  const at = (col) => Array.from({length: n}, (_, i) => ih[col][i * LH + k]);
+  const img = images.data;
+  head_images.data = {x: at(kind + "_x"), y: at(kind + "_y"),
+                      size: Array.from({length: n}, (_, i) => i === s.image ? 11 : 5),
+                      color: img.color, id: img.id, label: img.label};
+  setText(embedding_title, "text",
+          fill("embedding_title", {kind: KIND_NAMES[kind], scope: s.scope, head}));
+
+  const rp = representatives.data, cluster = s.pick(kind + "_cluster", k);
+  const rows = [];
+  for (let j = 0; j < rp.kind.length; j++) if (rp.kind[j] === kind) rows.push(j);
+  const col = (name) => rows.map((j) => rp[name][j]);
+  const x = col("x"), dw = col("dw"), dh = col("dh");
+  reps_view.data = {image: col("image"), x, y: col("y"), dw, dh, cluster: col("cluster"),
+    members: col("count"), count: rows.map((j) => `#${rp.cluster[j]}: ${rp.count[j]}`),
+    label_x: x.map((x0, j) => x0 + dw[j] / 2)};
+  const c = rows.findIndex((j) => rp.cluster[j] === cluster);
+  reps_highlight.data = c < 0 ? {x: [], y: [], w: [], h: []} :
+    {x: [x[c] + dw[c] / 2], y: [dh[c] / 2], w: [dw[c] + 0.7], h: [dh[c] + 0.7]};
+  setText(reps_title, "text", fill("reps_title", {head, cluster}));
+  if (s.kindChanged && rows.length) {
+    const h0 = Math.max(...dh);
+    reps_x_range.start = -0.6; reps_x_range.end = last(x) + last(dw) + 0.6;
+    reps_y_range.start = -Math.max(1.2, 0.35 * h0); reps_y_range.end = h0 + 0.6;
+  }
+}
+
+// D2: the chosen image with the query's attention over its patches; D3: the chosen head's
+// attention matrix; D5: the histogram of its values.
+function drawAttention(page, s) {
+  const {info, images, thumbnails, attention, patches, thumb, query_marker, heat_mapper,
+         matrix_view, matrix_mapper, query_band, value_hist, value_hist_x_range, value_hist_y_range,
+         image_title, matrix_title, attention_note} = page;
+  const {image, k, head, query} = s;
+  const [GH, GW] = info.grid, P = GH * GW, N = info.num_tokens, FIRST = info.has_cls ? 1 : 0;
+  const LH = info.num_layers * info.num_heads;
+  const empty = {image: [], x: [], y: [], dw: [], dh: []};
+  const heat = repeat(P, 0), alpha = repeat(P, 0);
+  const row = image >= 0 ? images.data.attention_row[image] : -1;
+  const {ndarray} = Bokeh.require("core/util/ndarray");
+  const [TH, TW] = info.thumbnail_shape;
+  thumb.data = image >= 0 ? {
+    image: [ndarray(slice(thumbnails.data.rgba, Uint32Array, image * TH * TW, TH * TW),
+                    {dtype: "uint32", shape: [TH, TW]})],
+    x: [0], y: [0], dw: [GW], dh: [GH]} : empty;
+  if (query >= FIRST) {
+    const p = query - FIRST, r = Math.floor(p / GW), c = p % GW;
+    query_marker.data = {x: [c + 0.5], y: [GH - r - 0.5]};
+    setText(image_title, "text", image >= 0 ? fill("image_title_patch", {head, row: r, col: c})
+      : TEXTS.image_title_global);
+  } else {
+    query_marker.data = {x: [], y: []};
+    setText(image_title, "text", image >= 0 ? fill("image_title_cls", {head})
+      : TEXTS.image_title_global);
+  }
+  if (row >= 0) {
+    // The chosen head's [N, N] block of the flat attention column.
+    const mat = slice(attention.data.value, Uint16Array, (row * LH + k) * N * N, N * N);
+    const scale = info.attention_scale;
+    let hmax = 0;
+    for (let p = 0; p < P; p++) {
+      heat[p] = mat[query * N + FIRST + p] / scale;
+      hmax = Math.max(hmax, heat[p]);
+    }
+    for (let p = 0; p < P; p++) alpha[p] = hmax > 0 ? 0.1 + 0.75 * heat[p] / hmax : 0.1;
+    heat_mapper.high = hmax > 0 ? hmax : 1;
+    const flat = new Float32Array(N * N);
+    let mmax = 0;
+    for (let t = 0; t < N * N; t++) { flat[t] = mat[t] / scale; mmax = Math.max(mmax, flat[t]); }
+    matrix_view.data = {image: [ndarray(flat, {dtype: "float32", shape: [N, N]})],
+                        x: [0], y: [0], dw: [N], dh: [N], head: [head]};
+    matrix_mapper.high = mmax > 0 ? mmax : 1;
+    query_band.top = query; query_band.bottom = query + 1;
+    const bins = info.value_bins;
+    const {left, right, counts} = histogram(flat, bins, (mmax > 0 ? mmax : 1) * 1.0001 / bins);
+    value_hist.data = {left, right, count: counts, head: repeat(bins, head)};
+    value_hist_x_range.end = last(right);
+    fitCounts(value_hist_y_range, counts);
+    setText(matrix_title, "text", fill("matrix_title_local", {head, id: images.data.id[image]}));
+  } else {
+    matrix_view.data = {...empty, head: []};
+    value_hist.data = {left: [], right: [], count: [], head: []};
+    setText(matrix_title, "text", TEXTS.matrix_title_none);
+  }
+  query_band.visible = row >= 0;
+  setText(attention_note, "text", row >= 0 ? TEXTS.attention_local
+    : info.num_attention === 0 ? TEXTS.attention_none : image >= 0
+    ? fill("attention_not_stored", {n: info.num_attention})
+    : fill("attention_global", {n: info.num_attention}));
+  patches.data = {...patches.data, heat, alpha, head: repeat(P, head)};
+}
+
+export default function update(page) {
+  const s = readState(page);
+  if (s === null) return;
+  drawImageInfo(page, s);
+  drawHeads(page, s);
+  drawPartial(page, s);
+  drawStrength(page, s);
+  drawEmbedding(page, s);
+  drawAttention(page, s);
+  page.state.data = {image: [s.image], head: [s.k], mode: [s.mode], query: [s.query],
+                     metric: [s.metric], kind: [s.kind || ""]};
+}
