@@ -15,10 +15,12 @@ from bokeh.models import ColumnDataSource, Div
 from bokeh.resources import INLINE
 
 from jaxvit_interp.bundle import IMPORTANCE_METRICS, ResultsBundle
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.site import callbacks
 from jaxvit_interp.site.sources import METRIC_INFO, PATTERN_KINDS, make_sources, prepare_site_data
 from jaxvit_interp.site.views import importance, overview, pattern, strength
 from jaxvit_interp.site.views.common import FONT, Context, text_box
+from jaxvit_interp.storage import write_text
 
 INDEX_FILE = "index.html"
 # BokehJS inflates gzip-compressed arrays in plain JavaScript, which costs more opening time
@@ -32,14 +34,14 @@ def _check_options(metrics, default_metric, default_kind) -> tuple[list[str], st
     metrics = list(metrics) if metrics else list(IMPORTANCE_METRICS)
     unknown = [m for m in metrics if m not in IMPORTANCE_METRICS]
     if unknown or not metrics:
-        raise ValueError(
+        raise InputError(
             f"unknown importance metric(s) {unknown}; expected some of {list(IMPORTANCE_METRICS)}"
         )
     default_metric = default_metric or metrics[0]
     if default_metric not in metrics:
-        raise ValueError(f"default metric {default_metric!r} is not among the metrics {metrics}")
+        raise InputError(f"default metric {default_metric!r} is not among the metrics {metrics}")
     if default_kind is not None and default_kind not in PATTERN_KINDS:
-        raise ValueError(f"default pattern kind {default_kind!r}; expected one of {PATTERN_KINDS}")
+        raise InputError(f"default pattern kind {default_kind!r}; expected one of {PATTERN_KINDS}")
     return metrics, default_metric
 
 
@@ -171,7 +173,7 @@ def _compression(level: int):
     from bokeh.settings import SettingProvenance, settings
 
     if not 0 <= level <= 9:
-        raise ValueError(f"compression level must be 0..9 (gzip levels), got {level}")
+        raise InputError(f"compression level must be 0..9 (gzip levels), got {level}")
     setting = settings.compression_level
     previous, provenance = setting.get_value_with_provenance()
     setting.set_value(level)
@@ -206,10 +208,7 @@ def build_site(
     path = out_dir / INDEX_FILE
     with _compression(compression):
         page = file_html(doc, resources=INLINE, title=doc.title)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text(path, page)
 
 
 __all__ = ["INDEX_FILE", "build_document", "build_site"]
