@@ -210,6 +210,12 @@ def readout_params(params) -> ReadoutParams:
     )
 
 
+def with_position_embeddings(params, positions: Array) -> dict[str, Any]:
+    """A copy of ``params`` with position embeddings ``[1, token, hidden]`` replaced."""
+    encoder = {**params["Transformer"], "posembed_input": {"pos_embedding": positions}}
+    return {**params, "Transformer": encoder}
+
+
 # --------------------------------------------------------------------------------------------
 # The model.
 # --------------------------------------------------------------------------------------------
