@@ -37,7 +37,6 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,54 +46,26 @@ from tqdm.auto import tqdm
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance.metrics import layer_change
 from jaxvit_interp.importance.taylor import taylor_importance
+from jaxvit_interp.model import blocks
+from jaxvit_interp.model.blocks import BlockParams
 from jaxvit_interp.model.config import ViTConfig
-from jaxvit_interp.model.vit import (
-    Encoder1DBlock,
-    MlpBlock,
-    ModelOutput,
-    VisionTransformer,
-    gelu,
-)
+from jaxvit_interp.model.vit import ModelOutput, VisionTransformer, block_params, readout_params
 
 Array = jax.Array
 _F32 = 4  # bytes
 
 
 # --------------------------------------------------------------------------------------------
-# Pure kernels: pieces of one block, applied with the model's own Flax modules and parameters.
+# Pure kernels: the engine's shortcuts, built from the model's own pieces (model.blocks).
 # --------------------------------------------------------------------------------------------
 
 
-def _block_params(params, layer: int):
-    return params["Transformer"][f"encoderblock_{layer}"]
-
-
-def _layer_norm(config: ViTConfig, p, x: Array) -> Array:
-    return nn.LayerNorm(epsilon=config.layer_norm_eps).apply({"params": p}, x)
-
-
-def _qkv_dense(config: ViTConfig, p, x: Array) -> Array:
-    """One of the query/key/value projections: ``[..., hidden] -> [..., head, head_dim]``."""
-    dense = nn.DenseGeneral((config.num_heads, config.head_dim), use_bias=config.qkv_bias)
-    return dense.apply({"params": p}, x)
-
-
-def _mlp_half(config: ViTConfig, p, x: Array) -> Array:
-    """Second half of a block: ``x + MLP(LayerNorm_2(x))``. x ``[..., token, hidden]``."""
-    y = _layer_norm(config, p["LayerNorm_2"], x)
-    return x + MlpBlock(config.mlp_dim, config.gelu_approximate).apply(
-        {"params": p["MlpBlock_3"]}, y
-    )
-
-
-def _full_block(config: ViTConfig, p, x: Array) -> Array:
+def _full_block(config: ViTConfig, p: BlockParams, x: Array) -> Array:
     """The model's unpruned block. x ``[batch, token, hidden]`` -> same."""
-    gate = jnp.ones((config.num_heads,), x.dtype)
-    out, _, _ = Encoder1DBlock(config, with_probs=False).apply({"params": p}, x, gate, None)
-    return out
+    return blocks.block(config, p, x, with_probs=False)[0]
 
 
-def _cls_block(config: ViTConfig, p, x: Array) -> Array:
+def _cls_block(config: ViTConfig, p: BlockParams, x: Array) -> Array:
     """The unpruned block for the CLS query only: ``[batch, token, hidden] -> [batch, 1, hidden]``.
 
     Exact for the CLS row, and without projecting any token but CLS to queries, keys or values:
@@ -103,18 +74,17 @@ def _cls_block(config: ViTConfig, p, x: Array) -> Array:
     per head and token instead of ``hidden * head_dim``.  Likewise, because the probabilities sum
     to one, ``sum_j p_hj (W_v,h y_j + b_v,h) = W_v,h (sum_j p_hj y_j) + b_v,h``.
     """
-    a = p["MultiHeadDotProductAttention_1"]
-    y = _layer_norm(config, p["LayerNorm_0"], x)  # [batch, token, hidden]
-    q = _qkv_dense(config, a["query"], y[:, 0])  # [batch, head, head_dim]
-    scale = jnp.sqrt(config.head_dim).astype(x.dtype)
-    key_dirs = jnp.einsum("dhe,bhe->bhd", a["key"]["kernel"], q) / scale
+    y = blocks.layer_norm(config, p.ln1, x)  # [batch, token, hidden]
+    q = blocks.linear(p.query, y[:, 0])  # [batch, head, head_dim]
+    scale = blocks.score_scale(config.head_dim, x.dtype)
+    key_dirs = jnp.einsum("dhe,bhe->bhd", p.key.kernel, q) / scale
     probs = jax.nn.softmax(jnp.einsum("btd,bhd->bht", y, key_dirs), axis=-1)
     pooled = jnp.einsum("bht,btd->bhd", probs, y)
-    heads = jnp.einsum("bhd,dhe->bhe", pooled, a["value"]["kernel"])
-    if config.qkv_bias:
-        heads = heads + a["value"]["bias"]
-    out = nn.DenseGeneral(config.hidden_size, axis=(-2, -1)).apply({"params": a["out"]}, heads)
-    return _mlp_half(config, p, x[:, :1] + out[:, None])
+    heads = jnp.einsum("bhd,dhe->bhe", pooled, p.value.kernel)
+    if p.value.bias is not None:
+        heads = heads + p.value.bias
+    out = blocks.linear(p.out, heads, in_axes=2)
+    return blocks.mlp_half(config, p, x[:, :1] + out[:, None])
 
 
 @functools.partial(jax.jit, static_argnames=("layers",))
@@ -127,19 +97,22 @@ def fold_mlp_inputs(params, layers: tuple[int, ...]) -> Array:
     """
     folded = []
     for layer in layers:
-        p = _block_params(params, layer)
-        w_out = p["MultiHeadDotProductAttention_1"]["out"]["kernel"]  # [head, head_dim, hidden]
-        scale = p["LayerNorm_2"]["scale"]
-        folded.append(
-            jnp.einsum("hed,d,df->hef", w_out, scale, p["MlpBlock_3"]["Dense_0"]["kernel"])
-        )
+        p = block_params(params, layer)
+        folded.append(jnp.einsum("hed,d,df->hef", p.out.kernel, p.ln2.scale, p.mlp_in.kernel))
     return jnp.stack(folded)
 
 
 def _pruned_mlp_half(
-    config: ViTConfig, p, u: Array, shared: Array, delta: Array, mixed: Array, folded: Array
+    config: ViTConfig,
+    p: BlockParams,
+    u: Array,
+    shared: Array,
+    delta: Array,
+    mixed: Array,
+    folded: Array,
 ) -> Array:
-    """:func:`_mlp_half` of one pruned stream ``x = u - delta``, with ``delta = mixed W_out,h``.
+    """:func:`~jaxvit_interp.model.blocks.mlp_half` of one pruned stream ``x = u - delta``, with
+    ``delta = mixed W_out,h``.
 
     Args:
       u: ``[batch, token, hidden]`` the unpruned stream after the attention block.
@@ -154,27 +127,30 @@ def _pruned_mlp_half(
     product is ``shared - mixed folded + mean(delta) (scale W_0)``, over ``std x``: exact, with
     only per-token statistics computed at full width.
     """
-    ln, mlp = p["LayerNorm_2"], p["MlpBlock_3"]
     centred_u = u - jnp.mean(u, axis=-1, keepdims=True)
     delta_mean = jnp.mean(delta, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(centred_u - (delta - delta_mean)), axis=-1, keepdims=True)
-    w0 = mlp["Dense_0"]["kernel"]
-    centred_w0 = shared - mixed @ folded + delta_mean * (ln["scale"] @ w0)
+    w0 = p.mlp_in.kernel
+    centred_w0 = shared - mixed @ folded + delta_mean * (p.ln2.scale @ w0)
     pre = centred_w0 * jax.lax.rsqrt(var + config.layer_norm_eps) + (
-        ln["bias"] @ w0 + mlp["Dense_0"]["bias"]
+        p.ln2.bias @ w0 + p.mlp_in.bias
     )
-    hidden = gelu(pre, approximate=config.gelu_approximate)
-    return u - delta + nn.Dense(config.hidden_size).apply({"params": mlp["Dense_1"]}, hidden)
+    return u - delta + blocks.mlp_tail(config, p, pre)
 
 
-def _shared_mlp_input(config: ViTConfig, p, u: Array) -> Array:
+def _shared_mlp_input(p: BlockParams, u: Array) -> Array:
     """``((u - mean u) * scale_2) W_0`` for :func:`_pruned_mlp_half`. u ``[batch, token, hidden]``."""
     centred = u - jnp.mean(u, axis=-1, keepdims=True)
-    return (centred * p["LayerNorm_2"]["scale"]) @ p["MlpBlock_3"]["Dense_0"]["kernel"]
+    return (centred * p.ln2.scale) @ p.mlp_in.kernel
 
 
 def spawn_mixed(
-    config: ViTConfig, p, residual: Array, attention: Array, heads: Array, drop: Array | None
+    config: ViTConfig,
+    p: BlockParams,
+    residual: Array,
+    attention: Array,
+    heads: Array,
+    drop: Array | None,
 ) -> Array:
     """Each spawn slot's pruned attention entries applied to the values: ``[batch, slot, token, head_dim]``.
 
@@ -189,23 +165,11 @@ def spawn_mixed(
     ``mixed W_out,h`` is ``delta = O_l - O'_l``, the pruned entries' contribution to the block
     output.
     """
-    a = p["MultiHeadDotProductAttention_1"]
-    v = _qkv_dense(config, a["value"], _layer_norm(config, p["LayerNorm_0"], residual))
+    v = blocks.linear(p.value, blocks.layer_norm(config, p.ln1, residual))
     probs = attention[:, heads]  # [batch, slot, query, key]
     if drop is not None:
         probs = probs * drop
     return jnp.einsum("bsqk,bskd->bsqd", probs, jnp.swapaxes(v[:, :, heads], 1, 2))
-
-
-def readout(config: ViTConfig, params, x: Array) -> tuple[Array, Array]:
-    """Final norm, pooling, pre-logits and head: ``[batch, token, hidden]`` -> (logits, z)."""
-    x = _layer_norm(config, params["Transformer"]["encoder_norm"], x)
-    z = x[:, 0] if config.has_cls_token else x.mean(axis=1)
-    if config.representation_size is not None:
-        dense = nn.Dense(config.representation_size)
-        z = jnp.tanh(dense.apply({"params": params["pre_logits"]}, z))
-    logits = nn.Dense(config.num_classes).apply({"params": params["head"]}, z)
-    return logits, z
 
 
 def _grouped(fn, xs, group: int | None) -> Array:
@@ -269,14 +233,14 @@ def ablation_sweep(
     c = config
     batch = full.residual.shape[0]
     slots = slot_heads.shape[1]
-    cls_only = c.has_cls_token
+    cls_only = blocks.pools_cls_only(c)
     last = c.num_layers - 1
     # Ablations in flight, [stream, batch, token, hidden] in spawn order.  Streams lead so that
     # grouping them never splits the (possibly sharded) batch axis.
     x = None
     changes = []
     for layer in range(spawn_layers[0], c.num_layers):
-        p = _block_params(params, layer)
+        p = block_params(params, layer)
         if x is not None:
             block = _cls_block if layer == last and cls_only else _full_block
             x = _grouped(functools.partial(block, c, p), x, group)
@@ -287,8 +251,8 @@ def ablation_sweep(
         mixed = spawn_mixed(
             c, p, full.residual[:, layer], full.attention[:, layer], slot_heads[i], drop
         )
-        w_out = p["MultiHeadDotProductAttention_1"]["out"]["kernel"][slot_heads[i]]
-        delta = jnp.einsum("bsqd,sdo->bsqo", mixed, w_out)  # O_l - O'_l per slot
+        # O_l - O'_l per slot
+        delta = jnp.einsum("bsqd,sdo->bsqo", mixed, p.out.kernel[slot_heads[i]])
         block_out = full.block_outputs[:, layer]
         changes.append(jax.vmap(jax.vmap(layer_change, (None, 0)))(block_out, delta))
         if not need_streams:
@@ -296,9 +260,9 @@ def ablation_sweep(
         u = full.residual[:, layer] + block_out  # the unpruned stream after attention
         if layer == last and cls_only:
             new = u[None, :, :1] - jnp.swapaxes(delta, 0, 1)[:, :, :1]
-            new = _grouped(functools.partial(_mlp_half, c, p), new, group)
+            new = _grouped(functools.partial(blocks.mlp_half, c, p), new, group)
         else:
-            pruned_mlp = functools.partial(_pruned_mlp_half, c, p, u, _shared_mlp_input(c, p, u))
+            pruned_mlp = functools.partial(_pruned_mlp_half, c, p, u, _shared_mlp_input(p, u))
             streams = (
                 jnp.swapaxes(delta, 0, 1),
                 jnp.swapaxes(mixed, 0, 1),
@@ -309,7 +273,8 @@ def ablation_sweep(
     changes = jnp.stack(changes, axis=1)
     if not need_streams:
         return None, None, changes
-    logits, z = jax.vmap(functools.partial(readout, c, params))(x)  # [stream, batch, ...]
+    readout = functools.partial(blocks.readout, c, readout_params(params))
+    logits, z = jax.vmap(readout)(x)  # [stream, batch, ...]
     unstack = lambda a: jnp.moveaxis(  # noqa: E731  -> [batch, spawn_layer, slot, ...]
         a.reshape(len(spawn_layers), slots, batch, -1), 2, 0
     )

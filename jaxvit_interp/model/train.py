@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.run import run_model
-from jaxvit_interp.model.vit import VisionTransformer, init_params
+from jaxvit_interp.model.vit import VisionTransformer, init_params, with_position_embeddings
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -150,9 +150,7 @@ def train_classifier(
     # Small random position embeddings leave a ViT blind to layout for hundreds of steps when
     # each token is one pixel; starting from the 2-D sin-cos table (as MAE and big_vision do)
     # gives position from step one, and the table stays trainable.
-    encoder = dict(params["Transformer"])
-    encoder["posembed_input"] = {"pos_embedding": sincos_position_embedding(config)}
-    params = {**params, "Transformer": encoder}
+    params = with_position_embeddings(params, sincos_position_embedding(config))
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,

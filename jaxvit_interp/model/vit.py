@@ -11,6 +11,12 @@ Parameter tree (``L`` blocks)::
     pre_logits/{kernel,bias}           only when representation_size is set
     head/{kernel,bias}
 
+This module is the one place that knows these names: the Flax modules below declare the tree,
+and :func:`block_params`, :func:`embedding_params` and :func:`readout_params` read it into the
+structs of :mod:`~jaxvit_interp.model.blocks`, whose pure functions do all the arithmetic.
+:func:`forward` is the whole model on those structs; :class:`VisionTransformer` declares the tree
+and runs it.
+
 Two inputs let analyses reach inside the model without a second pass:
 
 - ``head_mask`` ``[L, H]`` scales each head's output before the output projection (0 prunes it).
@@ -22,6 +28,7 @@ Axis names used in shapes: ``batch layer head query key token hidden``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -29,6 +36,14 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from jaxvit_interp.model import blocks
+from jaxvit_interp.model.blocks import (
+    BlockParams,
+    EmbeddingParams,
+    LayerNormParams,
+    LinearParams,
+    ReadoutParams,
+)
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import AttentionEdit
 
@@ -58,112 +73,183 @@ class ModelOutput:
     pre_logits: Array
 
 
-class MultiHeadDotProductAttention(nn.Module):
-    """Self-attention that reports its probabilities and takes head gates and entry edits."""
-
-    num_heads: int
-    qkv_bias: bool = True
-    # False: return None for the probabilities (and run a little faster) when no edit needs them.
-    with_probs: bool = True
-
-    @nn.compact
-    def __call__(self, x, head_gate, keep):
-        """x ``[batch, token, hidden]``; head_gate ``[head]``; keep ``[head, query, key]`` or None."""
-        hidden = x.shape[-1]
-        head_dim = hidden // self.num_heads
-        dense = lambda name, bias: nn.DenseGeneral(  # noqa: E731
-            (self.num_heads, head_dim), use_bias=bias, name=name
-        )
-        # Heads lead ([batch, head, token, head_dim]) so that both attention products are plain
-        # batched matrix products: with the head axis between tokens and features, XLA's CPU
-        # backend runs them as a slow loop.
-        q = jnp.swapaxes(dense("query", self.qkv_bias)(x), 1, 2)
-        k = jnp.swapaxes(dense("key", self.qkv_bias)(x), 1, 2)
-        v = jnp.swapaxes(dense("value", self.qkv_bias)(x), 1, 2)
-        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k) / jnp.sqrt(head_dim).astype(x.dtype)
-        if self.with_probs or keep is not None:
-            probs = jax.nn.softmax(scores, axis=-1)
-            if keep is not None:
-                probs = probs * keep
-            heads = jnp.einsum("bhqk,bhkd->bhqd", probs, v)
-        else:
-            # Normalise after mixing the values: one pass over [query, head_dim] instead of
-            # [query, key].
-            weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
-            heads = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
-            heads = heads / jnp.sum(weights, axis=-1)[..., None]
-            probs = None
-        heads = jnp.swapaxes(heads * head_gate[:, None, None], 1, 2)  # [batch, token, head, d]
-        out = nn.DenseGeneral(hidden, axis=(-2, -1), name="out")(heads)
-        return out, probs
+# --------------------------------------------------------------------------------------------
+# Declaring the tree.  These modules compute nothing; their initialisers are Flax's own for
+# nn.Dense / nn.DenseGeneral / nn.Conv / nn.LayerNorm, so init_params draws what it always drew.
+# --------------------------------------------------------------------------------------------
 
 
-def gelu(x: Array, approximate: bool) -> Array:
-    """GELU: the tanh approximation, or the exact form ``x/2 (1 + erf(x / sqrt 2))``.
+class _Linear(nn.Module):
+    """``kernel`` ``[*in_shape, *out_shape]`` and, with ``use_bias``, ``bias`` ``[*out_shape]``."""
 
-    The exact form is written with ``erf`` as PyTorch does; ``jax.nn.gelu`` uses ``erfc``, which
-    is more accurate only where GELU is below 1e-6 in magnitude and slower on a CPU.
-    """
-    if approximate:
-        return nn.gelu(x, approximate=True)
-    return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(0.5**0.5, x.dtype)))
-
-
-class MlpBlock(nn.Module):
-    mlp_dim: int
-    gelu_approximate: bool = True
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    use_bias: bool = True
 
     @nn.compact
-    def __call__(self, x):
-        y = nn.Dense(self.mlp_dim, name="Dense_0")(x)
-        y = gelu(y, approximate=self.gelu_approximate)
-        return nn.Dense(x.shape[-1], name="Dense_1")(y)
+    def __call__(self):
+        def kernel_init(rng, shape, dtype=jnp.float32):
+            # LeCun normal over the flattened [in, out] matrix, as nn.DenseGeneral: the fan-in is
+            # the whole input width, not the last input axis.
+            flat = (math.prod(self.in_shape), math.prod(self.out_shape))
+            return nn.initializers.lecun_normal()(rng, flat, dtype).reshape(shape)
+
+        self.param("kernel", kernel_init, self.in_shape + self.out_shape)
+        if self.use_bias:
+            self.param("bias", nn.initializers.zeros, self.out_shape)
 
 
-class Encoder1DBlock(nn.Module):
-    config: ViTConfig
-    with_probs: bool = True  # see MultiHeadDotProductAttention
+class _LayerNorm(nn.Module):
+    features: int
 
     @nn.compact
-    def __call__(self, x, head_gate, keep):
-        c = self.config
-        y = nn.LayerNorm(epsilon=c.layer_norm_eps, name="LayerNorm_0")(x)
-        attn_out, probs = MultiHeadDotProductAttention(
-            c.num_heads, c.qkv_bias, self.with_probs, name="MultiHeadDotProductAttention_1"
-        )(y, head_gate, keep)
-        x = x + attn_out
-        y = nn.LayerNorm(epsilon=c.layer_norm_eps, name="LayerNorm_2")(x)
-        y = MlpBlock(c.mlp_dim, c.gelu_approximate, name="MlpBlock_3")(y)
-        return x + y, attn_out, probs
+    def __call__(self):
+        self.param("scale", nn.initializers.ones, (self.features,))
+        self.param("bias", nn.initializers.zeros, (self.features,))
 
 
-class AddPositionEmbs(nn.Module):
+class _PositionEmbedding(nn.Module):
+    shape: tuple[int, ...]
+
     @nn.compact
-    def __call__(self, x):
-        pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), (1,) + x.shape[1:])
-        return x + pe
+    def __call__(self):
+        self.param("pos_embedding", nn.initializers.normal(stddev=0.02), self.shape)
 
 
-class Encoder(nn.Module):
+class _Attention(nn.Module):
     config: ViTConfig
 
     @nn.compact
-    def __call__(self, x, head_mask, attention_edit: AttentionEdit | None, start_layer: int = 0):
+    def __call__(self):
         c = self.config
-        if start_layer == 0:
-            x = AddPositionEmbs(name="posembed_input")(x)
-        residuals, block_outputs, attentions = [], [], []
-        for layer in range(start_layer, c.num_layers):
-            keep = None if attention_edit is None else attention_edit.keep_for_layer(layer)
-            residuals.append(x)
-            x, attn_out, probs = Encoder1DBlock(c, name=f"encoderblock_{layer}")(
-                x, head_mask[layer], keep
-            )
-            block_outputs.append(attn_out)
-            attentions.append(probs)
-        x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="encoder_norm")(x)
-        stack = lambda xs: jnp.stack(xs, axis=1)  # noqa: E731  [batch, layer, ...]
-        return x, stack(residuals), stack(block_outputs), stack(attentions)
+        heads = (c.num_heads, c.head_dim)
+        for name in ("query", "key", "value"):
+            _Linear((c.hidden_size,), heads, c.qkv_bias, name=name)()
+        _Linear(heads, (c.hidden_size,), name="out")()
+
+
+class _Mlp(nn.Module):
+    config: ViTConfig
+
+    @nn.compact
+    def __call__(self):
+        c = self.config
+        _Linear((c.hidden_size,), (c.mlp_dim,), name="Dense_0")()
+        _Linear((c.mlp_dim,), (c.hidden_size,), name="Dense_1")()
+
+
+class _EncoderBlock(nn.Module):
+    config: ViTConfig
+
+    @nn.compact
+    def __call__(self):
+        c = self.config
+        _LayerNorm(c.hidden_size, name="LayerNorm_0")()
+        _Attention(c, name="MultiHeadDotProductAttention_1")()
+        _LayerNorm(c.hidden_size, name="LayerNorm_2")()
+        _Mlp(c, name="MlpBlock_3")()
+
+
+class _Encoder(nn.Module):
+    config: ViTConfig
+
+    @nn.compact
+    def __call__(self):
+        c = self.config
+        _PositionEmbedding((1, c.num_tokens, c.hidden_size), name="posembed_input")()
+        for layer in range(c.num_layers):
+            _EncoderBlock(c, name=f"encoderblock_{layer}")()
+        _LayerNorm(c.hidden_size, name="encoder_norm")()
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the tree (the parameters under "params") into the structs the pure functions take.
+# --------------------------------------------------------------------------------------------
+
+
+def _linear(p) -> LinearParams:
+    return LinearParams(kernel=p["kernel"], bias=p.get("bias"))
+
+
+def _layer_norm(p) -> LayerNormParams:
+    return LayerNormParams(scale=p["scale"], bias=p["bias"])
+
+
+def block_params(params, layer: int) -> BlockParams:
+    """Encoder block ``layer``."""
+    p = params["Transformer"][f"encoderblock_{layer}"]
+    attention, mlp = p["MultiHeadDotProductAttention_1"], p["MlpBlock_3"]
+    return BlockParams(
+        ln1=_layer_norm(p["LayerNorm_0"]),
+        query=_linear(attention["query"]),
+        key=_linear(attention["key"]),
+        value=_linear(attention["value"]),
+        out=_linear(attention["out"]),
+        ln2=_layer_norm(p["LayerNorm_2"]),
+        mlp_in=_linear(mlp["Dense_0"]),
+        mlp_out=_linear(mlp["Dense_1"]),
+    )
+
+
+def embedding_params(params) -> EmbeddingParams:
+    """Patch embedding, CLS token and position embeddings."""
+    return EmbeddingParams(
+        patches=_linear(params["embedding"]),
+        cls=params.get("cls"),
+        positions=params["Transformer"]["posembed_input"]["pos_embedding"],
+    )
+
+
+def readout_params(params) -> ReadoutParams:
+    """Final norm, pre-logits and head."""
+    pre_logits = params.get("pre_logits")
+    return ReadoutParams(
+        norm=_layer_norm(params["Transformer"]["encoder_norm"]),
+        pre_logits=None if pre_logits is None else _linear(pre_logits),
+        head=_linear(params["head"]),
+    )
+
+
+def with_position_embeddings(params, positions: Array) -> dict[str, Any]:
+    """A copy of ``params`` with position embeddings ``[1, token, hidden]`` replaced."""
+    encoder = {**params["Transformer"], "posembed_input": {"pos_embedding": positions}}
+    return {**params, "Transformer": encoder}
+
+
+# --------------------------------------------------------------------------------------------
+# The model.
+# --------------------------------------------------------------------------------------------
+
+
+def forward(
+    config: ViTConfig,
+    params,
+    x: Array,
+    *,
+    head_mask: Array | None = None,
+    attention_edit: AttentionEdit | None = None,
+    start_layer: int = 0,
+) -> ModelOutput:
+    """The whole model on the parameter tree ``params``; see :class:`VisionTransformer`."""
+    if start_layer == 0:
+        x = blocks.embed(config, embedding_params(params), x)
+    residuals, block_outputs, attentions = [], [], []
+    for layer in range(start_layer, config.num_layers):
+        gate = None if head_mask is None else head_mask[layer]
+        keep = None if attention_edit is None else attention_edit.keep_for_layer(layer)
+        residuals.append(x)
+        x, out, probs = blocks.block(config, block_params(params, layer), x, gate, keep)
+        block_outputs.append(out)
+        attentions.append(probs)
+    logits, pooled = blocks.readout(config, readout_params(params), x)
+    stack = lambda xs: jnp.stack(xs, axis=1)  # noqa: E731  [batch, layer, ...]
+    return ModelOutput(
+        logits=logits,
+        attention=stack(attentions),
+        block_outputs=stack(block_outputs),
+        residual=stack(residuals),
+        pre_logits=pooled,
+    )
 
 
 class VisionTransformer(nn.Module):
@@ -186,30 +272,22 @@ class VisionTransformer(nn.Module):
         start_layer: int = 0,
     ) -> ModelOutput:
         c = self.config
-        if head_mask is None:
-            head_mask = jnp.ones((c.num_layers, c.num_heads), x.dtype)
-        if start_layer == 0:
-            x = nn.Conv(
-                c.hidden_size, c.patch_size, strides=c.patch_size, padding="VALID", name="embedding"
-            )(x)
-            b, gh, gw, d = x.shape
-            x = x.reshape(b, gh * gw, d)
-            if c.has_cls_token:
-                cls = self.param("cls", nn.initializers.zeros, (1, 1, d))
-                x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)).astype(x.dtype), x], axis=1)
-        x, residual, block_outputs, attention = Encoder(c, name="Transformer")(
-            x, head_mask, attention_edit, start_layer
-        )
-        pooled = x[:, 0] if c.has_cls_token else x.mean(axis=1)
+        _Linear((*c.patch_size, c.channels), (c.hidden_size,), name="embedding")()
+        if c.has_cls_token:
+            self.param("cls", nn.initializers.zeros, (1, 1, c.hidden_size))
+        _Encoder(c, name="Transformer")()
+        width = c.hidden_size
         if c.representation_size is not None:
-            pooled = jnp.tanh(nn.Dense(c.representation_size, name="pre_logits")(pooled))
-        logits = nn.Dense(c.num_classes, name="head")(pooled)
-        return ModelOutput(
-            logits=logits,
-            attention=attention,
-            block_outputs=block_outputs,
-            residual=residual,
-            pre_logits=pooled,
+            _Linear((width,), (c.representation_size,), name="pre_logits")()
+            width = c.representation_size
+        _Linear((width,), (c.num_classes,), name="head")()
+        return forward(
+            c,
+            self.variables["params"],
+            x,
+            head_mask=head_mask,
+            attention_edit=attention_edit,
+            start_layer=start_layer,
         )
 
 

@@ -6,6 +6,8 @@ import pytest
 
 from jaxvit_interp.importance import engine
 from jaxvit_interp.importance.ablation import _importance_reduce
+from jaxvit_interp.model import blocks
+from jaxvit_interp.model.vit import block_params
 
 
 @pytest.mark.parametrize(
@@ -114,18 +116,18 @@ def test_pruned_mlp_half_equals_the_plain_block_half(offset, gelu_approximate, r
     config, params = _fresh_small_model(random_model, gelu_approximate=gelu_approximate)
     rng = np.random.default_rng()
     layer, head = 1, int(rng.integers(config.num_heads))
-    p = engine._block_params(params, layer)
+    p = block_params(params, layer)
     u = rng.normal(size=(2, config.num_tokens, config.hidden_size)).astype(np.float32)
     u[..., :3] += offset  # outlier features
     u += offset / 10
     mixed = rng.normal(size=(2, config.num_tokens, config.head_dim)).astype(np.float32)
-    w_out = p["MultiHeadDotProductAttention_1"]["out"]["kernel"][head]
+    w_out = p.out.kernel[head]
     delta = mixed @ w_out
     folded = engine.fold_mlp_inputs(params, (layer,))[0, head]
     got = engine._pruned_mlp_half(
-        config, p, u, engine._shared_mlp_input(config, p, u), delta, mixed, folded
+        config, p, u, engine._shared_mlp_input(p, u), delta, mixed, folded
     )
-    want = engine._mlp_half(config, p, jnp.asarray(u - delta))
+    want = blocks.mlp_half(config, p, jnp.asarray(u - delta))
     scale = float(jnp.abs(want).max())
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * scale)
 
@@ -133,7 +135,7 @@ def test_pruned_mlp_half_equals_the_plain_block_half(offset, gelu_approximate, r
 def test_cls_block_equals_the_cls_row_of_the_full_block(random_model):
     for qkv_bias in (True, False):
         config, params = _fresh_small_model(random_model, image_size=(8, 12), qkv_bias=qkv_bias)
-        p = engine._block_params(params, 1)
+        p = block_params(params, 1)
         shape = (3, config.num_tokens, config.hidden_size)
         x = np.random.default_rng().normal(size=shape).astype(np.float32)
         got = engine._cls_block(config, p, jnp.asarray(x))
