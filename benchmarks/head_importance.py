@@ -55,7 +55,7 @@ from jaxvit_interp.importance import (
     rank_by_metric,
 )
 from jaxvit_interp.model import VisionTransformer, ViTConfig, init_params
-from jaxvit_interp.pipeline.analyze import all_devices_mesh
+from jaxvit_interp.parallel import all_devices_mesh
 
 ABLATION_METRICS = ("prob", "prob_drop", "kl", "layer", "repr", "flip")
 
@@ -198,7 +198,7 @@ def sample_heads(c: ViTConfig, count: int | None) -> list[tuple[int, int]]:
 
 def engine_plan(c, params, num_images, num_heads=None, mesh=None):
     """The chunk plan ``head_importance`` will use (without taylor)."""
-    return engine.plan_chunks(
+    return engine.plan_batches(
         c,
         num_images=num_images,
         num_slots=num_heads or c.num_heads,
@@ -224,7 +224,7 @@ def prepare_engine(c, params, images, mesh=None):
     def call(x):
         return head_importance(c, params, x, metrics=ABLATION_METRICS, progress=False, mesh=mesh)
 
-    first = _timed(lambda: call(images[: plan.images_per_chunk]))
+    first = _timed(lambda: call(images[: plan.images_per_batch]))
     return first, plan, lambda: _timed(lambda: call(images))
 
 
@@ -377,13 +377,13 @@ def compare(variant, num_images, baseline_heads, args, matmul_gflops):
     where = "one device" if mesh is None else f"images sharded over {mesh.size} devices"
     print(
         f"(a) engine, {where}: {a:.1f} s compiled, best of {args.rounds} rounds "
-        f"({rounds('a')} s); first call on {plan.images_per_chunk} image(s), compilation "
+        f"({rounds('a')} s); first call on {plan.images_per_batch} image(s), compilation "
         f"included: {first:.1f} s"
     )
     device_peak = device_peak_bytes()
     print(
-        f"    chunks: {plan.num_image_chunks} x {plan.images_per_chunk} images, "
-        f"{plan.num_slot_chunks} x {plan.slots_per_chunk} heads per layer, "
+        f"    chunks: {plan.num_batches} x {plan.images_per_batch} images, "
+        f"{plan.num_slot_groups} x {plan.slots_per_group} heads per layer, "
         f"{plan.streams_per_step or 'all'} stream(s) per step; estimated working set "
         f"{plan.estimated_bytes / 2**20:.0f} MiB; peak RSS increase {rss.increase / 2**20:.0f} MiB"
         + (f"; device peak {device_peak / 2**20:.0f} MiB" if device_peak else "")
@@ -448,13 +448,13 @@ def scaling(args):
     compiled = set()  # chunk sizes whose programs exist already
     for n in counts:
         plan = engine_plan(c, params, n, mesh=mesh)
-        if plan.images_per_chunk not in compiled:
-            run(images[: plan.images_per_chunk])
-            compiled.add(plan.images_per_chunk)
+        if plan.images_per_batch not in compiled:
+            run(images[: plan.images_per_batch])
+            compiled.add(plan.images_per_batch)
         t = _timed(lambda n=n: run(images[:n]))
         print(
             f"   {n:3d} images, 72 heads: {t:.1f} s ({t / n:.2f} s per image; "
-            f"{plan.num_image_chunks} chunk(s) of {plan.images_per_chunk})"
+            f"{plan.num_batches} chunk(s) of {plan.images_per_batch})"
         )
     few = images[: args.scaling_head_images]
     for count in args.scaling_heads:

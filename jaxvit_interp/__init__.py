@@ -2,7 +2,7 @@
 
 The public entry points are re-exported here; see each subpackage for the details:
 
-- :mod:`jaxvit_interp.model`: the Flax ViT, head gates, attention edits and checkpoint import.
+- :mod:`jaxvit_interp.model`: the Flax ViT, head masks, attention edits and checkpoint import.
 - :mod:`jaxvit_interp.data`: image folders, preprocessing, the bundled digits set and model.
 - :mod:`jaxvit_interp.importance`: pruning-based head importance, partial pruning, Taylor scores.
 - :mod:`jaxvit_interp.patterns`: attention patterns, their autoencoder, projection and clusters.

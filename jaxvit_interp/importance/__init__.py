@@ -23,7 +23,7 @@ from jaxvit_interp.importance.aggregate import (
     rank_heads,
 )
 from jaxvit_interp.importance.curves import cumulative_pruning_accuracy
-from jaxvit_interp.importance.engine import ChunkPlan, default_memory_budget, plan_chunks
+from jaxvit_interp.importance.engine import BatchPlan, default_memory_budget, plan_batches
 from jaxvit_interp.importance.partial import PartialPruning, partial_pruning
 from jaxvit_interp.importance.taylor import taylor_importance
 from jaxvit_interp.importance.validate import METRICS
@@ -31,7 +31,7 @@ from jaxvit_interp.importance.validate import METRICS
 __all__ = [
     "HIGHER_IS_MORE_IMPORTANT",
     "METRICS",
-    "ChunkPlan",
+    "BatchPlan",
     "ClassImportance",
     "cumulative_pruning_accuracy",
     "GlobalImportance",
@@ -45,7 +45,7 @@ __all__ = [
     "normalize_per_layer",
     "partial_pruning",
     "per_class_importance",
-    "plan_chunks",
+    "plan_batches",
     "rank_by_metric",
     "rank_heads",
     "taylor_importance",

@@ -35,7 +35,7 @@ class HeadImportance:
         output; the effect on later blocks shows in ``repr`` and the output metrics.
       repr: ``1 - cos(z, z')`` of the pre-logits vector.
       flip: True where pruning changes the top-1 class.
-      taylor: ``|dCE(p, y)/dm_lh|`` at gates 1.
+      taylor: ``|dCE(p, y)/dm_lh|`` at head mask 1.
       probs: ``[image, class]`` unpruned softmax output ``p``.
       predictions: ``[image]`` unpruned top-1 class.
       labels: ``[image]`` the class ``y`` every metric refers to.

@@ -13,17 +13,17 @@ How the work is laid out, and why it stays exact:
   its MLP and the layers above run.  ``||delta|| / ||O_l||`` is the ``layer`` metric.  ``delta``
   has rank ``head_dim``, so the pruned layer's first MLP product is the unpruned one (shared by
   all heads) corrected through a folded ``[head_dim, mlp]`` matrix per head.
-* The ablations ("spawns") of a chunk of images travel together as streams
+* The ablations ("spawns") of a batch of images travel together as streams
   ``[batch, stream, token, hidden]`` through one unrolled sweep over the layers: at layer ``j`` the
   streams spawned below ``j`` run the whole block, and the ones spawned at ``j`` join after it.
   Which head (and which partial-pruning mode) each spawn slot prunes is data, not a static
-  argument, so one compiled program serves every chunk of heads: no retrace and no host round trip
+  argument, so one compiled program serves every group of heads: no retrace and no host round trip
   per head.  On a CPU the streams go through each block a few at a time (a ``lax.map`` of steps).
 * With a CLS classifier only the CLS token of the last block reaches the logits, so the last
   block runs for that token alone; keys and values are reassociated (``(W_k q) . y_j`` and
   ``W_v sum_j p_j y_j``) so that no other token is projected at all.
-* Images and spawn slots are cut into chunks whose estimated working set fits a memory budget;
-  over several devices the images of a chunk are sharded along the batch axis of a
+* Images are cut into batches and spawn slots into groups whose estimated working set fits a
+  memory budget; over several devices the images of a batch are sharded along the batch axis of a
   ``jax.sharding.Mesh`` and everything else is replicated.
 
 Axis names in shapes: ``batch layer head slot stream token hidden class``.
@@ -40,7 +40,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jaxvit_interp.errors import InputError
@@ -50,6 +50,7 @@ from jaxvit_interp.model import blocks
 from jaxvit_interp.model.blocks import BlockParams
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import ModelOutput, VisionTransformer, block_params, readout_params
+from jaxvit_interp.parallel import Batcher, to_host
 
 Array = jax.Array
 _F32 = 4  # bytes
@@ -150,7 +151,7 @@ def spawn_mixed(
     residual: Array,
     attention: Array,
     heads: Array,
-    drop: Array | None,
+    keep: Array | None,
 ) -> Array:
     """Each spawn slot's pruned attention entries applied to the values: ``[batch, slot, token, head_dim]``.
 
@@ -159,7 +160,8 @@ def spawn_mixed(
       residual: ``[batch, token, hidden]`` stream entering the block.
       attention: ``[batch, head, query, key]`` its unpruned attention probabilities.
       heads: ``[slot]`` int, the head each slot prunes.
-      drop: ``[slot, query, key]`` 1 on the attention entries each slot zeroes, or None for the
+      keep: ``[slot, query, key]`` 0 on the attention entries each slot zeroes and 1 elsewhere
+        (as :class:`~jaxvit_interp.model.edits.AttentionEdit` keeps them), or None for the
         whole head.
 
     ``mixed W_out,h`` is ``delta = O_l - O'_l``, the pruned entries' contribution to the block
@@ -167,8 +169,8 @@ def spawn_mixed(
     """
     v = blocks.linear(p.value, blocks.layer_norm(config, p.ln1, residual))
     probs = attention[:, heads]  # [batch, slot, query, key]
-    if drop is not None:
-        probs = probs * drop
+    if keep is not None:
+        probs = probs * (1.0 - keep)  # the zeroed entries are what the pruning takes away
     return jnp.einsum("bsqk,bskd->bsqd", probs, jnp.swapaxes(v[:, :, heads], 1, 2))
 
 
@@ -209,7 +211,7 @@ def ablation_sweep(
     spawn_layers: tuple[int, ...],
     slot_heads: Array,
     folded: Array,
-    slot_drop: Array | None = None,
+    slot_keep: Array | None = None,
     need_streams: bool = True,
     group: int | None = None,
 ) -> tuple[Array | None, Array | None, Array]:
@@ -220,7 +222,7 @@ def ablation_sweep(
       spawn_layers: static, increasing layers at which ablations start.
       slot_heads: ``[len(spawn_layers), slot]`` int, the head each slot prunes at each layer.
       folded: :func:`fold_mlp_inputs` of ``spawn_layers`` (unused without streams).
-      slot_drop: ``[len(spawn_layers), slot, query, key]`` entries each slot zeroes, or None to
+      slot_keep: ``[len(spawn_layers), slot, query, key]`` entries each slot zeroes, or None to
         prune whole heads.
       need_streams: False computes only the ``layer`` metric (no pruned forward passes).
       group: static, at most this many streams (each covering the whole batch) per step; None
@@ -247,9 +249,9 @@ def ablation_sweep(
         if layer not in spawn_layers:
             continue
         i = spawn_layers.index(layer)
-        drop = None if slot_drop is None else slot_drop[i]
+        keep = None if slot_keep is None else slot_keep[i]
         mixed = spawn_mixed(
-            c, p, full.residual[:, layer], full.attention[:, layer], slot_heads[i], drop
+            c, p, full.residual[:, layer], full.attention[:, layer], slot_heads[i], keep
         )
         # O_l - O'_l per slot
         delta = jnp.einsum("bsqd,sdo->bsqo", mixed, p.out.kernel[slot_heads[i]])
@@ -282,13 +284,13 @@ def ablation_sweep(
 
 
 # --------------------------------------------------------------------------------------------
-# Compiled chunk programs.
+# Compiled batch programs.
 # --------------------------------------------------------------------------------------------
 
 
 @functools.partial(jax.jit, static_argnames=("config", "with_taylor"))
 def full_pass(config: ViTConfig, params, images: Array, targets: Array | None, with_taylor: bool):
-    """The unpruned pass of one chunk, plus the ``taylor`` metric when asked.
+    """The unpruned pass of one batch, plus the ``taylor`` metric when asked.
 
     Returns ``(ModelOutput, targets [batch], taylor [batch, layer, head] or None)``; targets are
     the given labels or, when None, the unpruned predictions.
@@ -307,7 +309,7 @@ Reduce = Callable[[Array, Array, Array, Array, Array], dict[str, Array]]
 @functools.partial(
     jax.jit, static_argnames=("config", "spawn_layers", "reduce", "need_streams", "group")
 )
-def ablation_chunk(
+def ablation_batch(
     config: ViTConfig,
     params,
     full: ModelOutput,
@@ -315,22 +317,22 @@ def ablation_chunk(
     slot_heads: Array,
     folded: Array | None,
     slot_modes: Array | None,
-    drop_table: Array | None,
+    keep_table: Array | None,
     spawn_layers: tuple[int, ...],
     reduce: Reduce | None,
     need_streams: bool,
     group: int | None = None,
 ) -> dict[str, Array]:
-    """One chunk of spawn slots on one chunk of images, reduced to per-ablation outputs.
+    """One group of spawn slots on one batch of images, reduced to per-ablation outputs.
 
     ``reduce(logits [b, c], z [b, d], targets [b], logits' [b, s, k, c], z' [b, s, k, d])`` maps the
     pruned outputs to arrays ``[b, s, k, ...]`` on the device, so only those come back.
     ``folded``: :func:`fold_mlp_inputs` of ``spawn_layers`` (None without streams).
     Returns its dict plus ``"layer"`` ``[batch, spawn_layer, slot]``.
     """
-    drop = None if drop_table is None else drop_table[slot_modes]
+    keep = None if keep_table is None else keep_table[slot_modes]
     logits, z, changes = ablation_sweep(
-        config, params, full, spawn_layers, slot_heads, folded, drop, need_streams, group
+        config, params, full, spawn_layers, slot_heads, folded, keep, need_streams, group
     )
     result = {"layer": changes}
     if need_streams and reduce is not None:
@@ -341,15 +343,6 @@ def ablation_chunk(
 # --------------------------------------------------------------------------------------------
 # Chunk planning under a memory budget.
 # --------------------------------------------------------------------------------------------
-
-
-def to_host(x) -> np.ndarray:
-    """A result as NumPy on every process; across hosts the shards are gathered first."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
 
 
 def default_memory_budget() -> int:
@@ -416,10 +409,10 @@ def sweep_bytes(
     need_streams: bool,
     stepped: bool = False,
 ) -> int:
-    """Estimated bytes per image of :func:`ablation_chunk`, the unpruned pass it reads included.
+    """Estimated bytes per image of :func:`ablation_batch`, the unpruned pass it reads included.
 
     ``stepped``: streams go through each block a few at a time, so the block working set is a
-    fixed cost per step (see :func:`plan_chunks`) rather than a cost per stream.
+    fixed cost per step (see :func:`plan_batches`) rather than a cost per stream.
     """
     n, d, h, L = config.num_tokens, config.hidden_size, config.num_heads, config.num_layers
     inputs = _F32 * L * (2 * n * d + h * n * n)
@@ -454,33 +447,33 @@ def params_bytes(params) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class ChunkPlan:
+class BatchPlan:
     """How the images and spawn slots are cut.
 
     Attributes:
-      images_per_chunk: images in one chunk, over all devices (the last chunk is padded).
-      num_image_chunks: number of image chunks.
-      slots_per_chunk: spawn slots per layer in one chunk (the last chunk is padded).
-      num_slot_chunks: number of slot chunks.
-      streams_per_step: ablation streams (each covering the chunk's images) per step through a
+      images_per_batch: images in one batch, over all devices (the last batch is padded).
+      num_batches: number of image batches.
+      slots_per_group: spawn slots per layer in one group (the last group is padded).
+      num_slot_groups: number of slot groups.
+      streams_per_step: ablation streams (each covering the batch's images) per step through a
         block, or None for all at once.
-      estimated_bytes: estimated peak bytes per device of one chunk.
+      estimated_bytes: estimated peak bytes per device of one batch with one slot group.
     """
 
-    images_per_chunk: int
-    num_image_chunks: int
-    slots_per_chunk: int
-    num_slot_chunks: int
+    images_per_batch: int
+    num_batches: int
+    slots_per_group: int
+    num_slot_groups: int
     streams_per_step: int | None
     estimated_bytes: int
 
 
-def _even_chunks(total: int, most: int, multiple: int = 1) -> tuple[int, int]:
+def _even_split(total: int, most: int, multiple: int = 1) -> tuple[int, int]:
     """``(size, count)`` with ``size <= most`` (a multiple of ``multiple``) and the least padding.
 
     Among sizes of at least half the largest allowed one, the one whose padded total
     ``size * ceil(total / size)`` is smallest wins (ties go to the larger size), so a remainder
-    chunk wastes little work and no second program shape is compiled.
+    batch wastes little work and no second program shape is compiled.
     """
     most = max(multiple, (most // multiple) * multiple)
     most = min(most, -(-total // multiple) * multiple)
@@ -494,7 +487,7 @@ def _even_chunks(total: int, most: int, multiple: int = 1) -> tuple[int, int]:
     return best
 
 
-def plan_chunks(
+def plan_batches(
     config: ViTConfig,
     *,
     num_images: int,
@@ -507,15 +500,15 @@ def plan_chunks(
     num_devices: int = 1,
     fixed_bytes: int = 0,
     step_tokens: int | None = None,
-) -> ChunkPlan:
-    """Largest chunks whose estimated per-device working set fits the budget.
+) -> BatchPlan:
+    """Largest batches and slot groups whose estimated per-device working set fits the budget.
 
     ``fixed_bytes`` (the parameters) and, with streams, the :func:`fold_mlp_inputs` matrices are
     taken off the budget first.  All spawn slots of a layer in
-    one chunk is preferred (the most work per program launch); slots are split only when a single
+    one group is preferred (the most work per program launch); slots are split only when a single
     image per device would not fit otherwise.  With ``step_tokens`` (see
     :func:`default_step_tokens`) streams pass through each block in steps of about that many
-    tokens, and a chunk holds at most that many tokens' worth of images per device.
+    tokens, and a batch holds at most that many tokens' worth of images per device.
     """
     total_budget = memory_budget_bytes or default_memory_budget()
     n = config.num_tokens
@@ -542,22 +535,22 @@ def plan_chunks(
             f"one ablation at a time needs about {per_image(slots):,} more per device (with a "
             f"tenth of the budget held back)"
         )
-    slot_size, slot_count = _even_chunks(num_slots, slots) if num_slots else (0, 0)
+    slot_size, slot_count = _even_split(num_slots, slots) if num_slots else (0, 0)
     per_device = max(1, budget // per_image(slot_size or 1))
     if step_images is not None:
         per_device = min(per_device, step_images)
     most_images = per_device * num_devices
     if batch_size is not None:
         most_images = min(most_images, batch_size)
-    image_size, image_count = _even_chunks(num_images, most_images, num_devices)
+    image_size, image_count = _even_split(num_images, most_images, num_devices)
     local = image_size // num_devices
     group = None if step_images is None else max(1, step_images // local)
     estimate = (int(0.9 * total_budget) - budget) + per_image(slot_size or 1) * local
-    return ChunkPlan(image_size, image_count, slot_size, slot_count, group, int(estimate))
+    return BatchPlan(image_size, image_count, slot_size, slot_count, group, int(estimate))
 
 
 # --------------------------------------------------------------------------------------------
-# The driver: chunks, devices, progress. Host code only; the work is in the programs above.
+# The driver: batches, devices, progress. Host code only; the work is in the programs above.
 # --------------------------------------------------------------------------------------------
 
 
@@ -576,14 +569,7 @@ class EngineOutput:
     targets: np.ndarray
     taylor: np.ndarray | None
     per_slot: dict[str, np.ndarray]
-    plan: ChunkPlan
-
-
-def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
-    if a.shape[0] == rows:
-        return a
-    pad = np.zeros((rows - a.shape[0], *a.shape[1:]), a.dtype)
-    return np.concatenate([a, pad], axis=0)
+    plan: BatchPlan
 
 
 def _pad_slots(a: np.ndarray, slots: int) -> np.ndarray:
@@ -602,7 +588,7 @@ def run_engine(
     spawn_layers: tuple[int, ...],
     slot_heads: np.ndarray,
     slot_modes: np.ndarray | None = None,
-    drop_table: np.ndarray | None = None,
+    keep_table: np.ndarray | None = None,
     reduce: Reduce | None = None,
     with_taylor: bool = False,
     need_streams: bool = True,
@@ -613,23 +599,24 @@ def run_engine(
     desc: str = "ablations",
     step_tokens: int | None | str = "auto",
 ) -> EngineOutput:
-    """Run the unpruned pass and every spawn slot over all images, chunk by chunk.
+    """Run the unpruned pass and every spawn slot over all images, batch by batch.
 
     Args:
       images: validated ``[batch, h, w, c]`` float32.
       labels: validated ``[batch]`` int32, or None to use predictions.
       spawn_layers: increasing layers at which ablations start (empty: unpruned pass only).
       slot_heads: ``[len(spawn_layers), slot]`` int head pruned by each slot.
-      slot_modes, drop_table: ``[len(spawn_layers), slot]`` int index into ``drop_table``
-        ``[mode, query, key]`` (1 = zeroed) for partial pruning; both None for whole heads.
-      reduce: maps pruned logits to per-slot outputs on the device (see :func:`ablation_chunk`).
-      mesh: shard image chunks over all of this mesh's devices (batch axis); None: one device.
+      slot_modes, keep_table: ``[len(spawn_layers), slot]`` int index into ``keep_table``
+        ``[mode, query, key]`` (0 = zeroed, 1 = kept) for partial pruning; both None for whole
+        heads.
+      reduce: maps pruned logits to per-slot outputs on the device (see :func:`ablation_batch`).
+      mesh: shard image batches over all of this mesh's devices (batch axis); None: one device.
       step_tokens: tokens per step through a block; "auto" for :func:`default_step_tokens`.
     """
     num_images = images.shape[0]
     num_slots = slot_heads.shape[1] if spawn_layers else 0
     devices = mesh.devices.size if mesh is not None else 1
-    plan = plan_chunks(
+    plan = plan_batches(
         config,
         num_images=num_images,
         num_slots=num_slots,
@@ -642,32 +629,26 @@ def run_engine(
         fixed_bytes=params_bytes(params),
         step_tokens=default_step_tokens() if step_tokens == "auto" else step_tokens,
     )
-    if mesh is not None:
-        batch_spec = NamedSharding(mesh, PartitionSpec(mesh.axis_names))
-        replicated = NamedSharding(mesh, PartitionSpec())
-        put_batch = lambda a: jax.device_put(a, batch_spec)  # noqa: E731
-        put_all = lambda a: jax.device_put(a, replicated)  # noqa: E731
-    else:
-        put_batch = put_all = jnp.asarray
-    params = jax.tree_util.tree_map(put_all, params)
+    batcher = Batcher(plan.images_per_batch, mesh)
+    params = batcher.replicate(params)
     folded = fold_mlp_inputs(params, spawn_layers) if num_slots and need_streams else None
 
-    # Slot chunks: pad every layer's slot list to a whole number of equal chunks.
-    table = None if drop_table is None else put_all(np.asarray(drop_table, np.float32))
-    slot_chunks = []
+    # Slot groups: pad every layer's slot list to a whole number of equal groups.
+    table = None if keep_table is None else batcher.replicate(np.asarray(keep_table, np.float32))
+    slot_groups = []
     if num_slots:
-        padded = plan.slots_per_chunk * plan.num_slot_chunks
+        padded = plan.slots_per_group * plan.num_slot_groups
         heads_all = _pad_slots(np.asarray(slot_heads, np.int32), padded)
         modes_all = (
             None if slot_modes is None else _pad_slots(np.asarray(slot_modes, np.int32), padded)
         )
-        for k in range(plan.num_slot_chunks):
-            part = slice(k * plan.slots_per_chunk, (k + 1) * plan.slots_per_chunk)
-            slot_chunks.append(
+        for k in range(plan.num_slot_groups):
+            part = slice(k * plan.slots_per_group, (k + 1) * plan.slots_per_group)
+            slot_groups.append(
                 (
                     part,
-                    put_all(heads_all[:, part]),
-                    None if modes_all is None else put_all(modes_all[:, part]),
+                    batcher.replicate(heads_all[:, part]),
+                    None if modes_all is None else batcher.replicate(modes_all[:, part]),
                 )
             )
 
@@ -679,7 +660,7 @@ def run_engine(
         else None
     )
     per_slot: dict[str, np.ndarray] = {}
-    steps = plan.num_image_chunks * (1 + len(slot_chunks))
+    steps = plan.num_batches * (1 + len(slot_groups))
     bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
 
     def collect(rows, full_logits, y, taylor, parts):
@@ -700,22 +681,18 @@ def run_engine(
             bar.update(1)
         bar.update(1)
 
-    pending = None  # the previous chunk's device results
-    for i in range(plan.num_image_chunks):
-        rows = slice(i * plan.images_per_chunk, min((i + 1) * plan.images_per_chunk, num_images))
-        # The next images go to the device while the previous chunk still computes; its results
-        # are fetched before this chunk starts, so one chunk's activations are live at a time.
-        chunk = put_batch(_pad_rows(np.asarray(images[rows]), plan.images_per_chunk))
-        targets = (
-            None if labels is None else put_batch(_pad_rows(labels[rows], plan.images_per_chunk))
-        )
+    pending = None  # the previous batch's device results
+    # Batcher.batches places the next images while the previous batch still computes; its
+    # results are fetched before this batch starts, so one batch's activations are live at a time.
+    for batch in batcher.batches(images, labels):
+        pixels, targets = batch.arrays
         if pending is not None:
             collect(*pending)
-        full, y, taylor = full_pass(config, params, chunk, targets, with_taylor)
+        full, y, taylor = full_pass(config, params, pixels, targets, with_taylor)
         parts = [
             (
                 part,
-                ablation_chunk(
+                ablation_batch(
                     config,
                     params,
                     full,
@@ -730,9 +707,9 @@ def run_engine(
                     plan.streams_per_step,
                 ),
             )
-            for part, heads, modes in slot_chunks
+            for part, heads, modes in slot_groups
         ]
-        pending = (rows, full.logits, y, taylor, parts)
+        pending = (batch.rows, full.logits, y, taylor, parts)
         del full
     collect(*pending)
     bar.close()

@@ -73,5 +73,5 @@ def ablation_metrics(
 
 
 def cross_entropy(logits: Array, target: Array) -> Array:
-    """``-log p_y``, the loss whose gate gradient is ``taylor``. ``[classes]`` -> ``[]``."""
+    """``-log p_y``, the loss whose head-mask gradient is ``taylor``. ``[classes]`` -> ``[]``."""
     return -jax.nn.log_softmax(logits)[target]

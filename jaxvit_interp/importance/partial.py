@@ -1,7 +1,7 @@
 """Partial pruning (paper panels B2/B3): zero parts of a head's attention; ``p'_y`` and the top 5.
 
 Each (head, mode) pair is one spawn slot of the ablation engine: the zeroed entries' contribution
-``((A_lh * drop) V_lh) W_out[h]`` is taken off the block output and only the layers from the
+``((A_lh * (1 - keep)) V_lh) W_out[h]`` is taken off the block output and only the layers from the
 head's own MLP up run again.  The ``none`` mode is the unpruned model and costs nothing.
 """
 
@@ -120,9 +120,9 @@ def partial_pruning(
     mesh = validate.check_mesh(mesh)
 
     pruned_modes = [m for m in modes if m != "none"]
-    drop_table = np.stack(
-        [1.0 - keep_mask(m, config.num_tokens, config.has_cls_token) for m in pruned_modes]
-        or [np.zeros((config.num_tokens,) * 2, np.float32)]
+    keep_table = np.stack(
+        [keep_mask(m, config.num_tokens, config.has_cls_token) for m in pruned_modes]
+        or [np.ones((config.num_tokens,) * 2, np.float32)]
     )
     # One slot per (head, pruned mode), grouped by the head's layer; layers padded to equal length.
     spawn_layers = tuple(sorted({layer for layer, _ in heads})) if pruned_modes else ()
@@ -148,7 +148,7 @@ def partial_pruning(
         spawn_layers=spawn_layers,
         slot_heads=slot_heads,
         slot_modes=slot_modes,
-        drop_table=drop_table,
+        keep_table=keep_table,
         reduce=_PartialReduce(top_k),
         memory_budget_bytes=memory_budget_bytes,
         batch_size=batch_size,

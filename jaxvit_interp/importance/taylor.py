@@ -1,8 +1,8 @@
-"""The ``taylor`` metric (Michel et al. 2019): ``|dLoss/dm_lh|`` at gates ``m = 1``, every head.
+"""The ``taylor`` metric (Michel et al. 2019): ``|dLoss/dm_lh|`` at head mask ``m = 1``, every head.
 
-Each image gets its own ``[layer, head]`` gates by running the model under ``vmap`` over
-(image, gates); the summed loss then has per-image gradients with respect to the ``[batch, layer,
-head]`` gates, so one backward pass yields every head of every image.  The forward half of that
+Each image gets its own ``[layer, head]`` head mask by running the model under ``vmap`` over
+(image, mask); the summed loss then has per-image gradients with respect to the ``[batch, layer,
+head]`` masks, so one backward pass yields every head of every image.  The forward half of that
 pass is the ordinary model run, returned as well so the ablation engine can reuse it.
 """
 
@@ -18,18 +18,20 @@ from jaxvit_interp.model.vit import ModelOutput, VisionTransformer
 Array = jax.Array
 
 
-def forward_with_gates(config: ViTConfig, params, images: Array, gates: Array) -> ModelOutput:
-    """The model with per-image head gates.
+def forward_with_head_masks(
+    config: ViTConfig, params, images: Array, head_masks: Array
+) -> ModelOutput:
+    """The model with a head mask per image.
 
-    images ``[batch, height, width, channels]``, gates ``[batch, layer, head]``.
+    images ``[batch, height, width, channels]``, head_masks ``[batch, layer, head]``.
     """
     model = VisionTransformer(config)
 
-    def one(image, gate):
-        out = model.apply({"params": params}, image[None], head_mask=gate)
+    def one(image, head_mask):
+        out = model.apply({"params": params}, image[None], head_mask=head_mask)
         return jax.tree_util.tree_map(lambda a: a[0], out)
 
-    return jax.vmap(one)(images, gates)
+    return jax.vmap(one)(images, head_masks)
 
 
 def taylor_importance(
@@ -44,13 +46,13 @@ def taylor_importance(
     Returns:
       ``(taylor [batch, layer, head], the unpruned ModelOutput, targets [batch])``.
     """
-    gates = jnp.ones((images.shape[0], config.num_layers, config.num_heads), jnp.float32)
+    masks = jnp.ones((images.shape[0], config.num_layers, config.num_heads), jnp.float32)
 
-    def loss(gates):
-        out = forward_with_gates(config, params, images, gates)
+    def loss(masks):
+        out = forward_with_head_masks(config, params, images, masks)
         # argmax has no gradient, so predicted targets act as constants in the loss.
         y = jnp.argmax(out.logits, axis=-1) if targets is None else targets
         return jnp.sum(jax.vmap(cross_entropy)(out.logits, y)), (out, y)
 
-    grads, (out, y) = jax.grad(loss, has_aux=True)(gates)
+    grads, (out, y) = jax.grad(loss, has_aux=True)(masks)
     return jnp.abs(grads), out, y

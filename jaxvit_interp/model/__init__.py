@@ -1,4 +1,4 @@
-"""The ViT: configuration, Flax modules, head gates and attention edits, checkpoint import."""
+"""The ViT: configuration, Flax modules, head masks and attention edits, checkpoint import."""
 
 from jaxvit_interp.model.checkpoint import (
     CheckpointError,

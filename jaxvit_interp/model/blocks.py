@@ -12,7 +12,7 @@ The pieces, in the order a forward pass runs them:
 - :func:`embed`: patch embedding (a strided convolution), CLS token, position embeddings.
 - :func:`block`: one encoder block, ``x + attention(LN_1 x)`` then :func:`mlp_half`.  Inside it
   :func:`layer_norm`, :func:`attention` (query/key/value projections with :func:`linear`,
-  :func:`attend` with head gates, attention edits and the fast path without probabilities, the
+  :func:`attend` with head masks, attention edits and the fast path without probabilities, the
   output projection), and :func:`mlp_half` (:func:`layer_norm`, :func:`mlp`: :func:`linear`,
   :func:`mlp_activation`, :func:`linear`).
 - :func:`readout`: final norm, :func:`pool`, pre-logits and head.
@@ -180,7 +180,7 @@ def attend(
 def attention(
     p: BlockParams,
     y: Array,
-    head_gate: Array | None = None,
+    head_mask: Array | None = None,
     keep: Array | None = None,
     with_probs: bool = True,
 ) -> tuple[Array, Array | None]:
@@ -188,7 +188,7 @@ def attention(
 
     Args:
       y: ``[batch, token, hidden]``, the output of ``ln1``.
-      head_gate: ``[head]`` factors on each head's mixed values before the output projection (0
+      head_mask: ``[head]`` factors on each head's mixed values before the output projection (0
         prunes the head), or None for all ones.
       keep, with_probs: as in :func:`attend`.
 
@@ -200,8 +200,8 @@ def attention(
     # runs them as a slow loop.
     q, k, v = (jnp.swapaxes(linear(w, y), 1, 2) for w in (p.query, p.key, p.value))
     mixed, probs = attend(q, k, v, keep, with_probs)
-    if head_gate is not None:
-        mixed = mixed * head_gate[:, None, None]
+    if head_mask is not None:
+        mixed = mixed * head_mask[:, None, None]
     return linear(p.out, jnp.swapaxes(mixed, 1, 2), in_axes=2), probs
 
 
@@ -240,7 +240,7 @@ def block(
     config: ViTConfig,
     p: BlockParams,
     x: Array,
-    head_gate: Array | None = None,
+    head_mask: Array | None = None,
     keep: Array | None = None,
     with_probs: bool = True,
 ) -> tuple[Array, Array, Array | None]:
@@ -248,13 +248,13 @@ def block(
 
     Args:
       x: ``[batch, token, hidden]``, the residual stream entering the block.
-      head_gate, keep, with_probs: as in :func:`attention`.
+      head_mask, keep, with_probs: as in :func:`attention`.
 
     Returns:
       ``(stream leaving the block [batch, token, hidden], attention output [batch, token,
       hidden] (before the residual add), probs [batch, head, query, key] or None)``.
     """
-    out, probs = attention(p, layer_norm(config, p.ln1, x), head_gate, keep, with_probs)
+    out, probs = attention(p, layer_norm(config, p.ln1, x), head_mask, keep, with_probs)
     return mlp_half(config, p, x + out), out, probs
 
 

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvit_interp.errors import InputError
+
 Array = jax.Array
 
 # The partial-pruning modes of the paper's B2 panel, in its order.
@@ -29,11 +31,11 @@ CLS_MODES = frozenset({"cls", "cls_patch", "cls_to_cls"})
 def keep_mask(mode: str, num_tokens: int, has_cls_token: bool = True) -> np.ndarray:
     """Keep factors ``[query, key]`` (1 keep, 0 zero) for one partial-pruning ``mode``."""
     if mode not in PRUNING_MODES:
-        raise ValueError(
+        raise InputError(
             f"unknown pruning mode {mode!r}; expected one of {', '.join(PRUNING_MODES)}"
         )
     if mode in CLS_MODES and not has_cls_token:
-        raise ValueError(f"pruning mode {mode!r} needs a CLS token, and this model has none")
+        raise InputError(f"pruning mode {mode!r} needs a CLS token, and this model has none")
     keep = np.ones((num_tokens, num_tokens), np.float32)
     first_patch = 1 if has_cls_token else 0
     if mode == "head":
@@ -76,7 +78,7 @@ class AttentionEdit:
     def partial_pruning(cls, config, mode: str, layer: int, head: int) -> AttentionEdit:
         """The edit that applies ``mode`` to head ``head`` of layer ``layer`` of ``config``'s model."""
         if not (0 <= layer < config.num_layers and 0 <= head < config.num_heads):
-            raise ValueError(
+            raise InputError(
                 f"head (layer={layer}, head={head}) is outside the model's "
                 f"{config.num_layers} layers x {config.num_heads} heads"
             )

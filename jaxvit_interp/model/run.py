@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import AttentionEdit
 from jaxvit_interp.model.vit import ModelOutput, VisionTransformer
@@ -47,14 +48,14 @@ def run_model(
     images = jnp.asarray(images, jnp.float32)
     expected = (*config.image_size, config.channels)
     if images.ndim != 4 or images.shape[1:] != expected:
-        raise ValueError(
+        raise InputError(
             f"images have shape {tuple(images.shape)}; this model takes [batch, {expected[0]}, "
             f"{expected[1]}, {expected[2]}]"
         )
     if head_mask is not None:
         head_mask = jnp.asarray(head_mask, jnp.float32)
         if head_mask.shape != (config.num_layers, config.num_heads):
-            raise ValueError(
+            raise InputError(
                 f"head_mask has shape {tuple(head_mask.shape)}; expected "
                 f"[{config.num_layers}, {config.num_heads}] (layers, heads)"
             )

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.run import run_model
 from jaxvit_interp.model.vit import VisionTransformer, init_params, with_position_embeddings
@@ -79,7 +80,7 @@ def sincos_position_embedding(config: ViTConfig, temperature: float = 10_000.0) 
     gh, gw = config.grid
     d = config.hidden_size
     if d % 4:
-        raise ValueError(f"sin-cos position embedding needs hidden_size divisible by 4, got {d}")
+        raise InputError(f"sin-cos position embedding needs hidden_size divisible by 4, got {d}")
     rows, cols = jnp.meshgrid(jnp.arange(gh), jnp.arange(gw), indexing="ij")
     omega = 1.0 / temperature ** (jnp.arange(d // 4) / (d // 4))
     angles_r = rows.reshape(-1, 1) * omega

@@ -235,10 +235,10 @@ def forward(
         x = blocks.embed(config, embedding_params(params), x)
     residuals, block_outputs, attentions = [], [], []
     for layer in range(start_layer, config.num_layers):
-        gate = None if head_mask is None else head_mask[layer]
+        mask = None if head_mask is None else head_mask[layer]
         keep = None if attention_edit is None else attention_edit.keep_for_layer(layer)
         residuals.append(x)
-        x, out, probs = blocks.block(config, block_params(params, layer), x, gate, keep)
+        x, out, probs = blocks.block(config, block_params(params, layer), x, mask, keep)
         block_outputs.append(out)
         attentions.append(probs)
     logits, pooled = blocks.readout(config, readout_params(params), x)

@@ -28,6 +28,7 @@ from jaxvit_interp.data.labels import display_class_names
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
+from jaxvit_interp.parallel import all_devices_mesh
 from jaxvit_interp.pipeline.progress import progress_bar, progress_enabled
 from jaxvit_interp.pipeline.settings import AnalysisSettings, run_fingerprint
 from jaxvit_interp.pipeline.summaries import (
@@ -86,14 +87,6 @@ def _subset(num_images: int, size: int, seed: int) -> np.ndarray:
 def is_writer() -> bool:
     """Across hosts every process computes, and only the first writes files."""
     return jax.process_index() == 0
-
-
-def all_devices_mesh() -> jax.sharding.Mesh | None:
-    """A 1-D mesh over every device of every host (None on one device): images are split over it."""
-    if jax.device_count() == 1:
-        return None
-    # A plain Mesh has automatic axes: XLA propagates the image sharding through the kernels.
-    return jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
 
 
 def _local_indices(indices: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -391,7 +384,7 @@ def _preflight(config: ViTConfig, params, settings: AnalysisSettings, num_images
     from jaxvit_interp.importance.engine import (
         default_step_tokens,
         params_bytes,
-        plan_chunks,
+        plan_batches,
     )
     from jaxvit_interp.patterns.train import MIN_PATTERNS
 
@@ -407,9 +400,9 @@ def _preflight(config: ViTConfig, params, settings: AnalysisSettings, num_images
             + (" or ask for fewer --clusters" if settings.clusters else "")
         )
     # The ablation engine's largest working set (one image, one ablation at a time, Taylor
-    # scores on) must fit the budget; plan_chunks raises the same error the run would.
+    # scores on) must fit the budget; plan_batches raises the same error the run would.
     mesh = all_devices_mesh()
-    plan_chunks(
+    plan_batches(
         config,
         num_images=num_images,
         num_slots=config.num_heads,

@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvit_interp.errors import InputError
-from jaxvit_interp.importance.engine import to_host
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import VisionTransformer
+from jaxvit_interp.parallel import to_host
 from jaxvit_interp.patterns.extract import cls_pattern, patch_pattern
 from jaxvit_interp.strength.hops import hop_rings
 from jaxvit_interp.strength.kernels import hop_strength_kernel

@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import VisionTransformer
+from jaxvit_interp.parallel import Batcher
+from jaxvit_interp.quantities import ENTROPY_BINS
 from jaxvit_interp.strength.hops import HopRings, hop_rings
 from jaxvit_interp.strength.kernels import (
     HopStrength,
@@ -56,7 +58,7 @@ class StrengthResults:
         return max(self.grid)
 
 
-def summarize(local: HopStrength, *, num_bins: int = 20) -> StrengthSummary:
+def summarize(local: HopStrength, *, num_bins: int = ENTROPY_BINS) -> StrengthSummary:
     """Global results (NumPy) from per-image results with leading axes ``[image, layer, head]``."""
     if np.ndim(local.head_entropy) != 3:
         raise InputError(
@@ -138,7 +140,7 @@ def strength_over_images(
     num_images: int | None = None,
     check_stochastic: bool = True,
     atol: float | None = None,
-    num_bins: int = 20,
+    num_bins: int = ENTROPY_BINS,
     progress: bool = True,
 ) -> StrengthResults:
     """Hop strength of attention arriving in batches of images (e.g. from a generator).
@@ -196,6 +198,7 @@ def strength_over_images(
 def _model_strength_batch(config: ViTConfig, params, images, rings: HopRings):
     # One compiled program from pixels to per-head results: the batch's attention lives only
     # inside it, and the model outputs nobody reads (logits, residual stream) are pruned by XLA.
+    images = images.astype(jnp.float32)
     attention = VisionTransformer(config).apply({"params": params}, images).attention
     return hop_strength_kernel(attention, rings)
 
@@ -206,9 +209,10 @@ def model_strength_over_images(
     images,
     *,
     batch_size: int = 16,
+    mesh: jax.sharding.Mesh | None = None,
     check_stochastic: bool = True,
     atol: float | None = None,
-    num_bins: int = 20,
+    num_bins: int = ENTROPY_BINS,
     progress: bool = True,
 ) -> StrengthResults:
     """Run the model over ``images`` batch by batch and measure every head's hop strength.
@@ -219,15 +223,15 @@ def model_strength_over_images(
       params: its parameter tree.
       images: ``[image, height, width, channels]`` preprocessed images (a NumPy array, memmap or
         anything sliceable); each batch is copied to the device on its own.
-      batch_size: images per forward pass. The last batch is padded to this size, so the
-        program compiles once; padded results are dropped.
+      batch_size: images per forward pass, over all devices. The last batch is padded to this
+        size, so the program compiles once; padded results are dropped.
+      mesh: shard each batch's images over this mesh's devices (see
+        :class:`~jaxvit_interp.parallel.Batcher`); None: the default device.
       check_stochastic, atol, num_bins, progress: as in :func:`strength_over_images`.
 
     Returns:
       :class:`StrengthResults` with ``local`` ``[image, layer, head, ...]`` and the ``summary``.
     """
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
     num_images = len(images)
     expected = (*config.image_size, config.channels)
     if num_images == 0 or tuple(np.shape(images)[1:]) != expected:
@@ -235,26 +239,35 @@ def model_strength_over_images(
             f"images have shape {tuple(np.shape(images))}; expected [image, {expected[0]}, "
             f"{expected[1]}, {expected[2]}] with at least one image"
         )
+    batcher = Batcher(batch_size, mesh)
     rings = hop_rings(config.grid, has_cls_token=config.has_cls_token, patch_size=config.patch_size)
     n = rings.num_tokens
     attention_shape = (num_images, config.num_layers, config.num_heads, n, n)
+    params = batcher.replicate(params)
 
-    def run():
-        for start in range(0, num_images, batch_size):
-            batch = np.asarray(images[start : start + batch_size], np.float32)
-            valid = len(batch)
-            if valid < batch_size:
-                padding = np.zeros((batch_size - valid, *expected), np.float32)
-                batch = np.concatenate([batch, padding])
-            outputs = _model_strength_batch(config, params, jnp.asarray(batch), rings)
-            yield outputs, valid, attention_shape, np.float32
+    def check(outputs, batch):
+        _, row_sums, row_min = outputs
+        check_rows(
+            row_sums,
+            row_min,
+            attention_shape,
+            check_stochastic=check_stochastic,
+            atol=default_atol(np.float32) if atol is None else atol,
+            axis_names=_AXES,
+            index_offset=batch.start,
+        )
 
-    return _collect(
-        run(),
-        rings,
-        total=num_images,
-        check_stochastic=check_stochastic,
-        atol=atol,
-        num_bins=num_bins,
+    local, _, _ = batcher.map(
+        lambda x: _model_strength_batch(config, params, x, rings),
+        images,
+        check=check,
         progress=progress,
+        desc="hop strength",
+    )
+    return StrengthResults(
+        local=local,
+        summary=summarize(local, num_bins=num_bins),
+        grid=rings.grid,
+        patch_size=rings.patch_size,
+        has_cls_token=rings.has_cls_token,
     )

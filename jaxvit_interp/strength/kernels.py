@@ -3,7 +3,7 @@
 Everything here is a pure function of arrays, safe under ``jit`` and ``vmap``; checks, streaming and
 progress live in :mod:`.measure` and :mod:`.aggregate`.
 
-Definitions (DESIGN.md §2, after Li et al. 2023 §5.3), for one head's attention ``A`` ``[N, N]``
+Definitions (after Li et al. 2023 §5.3), for one head's attention ``A`` ``[N, N]``
 (rows queries, columns keys; CLS first when present, then ``P = Gh*Gw`` patches row-major), hop
 ``d(i, j)`` the Chebyshev distance between patches and ``K = max(Gh, Gw)`` hops:
 
@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import xlogy
 
+from jaxvit_interp.quantities import ENTROPY_BINS
 from jaxvit_interp.strength.hops import HopRings
 
 Array = jax.Array
@@ -200,13 +201,16 @@ class StrengthSummary:
       strength_mean: ``[layer, head, hop]`` mean strength over images.
       mass_mean: ``[layer, head, hop]`` mean hop mass over images.
       distance_mean: ``[layer, head]`` mean attention distance (pixels) over images.
-      entropy_mean: ``[layer, head]`` mean head entropy over images.
-      entropy_std: ``[layer, head]`` its standard deviation over images (population, ddof 0).
+      patch_to_cls_mean, cls_to_patch_mean: ``[layer, head]`` mean CLS masses over images (NaN
+        without a CLS token).
+      head_entropy_mean: ``[layer, head]`` mean head entropy over images.
+      head_entropy_std: ``[layer, head]`` its standard deviation over images (population, ddof 0).
       entropy_histogram: ``[layer, head, bin]`` number of images whose head entropy falls in each
         bin of ``entropy_bin_edges`` (the last bin includes its right edge).
       entropy_bin_edges: ``[bin + 1]`` fixed edges ``linspace(0, ln K, bins + 1)``, so histograms
         of different heads, layers and models on the same grid are comparable.
-      layer_entropy_mean: ``[layer]`` mean entropy over heads and images: the trend across depth.
+      layer_head_entropy_mean: ``[layer]`` mean entropy over heads and images: the trend across
+        depth.
       layer_distance_mean: ``[layer]`` mean attention distance over heads and images.
     """
 
@@ -214,16 +218,18 @@ class StrengthSummary:
     strength_mean: Array
     mass_mean: Array
     distance_mean: Array
-    entropy_mean: Array
-    entropy_std: Array
+    patch_to_cls_mean: Array
+    cls_to_patch_mean: Array
+    head_entropy_mean: Array
+    head_entropy_std: Array
     entropy_histogram: Array
     entropy_bin_edges: Array
-    layer_entropy_mean: Array
+    layer_head_entropy_mean: Array
     layer_distance_mean: Array
 
 
 @functools.partial(jax.jit, static_argnames=("num_bins",))
-def summarize_kernel(local: HopStrength, *, num_bins: int = 20) -> StrengthSummary:
+def summarize_kernel(local: HopStrength, *, num_bins: int = ENTROPY_BINS) -> StrengthSummary:
     """Global results from per-image results ``local`` with axes ``[image, layer, head, ...]``."""
     num_hops = local.strength.shape[-1]
     max_entropy = math.log(num_hops)
@@ -243,10 +249,12 @@ def summarize_kernel(local: HopStrength, *, num_bins: int = 20) -> StrengthSumma
         strength_mean=jnp.nanmean(local.strength, axis=0),
         mass_mean=jnp.nanmean(local.mass, axis=0),
         distance_mean=jnp.nanmean(local.distance, axis=0),
-        entropy_mean=jnp.nanmean(entropy, axis=0),
-        entropy_std=jnp.nanstd(entropy, axis=0),
+        patch_to_cls_mean=jnp.nanmean(local.patch_to_cls, axis=0),
+        cls_to_patch_mean=jnp.nanmean(local.cls_to_patch, axis=0),
+        head_entropy_mean=jnp.nanmean(entropy, axis=0),
+        head_entropy_std=jnp.nanstd(entropy, axis=0),
         entropy_histogram=histogram,
         entropy_bin_edges=edges,
-        layer_entropy_mean=jnp.nanmean(entropy, axis=(0, 2)),
+        layer_head_entropy_mean=jnp.nanmean(entropy, axis=(0, 2)),
         layer_distance_mean=jnp.nanmean(local.distance, axis=(0, 2)),
     )

@@ -23,8 +23,8 @@ from jaxvit_interp.model.vit import block_params
         (6, 3, 4, (4, 2)),  # at least one image per device
     ],
 )
-def test_even_chunks(total, most, multiple, expected):
-    size, count = engine._even_chunks(total, most, multiple)
+def test_even_split(total, most, multiple, expected):
+    size, count = engine._even_split(total, most, multiple)
     assert (size, count) == expected
     assert size * count >= total and size % multiple == 0
 
@@ -40,7 +40,7 @@ def _compiled_bytes(compiled) -> int:
 
 
 @pytest.mark.parametrize("budget_mib, step_tokens", [(1.02, None), (24, None), (24, 64)])
-def test_planned_chunks_fit_the_budget(budget_mib, step_tokens, random_model):
+def test_planned_batches_fit_the_budget(budget_mib, step_tokens, random_model):
     """XLA's own memory analysis of both programs, at the planned shapes, stays under budget."""
     config, params = random_model(
         5,
@@ -54,7 +54,7 @@ def test_planned_chunks_fit_the_budget(budget_mib, step_tokens, random_model):
     )
     budget = int(budget_mib * (1 << 20))
     layers = tuple(range(config.num_layers))
-    plan = engine.plan_chunks(
+    plan = engine.plan_batches(
         config,
         num_images=64,
         num_slots=config.num_heads,
@@ -67,12 +67,12 @@ def test_planned_chunks_fit_the_budget(budget_mib, step_tokens, random_model):
     )
     assert plan.estimated_bytes <= budget
     # The small budget fits one image with half of each layer's heads at a time.
-    assert (plan.num_slot_chunks > 1) == (budget_mib < 2)
-    images = jnp.zeros((plan.images_per_chunk, *config.image_size, config.channels))
+    assert (plan.num_slot_groups > 1) == (budget_mib < 2)
+    images = jnp.zeros((plan.images_per_batch, *config.image_size, config.channels))
     full = engine.full_pass.lower(config, params, images, None, True).compile()
     out, y, _ = engine.full_pass(config, params, images, None, False)
-    heads = jnp.zeros((config.num_layers, plan.slots_per_chunk), jnp.int32)
-    sweep = engine.ablation_chunk.lower(
+    heads = jnp.zeros((config.num_layers, plan.slots_per_group), jnp.int32)
+    sweep = engine.ablation_batch.lower(
         config,
         params,
         out,
@@ -90,7 +90,7 @@ def test_planned_chunks_fit_the_budget(budget_mib, step_tokens, random_model):
     assert used <= budget, (plan, used)
     # The plan is not wastefully cautious either: it uses a fair share of what it was given
     # (unless steps through a block, not memory, limit the chunk).
-    if plan.num_image_chunks > 1 and step_tokens is None:
+    if plan.num_batches > 1 and step_tokens is None:
         assert used > budget / 8, (plan, used)
 
 

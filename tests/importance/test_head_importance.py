@@ -46,7 +46,7 @@ CASES = {
 }
 
 
-_PLAN_CHUNKS = engine.plan_chunks  # unpatched, for the budget search
+_PLAN_CHUNKS = engine.plan_batches  # unpatched, for the budget search
 
 
 def _budget_for_slots(config, params, slots, with_taylor=True):
@@ -66,7 +66,7 @@ def _budget_for_slots(config, params, slots, with_taylor=True):
                 fixed_bytes=engine.params_bytes(params),
                 step_tokens=engine.default_step_tokens(),
             )
-            if plan.slots_per_chunk >= slots:
+            if plan.slots_per_group >= slots:
                 return budget
         except ValueError:
             pass
@@ -77,13 +77,13 @@ def _budget_for_slots(config, params, slots, with_taylor=True):
 def plans(monkeypatch):
     """The chunk plans the engine actually used."""
     used = []
-    plan_chunks = engine.plan_chunks
+    plan_batches = engine.plan_batches
 
     def spy(*args, **kwargs):
-        used.append(plan_chunks(*args, **kwargs))
+        used.append(plan_batches(*args, **kwargs))
         return used[-1]
 
-    monkeypatch.setattr(engine, "plan_chunks", spy)
+    monkeypatch.setattr(engine, "plan_batches", spy)
     return used
 
 
@@ -132,10 +132,10 @@ def test_matches_one_forward_per_head(
         progress=False,
     )
     (plan,) = plans
-    padded_images = plan.images_per_chunk * plan.num_image_chunks
-    padded_slots = plan.slots_per_chunk * plan.num_slot_chunks
+    padded_images = plan.images_per_batch * plan.num_batches
+    padded_slots = plan.slots_per_group * plan.num_slot_groups
     expected = {"token": (7, 1, 2), "gap_repr": (7, 3, 6), "token_repr_deep": (8, 3, 3)}[case]
-    assert (padded_images, plan.slots_per_chunk, padded_slots) == expected, plan
+    assert (padded_images, plan.slots_per_group, padded_slots) == expected, plan
     assert case != "token_repr_deep" or plan.streams_per_step == 2, plan
     ref = reference_importance(config, params, images, labels if with_labels else None)
     _check(result, ref, ["prob", "prob_drop", "kl", "layer", "repr", "flip"])
@@ -168,7 +168,7 @@ def test_one_compiled_program_for_every_chunk(random_model, random_images):
     config, params = random_model(3, **{**CASES["gap_repr"], "num_classes": 4})
     budget = _budget_for_slots(config, params, 2)
     full_before = engine.full_pass._cache_size()
-    sweep_before = engine.ablation_chunk._cache_size()
+    sweep_before = engine.ablation_batch._cache_size()
     head_importance(
         config,
         params,
@@ -178,7 +178,7 @@ def test_one_compiled_program_for_every_chunk(random_model, random_images):
         progress=False,
     )
     assert engine.full_pass._cache_size() == full_before + 1
-    assert engine.ablation_chunk._cache_size() == sweep_before + 1
+    assert engine.ablation_batch._cache_size() == sweep_before + 1
     # A different image count with the same chunk shapes compiles nothing new.
     head_importance(
         config,
@@ -189,4 +189,4 @@ def test_one_compiled_program_for_every_chunk(random_model, random_images):
         progress=False,
     )
     assert engine.full_pass._cache_size() == full_before + 1
-    assert engine.ablation_chunk._cache_size() == sweep_before + 1
+    assert engine.ablation_batch._cache_size() == sweep_before + 1

@@ -10,7 +10,7 @@ SCRIPT = textwrap.dedent(
     import os
     import jax, numpy as np
     from jax.sharding import Mesh
-    from jaxvit_interp.importance import engine, head_importance, partial_pruning, plan_chunks
+    from jaxvit_interp.importance import engine, head_importance, partial_pruning, plan_batches
     from jaxvit_interp.model import ViTConfig, init_params
 
     assert jax.device_count() == 4, jax.devices()
@@ -50,9 +50,9 @@ SCRIPT = textwrap.dedent(
     p_single = partial_pruning(config, params, images, labels, [(1, 0)], progress=False)
     np.testing.assert_allclose(p_sharded.prob, p_single.prob, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(p_sharded.top_probs, p_single.top_probs, rtol=1e-5, atol=1e-6)
-    plan = plan_chunks(config, num_images=6, num_slots=2, spawn_layers=(0, 1), with_taylor=True,
+    plan = plan_batches(config, num_images=6, num_slots=2, spawn_layers=(0, 1), with_taylor=True,
                        need_streams=True, batch_size=5, num_devices=4)
-    assert plan.images_per_chunk % 4 == 0, plan
+    assert plan.images_per_batch % 4 == 0, plan
     # The four CPU devices share the host's memory, so they share its default budget.
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert engine.default_memory_budget() == min(4 << 30, physical // 4) // 4

@@ -47,12 +47,12 @@ def test_stream_matches_hop_strength_and_numpy_summary():
     summary = results.summary
     entropy = np.asarray(whole.head_entropy)  # [image, layer, head]
     assert int(summary.num_images) == 9
-    np.testing.assert_allclose(summary.entropy_mean, entropy.mean(0), rtol=1e-5)
-    np.testing.assert_allclose(summary.entropy_std, entropy.std(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(summary.head_entropy_mean, entropy.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(summary.head_entropy_std, entropy.std(0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(summary.strength_mean, np.asarray(whole.strength).mean(0), rtol=1e-5)
     np.testing.assert_allclose(summary.mass_mean, np.asarray(whole.mass).mean(0), rtol=1e-5)
     np.testing.assert_allclose(summary.distance_mean, np.asarray(whole.distance).mean(0), rtol=1e-5)
-    np.testing.assert_allclose(summary.layer_entropy_mean, entropy.mean((0, 2)), rtol=1e-5)
+    np.testing.assert_allclose(summary.layer_head_entropy_mean, entropy.mean((0, 2)), rtol=1e-5)
     edges = np.linspace(0, math.log(4), 8)
     np.testing.assert_allclose(summary.entropy_bin_edges, edges, rtol=1e-6)
     for layer in range(layers):
@@ -75,8 +75,10 @@ def test_summary_leaves_out_nan_heads():
         head_entropy=entropy,
     )
     summary = summarize(local, num_bins=4)
-    np.testing.assert_allclose(summary.entropy_mean[0], [(0.1 + 0.5 + np.log(k)) / 3, 0.2], 1e-6)
-    np.testing.assert_allclose(summary.entropy_std[0, 1], 0.0)
+    np.testing.assert_allclose(
+        summary.head_entropy_mean[0], [(0.1 + 0.5 + np.log(k)) / 3, 0.2], 1e-6
+    )
+    np.testing.assert_allclose(summary.head_entropy_std[0, 1], 0.0)
     np.testing.assert_array_equal(summary.entropy_histogram[0, 0], [1, 1, 0, 1])  # ln K: last bin
     np.testing.assert_array_equal(summary.entropy_histogram[0, 1], [1, 0, 0, 0])
     with pytest.raises(ValueError, match=r"\[image, layer, head\]"):

@@ -1,0 +1,238 @@
+"""What the analyses produce: one registry, imported by the Python code and sent to the page as JSON.
+
+Every array of a results bundle is declared here once, in :data:`SCHEMA`: its part, its name and
+its named dimensions. The page indexes its flat columns with the same dimensions (row-major, as
+NumPy lays them out), so a layout is written in one place. The per-head importance metrics carry
+a title, a unit and which direction marks an important head (:data:`METRICS`).
+
+Where each quantity is computed:
+
+- ``importance``: :mod:`jaxvit_interp.importance` (the ablation engine per image; the over-images
+  means and per-class means in :mod:`~jaxvit_interp.importance.aggregate`; the image overview
+  layout in :mod:`~jaxvit_interp.importance.layout`);
+- ``partial``: :func:`jaxvit_interp.importance.partial_pruning`, its means in
+  :mod:`~jaxvit_interp.importance.aggregate`;
+- ``strength``: :mod:`jaxvit_interp.strength` (per image in ``kernels``, over images in
+  ``summarize_kernel``);
+- ``patterns``: :mod:`jaxvit_interp.patterns` (patterns, autoencoder, projection, clusters, and
+  each head's summary over images in :mod:`~jaxvit_interp.patterns.embed`);
+- ``images``: labels and predictions from the model pass, thumbnails from
+  :func:`jaxvit_interp.data.preprocess.thumbnails`;
+- ``attention``: the model's own attention (:func:`jaxvit_interp.model.run.attention_over_images`).
+
+Dimension letters: ``I`` images, ``C`` classes, ``L`` layers, ``H`` heads, ``N`` tokens,
+``K`` hops, ``M`` pruning modes, ``T`` top-k ranks, ``B`` entropy histogram bins, ``D`` density
+bins, ``S_partial`` / ``S_attention`` images of a subset, ``h w c`` thumbnail pixels and
+channels, ``gh gw`` the patch grid, ``oh ow`` relative offsets on it, ``Kcls Kpatch`` clusters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+__all__ = [
+    "ABLATION_METRICS",
+    "DENSITY_BINS",
+    "ENTROPY_BINS",
+    "METRICS",
+    "METRIC_NAMES",
+    "OPTIONAL_ARRAYS",
+    "PATTERN_KINDS",
+    "SCHEMA",
+    "STRENGTH_FIELDS",
+    "Metric",
+    "metric",
+    "registry_json",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One per-head importance metric (Li et al. 2023 §5.2; Michel et al. 2019 for ``taylor``).
+
+    Attributes:
+      name: the name everywhere: results, bundle arrays, CLI, site.
+      title: what the site's menu and axis say.
+      definition: the formula, with ``p``/``p'`` the softmax output before/after pruning, ``y``
+        the label (or the prediction without labels), ``z`` the vector the classifier reads and
+        ``O_l`` the pruned head's own attention block output.
+      unit: the unit of a value (``""`` for a plain number).
+      important_high: True when a larger value marks a more important head.
+      needs_ablation: True when it needs the pruned forward passes (not only the full pass).
+    """
+
+    name: str
+    title: str
+    definition: str
+    unit: str
+    important_high: bool
+    needs_ablation: bool
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric(
+        "prob",
+        "probability after pruning (p'_y)",
+        "p'_y",
+        "probability",
+        important_high=False,
+        needs_ablation=True,
+    ),
+    Metric(
+        "prob_drop",
+        "probability drop (p_y - p'_y)",
+        "p_y - p'_y",
+        "probability",
+        important_high=True,
+        needs_ablation=True,
+    ),
+    Metric(
+        "kl",
+        "KL(p || p') of the prediction",
+        "sum_c p_c (log p_c - log p'_c)",
+        "nats",
+        important_high=True,
+        needs_ablation=True,
+    ),
+    Metric(
+        "layer",
+        "layer impact ||O - O'|| / ||O||",
+        "||O_l - O'_l|| / ||O_l|| over all tokens",
+        "",
+        important_high=True,
+        needs_ablation=False,
+    ),
+    Metric(
+        "repr",
+        "representation change 1 - cos(z, z')",
+        "1 - cos(z, z')",
+        "",
+        important_high=True,
+        needs_ablation=True,
+    ),
+    Metric(
+        "flip",
+        "top-1 flip (global: fraction of images)",
+        "1 where argmax p' != argmax p; over images, the fraction that flip",
+        "",
+        important_high=True,
+        needs_ablation=True,
+    ),
+    Metric(
+        "taylor",
+        "Taylor |dLoss/dm|",
+        "|d CE(p, y) / d m_lh| at head mask 1",
+        "",
+        important_high=True,
+        needs_ablation=False,
+    ),
+)
+METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
+ABLATION_METRICS = frozenset(m.name for m in METRICS if m.needs_ablation)
+_BY_NAME = {m.name: m for m in METRICS}
+
+
+def metric(name: str) -> Metric:
+    """The :class:`Metric` called ``name`` (a ``KeyError`` naming the known ones otherwise)."""
+    if name not in _BY_NAME:
+        raise KeyError(f"unknown metric {name!r}; expected one of {', '.join(METRIC_NAMES)}")
+    return _BY_NAME[name]
+
+
+# Per-image, per-head results of the hop-strength kernel, and which need a CLS token.
+STRENGTH_FIELDS = ("strength", "mass", "head_entropy", "distance", "patch_to_cls", "cls_to_patch")
+CLS_STRENGTH_FIELDS = ("patch_to_cls", "cls_to_patch")
+PATTERN_KINDS = ("cls", "patch")
+# Bins of the over-images histogram of each head's entropy, over [0, ln K].
+ENTROPY_BINS = 30
+# Bins a side of the density image of each pattern kind's 2-D embedding.
+DENSITY_BINS = 48
+
+_HEAD = ("L", "H")
+
+
+def _pattern_arrays(kind: str) -> dict[str, tuple[str | int, ...]]:
+    clusters = f"K{kind}"
+    grid = ("gh", "gw") if kind == "cls" else ("oh", "ow")
+    return {
+        f"{kind}_positions": ("I", *_HEAD, 2),
+        f"{kind}_clusters": ("I", *_HEAD),
+        f"{kind}_representatives": (clusters, *grid),
+        f"{kind}_centres": (clusters, *grid),
+        f"{kind}_cluster_sizes": (clusters,),
+        f"{kind}_positions_mean": (*_HEAD, 2),
+        f"{kind}_head_cluster": _HEAD,
+        f"{kind}_density": ("D", "D"),
+        f"{kind}_extent": (4,),
+    }
+
+
+SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
+    "images": {
+        "labels": ("I",),
+        "predictions": ("I",),
+        "probs": ("I", "C"),
+        "thumbnails": ("I", "h", "w", "c"),
+        "overview": ("I", 2),
+    },
+    "importance": {
+        **{m: ("I", *_HEAD) for m in METRIC_NAMES},
+        **{f"{m}_mean": _HEAD for m in METRIC_NAMES},
+        **{f"{m}_class_mean": ("C", *_HEAD) for m in METRIC_NAMES},
+        "class_counts": ("C",),
+    },
+    "partial": {
+        "image_index": ("S_partial",),
+        "prob": ("S_partial", *_HEAD, "M"),
+        "top5_classes": ("S_partial", *_HEAD, "M", "T"),
+        "top5_probs": ("S_partial", *_HEAD, "M", "T"),
+        "prob_mean": (*_HEAD, "M"),
+    },
+    "strength": {
+        "strength": ("I", *_HEAD, "K"),
+        "mass": ("I", *_HEAD, "K"),
+        "head_entropy": ("I", *_HEAD),
+        "distance": ("I", *_HEAD),
+        "patch_to_cls": ("I", *_HEAD),
+        "cls_to_patch": ("I", *_HEAD),
+        "strength_mean": (*_HEAD, "K"),
+        "mass_mean": (*_HEAD, "K"),
+        "head_entropy_mean": _HEAD,
+        "head_entropy_std": _HEAD,
+        "distance_mean": _HEAD,
+        "patch_to_cls_mean": _HEAD,
+        "cls_to_patch_mean": _HEAD,
+        "entropy_histogram": (*_HEAD, "B"),
+        "entropy_bin_edges": ("B+1",),
+    },
+    "patterns": {
+        name: dims for kind in PATTERN_KINDS for name, dims in _pattern_arrays(kind).items()
+    },
+    "attention": {
+        "image_index": ("S_attention",),
+        "attention": ("S_attention", *_HEAD, "N", "N"),
+    },
+}
+# Arrays a bundle may leave out: a model without a CLS token has no CLS pattern nor CLS masses.
+OPTIONAL_ARRAYS: dict[str, set[str]] = {
+    "patterns": set(_pattern_arrays("cls")),
+    "strength": {
+        *CLS_STRENGTH_FIELDS,
+        *(f"{name}_mean" for name in CLS_STRENGTH_FIELDS),
+    },
+}
+
+
+def registry_json() -> dict[str, Any]:
+    """The registry as the page receives it: metrics, array dimensions, kinds and bin counts."""
+    return {
+        "metrics": [dataclasses.asdict(m) for m in METRICS],
+        "schema": {
+            part: {k: list(v) for k, v in arrays.items()} for part, arrays in SCHEMA.items()
+        },
+        "pattern_kinds": list(PATTERN_KINDS),
+        "strength_fields": list(STRENGTH_FIELDS),
+        "entropy_bins": ENTROPY_BINS,
+        "density_bins": DENSITY_BINS,
+    }
