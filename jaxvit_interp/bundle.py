@@ -3,17 +3,21 @@
 A bundle is a folder::
 
     bundle.json        format name and version, model config and checkpoint identity, image ids,
-                       class names, which parts are present, free-form settings of each analysis
+                       class names, how labels were matched, which parts are present, settings
     images.npz         labels, predictions, probabilities, thumbnails, 2-D overview positions
-    importance.npz     pruning metrics per image and head
-    partial.npz        partial pruning (six modes) for a subset of images
-    strength.npz       hop strength, mass, entropy, distance, CLS masses
-    patterns.npz       pattern latents' 2-D positions, clusters, representative patterns
+    importance.npz     pruning metrics per image and head; their means over all images and per
+                       class
+    partial.npz        partial pruning (six modes) for a subset of images, and its means
+    strength.npz       hop strength, mass, entropy, distance, CLS masses per image and head; their
+                       means over images and each head's entropy histogram
+    patterns.npz       each pattern's 2-D position and cluster, cluster representatives, and each
+                       head's mean position, most common cluster and the embedding's density
     attention.npz      full attention matrices for a subset of images (for the pattern view)
 
-Every array's shape is declared in :data:`SCHEMA` with named dimensions, and :func:`load_bundle`
-checks them all, naming the part and array at fault. Each ``.npz`` is written to a temporary name
-and renamed into place, so an interrupted write never leaves a file that reads as valid.
+Every array and its named dimensions are declared once, in :data:`jaxvit_interp.quantities.SCHEMA`,
+and :func:`load_bundle` checks them all, naming the part and array at fault. Each file is written
+to a temporary name and renamed into place, so an interrupted write never leaves a file that reads
+as valid.
 """
 
 from __future__ import annotations
@@ -26,60 +30,12 @@ from typing import Any
 import numpy as np
 
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.quantities import OPTIONAL_ARRAYS, SCHEMA
 from jaxvit_interp.storage import load_npz, save_npz, write_text
 
 BUNDLE_FORMAT = "jaxvit-interp-results"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2
 INDEX_FILE = "bundle.json"
-
-# Importance metrics in the order the site lists them (DESIGN.md §1).
-IMPORTANCE_METRICS = ("prob", "prob_drop", "kl", "layer", "repr", "flip", "taylor")
-
-# Dimension names: I images, C classes, L layers, H heads, N tokens, K hops, M pruning modes,
-# S images in a subset, T top-k (5, or the class count when smaller), h/w/c thumbnail height/width/channels, P patterns kinds' sizes.
-SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
-    "images": {
-        "labels": ("I",),
-        "predictions": ("I",),
-        "probs": ("I", "C"),
-        "thumbnails": ("I", "h", "w", "c"),
-        "overview": ("I", 2),
-    },
-    "importance": {m: ("I", "L", "H") for m in IMPORTANCE_METRICS},
-    "partial": {
-        "image_index": ("S_partial",),
-        "prob": ("S_partial", "L", "H", "M"),
-        "top5_classes": ("S_partial", "L", "H", "M", "T"),
-        "top5_probs": ("S_partial", "L", "H", "M", "T"),
-    },
-    "strength": {
-        "strength": ("I", "L", "H", "K"),
-        "mass": ("I", "L", "H", "K"),
-        "head_entropy": ("I", "L", "H"),
-        "distance": ("I", "L", "H"),
-        "patch_to_cls": ("I", "L", "H"),
-        "cls_to_patch": ("I", "L", "H"),
-    },
-    "patterns": {
-        "cls_positions": ("I", "L", "H", 2),
-        "cls_clusters": ("I", "L", "H"),
-        "cls_representatives": ("Kcls", "gh", "gw"),
-        "cls_centres": ("Kcls", "gh", "gw"),
-        "patch_positions": ("I", "L", "H", 2),
-        "patch_clusters": ("I", "L", "H"),
-        "patch_representatives": ("Kpatch", "oh", "ow"),
-        "patch_centres": ("Kpatch", "oh", "ow"),
-    },
-    "attention": {
-        "image_index": ("S_attention",),
-        "attention": ("S_attention", "L", "H", "N", "N"),
-    },
-}
-# Parts whose arrays a bundle may leave out (a model without CLS has no CLS patterns).
-OPTIONAL_ARRAYS = {
-    "patterns": {"cls_positions", "cls_clusters", "cls_representatives", "cls_centres"},
-    "strength": {"patch_to_cls", "cls_to_patch"},
-}
 
 
 class BundleError(InputError):
@@ -121,6 +77,8 @@ class ResultsBundle:
             "gw": grid[1],
             "oh": 2 * grid[0] - 1,
             "ow": 2 * grid[1] - 1,
+            "xy": 2,
+            "extent": 4,
         }
 
     def __getitem__(self, part: str) -> dict[str, np.ndarray]:
@@ -206,7 +164,9 @@ def load_bundle(directory: str | Path) -> ResultsBundle:
     if index.get("version") != BUNDLE_VERSION:
         raise BundleError(
             f"{index_path} has bundle version {index.get('version')!r}; this jaxvit-interp reads "
-            f"version {BUNDLE_VERSION}: re-run the analysis with this version"
+            f"version {BUNDLE_VERSION} (version 2 added the means over images, per-class "
+            "importance and the histograms the site shows): run `jaxvit-interp analyze` again "
+            "into a new folder"
         )
     parts = {}
     for part in index.get("parts", []):

@@ -18,6 +18,8 @@ from jaxvit_interp.errors import InputError, environment_error_message
 
 BUILTIN_DIGITS = "builtin:digits"
 DEFAULT_DEMO_OUT = "demo-site"
+BUILTIN_DIR = "builtin"
+DEMO_SPEC = "digits.toml"
 
 
 class UsageError(InputError):
@@ -344,14 +346,17 @@ def _site_from_spec(args, spec_path: str) -> int:
 
 
 def _demo(args) -> int:
-    spec = Path(__file__).resolve().parents[1] / "sites" / "digits.toml"
-    if not spec.exists():
-        raise UsageError(
-            f"the demo's site spec {spec} is missing: run the demo from a checkout of the repository"
-        )
-    args.target = ["build", str(spec)]
-    args.out = args.out or DEFAULT_DEMO_OUT
-    return _site_from_spec(args, str(spec))
+    from importlib import resources
+
+    # The demo's site spec ships inside the package (data/builtin/digits.toml is the file
+    # sites/digits.toml), so the demo runs from a wheel installed anywhere.
+    spec = resources.files("jaxvit_interp.data").joinpath(BUILTIN_DIR, DEMO_SPEC)
+    with resources.as_file(spec) as path:
+        if not path.is_file():
+            raise UsageError(f"the demo's site spec {path} is missing from the installed package")
+        args.target = ["build", str(path)]
+        args.out = args.out or DEFAULT_DEMO_OUT
+        return _site_from_spec(args, str(path))
 
 
 def _inspect(args) -> int:

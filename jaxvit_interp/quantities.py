@@ -23,7 +23,8 @@ Where each quantity is computed:
 Dimension letters: ``I`` images, ``C`` classes, ``L`` layers, ``H`` heads, ``N`` tokens,
 ``K`` hops, ``M`` pruning modes, ``T`` top-k ranks, ``B`` entropy histogram bins, ``D`` density
 bins, ``S_partial`` / ``S_attention`` images of a subset, ``h w c`` thumbnail pixels and
-channels, ``gh gw`` the patch grid, ``oh ow`` relative offsets on it, ``Kcls Kpatch`` clusters.
+channels, ``gh gw`` the patch grid, ``oh ow`` relative offsets on it, ``Kcls Kpatch`` clusters,
+``xy`` the two coordinates of a 2-D position and ``extent`` a range ``(x0, x1, y0, y1)``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ __all__ = [
     "PATTERN_KINDS",
     "SCHEMA",
     "STRENGTH_FIELDS",
+    "STRENGTH_SUMMARY_FIELDS",
+    "THUMBNAIL_SIZE",
     "Metric",
     "metric",
     "registry_json",
@@ -143,11 +146,25 @@ def metric(name: str) -> Metric:
 # Per-image, per-head results of the hop-strength kernel, and which need a CLS token.
 STRENGTH_FIELDS = ("strength", "mass", "head_entropy", "distance", "patch_to_cls", "cls_to_patch")
 CLS_STRENGTH_FIELDS = ("patch_to_cls", "cls_to_patch")
+# The over-images results of hop strength that a bundle keeps (fields of StrengthSummary).
+STRENGTH_SUMMARY_FIELDS = (
+    "strength_mean",
+    "mass_mean",
+    "head_entropy_mean",
+    "head_entropy_std",
+    "distance_mean",
+    "patch_to_cls_mean",
+    "cls_to_patch_mean",
+    "entropy_histogram",
+    "entropy_bin_edges",
+)
 PATTERN_KINDS = ("cls", "patch")
 # Bins of the over-images histogram of each head's entropy, over [0, ln K].
 ENTROPY_BINS = 30
 # Bins a side of the density image of each pattern kind's 2-D embedding.
 DENSITY_BINS = 48
+# Longest side, in pixels, of the thumbnails a bundle keeps and the page shows.
+THUMBNAIL_SIZE = 64
 
 _HEAD = ("L", "H")
 
@@ -156,15 +173,15 @@ def _pattern_arrays(kind: str) -> dict[str, tuple[str | int, ...]]:
     clusters = f"K{kind}"
     grid = ("gh", "gw") if kind == "cls" else ("oh", "ow")
     return {
-        f"{kind}_positions": ("I", *_HEAD, 2),
+        f"{kind}_positions": ("I", *_HEAD, "xy"),
         f"{kind}_clusters": ("I", *_HEAD),
         f"{kind}_representatives": (clusters, *grid),
         f"{kind}_centres": (clusters, *grid),
         f"{kind}_cluster_sizes": (clusters,),
-        f"{kind}_positions_mean": (*_HEAD, 2),
+        f"{kind}_positions_mean": (*_HEAD, "xy"),
         f"{kind}_head_cluster": _HEAD,
         f"{kind}_density": ("D", "D"),
-        f"{kind}_extent": (4,),
+        f"{kind}_extent": ("extent",),
     }
 
 
@@ -174,7 +191,7 @@ SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
         "predictions": ("I",),
         "probs": ("I", "C"),
         "thumbnails": ("I", "h", "w", "c"),
-        "overview": ("I", 2),
+        "overview": ("I", "xy"),
     },
     "importance": {
         **{m: ("I", *_HEAD) for m in METRIC_NAMES},

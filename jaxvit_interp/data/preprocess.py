@@ -240,3 +240,27 @@ def _preprocess_checked(image: Image.Image, config: ViTConfig) -> np.ndarray:
     mean = _channel_stats(p.mean, "mean", config.channels)
     std = _channel_stats(p.std, "std", config.channels)
     return normalize(pixels, mean, std)
+
+
+def thumbnails(images: np.ndarray, config: ViTConfig, max_side: int) -> np.ndarray:
+    """uint8 thumbnails ``[image, h, w, c]`` of preprocessed images, their pixel range restored.
+
+    The preprocessing's normalisation is undone (``x * std + mean``) and the longest side
+    shrunk to at most ``max_side`` pixels (bilinear); images already that small keep their size.
+    """
+    pre = config.preprocessing
+    channels = images.shape[-1]
+    mean = np.resize(np.asarray(pre.mean, np.float32), channels)
+    std = np.resize(np.asarray(pre.std, np.float32), channels)
+    pixels = np.clip((np.asarray(images) * std + mean) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    h, w = pixels.shape[1:3]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return pixels
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    out = []
+    for img in pixels:
+        pil = Image.fromarray(img[..., 0] if channels == 1 else img)
+        small = np.asarray(pil.resize(size, Image.Resampling.BILINEAR))
+        out.append(small[..., None] if channels == 1 else small)
+    return np.stack(out)

@@ -1,11 +1,19 @@
-"""Head importance: what pruning each attention head does to each image's prediction.
+"""Head importance (paper §5.2): what pruning each attention head does to each image's prediction.
 
-- :func:`head_importance`: ``prob``, ``prob_drop``, ``kl``, ``layer``, ``repr``, ``flip`` and
-  ``taylor`` for every image and head (DESIGN.md §1), computed by the batched ablation engine
-  (:mod:`~jaxvit_interp.importance.engine`).
+Pruning head ``h`` of layer ``l`` multiplies its output by 0 before the output projection. With
+``p``/``p'`` the softmax output before/after pruning and ``y`` the label (the prediction when
+there are no labels):
+
+- :func:`head_importance`: per image and head, ``prob`` (``p'_y``), ``prob_drop``
+  (``p_y - p'_y``), ``kl`` (``KL(p || p')``), ``layer`` (``||O_l - O'_l|| / ||O_l||``), ``repr``
+  (``1 - cos(z, z')`` of the vector the classifier reads), ``flip`` (top-1 changes) and
+  ``taylor`` (``|dLoss/dm|`` at head mask 1), computed by the batched ablation engine
+  (:mod:`~jaxvit_interp.importance.engine`); titles and directions in
+  :data:`jaxvit_interp.quantities.METRICS`.
 - :func:`partial_pruning`: the paper's six partial-pruning modes with ``p'_y`` and the top 5.
-- :mod:`~jaxvit_interp.importance.aggregate`: global means, flip fractions, per-class means,
-  per-layer normalisation and head rankings.
+- :mod:`~jaxvit_interp.importance.aggregate`: the "global" views over all images (means, flip
+  fractions), per-class means, partial-pruning means, per-layer normalisation and rankings.
+- :func:`image_layout`: the image overview (view A), images placed by their importance vectors.
 - :func:`cumulative_pruning_accuracy`: accuracy as heads are pruned one after another in a ranking.
 """
 
@@ -17,13 +25,16 @@ from jaxvit_interp.importance.aggregate import (
     flip_fraction,
     global_importance,
     head_ranks,
+    importance_summary,
     normalize_per_layer,
+    partial_prob_mean,
     per_class_importance,
     rank_by_metric,
     rank_heads,
 )
 from jaxvit_interp.importance.curves import cumulative_pruning_accuracy
 from jaxvit_interp.importance.engine import BatchPlan, default_memory_budget, plan_batches
+from jaxvit_interp.importance.layout import image_layout
 from jaxvit_interp.importance.partial import PartialPruning, partial_pruning
 from jaxvit_interp.importance.taylor import taylor_importance
 from jaxvit_interp.importance.validate import METRICS
@@ -42,6 +53,9 @@ __all__ = [
     "global_importance",
     "head_importance",
     "head_ranks",
+    "image_layout",
+    "importance_summary",
+    "partial_prob_mean",
     "normalize_per_layer",
     "partial_pruning",
     "per_class_importance",

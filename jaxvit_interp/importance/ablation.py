@@ -1,4 +1,5 @@
-"""``head_importance``: every metric of DESIGN.md §1 for every image and every head."""
+"""``head_importance``: every per-head metric of :data:`jaxvit_interp.quantities.METRICS`, for
+every image and every head."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from jaxvit_interp.importance import validate
 from jaxvit_interp.importance.engine import run_engine
 from jaxvit_interp.importance.metrics import ablation_metrics
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.quantities import ABLATION_METRICS
 
 Array = jax.Array
 
@@ -132,7 +134,7 @@ def head_importance(
     mesh = validate.check_mesh(mesh)
 
     wanted = set(metrics)
-    need_streams = bool(wanted & validate.ABLATION_METRICS)
+    need_streams = bool(wanted & ABLATION_METRICS)
     L, H = config.num_layers, config.num_heads
     spawn = need_streams or "layer" in wanted
     out = run_engine(

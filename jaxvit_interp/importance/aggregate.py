@@ -13,9 +13,9 @@ import numpy as np
 
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance.ablation import HeadImportance
-from jaxvit_interp.importance.validate import METRICS
+from jaxvit_interp.quantities import METRICS
 
-HIGHER_IS_MORE_IMPORTANT: dict[str, bool] = {m: m != "prob" for m in METRICS}
+HIGHER_IS_MORE_IMPORTANT: dict[str, bool] = {m.name: m.important_high for m in METRICS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,16 +49,25 @@ class ClassImportance:
     counts: np.ndarray
 
 
+def _mean_over_images(values: np.ndarray, axis=0) -> np.ndarray:
+    """Mean over images, leaving out NaN (a value that could not be computed for an image);
+    NaN only where no image has a value."""
+    values = np.asarray(values, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        finite = ~np.isnan(values)
+        return np.where(finite, values, 0.0).sum(axis=axis) / finite.sum(axis=axis)
+
+
 def flip_fraction(flip: np.ndarray) -> np.ndarray:
     """``[image, layer, head]`` bool -> ``[layer, head]`` fraction of images that flip."""
-    return np.asarray(flip, np.float64).mean(axis=0)
+    return _mean_over_images(flip)
 
 
 def global_importance(
     result: HeadImportance, *, normalize_layers: bool = False
 ) -> GlobalImportance:
-    """Mean of every computed metric over images, optionally normalised per layer."""
-    mean = {m: np.asarray(result[m], np.float64).mean(axis=0) for m in result.metrics}
+    """Mean of every computed metric over images (NaN left out), optionally normalised per layer."""
+    mean = {m: _mean_over_images(result[m]) for m in result.metrics}
     if normalize_layers:
         mean = {m: normalize_per_layer(v) for m, v in mean.items()}
     flips = flip_fraction(result.flip) if result.flip is not None else None
@@ -68,13 +77,13 @@ def global_importance(
 def per_class_importance(
     result: HeadImportance, *, normalize_layers: bool = False
 ) -> ClassImportance:
-    """Mean of every computed metric over the images of each class ``y`` (``result.labels``)."""
+    """Mean of every computed metric over the images of each class ``y`` (``result.labels``),
+    NaN left out."""
     classes, inverse, counts = np.unique(result.labels, return_inverse=True, return_counts=True)
-    # one-hot [k, image] / counts -> averaging matrix; a matmul does every class at once.
-    weights = (inverse[None, :] == np.arange(classes.size)[:, None]) / counts[:, None]
     mean = {}
     for m in result.metrics:
-        v = np.tensordot(weights, np.asarray(result[m], np.float64), axes=1)
+        values = np.asarray(result[m], np.float64)
+        v = np.stack([_mean_over_images(values[inverse == c]) for c in range(classes.size)])
         mean[m] = normalize_per_layer(v) if normalize_layers else v
     return ClassImportance(classes=classes, mean=mean, counts=counts)
 
@@ -126,3 +135,28 @@ def rank_by_metric(
     result[metric]  # a KeyError naming the metric when it was not computed
     scores = global_importance(result, normalize_layers=normalize_layers).mean[metric]
     return rank_heads(scores, higher_is_more_important=HIGHER_IS_MORE_IMPORTANT[metric])
+
+
+def importance_summary(result: HeadImportance, num_classes: int) -> dict[str, np.ndarray]:
+    """The over-images views of ``result`` as the results bundle stores them.
+
+    Returns float32 arrays: ``{metric}_mean`` ``[layer, head]`` (for ``flip``, the fraction of
+    images that flip), ``{metric}_class_mean`` ``[class, layer, head]`` over the images whose
+    label ``y`` is that class (NaN for a class without images), and ``class_counts`` ``[class]``.
+    """
+    means = global_importance(result).mean
+    by_class = per_class_importance(result)
+    out = {f"{m}_mean": v.astype(np.float32) for m, v in means.items()}
+    counts = np.zeros(num_classes, np.int64)
+    counts[by_class.classes] = by_class.counts
+    for m, v in by_class.mean.items():
+        full = np.full((num_classes, *v.shape[1:]), np.nan, np.float32)
+        full[by_class.classes] = v
+        out[f"{m}_class_mean"] = full
+    out["class_counts"] = counts
+    return out
+
+
+def partial_prob_mean(prob: np.ndarray) -> np.ndarray:
+    """``p'_y`` after partial pruning, ``[image, layer, head, mode]`` -> mean over images."""
+    return _mean_over_images(prob).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Per-example head-importance kernels (DESIGN.md §1), written for one image, lifted with ``vmap``.
+"""Per-example head-importance kernels, written for one image, lifted with ``vmap``.
 
 ``p`` is the unpruned model's softmax output, ``p'`` the pruned one's, ``y`` the target class (the
 label, or the unpruned prediction when there are no labels), ``z`` the vector the classifier head

@@ -11,11 +11,11 @@ import numpy as np
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
+from jaxvit_interp.quantities import METRIC_NAMES
 
-# The per-head metrics of DESIGN.md §1, in the order results list them.
-METRICS: tuple[str, ...] = ("prob", "prob_drop", "kl", "layer", "repr", "flip", "taylor")
-# Metrics that need the pruned forward passes (the rest need only the full pass).
-ABLATION_METRICS = frozenset({"prob", "prob_drop", "kl", "repr", "flip"})
+# The per-head metrics, in the order results list them, and those that need the pruned forward
+# passes (the rest need only the full pass): see jaxvit_interp.quantities.
+METRICS: tuple[str, ...] = METRIC_NAMES
 
 
 def check_images(config: ViTConfig, images) -> jax.Array | np.ndarray:

@@ -7,7 +7,9 @@ Pipeline, one pattern kind at a time (``"cls"`` or ``"patch"``; see :mod:`.extra
 2. :func:`normalize_patterns` brings them to the autoencoder's ``[0, 1]`` scale;
 3. :func:`train_autoencoder` trains (or reuses from its ``workdir``) a :class:`PatternAutoencoder`;
 4. :func:`embed_patterns` encodes, projects to 2-D, clusters and picks each cluster's
-   representative, giving a :class:`PatternEmbedding`.
+   representative, giving a :class:`PatternEmbedding`;
+5. :func:`embedding_summary` gives each head's view over the images: its mean position, its most
+   common cluster, the cluster sizes and the embedding's density map.
 
 :mod:`.synthetic` plants known patterns in attention maps, the ground truth the tests check the
 pipeline against.
@@ -18,8 +20,11 @@ from jaxvit_interp.patterns.collect import collect_patterns
 from jaxvit_interp.patterns.embed import (
     PatternEmbedding,
     choose_k,
+    density_map,
     embed_patterns,
+    embedding_summary,
     kmeans,
+    majority_cluster,
     nearest_members,
     project,
 )
@@ -55,11 +60,14 @@ __all__ = [
     "TrainedAutoencoder",
     "check_attention",
     "choose_k",
+    "density_map",
     "cls_pattern",
     "collect_patterns",
     "embed_patterns",
+    "embedding_summary",
     "extract_patterns",
     "kmeans",
+    "majority_cluster",
     "nearest_members",
     "normalize_patterns",
     "offset_counts",

@@ -1,20 +1,42 @@
 """Patterns of every head on every image, streamed from the model batch by batch.
 
 Only patterns leave each batch (``[batch, layer, head, h, w]``, a few hundred values a head), never
-the ``[batch, layer, head, N, N]`` attention, so many images fit however large ``N`` is.
+the ``[batch, layer, head, N, N]`` attention: it exists only inside one compiled program per batch,
+so many images fit however large ``N`` is.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
-from jaxvit_interp.model.run import run_model
-from jaxvit_interp.patterns.extract import extract_patterns, pattern_shape
+from jaxvit_interp.model.vit import VisionTransformer
+from jaxvit_interp.parallel import Batcher
+from jaxvit_interp.patterns.extract import cls_pattern, patch_pattern, pattern_shape
+
+# How far a softmax row may sum from 1 (float32 rounding over a few hundred keys is ~1e-6).
+_ROW_TOLERANCE = 1e-3
+
+
+@functools.partial(jax.jit, static_argnames=("config", "kinds"))
+def _patterns_batch(config: ViTConfig, params, images, kinds: tuple[str, ...]):
+    attention = VisionTransformer(config).apply({"params": params}, images.astype(jnp.float32))
+    attention = attention.attention
+    out = {
+        kind: (cls_pattern if kind == "cls" else patch_pattern)(
+            attention, config.grid, config.has_cls_token
+        )
+        for kind in kinds
+    }
+    # Each image's worst row: softmax rows sum to 1, unless weights or pixels are not finite.
+    out["row_error"] = jnp.abs(attention.sum(-1) - 1.0).max(axis=(1, 2, 3))
+    return out
 
 
 def collect_patterns(
@@ -24,6 +46,7 @@ def collect_patterns(
     *,
     kinds: tuple[str, ...] | None = None,
     batch_size: int = 64,
+    mesh: jax.sharding.Mesh | None = None,
     progress: bool = True,
 ) -> dict[str, np.ndarray]:
     """Raw (un-normalised) patterns of every head on every image.
@@ -34,43 +57,45 @@ def collect_patterns(
       images: ``[image, height, width, channels]`` preprocessed images.
       kinds: pattern kinds to collect; default ``("cls", "patch")``, or ``("patch",)`` for a model
         without a CLS token.
-      batch_size: images per forward pass.
+      batch_size: images per forward pass, over all devices (the last batch is padded).
+      mesh: shard each batch's images over this mesh's devices; None: the default device.
       progress: show a progress bar.
 
     Returns:
       ``{kind: [image, layer, head, h, w]}`` float32 arrays, ``(h, w)`` from
       :func:`~jaxvit_interp.patterns.extract.pattern_shape`.
+
+    Raises:
+      InputError: an unknown kind, ``"cls"`` for a model without a CLS token, or attention rows
+        that do not sum to 1 (non-finite weights or pixels; the message names the image).
     """
     if kinds is None:
         kinds = ("cls", "patch") if config.has_cls_token else ("patch",)
+    kinds = tuple(kinds)
     for kind in kinds:
         pattern_shape(kind, config.grid)  # validates the kind before any model pass
         if kind == "cls" and not config.has_cls_token:
             raise InputError(
                 "this model has no CLS token, so it has no CLS pattern; use kind='patch'"
             )
-    images = np.asarray(images)
-    out = {
-        kind: np.empty(
-            (len(images), config.num_layers, config.num_heads, *pattern_shape(kind, config.grid)),
-            np.float32,
-        )
-        for kind in kinds
-    }
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc="patterns", unit="batch", disable=not progress, leave=False):
-        batch = images[start : start + batch_size]
-        rows = len(batch)
-        if rows < batch_size and start > 0:
-            # Pad the ragged last batch so it reuses the compiled forward pass.
-            batch = np.concatenate(
-                [batch, np.zeros((batch_size - rows, *batch.shape[1:]), batch.dtype)]
+    batcher = Batcher(batch_size, mesh)
+    params = batcher.replicate(params)
+
+    def check(outputs, batch):
+        error = outputs["row_error"]
+        bad = np.flatnonzero(~(error <= _ROW_TOLERANCE))
+        if bad.size:
+            i = int(bad[0])
+            raise InputError(
+                f"the model's attention rows do not sum to 1 (off by {error[i]:.3g}) on image "
+                f"{batch.start + i}: non-finite weights or pixels?"
             )
-        attention = run_model(config, params, batch).attention[:rows]
-        for i, kind in enumerate(kinds):
-            # The attention is checked once per batch, with the first kind.
-            patterns = extract_patterns(
-                attention, config.grid, config.has_cls_token, kind, check=(i == 0)
-            )
-            out[kind][start : start + rows] = np.asarray(patterns)
-    return out
+
+    out = batcher.map(
+        lambda x: _patterns_batch(config, params, x, kinds),
+        images,
+        check=check,
+        progress=progress,
+        desc="patterns",
+    )
+    return {kind: out[kind].astype(np.float32) for kind in kinds}

@@ -21,6 +21,7 @@ from sklearn.metrics import silhouette_score
 
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.patterns.train import TrainedAutoencoder
+from jaxvit_interp.quantities import DENSITY_BINS
 
 PROJECTIONS: tuple[str, ...] = ("umap", "tsne")
 CLUSTER_SPACES: tuple[str, ...] = ("latent", "xy")
@@ -74,9 +75,14 @@ class PatternEmbedding:
 
     def majority_labels(self) -> np.ndarray:
         """``[...[1:]]``: each head's most frequent cluster over the first (image) axis."""
-        flat = self.labels.reshape(self.labels.shape[0], -1)
-        counts = np.apply_along_axis(np.bincount, 0, flat, minlength=self.k)  # [k, heads]
-        return counts.argmax(0).reshape(self.labels.shape[1:])
+        return majority_cluster(self.labels, self.k)
+
+
+def majority_cluster(labels: np.ndarray, k: int) -> np.ndarray:
+    """``[image, ...]`` cluster ids -> ``[...]`` each head's most frequent one (ties: the lowest)."""
+    flat = np.asarray(labels).reshape(len(labels), -1)
+    counts = np.apply_along_axis(np.bincount, 0, flat, minlength=k)  # [k, heads]
+    return counts.argmax(0).reshape(np.shape(labels)[1:])
 
 
 def project(
@@ -233,3 +239,50 @@ def embed_patterns(
         projection=projection,
         cluster_space=cluster_space,
     )
+
+
+def density_map(points: np.ndarray, bins: int = DENSITY_BINS, pad: float = 0.06):
+    """Where the points of a 2-D embedding crowd: ``(image [bins, bins], extent [4])``.
+
+    ``extent`` is ``(x0, x1, y0, y1)``, the points' range widened by ``pad`` of its span on each
+    side. Row ``r`` of the image counts the points with ``y`` in the ``r``-th bin from the bottom;
+    counts are ``log1p``-compressed and scaled to a maximum of 1, so sparse regions stay visible.
+    Non-finite points are left out.
+    """
+    points = np.asarray(points, np.float64).reshape(-1, 2)
+    points = points[np.isfinite(points).all(axis=1)]
+    if not len(points):
+        return np.zeros((bins, bins), np.float32), np.array([0.0, 1.0, 0.0, 1.0], np.float32)
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    span = np.maximum(hi - lo, 1e-6)
+    lo, hi = lo - pad * span, hi + pad * span
+    counts, _, _ = np.histogram2d(
+        points[:, 1], points[:, 0], bins=bins, range=[[lo[1], hi[1]], [lo[0], hi[0]]]
+    )
+    counts = np.log1p(counts)
+    image = (counts / max(counts.max(), 1e-12)).astype(np.float32)
+    return image, np.array([lo[0], hi[0], lo[1], hi[1]], np.float32)
+
+
+def embedding_summary(
+    positions: np.ndarray, clusters: np.ndarray, num_clusters: int
+) -> dict[str, np.ndarray]:
+    """Each head's view, over the images, of its patterns' places in the embedding.
+
+    Args:
+      positions: ``[image, layer, head, 2]`` 2-D position of each pattern.
+      clusters: ``[image, layer, head]`` its cluster.
+      num_clusters: ``k``.
+
+    Returns ``positions_mean`` ``[layer, head, 2]`` (mean 2-D position), ``head_cluster``
+    ``[layer, head]`` (the most frequent cluster, ties to the lowest), ``cluster_sizes`` ``[k]``,
+    and the ``density`` image with its ``extent`` (:func:`density_map` of every position).
+    """
+    density, extent = density_map(positions)
+    return {
+        "positions_mean": np.asarray(positions, np.float64).mean(axis=0).astype(np.float32),
+        "head_cluster": majority_cluster(clusters, num_clusters).astype(np.int32),
+        "cluster_sizes": np.bincount(np.ravel(clusters), minlength=num_clusters).astype(np.int64),
+        "density": density,
+        "extent": extent,
+    }

@@ -28,10 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.quantities import PATTERN_KINDS
 
 Array = jax.Array
 
-PATTERN_KINDS: tuple[str, ...] = ("cls", "patch")
 NORMALIZATIONS: tuple[str, ...] = ("log", "max", "sum")
 
 

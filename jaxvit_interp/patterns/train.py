@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.parallel import Batcher
 from jaxvit_interp.patterns.autoencoder import PatternAutoencoder
 from jaxvit_interp.storage import orbax_write
 
@@ -194,20 +195,10 @@ def _as_patterns(patterns, shape) -> np.ndarray:
 def _batched(fn, flat: np.ndarray, batch_size: int) -> np.ndarray:
     """``fn`` over the rows of ``flat`` ``[M, ...]`` in batches, concatenated back to ``[M, ...]``.
 
-    A ragged last batch is zero-padded to ``batch_size`` so every batch reuses one compilation.
+    A ragged last batch is zero-padded (by the :class:`~jaxvit_interp.parallel.Batcher`) so every
+    batch reuses one compilation; fewer rows than a batch make one batch of their own size.
     """
-    if len(flat) <= batch_size:
-        return np.asarray(fn(flat))
-    outs = []
-    for i in range(0, len(flat), batch_size):
-        chunk = flat[i : i + batch_size]
-        rows = len(chunk)
-        if rows < batch_size:
-            chunk = np.concatenate(
-                [chunk, np.zeros((batch_size - rows, *chunk.shape[1:]), chunk.dtype)]
-            )
-        outs.append(np.asarray(fn(chunk))[:rows])
-    return np.concatenate(outs)
+    return Batcher(min(batch_size, len(flat))).map(fn, flat)
 
 
 def _param_shapes(module: PatternAutoencoder):

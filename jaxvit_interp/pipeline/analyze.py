@@ -18,28 +18,27 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxvit_interp.bundle import (
-    IMPORTANCE_METRICS,
-    INDEX_FILE,
-    ResultsBundle,
-    save_bundle,
-)
+from jaxvit_interp.bundle import INDEX_FILE, ResultsBundle, save_bundle
 from jaxvit_interp.data.labels import display_class_names
+from jaxvit_interp.data.preprocess import thumbnails
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.importance.layout import image_layout
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
 from jaxvit_interp.parallel import all_devices_mesh
+from jaxvit_interp.pipeline.parts import importance_part, partial_part, pattern_part, strength_part
 from jaxvit_interp.pipeline.progress import progress_bar, progress_enabled
 from jaxvit_interp.pipeline.settings import AnalysisSettings, run_fingerprint
-from jaxvit_interp.pipeline.summaries import (
+from jaxvit_interp.quantities import (
+    METRIC_NAMES,
     STRENGTH_FIELDS,
-    attention_matrices,
-    attention_summaries,
 )
-from jaxvit_interp.storage import save_npz, write_text
+from jaxvit_interp.storage import UnreadableFileError, load_npz, save_npz, write_text
 
 RUN_FILE = "run.json"
 CHUNK_DIR = "chunks"
+# Images per forward pass of the strength, pattern and attention passes when no batch size is set.
+DEFAULT_PASS_IMAGES = 32
 
 
 class RunFolderError(InputError):
@@ -77,11 +76,15 @@ def _prepare_run_folder(out: Path, fingerprint: str, record: dict[str, Any]) -> 
     write_text(run_file, json.dumps({"fingerprint": fingerprint, **record}, indent=1))
 
 
-def _subset(num_images: int, size: int, seed: int) -> np.ndarray:
-    """Sorted image indices of a seeded random subset of ``size`` (all images when fewer)."""
+def _subset(num_images: int, size: int, seed: int, stream: int = 0) -> np.ndarray:
+    """Sorted image indices of a seeded random subset of ``size`` (all images when fewer).
+
+    ``stream`` tells apart subsets drawn with the same seed, so that they are independent.
+    """
     if size >= num_images:
         return np.arange(num_images)
-    return np.sort(np.random.default_rng(seed).choice(num_images, size, replace=False))
+    rng = np.random.default_rng([seed, stream] if stream else seed)
+    return np.sort(rng.choice(num_images, size, replace=False))
 
 
 def is_writer() -> bool:
@@ -94,28 +97,43 @@ def _local_indices(indices: np.ndarray, start: int, stop: int) -> np.ndarray:
     return indices[(indices >= start) & (indices < stop)] - start
 
 
-def _compute_chunk(config, params, images, labels, partial_local, attention_local, settings):
+def _compute_chunk(config, params, images, labels, partial_local, attention_local, settings, mesh):
+    """Every per-image result of one chunk of images, from the library's public functions."""
     from jaxvit_interp.importance import head_importance, partial_pruning
+    from jaxvit_interp.model.run import attention_over_images
+    from jaxvit_interp.patterns import collect_patterns
+    from jaxvit_interp.strength import model_strength_over_images
 
-    batch = settings.batch_size or min(len(images), 32)
-    mesh = all_devices_mesh()
+    batch = settings.batch_size or DEFAULT_PASS_IMAGES
     importance = head_importance(
         config,
         params,
         images,
         labels,
-        metrics=IMPORTANCE_METRICS,
+        metrics=METRIC_NAMES,
         batch_size=settings.batch_size,
         memory_budget_bytes=settings.memory_budget_bytes,
         mesh=mesh,
         progress=False,
     )
-    arrays = {m: np.asarray(importance[m], np.float32) for m in IMPORTANCE_METRICS}
+    arrays = {m: np.asarray(importance[m], np.float32) for m in METRIC_NAMES}
     arrays["probs"] = importance.probs.astype(np.float32)
     arrays["predictions"] = importance.predictions.astype(np.int32)
     arrays["targets"] = importance.labels.astype(np.int32)
-    summaries = attention_summaries(config, params, images, batch, mesh)
-    arrays.update({k: v.astype(np.float32) for k, v in summaries.items()})
+    strength = model_strength_over_images(
+        config, params, images, batch_size=batch, mesh=mesh, progress=False
+    )
+    arrays.update({f: np.asarray(getattr(strength.local, f), np.float32) for f in STRENGTH_FIELDS})
+    patterns = collect_patterns(
+        config,
+        params,
+        images,
+        kinds=_kinds(config, settings),
+        batch_size=batch,
+        mesh=mesh,
+        progress=False,
+    )
+    arrays.update({f"{kind}_pattern": value for kind, value in patterns.items()})
     if len(partial_local):
         partial = partial_pruning(
             config,
@@ -136,58 +154,21 @@ def _compute_chunk(config, params, images, labels, partial_local, attention_loca
         arrays["partial_top5_classes"] = grid(partial.top_classes).astype(np.int32)
         arrays["partial_top5_probs"] = grid(partial.top_probs).astype(np.float32)
     if len(attention_local):
-        arrays["attention"] = attention_matrices(config, params, images[attention_local])
+        arrays["attention"] = attention_over_images(
+            config, params, images[attention_local], batch_size=batch, mesh=mesh
+        )
     return arrays
+
+
+def _kinds(config: ViTConfig, settings: AnalysisSettings) -> tuple[str, ...]:
+    return tuple(k for k in settings.pattern_kinds if k != "cls" or config.has_cls_token)
 
 
 def _load_chunk(path: Path) -> dict[str, np.ndarray] | None:
     try:
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError):
+        return load_npz(path)
+    except UnreadableFileError:
         return None  # a torn file from an older writer: recompute it
-
-
-def thumbnails(images: np.ndarray, config: ViTConfig, max_side: int) -> np.ndarray:
-    """uint8 thumbnails ``[image, h, w, c]`` of preprocessed images, pixel range restored."""
-    pre = config.preprocessing
-    channels = images.shape[-1]
-    mean = np.resize(np.asarray(pre.mean, np.float32), channels)
-    std = np.resize(np.asarray(pre.std, np.float32), channels)
-    pixels = np.clip((images * std + mean) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    h, w = pixels.shape[1:3]
-    scale = max_side / max(h, w)
-    if scale >= 1:
-        return pixels
-    from PIL import Image
-
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    out = []
-    for img in pixels:
-        pil = Image.fromarray(img[..., 0] if channels == 1 else img)
-        small = np.asarray(pil.resize(size, Image.Resampling.BILINEAR))
-        out.append(small[..., None] if channels == 1 else small)
-    return np.stack(out)
-
-
-def overview_positions(vectors: np.ndarray, seed: int) -> np.ndarray:
-    """2-D positions of images from their per-head importance vectors (UMAP; PCA when few)."""
-    x = np.asarray(vectors, np.float64).reshape(len(vectors), -1)
-    if len(x) < 16:
-        from sklearn.decomposition import PCA
-
-        if len(x) < 3:
-            return np.pad(x[:, :2], ((0, 0), (0, max(0, 2 - x.shape[1])))).astype(np.float32)
-        return PCA(2, random_state=seed).fit_transform(x).astype(np.float32)
-    import warnings
-
-    import umap
-
-    reducer = umap.UMAP(n_components=2, random_state=seed, n_neighbors=min(15, len(x) - 1))
-    with warnings.catch_warnings():
-        # A fixed random_state makes UMAP single-threaded; that is the point, not news.
-        warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
-        return reducer.fit_transform(x).astype(np.float32)
 
 
 def _pattern_part(config, merged, settings, out: Path, progress: bool) -> dict[str, np.ndarray]:
@@ -196,8 +177,7 @@ def _pattern_part(config, merged, settings, out: Path, progress: bool) -> dict[s
     from jaxvit_interp.patterns.train import train_autoencoder
 
     part = {}
-    kinds = [k for k in settings.pattern_kinds if k != "cls" or config.has_cls_token]
-    for kind in kinds:
+    for kind in _kinds(config, settings):
         raw = merged[f"{kind}_pattern"]  # [image, layer, head, h, w]
         patterns = np.asarray(normalize_patterns(raw, config.num_patches))
         flat = patterns.reshape(-1, *patterns.shape[-2:])
@@ -213,10 +193,15 @@ def _pattern_part(config, merged, settings, out: Path, progress: bool) -> dict[s
         )
         bar.update(1)
         bar.close()
-        part[f"{kind}_positions"] = emb.xy.astype(np.float32)
-        part[f"{kind}_clusters"] = emb.labels.astype(np.int32)
-        part[f"{kind}_representatives"] = emb.representative.astype(np.float32)
-        part[f"{kind}_centres"] = emb.decoded_centre.astype(np.float32)
+        part.update(
+            pattern_part(
+                kind,
+                positions=emb.xy,
+                clusters=emb.labels,
+                representatives=emb.representative,
+                centres=emb.decoded_centre,
+            )
+        )
     return part
 
 
@@ -292,12 +277,10 @@ def analyze(
 
         return load_bundle(out)  # this very run finished before: nothing to redo
 
-    partial_index = (
-        _subset(num_images, settings.partial_images, settings.seed)
-        if settings.partial_images
-        else np.zeros(0, int)
-    )
-    attention_index = partial_index[: settings.attention_images]
+    # Two independent seeded subsets: which images get partial pruning, which keep attention.
+    partial_index = _subset(num_images, settings.partial_images, settings.seed)
+    attention_index = _subset(num_images, settings.attention_images, settings.seed, stream=1)
+    mesh = all_devices_mesh()
     chunk_dir = out / CHUNK_DIR
     chunk_dir.mkdir(exist_ok=True)
     starts = list(range(0, num_images, settings.chunk_images))
@@ -316,6 +299,7 @@ def analyze(
                 _local_indices(partial_index, start, stop),
                 _local_indices(attention_index, start, stop),
                 settings,
+                mesh,
             )
             if is_writer():
                 save_npz(path, arrays)
@@ -327,30 +311,32 @@ def analyze(
         name: np.concatenate([c[name] for c in chunks if name in c])
         for name in set().union(*chunks)
     }
-    importance = {m: merged[m] for m in IMPORTANCE_METRICS}
     parts = {
         "images": {
             "labels": merged["targets"],
             "predictions": merged["predictions"],
             "probs": merged["probs"],
             "thumbnails": thumbnails(images, config, settings.thumbnail_size),
-            "overview": overview_positions(importance["prob_drop"], settings.seed),
+            "overview": image_layout(merged["prob_drop"], settings.seed),
         },
-        "importance": importance,
-        "strength": {
-            name: merged[name]
-            for name in STRENGTH_FIELDS
-            if config.has_cls_token or name not in ("patch_to_cls", "cls_to_patch")
-        },
+        "importance": importance_part(
+            merged,
+            probs=merged["probs"],
+            predictions=merged["predictions"],
+            targets=merged["targets"],
+            labels_are_predictions=labels is None,
+            num_classes=config.num_classes,
+        ),
+        "strength": strength_part(merged, has_cls_token=config.has_cls_token),
         "patterns": _pattern_part(config, merged, settings, out, progress),
     }
     if len(partial_index):
-        parts["partial"] = {
-            "image_index": partial_index.astype(np.int32),
-            "prob": merged["partial_prob"],
-            "top5_classes": merged["partial_top5_classes"],
-            "top5_probs": merged["partial_top5_probs"],
-        }
+        parts["partial"] = partial_part(
+            partial_index,
+            merged["partial_prob"],
+            merged["partial_top5_classes"],
+            merged["partial_top5_probs"],
+        )
     if len(attention_index):
         parts["attention"] = {
             "image_index": attention_index.astype(np.int32),

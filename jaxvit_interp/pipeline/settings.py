@@ -11,6 +11,7 @@ import numpy as np
 
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.patterns.train import MIN_PATTERNS, AutoencoderSettings
+from jaxvit_interp.quantities import THUMBNAIL_SIZE
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -23,8 +24,8 @@ class AnalysisSettings:
       memory_budget_bytes: per-device working-set budget of the ablation engine (None: default).
       partial_images: images (chosen at random with ``seed``) that get partial pruning of every
         head in all six modes; 0 skips partial pruning.
-      attention_images: images (the first of the partial-pruning ones) whose full attention
-        matrices are kept for the pattern view.
+      attention_images: images (chosen at random with ``seed``, independently of the
+        partial-pruning ones) whose full attention matrices are kept for the pattern view.
       thumbnail_size: longest side of the thumbnails kept for the site, in pixels.
       pattern_kinds: which patterns feed the autoencoders (``cls`` needs a CLS token).
       pattern_samples: most patterns (sampled with ``seed``) each autoencoder trains on.
@@ -39,7 +40,7 @@ class AnalysisSettings:
     memory_budget_bytes: int | None = None
     partial_images: int = 64
     attention_images: int = 32
-    thumbnail_size: int = 112
+    thumbnail_size: int = THUMBNAIL_SIZE
     pattern_kinds: tuple[str, ...] = ("cls", "patch")
     pattern_samples: int = 20_000
     clusters: int | None = None
@@ -65,8 +66,6 @@ class AnalysisSettings:
             ("seed", None, False),
         ):
             _check_int(name, getattr(self, name), least, optional)
-        if self.attention_images > max(self.partial_images, 0) and self.partial_images:
-            object.__setattr__(self, "attention_images", self.partial_images)
         unknown = set(self.pattern_kinds) - {"cls", "patch"}
         if unknown or not self.pattern_kinds:
             raise InputError(

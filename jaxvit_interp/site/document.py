@@ -14,8 +14,9 @@ from bokeh.layouts import column, row
 from bokeh.models import ColumnDataSource, Div
 from bokeh.resources import INLINE
 
-from jaxvit_interp.bundle import IMPORTANCE_METRICS, ResultsBundle
+from jaxvit_interp.bundle import ResultsBundle
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.quantities import METRIC_NAMES, THUMBNAIL_SIZE
 from jaxvit_interp.site import callbacks
 from jaxvit_interp.site.sources import METRIC_INFO, PATTERN_KINDS, make_sources, prepare_site_data
 from jaxvit_interp.site.views import importance, overview, pattern, strength
@@ -27,15 +28,15 @@ INDEX_FILE = "index.html"
 # than the bytes it saves on attention-sized arrays: arrays are stored uncompressed by default.
 DEFAULT_COMPRESSION = 0
 # Tables the page's code may read even when a bundle lacks the part behind them.
-OPTIONAL_TABLES = ("partial", "top5", "attention")
+OPTIONAL_TABLES = ("attention",)
 
 
 def _check_options(metrics, default_metric, default_kind) -> tuple[list[str], str]:
-    metrics = list(metrics) if metrics else list(IMPORTANCE_METRICS)
-    unknown = [m for m in metrics if m not in IMPORTANCE_METRICS]
+    metrics = list(metrics) if metrics else list(METRIC_NAMES)
+    unknown = [m for m in metrics if m not in METRIC_NAMES]
     if unknown or not metrics:
         raise InputError(
-            f"unknown importance metric(s) {unknown}; expected some of {list(IMPORTANCE_METRICS)}"
+            f"unknown importance metric(s) {unknown}; expected some of {list(METRIC_NAMES)}"
         )
     default_metric = default_metric or metrics[0]
     if default_metric not in metrics:
@@ -45,9 +46,9 @@ def _check_options(metrics, default_metric, default_kind) -> tuple[list[str], st
     return metrics, default_metric
 
 
-def _initial_head(heads: dict[str, Any], metric: str) -> int:
+def _initial_head(data, metric: str) -> int:
     """The most important head over all images under ``metric``: where a reader starts."""
-    values = np.asarray(heads[f"global_{metric}"], np.float64)
+    values = np.asarray(data.column("importance", f"{metric}_mean"), np.float64)
     if not np.isfinite(values).any():
         return 0
     if METRIC_INFO[metric]["important_high"]:
@@ -96,7 +97,7 @@ def build_document(
     metrics: list[str] | None = None,
     default_metric: str | None = None,
     default_kind: str | None = None,
-    thumbnail_size: int | None = 64,
+    thumbnail_size: int | None = THUMBNAIL_SIZE,
 ) -> Document:
     """The site as a validated Bokeh ``Document`` (all behaviour in CustomJS).
 
@@ -137,7 +138,7 @@ def build_document(
         _header(ctx, title, bundle), row(view_a, column(view_b, view_c)), view_d, name="site"
     )
 
-    first = _initial_head(data.tables["heads"], default_metric)
+    first = _initial_head(data, default_metric)
     modes = data.info["pruning_modes"]
     first_mode = modes.index("head") if "head" in modes else 0
     # The state is empty until the page's code first runs, on the document's ready event.

@@ -31,8 +31,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from jaxvit_interp.bundle import IMPORTANCE_METRICS
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.quantities import METRIC_NAMES, THUMBNAIL_SIZE
 
 BUILTINS = ("builtin:digits",)
 PATTERN_KINDS = ("cls", "patch")
@@ -109,10 +109,10 @@ _TOP: dict[str, tuple[type | tuple[type, ...], Any]] = {
 _TABLES: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     "analysis": {"seed": (int, 0), "batch_size": (int, 64)},
     "views": {
-        "metrics": (list, list(IMPORTANCE_METRICS)),
+        "metrics": (list, list(METRIC_NAMES)),
         "default_metric": (str, None),
         "default_kind": (str, "cls"),
-        "thumbnail_size": (int, 64),
+        "thumbnail_size": (int, THUMBNAIL_SIZE),
         "compression": (int, 0),
     },
 }
@@ -229,10 +229,10 @@ def load_site_spec(path: str | Path) -> SiteSpec:
     if not metrics:
         raise SiteSpecError(f"{where}: views.metrics lists no metric")
     for m in metrics:
-        if m not in IMPORTANCE_METRICS:
+        if m not in METRIC_NAMES:
             raise SiteSpecError(
                 f"{where}: views.metrics has unknown metric {m!r} (known: "
-                f"{', '.join(IMPORTANCE_METRICS)})"
+                f"{', '.join(METRIC_NAMES)})"
             )
     default_metric = views["default_metric"] or metrics[0]
     if default_metric not in metrics:

@@ -1,19 +1,22 @@
 """Synthetic results bundles: every array of the bundle schema, random but coherent.
 
 They exercise the site without running an analysis (its tests and size benchmark use them). The
-arrays obey the invariants a real analysis gives, so the views look like real ones: probabilities
-sum to 1 over classes, attention rows are softmax distributions, head entropy is the entropy of the
-normalised strength vector, ``prob`` is ``p_y - prob_drop``, and partial pruning's ``none`` mode
-keeps the unpruned probability.
+per-image arrays obey the invariants a real analysis gives, so the views look like real ones:
+probabilities sum to 1 over classes, attention rows are softmax distributions, head entropy is the
+entropy of the normalised strength vector, ``prob`` is ``p_y - prob_drop``, and partial pruning's
+``none`` mode keeps the unpruned probability. The reductions over images are computed from them by
+the same functions an analysis uses (:mod:`jaxvit_interp.pipeline.parts`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from jaxvit_interp.bundle import BUNDLE_VERSION, IMPORTANCE_METRICS, ResultsBundle
+from jaxvit_interp.bundle import BUNDLE_VERSION, ResultsBundle
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
+from jaxvit_interp.pipeline.parts import importance_part, partial_part, pattern_part, strength_part
+from jaxvit_interp.quantities import METRIC_NAMES
 
 
 def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -90,7 +93,14 @@ def synthetic_bundle(
         "flip": flip,
         "taylor": rng.exponential(1.0, (n_img, L, H)),
     }
-    importance = {m: importance[m].astype(np.float32) for m in IMPORTANCE_METRICS}
+    importance = importance_part(
+        {m: importance[m].astype(np.float32) for m in METRIC_NAMES},
+        probs=probs,
+        predictions=predictions,
+        targets=labels,
+        labels_are_predictions=False,
+        num_classes=C,
+    )
 
     # Strength decays with hop at a per-head rate; the entropy is that of the normalised vector.
     rate = rng.uniform(0.05, 3.0, (1, L, H, 1)) * rng.uniform(0.8, 1.2, (n_img, L, H, 1))
@@ -100,15 +110,16 @@ def synthetic_bundle(
     mass = strength * ring
     p = strength / strength.sum(-1, keepdims=True)
     head_entropy = -(p * np.log(p)).sum(-1)
-    strength_part = {
-        "strength": strength.astype(np.float32),
-        "mass": mass.astype(np.float32),
-        "head_entropy": head_entropy.astype(np.float32),
-        "distance": (rng.uniform(0, 1, (n_img, L, H)) * gh).astype(np.float32),
+    local = {
+        "strength": strength,
+        "mass": mass,
+        "head_entropy": head_entropy,
+        "distance": rng.uniform(0, 1, (n_img, L, H)) * gh,
     }
     if has_cls:
-        strength_part["patch_to_cls"] = rng.uniform(0, 0.5, (n_img, L, H)).astype(np.float32)
-        strength_part["cls_to_patch"] = rng.uniform(0.5, 1, (n_img, L, H)).astype(np.float32)
+        local["patch_to_cls"] = rng.uniform(0, 0.5, (n_img, L, H))
+        local["cls_to_patch"] = rng.uniform(0.5, 1, (n_img, L, H))
+    strength_arrays = strength_part(local, has_cls_token=has_cls)
 
     def pattern_kind(shape):
         head_centre = rng.normal(0, 3, (1, L, H, 2))
@@ -121,10 +132,11 @@ def synthetic_bundle(
     kinds = [("patch", (2 * gh - 1, 2 * gw - 1))] + ([("cls", grid)] if has_cls else [])
     for kind, shape in kinds:
         pos, assign, reps, centres_ = pattern_kind(shape)
-        patterns[f"{kind}_positions"] = pos
-        patterns[f"{kind}_clusters"] = assign
-        patterns[f"{kind}_representatives"] = reps
-        patterns[f"{kind}_centres"] = centres_
+        patterns.update(
+            pattern_part(
+                kind, positions=pos, clusters=assign, representatives=reps, centres=centres_
+            )
+        )
 
     order = rng.permutation(n_img)
     partial_index = np.sort(order[:partial_images]).astype(np.int32)
@@ -133,12 +145,7 @@ def synthetic_bundle(
     partial_prob[..., modes.index("none")] = p_y[partial_index, None, None]
     top5_classes = np.argsort(rng.uniform(0, 1, (S, L, H, M, C)), -1)[..., :5].astype(np.int32)
     top5_probs = -np.sort(-rng.dirichlet(np.ones(C), (S, L, H, M))[..., :5], -1)
-    partial = {
-        "image_index": partial_index,
-        "prob": partial_prob.astype(np.float32),
-        "top5_classes": top5_classes,
-        "top5_probs": top5_probs.astype(np.float32),
-    }
+    partial = partial_part(partial_index, partial_prob, top5_classes, top5_probs)
 
     attention_index = np.sort(order[:attention_images]).astype(np.int32)
     A = len(attention_index)
@@ -163,7 +170,7 @@ def synthetic_bundle(
         },
         "importance": importance,
         "partial": partial,
-        "strength": strength_part,
+        "strength": strength_arrays,
         "patterns": patterns,
         "attention": {"image_index": attention_index, "attention": attention},
     }

@@ -3,7 +3,9 @@
 - :func:`hop_strength`: strength per Chebyshev hop, hop masses, CLS masses, mean attention
   distance and head entropy of attention arrays ``[..., N, N]`` in memory.
 - :func:`strength_over_images` / :func:`model_strength_over_images`: the same streamed over many
-  images batch by batch, with per-image ("local") and over-images ("global") results.
+  images batch by batch (sharded over a device mesh), with per-image ("local") results and
+  :func:`summarize`'s over-images ("global") ones: mean strength, mass, distance, CLS masses and
+  entropy per head, and each head's entropy histogram on fixed bins.
 - :mod:`.hops` the ring geometry, :mod:`.kernels` the pure jitted kernels and exact definitions,
   :mod:`.reference` a plain double loop used to test them.
 """

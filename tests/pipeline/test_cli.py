@@ -2,13 +2,16 @@
 
 import csv
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from clitools import AE_FAST, FAST, assert_one_line_error, cli
 from PIL import Image
 
-from jaxvit_interp.bundle import IMPORTANCE_METRICS, load_bundle
+from jaxvit_interp.bundle import load_bundle
+from jaxvit_interp.quantities import METRIC_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +61,7 @@ def test_analyze_folder_reports_bad_files_and_analyses_the_rest(
     ids = bundle.meta["image_ids"]
     assert len(ids) == 14 and any("gray" in i for i in ids) and any("rgba" in i for i in ids)
     assert not any("broken" in i or "notes" in i for i in ids)
-    for metric in IMPORTANCE_METRICS:
+    for metric in METRIC_NAMES:
         assert bundle["importance"][metric].shape == (14, 2, 2)
     assert bundle["strength"]["strength"].shape == (14, 2, 2, 4)  # 4x4 grid: hops 0..3
     # The model names no classes and the three folders are as many as its classes: they are
@@ -133,13 +136,57 @@ def test_analyze_sharded_over_four_devices_equals_one(tiny_checkpoint, image_fol
             )
 
 
+@pytest.fixture(scope="module")
+def wheel_venv(project_wheel, tmp_path_factory):
+    """A fresh virtual environment with the project installed from its wheel (its dependencies
+    come from the system site-packages, so nothing is downloaded)."""
+    venv = tmp_path_factory.mktemp("venv") / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    install = [str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--quiet"]
+    result = subprocess.run([*install, str(project_wheel)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return venv
+
+
 @pytest.mark.slow
-def test_demo_writes_the_site_and_a_second_run_reuses_the_analysis(tmp_path):
-    out = tmp_path / "demo"
-    first = cli("demo", "--out", out, "--quiet", timeout=1500)
+def test_demo_from_a_wheel_writes_the_site_and_a_second_run_reuses_the_analysis(
+    wheel_venv, tmp_path
+):
+    """`pip install` of the wheel, then `jaxvit-interp demo --out` from a folder unrelated to any
+    checkout: the demo's spec comes from the installed package."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run(
+        [
+            str(wheel_venv / "bin" / "python"),
+            "-c",
+            "import jaxvit_interp; print(jaxvit_interp.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        env=env,
+    )
+    assert where.returncode == 0, where.stderr
+    assert where.stdout.startswith(str(wheel_venv)), where.stdout  # the wheel, not the checkout
+
+    def demo():
+        return subprocess.run(
+            [str(wheel_venv / "bin" / "jaxvit-interp"), "demo", "--out", "demo", "--quiet"],
+            capture_output=True,
+            text=True,
+            cwd=elsewhere,
+            env=env,
+            timeout=1500,
+        )
+
+    first = demo()
     assert first.returncode == 0, first.stderr
+    out = elsewhere / "demo"
     html = out / "index.html"
-    assert str(html) in first.stdout
+    assert "index.html" in first.stdout and html.is_file()
     page = html.read_text()
     assert "Bokeh" in page and "cdn.bokeh.org" not in page and "<script src=" not in page
     bundle = load_bundle(out / "run")
@@ -151,6 +198,6 @@ def test_demo_writes_the_site_and_a_second_run_reuses_the_analysis(tmp_path):
     images = bundle["images"]
     assert (images["predictions"] == images["labels"]).mean() > 0.9
     chunks = {p: p.stat().st_mtime_ns for p in (out / "run" / "chunks").iterdir()}
-    second = cli("demo", "--out", out, "--quiet")
+    second = demo()
     assert second.returncode == 0, second.stderr
     assert {p: p.stat().st_mtime_ns for p in (out / "run" / "chunks").iterdir()} == chunks

@@ -64,6 +64,10 @@ def test_a_bundle_of_another_version_is_refused(saved):
     _edit_index(directory, version=BUNDLE_VERSION + 1)
     with pytest.raises(BundleError, match=f"version {BUNDLE_VERSION + 1}"):
         load_bundle(directory)
+    # A bundle of the version before the means over images were carried says what to do.
+    _edit_index(directory, version=1)
+    with pytest.raises(BundleError, match=r"version 1;.*run `jaxvit-interp analyze` again"):
+        load_bundle(directory)
     _edit_index(directory, version=BUNDLE_VERSION, format="something-else")
     with pytest.raises(BundleError, match="something-else"):
         load_bundle(directory)

@@ -11,6 +11,7 @@ import pytest
 from bokeh.settings import settings
 
 from jaxvit_interp.site.document import build_document, build_site
+from jaxvit_interp.site.sources import prepare_site_data
 
 sys.path.insert(0, os.path.dirname(__file__))
 from sitepage import EVIL_ID, EVIL_LABEL, make_bundle  # noqa: E402
@@ -48,14 +49,12 @@ def test_one_offline_file_with_hostile_names_escaped(bundle, tmp_path):
 def test_every_model_the_page_code_uses_is_in_the_document(bundle):
     doc = build_document(bundle)
     names = {m.name for m in doc.models if m.name}
+    # Every table the page looks a bundle array up in (see sources.py).
+    for name in set(prepare_site_data(bundle).info["tables"].values()):
+        assert name in names, name
     for name in (
         "images",
         "heads",
-        "image_heads",
-        "hops",
-        "head_hops",
-        "partial",
-        "top5",
         "attention",
         "thumbnails",
         "state",

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import jaxvit_interp
@@ -78,28 +78,36 @@ def test_text_helpers():
     assert out["fill"] == "strength across neighbours: layer 1, head 2"
 
 
-@pytest.mark.slow
-def test_wheel_ships_the_modules(tmp_path):
-    """A wheel built from the sources holds every module the page reads."""
-    root = Path(jaxvit_interp.__file__).parent.parent
-    if not (root / "pyproject.toml").is_file():
-        pytest.skip("building a wheel needs the source checkout, not an installed package")
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(root / name, src)
-    # A copy, so that the build's own folders stay out of the checkout.
-    shutil.copytree(
-        root / "jaxvit_interp",
-        src / "jaxvit_interp",
-        ignore=shutil.ignore_patterns("__pycache__"),
+@needs_node
+def test_the_pages_offset_is_numpys_row_major_index(rng):
+    """The one function the page finds every bundle value with, against NumPy, on every array
+    of the registry at random sizes and coordinates."""
+    from jaxvit_interp.quantities import registry_json
+
+    registry = registry_json()
+    dims = sorted({d for arrays in registry["schema"].values() for v in arrays.values() for d in v})
+    sizes = {d: int(rng.integers(1, 7)) for d in dims}
+    cases = []
+    for part, arrays in registry["schema"].items():
+        for name, array_dims in arrays.items():
+            coords = {d: int(rng.integers(sizes[d])) for d in array_dims}
+            shape = [sizes[d] for d in array_dims]
+            want = int(np.ravel_multi_index([coords[d] for d in array_dims], shape))
+            cases.append([part, name, coords, want])
+    script = (
+        'import {offset} from "./update.js";\n'
+        f"const info = {{registry: {json.dumps(registry)}, sizes: {json.dumps(sizes)}}};\n"
+        f"const cases = {json.dumps(cases)};\n"
+        "console.log(JSON.stringify(cases.map(([p, n, c]) => offset(info, p, n, c))));\n"
     )
-    build = [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-index"]
-    build += ["--no-build-isolation", "--quiet", "-w", str(tmp_path / "dist")]
-    result = subprocess.run(build, capture_output=True, text=True, timeout=300)
+    result = _node("--input-type=module", "-e", script, cwd=JS_DIR)
     assert result.returncode == 0, result.stderr
-    (wheel,) = (tmp_path / "dist").glob("*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
+    assert json.loads(result.stdout) == [want for *_, want in cases]
+
+
+def test_wheel_ships_the_modules(project_wheel):
+    """A wheel built from the sources holds every module the page reads."""
+    names = set(zipfile.ZipFile(project_wheel).namelist())
     for module in MODULES:
         assert f"jaxvit_interp/site/js/{module.name}" in names
     assert "jaxvit_interp/site/js/package.json" in names

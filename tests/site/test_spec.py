@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxvit_interp.bundle import IMPORTANCE_METRICS
+from jaxvit_interp.quantities import METRIC_NAMES
 from jaxvit_interp.site.spec import SiteSpecError, load_site_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ def test_the_shipped_digits_spec():
     spec = load_site_spec(REPO / "sites" / "digits.toml")
     assert spec.model == "builtin:digits" and spec.images == "builtin:digits"
     assert spec.max_images == 300 and spec.attention_images == 32
-    assert spec.metrics == IMPORTANCE_METRICS
+    assert spec.metrics == METRIC_NAMES
     assert spec.site_options()["max_attention_images"] == 32
 
 
@@ -33,7 +33,7 @@ def test_defaults_of_a_minimal_spec(tmp_path):
     spec = load_site_spec(write(tmp_path, MINIMAL))
     assert spec.title is None and spec.labels is None
     assert (spec.max_images, spec.attention_images, spec.partial_images) == (300, 32, 32)
-    assert spec.default_metric == IMPORTANCE_METRICS[0] and spec.default_kind == "cls"
+    assert spec.default_metric == METRIC_NAMES[0] and spec.default_kind == "cls"
     assert spec.compression == 0
 
 

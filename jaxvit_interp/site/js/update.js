@@ -1,11 +1,16 @@
 // The page's state: one function reads the chosen image, head, pruning mode and query (the
 // shared sources' selections), the metric menu and the pattern toggle, redraws every view from
-// the entity tables (row layouts in sources.py) and records the result in the `state` source.
-// The page runs it once when the document is ready, which draws the opening state, and again
-// after every change of a selection or widget.
+// the results bundle's arrays and records the result in the `state` source. The page runs it
+// once when the document is ready, which draws the opening state, and again after every change
+// of a selection or widget.
+//
+// Every number shown is looked up, never computed here: the analysis computed it and the bundle
+// carries it (means over images, histograms, most common clusters included). `value(part,
+// name, coords)` finds an entry of any bundle array from the registry's dimensions.
 //
 // `page` holds the models by name and two values from the build: `info` (sizes, names, modes,
-// which parts exist) and `value_palette` (B1's colours, light to dark).
+// which parts exist, the registry, where each array lives) and `value_palette` (B1's colours,
+// light to dark).
 
 // Every text the page shows; `fill` replaces each {key}.
 export const TEXTS = {
@@ -72,36 +77,32 @@ function histogram(values, count, width) {
   };
 }
 
-// ---- reductions over images: each could instead look up a table the bundle precomputes --------
+// ---- the bundle's arrays -----------------------------------------------------------------------
 
-// Head k's p(label) after each partial-pruning mode, averaged over the images that have it.
-function partialMeans({info, partial}, k) {
-  const M = info.pruning_modes.length, LH = info.num_layers * info.num_heads;
-  const prob = partial.data.prob, means = repeat(M, NaN);
-  for (let m = 0; m < M; m++) {
-    let sum = 0, n = 0;
-    for (let s = 0; s < info.num_partial; s++) {
-      const v = prob[(s * LH + k) * M + m];
-      if (Number.isFinite(v)) { sum += v; n += 1; }
-    }
-    if (n) means[m] = sum / n;
-  }
-  return means;
+// Where array `part/name` keeps the entry at `coords` (e.g. {I: image, L: layer, H: head}): its
+// dimensions come from the registry, their sizes from info.sizes, row-major as NumPy lays it out.
+// A dimension missing from `coords` counts from 0, which gives the start of a block.
+export function offset(info, part, name, coords) {
+  let at = 0;
+  for (const dim of info.registry.schema[part][name]) at = at * info.sizes[dim] + (coords[dim] ?? 0);
+  return at;
 }
-
-// Head k's entropy over all images in info.entropy_bins bins up to the largest possible entropy.
-function entropyHistogram({info, image_heads}, k) {
-  const LH = info.num_layers * info.num_heads, column = image_heads.data.head_entropy;
-  const values = Array.from({length: info.num_images}, (_, i) => column[i * LH + k]);
-  return histogram(values, info.entropy_bins, info.max_entropy * 1.0001 / info.entropy_bins);
-}
+// The flat column of bundle array `part/name` (each lives in the table of its dimensions).
+const column = (page, part, name) => {
+  const key = `${part}/${name}`;
+  return page[page.info.tables[key]].data[key];
+};
+const value = (page, part, name, coords) =>
+  column(page, part, name)[offset(page.info, part, name, coords)];
+// The layer and head of head k, as coordinates.
+const headAt = (info, k) => ({L: Math.floor(k / info.num_heads), H: k % info.num_heads});
 
 // ---- the state --------------------------------------------------------------------------------
 
 // The state the selections and widgets ask for; null after normalising a selection, whose change
 // runs update again.
-function readState({info, images, heads, image_heads, partial_bars, patches, state, metric_select,
-                    kind_toggle}) {
+function readState(page) {
+  const {info, images, heads, partial_bars, patches, state, metric_select, kind_toggle} = page;
   const previous = (col) => state.data[col]?.[0];  // the state is empty before the first run
   const isel = images.selected.indices;
   if (isel.length > 1) { images.selected.indices = [last(isel)]; return null; }
@@ -118,11 +119,10 @@ function readState({info, images, heads, image_heads, partial_bars, patches, sta
   const psel = patches.selected.indices;
   if (psel.length > 1) { patches.selected.indices = [last(psel)]; return null; }
 
-  const LH = info.num_layers * info.num_heads;
   const image = isel.length ? isel[0] : -1, k = hsel[0];
   const kinds = info.kinds;
   const kind = kinds.length ? kinds[Math.min(kind_toggle.active, kinds.length - 1)] : null;
-  const hd = heads.data, ih = image_heads.data;
+  const hd = heads.data;
   return {
     image,
     k,
@@ -134,9 +134,11 @@ function readState({info, images, heads, image_heads, partial_bars, patches, sta
     kindChanged: previous("kind") !== (kind || ""),
     head: hd.name[k],
     scope: image >= 0 ? fill("scope_local", {id: images.data.id[image]}) : TEXTS.scope_global,
-    // A per-head value for the chosen image, or over all images: a lookup in the heads table,
-    // whose global_ columns sources.py fills with means (for clusters, the most common one).
-    pick: (col, j) => image >= 0 ? ih[col][image * LH + j] : hd["global_" + col][j],
+    // Head j's value of a per-image array for the chosen image, or its summary over all images
+    // (the bundle's `${name}_mean`, or the array named by `overall`).
+    pick: (part, name, j, extra = {}, overall = `${name}_mean`) => image >= 0
+      ? value(page, part, name, {I: image, ...headAt(info, j), ...extra})
+      : value(page, part, overall, {...headAt(info, j), ...extra}),
   };
 }
 
@@ -155,16 +157,16 @@ function drawImageInfo({info, images, image_info}, s) {
 function drawHeads({info, heads, value_mapper, value_palette, importance_title, value_colorbar},
                    s) {
   const LH = info.num_layers * info.num_heads, {metric, kind} = s;
-  const value = new Array(LH), entropy = new Array(LH), pos_x = new Array(LH);
+  const shown = new Array(LH), entropy = new Array(LH), pos_x = new Array(LH);
   const pos_y = new Array(LH);
   let lo = Infinity, hi = -Infinity;
   for (let j = 0; j < LH; j++) {
-    const v = s.pick(metric, j);
-    value[j] = v;
+    const v = s.pick("importance", metric, j);
+    shown[j] = v;
     if (Number.isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
-    entropy[j] = s.pick("head_entropy", j);
-    pos_x[j] = kind ? s.pick(kind + "_x", j) : 0;
-    pos_y[j] = kind ? s.pick(kind + "_y", j) : 0;
+    entropy[j] = s.pick("strength", "head_entropy", j);
+    pos_x[j] = kind ? s.pick("patterns", `${kind}_positions`, j, {xy: 0}) : 0;
+    pos_y[j] = kind ? s.pick("patterns", `${kind}_positions`, j, {xy: 1}) : 0;
   }
   if (!Number.isFinite(lo)) { lo = 0; hi = 1; }
   if (!(hi > lo)) { const pad = 0.5 * (Math.abs(lo) || 1); lo -= pad; hi += pad; }
@@ -173,22 +175,21 @@ function drawHeads({info, heads, value_mapper, value_palette, importance_title, 
   value_mapper.high = hi;
   // Dark marks an important head whichever direction the metric runs.
   value_mapper.palette = importantHigh ? value_palette.slice().reverse() : value_palette;
-  const text_color = value.map((v) => {
+  const text_color = shown.map((v) => {
     const t = (v - lo) / (hi - lo);
     return (importantHigh ? t > 0.55 : t < 0.45) ? "#ffffff" : "#000000";
   });
-  heads.data = {...heads.data, value, entropy, pos_x, pos_y, text_color,
-                value_text: value.map(sig), metric: repeat(LH, metric)};
+  heads.data = {...heads.data, value: shown, entropy, pos_x, pos_y, text_color,
+                value_text: shown.map(sig), metric: repeat(LH, metric)};
   setText(importance_title, "text", fill("importance_title", {metric, scope: s.scope}));
   setText(value_colorbar, "title", metric);
 }
 
 // B2: p(label) after each partial-pruning mode of the chosen head; B3: the chosen mode's top-5.
 function drawPartial(page, s) {
-  const {info, images, partial, top5, partial_bars, partial_note, partial_title, top5_view,
-         top5_title} = page;
-  const modes = info.pruning_modes, M = modes.length, LH = info.num_layers * info.num_heads;
-  const {image, k, head} = s;
+  const {info, images, partial_bars, partial_note, partial_title, top5_view, top5_title} = page;
+  const modes = info.pruning_modes, M = modes.length;
+  const {image, k, head} = s, at = headAt(info, k);
   const row = image >= 0 ? images.data.partial_row[image] : -1;
   let probs = repeat(M, NaN), note;
   if (!info.has_partial) {
@@ -196,10 +197,10 @@ function drawPartial(page, s) {
   } else if (image >= 0 && row < 0) {
     note = fill("partial_not_computed", {n: info.num_partial});
   } else if (image >= 0) {
-    probs = probs.map((_, m) => partial.data.prob[(row * LH + k) * M + m]);
+    probs = probs.map((_, m) => value(page, "partial", "prob", {S_partial: row, ...at, M: m}));
     note = fill("partial_local", {id: images.data.id[image]});
   } else {
-    probs = partialMeans(page, k);
+    probs = probs.map((_, m) => value(page, "partial", "prob_mean", {...at, M: m}));
     note = fill("partial_global", {n: info.num_partial});
   }
   partial_bars.data = {mode: modes, prob: probs.map((v) => Number.isFinite(v) ? v : 0),
@@ -212,10 +213,10 @@ function drawPartial(page, s) {
   if (row >= 0) {
     const TOPK = info.top_k;
     for (let t = 0; t < TOPK; t++) {
-      const r = ((row * LH + k) * M + s.mode) * TOPK + t;
-      const p = top5.data.prob[r];
+      const where = {S_partial: row, ...at, M: s.mode, T: t};
+      const p = value(page, "partial", "top5_probs", where);
       rank.push(t + 1); y.push(TOPK - t); prob.push(p);
-      text.push(`${info.class_names[top5.data.class_index[r]]}: ${sig(p)}`);
+      text.push(`${info.class_names[value(page, "partial", "top5_classes", where)]}: ${sig(p)}`);
     }
   }
   top5_view.data = {rank, prob, text, y, head: repeat(rank.length, head)};
@@ -225,30 +226,35 @@ function drawPartial(page, s) {
 
 // C1's title, C2: the chosen head's strength per hop; C3: its entropy over all images.
 function drawStrength(page, s) {
-  const {info, hops, head_hops, image_heads, hop_bars, hop_title, entropy_title, entropy_hist,
-         entropy_hist_title, entropy_hist_y_range, entropy_span} = page;
-  const K = info.num_hops, LH = info.num_layers * info.num_heads, {image, k, head} = s;
-  const src = image >= 0 ? hops.data : head_hops.data;
-  const row0 = ((image >= 0 ? image * LH : 0) + k) * K;
+  const {info, hop_bars, hop_title, entropy_title, entropy_hist, entropy_hist_title,
+         entropy_hist_y_range, entropy_span} = page;
+  const K = info.num_hops, {image, k, head} = s, at = headAt(info, k);
   const hop = Array.from({length: K}, (_, t) => t);
-  hop_bars.data = {hop, strength: hop.map((t) => src.strength[row0 + t]),
-                   mass: hop.map((t) => src.mass[row0 + t]), head: repeat(K, head)};
+  hop_bars.data = {hop, strength: hop.map((t) => s.pick("strength", "strength", k, {K: t})),
+                   mass: hop.map((t) => s.pick("strength", "mass", k, {K: t})),
+                   head: repeat(K, head)};
   setText(hop_title, "text", fill("hop_title", {head}));
   setText(entropy_title, "text", fill("entropy_title", {scope: s.scope}));
-  const {left, right, counts} = entropyHistogram(page, k);
-  entropy_hist.data = {left, right, count: counts, head: repeat(counts.length, head)};
+  // The head's entropy over all images, as the bundle's histogram bins it.
+  const edges = column(page, "strength", "entropy_bin_edges"), bins = edges.length - 1;
+  const counts = Array.from({length: bins},
+                            (_, b) => value(page, "strength", "entropy_histogram", {...at, B: b}));
+  entropy_hist.data = {left: Array.from(edges.slice(0, bins)), right: Array.from(edges.slice(1)),
+                       count: counts, head: repeat(bins, head)};
   fitCounts(entropy_hist_y_range, counts);
   setText(entropy_hist_title, "text", fill("entropy_hist_title", {head}));
-  if (image >= 0) entropy_span.location = image_heads.data.head_entropy[image * LH + k];
+  if (image >= 0) {
+    entropy_span.location = value(page, "strength", "head_entropy", {I: image, ...at});
+  }
   entropy_span.visible = image >= 0;
 }
 
 // D1: the heads in the pattern embedding, the chosen head on each image, and the cluster
 // representatives with the chosen head's cluster outlined.
 function drawEmbedding(page, s) {
-  const {info, images, image_heads, density, representatives, density_view, head_images,
-         embedding_title, embedding_x_range, embedding_y_range, reps_view, reps_highlight,
-         reps_title, reps_x_range, reps_y_range} = page;
+  const {info, images, density, representatives, density_view, head_images, embedding_title,
+         embedding_x_range, embedding_y_range, reps_view, reps_highlight, reps_title,
+         reps_x_range, reps_y_range} = page;
   const {kind, k, head} = s;
   if (!kind) return;
   if (s.kindChanged) {
@@ -259,16 +265,18 @@ function drawEmbedding(page, s) {
     embedding_x_range.start = e[0]; embedding_x_range.end = e[1];
     embedding_y_range.start = e[2]; embedding_y_range.end = e[3];
   }
-  const n = info.num_images, LH = info.num_layers * info.num_heads, ih = image_heads.data;
-  const at = (col) => Array.from({length: n}, (_, i) => ih[col][i * LH + k]);
+  const n = info.num_images, at = headAt(info, k);
+  const position = (xy) => Array.from({length: n},
+    (_, i) => value(page, "patterns", `${kind}_positions`, {I: i, ...at, xy}));
   const img = images.data;
-  head_images.data = {x: at(kind + "_x"), y: at(kind + "_y"),
+  head_images.data = {x: position(0), y: position(1),
                       size: Array.from({length: n}, (_, i) => i === s.image ? 11 : 5),
                       color: img.color, id: img.id, label: img.label};
   setText(embedding_title, "text",
           fill("embedding_title", {kind: KIND_NAMES[kind], scope: s.scope, head}));
 
-  const rp = representatives.data, cluster = s.pick(kind + "_cluster", k);
+  const rp = representatives.data;
+  const cluster = s.pick("patterns", `${kind}_clusters`, k, {}, `${kind}_head_cluster`);
   const rows = [];
   for (let j = 0; j < rp.kind.length; j++) if (rp.kind[j] === kind) rows.push(j);
   const col = (name) => rows.map((j) => rp[name][j]);
@@ -295,7 +303,6 @@ function drawAttention(page, s) {
          image_title, matrix_title, attention_note} = page;
   const {image, k, head, query} = s;
   const [GH, GW] = info.grid, P = GH * GW, N = info.num_tokens, FIRST = info.has_cls ? 1 : 0;
-  const LH = info.num_layers * info.num_heads;
   const empty = {image: [], x: [], y: [], dw: [], dh: []};
   const heat = repeat(P, 0), alpha = repeat(P, 0);
   const row = image >= 0 ? images.data.attention_row[image] : -1;
@@ -316,8 +323,9 @@ function drawAttention(page, s) {
       : TEXTS.image_title_global);
   }
   if (row >= 0) {
-    // The chosen head's [N, N] block of the flat attention column.
-    const mat = slice(attention.data.value, Uint16Array, (row * LH + k) * N * N, N * N);
+    // The chosen head's [N, N] block of the flat (uint16-encoded) attention array.
+    const start = offset(info, "attention", "attention", {S_attention: row, ...headAt(info, k)});
+    const mat = slice(attention.data.value, Uint16Array, start, N * N);
     const scale = info.attention_scale;
     let hmax = 0;
     for (let p = 0; p < P; p++) {

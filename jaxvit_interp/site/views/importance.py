@@ -36,7 +36,7 @@ def build(ctx: Context):
     info = ctx.info
     heads = ctx.sources["heads"]
     L, H = info["num_layers"], info["num_heads"]
-    metrics = ctx.options.get("metrics") or info["metrics"]
+    metrics = ctx.options.get("metrics") or list(info["metric_info"])
     default = ctx.options.get("default_metric") or metrics[0]
     select = ctx.add(
         "metric_select",
@@ -103,7 +103,7 @@ def build(ctx: Context):
                 ("head", "@name"),
                 ("metric", "@metric"),
                 ("value", "@value{0.0000}"),
-                ("flip fraction (all images)", "@flip_fraction{0.000}"),
+                ("flip fraction (all images)", "@{importance/flip_mean}{0.000}"),
             ],
         )
     )

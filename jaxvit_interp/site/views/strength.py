@@ -57,7 +57,7 @@ def build(ctx: Context):
             tooltips=[
                 ("head", "@name"),
                 ("entropy", "@entropy{0.000}"),
-                ("entropy (mean over images)", "@global_head_entropy{0.000}"),
+                ("entropy (mean over images)", "@{strength/head_entropy_mean}{0.000}"),
             ],
         )
     )
