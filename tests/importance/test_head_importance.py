@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jaxvit_interp.importance import engine, head_importance
-from jaxvit_interp.importance.validate import ABLATION_METRICS
+from jaxvit_interp.quantities import ABLATION_METRICS
 
 # Small configs covering both classifiers, a representation layer, exact GELU, no q/k/v bias,
 # one channel, non-square images and head counts that chunk unevenly.
