@@ -16,6 +16,28 @@ from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
 METRICS: tuple[str, ...] = ("prob", "prob_drop", "kl", "layer", "repr", "flip", "taylor")
 # Metrics that need the pruned forward passes (the rest need only the full pass).
 ABLATION_METRICS = frozenset({"prob", "prob_drop", "kl", "repr", "flip"})
+# Metrics that read the logits: a backbone without a classifier has only the others.
+LOGIT_METRICS = frozenset({"prob", "prob_drop", "kl", "flip", "taylor"})
+
+
+def check_classifier(config: ViTConfig, metrics: Iterable[str], labels, what: str) -> None:
+    """Refuse what needs logits or classes on a backbone (``num_classes == 0``), naming it."""
+    if config.num_classes:
+        return
+    probe = "or attach a linear probe first (jaxvit_interp.model.with_probe)"
+    needs = [m for m in METRICS if m in set(metrics) & LOGIT_METRICS]
+    if needs:
+        allowed = " and ".join(repr(m) for m in METRICS if m not in LOGIT_METRICS)
+        raise InputError(
+            f"{what}: metric(s) {', '.join(repr(m) for m in needs)} need the model's logits, and "
+            f"this model is a backbone without a classifier (num_classes=0); ask for {allowed} "
+            f"only, {probe}"
+        )
+    if labels is not None:
+        raise InputError(
+            f"{what}: labels name classes, and this model is a backbone without a classifier "
+            f"(num_classes=0); pass labels=None, {probe}"
+        )
 
 
 def check_images(config: ViTConfig, images) -> jax.Array | np.ndarray:
