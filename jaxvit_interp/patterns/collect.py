@@ -70,7 +70,12 @@ def collect_patterns(
         for i, kind in enumerate(kinds):
             # The attention is checked once per batch, with the first kind.
             patterns = extract_patterns(
-                attention, config.grid, config.has_cls_token, kind, check=(i == 0)
+                attention,
+                config.grid,
+                config.has_cls_token,
+                kind,
+                check=(i == 0),
+                num_prefix_tokens=config.num_prefix_tokens,
             )
             out[kind][start : start + rows] = np.asarray(patterns)
     return out
