@@ -26,6 +26,7 @@ from jaxvit_interp.model import (
     VARIANTS,
     AttentionEdit,
     CheckpointError,
+    LinearProbe,
     ModelOutput,
     Preprocessing,
     ViTConfig,
@@ -34,6 +35,7 @@ from jaxvit_interp.model import (
     load_checkpoint,
     run_model,
     save_checkpoint,
+    with_probe,
 )
 from jaxvit_interp.patterns import (
     AutoencoderSettings,
@@ -78,6 +80,7 @@ __all__ = [
     "PRUNING_MODES",
     "VARIANTS",
     "AttentionEdit",
+    "LinearProbe",
     "ModelOutput",
     "Preprocessing",
     "ViTConfig",
@@ -88,4 +91,5 @@ __all__ = [
     "strength_over_images",
     "init_params",
     "run_model",
+    "with_probe",
 ]

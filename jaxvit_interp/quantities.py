@@ -37,6 +37,7 @@ __all__ = [
     "DENSITY_BINS",
     "ENTROPY_BINS",
     "METRICS",
+    "LOGIT_METRICS",
     "METRIC_NAMES",
     "OPTIONAL_ARRAYS",
     "PATTERN_KINDS",
@@ -63,6 +64,8 @@ class Metric:
       unit: the unit of a value (``""`` for a plain number).
       important_high: True when a larger value marks a more important head.
       needs_ablation: True when it needs the pruned forward passes (not only the full pass).
+      needs_logits: True when it reads the classifier's logits, so a backbone without a
+        classifier (and without a probe) cannot have it.
     """
 
     name: str
@@ -71,6 +74,7 @@ class Metric:
     unit: str
     important_high: bool
     needs_ablation: bool
+    needs_logits: bool = True
 
 
 METRICS: tuple[Metric, ...] = (
@@ -105,6 +109,7 @@ METRICS: tuple[Metric, ...] = (
         "",
         important_high=True,
         needs_ablation=False,
+        needs_logits=False,
     ),
     Metric(
         "repr",
@@ -113,6 +118,7 @@ METRICS: tuple[Metric, ...] = (
         "",
         important_high=True,
         needs_ablation=True,
+        needs_logits=False,
     ),
     Metric(
         "flip",
@@ -133,6 +139,7 @@ METRICS: tuple[Metric, ...] = (
 )
 METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
 ABLATION_METRICS = frozenset(m.name for m in METRICS if m.needs_ablation)
+LOGIT_METRICS = frozenset(m.name for m in METRICS if m.needs_logits)
 _BY_NAME = {m.name: m for m in METRICS}
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxvit_interp.importance import validate
 from jaxvit_interp.importance.engine import run_engine
-from jaxvit_interp.importance.metrics import ablation_metrics
+from jaxvit_interp.importance.metrics import ablation_metrics, backbone_metrics
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.quantities import ABLATION_METRICS
 
@@ -38,9 +38,9 @@ class HeadImportance:
       repr: ``1 - cos(z, z')`` of the pre-logits vector.
       flip: True where pruning changes the top-1 class.
       taylor: ``|dCE(p, y)/dm_lh|`` at head mask 1.
-      probs: ``[image, class]`` unpruned softmax output ``p``.
-      predictions: ``[image]`` unpruned top-1 class.
-      labels: ``[image]`` the class ``y`` every metric refers to.
+      probs: ``[image, class]`` unpruned softmax output ``p`` (``[image, 0]`` for a backbone).
+      predictions: ``[image]`` unpruned top-1 class (-1 for a backbone, which has no classes).
+      labels: ``[image]`` the class ``y`` every metric refers to (-1 for a backbone).
       labels_are_predictions: True when no labels were given and ``labels == predictions``.
       metrics: names of the metrics computed.
     """
@@ -83,7 +83,8 @@ class HeadImportance:
 
 def _importance_reduce(logits, z, targets, logits_pruned, z_pruned) -> dict[str, Array]:
     """Output-side metrics of every ablation: ``[batch, spawn_layer, slot]`` each."""
-    per_slot = jax.vmap(ablation_metrics, in_axes=(None, None, None, 0, 0))
+    one = ablation_metrics if logits.shape[-1] else backbone_metrics
+    per_slot = jax.vmap(one, in_axes=(None, None, None, 0, 0))
     per_layer = jax.vmap(per_slot, in_axes=(None, None, None, 0, 0))
     return jax.vmap(per_layer)(logits, z, targets, logits_pruned, z_pruned)
 
@@ -110,7 +111,10 @@ def head_importance(
       config, params: the model.
       images: ``[image, height, width, channels]`` preprocessed pixels.
       labels: ``[image]`` int class ids, or None to measure against the unpruned prediction.
-      metrics: any of ``prob prob_drop kl layer repr flip taylor``.
+      metrics: any of ``prob prob_drop kl layer repr flip taylor``; a backbone without a
+        classifier (``num_classes == 0``) has ``layer`` and ``repr`` (the change of its pooled
+        output), unless a linear probe gives it classes
+        (:func:`~jaxvit_interp.model.probe.with_probe`).
       batch_size: at most this many images per chunk (over all devices); default: as many as
         the memory budget allows (on CPU, also about 4,096 tokens' worth per device, see
         :func:`~jaxvit_interp.importance.engine.default_step_tokens`).
@@ -124,9 +128,11 @@ def head_importance(
 
     Raises:
       ValueError: before any model work, for labels outside the class range, images of the
-        wrong size or channel count, NaN or infinite pixels, an empty image set, or bad options.
+        wrong size or channel count, NaN or infinite pixels, an empty image set, bad options, or
+        metrics that need logits (or labels) on a backbone without a classifier.
     """
     metrics = validate.check_metrics(metrics)
+    validate.check_classifier(config, metrics, labels, "head_importance")
     images = validate.check_images(config, images)
     labels = validate.check_labels(config, labels, images.shape[0])
     batch_size = validate.check_positive("batch_size", batch_size)
@@ -154,14 +160,18 @@ def head_importance(
         desc="head importance",
     )
     probs = np.asarray(jax.nn.softmax(jnp.asarray(out.logits), axis=-1))
+    if config.num_classes:
+        predictions, targets = out.logits.argmax(axis=-1).astype(np.int32), out.targets
+    else:
+        predictions = targets = np.full(len(probs), -1, np.int32)
     fields = {m: (out.per_slot[m] if m in out.per_slot else None) for m in validate.METRICS}
     fields["taylor"] = out.taylor
     fields = {m: (fields[m] if m in wanted else None) for m in validate.METRICS}
     return HeadImportance(
         **fields,
         probs=probs,
-        predictions=out.logits.argmax(axis=-1).astype(np.int32),
-        labels=out.targets,
+        predictions=predictions,
+        labels=targets,
         labels_are_predictions=labels is None,
         metrics=metrics,
     )

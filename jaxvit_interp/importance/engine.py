@@ -19,9 +19,12 @@ How the work is laid out, and why it stays exact:
   Which head (and which partial-pruning mode) each spawn slot prunes is data, not a static
   argument, so one compiled program serves every group of heads: no retrace and no host round trip
   per head.  On a CPU the streams go through each block a few at a time (a ``lax.map`` of steps).
-* With a CLS classifier only the CLS token of the last block reaches the logits, so the last
-  block runs for that token alone; keys and values are reassociated (``(W_k q) . y_j`` and
-  ``W_v sum_j p_j y_j``) so that no other token is projected at all.
+* With a CLS classifier only the CLS token of the last block reaches the logits (CLS and the
+  distillation token with DeiT's two heads), so the last block runs for those queries alone; keys
+  and values are reassociated (``(W_k q) . y_j`` and ``W_v sum_j p_j y_j``) so that no other
+  token is projected at all.  Mean and attention pooling read every patch, so their last block
+  runs in full.  The attention-pooling head itself is part of the readout, not a layer of heads
+  that is pruned.
 * Images are cut into batches and spawn slots into groups whose estimated working set fits a
   memory budget; over several devices the images of a batch are sharded along the batch axis of a
   ``jax.sharding.Mesh`` and everything else is replicated.
@@ -66,26 +69,27 @@ def _full_block(config: ViTConfig, p: BlockParams, x: Array) -> Array:
     return blocks.block(config, p, x, with_probs=False)[0]
 
 
-def _cls_block(config: ViTConfig, p: BlockParams, x: Array) -> Array:
-    """The unpruned block for the CLS query only: ``[batch, token, hidden] -> [batch, 1, hidden]``.
+def _prefix_block(config: ViTConfig, p: BlockParams, x: Array, queries: int) -> Array:
+    """The unpruned block for the first ``queries`` tokens only: ``[batch, token, hidden] ->
+    [batch, queries, hidden]``.
 
-    Exact for the CLS row, and without projecting any token but CLS to queries, keys or values:
+    Exact for those rows, and without projecting any other token to queries, keys or values:
     with ``y`` the normalised tokens, the scores are ``q_h . (W_k,h y_j + b_k,h)``, and the bias
     term is the same for every key so the softmax drops it; ``(W_k,h q_h) . y_j`` costs ``hidden``
     per head and token instead of ``hidden * head_dim``.  Likewise, because the probabilities sum
     to one, ``sum_j p_hj (W_v,h y_j + b_v,h) = W_v,h (sum_j p_hj y_j) + b_v,h``.
     """
     y = blocks.layer_norm(config, p.ln1, x)  # [batch, token, hidden]
-    q = blocks.linear(p.query, y[:, 0])  # [batch, head, head_dim]
+    q = blocks.linear(p.query, y[:, :queries])  # [batch, query, head, head_dim]
     scale = blocks.score_scale(config.head_dim, x.dtype)
-    key_dirs = jnp.einsum("dhe,bhe->bhd", p.key.kernel, q) / scale
-    probs = jax.nn.softmax(jnp.einsum("btd,bhd->bht", y, key_dirs), axis=-1)
-    pooled = jnp.einsum("bht,btd->bhd", probs, y)
-    heads = jnp.einsum("bhd,dhe->bhe", pooled, p.value.kernel)
+    key_dirs = jnp.einsum("dhe,bqhe->bqhd", p.key.kernel, q) / scale
+    probs = jax.nn.softmax(jnp.einsum("btd,bqhd->bqht", y, key_dirs), axis=-1)
+    pooled = jnp.einsum("bqht,btd->bqhd", probs, y)
+    heads = jnp.einsum("bqhd,dhe->bqhe", pooled, p.value.kernel)
     if p.value.bias is not None:
         heads = heads + p.value.bias
     out = blocks.linear(p.out, heads, in_axes=2)
-    return blocks.mlp_half(config, p, x[:, :1] + out[:, None])
+    return blocks.mlp_half(config, p, x[:, :queries] + out)
 
 
 @functools.partial(jax.jit, static_argnames=("layers",))
@@ -235,7 +239,7 @@ def ablation_sweep(
     c = config
     batch = full.residual.shape[0]
     slots = slot_heads.shape[1]
-    cls_only = blocks.pools_cls_only(c)
+    read = blocks.readout_tokens(c)  # leading tokens the logits read, or None for all
     last = c.num_layers - 1
     # Ablations in flight, [stream, batch, token, hidden] in spawn order.  Streams lead so that
     # grouping them never splits the (possibly sharded) batch axis.
@@ -244,8 +248,11 @@ def ablation_sweep(
     for layer in range(spawn_layers[0], c.num_layers):
         p = block_params(params, layer)
         if x is not None:
-            block = _cls_block if layer == last and cls_only else _full_block
-            x = _grouped(functools.partial(block, c, p), x, group)
+            if layer == last and read:
+                block = functools.partial(_prefix_block, c, p, queries=read)
+            else:
+                block = functools.partial(_full_block, c, p)
+            x = _grouped(block, x, group)
         if layer not in spawn_layers:
             continue
         i = spawn_layers.index(layer)
@@ -260,8 +267,8 @@ def ablation_sweep(
         if not need_streams:
             continue
         u = full.residual[:, layer] + block_out  # the unpruned stream after attention
-        if layer == last and cls_only:
-            new = u[None, :, :1] - jnp.swapaxes(delta, 0, 1)[:, :, :1]
+        if layer == last and read:
+            new = u[None, :, :read] - jnp.swapaxes(delta, 0, 1)[:, :, :read]
             new = _grouped(functools.partial(blocks.mlp_half, c, p), new, group)
         else:
             pruned_mlp = functools.partial(_pruned_mlp_half, c, p, u, _shared_mlp_input(p, u))
@@ -276,7 +283,7 @@ def ablation_sweep(
     if not need_streams:
         return None, None, changes
     readout = functools.partial(blocks.readout, c, readout_params(params))
-    logits, z = jax.vmap(readout)(x)  # [stream, batch, ...]
+    logits, z, _ = jax.vmap(readout)(x)  # [stream, batch, ...]
     unstack = lambda a: jnp.moveaxis(  # noqa: E731  -> [batch, spawn_layer, slot, ...]
         a.reshape(len(spawn_layers), slots, batch, -1), 2, 0
     )
@@ -299,7 +306,12 @@ def full_pass(config: ViTConfig, params, images: Array, targets: Array | None, w
         taylor, out, y = taylor_importance(config, params, images, targets)
         return out, y, taylor
     out = VisionTransformer(config).apply({"params": params}, images)
-    y = jnp.argmax(out.logits, axis=-1) if targets is None else targets
+    if targets is not None:
+        y = targets
+    elif config.num_classes:
+        y = jnp.argmax(out.logits, axis=-1)
+    else:  # a backbone: no class to refer to; the metrics that need one are refused upstream
+        y = jnp.zeros(images.shape[:1], jnp.int32)
     return out, y, None
 
 
@@ -365,7 +377,7 @@ def default_memory_budget() -> int:
 
 def _block_work_bytes(config: ViTConfig) -> int:
     """Live bytes of one sequence inside one block (activations, scores, MLP hidden)."""
-    n, d, h, f = config.num_tokens, config.hidden_size, config.num_heads, config.mlp_dim
+    n, d, h, f = config.num_tokens, config.hidden_size, config.num_heads, config.mlp_in_dim
     return _F32 * (8 * n * d + 3 * h * n * n + 2 * n * f)
 
 
@@ -375,7 +387,7 @@ def full_pass_bytes(config: ViTConfig, with_taylor: bool) -> int:
         config.num_tokens,
         config.hidden_size,
         config.num_heads,
-        config.mlp_dim,
+        config.mlp_in_dim,
         config.num_layers,
     )
     outputs = _F32 * L * (2 * n * d + h * n * n)
@@ -398,7 +410,7 @@ def _stream_state_bytes(config: ViTConfig) -> int:
 def _stream_work_bytes(config: ViTConfig) -> int:
     """Bytes of one sequence's activations inside a block that XLA keeps live at once (MLP hidden
     activations and attention scores dominate); calibrated against XLA's memory analysis."""
-    n, h, f = config.num_tokens, config.num_heads, config.mlp_dim
+    n, h, f = config.num_tokens, config.num_heads, config.mlp_in_dim
     return _F32 * ((3 * n * f) // 2 + h * n * n)
 
 
@@ -436,7 +448,7 @@ def default_step_tokens() -> int | None:
 
 def folded_bytes(config: ViTConfig, spawn_layers: tuple[int, ...]) -> int:
     """Bytes of :func:`fold_mlp_inputs`; every device holds a full copy."""
-    return _F32 * len(spawn_layers) * config.hidden_size * config.mlp_dim
+    return _F32 * len(spawn_layers) * config.hidden_size * config.mlp_in_dim
 
 
 def params_bytes(params) -> int:

@@ -72,6 +72,14 @@ def ablation_metrics(
     }
 
 
+def backbone_metrics(
+    logits: Array, z: Array, target: Array, logits_pruned: Array, z_pruned: Array
+) -> dict[str, Array]:
+    """:func:`ablation_metrics` of a backbone without classes: ``repr`` alone."""
+    del logits, target, logits_pruned
+    return {"repr": representation_change(z, z_pruned)}
+
+
 def cross_entropy(logits: Array, target: Array) -> Array:
     """``-log p_y``, the loss whose head-mask gradient is ``taylor``. ``[classes]`` -> ``[]``."""
     return -jax.nn.log_softmax(logits)[target]

@@ -108,6 +108,7 @@ def partial_pruning(
     Returns:
       :class:`PartialPruning`.
     """
+    validate.check_classifier(config, ("prob",), labels, "partial_pruning")
     images = validate.check_images(config, images)
     labels = validate.check_labels(config, labels, images.shape[0])
     heads = validate.check_heads(config, heads)
@@ -121,7 +122,10 @@ def partial_pruning(
 
     pruned_modes = [m for m in modes if m != "none"]
     keep_table = np.stack(
-        [keep_mask(m, config.num_tokens, config.has_cls_token) for m in pruned_modes]
+        [
+            keep_mask(m, config.num_tokens, config.has_cls_token, config.num_prefix_tokens)
+            for m in pruned_modes
+        ]
         or [np.ones((config.num_tokens,) * 2, np.float32)]
     )
     # One slot per (head, pruned mode), grouped by the head's layer; layers padded to equal length.

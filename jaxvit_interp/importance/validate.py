@@ -11,11 +11,30 @@ import numpy as np
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
-from jaxvit_interp.quantities import METRIC_NAMES
+from jaxvit_interp.quantities import LOGIT_METRICS, METRIC_NAMES
 
-# The per-head metrics, in the order results list them, and those that need the pruned forward
-# passes (the rest need only the full pass): see jaxvit_interp.quantities.
+# The per-head metrics, in the order results list them: see jaxvit_interp.quantities.
 METRICS: tuple[str, ...] = METRIC_NAMES
+
+
+def check_classifier(config: ViTConfig, metrics: Iterable[str], labels, what: str) -> None:
+    """Refuse what needs logits or classes on a backbone (``num_classes == 0``), naming it."""
+    if config.num_classes:
+        return
+    probe = "or attach a linear probe first (jaxvit_interp.model.with_probe)"
+    needs = [m for m in METRICS if m in set(metrics) & LOGIT_METRICS]
+    if needs:
+        allowed = " and ".join(repr(m) for m in METRICS if m not in LOGIT_METRICS)
+        raise InputError(
+            f"{what}: metric(s) {', '.join(repr(m) for m in needs)} need the model's logits, and "
+            f"this model is a backbone without a classifier (num_classes=0); ask for {allowed} "
+            f"only, {probe}"
+        )
+    if labels is not None:
+        raise InputError(
+            f"{what}: labels name classes, and this model is a backbone without a classifier "
+            f"(num_classes=0); pass labels=None, {probe}"
+        )
 
 
 def check_images(config: ViTConfig, images) -> jax.Array | np.ndarray:

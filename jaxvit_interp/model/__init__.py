@@ -8,6 +8,7 @@ from jaxvit_interp.model.checkpoint import (
 )
 from jaxvit_interp.model.config import VARIANTS, Preprocessing, ViTConfig
 from jaxvit_interp.model.edits import PRUNING_MODES, AttentionEdit, keep_mask
+from jaxvit_interp.model.probe import LinearProbe, with_probe
 from jaxvit_interp.model.run import run_model
 from jaxvit_interp.model.vit import ModelOutput, VisionTransformer, init_params
 
@@ -19,6 +20,7 @@ __all__ = [
     "VARIANTS",
     "PRUNING_MODES",
     "AttentionEdit",
+    "LinearProbe",
     "ModelOutput",
     "Preprocessing",
     "ViTConfig",
@@ -26,4 +28,5 @@ __all__ = [
     "init_params",
     "keep_mask",
     "run_model",
+    "with_probe",
 ]

@@ -9,35 +9,31 @@ from the tree; nothing here knows the tree's names.
 
 The pieces, in the order a forward pass runs them:
 
-- :func:`embed`: patch embedding (a strided convolution), CLS token, position embeddings.
+- :func:`embed`: patch embedding (a strided convolution), the special tokens (CLS, distillation,
+  registers, each from :class:`EmbeddingParams` when present), position embeddings (a learned
+  table or :func:`sincos_2d`, see :func:`position_table`), and CLIP's pre-norm.
 - :func:`block`: one encoder block, ``x + attention(LN_1 x)`` then :func:`mlp_half`.  Inside it
   :func:`layer_norm`, :func:`attention` (query/key/value projections with :func:`linear`,
   :func:`attend` with head masks, attention edits and the fast path without probabilities, the
   output projection), and :func:`mlp_half` (:func:`layer_norm`, :func:`mlp`: :func:`linear`,
   :func:`mlp_activation`, :func:`linear`).
-- :func:`readout`: final norm, :func:`pool`, pre-logits and head.
+- :func:`readout`: final norm, pooling (:func:`map_head` for attention pooling), pre-logits or
+  output projection, and the classifier head(s).
 
-Where architecture variants plug in (each one place here, besides declaring and reading the new
-parameters in :mod:`~jaxvit_interp.model.vit`):
+How the architecture variants are written, each in one place:
 
-- Layer scale (``ls1``, ``ls2`` per block): a per-channel factor right after the output projection
-  and after the MLP's second product, so :func:`~jaxvit_interp.model.vit.block_params` folds
-  ``ls1`` into ``out`` (kernel and bias) and ``ls2`` into ``mlp_out``; every piece, and every
-  engine shortcut that reads ``out`` or the MLP, then sees ordinary projections.
-- SwiGLU MLP: :func:`mlp_activation` splits the first product into gate and value halves
-  (``silu(gate) * value``), with the two input kernels read side by side into one ``mlp_in``;
-  the engine's folding of a pruned head into the first MLP product then covers both halves.
+- Layer scale (a per-channel factor right after the attention output projection and after the
+  MLP's second product): :func:`~jaxvit_interp.model.vit.block_params` folds it into ``out``
+  (kernel and bias) and ``mlp_out``, so every piece, and every engine shortcut that reads
+  ``out`` or the MLP, sees ordinary projections.
+- SwiGLU: :func:`mlp_activation` splits the first product into gate and value halves
+  (``silu(gate) * value``), the two input kernels stored side by side as one ``mlp_in``; the
+  engine's folding of a pruned head into the first MLP product then covers both halves.
 - quick_gelu (``x * sigmoid(1.702 x)``): :func:`mlp_activation`.
-- Extra tokens after CLS (distillation, registers): :func:`embed`, from a new
-  :class:`EmbeddingParams` field, with ``ViTConfig.num_tokens`` counting them.  Pooling and the
-  engine's CLS-only last block read token 0 only.
-- A norm before the encoder (CLIP's ``ln_pre``): the end of :func:`embed`.
-- Mean pooling with ``fc_norm``: :func:`readout` (``fc_norm`` after pooling instead of the final
-  norm before it) and :func:`pool` (the mean of the patch tokens); :func:`pools_cls_only` then
-  says False, so the engine runs the last block for every token.
-- A MAP attention-pooling head: :func:`readout`, in place of :func:`pool` (a learned probe
-  attending over the tokens with :func:`attend`, then :func:`mlp`), with its parameters in
-  :class:`ReadoutParams` and :func:`pools_cls_only` False.
+- Special tokens and CLIP's ``ln_pre``: :func:`embed`.
+- CLS, distillation-token, mean or attention pooling, ``fc_norm``, projection and the second
+  (distillation) head: :func:`readout`.  :func:`readout_tokens` says which leading tokens alone
+  reach the logits, so the engine runs the last block for those queries only.
 
 Axis names used in shapes: ``batch head query key token hidden head_dim mlp``.
 """
@@ -99,14 +95,43 @@ class EmbeddingParams:
     """What turns images into the tokens entering block 0.
 
     Attributes:
-      patches: ``[patch_height, patch_width, channels, hidden]`` convolution kernel, ``[hidden]``.
+      patches: ``[patch_height, patch_width, channels, hidden]`` convolution kernel, ``[hidden]``
+        bias or None.
       cls: ``[1, 1, hidden]`` class token, or None without one.
-      positions: ``[1, token, hidden]`` position embeddings.
+      distillation: ``[1, 1, hidden]`` distillation token, or None.
+      registers: ``[1, register, hidden]`` register tokens, or None.
+      positions: ``[1, row, hidden]`` learned position table (``config.num_position_prefix_rows``
+        rows for special tokens, then one per patch), or None for sin-cos positions.
+      pre_norm: the norm on the tokens entering block 0, or None.
     """
 
     patches: LinearParams
     cls: Array | None
-    positions: Array
+    positions: Array | None
+    distillation: Array | None = None
+    registers: Array | None = None
+    pre_norm: LayerNormParams | None = None
+
+
+@flax.struct.dataclass
+class MapHeadParams:
+    """big_vision's attention-pooling head: a probe query attending over the tokens, then an MLP.
+
+    Attributes:
+      probe: ``[1, 1, hidden]`` the learned query token.
+      query, key, value, out: as in :class:`BlockParams`.
+      ln: the norm before the MLP.
+      mlp_in, mlp_out: the MLP, as in :class:`BlockParams`.
+    """
+
+    probe: Array
+    query: LinearParams
+    key: LinearParams
+    value: LinearParams
+    out: LinearParams
+    ln: LayerNormParams
+    mlp_in: LinearParams
+    mlp_out: LinearParams
 
 
 @flax.struct.dataclass
@@ -114,14 +139,20 @@ class ReadoutParams:
     """What turns the last block's tokens into logits.
 
     Attributes:
-      norm: the final norm.
+      norm: the final norm (on every token, or on the pooled vector with ``config.fc_norm``).
+      map_head: the attention-pooling head (``classifier="map"``), or None.
       pre_logits: ``[hidden, representation]`` tanh layer, or None without one.
-      head: ``[hidden or representation, class]`` classifier.
+      projection: ``[hidden, projection]`` output projection without bias, or None.
+      head: ``[pooled, class]`` classifier, or None for a backbone.
+      head_dist: ``[hidden, class]`` the distillation token's classifier, or None.
     """
 
     norm: LayerNormParams
     pre_logits: LinearParams | None
-    head: LinearParams
+    head: LinearParams | None
+    map_head: MapHeadParams | None = None
+    projection: LinearParams | None = None
+    head_dist: LinearParams | None = None
 
 
 def linear(p: LinearParams, x: Array, in_axes: int = 1) -> Array:
@@ -217,16 +248,22 @@ def gelu(x: Array, approximate: bool) -> Array:
 
 
 def mlp_activation(config: ViTConfig, pre: Array) -> Array:
-    """The MLP's nonlinearity, applied to its first product. pre ``[..., mlp]`` -> same."""
+    """The MLP's nonlinearity, applied to its first product. pre ``[..., mlp_in]`` -> ``[...,
+    mlp]`` (SwiGLU halves the width: gate first, then value)."""
+    if config.mlp_activation == "swiglu":
+        gate, value = jnp.split(pre, 2, axis=-1)
+        return jax.nn.silu(gate) * value
+    if config.mlp_activation == "quick_gelu":
+        return pre * jax.nn.sigmoid(jnp.asarray(1.702, pre.dtype) * pre)
     return gelu(pre, config.gelu_approximate)
 
 
-def mlp_tail(config: ViTConfig, p: BlockParams, pre: Array) -> Array:
-    """The MLP from its first product on: ``[..., mlp] -> [..., hidden]``."""
+def mlp_tail(config: ViTConfig, p: BlockParams | MapHeadParams, pre: Array) -> Array:
+    """The MLP from its first product on: ``[..., mlp_in] -> [..., hidden]``."""
     return linear(p.mlp_out, mlp_activation(config, pre))
 
 
-def mlp(config: ViTConfig, p: BlockParams, y: Array) -> Array:
+def mlp(config: ViTConfig, p: BlockParams | MapHeadParams, y: Array) -> Array:
     """The block's MLP: ``[..., hidden] -> [..., hidden]``."""
     return mlp_tail(config, p, linear(p.mlp_in, y))
 
@@ -258,9 +295,38 @@ def block(
     return mlp_half(config, p, x + out), out, probs
 
 
+def sincos_2d(grid: tuple[int, int], width: int) -> Array:
+    """big_vision's fixed 2-D sin-cos table ``[1, Gh*Gw, width]``, patches row-major.
+
+    Each quarter of the channels holds ``sin x, cos x, sin y, cos y`` (column, then row) at the
+    frequencies ``10000 ** -(i / (width/4 - 1))``, as ``posemb_sincos_2d`` computes them.
+    """
+    y, x = jnp.mgrid[: grid[0], : grid[1]]
+    quarter = width // 4
+    omega = 1.0 / (10_000.0 ** (jnp.arange(quarter) / (quarter - 1)))
+    y = jnp.einsum("m,d->md", y.flatten(), omega)
+    x = jnp.einsum("m,d->md", x.flatten(), omega)
+    table = jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)
+    return table[None].astype(jnp.float32)
+
+
+def position_table(config: ViTConfig, positions: Array | None, grid: tuple[int, int]) -> Array:
+    """Position embeddings of every token, ``[1, token, hidden]``: the learned table's rows, or
+    sin-cos for the patches, with zero rows for the special tokens that have none."""
+    covered = 0 if positions is None else config.num_position_prefix_rows
+    if positions is None:
+        positions = sincos_2d(grid, config.hidden_size)
+    missing = config.num_prefix_tokens - covered
+    if not missing:
+        return positions
+    zeros = jnp.zeros((1, missing, positions.shape[-1]), positions.dtype)
+    return jnp.concatenate([positions[:, :covered], zeros, positions[:, covered:]], axis=1)
+
+
 def embed(config: ViTConfig, p: EmbeddingParams, images: Array) -> Array:
     """Images ``[batch, height, width, channels]`` -> tokens entering block 0 ``[batch, token,
-    hidden]``: CLS (when present) first, then patches row-major, position embeddings added."""
+    hidden]``: the special tokens (CLS, distillation, registers, when present) first, then patches
+    row-major, position embeddings added, then the pre-norm when there is one."""
     x = lax.conv_general_dilated(
         images,
         p.patches.kernel,
@@ -270,32 +336,75 @@ def embed(config: ViTConfig, p: EmbeddingParams, images: Array) -> Array:
         rhs_dilation=(1, 1),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
-    x = x + p.patches.bias
+    if p.patches.bias is not None:
+        x = x + p.patches.bias
     b, gh, gw, d = x.shape
     x = x.reshape(b, gh * gw, d)
-    if p.cls is not None:
-        x = jnp.concatenate([jnp.broadcast_to(p.cls, (b, 1, d)).astype(x.dtype), x], axis=1)
-    return x + p.positions
+    special = [t for t in (p.cls, p.distillation, p.registers) if t is not None]
+    if special:
+        special = [jnp.broadcast_to(t, (b, *t.shape[1:])).astype(x.dtype) for t in special]
+        x = jnp.concatenate([*special, x], axis=1)
+    x = x + position_table(config, p.positions, (gh, gw))
+    if p.pre_norm is not None:
+        x = layer_norm(config, p.pre_norm, x)
+    return x
 
 
-def pools_cls_only(config: ViTConfig) -> bool:
-    """Whether :func:`pool` reads the CLS token alone, so no other token of the last block's
-    output reaches the logits."""
-    return config.has_cls_token
+def readout_tokens(config: ViTConfig) -> int | None:
+    """How many leading tokens of the last block's output alone reach the logits (1: CLS; 2: CLS
+    and the distillation token), or None when the readout reads the patch tokens."""
+    if config.classifier != "token":
+        return None
+    return 2 if config.distillation_head else 1
 
 
-def pool(config: ViTConfig, x: Array) -> Array:
-    """The one vector the classifier reads: ``[batch, token, hidden] -> [batch, hidden]``."""
-    return x[:, 0] if pools_cls_only(config) else x.mean(axis=1)
+def map_head(config: ViTConfig, p: MapHeadParams, x: Array) -> tuple[Array, Array]:
+    """Attention pooling: x ``[batch, token, hidden]`` -> ``(pooled [batch, hidden], probs
+    [batch, head, 1, token])``.
 
-
-def readout(config: ViTConfig, p: ReadoutParams, x: Array) -> tuple[Array, Array]:
-    """Final norm, pooling, pre-logits and head.
-
-    x ``[batch, token, hidden]`` -> ``(logits [batch, class], pre_logits [batch, hidden or
-    representation])``, ``pre_logits`` being the vector the head reads.
+    The probe's attention output has no residual around it; the MLP has one, as in big_vision's
+    ``MAPHead``, timm's ``AttentionPoolLatent`` and Hugging Face's SigLIP head.
     """
-    z = pool(config, layer_norm(config, p.norm, x))
+    b = x.shape[0]
+    q = jnp.swapaxes(linear(p.query, p.probe), 1, 2)  # [1, head, 1, head_dim]
+    q = jnp.broadcast_to(q, (b, *q.shape[1:])).astype(x.dtype)
+    k, v = (jnp.swapaxes(linear(w, x), 1, 2) for w in (p.key, p.value))
+    mixed, probs = attend(q, k, v)
+    out = linear(p.out, jnp.swapaxes(mixed, 1, 2), in_axes=2)  # [batch, 1, hidden]
+    out = out + mlp(config, p, layer_norm(config, p.ln, out))
+    return out[:, 0], probs
+
+
+def readout(config: ViTConfig, p: ReadoutParams, x: Array) -> tuple[Array, Array, Array | None]:
+    """Final norm, pooling, pre-logits or projection, and the head(s).
+
+    x ``[batch, token, hidden]`` -> ``(logits [batch, class], pooled [batch, pooled],
+    pool_probs [batch, head, 1, patch] or None)``: ``pooled`` is the vector the head reads (for a
+    distilled model with two heads, the mean of the CLS and distillation tokens, as timm gives
+    it), ``pool_probs`` the attention-pooling head's attention over the patch tokens.
+    """
+    c = config
+    if not c.fc_norm:
+        x = layer_norm(c, p.norm, x)
+    pool_probs = None
+    patches = x[:, c.num_prefix_tokens :]
+    if c.classifier == "token":
+        z = x[:, 0]
+    elif c.classifier == "gap":
+        z = patches.mean(axis=1)
+    else:
+        z, pool_probs = map_head(c, p.map_head, patches)
+    if c.fc_norm:
+        z = layer_norm(c, p.norm, z)
     if p.pre_logits is not None:
         z = jnp.tanh(linear(p.pre_logits, z))
-    return linear(p.head, z), z
+    if p.projection is not None:
+        z = linear(p.projection, z)
+    if p.head is None:
+        return jnp.zeros((*z.shape[:-1], 0), z.dtype), z, pool_probs
+    logits = linear(p.head, z)
+    if p.head_dist is not None:
+        distilled = x[:, 1]
+        logits = (logits + linear(p.head_dist, distilled)) / 2
+        z = (z + distilled) / 2
+    return logits, z, pool_probs

@@ -8,7 +8,10 @@ from typing import Any, Literal
 
 from jaxvit_interp.errors import InputError
 
-Classifier = Literal["token", "gap"]
+Classifier = Literal["token", "gap", "map"]
+MlpActivation = Literal["gelu", "quick_gelu", "swiglu"]
+PositionEmbedding = Literal["learned", "sincos2d"]
+PositionInterpolation = Literal["bilinear", "bicubic", "bicubic_antialias"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -49,11 +52,18 @@ INCEPTION_PREPROCESSING = Preprocessing()
 IMAGENET_PREPROCESSING = Preprocessing(
     mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), resize=248, crop=True, resample="bicubic"
 )
+IMAGENET_MEAN, IMAGENET_STD = IMAGENET_PREPROCESSING.mean, IMAGENET_PREPROCESSING.std
+# OpenAI CLIP's pixel statistics, kept by OpenCLIP, timm and Hugging Face for CLIP towers.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ViTConfig:
     """Architecture of a Vision Transformer (names follow ``vit_jax``).
+
+    Tokens are ordered CLS (when present), distillation token (when present), register tokens,
+    then the patches row-major; the tokens before the patches are the *special* tokens.
 
     Attributes:
       image_size: ``(height, width)`` of model input; each side must divide by the patch size.
@@ -62,18 +72,50 @@ class ViTConfig:
       hidden_size: token width ``D``.
       num_layers: encoder blocks ``L``.
       num_heads: attention heads per block ``H``; ``hidden_size`` must divide by it.
-      mlp_dim: width of the MLP inside each block.
-      num_classes: classifier outputs.
-      classifier: ``"token"`` (a CLS token, read at the end) or ``"gap"`` (no CLS token; the
-        mean of the patch tokens is read).
+      mlp_dim: width of the MLP inside each block (for SwiGLU the width after gating).
+      num_classes: classifier outputs; 0 for a backbone without a classifier, whose
+        :attr:`~jaxvit_interp.model.vit.ModelOutput.logits` are ``[batch, 0]`` and whose pooled
+        vector (``pre_logits``) is its output.
+      classifier: how the last block's tokens become the vector the head reads: ``"token"`` the
+        CLS token, ``"gap"`` the mean of the patch tokens, ``"map"`` big_vision's multi-head
+        attention-pooling head (a learned probe attending over the patch tokens, then an MLP).
       representation_size: width of the ``pre_logits`` tanh layer, or ``None`` for none.
-      layer_norm_eps: LayerNorm epsilon (1e-6 in vit_jax and timm, 1e-12 in Hugging Face).
-      gelu_approximate: tanh GELU (vit_jax, big_vision) or exact erf GELU (timm, Hugging Face).
+      layer_norm_eps: LayerNorm epsilon (1e-6 in vit_jax and timm, 1e-12 in Hugging Face ViT,
+        1e-5 in CLIP).
+      gelu_approximate: tanh GELU (vit_jax, big_vision) or exact erf GELU (timm, Hugging Face)
+        where ``mlp_activation`` is ``"gelu"``.
       qkv_bias: whether query/key/value projections have biases.
       preprocessing: how raw images are turned into this model's input.
       class_names: a name per class, in class-index order, where the checkpoint (or the user)
         gives them; ``None`` when the model's classes are known only by index. Labels of
         images are matched against these names (see :mod:`jaxvit_interp.data.labels`).
+      class_token: whether there is a CLS token; ``None`` (the default) has one exactly when
+        ``classifier`` is ``"token"``. ``True`` with ``"gap"`` is timm's ``global_pool="avg"``
+        model with a class token (MAE fine-tunes).
+      distillation_token: a DeiT distillation token after CLS.
+      distillation_head: a second classifier ``head_dist`` reads the distillation token and the
+        logits are the mean of both heads (DeiT's distilled inference); the pooled vector is then
+        the mean of the two tokens, as timm gives it.
+      num_register_tokens: register tokens after CLS and distillation (DINOv2 with registers).
+      pre_norm: a LayerNorm on the tokens entering block 0 (CLIP's ``ln_pre``).
+      layer_scale: a learned per-channel factor on each block's attention and MLP outputs
+        (``ls1``/``ls2`` in timm, ``lambda1`` in Hugging Face DINOv2).
+      mlp_activation: ``"gelu"`` (its form set by ``gelu_approximate``), ``"quick_gelu"``
+        (``x * sigmoid(1.702 x)``, OpenAI CLIP) or ``"swiglu"`` (DINOv2's gated MLP
+        ``silu(gate) * value``, the first product ``2 * mlp_dim`` wide, gate half first).
+      fc_norm: the final LayerNorm normalises the pooled vector instead of every token before
+        pooling (timm's ``fc_norm``).
+      projection_dim: width of a linear output projection without bias after pooling (CLIP's
+        image projection), or ``None``; its output is the pooled vector the head, if any, reads.
+      patch_bias: whether the patch embedding has a bias (CLIP's has none).
+      position_embedding: ``"learned"`` (a table, a parameter) or ``"sincos2d"`` (big_vision's
+        fixed 2-D sin-cos table of the patch grid, computed for any image size).
+      position_prefix_tokens: how many leading special tokens have a row in the learned table;
+        the others get no position embedding. ``None`` (the default): all of them.
+      position_interpolation: how a learned table is resampled to another patch grid when the
+        model is loaded at another image size: ``"bilinear"`` (vit_jax, big_vision),
+        ``"bicubic"`` (Hugging Face ViT, DeiT, DINOv2, CLIP, SigLIP: PyTorch's bicubic) or
+        ``"bicubic_antialias"`` (timm, OpenCLIP, Hugging Face DINOv2 with registers).
     """
 
     image_size: tuple[int, int] = (224, 224)
@@ -91,6 +133,19 @@ class ViTConfig:
     qkv_bias: bool = True
     preprocessing: Preprocessing = INCEPTION_PREPROCESSING
     class_names: tuple[str, ...] | None = None
+    class_token: bool | None = None
+    distillation_token: bool = False
+    distillation_head: bool = False
+    num_register_tokens: int = 0
+    pre_norm: bool = False
+    layer_scale: bool = False
+    mlp_activation: MlpActivation = "gelu"
+    fc_norm: bool = False
+    projection_dim: int | None = None
+    patch_bias: bool = True
+    position_embedding: PositionEmbedding = "learned"
+    position_prefix_tokens: int | None = None
+    position_interpolation: PositionInterpolation = "bilinear"
 
     def __post_init__(self):
         # Accept ints for square sizes and lists from JSON, but store tuples so configs hash.
@@ -99,8 +154,17 @@ class ViTConfig:
             if isinstance(value, int):
                 value = (value, value)
             object.__setattr__(self, name, tuple(int(v) for v in value))
-        if self.classifier not in ("token", "gap"):
-            raise InputError(f"classifier must be 'token' or 'gap', got {self.classifier!r}")
+        for name, allowed in (
+            ("classifier", ("token", "gap", "map")),
+            ("mlp_activation", ("gelu", "quick_gelu", "swiglu")),
+            ("position_embedding", ("learned", "sincos2d")),
+            ("position_interpolation", ("bilinear", "bicubic", "bicubic_antialias")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise InputError(
+                    f"{name} must be one of {', '.join(map(repr, allowed))}, got "
+                    f"{getattr(self, name)!r}"
+                )
         for side, (img, patch) in zip(("height", "width"), zip(self.image_size, self.patch_size)):
             if img % patch:
                 raise InputError(
@@ -111,6 +175,14 @@ class ViTConfig:
             raise InputError(
                 f"hidden_size {self.hidden_size} does not divide by num_heads {self.num_heads}"
             )
+        if self.num_classes < 0 or self.num_register_tokens < 0:
+            raise InputError("num_classes and num_register_tokens must not be negative")
+        # Stored in one canonical form, so that two configs of the same model compare equal.
+        if self.class_token == (self.classifier == "token"):
+            object.__setattr__(self, "class_token", None)
+        if self.position_prefix_tokens == self.num_prefix_tokens:
+            object.__setattr__(self, "position_prefix_tokens", None)
+        self._check_combinations()
         if self.class_names is not None:
             names = tuple(str(n) for n in self.class_names)
             if len(names) != self.num_classes:
@@ -119,6 +191,34 @@ class ViTConfig:
                     f"{self.num_classes} classes"
                 )
             object.__setattr__(self, "class_names", names)
+
+    def _check_combinations(self) -> None:
+        problems = []
+        if self.classifier == "token" and not self.has_cls_token:
+            problems.append('classifier "token" reads the CLS token, and class_token is False')
+        if self.distillation_head:
+            if not self.distillation_token:
+                problems.append("distillation_head needs distillation_token")
+            if self.classifier != "token" or self.num_classes == 0:
+                problems.append('distillation_head needs classifier "token" and classes')
+            if self.representation_size or self.projection_dim or self.fc_norm:
+                problems.append(
+                    "distillation_head reads the tokens themselves: no representation_size, "
+                    "projection_dim or fc_norm"
+                )
+        if self.classifier == "map" and self.mlp_activation == "swiglu":
+            problems.append('classifier "map" has a plain MLP; mlp_activation "swiglu" has none')
+        if self.position_embedding == "sincos2d" and self.hidden_size % 4:
+            problems.append("sincos2d position embeddings need hidden_size divisible by 4")
+        if self.position_prefix_tokens is not None and not (
+            0 <= self.position_prefix_tokens <= self.num_prefix_tokens
+        ):
+            problems.append(
+                f"position_prefix_tokens {self.position_prefix_tokens} is not between 0 and the "
+                f"{self.num_prefix_tokens} special tokens"
+            )
+        if problems:
+            raise InputError("inconsistent ViTConfig: " + "; ".join(problems))
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -131,12 +231,34 @@ class ViTConfig:
 
     @property
     def has_cls_token(self) -> bool:
-        return self.classifier == "token"
+        return self.classifier == "token" if self.class_token is None else self.class_token
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Special tokens before the patches: CLS, distillation, registers (``T``)."""
+        return int(self.has_cls_token) + int(self.distillation_token) + self.num_register_tokens
 
     @property
     def num_tokens(self) -> int:
-        """Tokens ``N``: CLS (when present) first, then patches row-major."""
-        return self.num_patches + int(self.has_cls_token)
+        """Tokens ``N = T + Gh*Gw``: the special tokens first, then patches row-major."""
+        return self.num_patches + self.num_prefix_tokens
+
+    @property
+    def num_position_prefix_rows(self) -> int:
+        """Rows of the learned position table before the patch rows."""
+        if self.position_prefix_tokens is None:
+            return self.num_prefix_tokens
+        return self.position_prefix_tokens
+
+    @property
+    def mlp_in_dim(self) -> int:
+        """Width of the MLP's first product: ``2 * mlp_dim`` for SwiGLU (gate and value)."""
+        return 2 * self.mlp_dim if self.mlp_activation == "swiglu" else self.mlp_dim
+
+    @property
+    def pooled_size(self) -> int:
+        """Width of the pooled vector the classifier head (or a probe) reads."""
+        return self.projection_dim or self.representation_size or self.hidden_size
 
     @property
     def head_dim(self) -> int:

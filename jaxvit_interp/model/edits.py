@@ -28,16 +28,29 @@ PRUNING_MODES: tuple[str, ...] = (
 CLS_MODES = frozenset({"cls", "cls_patch", "cls_to_cls"})
 
 
-def keep_mask(mode: str, num_tokens: int, has_cls_token: bool = True) -> np.ndarray:
-    """Keep factors ``[query, key]`` (1 keep, 0 zero) for one partial-pruning ``mode``."""
+def keep_mask(
+    mode: str, num_tokens: int, has_cls_token: bool = True, num_prefix_tokens: int | None = None
+) -> np.ndarray:
+    """Keep factors ``[query, key]`` (1 keep, 0 zero) for one partial-pruning ``mode``.
+
+    ``num_prefix_tokens``: special tokens before the patches (CLS first when ``has_cls_token``,
+    then distillation and register tokens; ``config.num_prefix_tokens``), by default just the CLS
+    token.  The modes name CLS and the patches only: entries of the other special tokens are
+    kept, except that ``head`` zeroes everything and ``cls`` CLS's whole row and column.
+    """
     if mode not in PRUNING_MODES:
         raise InputError(
             f"unknown pruning mode {mode!r}; expected one of {', '.join(PRUNING_MODES)}"
         )
     if mode in CLS_MODES and not has_cls_token:
         raise InputError(f"pruning mode {mode!r} needs a CLS token, and this model has none")
+    first_patch = int(has_cls_token) if num_prefix_tokens is None else num_prefix_tokens
+    if not int(has_cls_token) <= first_patch <= num_tokens:
+        raise InputError(
+            f"num_prefix_tokens {num_prefix_tokens} does not fit {num_tokens} tokens"
+            + (" with a CLS token" if has_cls_token else "")
+        )
     keep = np.ones((num_tokens, num_tokens), np.float32)
-    first_patch = 1 if has_cls_token else 0
     if mode == "head":
         keep[:] = 0
     elif mode == "cls":
@@ -46,8 +59,8 @@ def keep_mask(mode: str, num_tokens: int, has_cls_token: bool = True) -> np.ndar
     elif mode == "patch_to_patch":
         keep[first_patch:, first_patch:] = 0
     elif mode == "cls_patch":
-        keep[0, 1:] = 0
-        keep[1:, 0] = 0
+        keep[0, first_patch:] = 0
+        keep[first_patch:, 0] = 0
     elif mode == "cls_to_cls":
         keep[0, 0] = 0
     return keep
@@ -84,5 +97,5 @@ class AttentionEdit:
             )
         heads = np.zeros((config.num_layers, config.num_heads), np.float32)
         heads[layer, head] = 1
-        keep = keep_mask(mode, config.num_tokens, config.has_cls_token)
+        keep = keep_mask(mode, config.num_tokens, config.has_cls_token, config.num_prefix_tokens)
         return cls(heads=jnp.asarray(heads), keep=jnp.asarray(keep))

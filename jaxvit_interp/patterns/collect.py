@@ -30,7 +30,7 @@ def _patterns_batch(config: ViTConfig, params, images, kinds: tuple[str, ...]):
     attention = attention.attention
     out = {
         kind: (cls_pattern if kind == "cls" else patch_pattern)(
-            attention, config.grid, config.has_cls_token
+            attention, config.grid, config.has_cls_token, config.num_prefix_tokens
         )
         for kind in kinds
     }

@@ -1,16 +1,19 @@
 """Attention patterns of one head on one image, as small images (paper §5.4).
 
-Two pattern kinds come out of an attention matrix ``A`` ``[query, key]`` whose tokens are CLS first
-(when the model has one) then a ``Gh x Gw`` patch grid row-major:
+Two pattern kinds come out of an attention matrix ``A`` ``[query, key]`` whose tokens are the
+special tokens first (CLS when the model has one, then distillation and register tokens:
+``num_prefix_tokens`` of them, by default CLS alone) then a ``Gh x Gw`` patch grid row-major:
 
-- ``"cls"``: the CLS query row over the patches, ``A[0, 1:]`` reshaped to ``[Gh, Gw]``: where the
-  token the classifier reads looks. Only models with a CLS token have it.
+- ``"cls"``: the CLS query row over the patches, ``A[0, T:]`` reshaped to ``[Gh, Gw]`` (``T``
+  special tokens): where the token the classifier reads looks. Only models with a CLS token have
+  it.
 - ``"patch"``: the relative-offset map ``[2*Gh - 1, 2*Gw - 1]``. Entry ``(dr, dc)`` (stored at
   ``[dr + Gh - 1, dc + Gw - 1]``) is the mean attention a query patch pays the key patch at offset
   ``(dr, dc)`` from it, over the query patches where that key exists. It drops *which* patch is
   looking and keeps *where relative to itself* it looks, so one head gives one map per image however
   its pattern moves with content. The centre is self-attention; a map that is ``1/P`` everywhere is
-  uniform attention over the ``P`` patches; a map near 0 everywhere sends its mass to CLS.
+  uniform attention over the ``P`` patches; a map near 0 everywhere sends its mass to the special
+  tokens.
 
 Kernels here are pure and jitted and take any leading axes (``image layer head`` typically);
 :func:`check_attention` is the input check the orchestration runs before them, and
@@ -29,6 +32,7 @@ import numpy as np
 
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.quantities import PATTERN_KINDS
+from jaxvit_interp.strength.hops import prefix_count
 
 Array = jax.Array
 
@@ -45,18 +49,28 @@ def pattern_shape(kind: str, grid: tuple[int, int]) -> tuple[int, int]:
     raise InputError(f"unknown pattern kind {kind!r}; expected one of {', '.join(PATTERN_KINDS)}")
 
 
-def check_attention(attention, grid: tuple[int, int], has_cls_token: bool, *, atol: float = 1e-3):
+def check_attention(
+    attention,
+    grid: tuple[int, int],
+    has_cls_token: bool,
+    *,
+    atol: float = 1e-3,
+    num_prefix_tokens: int | None = None,
+):
     """Raise ``ValueError`` unless ``attention`` ``[..., N, N]`` is softmax attention on ``grid``.
 
-    Checks: at least two axes, square last two, ``N = Gh*Gw + has_cls_token``, no NaN, and every
-    row summing to 1 within ``atol`` (softmax output; edited attention that dropped entries without
-    renormalising is not a pattern source). Reductions run where the array lives; only scalars come
-    back.
+    Checks: at least two axes, square last two, ``N = Gh*Gw + T`` (``T`` special tokens:
+    ``num_prefix_tokens``, by default ``has_cls_token``), no NaN, and every row summing to 1 within
+    ``atol`` (softmax output; edited attention that dropped entries without renormalising is not a
+    pattern source). Reductions run where the array lives; only scalars come back.
     """
     shape = tuple(attention.shape)
     gh, gw = grid
-    expected = gh * gw + int(has_cls_token)
+    first = prefix_count(has_cls_token, num_prefix_tokens)
+    expected = gh * gw + first
     what = f"{gh}x{gw} patches" + (" + CLS" if has_cls_token else ", no CLS")
+    if first > int(has_cls_token):
+        what += f" + {first - int(has_cls_token)} other special token(s)"
     if len(shape) < 2 or shape[-1] != shape[-2]:
         raise InputError(
             f"attention has shape {shape}; expected [..., query, key] with query == key"
@@ -91,12 +105,18 @@ def _attention_stats(a: Array):
     return isnan.sum(), jnp.argmax(isnan), deviation[worst], worst, sums[worst]
 
 
-@functools.partial(jax.jit, static_argnames=("grid", "has_cls_token"))
-def cls_pattern(attention: Array, grid: tuple[int, int], has_cls_token: bool = True) -> Array:
+@functools.partial(jax.jit, static_argnames=("grid", "has_cls_token", "num_prefix_tokens"))
+def cls_pattern(
+    attention: Array,
+    grid: tuple[int, int],
+    has_cls_token: bool = True,
+    num_prefix_tokens: int | None = None,
+) -> Array:
     """CLS pattern ``[..., Gh, Gw]`` of attention ``[..., N, N]``: the CLS query row on patches."""
     if not has_cls_token:
         raise InputError("this model has no CLS token, so it has no CLS pattern; use kind='patch'")
-    return attention[..., 0, 1:].reshape(*attention.shape[:-2], *grid)
+    first = prefix_count(has_cls_token, num_prefix_tokens)
+    return attention[..., 0, first:].reshape(*attention.shape[:-2], *grid)
 
 
 def _offset_onehot(size: int) -> np.ndarray:
@@ -114,15 +134,20 @@ def offset_counts(grid: tuple[int, int]) -> np.ndarray:
     return np.outer(rows, cols).astype(np.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("grid", "has_cls_token"))
-def patch_pattern(attention: Array, grid: tuple[int, int], has_cls_token: bool = True) -> Array:
+@functools.partial(jax.jit, static_argnames=("grid", "has_cls_token", "num_prefix_tokens"))
+def patch_pattern(
+    attention: Array,
+    grid: tuple[int, int],
+    has_cls_token: bool = True,
+    num_prefix_tokens: int | None = None,
+) -> Array:
     """Relative-offset patch pattern ``[..., 2*Gh - 1, 2*Gw - 1]`` from attention ``[..., N, N]``.
 
     Entry ``[dr + Gh - 1, dc + Gw - 1]`` is the mean over query patches ``(r, c)`` with a key at
     ``(r + dr, c + dc)`` on the grid of ``A[(r, c), (r + dr, c + dc)]``.
     """
     gh, gw = grid
-    first = int(has_cls_token)
+    first = prefix_count(has_cls_token, num_prefix_tokens)
     block = attention[..., first:, first:].reshape(*attention.shape[:-2], gh, gw, gh, gw)
     # The offset of a (query, key) pair separates into a row offset and a column offset, so two
     # small one-hot contractions ([Gh, Gh, 2Gh-1] and [Gw, Gw, 2Gw-1]) sum each diagonal of the
@@ -138,20 +163,28 @@ def patch_pattern(attention: Array, grid: tuple[int, int], has_cls_token: bool =
 
 
 def extract_patterns(
-    attention: Array, grid: tuple[int, int], has_cls_token: bool, kind: str, *, check: bool = True
+    attention: Array,
+    grid: tuple[int, int],
+    has_cls_token: bool,
+    kind: str,
+    *,
+    check: bool = True,
+    num_prefix_tokens: int | None = None,
 ) -> Array:
     """Patterns of ``kind`` (``"cls"`` or ``"patch"``) from attention ``[..., N, N]``.
 
     Returns ``[..., Gh, Gw]`` for ``"cls"`` and ``[..., 2Gh-1, 2Gw-1]`` for ``"patch"``; with
-    ``check`` the attention goes through :func:`check_attention` first.
+    ``check`` the attention goes through :func:`check_attention` first.  ``num_prefix_tokens``:
+    the special tokens before the patches (``config.num_prefix_tokens``), by default CLS alone.
     """
     grid = (int(grid[0]), int(grid[1]))
     pattern_shape(kind, grid)  # validates kind
+    first = prefix_count(has_cls_token, num_prefix_tokens)
     if check:
-        check_attention(attention, grid, has_cls_token)
+        check_attention(attention, grid, has_cls_token, num_prefix_tokens=first)
     if kind == "cls":
-        return cls_pattern(attention, grid, has_cls_token)
-    return patch_pattern(attention, grid, has_cls_token)
+        return cls_pattern(attention, grid, has_cls_token, first)
+    return patch_pattern(attention, grid, has_cls_token, first)
 
 
 @functools.partial(jax.jit, static_argnames=("num_patches", "method"))

@@ -6,8 +6,10 @@
   images batch by batch (sharded over a device mesh), with per-image ("local") results and
   :func:`summarize`'s over-images ("global") ones: mean strength, mass, distance, CLS masses and
   entropy per head, and each head's entropy histogram on fixed bins.
-- :mod:`.hops` the ring geometry, :mod:`.kernels` the pure jitted kernels and exact definitions,
-  :mod:`.reference` a plain double loop used to test them.
+- :func:`special_token_mass`: attention to and from each special token (CLS, distillation,
+  registers), which are not on the grid.
+- :mod:`.hops` the ring geometry, :mod:`.kernels` and :mod:`.special` the pure jitted kernels and
+  exact definitions, :mod:`.reference` plain loops used to test them.
 """
 
 from jaxvit_interp.strength.aggregate import (
@@ -16,7 +18,14 @@ from jaxvit_interp.strength.aggregate import (
     strength_over_images,
     summarize,
 )
-from jaxvit_interp.strength.hops import HopRings, hop_matrix, hop_rings, num_hops, ring_counts
+from jaxvit_interp.strength.hops import (
+    HopRings,
+    hop_matrix,
+    hop_rings,
+    num_hops,
+    ring_counts,
+    rings_for,
+)
 from jaxvit_interp.strength.kernels import (
     HopStrength,
     StrengthSummary,
@@ -25,10 +34,17 @@ from jaxvit_interp.strength.kernels import (
     summarize_kernel,
 )
 from jaxvit_interp.strength.measure import hop_strength
+from jaxvit_interp.strength.special import (
+    SpecialTokenMass,
+    special_token_mass,
+    special_token_mass_kernel,
+    special_token_names,
+)
 
 __all__ = [
     "HopRings",
     "HopStrength",
+    "SpecialTokenMass",
     "StrengthResults",
     "StrengthSummary",
     "hop_mass_per_query",
@@ -39,6 +55,10 @@ __all__ = [
     "model_strength_over_images",
     "num_hops",
     "ring_counts",
+    "rings_for",
+    "special_token_mass",
+    "special_token_mass_kernel",
+    "special_token_names",
     "strength_over_images",
     "summarize",
     "summarize_kernel",

@@ -22,7 +22,7 @@ from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import VisionTransformer
 from jaxvit_interp.parallel import Batcher
 from jaxvit_interp.quantities import ENTROPY_BINS
-from jaxvit_interp.strength.hops import HopRings, hop_rings
+from jaxvit_interp.strength.hops import HopRings, hop_rings, rings_for
 from jaxvit_interp.strength.kernels import (
     HopStrength,
     StrengthSummary,
@@ -45,6 +45,8 @@ class StrengthResults:
       grid: patch grid ``(Gh, Gw)``; static.
       patch_size: pixels per patch ``(height, width)``, the unit of ``distance``; static.
       has_cls_token: whether the model has a CLS token (CLS fields are NaN when not); static.
+      num_prefix_tokens: special tokens before the patches (CLS, distillation, registers), or
+        None for the CLS token alone; static.
     """
 
     local: HopStrength
@@ -52,6 +54,7 @@ class StrengthResults:
     grid: tuple[int, int] = flax.struct.field(pytree_node=False)
     patch_size: tuple[int, int] = flax.struct.field(pytree_node=False)
     has_cls_token: bool = flax.struct.field(pytree_node=False)
+    num_prefix_tokens: int = flax.struct.field(pytree_node=False, default=None)
 
     @property
     def num_hops(self) -> int:
@@ -128,6 +131,7 @@ def _collect(
         grid=rings.grid,
         patch_size=rings.patch_size,
         has_cls_token=rings.has_cls_token,
+        num_prefix_tokens=rings.num_prefix_tokens,
     )
 
 
@@ -142,6 +146,7 @@ def strength_over_images(
     atol: float | None = None,
     num_bins: int = ENTROPY_BINS,
     progress: bool = True,
+    num_prefix_tokens: int | None = None,
 ) -> StrengthResults:
     """Hop strength of attention arriving in batches of images (e.g. from a generator).
 
@@ -149,7 +154,8 @@ def strength_over_images(
       attention_batches: iterable of ``[batch, layer, head, N, N]`` attention arrays (NumPy or
         JAX); batch sizes may differ, layer and head counts may not. Only one batch is held at a
         time (two while an accelerator overlaps them).
-      grid, has_cls_token, patch_size, check_stochastic, atol: as in :func:`.hop_strength`.
+      grid, has_cls_token, patch_size, check_stochastic, atol, num_prefix_tokens: as in
+        :func:`.hop_strength`.
       num_images: total images, for the progress bar only.
       num_bins: bins of the entropy histogram over ``[0, ln K]``.
       progress: show a tqdm progress bar.
@@ -162,7 +168,12 @@ def strength_over_images(
         layer/head counts differ from the first batch's, or its rows fail the checks of
         :func:`.hop_strength` (the message names the image, layer, head and query).
     """
-    rings = hop_rings(grid, has_cls_token=has_cls_token, patch_size=patch_size)
+    rings = hop_rings(
+        grid,
+        has_cls_token=has_cls_token,
+        patch_size=patch_size,
+        num_prefix_tokens=num_prefix_tokens,
+    )
 
     def run() -> Iterator[tuple[Any, int, tuple[int, ...], Any]]:
         first_shape = None
@@ -240,7 +251,7 @@ def model_strength_over_images(
             f"{expected[1]}, {expected[2]}] with at least one image"
         )
     batcher = Batcher(batch_size, mesh)
-    rings = hop_rings(config.grid, has_cls_token=config.has_cls_token, patch_size=config.patch_size)
+    rings = rings_for(config)
     n = rings.num_tokens
     attention_shape = (num_images, config.num_layers, config.num_heads, n, n)
     params = batcher.replicate(params)
@@ -270,4 +281,5 @@ def model_strength_over_images(
         grid=rings.grid,
         patch_size=rings.patch_size,
         has_cls_token=rings.has_cls_token,
+        num_prefix_tokens=rings.num_prefix_tokens,
     )

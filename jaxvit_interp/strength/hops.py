@@ -6,7 +6,8 @@ Patches are numbered row-major on a ``Gh x Gw`` grid: patch ``p`` sits at row ``
 ``max(Gh, Gw) - 1``. Everything here is NumPy computed once per grid; the kernels only multiply
 attention against the matrices built here.
 
-Axis names: ``query key hop`` (patches only; CLS is handled by the kernels).
+Axis names: ``query key hop`` (patches only; CLS and the other special tokens are handled by the
+kernels).
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ class HopRings:
       weights: ``[query patch, key token, K + 2]`` float32 columns contracted with each query row
         of the attention: columns ``0 .. K-1`` are the ring indicators (1 where the key patch is
         at that hop), column ``K`` the key patch's distance in pixels, column ``K + 1`` the CLS
-        key indicator (all 0 without a CLS token). Key tokens include CLS when present.
+        key indicator (all 0 without a CLS token). Key tokens include the special tokens (CLS,
+        distillation, registers) first.
       strength_weights: ``[query patch, hop]`` float32 ``1 / (count * queries_with_hop)``, 0
         where the query has no key at that hop; summing ``hop mass * strength_weights`` over
         queries gives the strength.
@@ -92,6 +94,8 @@ class HopRings:
       grid: ``(Gh, Gw)``; static.
       patch_size: ``(height, width)`` in pixels; static.
       has_cls_token: whether token 0 is CLS; static.
+      num_prefix_tokens: special tokens before the patches (CLS, distillation, registers);
+        static.
     """
 
     weights: Array
@@ -100,6 +104,7 @@ class HopRings:
     grid: tuple[int, int] = flax.struct.field(pytree_node=False)
     patch_size: tuple[int, int] = flax.struct.field(pytree_node=False)
     has_cls_token: bool = flax.struct.field(pytree_node=False)
+    num_prefix_tokens: int = flax.struct.field(pytree_node=False)
 
     @property
     def num_hops(self) -> int:
@@ -111,18 +116,18 @@ class HopRings:
 
     @property
     def num_tokens(self) -> int:
-        return self.num_patches + int(self.has_cls_token)
+        return self.num_patches + self.num_prefix_tokens
 
 
 @functools.lru_cache(maxsize=32)
 def _hop_rings_cached(
-    grid: tuple[int, int], patch_size: tuple[int, int], has_cls_token: bool
+    grid: tuple[int, int], patch_size: tuple[int, int], has_cls_token: bool, num_prefix_tokens: int
 ) -> HopRings:
     k = max(grid)
     hops = hop_matrix(grid)
     counts = ring_counts(grid)
     num_patches = grid[0] * grid[1]
-    first_patch = int(has_cls_token)
+    first_patch = num_prefix_tokens
 
     weights = np.zeros((num_patches, num_patches + first_patch, k + 2), np.float32)
     weights[:, first_patch:, :k] = hops[:, :, None] == np.arange(k)
@@ -144,11 +149,43 @@ def _hop_rings_cached(
         grid=grid,
         patch_size=patch_size,
         has_cls_token=has_cls_token,
+        num_prefix_tokens=num_prefix_tokens,
     )
 
 
-def hop_rings(grid, *, has_cls_token: bool = True, patch_size=(1, 1)) -> HopRings:
-    """The :class:`HopRings` of a ``(Gh, Gw)`` grid (cached per grid, patch size and CLS)."""
+def prefix_count(has_cls_token: bool, num_prefix_tokens: int | None) -> int:
+    """Special tokens before the patches: ``num_prefix_tokens``, by default the CLS token alone;
+    checked to include CLS when there is one."""
+    count = int(has_cls_token) if num_prefix_tokens is None else num_prefix_tokens
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
+        raise InputError(f"num_prefix_tokens must be an int, got {num_prefix_tokens!r}")
+    if count < int(has_cls_token):
+        raise InputError(
+            f"num_prefix_tokens={count} leaves no room for the CLS token; it counts CLS, the "
+            "distillation token and registers (config.num_prefix_tokens)"
+        )
+    return int(count)
+
+
+def hop_rings(
+    grid, *, has_cls_token: bool = True, patch_size=(1, 1), num_prefix_tokens: int | None = None
+) -> HopRings:
+    """The :class:`HopRings` of a ``(Gh, Gw)`` grid (cached per grid, patch size and special
+    tokens); ``num_prefix_tokens`` as in :func:`prefix_count`."""
     return _hop_rings_cached(
-        _pair(grid, "grid"), _pair(patch_size, "patch_size"), bool(has_cls_token)
+        _pair(grid, "grid"),
+        _pair(patch_size, "patch_size"),
+        bool(has_cls_token),
+        prefix_count(has_cls_token, num_prefix_tokens),
+    )
+
+
+def rings_for(config) -> HopRings:
+    """The :class:`HopRings` of a model's grid, patch size and special tokens (a
+    :class:`~jaxvit_interp.model.config.ViTConfig`)."""
+    return hop_rings(
+        config.grid,
+        has_cls_token=config.has_cls_token,
+        patch_size=config.patch_size,
+        num_prefix_tokens=config.num_prefix_tokens,
     )

@@ -4,12 +4,14 @@ Everything here is a pure function of arrays, safe under ``jit`` and ``vmap``; c
 progress live in :mod:`.measure` and :mod:`.aggregate`.
 
 Definitions (after Li et al. 2023 §5.3), for one head's attention ``A`` ``[N, N]``
-(rows queries, columns keys; CLS first when present, then ``P = Gh*Gw`` patches row-major), hop
-``d(i, j)`` the Chebyshev distance between patches and ``K = max(Gh, Gw)`` hops:
+(rows queries, columns keys; the special tokens first (CLS when present, then distillation and
+register tokens), then ``P = Gh*Gw`` patches row-major), hop ``d(i, j)`` the Chebyshev distance
+between patches and ``K = max(Gh, Gw)`` hops:
 
 - ``m_i[k] = sum_{j: d(i,j)=k} A[i, j]``: query patch ``i``'s attention mass at hop ``k``.
 - ``mass[k] = mean_i m_i[k]`` over all ``P`` query patches; ``sum_k mass[k]`` is the mean
-  patch-to-patch mass of a query patch (1 minus its CLS mass when rows are stochastic).
+  patch-to-patch mass of a query patch (1 minus its mass on special tokens when rows are
+  stochastic).
 - ``strength[k] = mean_{i in Q_k} m_i[k] / n_i[k]`` with ``n_i[k]`` the number of keys at hop
   ``k`` from ``i`` and ``Q_k`` the query patches that have at least one (every hop has one, but
   on non-square grids and at edges some queries have none; they are left out of that hop's mean
@@ -23,7 +25,8 @@ Definitions (after Li et al. 2023 §5.3), for one head's attention ``A`` ``[N, N
   (possible after pruning) are left out; NaN if every query is.
 - ``patch_to_cls = mean_i A[i, CLS]`` over query patches; ``cls_to_patch = sum_j A[CLS, j]`` over
   key patches. Both are NaN for models without a CLS token, so results keep one shape whatever the
-  classifier and a missing quantity cannot be mistaken for a zero one.
+  classifier and a missing quantity cannot be mistaken for a zero one.  The other special tokens'
+  masses are :mod:`.special`'s.
 
 All of these follow from the per-query column sums ``A[i] @ W_i`` against the precomputed
 :class:`~.hops.HopRings` weights (ring indicators, distances, CLS indicator), so one batched matrix
@@ -82,7 +85,7 @@ def _query_columns(attention: Array, rings: HopRings) -> Array:
     every head as its rows, which XLA runs as a single batched GEMM; writing it per head and
     lifting with ``vmap`` gave a head-major product about 2x slower on CPU.
     """
-    patch_rows = attention[:, int(rings.has_cls_token) :]  # [head, P, N]
+    patch_rows = attention[:, rings.num_prefix_tokens :]  # [head, P, N]
     return jnp.einsum("hij,ijc->ihc", patch_rows, rings.weights, precision=_PRECISION)
 
 
@@ -96,7 +99,7 @@ def hop_mass_per_query(attention: Array, rings: HopRings) -> Array:
     """Attention mass of each query patch at each hop.
 
     Args:
-      attention: ``[..., N, N]`` attention (CLS first when ``rings.has_cls_token``).
+      attention: ``[..., N, N]`` attention (the special tokens first, see :class:`~.hops.HopRings`).
       rings: :func:`~.hops.hop_rings` of the grid.
 
     Returns:
@@ -168,15 +171,18 @@ def _head_block(flat: Array, rings: HopRings) -> tuple[HopStrength, Array, Array
     distance = jnp.where(counted > 0, per_query.sum(axis=0) / jnp.maximum(counted, 1), jnp.nan)
 
     # A NaN or inf anywhere in a patch row reaches its column sums (NaN * 0 is NaN), so the row
-    # sums also flag non-finite entries without another pass over the matrix.
+    # sums also flag non-finite entries without another pass over the matrix.  Keys that are
+    # special tokens other than CLS are in no column: their mass is summed here.
+    first, cls = rings.num_prefix_tokens, int(rings.has_cls_token)
     patch_row_sums = (patch_mass + cls_mass).T  # [head, P]
+    if first > cls:
+        patch_row_sums = patch_row_sums + flat[:, first:, cls:first].sum(axis=-1)
+    row_sums = jnp.concatenate([flat[:, :first].sum(axis=-1), patch_row_sums], -1)
     if rings.has_cls_token:
         patch_to_cls = cls_mass.mean(axis=0)
-        cls_to_patch = flat[:, 0, 1:].sum(axis=-1)
-        row_sums = jnp.concatenate([flat[:, 0].sum(axis=-1, keepdims=True), patch_row_sums], -1)
+        cls_to_patch = flat[:, 0, first:].sum(axis=-1)
     else:
         patch_to_cls = cls_to_patch = jnp.full(flat.shape[:1], jnp.nan, flat.dtype)
-        row_sums = patch_row_sums
     row_min = flat.min(axis=-1)
 
     result = HopStrength(

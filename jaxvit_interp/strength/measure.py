@@ -27,7 +27,10 @@ def check_attention_shape(shape: tuple[int, ...], rings: HopRings) -> None:
     """Raise ``ValueError`` unless ``shape`` ends in ``[N, N]``, ``N`` the grid's token count."""
     shape = tuple(int(s) for s in shape)
     gh, gw = rings.grid
+    others = rings.num_prefix_tokens - int(rings.has_cls_token)
     cls = "a CLS token plus " if rings.has_cls_token else "no CLS token, "
+    if others:
+        cls += f"{others} other special token(s) plus "
     expected = f"{cls}{gh}x{gw} patches = {rings.num_tokens} tokens"
     if len(shape) < 2 or shape[-1] != shape[-2]:
         raise InputError(
@@ -115,6 +118,7 @@ def hop_strength(
     patch_size=(1, 1),
     check_stochastic: bool = True,
     atol: float | None = None,
+    num_prefix_tokens: int | None = None,
 ) -> HopStrength:
     """Attention strength per Chebyshev hop, CLS masses, attention distance and head entropy.
 
@@ -122,8 +126,8 @@ def hop_strength(
 
     Args:
       attention: ``[..., N, N]`` attention probabilities (rows queries, columns keys), any leading
-        axes (e.g. ``[image, layer, head]``), CLS first when ``has_cls_token``, then the patches
-        row-major.
+        axes (e.g. ``[image, layer, head]``), the special tokens first (CLS first when
+        ``has_cls_token``), then the patches row-major.
       grid: patch grid ``(Gh, Gw)`` (an int for a square grid), e.g. ``config.grid``.
       has_cls_token: whether token 0 is CLS (``config.has_cls_token``; False for
         ``classifier="gap"`` models, whose ``patch_to_cls`` and ``cls_to_patch`` are then NaN).
@@ -133,6 +137,9 @@ def hop_strength(
         of 1). NaN and inf are always rejected.
       atol: tolerance of that check; by default 1e-3, or the dtype's eps if that is larger
         (bfloat16: 0.0078), see :func:`default_atol`.
+      num_prefix_tokens: special tokens before the patches, ``config.num_prefix_tokens`` (CLS,
+        distillation, registers); by default the CLS token alone.  They are not on the grid: only
+        CLS has masses of its own here (see :mod:`~jaxvit_interp.strength.special` for all).
 
     Returns:
       :class:`~jaxvit_interp.strength.kernels.HopStrength` with leading axes ``...`` and
@@ -143,7 +150,12 @@ def hop_strength(
         (with ``check_stochastic``) a row is not stochastic; the message names the shape, row
         and value.
     """
-    rings = hop_rings(grid, has_cls_token=has_cls_token, patch_size=patch_size)
+    rings = hop_rings(
+        grid,
+        has_cls_token=has_cls_token,
+        patch_size=patch_size,
+        num_prefix_tokens=num_prefix_tokens,
+    )
     shape = tuple(np.shape(attention))
     check_attention_shape(shape, rings)
     result, row_sums, row_min = hop_strength_kernel(attention, rings)

@@ -10,8 +10,12 @@ from __future__ import annotations
 import math
 
 
-def hop_strength_loop(attention, grid, *, has_cls_token: bool = True, patch_size=(1, 1)) -> dict:
+def hop_strength_loop(
+    attention, grid, *, has_cls_token: bool = True, patch_size=(1, 1), num_prefix_tokens=None
+) -> dict:
     """Hop strength of one head ``[N, N]`` by looping over query and key patches.
+
+    ``num_prefix_tokens``: special tokens before the patches (CLS first), by default CLS alone.
 
     Returns:
       dict with ``strength`` and ``mass`` (lists over hops), ``patch_to_cls``,
@@ -23,7 +27,7 @@ def hop_strength_loop(attention, grid, *, has_cls_token: bool = True, patch_size
     ph, pw = patch_size
     num_patches = gh * gw
     num_hops = max(gh, gw)
-    first = 1 if has_cls_token else 0
+    first = (1 if has_cls_token else 0) if num_prefix_tokens is None else num_prefix_tokens
 
     query_hop_mass = []
     strength_sum = [0.0] * num_hops
@@ -60,8 +64,8 @@ def hop_strength_loop(attention, grid, *, has_cls_token: bool = True, patch_size
         head_entropy = math.nan
 
     if has_cls_token:
-        patch_to_cls = sum(a[1 + i][0] for i in range(num_patches)) / num_patches
-        cls_to_patch = sum(a[0][1 + j] for j in range(num_patches))
+        patch_to_cls = sum(a[first + i][0] for i in range(num_patches)) / num_patches
+        cls_to_patch = sum(a[0][first + j] for j in range(num_patches))
     else:
         patch_to_cls = cls_to_patch = math.nan
 
@@ -74,3 +78,21 @@ def hop_strength_loop(attention, grid, *, has_cls_token: bool = True, patch_size
         "head_entropy": head_entropy,
         "query_hop_mass": query_hop_mass,
     }
+
+
+def special_token_mass_loop(attention, num_special: int) -> dict:
+    """Attention mass to and from each special token of one head ``[N, N]``, by loops.
+
+    Returns:
+      dict with ``to_token`` and ``from_token`` (lists over special tokens) and ``between``
+      (list over query special tokens of lists over key special tokens), as defined in
+      :mod:`jaxvit_interp.strength.special`.
+    """
+    a = attention.tolist() if hasattr(attention, "tolist") else attention
+    patches = range(num_special, len(a))
+    to_token, from_token = [], []
+    for t in range(num_special):
+        to_token.append(sum(a[i][t] for i in patches) / len(patches))
+        from_token.append(sum(a[t][j] for j in patches))
+    between = [[a[q][k] for k in range(num_special)] for q in range(num_special)]
+    return {"to_token": to_token, "from_token": from_token, "between": between}

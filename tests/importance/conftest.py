@@ -44,9 +44,15 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _reference_importance(config, params, images, labels=None) -> dict[str, np.ndarray]:
-    """Every ablation metric from one full ``run_model`` per pruned head, in float64 numpy."""
+    """Every ablation metric from one full ``run_model`` per pruned head, in float64 numpy.
+
+    For a backbone without classes only ``layer`` and ``repr`` are meaningful; the others are
+    left at 0.
+    """
     full = run_model(config, params, images)
     logits = np.asarray(full.logits, np.float64)
+    if not config.num_classes:  # stand-in logits so the shared arithmetic below runs
+        logits = np.zeros((len(images), 2))
     p = _softmax(logits)
     pred = logits.argmax(-1)
     y = pred if labels is None else np.asarray(labels)
@@ -61,7 +67,7 @@ def _reference_importance(config, params, images, labels=None) -> dict[str, np.n
             mask = np.ones((L, H), np.float32)
             mask[layer, head] = 0
             o = run_model(config, params, images, head_mask=mask)
-            lp = np.asarray(o.logits, np.float64)
+            lp = np.asarray(o.logits, np.float64) if config.num_classes else logits
             q = _softmax(lp)
             zp = np.asarray(o.pre_logits, np.float64)
             diff = out_full[:, layer] - np.asarray(o.block_outputs, np.float64)[:, layer]

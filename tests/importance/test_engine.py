@@ -132,12 +132,13 @@ def test_pruned_mlp_half_equals_the_plain_block_half(offset, gelu_approximate, r
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * scale)
 
 
-def test_cls_block_equals_the_cls_row_of_the_full_block(random_model):
+@pytest.mark.parametrize("queries", [1, 2])
+def test_prefix_block_equals_the_first_rows_of_the_full_block(queries, random_model):
     for qkv_bias in (True, False):
         config, params = _fresh_small_model(random_model, image_size=(8, 12), qkv_bias=qkv_bias)
         p = block_params(params, 1)
         shape = (3, config.num_tokens, config.hidden_size)
         x = np.random.default_rng().normal(size=shape).astype(np.float32)
-        got = engine._cls_block(config, p, jnp.asarray(x))
-        want = engine._full_block(config, p, jnp.asarray(x))[:, :1]
+        got = engine._prefix_block(config, p, jnp.asarray(x), queries)
+        want = engine._full_block(config, p, jnp.asarray(x))[:, :queries]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

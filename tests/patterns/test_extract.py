@@ -27,10 +27,11 @@ def random_attention(seed, lead, n):
     return e / e.sum(-1, keepdims=True)
 
 
-def loop_patch_pattern(a, grid, has_cls):
-    """The definition, one query patch and one key patch at a time: ``a`` is one ``[N, N]`` map."""
+def loop_patch_pattern(a, grid, has_cls, first=None):
+    """The definition, one query patch and one key patch at a time: ``a`` is one ``[N, N]`` map
+    whose patches start at token ``first`` (by default after the CLS token, if any)."""
     gh, gw = grid
-    first = int(has_cls)
+    first = int(has_cls) if first is None else first
     total = np.zeros((2 * gh - 1, 2 * gw - 1))
     count = np.zeros((2 * gh - 1, 2 * gw - 1))
     for qr, qc, kr, kc in itertools.product(range(gh), range(gw), range(gh), range(gw)):
@@ -51,6 +52,26 @@ def test_patch_pattern_matches_loop(grid, has_cls, lead):
     assert got.shape == (*lead, *pattern_shape("patch", grid))
     for idx in np.ndindex(*lead):
         np.testing.assert_allclose(got[idx], loop_patch_pattern(a[idx], grid, has_cls), atol=1e-6)
+
+
+@pytest.mark.parametrize("has_cls, first", [(True, 5), (False, 4), (True, 2)])
+def test_special_tokens_are_not_on_the_grid(has_cls, first):
+    grid = (3, 4)
+    a = random_attention(first, (2,), 12 + first)
+    got = np.asarray(
+        extract_patterns(
+            jnp.asarray(a, jnp.float32), grid, has_cls, "patch", num_prefix_tokens=first
+        )
+    )
+    for i in range(2):
+        np.testing.assert_allclose(
+            got[i], loop_patch_pattern(a[i], grid, has_cls, first), atol=1e-6
+        )
+    if has_cls:
+        cls = np.asarray(extract_patterns(a, grid, True, "cls", num_prefix_tokens=first))
+        np.testing.assert_allclose(cls, a[:, 0, first:].reshape(2, 3, 4), atol=1e-7)
+    with pytest.raises(ValueError, match="other special token"):
+        extract_patterns(a[:, 1:, 1:], grid, has_cls, "patch", num_prefix_tokens=first)
 
 
 def test_patch_pattern_14x14_matches_loop():

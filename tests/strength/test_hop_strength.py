@@ -28,7 +28,9 @@ def random_attention(seed, lead, num_tokens, scale=3.0):
     return np.array(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))  # writable
 
 
-def assert_matches_loop(result: HopStrength, attention, grid, has_cls_token, patch_size):
+def assert_matches_loop(
+    result: HopStrength, attention, grid, has_cls_token, patch_size, num_prefix_tokens=None
+):
     lead = attention.shape[:-2]
     for index in np.ndindex(*lead):
         expected = hop_strength_loop(
@@ -36,6 +38,7 @@ def assert_matches_loop(result: HopStrength, attention, grid, has_cls_token, pat
             grid,
             has_cls_token=has_cls_token,
             patch_size=patch_size,
+            num_prefix_tokens=num_prefix_tokens,
         )
         for field in FIELDS:
             np.testing.assert_allclose(
@@ -62,6 +65,27 @@ def test_matches_double_loop(grid, has_cls_token):
     assert_matches_loop(result, attention, grid, has_cls_token, patch_size)
     if not has_cls_token:
         assert np.isnan(result.patch_to_cls).all() and np.isnan(result.cls_to_patch).all()
+
+
+@pytest.mark.parametrize("grid", [(2, 2), (3, 5), (1, 7)])
+@pytest.mark.parametrize("has_cls_token, num_prefix_tokens", [(True, 5), (False, 4), (True, 2)])
+def test_special_tokens_stay_off_the_grid(grid, has_cls_token, num_prefix_tokens):
+    """CLS, distillation and register tokens first: hop strength sees the patches only, the CLS
+    masses are CLS's alone, and rows (all of them) still pass the stochastic check."""
+    n = grid[0] * grid[1] + num_prefix_tokens
+    attention = random_attention(hash((grid, num_prefix_tokens)) % 2**32, (2, 3), n)
+    result = hop_strength(
+        attention,
+        grid,
+        has_cls_token=has_cls_token,
+        patch_size=(8, 4),
+        num_prefix_tokens=num_prefix_tokens,
+    )
+    assert_matches_loop(result, attention, grid, has_cls_token, (8, 4), num_prefix_tokens)
+    with pytest.raises(ValueError, match="other special token"):
+        hop_strength(attention[..., 1:, 1:], grid, num_prefix_tokens=num_prefix_tokens)
+    with pytest.raises(ValueError, match="leaves no room for the CLS token"):
+        hop_strength(attention, grid, has_cls_token=True, num_prefix_tokens=0)
 
 
 @pytest.mark.parametrize("grid", [(3, 5), (4, 2), (14, 14)])
