@@ -15,6 +15,8 @@ from jaxvit_interp.bundle import ResultsBundle, load_bundle
 from jaxvit_interp.importance import (
     HeadImportance,
     PartialPruning,
+    SetAblation,
+    ablate,
     global_importance,
     head_importance,
     partial_pruning,
@@ -59,6 +61,8 @@ __all__ = [
     "AutoencoderSettings",
     "HeadImportance",
     "PartialPruning",
+    "SetAblation",
+    "ablate",
     "embed_patterns",
     "extract_patterns",
     "global_importance",

@@ -10,6 +10,7 @@ there are no labels):
   ``taylor`` (``|dLoss/dm|`` at head mask 1), computed by the batched ablation engine
   (:mod:`~jaxvit_interp.importance.engine`); titles and directions in
   :data:`jaxvit_interp.quantities.METRICS`.
+- :func:`ablate`: the same metrics for sets of heads pruned together, across layers.
 - :func:`partial_pruning`: the paper's six partial-pruning modes with ``p'_y`` and the top 5.
 - :mod:`~jaxvit_interp.importance.aggregate`: the "global" views over all images (means, flip
   fractions), per-class means, partial-pruning means, per-layer normalisation and rankings.
@@ -36,12 +37,16 @@ from jaxvit_interp.importance.curves import cumulative_pruning_accuracy
 from jaxvit_interp.importance.engine import BatchPlan, default_memory_budget, plan_batches
 from jaxvit_interp.importance.layout import image_layout
 from jaxvit_interp.importance.partial import PartialPruning, partial_pruning
+from jaxvit_interp.importance.sets import SET_METRICS, SetAblation, ablate
 from jaxvit_interp.importance.taylor import taylor_importance
 from jaxvit_interp.importance.validate import METRICS
 
 __all__ = [
     "HIGHER_IS_MORE_IMPORTANT",
     "METRICS",
+    "SET_METRICS",
+    "SetAblation",
+    "ablate",
     "BatchPlan",
     "ClassImportance",
     "cumulative_pruning_accuracy",

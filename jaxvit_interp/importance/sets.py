@@ -1,0 +1,221 @@
+"""``ablate``: prune whole sets of heads at once, possibly in several layers, on every image.
+
+A set's ablation starts at its lowest pruned layer ``l``: below it nothing changes, so the engine
+reuses the unpruned pass there, takes the set's heads of layer ``l`` out of that block's output
+(their terms of the output projection add up) and runs every block above with the set's head
+mask.  Sets that start at the same layer travel together as the spawn slots of that layer, so
+one compiled program serves any sets of the same count (see
+:func:`~jaxvit_interp.importance.engine.ablation_sweep`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvit_interp.errors import InputError
+from jaxvit_interp.importance import validate
+from jaxvit_interp.importance.engine import run_engine
+from jaxvit_interp.importance.metrics import ablation_metrics, backbone_metrics
+from jaxvit_interp.model.config import ViTConfig
+
+Array = jax.Array
+
+# What a set ablation measures: the single-head metrics that make sense for a set (``taylor`` is
+# a gradient at the unpruned model, not an ablation).
+SET_METRICS: tuple[str, ...] = tuple(m for m in validate.METRICS if m != "taylor")
+
+
+@dataclasses.dataclass(frozen=True)
+class SetAblation:
+    """The effect of pruning each of several head sets, per image.
+
+    Metric arrays are ``[image, set]`` (float32; ``flip`` bool) or None when not requested; the
+    definitions are those of :class:`~jaxvit_interp.importance.HeadImportance` with "the head"
+    read as "every head of the set".  ``layer`` is the change of the set's lowest pruned layer's
+    attention output, ``||O_l - O'_l|| / ||O_l||``.
+
+    Attributes:
+      head_masks: ``[set, layer, head]`` float32, 0 on each set's pruned heads.
+      predictions_pruned: ``[image, set]`` the pruned model's top-1 class (-1 for a backbone).
+      probs, predictions, labels, labels_are_predictions: the unpruned model's, as in
+        :class:`~jaxvit_interp.importance.HeadImportance`.
+      metrics: names of the metrics computed.
+    """
+
+    head_masks: np.ndarray
+    prob: np.ndarray | None
+    prob_drop: np.ndarray | None
+    kl: np.ndarray | None
+    layer: np.ndarray | None
+    repr: np.ndarray | None
+    flip: np.ndarray | None
+    predictions_pruned: np.ndarray
+    probs: np.ndarray
+    predictions: np.ndarray
+    labels: np.ndarray
+    labels_are_predictions: bool
+    metrics: tuple[str, ...]
+
+    def __getitem__(self, metric: str) -> np.ndarray:
+        """``result["kl"]``: one metric's ``[image, set]`` array."""
+        value = getattr(self, metric, None) if metric in SET_METRICS else None
+        if value is None:
+            raise KeyError(f"metric {metric!r} is not in this result; it has {self.metrics}")
+        return value
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        """``[set]`` top-1 accuracy against ``labels`` after pruning each set."""
+        return (self.predictions_pruned == self.labels[:, None]).mean(axis=0)
+
+
+def _set_reduce(logits, z, targets, logits_pruned, z_pruned) -> dict[str, Array]:
+    """Per set and image: the output-side metrics plus the pruned top-1 class."""
+    classifier = logits.shape[-1] > 0
+
+    def one(lg, zz, y, lp, zp):
+        out = (ablation_metrics if classifier else backbone_metrics)(lg, zz, y, lp, zp)
+        out["top1"] = jnp.argmax(lp).astype(jnp.int32) if classifier else jnp.int32(-1)
+        return out
+
+    per_slot = jax.vmap(one, in_axes=(None, None, None, 0, 0))
+    per_layer = jax.vmap(per_slot, in_axes=(None, None, None, 0, 0))
+    return jax.vmap(per_layer)(logits, z, targets, logits_pruned, z_pruned)
+
+
+def head_masks(config: ViTConfig, head_sets) -> np.ndarray:
+    """``[set, layer, head]`` float32 head masks (0 prunes) of ``head_sets``.
+
+    ``head_sets``: a ``[set, layer, head]`` array of head masks (0 or False prunes), or a sequence
+    of sets, each a sequence of ``(layer, head)`` pairs.  Every set prunes at least one head.
+    """
+    L, H = config.num_layers, config.num_heads
+    if isinstance(head_sets, np.ndarray | jax.Array) and np.ndim(head_sets) == 3:
+        masks = np.asarray(head_sets)
+        if masks.shape[1:] != (L, H):
+            raise InputError(
+                f"head_sets masks have shape {masks.shape}; this model needs [set, {L}, {H}]"
+            )
+        if not np.isin(masks, (0, 1)).all():
+            raise InputError("head_sets masks must hold only 0 (pruned) and 1 (kept)")
+        masks = masks.astype(np.float32)
+    else:
+        sets = list(head_sets)
+        masks = np.ones((len(sets), L, H), np.float32)
+        for i, heads in enumerate(sets):
+            try:
+                pairs = validate.check_heads(config, list(heads))
+            except InputError as e:
+                raise InputError(f"head set {i}: {e}") from None
+            for layer, head in pairs:
+                masks[i, layer, head] = 0.0
+    if not len(masks):
+        raise InputError("head_sets is empty; pass at least one set of (layer, head) pairs")
+    empty = np.flatnonzero(masks.min(axis=(1, 2)) == 1)
+    if empty.size:
+        raise InputError(f"head set {int(empty[0])} prunes no head")
+    return masks
+
+
+def _slot_table(masks: np.ndarray) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
+    """Sets laid out as spawn slots: ``(spawn_layers, slot_masks [spawn, slot, L, H], where)``
+    with ``where[set] = (spawn index, slot)``.  A layer with fewer sets than the most crowded
+    one repeats its first set; the repeats are computed and discarded."""
+    lowest = (masks.min(axis=2) == 0).argmax(axis=1)  # [set] first layer with a pruned head
+    spawn_layers = tuple(int(v) for v in np.unique(lowest))
+    members = [np.flatnonzero(lowest == layer) for layer in spawn_layers]
+    slots = max(len(m) for m in members)
+    table = np.empty((len(spawn_layers), slots, *masks.shape[1:]), np.float32)
+    where = np.empty((len(masks), 2), np.int64)
+    for i, m in enumerate(members):
+        table[i, : len(m)] = masks[m]
+        table[i, len(m) :] = masks[m[0]]
+        where[m, 0], where[m, 1] = i, np.arange(len(m))
+    return spawn_layers, table, where
+
+
+def ablate(
+    config: ViTConfig,
+    params: Any,
+    images,
+    head_sets,
+    labels=None,
+    *,
+    metrics: Iterable[str] = SET_METRICS,
+    batch_size: int | None = None,
+    memory_budget_bytes: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: bool = True,
+) -> SetAblation:
+    """Prune each set of heads (all of its heads at once) on every image and measure the effect.
+
+    Exact: each set's result is that of one plain forward pass with the set's head mask, to
+    float32 rounding.
+
+    Args:
+      config, params: the model.
+      images: ``[image, height, width, channels]`` preprocessed pixels.
+      head_sets: a sequence of sets of ``(layer, head)`` pairs, or ``[set, layer, head]`` head
+        masks (0 prunes).
+      labels: ``[image]`` int class ids, or None to measure against the unpruned prediction.
+      metrics: any of ``prob prob_drop kl layer repr flip`` (a backbone: ``layer repr``).
+      batch_size, memory_budget_bytes, mesh, progress: as in
+        :func:`~jaxvit_interp.importance.head_importance`.
+
+    Returns:
+      :class:`SetAblation` with arrays ``[image, set]``.
+    """
+    metrics = tuple(metrics)
+    unknown = [m for m in metrics if m not in SET_METRICS]
+    if unknown:
+        raise InputError(
+            f"unknown set-ablation metric(s) {unknown}; expected some of {', '.join(SET_METRICS)}"
+        )
+    metrics = validate.check_metrics(metrics)
+    validate.check_classifier(config, metrics, labels, "ablate")
+    masks = head_masks(config, head_sets)
+    images = validate.check_images(config, images)
+    labels = validate.check_labels(config, labels, images.shape[0])
+    batch_size = validate.check_positive("batch_size", batch_size)
+    memory_budget_bytes = validate.check_positive("memory_budget_bytes", memory_budget_bytes)
+    mesh = validate.check_mesh(mesh)
+
+    spawn_layers, table, where = _slot_table(masks)
+    out = run_engine(
+        config,
+        params,
+        images,
+        labels,
+        spawn_layers=spawn_layers,
+        slot_masks=table,
+        reduce=_set_reduce,
+        need_streams=True,
+        memory_budget_bytes=memory_budget_bytes,
+        batch_size=batch_size,
+        mesh=mesh,
+        progress=progress,
+        desc="head sets",
+    )
+    per_set = {name: value[:, where[:, 0], where[:, 1]] for name, value in out.per_slot.items()}
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(out.logits), axis=-1))
+    if config.num_classes:
+        predictions, targets = out.logits.argmax(axis=-1).astype(np.int32), out.targets
+    else:
+        predictions = targets = np.full(len(probs), -1, np.int32)
+    fields = {m: (per_set.get(m) if m in metrics else None) for m in SET_METRICS}
+    return SetAblation(
+        head_masks=masks,
+        **fields,
+        predictions_pruned=per_set["top1"],
+        probs=probs,
+        predictions=predictions,
+        labels=targets,
+        labels_are_predictions=labels is None,
+        metrics=metrics,
+    )
