@@ -17,10 +17,13 @@ from jaxvit_interp.importance import (
     PartialPruning,
     SetAblation,
     ablate,
+    class_specific_heads,
     global_importance,
     head_importance,
+    pairwise_interactions,
     partial_pruning,
     per_class_importance,
+    pruning_curves,
     rank_heads,
 )
 from jaxvit_interp.model import (
@@ -63,6 +66,9 @@ __all__ = [
     "PartialPruning",
     "SetAblation",
     "ablate",
+    "class_specific_heads",
+    "pairwise_interactions",
+    "pruning_curves",
     "embed_patterns",
     "extract_patterns",
     "global_importance",

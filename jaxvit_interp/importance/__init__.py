@@ -11,6 +11,9 @@ there are no labels):
   (:mod:`~jaxvit_interp.importance.engine`); titles and directions in
   :data:`jaxvit_interp.quantities.METRICS`.
 - :func:`ablate`: the same metrics for sets of heads pruned together, across layers.
+- :func:`pairwise_interactions`: ``drop(i and j) - drop(i) - drop(j)`` for pairs of heads.
+- :func:`pruning_curves`: accuracy as heads go in importance, greedy and random orders.
+- :func:`class_specific_heads`: per class, the heads that matter for it more than on average.
 - :func:`partial_pruning`: the paper's six partial-pruning modes with ``p'_y`` and the top 5.
 - :mod:`~jaxvit_interp.importance.aggregate`: the "global" views over all images (means, flip
   fractions), per-class means, partial-pruning means, per-layer normalisation and rankings.
@@ -21,8 +24,10 @@ there are no labels):
 from jaxvit_interp.importance.ablation import HeadImportance, head_importance
 from jaxvit_interp.importance.aggregate import (
     HIGHER_IS_MORE_IMPORTANT,
+    ClassHeads,
     ClassImportance,
     GlobalImportance,
+    class_specific_heads,
     flip_fraction,
     global_importance,
     head_ranks,
@@ -35,8 +40,10 @@ from jaxvit_interp.importance.aggregate import (
 )
 from jaxvit_interp.importance.curves import cumulative_pruning_accuracy
 from jaxvit_interp.importance.engine import BatchPlan, default_memory_budget, plan_batches
+from jaxvit_interp.importance.interactions import HeadInteractions, pairwise_interactions
 from jaxvit_interp.importance.layout import image_layout
 from jaxvit_interp.importance.partial import PartialPruning, partial_pruning
+from jaxvit_interp.importance.pruning import CURVE_ORDERS, PruningCurve, pruning_curves
 from jaxvit_interp.importance.sets import SET_METRICS, SetAblation, ablate
 from jaxvit_interp.importance.taylor import taylor_importance
 from jaxvit_interp.importance.validate import METRICS
@@ -44,9 +51,16 @@ from jaxvit_interp.importance.validate import METRICS
 __all__ = [
     "HIGHER_IS_MORE_IMPORTANT",
     "METRICS",
+    "CURVE_ORDERS",
     "SET_METRICS",
+    "ClassHeads",
+    "HeadInteractions",
+    "PruningCurve",
     "SetAblation",
     "ablate",
+    "class_specific_heads",
+    "pairwise_interactions",
+    "pruning_curves",
     "BatchPlan",
     "ClassImportance",
     "cumulative_pruning_accuracy",

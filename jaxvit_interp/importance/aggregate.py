@@ -88,6 +88,45 @@ def per_class_importance(
     return ClassImportance(classes=classes, mean=mean, counts=counts)
 
 
+@dataclasses.dataclass(frozen=True)
+class ClassHeads:
+    """Heads that matter for one class more than on average.
+
+    Attributes:
+      metric: the importance metric.
+      classes: ``[k]`` classes with at least one image.
+      specificity: ``[k, layer, head]`` the class's mean importance minus the mean over all
+        images, signed so that positive means "more important for this class" (``prob``, where
+        smaller is more important, is negated).
+      top: ``[k, count, 2]`` int ``(layer, head)`` of each class's most specific heads, most
+        specific first (fewer than ``count`` positive ones are padded with the next best).
+    """
+
+    metric: str
+    classes: np.ndarray
+    specificity: np.ndarray
+    top: np.ndarray
+
+
+def class_specific_heads(result: HeadImportance, metric: str = "prob_drop", count: int = 5):
+    """Per class, the heads whose importance for that class's images exceeds their mean most.
+
+    Returns :class:`ClassHeads`.  ``result.labels`` groups the images (the predictions when the
+    importance was measured without labels).
+    """
+    if metric not in result.metrics:
+        raise InputError(f"metric {metric!r} was not computed; this result has {result.metrics}")
+    by_class = per_class_importance(result)
+    sign = 1.0 if HIGHER_IS_MORE_IMPORTANT[metric] else -1.0
+    overall = _mean_over_images(result[metric])
+    specificity = sign * (by_class.mean[metric] - overall[None])
+    count = min(int(count), specificity[0].size)
+    flat = np.nan_to_num(specificity.reshape(len(specificity), -1), nan=-np.inf)
+    best = np.argsort(-flat, axis=1, kind="stable")[:, :count]
+    top = np.stack(np.unravel_index(best, specificity.shape[1:]), axis=-1).astype(np.int32)
+    return ClassHeads(metric, by_class.classes, specificity, top)
+
+
 def normalize_per_layer(scores: np.ndarray, exponent: float = 2.0) -> np.ndarray:
     """Divide each layer's head scores by their Lp norm over heads (as in the bertology scripts).
 

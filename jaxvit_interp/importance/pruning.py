@@ -1,0 +1,186 @@
+"""Pruning curves: accuracy and mean ``p(label)`` as heads are removed one after another.
+
+Three orders, each a curve over ``k = 0 .. K`` removed heads:
+
+- ``importance``: least important first by a head-importance metric averaged over the images;
+- ``greedy``: at each step the head whose removal hurts least given those already removed (the
+  highest mean ``p(label)`` afterwards), all candidates of a step ablated in one batch;
+- ``random``: several random orders, a band for what ranking by chance gives.
+
+Every point is an exact set ablation (:func:`~jaxvit_interp.importance.ablate`).  A good
+ranking keeps accuracy up longer: greedy's curve should lie above the importance order's, and
+that above the random ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxvit_interp.errors import InputError
+from jaxvit_interp.importance import validate
+from jaxvit_interp.importance.ablation import HeadImportance, head_importance
+from jaxvit_interp.importance.aggregate import rank_heads
+from jaxvit_interp.importance.sets import SetAblation, ablate
+from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.quantities import metric as metric_info
+
+CURVE_ORDERS: tuple[str, ...] = ("importance", "greedy", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class PruningCurve:
+    """One order's curves (several runs for ``random``, one otherwise).
+
+    Attributes:
+      order: which order (one of :data:`CURVE_ORDERS`).
+      heads: ``[run, K, 2]`` int ``(layer, head)`` in the order removed.
+      accuracy: ``[run, K + 1]`` top-1 accuracy after removing the first ``k`` heads (entry 0:
+        the unpruned model); against the labels, or agreement with the unpruned predictions
+        when there are none.
+      mean_prob: ``[run, K + 1]`` mean ``p(label)`` (or of the unpruned prediction).
+    """
+
+    order: str
+    heads: np.ndarray
+    accuracy: np.ndarray
+    mean_prob: np.ndarray
+
+    def removable(self, points: float) -> np.ndarray:
+        """``[run]`` heads that can go before accuracy falls more than ``points`` percentage
+        points below the unpruned model's (K when it never does)."""
+        floor = self.accuracy[:, :1] - points / 100.0 - 1e-9
+        below = self.accuracy < floor
+        first = np.where(below.any(axis=1), below.argmax(axis=1), self.accuracy.shape[1])
+        return (first - 1).astype(np.int64)
+
+    @property
+    def area(self) -> np.ndarray:
+        """``[run]`` mean accuracy over ``k = 0 .. K`` (the area under the curve, normalised)."""
+        return self.accuracy.mean(axis=1)
+
+
+def _points(result: SetAblation) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy and mean ``p(label)`` per set."""
+    return result.accuracy, result.prob.mean(axis=0)
+
+
+def _prefix_curve(run_sets, order_heads: np.ndarray, unpruned: tuple[float, float]):
+    """Curves for several orders ``[run, K, 2]``: every prefix is one set, all in one call."""
+    runs, count = order_heads.shape[:2]
+    sets = [[tuple(h) for h in order_heads[r, : k + 1]] for r in range(runs) for k in range(count)]
+    accuracy, mean_prob = _points(run_sets(sets))
+    head = lambda v, a: np.concatenate(  # noqa: E731
+        [np.full((runs, 1), v), a.reshape(runs, count)], axis=1
+    )
+    return head(unpruned[0], accuracy), head(unpruned[1], mean_prob)
+
+
+def pruning_curves(
+    config: ViTConfig,
+    params: Any,
+    images,
+    labels=None,
+    *,
+    importance: HeadImportance | None = None,
+    metric: str = "prob_drop",
+    orders: tuple[str, ...] = CURVE_ORDERS,
+    random_orders: int = 5,
+    seed: int = 0,
+    max_heads: int | None = None,
+    batch_size: int | None = None,
+    memory_budget_bytes: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: bool = True,
+) -> dict[str, PruningCurve]:
+    """Pruning curves of ``orders`` over the first ``max_heads`` removals (default: all heads).
+
+    Args:
+      labels: ``[image]`` int, or None to measure agreement with the unpruned predictions.
+      importance: the per-image head importance that orders ``importance`` (computed here,
+        ``metric`` only, when None).
+      metric: the importance metric of the ``importance`` order, averaged over the images.
+      random_orders: how many random orders (seeded by ``seed``).
+      max_heads: stop each curve after this many removals (greedy costs ``K`` ablation batches
+        of up to ``L * H`` sets each).
+    """
+    unknown = [o for o in orders if o not in CURVE_ORDERS]
+    if unknown:
+        raise InputError(f"unknown pruning order(s) {unknown}; expected some of {CURVE_ORDERS}")
+    if not config.num_classes:
+        raise InputError(
+            "pruning curves measure accuracy, which needs the model's logits; this model is a "
+            "backbone without a classifier (attach a linear probe)"
+        )
+    info = metric_info(metric)
+    total = config.num_layers * config.num_heads
+    count = total if max_heads is None else validate.check_positive("max_heads", max_heads)
+    count = min(count, total)
+    if "random" in orders:
+        random_orders = validate.check_positive("random_orders", random_orders)
+    images = validate.check_images(config, images)
+    labels = validate.check_labels(config, labels, images.shape[0])
+
+    def run_sets(sets):
+        return ablate(
+            config,
+            params,
+            images,
+            sets,
+            labels,
+            metrics=("prob",),
+            batch_size=batch_size,
+            memory_budget_bytes=memory_budget_bytes,
+            mesh=mesh,
+            progress=progress,
+        )
+
+    # The unpruned point, from the same pass the ablations start from.
+    first = run_sets([[(0, 0)]])
+    rows = np.arange(len(first.labels))
+    unpruned = (
+        float((first.predictions == first.labels).mean()),
+        float(first.probs[rows, first.labels].mean()),
+    )
+    curves: dict[str, PruningCurve] = {}
+    if "importance" in orders:
+        if importance is None:
+            importance = head_importance(
+                config, params, images, labels, metrics=(metric,), progress=progress
+            )
+        mean = np.nanmean(np.asarray(importance[metric], np.float64), axis=0)
+        least_first = rank_heads(mean, higher_is_more_important=info.important_high)[::-1]
+        order = least_first[None, :count]
+        accuracy, mean_prob = _prefix_curve(run_sets, order, unpruned)
+        curves["importance"] = PruningCurve("importance", order, accuracy, mean_prob)
+    if "random" in orders:
+        rng = np.random.default_rng(seed)
+        all_heads = np.asarray(
+            [(layer, h) for layer in range(config.num_layers) for h in range(config.num_heads)]
+        )
+        order = np.stack([all_heads[rng.permutation(total)[:count]] for _ in range(random_orders)])
+        accuracy, mean_prob = _prefix_curve(run_sets, order, unpruned)
+        curves["random"] = PruningCurve("random", order, accuracy, mean_prob)
+    if "greedy" in orders:
+        removed: list[tuple[int, int]] = []
+        accuracy, mean_prob = [unpruned[0]], [unpruned[1]]
+        remaining = [
+            (layer, h) for layer in range(config.num_layers) for h in range(config.num_heads)
+        ]
+        for _ in range(count):
+            acc, prob = _points(run_sets([[*removed, c] for c in remaining]))
+            # Least harm: the highest mean p(label); ties by accuracy, then layer-major order.
+            best = int(np.lexsort((-acc, -prob))[0])
+            removed.append(remaining.pop(best))
+            accuracy.append(float(acc[best]))
+            mean_prob.append(float(prob[best]))
+        curves["greedy"] = PruningCurve(
+            "greedy",
+            np.asarray(removed, np.int32)[None],
+            np.asarray(accuracy)[None],
+            np.asarray(mean_prob)[None],
+        )
+    return curves

@@ -1,0 +1,157 @@
+"""Pairwise interactions, pruning curves and class-specific heads against plain forward passes."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from jaxvit_interp.errors import InputError
+from jaxvit_interp.importance import (
+    PruningCurve,
+    class_specific_heads,
+    cumulative_pruning_accuracy,
+    head_importance,
+    pairwise_interactions,
+    pruning_curves,
+)
+from jaxvit_interp.model import run_model
+
+SMALL = dict(
+    image_size=(8, 8),
+    patch_size=(4, 4),
+    hidden_size=16,
+    num_layers=2,
+    num_heads=2,
+    mlp_dim=24,
+    num_classes=3,
+)
+
+
+def _mask(config, heads):
+    mask = np.ones((config.num_layers, config.num_heads), np.float32)
+    for layer, h in heads:
+        mask[layer, h] = 0
+    return mask
+
+
+def _prob_drop(config, params, images, heads, softmax):
+    """``p_y - p'_y`` with y the unpruned prediction, one plain masked pass."""
+    p = softmax(np.asarray(run_model(config, params, images).logits, np.float64))
+    y = p.argmax(-1)
+    lp = run_model(config, params, images, head_mask=_mask(config, heads)).logits
+    q = softmax(np.asarray(lp, np.float64))
+    rows = np.arange(len(images))
+    return p[rows, y] - q[rows, y]
+
+
+def test_interactions_equal_masked_passes(random_model, random_images, softmax):
+    seed = int(np.random.default_rng().integers(1 << 30))
+    config, params = random_model(seed, **SMALL)
+    images = random_images(config, 3, seed + 1)
+    heads = [(1, 0), (0, 1), (1, 1)]
+    got = pairwise_interactions(config, params, images, heads, progress=False)
+    assert got.interaction["prob_drop"].shape == (3, 3, 3)
+    for a, b in itertools.combinations(range(3), 2):
+        want = (
+            _prob_drop(config, params, images, [heads[a], heads[b]], softmax)
+            - _prob_drop(config, params, images, [heads[a]], softmax)
+            - _prob_drop(config, params, images, [heads[b]], softmax)
+        )
+        for i, j in ((a, b), (b, a)):
+            np.testing.assert_allclose(
+                got.interaction["prob_drop"][:, i, j], want, atol=3e-6, err_msg=f"seed {seed}"
+            )
+    assert np.all(np.diagonal(got.interaction["kl"], axis1=1, axis2=2) == 0)
+    redundant, cooperative = got.strongest("prob_drop", count=3)
+    assert all(v < 0 for *_, v in redundant) and all(v > 0 for *_, v in cooperative)
+    assert len(redundant) + len(cooperative) <= 3
+
+
+def test_interactions_refuse_one_head(random_model, random_images):
+    config, params = random_model(0, **SMALL)
+    with pytest.raises(InputError, match="at least two"):
+        pairwise_interactions(config, params, random_images(config, 1, 0), [(0, 0)])
+
+
+def test_importance_and_random_curves_equal_the_plain_loop(random_model, random_images):
+    seed = int(np.random.default_rng().integers(1 << 30))
+    config, params = random_model(seed, **SMALL)
+    images = random_images(config, 6, seed + 1)
+    labels = np.random.default_rng(seed).integers(0, 3, 6)
+    curves = pruning_curves(
+        config,
+        params,
+        images,
+        labels,
+        orders=("importance", "random"),
+        random_orders=2,
+        seed=seed,
+        progress=False,
+    )
+    for order in ("importance", "random"):
+        curve = curves[order]
+        for run in range(len(curve.heads)):
+            want = cumulative_pruning_accuracy(config, params, images, labels, curve.heads[run])
+            np.testing.assert_allclose(curve.accuracy[run], want, err_msg=f"{order} seed {seed}")
+    # Least important first, by the mean prob_drop over these images.
+    mean = head_importance(
+        config, params, images, labels, metrics=("prob_drop",), progress=False
+    ).prob_drop.mean(0)
+    order = curves["importance"].heads[0]
+    assert np.all(np.diff(mean[order[:, 0], order[:, 1]]) >= -1e-6)
+
+
+def test_greedy_removes_the_least_harmful_head_each_step(random_model, random_images, softmax):
+    seed = int(np.random.default_rng().integers(1 << 30))
+    config, params = random_model(seed, **SMALL)
+    images = random_images(config, 5, seed + 1)
+    labels = np.random.default_rng(seed).integers(0, 3, 5)
+    curve = pruning_curves(
+        config, params, images, labels, orders=("greedy",), max_heads=3, progress=False
+    )["greedy"]
+    rows = np.arange(len(images))
+    removed = []
+    for step in range(3):
+        candidates = [
+            (layer, h)
+            for layer in range(config.num_layers)
+            for h in range(config.num_heads)
+            if (layer, h) not in removed
+        ]
+        scores = []
+        for c in candidates:
+            lp = run_model(config, params, images, head_mask=_mask(config, [*removed, c])).logits
+            scores.append(softmax(np.asarray(lp, np.float64))[rows, labels].mean())
+        best = candidates[int(np.argmax(scores))]
+        gap = np.sort(scores)[-1] - np.sort(scores)[-2] if len(scores) > 1 else 1.0
+        if gap > 1e-5:  # a near tie may go either way in float32
+            assert tuple(curve.heads[0, step]) == best, f"step {step} seed {seed}"
+        removed.append(tuple(int(v) for v in curve.heads[0, step]))
+        np.testing.assert_allclose(curve.mean_prob[0, step + 1], max(scores), atol=2e-6)
+
+
+def test_removable_heads_from_a_known_curve():
+    accuracy = np.array([[0.90, 0.90, 0.895, 0.88, 0.84, 0.70]])
+    curve = PruningCurve("importance", np.zeros((1, 5, 2), int), accuracy, accuracy)
+    assert curve.removable(1.0).tolist() == [2]  # 0.88 is 2 points down at k = 3
+    assert curve.removable(5.0).tolist() == [3]  # 0.84 is 6 points down at k = 4
+    assert curve.removable(50.0).tolist() == [5]  # never drops that far
+
+
+def test_class_specific_heads_against_numpy(random_model, random_images):
+    config, params = random_model(11, **SMALL)
+    images = random_images(config, 9, 12)
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 0, 1])
+    result = head_importance(config, params, images, labels, metrics=("prob_drop", "prob"))
+    heads = class_specific_heads(result, "prob_drop", count=2)
+    overall = result.prob_drop.mean(0)
+    for k, c in enumerate(heads.classes):
+        want = result.prob_drop[labels == c].mean(0) - overall
+        np.testing.assert_allclose(heads.specificity[k], want, atol=1e-7)
+        layer, head = heads.top[k, 0]
+        assert want[layer, head] == want.max()
+    # prob: smaller is more important, so specificity is negated.
+    by_prob = class_specific_heads(result, "prob")
+    np.testing.assert_allclose(
+        by_prob.specificity[0], -(result.prob[labels == 0].mean(0) - result.prob.mean(0)), atol=1e-7
+    )
