@@ -1,0 +1,55 @@
+"""Attention rollout (Abnar & Zuidema 2020): attention followed through every layer at once.
+
+A block's output token ``i`` is its input token ``i`` (the residual) plus what its heads gathered,
+so one layer moves information by ``R_l = w I + (1 - w) mean_h A[l, h]`` (``w = 1/2``): rows
+still sum to 1 when the attention rows do. Followed through the layers, ``rollout[l] = R_l R_{l-1} ... R_0`` says how
+much each input token feeds each token after layer ``l``. The map over the image reads the row of
+the token the classifier reads: CLS, or for a model without one the mean of the patch rows (it
+pools the patches), over the patch columns.
+
+Pure kernels, any leading axes (``image`` typically); axis names ``layer query key``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# Abnar & Zuidema mix the identity and the attention half and half.
+RESIDUAL_WEIGHT = 0.5
+
+
+@functools.partial(jax.jit, static_argnames=("residual_weight",))
+def attention_rollout(attention: Array, *, residual_weight: float = RESIDUAL_WEIGHT) -> Array:
+    """Cumulative rollout after each layer: ``[..., layer, head, N, N]`` -> ``[..., layer, N, N]``.
+
+    ``rollout[..., l]`` is ``R_l @ ... @ R_0`` with ``R_l = w I + (1 - w) mean_h A[l, h]`` and
+    ``w = residual_weight``.
+    """
+    mixed = jnp.mean(attention, axis=-3)  # [..., layer, N, N]
+    n = mixed.shape[-1]
+    step = residual_weight * jnp.eye(n, dtype=mixed.dtype) + (1.0 - residual_weight) * mixed
+
+    def one_layer(carry, r):
+        out = jnp.matmul(r, carry, precision=jax.lax.Precision.HIGHEST)
+        return out, out
+
+    layers_first = jnp.moveaxis(step, -3, 0)  # [layer, ..., N, N]
+    eye = jnp.broadcast_to(jnp.eye(n, dtype=mixed.dtype), layers_first.shape[1:])
+    _, stacked = jax.lax.scan(one_layer, eye, layers_first)
+    return jnp.moveaxis(stacked, 0, -3)
+
+
+def rollout_maps(rollout: Array, grid: tuple[int, int], num_prefix: int) -> Array:
+    """The rollout of the token the classifier reads, over the patch grid.
+
+    ``rollout`` ``[..., layer, N, N]`` with ``num_prefix`` tokens (CLS and any others) before
+    the ``Gh*Gw`` patches -> ``[..., layer, Gh, Gw]``: the CLS row when there is one (the first
+    token), else the mean of the patch rows.
+    """
+    rows = rollout[..., 0, :] if num_prefix else jnp.mean(rollout[..., num_prefix:, :], axis=-2)
+    return rows[..., num_prefix:].reshape(*rows.shape[:-1], *grid)
