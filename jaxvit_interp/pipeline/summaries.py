@@ -17,7 +17,7 @@ from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import VisionTransformer
 from jaxvit_interp.parallel import to_host
 from jaxvit_interp.patterns.extract import cls_pattern, patch_pattern
-from jaxvit_interp.strength.hops import hop_rings
+from jaxvit_interp.strength.hops import rings_for
 from jaxvit_interp.strength.kernels import hop_strength_kernel
 
 STRENGTH_FIELDS = ("strength", "mass", "head_entropy", "distance", "patch_to_cls", "cls_to_patch")
@@ -29,9 +29,10 @@ def _summaries(config: ViTConfig, params, images, rings):
     strength, row_sums, _ = hop_strength_kernel(attention, rings)
     out = {name: getattr(strength, name) for name in STRENGTH_FIELDS}
     out["row_sum_error"] = jnp.abs(row_sums - 1.0).max()
-    out["patch_pattern"] = patch_pattern(attention, config.grid, config.has_cls_token)
+    prefix = config.num_prefix_tokens  # CLS, distillation, registers: before the patches
+    out["patch_pattern"] = patch_pattern(attention, config.grid, config.has_cls_token, prefix)
     if config.has_cls_token:
-        out["cls_pattern"] = cls_pattern(attention, config.grid, True)
+        out["cls_pattern"] = cls_pattern(attention, config.grid, True, prefix)
     return out
 
 
@@ -52,7 +53,7 @@ def attention_summaries(
     if mesh is not None:
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
         batch_size = -(-batch_size // mesh.size) * mesh.size  # a multiple of the device count
-    rings = hop_rings(config.grid, has_cls_token=config.has_cls_token, patch_size=config.patch_size)
+    rings = rings_for(config)
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(images), batch_size):
         batch = np.asarray(images[start : start + batch_size], np.float32)

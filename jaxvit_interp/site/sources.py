@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxvit_interp.bundle import IMPORTANCE_METRICS, BundleError, ResultsBundle
+from jaxvit_interp.bundle import IMPORTANCE_METRICS, BundleError, ResultsBundle, special_tokens
 
 # Parts without which there is no site; the others leave a note in their view when absent.
 REQUIRED_PARTS = ("images", "importance", "strength")
@@ -189,7 +189,7 @@ def prepare_site_data(
     LH = L * H
     meta = bundle.meta
     config = meta["config"]
-    has_cls = config["classifier"] == "token"
+    has_cls, first_patch = special_tokens(config)  # the patches start after the special tokens
     class_names = [str(c) for c in meta["class_names"]]
     image_ids = [str(i) for i in meta["image_ids"]]
     modes = [str(m) for m in meta["pruning_modes"]]
@@ -390,7 +390,8 @@ def prepare_site_data(
         "grid": [gh, gw],
         "thumbnail_shape": list(thumbs.shape[1:]),
         # The query when no patch is chosen: CLS, or the centre patch of a model without CLS.
-        "default_query": 0 if has_cls else (gh // 2) * gw + gw // 2,
+        "default_query": 0 if has_cls else first_patch + (gh // 2) * gw + gw // 2,
+        "first_patch": first_patch,
         "entropy_bins": ENTROPY_BINS,
         "value_bins": VALUE_BINS,
         "has_cls": has_cls,
