@@ -64,13 +64,13 @@ class ResultsBundle:
             config["image_size"][0] // config["patch_size"][0],
             config["image_size"][1] // config["patch_size"][1],
         )
-        has_cls = config["classifier"] == "token"
+        _, prefix = special_tokens(config)
         return {
             "I": len(self.meta["image_ids"]),
             "C": config["num_classes"],
             "L": config["num_layers"],
             "H": config["num_heads"],
-            "N": grid[0] * grid[1] + int(has_cls),
+            "N": grid[0] * grid[1] + prefix,
             "K": max(grid),
             "M": len(self.meta["pruning_modes"]),
             "gh": grid[0],
@@ -122,6 +122,17 @@ class ResultsBundle:
                             f"{part}/{name} has shape {shape}: axis {axis} ({dim}) is {size}, "
                             f"expected {want}"
                         )
+
+
+def special_tokens(config: dict[str, Any]) -> tuple[bool, int]:
+    """``(has a CLS token, special tokens before the patches)`` of a bundle's ``meta["config"]``
+    (CLS, distillation and register tokens; fields a config from before them lacks count as
+    absent)."""
+    # class_token is None where the classifier implies it (ViTConfig's canonical form).
+    cls = config.get("class_token")
+    has_cls = config["classifier"] == "token" if cls is None else bool(cls)
+    registers = int(config.get("num_register_tokens") or 0)
+    return has_cls, int(has_cls) + int(bool(config.get("distillation_token"))) + registers
 
 
 def save_part(directory: Path, part: str, arrays: dict[str, np.ndarray]) -> None:

@@ -68,12 +68,18 @@ POSITIVE_INT, POSITIVE_FLOAT, COUNT = (
 
 
 def _load_model(
-    checkpoint: str, allow_pickle: bool = False, class_names_file: str | None = None, args=None
+    checkpoint: str,
+    allow_pickle: bool = False,
+    class_names_file: str | None = None,
+    args=None,
+    probe_file: str | None = None,
 ):
     """``(config, params, identity)`` of a checkpoint path or ``builtin:digits``.
 
-    ``class_names_file`` (one name per line, or JSON) replaces the class names the checkpoint
-    carries, or gives them to one that carries none.
+    ``probe_file`` (an ``.npz`` with ``kernel`` [pooled width, classes] and ``bias``) becomes
+    the model's classifier; one that does not read the pooled width is refused here, before any
+    image is read.  ``class_names_file`` (one name per line, or JSON) replaces the class names
+    the checkpoint (or the probe) carries, or gives them to one that carries none.
     """
     import hashlib
 
@@ -95,18 +101,41 @@ def _load_model(
             else hashlib.sha256(str(path.resolve()).encode()).hexdigest()
         )
         identity = {"path": str(path), "sha256": digest}
+    if probe_file:
+        from jaxvit_interp.model.probe import LinearProbe, with_probe
+
+        if not Path(probe_file).is_file():
+            raise UsageError(f"probe file {probe_file} does not exist")
+        probe = LinearProbe.load(probe_file)
+        config, params = with_probe(config, params, probe)
+        identity["probe"] = {"path": str(probe_file), "sha256": _sha256(Path(probe_file))}
     if class_names_file:
         from jaxvit_interp.data.labels import read_class_names
 
         if not Path(class_names_file).is_file():
             raise UsageError(f"class names file {class_names_file} does not exist")
         config = config.replace(class_names=read_class_names(class_names_file, config.num_classes))
-    elif config.class_names is None and args is not None:
+    elif config.class_names is None and args is not None and config.num_classes:
         _log(
             args,
             f"note: the model has no class names; its classes are shown as 0..{config.num_classes - 1} (give --class-names FILE to name them)",
         )
     return config, params, identity
+
+
+def metrics_line(config) -> str:
+    """Which importance metrics exist for the model, in one line (a backbone has fewer)."""
+    from jaxvit_interp.importance.validate import LOGIT_METRICS, METRICS
+
+    if config.num_classes:
+        return f"metrics: {', '.join(METRICS)} (a classifier with {config.num_classes} classes)"
+    have = ", ".join(m for m in METRICS if m not in LOGIT_METRICS)
+    need = ", ".join(m for m in METRICS if m in LOGIT_METRICS)
+    width = config.pooled_size
+    return (
+        f"metrics: {have} only (a backbone without a classifier, pooled width {width}); "
+        f"--probe probe.npz (kernel [{width}, classes], bias [classes]) adds {need}"
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -221,6 +250,7 @@ def _read_config_file(path: str | None) -> dict:
         "out",
         "max_images",
         "allow_pickle",
+        "probe",
         "analysis",
     }
     unknown = sorted(set(data) - allowed)
@@ -261,7 +291,14 @@ def _analyze(args) -> int:
         args.allow_pickle or file_cfg.get("allow_pickle", False),
         args.class_names or file_cfg.get("class_names"),
         args,
+        probe_file=args.probe or file_cfg.get("probe"),
     )
+    if not config.num_classes:
+        # Refused before the images are read: the analysis and the site need the label metrics.
+        raise UsageError(
+            f"{checkpoint} is a backbone without a classifier, and analyze needs the model's "
+            f"classes\n{metrics_line(config)}"
+        )
     max_images = args.max_images if args.max_images is not None else file_cfg.get("max_images")
     images, labels, ids, class_names, matching = _load_images(
         images_src, config, args.labels or file_cfg.get("labels"), max_images, args
@@ -364,6 +401,7 @@ def _inspect(args) -> int:
 
     report = inspect_checkpoint(args.checkpoint, allow_pickle=args.allow_pickle)
     print(report)
+    print(metrics_line(report.config))
     return 0 if report.ok else 1
 
 
@@ -494,6 +532,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-pickle",
         action="store_true",
         help="allow PyTorch pickles (.bin/.pth): loading one runs code",
+    )
+    p.add_argument(
+        "--probe",
+        metavar="PROBE.npz",
+        help="a linear probe on the pooled output (kernel [pooled width, classes], bias "
+        "[classes], optional class_names) that becomes the classifier: needed for a backbone "
+        "without one (DINOv2, CLIP, SigLIP towers), whose own metrics are layer and repr only",
     )
     p.add_argument(
         "--distributed",

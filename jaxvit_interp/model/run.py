@@ -43,8 +43,9 @@ def run_model(
 
     Returns:
       :class:`ModelOutput` with ``.logits`` ``[batch, classes]`` and ``.attention``
-      ``[batch, layer, head, token, token]`` (CLS first, then patches row-major), plus
-      ``.block_outputs``, ``.residual`` and ``.pre_logits``.
+      ``[batch, layer, head, token, token]`` (the special tokens first: CLS, distillation,
+      registers; then patches row-major), plus ``.block_outputs``, ``.residual``,
+      ``.pre_logits`` (the pooled vector) and ``.pool_attention`` (attention pooling only).
     """
     images = jnp.asarray(images, jnp.float32)
     expected = (*config.image_size, config.channels)

@@ -240,14 +240,21 @@ def analyze(
       ``[image, layer, head, ...]``.
 
     Raises:
-      InputError: before anything is written, for bad images, labels, names or settings, or a
-        memory budget too small for one image; :class:`RunFolderError` when ``out`` holds
+      InputError: before anything is written, for a backbone without a classifier, bad
+        images, labels, names or settings, or a memory budget too small for one image; :class:`RunFolderError` when ``out`` holds
         another run.
     """
     from jaxvit_interp.importance.validate import check_images, check_labels
 
     settings = settings or AnalysisSettings()
     progress = progress_enabled(progress)
+    if not config.num_classes:
+        raise InputError(
+            "analyze needs a classifier: this model is a backbone without one (num_classes=0), "
+            "whose only importance metrics are 'layer' and 'repr' (head_importance gives them); "
+            "attach a linear probe on its pooled output first (jaxvit_interp.with_probe, or "
+            "--probe on the command line)"
+        )
     images = np.asarray(check_images(config, images), np.float32)
     labels = check_labels(config, labels, len(images))
     num_images = len(images)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxvit_interp.bundle import BundleError, ResultsBundle
+from jaxvit_interp.bundle import BundleError, ResultsBundle, special_tokens
 from jaxvit_interp.quantities import METRICS, PATTERN_KINDS, SCHEMA, registry_json
 
 # Parts without which there is no site; the others leave a note in their view when absent.
@@ -154,7 +154,7 @@ def prepare_site_data(
     LH = L * H
     meta = bundle.meta
     config = meta["config"]
-    has_cls = config["classifier"] == "token"
+    has_cls, first_patch = special_tokens(config)  # the patches start after the special tokens
     class_names = [str(c) for c in meta["class_names"]]
     modes = [str(m) for m in meta["pruning_modes"]]
     tables: dict[str, dict[str, Any]] = {"images": {}, "heads": {}}
@@ -308,7 +308,8 @@ def prepare_site_data(
         "grid": [gh, gw],
         "thumbnail_shape": list(thumbs.shape[1:]),
         # The query when no patch is chosen: CLS, or the centre patch of a model without CLS.
-        "default_query": 0 if has_cls else (gh // 2) * gw + gw // 2,
+        "default_query": 0 if has_cls else first_patch + (gh // 2) * gw + gw // 2,
+        "first_patch": first_patch,
         "value_bins": VALUE_BINS,
         "has_cls": has_cls,
         "class_names": class_names,

@@ -209,6 +209,26 @@ def test_own_format_round_trip(tmp_path, seed):
     assert_same_params(load_checkpoint(tmp_path / "ckpt")[1], other)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(num_register_tokens=2, position_prefix_tokens=1, layer_scale=True, num_classes=0),
+        dict(classifier="map", position_embedding="sincos2d", mlp_activation="quick_gelu"),
+        dict(distillation_token=True, distillation_head=True, pre_norm=True, patch_bias=False),
+        dict(classifier="gap", class_token=True, fc_norm=True, mlp_activation="swiglu"),
+    ],
+)
+def test_own_format_round_trip_of_every_option(tmp_path, seed, options):
+    config = ViTConfig.from_variant(
+        "mu/4", image_size=(8, 12), position_interpolation="bicubic", **options
+    )
+    flat = flat_params(config, seed)
+    save_checkpoint(tmp_path / "ckpt", config, tree(flat))
+    loaded_config, params = load_checkpoint(tmp_path / "ckpt")
+    assert loaded_config == config
+    assert_same_params(params, flat)
+
+
 def test_save_checkpoint_checks_params_against_config(tmp_path, seed):
     config = CONFIGS["token"]
     flat = flat_params(config, seed)
@@ -339,13 +359,49 @@ def test_pickle_refused_without_allow_pickle(tmp_path):
         assert "arbitrary code" in str(info.value)
 
 
-def test_map_head_refused(tmp_path, npz_flat):
-    flat = to_big_vision(npz_flat, has_cls=False)
-    del flat["cls"]
-    flat["MAPHead_0/probe"] = np.zeros((1, 1, 32), np.float32)
-    np.savez(tmp_path / "map.npz", **flat)
-    with pytest.raises(CheckpointError, match="MAP-head"):
-        load_checkpoint(tmp_path / "map.npz")
+@pytest.mark.parametrize("posemb", ["learn", "sincos2d"])
+def test_big_vision_siglip_image_tower(tmp_path, seed, posemb):
+    """SigLIP's .npz: the image tower under params/img/ beside the text tower, MAP pooling, no
+    head (a backbone), learned or sin-cos positions (the latter not stored)."""
+    config = ViTConfig.from_variant(
+        "Test/8",
+        image_size=32,
+        num_classes=0,
+        classifier="map",
+        position_embedding="learned" if posemb == "learn" else "sincos2d",
+    )
+    flat = flat_params(config, seed)
+    stored = {"params/img/" + k: v for k, v in to_big_vision(flat, has_cls=False).items()}
+    stored["params/txt/Embed_0/embedding"] = np.zeros((10, 8), np.float32)
+    stored["params/t"] = np.ones((1,), np.float32)
+    np.savez(tmp_path / "siglip.npz", **stored)
+    loaded, params = load_checkpoint(tmp_path / "siglip.npz")
+    # Nothing in a sin-cos file fixes the image size: 224 is assumed, and said.
+    assert loaded.image_size == ((32, 32) if posemb == "learn" else (224, 224))
+    loaded = loaded.replace(image_size=32)
+    assert loaded == config.replace(gelu_approximate=True, layer_norm_eps=1e-6)
+    assert_same_params(params, flat)
+    assert_same_outputs(config, tree(flat), params, seed)
+    report = inspect_checkpoint(tmp_path / "siglip.npz")
+    assert report.ok and sorted(report.keys("ignored")) == [
+        "params/t",
+        "params/txt/Embed_0/embedding",
+    ]
+    assert ("sin-cos" in " ".join(report.notes)) == (posemb == "sincos2d")
+    # Sin-cos positions are computed for any grid: another size needs no resampling.
+    wide = load_checkpoint(tmp_path / "siglip.npz", config=loaded.replace(image_size=(24, 40)))[0]
+    assert wide.grid == (3, 5)
+
+
+def test_report_names_the_family_and_each_keys_action(tmp_path, npz_flat):
+    np.savez(
+        tmp_path / "bv.npz", **to_big_vision(npz_flat, has_cls=True) | {"extra/w": np.zeros(2)}
+    )
+    text = str(inspect_checkpoint(tmp_path / "bv.npz"))
+    assert "family: big_vision" in text
+    assert re.search(r"pos_embedding\s+\[1, 16, 32\]\s+\[1, 16, 32\]\s+ok\s+-> Transformer/"
+                     r"posembed_input/pos_embedding \(a zero row prepended", text)  # fmt: skip
+    assert re.search(r"extra/w\s+\[2\]\s+-\s+extra\s+unknown to this family", text)
 
 
 def test_non_square_grid_needs_config(tmp_path, seed):

@@ -138,6 +138,7 @@ def expected_config(model) -> ViTConfig:
         layer_norm_eps=c.layer_norm_eps,
         gelu_approximate=False,
         qkv_bias=c.qkv_bias,
+        position_interpolation="bicubic",
     )
 
 
@@ -261,7 +262,9 @@ def test_pickled_state_dict(tmp_path, seed):
     compare(model, config2, params2, seed + 2)
 
 
-def test_fc_norm_refused(tmp_path, seed):
+def test_fc_norm_is_mean_pooling_with_the_norm_after_it(tmp_path, seed):
+    """timm's global_pool="avg" models keep the final norm as fc_norm (their parity with timm
+    is in test_parity_families)."""
     from safetensors.torch import save_file
 
     model = hf_model(seed, **HF_CONFIGS["square_4_heads"])
@@ -271,8 +274,10 @@ def test_fc_norm_refused(tmp_path, seed):
         state.pop("norm.bias"),
     )
     save_file(state, tmp_path / "gap.safetensors")
-    with pytest.raises(CheckpointError, match="fc_norm"):
-        load_checkpoint(tmp_path / "gap.safetensors")
+    wanted = expected_config(model).replace(classifier="gap", class_token=True, fc_norm=True)
+    config, params = load_checkpoint(tmp_path / "gap.safetensors", config=wanted)
+    assert config.classifier == "gap" and config.fc_norm and config.has_cls_token
+    assert "fc_norm" in params and "encoder_norm" not in params["Transformer"]
 
 
 def test_hugging_face_heads_contradiction(tmp_path, seed):

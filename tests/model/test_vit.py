@@ -289,8 +289,9 @@ def test_bad_inputs_are_named():
         ViTConfig.from_dict({"hidden": 3})
 
 
-def test_config_round_trips_through_json(rng):
-    config = CONFIGS["token-prelogits"]
+@pytest.mark.parametrize("name", ["token-prelogits", *FAMILY_CONFIGS])
+def test_config_round_trips_through_json(name):
+    config = {**CONFIGS, **FAMILY_CONFIGS}[name]
     import json
 
     assert ViTConfig.from_dict(json.loads(config.to_json())) == config

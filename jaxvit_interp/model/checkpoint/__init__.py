@@ -1,8 +1,11 @@
 """Checkpoint import and export.
 
-:func:`load_checkpoint` reads vit_jax / big_vision ``.npz``, timm and Hugging Face
+:func:`load_checkpoint` reads vit_jax / big_vision ``.npz`` (SigLIP's image tower too), timm,
+OpenCLIP and Hugging Face (ViT, DeiT, DINOv2 with and without registers, CLIP, SigLIP)
 ``.safetensors`` (and folders), this project's own orbax folders and, when allowed, PyTorch
-pickles, into ``(ViTConfig, params)``. :func:`save_checkpoint` writes the project's own format.
+pickles, into ``(ViTConfig, params)``; each family's names are data (:mod:`.rules`) in its own
+module (:mod:`.flax_names`, :mod:`.hf_names`, :mod:`.timm_names`, :mod:`.openclip_names`, told
+apart by :mod:`.torch_names`). :func:`save_checkpoint` writes the project's own format.
 :func:`inspect_checkpoint` compares a file with the model key by key without loading it.
 """
 

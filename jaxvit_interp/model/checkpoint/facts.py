@@ -16,6 +16,8 @@ from jaxvit_interp.model.config import VARIANTS, ViTConfig
 
 # ViTConfig fields fixed by the tensors: a user config must agree with the file on these.
 # image_size is not among them: a different size resamples the position embeddings.
+# mlp_activation is one only where the tensors show SwiGLU; whether a plain MLP uses GELU or
+# quick_gelu they cannot show, and a family gives it as a default.
 SHAPE_FIELDS: tuple[str, ...] = (
     "hidden_size",
     "num_layers",
@@ -27,7 +29,22 @@ SHAPE_FIELDS: tuple[str, ...] = (
     "classifier",
     "representation_size",
     "qkv_bias",
+    "class_token",
+    "distillation_token",
+    "distillation_head",
+    "num_register_tokens",
+    "pre_norm",
+    "layer_scale",
+    "mlp_activation",
+    "fc_norm",
+    "projection_dim",
+    "patch_bias",
+    "position_embedding",
+    "position_prefix_tokens",
 )
+# A square image of this side is assumed for sin-cos position embeddings when nothing gives the
+# size: the table is computed for any grid, so the file cannot tell.
+DEFAULT_IMAGE_SIDE = 224
 
 
 @dataclasses.dataclass
@@ -41,9 +58,14 @@ class Facts:
       num_patches: patches ``Gh*Gw`` the position embeddings cover, or None if unreadable.
       grid: the patch grid ``(Gh, Gw)`` when a side file states the image size, else None
         (then a square grid is assumed unless the caller's config says otherwise).
+      table_rows: the position table's rows where the file leaves open how many belong to
+        special tokens (timm's ``no_embed_class``), else None; a caller's config then decides,
+        and ``num_patches`` is only the family's reading.
+      image_size: the image size to load the model at when it is not the file's (a DINOv2
+        folder's preprocessor crops to 224 while its table covers 518), else None.
       defaults: the family's values for the fields tensors cannot show (``layer_norm_eps``,
-        ``gelu_approximate``, ``preprocessing``, ``class_names``); a value may be a function
-        of ``image_size``.
+        ``gelu_approximate``, ``mlp_activation``, ``position_interpolation``,
+        ``preprocessing``, ``class_names``); a value may be a function of ``image_size``.
       missing: keys the reader needed and did not find.
       notes: assumptions made, reported by ``inspect_checkpoint``.
     """
@@ -52,13 +74,20 @@ class Facts:
     sources: dict[str, str] = dataclasses.field(default_factory=dict)
     num_patches: int | None = None
     grid: tuple[int, int] | None = None
+    table_rows: int | None = None
+    image_size: tuple[int, int] | None = None
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
     missing: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
 class Family(Protocol):
-    """One naming convention: how to read its facts and map its keys."""
+    """One naming convention: how to read its facts and map its keys.
+
+    ``description`` names the family in words (after :meth:`facts`, with what it found: "timm
+    VisionTransformer: DINOv2 with 4 registers, ..."); ``ignored`` gives the reason a file key
+    is knowingly left unused, or None.
+    """
 
     name: str
     description: str
@@ -67,7 +96,55 @@ class Family(Protocol):
 
     def rules(self, config: ViTConfig) -> list[Rule]: ...
 
-    def ignored(self, key: str) -> bool: ...
+    def ignored(self, key: str) -> str | None: ...
+
+
+def canonical_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``fields`` with ``class_token`` and ``position_prefix_tokens`` in ViTConfig's canonical
+    form (None where they say what the other fields imply), so they compare with a config's."""
+    out = dict(fields)
+    classifier = out.get("classifier", "token")
+    if "class_token" in out and out["class_token"] == (classifier == "token"):
+        out["class_token"] = None
+    if out.get("position_prefix_tokens") is not None:
+        has_cls = out.get("class_token")
+        has_cls = classifier == "token" if has_cls is None else has_cls
+        prefix = (
+            int(has_cls)
+            + int(out.get("distillation_token", False))
+            + out.get("num_register_tokens", 0)
+        )
+        if out["position_prefix_tokens"] == prefix:
+            out["position_prefix_tokens"] = None
+    return out
+
+
+def feature_words(fields: Mapping[str, Any]) -> list[str]:
+    """What a family found beyond a plain ViT, in words, for its description."""
+    words = []
+    if fields.get("distillation_head"):
+        words.append("distillation token with its own head (two heads averaged)")
+    elif fields.get("distillation_token"):
+        words.append("distillation token")
+    if fields.get("num_register_tokens"):
+        words.append(f"{fields['num_register_tokens']} register tokens")
+    if fields.get("pre_norm"):
+        words.append("pre-norm")
+    if fields.get("layer_scale"):
+        words.append("layer scale")
+    if fields.get("mlp_activation") == "swiglu":
+        words.append("SwiGLU MLP")
+    if fields.get("fc_norm"):
+        words.append("mean pooling with fc_norm")
+    if fields.get("classifier") == "map":
+        words.append("attention-pooling head")
+    if fields.get("projection_dim"):
+        words.append(f"projection to {fields['projection_dim']}")
+    if fields.get("position_embedding") == "sincos2d":
+        words.append("sin-cos positions")
+    if not fields.get("num_classes", 1):
+        words.append("backbone without a classifier")
+    return words
 
 
 class ShapeReader:
@@ -86,6 +163,15 @@ class ShapeReader:
 
     def has(self, key: str) -> bool:
         return self.prefix + key in self.tensors
+
+    def first(self, *keys: str) -> str | None:
+        """The first of ``keys`` present, or None."""
+        return next((k for k in keys if self.has(k)), None)
+
+    def set_all(self, how: str, **fields: Any) -> None:
+        """Fields that the family fixes whatever the file holds, all for one reason."""
+        for field, value in fields.items():
+            self.set(field, value, how=how)
 
     def set(self, field: str, value: Any, key: str | None = None, how: str | None = None):
         self.facts.fields[field] = value
@@ -148,10 +234,12 @@ class SideFiles:
     Attributes:
       config_json: ``config.json`` (Hugging Face ``ViTConfig`` or a timm hub config), or None.
       preprocessor: Hugging Face ``preprocessor_config.json``, or None.
+      open_clip_config: OpenCLIP's ``open_clip_config.json`` (model and preprocessing), or None.
     """
 
     config_json: dict[str, Any] | None = None
     preprocessor: dict[str, Any] | None = None
+    open_clip_config: dict[str, Any] | None = None
 
 
 def class_names_fact(facts: Facts, names, source: str) -> None:

@@ -113,7 +113,9 @@ def _side_files(folder: Path) -> SideFiles:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{str(file)!r} is not valid JSON: {e}") from e
 
-    return SideFiles(load("config.json"), load("preprocessor_config.json"))
+    return SideFiles(
+        load("config.json"), load("preprocessor_config.json"), load("open_clip_config.json")
+    )
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:

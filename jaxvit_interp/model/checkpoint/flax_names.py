@@ -9,8 +9,11 @@ the same names under the optimizer's ``opt/target/`` prefix.
 are the top-level ``pos_embedding`` and cover only the patches (they are added before the CLS
 token is prepended, so the CLS token gets none); a model trained with ``scan`` stores all blocks
 as one ``Transformer/encoderblock/...`` array per parameter with a leading layer axis; and files
-may sit under ``params/`` (or ``params/img/`` for an image tower). There is no ``cls`` when the
-pooling is ``gap``. MAP-head pooling (``MAPHead_0``) has no counterpart here and is refused.
+may sit under ``params/`` (or ``params/img/`` for an image tower, as SigLIP's ``.npz`` holds it
+beside the text tower). There is no ``cls`` when the pooling is ``gap`` or ``map``; the
+attention-pooling head ``MAPHead_0`` (SigLIP) keeps its own names, which are this model's too.
+A model with ``posemb="sincos2d"`` stores no position table: its fixed sin-cos table is computed
+for whatever grid the model runs on.  An image tower without ``head`` is a backbone.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from jaxvit_interp.model.checkpoint.errors import CheckpointError
 from jaxvit_interp.model.checkpoint.facts import Facts, ShapeReader, class_names_fact
 from jaxvit_interp.model.checkpoint.rules import Rule, expected_targets, identity_rules
 from jaxvit_interp.model.config import INCEPTION_PREPROCESSING, ViTConfig
@@ -87,8 +89,11 @@ class FlaxFamily:
         )
         if (s := r.shape(mlp + "Dense_0/kernel")) is not None:
             r.set("mlp_dim", s[-1], mlp + "Dense_0/kernel")
-        if (s := r.shape("head/kernel")) is not None:
-            r.set("num_classes", s[-1], "head/kernel")
+        r.set(
+            "num_classes",
+            r.shape("head/kernel")[-1] if r.has("head/kernel") else 0,
+            how=f"shape of {self.prefix}head/kernel (none: a backbone)",
+        )
         has_rep = r.has("pre_logits/kernel")
         r.set(
             "representation_size",
@@ -96,11 +101,36 @@ class FlaxFamily:
             how=f"presence of {self.prefix}pre_logits/kernel",
         )
         has_cls = r.has("cls")
-        r.set("classifier", "token" if has_cls else "gap", how=f"presence of {self.prefix}cls")
+        has_map = r.has("MAPHead_0/probe")
+        classifier = "map" if has_map else ("token" if has_cls else "gap")
+        how = f"presence of {self.prefix}MAPHead_0/probe and {self.prefix}cls"
+        r.set("classifier", classifier, how=how)
+        r.set("class_token", has_cls, how=f"presence of {self.prefix}cls")
+        r.set("patch_bias", r.has("embedding/bias"), how=f"presence of {self.prefix}embedding/bias")
+        r.set_all(
+            "vit_jax and big_vision ViTs have no such option",
+            distillation_token=False,
+            distillation_head=False,
+            num_register_tokens=0,
+            pre_norm=False,
+            layer_scale=False,
+            fc_norm=False,
+            projection_dim=None,
+            position_prefix_tokens=None,
+        )
         posemb = "pos_embedding" if self.big_vision else POSEMB
-        if (s := r.shape(posemb)) is not None:
+        if r.has(posemb):
+            r.set("position_embedding", "learned", how=f"presence of {self.prefix}{posemb}")
             # vit_jax's table has a CLS row; big_vision's never does.
-            facts.num_patches = s[1] - int(has_cls and not self.big_vision)
+            facts.num_patches = r.shape(posemb)[1] - int(has_cls and not self.big_vision)
+        elif self.big_vision:
+            r.set("position_embedding", "sincos2d", how=f"no {self.prefix}pos_embedding")
+            facts.notes.append(
+                "no position table: big_vision's fixed 2-D sin-cos embeddings (posemb="
+                "'sincos2d'), computed for the model's grid"
+            )
+        else:
+            r.shape(posemb)  # reported missing
         class_names_fact(facts, None, self.description)
         return facts
 
@@ -130,9 +160,10 @@ class FlaxFamily:
             )
         return rules
 
-    def ignored(self, key: str) -> bool:
-        # Optimizer state and other towers live beside the parameters under another prefix.
-        return bool(self.prefix) and not key.startswith(self.prefix)
+    def ignored(self, key: str) -> str | None:
+        if self.prefix and not key.startswith(self.prefix):
+            return "outside the image model's prefix (optimizer state, another tower)"
+        return None
 
 
 def detect(keys) -> FlaxFamily | None:
@@ -142,15 +173,13 @@ def detect(keys) -> FlaxFamily | None:
         inner = [k[len(prefix) :] for k in keys if k.startswith(prefix)]
         if not any(k.startswith("Transformer/") for k in inner):
             continue
-        if any(k.startswith("MAPHead_0/") for k in inner):
-            raise CheckpointError(
-                "big_vision MAP-head checkpoints (pool_type='map', keys 'MAPHead_0/...') are not "
-                "supported: their attention-pooling head has no CLS token or mean pooling to map "
-                "onto; use a checkpoint trained with pool_type 'tok' or 'gap'"
-            )
         if any(k.startswith("Transformer/encoderblock/") for k in inner):
             return FlaxFamily("big_vision_scan", prefix)
-        if "pos_embedding" in inner or any("/MultiHeadDotProductAttention_0/" in k for k in inner):
+        big_vision_block = any(
+            k.startswith("Transformer/encoderblock_") and "/MultiHeadDotProductAttention_0/" in k
+            for k in inner
+        )
+        if "pos_embedding" in inner or big_vision_block:
             return FlaxFamily("big_vision", prefix)
         return FlaxFamily("vit_jax", prefix)
     return None

@@ -19,7 +19,8 @@ class CheckpointReport:
     Attributes:
       path: the file or folder read.
       container: ``"npz"``, ``"safetensors"``, ``"pickle"`` or ``"jaxvit"``.
-      family: the naming family, in words (e.g. ``"big_vision (scanned layers)"``).
+      family: the family detected, in words, with what it found (e.g. ``"big_vision (scanned
+        layers)"``, ``"timm VisionTransformer, DINOv2-style, 4 register tokens, layer scale"``).
       config: the config the checks were made against (the file's image size).
       checks: one :class:`KeyCheck` per file key and per expected key.
       contradictions: fields where a given ``config`` disagrees with the tensors.
@@ -48,18 +49,21 @@ class CheckpointReport:
     def __str__(self) -> str:
         lines = [
             f"checkpoint: {self.path}",
-            f"format: {self.container}, names: {self.family}",
+            f"format: {self.container}",
+            f"family: {self.family}",
             f"model: {describe(self.config)}",
         ]
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"contradiction: {c}" for c in self.contradictions]
         if self.checks:
             width = max(len(c.key) for c in self.checks)
-            lines.append(f"{'key':<{width}}  {'found':<18}  {'expected':<18}  status")
+            lines.append(
+                f"{'key':<{width}}  {'found':<18}  {'expected':<18}  {'status':<10}  action"
+            )
             for c in self.checks:
                 lines.append(
                     f"{c.key:<{width}}  {shape_str(c.found):<18}  {shape_str(c.expected):<18}  "
-                    f"{c.status}"
+                    f"{c.status:<10}  {c.action}"
                 )
         counts = {s: sum(c.status == s for c in self.checks) for s in STATUSES}
         lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))

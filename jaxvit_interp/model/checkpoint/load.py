@@ -23,9 +23,11 @@ import numpy as np
 from jaxvit_interp.model.checkpoint import flax_names, torch_names
 from jaxvit_interp.model.checkpoint.errors import CheckpointError, accepted_formats, shape_str
 from jaxvit_interp.model.checkpoint.facts import (
+    DEFAULT_IMAGE_SIDE,
     SHAPE_FIELDS,
     Facts,
     Family,
+    canonical_fields,
     guess_num_heads,
     square_grid,
 )
@@ -33,6 +35,7 @@ from jaxvit_interp.model.checkpoint.files import RawCheckpoint, read_checkpoint
 from jaxvit_interp.model.checkpoint.orbax_io import OwnFamily
 from jaxvit_interp.model.checkpoint.posemb import resample_posemb
 from jaxvit_interp.model.checkpoint.rules import (
+    KINDS,
     Rule,
     apply_rules,
     check_coverage,
@@ -57,6 +60,7 @@ class KeyCheck:
       status: ``"ok"``, ``"missing"``, ``"extra"``, ``"mis-shaped"`` or ``"ignored"`` (known
         to be unused, e.g. Hugging Face's pooler).
       targets: the parameter paths it fills.
+      action: what loading does with it, in words: the conversion, or why it is ignored.
     """
 
     key: str
@@ -64,6 +68,7 @@ class KeyCheck:
     expected: tuple[int, ...] | None
     status: str
     targets: tuple[str, ...] = ()
+    action: str = ""
 
 
 @dataclasses.dataclass
@@ -93,12 +98,32 @@ class Plan:
 def describe(config: ViTConfig) -> str:
     """One-line summary of the architecture."""
     c = config
+    extras = [
+        f"CLS token {'yes' if c.has_cls_token else 'no'}" if c.class_token is not None else "",
+        "distillation token" if c.distillation_token else "",
+        "two heads averaged" if c.distillation_head else "",
+        f"{c.num_register_tokens} registers" if c.num_register_tokens else "",
+        (
+            f"positions for {c.position_prefix_tokens} of {c.num_prefix_tokens} special tokens"
+            if c.position_prefix_tokens is not None
+            else ""
+        ),
+        "pre-norm" if c.pre_norm else "",
+        "layer scale" if c.layer_scale else "",
+        c.mlp_activation if c.mlp_activation != "gelu" else "",
+        "fc_norm" if c.fc_norm else "",
+        f"representation {c.representation_size}" if c.representation_size else "",
+        f"projection {c.projection_dim}" if c.projection_dim else "",
+        "" if c.patch_bias else "no patch bias",
+        "sin-cos positions" if c.position_embedding == "sincos2d" else "",
+        "" if c.qkv_bias else "no qkv bias",
+    ]
+    classes = f"{c.num_classes} classes" if c.num_classes else "no classifier (backbone)"
     return (
         f"hidden {c.hidden_size}, {c.num_layers} layers, {c.num_heads} heads, MLP {c.mlp_dim}, "
         f"patch {c.patch_size[0]}x{c.patch_size[1]}, image {c.image_size[0]}x{c.image_size[1]}, "
-        f"{c.channels} channels, {c.num_classes} classes, classifier {c.classifier}"
-        + (f", representation {c.representation_size}" if c.representation_size else "")
-        + ("" if c.qkv_bias else ", no qkv bias")
+        f"{c.channels} channels, {classes}, classifier {c.classifier}"
+        + "".join(f", {e}" for e in extras if e)
     )
 
 
@@ -112,8 +137,8 @@ def detect_family(raw: RawCheckpoint) -> Family:
         raise CheckpointError(
             f"{str(raw.path)!r}: the tensor names follow no known ViT naming (first keys: "
             f"{first}); expected vit_jax/big_vision ('Transformer/encoderblock_0/...'), timm "
-            f"('blocks.0.attn.qkv.weight') or Hugging Face ('vit.embeddings...'). Accepted:\n"
-            + accepted_formats()
+            f"('blocks.0.attn.qkv.weight'), OpenCLIP ('visual.conv1.weight') or Hugging Face "
+            f"('vit.embeddings...', 'vision_model.embeddings...'). Accepted:\n" + accepted_formats()
         )
     return family
 
@@ -131,7 +156,7 @@ def settle_config(plan: Plan, config: ViTConfig | None) -> None:
     image size, and heads of a fused-qkv file); fields the tensors fix must agree.
     """
     facts = plan.facts
-    fields = dict(facts.fields)
+    fields = canonical_fields(facts.fields)
     plan.notes.extend(facts.notes)
     if config is None:
         if facts.missing:
@@ -144,18 +169,26 @@ def settle_config(plan: Plan, config: ViTConfig | None) -> None:
             fields["num_heads"], note = guess_num_heads(fields["hidden_size"], fields["mlp_dim"])
             plan.notes.append(note)
             plan.warnings.append(note)
-        grid = facts.grid or square_grid(facts.num_patches, plan.where)
-        if facts.grid is None:
-            plan.notes.append(f"patch grid {grid[0]}x{grid[1]} assumed square")
         patch = fields["patch_size"]
-        image_size = (grid[0] * patch[0], grid[1] * patch[1])
+        if facts.grid is None and facts.num_patches is None:
+            # Nothing in the file fixes the grid (sin-cos positions): a standard size.
+            side = DEFAULT_IMAGE_SIDE
+            grid = (side // patch[0], side // patch[1])
+            plan.notes.append(f"image size {grid[0] * patch[0]}x{grid[1] * patch[1]} assumed")
+        else:
+            grid = facts.grid or square_grid(facts.num_patches, plan.where)
+            if facts.grid is None:
+                plan.notes.append(f"patch grid {grid[0]}x{grid[1]} assumed square")
+        file_size = (grid[0] * patch[0], grid[1] * patch[1])
+        image_size = facts.image_size or file_size
         try:
             plan.config = ViTConfig(
-                image_size=image_size, **fields, **_resolve(facts.defaults, image_size)
+                image_size=image_size, **{**_resolve(facts.defaults, image_size), **fields}
             )
+            plan.file_config = plan.config.replace(image_size=file_size)
         except ValueError as e:
             raise CheckpointError(f"{plan.where}: inconsistent architecture: {e}") from e
-        plan.file_config = plan.config
+        _note_resampling(plan)
         return
     for field in SHAPE_FIELDS:
         if field in fields and getattr(config, field) != fields[field]:
@@ -163,21 +196,29 @@ def settle_config(plan: Plan, config: ViTConfig | None) -> None:
                 f"{field}: config has {getattr(config, field)!r}, the checkpoint has "
                 f"{fields[field]!r} (from {facts.sources[field]})"
             )
+    num_patches = facts.num_patches
+    if facts.table_rows is not None:
+        num_patches = facts.table_rows - config.num_position_prefix_rows
     if facts.grid is not None:
         grid = facts.grid
-    elif facts.num_patches is None or facts.num_patches == config.num_patches:
+    elif num_patches is None or num_patches == config.num_patches:
         grid = config.grid
     else:
-        grid = square_grid(facts.num_patches, plan.where)
+        grid = square_grid(num_patches, plan.where)
     patch = config.patch_size
     if config.class_names is None and facts.defaults.get("class_names") is not None:
         config = config.replace(class_names=facts.defaults["class_names"])
     plan.config = config
     plan.file_config = config.replace(image_size=(grid[0] * patch[0], grid[1] * patch[1]))
-    if plan.file_config.grid != config.grid:
+    _note_resampling(plan)
+
+
+def _note_resampling(plan: Plan) -> None:
+    old, new = plan.file_config.grid, plan.config.grid
+    if old != new and plan.config.position_embedding == "learned":
         plan.notes.append(
-            f"position embeddings resampled from grid {grid[0]}x{grid[1]} to "
-            f"{config.grid[0]}x{config.grid[1]}"
+            f"position embeddings resampled from grid {old[0]}x{old[1]} to {new[0]}x{new[1]} "
+            f"({plan.config.position_interpolation})"
         )
 
 
@@ -187,17 +228,23 @@ def check_keys(plan: Plan) -> None:
     plan.rules = plan.family.rules(plan.file_config)
     check_coverage(plan.rules, targets)
     expected = expected_sources(plan.rules, targets)
-    feeds = {s: rule.targets for rule in plan.rules for s in rule.sources}
     tensors = plan.raw.tensors
+    feeds = {s: rule for rule in plan.rules for s in rule.sources}
     checks = []
     for key, shape in expected.items():
         found = tuple(int(d) for d in tensors[key].shape) if key in tensors else None
         status = "missing" if found is None else ("ok" if found == shape else "mis-shaped")
-        checks.append(KeyCheck(key, found, shape, status, feeds[key]))
+        rule = feeds[key]
+        action = f"-> {', '.join(rule.targets)} ({KINDS[rule.kind].describe})"
+        checks.append(KeyCheck(key, found, shape, status, rule.targets, action))
     for key, array in tensors.items():
         if key not in expected:
-            status = "ignored" if plan.family.ignored(key) else "extra"
-            checks.append(KeyCheck(key, tuple(int(d) for d in array.shape), None, status))
+            why = plan.family.ignored(key)
+            status = "ignored" if why else "extra"
+            action = why or "unknown to this family's names"
+            checks.append(
+                KeyCheck(key, tuple(int(d) for d in array.shape), None, status, (), action)
+            )
     plan.checks = checks
 
 
@@ -250,16 +297,20 @@ def load_checkpoint(
     """Load a ViT checkpoint of any supported family as ``(config, params)``.
 
     Args:
-      path: a ``.npz`` (vit_jax, big_vision incl. scanned layers and pre-linen ``opt/target/``),
-        a ``.safetensors`` (timm or Hugging Face names; a ``config.json`` /
-        ``preprocessor_config.json`` beside it is read), a Hugging Face folder, a folder
-        written by :func:`save_checkpoint`, or with ``allow_pickle`` a PyTorch ``.bin`` / ``.pth``.
+      path: a ``.npz`` (vit_jax, big_vision incl. scanned layers, pre-linen ``opt/target/`` and
+        SigLIP's ``params/img/`` tower), a ``.safetensors`` (timm, Hugging Face or OpenCLIP
+        names; a ``config.json`` / ``preprocessor_config.json`` / ``open_clip_config.json``
+        beside it is read), a Hugging Face folder, a folder written by
+        :func:`save_checkpoint`, or with ``allow_pickle`` a PyTorch ``.bin`` / ``.pth``.
       config: the architecture, if known. It wins for what tensors cannot show (LayerNorm
         epsilon, GELU form, preprocessing, the number of heads of a timm file) and may ask for
-        another image size, which resamples the position embeddings (bilinear on the patch grid,
-        CLS row kept). Fields the tensors fix (widths, depth, patch, classes, classifier,
-        representation size, qkv bias, and heads where the file shows them) must agree, or a
-        :class:`CheckpointError` names the field.
+        another image size, which resamples the learned position table's patch rows as the
+        family's own library does (``position_interpolation``: bilinear for vit_jax and
+        big_vision, PyTorch's bicubic for Hugging Face, with antialiasing for timm, OpenCLIP and
+        DINOv2 with registers; special-token rows kept). Fields the tensors fix (widths, depth,
+        patch, classes, pooling, special tokens, layer scale, SwiGLU, norms, projections, qkv
+        bias, and heads where the file shows them) must agree, or a :class:`CheckpointError`
+        names the field.
       allow_pickle: PyTorch pickles can run code when loaded, so they are refused unless True.
 
     Returns:
@@ -267,15 +318,19 @@ def load_checkpoint(
       :class:`~jaxvit_interp.model.vit.VisionTransformer` takes under ``"params"``.
 
     Without ``config`` the architecture is read from tensor shapes: hidden size, depth, MLP
-    width, patch size, channels, classes, CLS token or mean pooling, representation layer and
-    qkv bias. The patch grid is square unless a side file gives the image size. Heads come
-    from the tensors (vit_jax / big_vision), a Hugging Face ``config.json`` or timm hub
-    ``config.json``; where none shows them (timm's fused qkv, a bare Hugging Face file) they
-    are guessed from a known size or the standard head width 64, with a warning. The family
-    fills the rest: vit_jax / big_vision tanh GELU, epsilon 1e-6, inception preprocessing
-    (pixels to [-1, 1]); timm exact GELU, epsilon 1e-6, ImageNet mean/std with a bicubic
-    resize and centre crop (or the hub config's); Hugging Face from ``config.json``
-    (``hidden_act``, ``layer_norm_eps``, image and patch size) and ``preprocessor_config.json``.
+    width and kind, patch size, channels, classes (none for a backbone), pooling, special tokens,
+    layer scale, norms, representation layer, projection and biases. The patch grid is square
+    unless a side file gives the image size (a DINOv2 folder's processor sets 224; sin-cos
+    models, which store no table, assume 224). Heads come from the tensors (vit_jax /
+    big_vision), a Hugging Face, timm hub or OpenCLIP config; where none shows them (timm's
+    fused qkv, a bare Hugging Face file) they are guessed from a known size or the standard head
+    width 64, with a warning. The family fills the rest: vit_jax / big_vision tanh GELU,
+    epsilon 1e-6, inception preprocessing (pixels to [-1, 1]); timm exact GELU, epsilon 1e-6
+    (CLIP 1e-5), each sub-family's published mean/std with a bicubic resize and centre crop (or
+    the hub config's); Hugging Face from ``config.json`` (``hidden_act``, ``layer_norm_eps``,
+    image and patch size) and ``preprocessor_config.json``, else the model type's published
+    processor; OpenCLIP epsilon 1e-5, CLIP's preprocessing, GELU unless its config says
+    QuickGELU.
 
     Raises:
       CheckpointError: unknown format or naming, refused pickle, missing / extra / mis-shaped
@@ -290,13 +345,14 @@ def load_checkpoint(
         warnings.warn(f"{plan.where}: {warning}", UserWarning, stacklevel=2)
     targets = expected_targets(plan.file_config)
     flat = apply_rules(plan.rules, plan.raw.tensors, targets)
-    if plan.file_config.grid != plan.config.grid:
+    if plan.file_config.grid != plan.config.grid and POSEMB in flat:
         flat[POSEMB] = np.asarray(
             resample_posemb(
                 flat[POSEMB],
                 old_grid=plan.file_config.grid,
                 new_grid=plan.config.grid,
-                num_prefix=int(plan.config.has_cls_token),
+                num_prefix=plan.config.num_position_prefix_rows,
+                method=plan.config.position_interpolation,
             )
         )
     params = unflatten({k: jnp.asarray(v) for k, v in flat.items()})

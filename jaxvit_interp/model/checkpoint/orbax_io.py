@@ -13,6 +13,7 @@ name differs from Hugging Face's ``config.json`` so the two kinds of folder cann
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -129,21 +130,21 @@ class OwnFamily:
 
     def facts(self, tensors) -> Facts:
         c = self.stored
+        rest = [
+            f.name
+            for f in dataclasses.fields(c)
+            if f.name not in SHAPE_FIELDS and f.name != "image_size"
+        ]
         return Facts(
             fields={f: getattr(c, f) for f in SHAPE_FIELDS},
             sources={f: CONFIG_FILE for f in SHAPE_FIELDS},
             num_patches=c.num_patches,
             grid=c.grid,
-            defaults=dict(
-                layer_norm_eps=c.layer_norm_eps,
-                gelu_approximate=c.gelu_approximate,
-                preprocessing=c.preprocessing,
-                class_names=c.class_names,
-            ),
+            defaults={f: getattr(c, f) for f in rest},
         )
 
     def rules(self, config: ViTConfig) -> list[Rule]:
         return identity_rules(expected_targets(config))
 
-    def ignored(self, key: str) -> bool:
-        return False
+    def ignored(self, key: str) -> str | None:
+        return None

@@ -29,6 +29,10 @@ from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import init_params
 
 Shape = tuple[int, ...]
+# The encoder block's attention and MLP modules, and the pooling head's attention, in the tree.
+MHA = "MultiHeadDotProductAttention_1"
+MLP = "MlpBlock_3"
+MAP = "MAPHead_0/MultiHeadDotProductAttention_0"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +46,12 @@ class Rule:
 
 @dataclasses.dataclass(frozen=True)
 class Kind:
+    """``forward`` converts, ``source_shapes`` derives the file's shapes from the targets', and
+    ``describe`` says in words what is done (``inspect_checkpoint`` shows it per key)."""
+
     forward: Callable[[Sequence[np.ndarray], Sequence[Shape]], list[np.ndarray]]
     source_shapes: Callable[[Sequence[Shape]], list[Shape]]
+    describe: str = "copied"
 
 
 def _split_heads_in(w: np.ndarray, shape: Shape) -> np.ndarray:
@@ -52,18 +60,20 @@ def _split_heads_in(w: np.ndarray, shape: Shape) -> np.ndarray:
 
 
 def _qkv(arrays, shapes):
-    # timm fuses query, key and value along the output axis, in that order.
-    q, k, v = np.split(arrays[0], 3, axis=0)
-    return [_split_heads_in(x, s) for x, s in zip((q, k, v), shapes, strict=True)]
+    # timm and PyTorch's MultiheadAttention fuse query, key and value (or key and value) along
+    # the output axis, in that order.
+    parts = np.split(arrays[0], len(shapes), axis=0)
+    return [_split_heads_in(x, s) for x, s in zip(parts, shapes, strict=True)]
 
 
 def _qkv_shapes(shapes):
     hidden, heads, head_dim = shapes[0]
-    return [(3 * heads * head_dim, hidden)]
+    return [(len(shapes) * heads * head_dim, hidden)]
 
 
 def _qkv_bias(arrays, shapes):
-    return [x.reshape(s) for x, s in zip(np.split(arrays[0], 3), shapes, strict=True)]
+    parts = np.split(arrays[0], len(shapes))
+    return [x.reshape(s) for x, s in zip(parts, shapes, strict=True)]
 
 
 def _posemb_add_cls(arrays, shapes):
@@ -76,26 +86,50 @@ def _posemb_add_cls(arrays, shapes):
 
 KINDS: dict[str, Kind] = {
     "same": Kind(lambda a, s: [a[0]], lambda s: [s[0]]),
-    "linear": Kind(lambda a, s: [a[0].T], lambda s: [tuple(reversed(s[0]))]),
+    "linear": Kind(
+        lambda a, s: [a[0].T],
+        lambda s: [tuple(reversed(s[0]))],
+        "transposed [out, in] -> [in, out]",
+    ),
     "conv": Kind(
         lambda a, s: [a[0].transpose(2, 3, 1, 0)],
         lambda s: [(s[0][3], s[0][2], s[0][0], s[0][1])],
+        "convolution [out, in, h, w] -> [h, w, in, out]",
     ),
     "heads_in": Kind(
         lambda a, s: [_split_heads_in(a[0], s[0])],
         lambda s: [(s[0][1] * s[0][2], s[0][0])],
+        "transposed, split into heads",
     ),
-    "heads_bias": Kind(lambda a, s: [a[0].reshape(s[0])], lambda s: [(s[0][0] * s[0][1],)]),
+    "heads_bias": Kind(
+        lambda a, s: [a[0].reshape(s[0])], lambda s: [(s[0][0] * s[0][1],)], "split into heads"
+    ),
     "heads_out": Kind(
         # torch [hidden, head*head_dim] -> [head, head_dim, hidden]
         lambda a, s: [a[0].T.reshape(s[0])],
         lambda s: [(s[0][2], s[0][0] * s[0][1])],
+        "transposed, split into heads",
     ),
-    "qkv": Kind(_qkv, _qkv_shapes),
-    "qkv_bias": Kind(_qkv_bias, lambda s: [(3 * s[0][0] * s[0][1],)]),
+    "qkv": Kind(_qkv, _qkv_shapes, "fused projections split, transposed, split into heads"),
+    "qkv_bias": Kind(
+        _qkv_bias, lambda s: [(len(s) * s[0][0] * s[0][1],)], "fused biases split into heads"
+    ),
     # big_vision's scanned encoder: one array with a leading layer axis for all blocks.
-    "stacked": Kind(lambda a, s: list(a[0]), lambda s: [(len(s), *s[0])]),
-    "posemb_add_cls": Kind(_posemb_add_cls, lambda s: [(s[0][0], s[0][1] - 1, s[0][2])]),
+    "stacked": Kind(
+        lambda a, s: list(a[0]), lambda s: [(len(s), *s[0])], "split along the layer axis"
+    ),
+    "posemb_add_cls": Kind(
+        _posemb_add_cls,
+        lambda s: [(s[0][0], s[0][1] - 1, s[0][2])],
+        "a zero row prepended: the CLS token gets no position embedding",
+    ),
+    # CLIP keeps its class token as a vector and its position table without the batch axis.
+    "token": Kind(
+        lambda a, s: [a[0].reshape(s[0])], lambda s: [(s[0][-1],)], "reshaped to [1, 1, hidden]"
+    ),
+    "table": Kind(
+        lambda a, s: [a[0].reshape(s[0])], lambda s: [s[0][1:]], "reshaped to [1, token, hidden]"
+    ),
 }
 
 
@@ -147,6 +181,82 @@ def apply_rules(
         for target, array in zip(rule.targets, outs, strict=True):
             flat[target] = np.ascontiguousarray(array, dtype=np.float32)
     return flat
+
+
+Entry = tuple[str, tuple[str, ...], str]  # (source, targets, kind) with "{i}" for the block
+
+
+def norm_entries(source: str, target: str) -> list[Entry]:
+    """A PyTorch ``LayerNorm`` ``source.{weight,bias}`` -> ``target/{scale,bias}``."""
+    return [
+        (f"{source}.weight", (f"{target}/scale",), "same"),
+        (f"{source}.bias", (f"{target}/bias",), "same"),
+    ]
+
+
+def linear_entries(
+    source: str, target: str, kind: str = "linear", bias_kind: str = "same"
+) -> list[Entry]:
+    """A PyTorch ``Linear`` ``source.{weight,bias}`` -> ``target/{kernel,bias}``."""
+    return [
+        (f"{source}.weight", (f"{target}/kernel",), kind),
+        (f"{source}.bias", (f"{target}/bias",), bias_kind),
+    ]
+
+
+def attention_entries(sources: dict[str, str], target: str) -> list[Entry]:
+    """Per-projection Linears (``sources`` names ``query``, ``key``, ``value``, ``out``) ->
+    ``target/{query,key,value,out}`` split into heads."""
+    entries = []
+    for name, source in sources.items():
+        if name == "out":
+            entries += linear_entries(source, f"{target}/out", "heads_out")
+        else:
+            entries += linear_entries(source, f"{target}/{name}", "heads_in", "heads_bias")
+    return entries
+
+
+def fused_entries(weight: str, bias: str, targets: tuple[str, ...]) -> list[Entry]:
+    """Fused projections (query, key, value; or key, value) -> each target's kernel and bias."""
+    return [
+        (weight, tuple(f"{t}/kernel" for t in targets), "qkv"),
+        (bias, tuple(f"{t}/bias" for t in targets), "qkv_bias"),
+    ]
+
+
+def map_head_entries(
+    probe: str, attention: list[Entry], norm: str, mlp: tuple[str, str]
+) -> list[Entry]:
+    """The attention-pooling head from PyTorch names: its probe, attention (entries targeting
+    :data:`MAP`), the norm before its MLP and the MLP's two Linears."""
+    return [
+        (probe, ("MAPHead_0/probe",), "same"),
+        *attention,
+        *norm_entries(norm, "MAPHead_0/LayerNorm_0"),
+        *linear_entries(mlp[0], "MAPHead_0/MlpBlock_0/Dense_0"),
+        *linear_entries(mlp[1], "MAPHead_0/MlpBlock_0/Dense_1"),
+    ]
+
+
+def rules_from_table(config: ViTConfig, top, block) -> list[Rule]:
+    """Instantiate a ``(source, targets, kind)`` table for ``config``'s parameter tree.
+
+    ``top`` entries name whole-tree paths, ``block`` entries paths below
+    ``Transformer/encoderblock_{i}/`` with ``{i}`` in the source for the block index.  An entry
+    is used when all its targets exist in the tree, so one table serves every option of a family
+    (bias entries drop out for ``qkv_bias=False``, ``cls`` for a model without one, ...).
+    """
+    targets = expected_targets(config)
+    rules = []
+    for source, names, kind in top:
+        if all(n in targets for n in names):
+            rules.append(Rule((source,), tuple(names), kind))
+    for i in range(config.num_layers):
+        for source, names, kind in block:
+            full = tuple(f"Transformer/encoderblock_{i}/{n}" for n in names)
+            if all(n in targets for n in full):
+                rules.append(Rule((source.format(i=i),), full, kind))
+    return rules
 
 
 def identity_rules(targets: Mapping[str, Shape], prefix: str = "") -> list[Rule]:

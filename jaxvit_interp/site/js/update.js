@@ -128,7 +128,7 @@ function readState(page) {
     k,
     mode: msel[0],
     // No patch chosen: the CLS token, or the centre patch of a model without CLS.
-    query: psel.length ? (info.has_cls ? 1 : 0) + psel[0] : info.default_query,
+    query: psel.length ? info.first_patch + psel[0] : info.default_query,
     metric: metric_select.value,
     kind,
     kindChanged: previous("kind") !== (kind || ""),
@@ -302,7 +302,7 @@ function drawAttention(page, s) {
          matrix_view, matrix_mapper, query_band, value_hist, value_hist_x_range, value_hist_y_range,
          image_title, matrix_title, attention_note} = page;
   const {image, k, head, query} = s;
-  const [GH, GW] = info.grid, P = GH * GW, N = info.num_tokens, FIRST = info.has_cls ? 1 : 0;
+  const [GH, GW] = info.grid, P = GH * GW, N = info.num_tokens, FIRST = info.first_patch;
   const empty = {image: [], x: [], y: [], dw: [], dh: []};
   const heat = repeat(P, 0), alpha = repeat(P, 0);
   const row = image >= 0 ? images.data.attention_row[image] : -1;
