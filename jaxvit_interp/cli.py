@@ -420,6 +420,72 @@ def _train_digits(args) -> int:
     return 0
 
 
+def _prune(args) -> int:
+    import json
+
+    import numpy as np
+
+    from jaxvit_interp.model.checkpoint import save_checkpoint
+    from jaxvit_interp.pipeline.prune import choose_heads, prune_model, save_safetensors
+    from jaxvit_interp.storage import write_text
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"--out {out} is not empty; choose a new folder for the pruned model")
+    config, params, _ = _load_model(
+        args.checkpoint, args.allow_pickle, args.class_names, args, probe_file=args.probe
+    )
+    if config.heads_per_layer is not None:
+        raise UsageError(f"{args.checkpoint} already has heads removed; prune the full model")
+    if not config.num_classes:
+        raise UsageError(
+            f"{args.checkpoint} is a backbone without a classifier; pruning is measured on "
+            f"accuracy\n{metrics_line(config)}"
+        )
+    total = config.num_layers * config.num_heads
+    if args.remove is not None and args.remove > total:
+        raise UsageError(f"--remove {args.remove} is more than the model's {total} heads")
+    images, labels, _, _, _ = _load_images(args.images, config, args.labels, args.max_images, args)
+    labels = None if labels is None else np.asarray(labels)
+    heads = choose_heads(
+        config,
+        params,
+        images,
+        labels,
+        remove=args.remove,
+        max_accuracy_drop=args.max_accuracy_drop,
+        order=args.order,
+        progress=not args.quiet,
+    )
+    if not heads:
+        raise UsageError(
+            f"no head can go without accuracy dropping more than {args.max_accuracy_drop} "
+            "points on these images"
+        )
+    new_config, new_params, report = prune_model(config, params, images, labels, heads)
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / "model", new_config, new_params)
+    save_safetensors(out / "model.safetensors", new_config, new_params)
+    write_text(out / "prune.json", json.dumps(report.to_dict(), indent=2) + "\n")
+    r = report
+    print(f"removed {len(heads)} of {total} heads ({args.order} order); heads per layer "
+          f"{list(r.heads_per_layer)}")  # fmt: skip
+    print(f"accuracy   {100 * r.accuracy_before:.2f}% -> {100 * r.accuracy_after:.2f}% "
+          f"on {len(images)} images")  # fmt: skip
+    print(f"parameters {r.parameters_before:,} -> {r.parameters_after:,}")
+    print(f"forward    {r.seconds_before * 1e3:.1f} ms -> {r.seconds_after * 1e3:.1f} ms "
+          f"(best of 3, all {len(images)} images, {jax_backend()})")  # fmt: skip
+    print(f"wrote {out / 'model'} (load_checkpoint), {out / 'model.safetensors'}, "
+          f"{out / 'prune.json'}")  # fmt: skip
+    return 0
+
+
+def jax_backend() -> str:
+    import jax
+
+    return jax.default_backend()
+
+
 def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("analysis options (defaults: see AnalysisSettings)")
     g.add_argument(
@@ -565,6 +631,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", help="page title")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_site)
+
+    p = sub.add_parser(
+        "prune",
+        help="remove heads physically and save the smaller model",
+        description="Choose heads on a set of images (least important first, or greedily), "
+        "remove them from the query/key/value/output matrices, save the model (own format and "
+        "safetensors) and report accuracy, parameters and forward time before and after.",
+    )
+    p.add_argument("--checkpoint", required=True, help=f"checkpoint or {BUILTIN_DIGITS}")
+    p.add_argument(
+        "--images",
+        required=True,
+        help=f"image folder (class subfolders or --labels CSV) or {BUILTIN_DIGITS}",
+    )
+    p.add_argument("--labels", help="CSV with columns file,label")
+    p.add_argument("--class-names", metavar="FILE", help="the model's class names, one per line")
+    p.add_argument(
+        "--probe", metavar="PROBE.npz", help="a linear probe that becomes the classifier"
+    )
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--remove", type=POSITIVE_INT, metavar="N", help="remove N heads")
+    how.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        metavar="POINTS",
+        help="remove as many heads as keep accuracy within POINTS percentage points",
+    )
+    p.add_argument(
+        "--order",
+        choices=("importance", "greedy"),
+        default="importance",
+        help="least important first by mean prob_drop (default), or greedily (slower)",
+    )
+    p.add_argument("--max-images", type=POSITIVE_INT, metavar="N", help="use the first N images")
+    p.add_argument("--out", required=True, help="new folder for the pruned model and report")
+    p.add_argument("--allow-pickle", action="store_true", help="allow PyTorch pickles")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_prune)
 
     p = sub.add_parser("inspect", help="list a checkpoint's tensors against what the model needs")
     p.add_argument("checkpoint")

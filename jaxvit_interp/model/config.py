@@ -116,6 +116,11 @@ class ViTConfig:
         model is loaded at another image size: ``"bilinear"`` (vit_jax, big_vision),
         ``"bicubic"`` (Hugging Face ViT, DeiT, DINOv2, CLIP, SigLIP: PyTorch's bicubic) or
         ``"bicubic_antialias"`` (timm, OpenCLIP, Hugging Face DINOv2 with registers).
+      heads_per_layer: heads each block has after heads were removed physically
+        (:func:`~jaxvit_interp.model.prune.remove_heads`), each at most ``num_heads``; ``None``
+        (the default): ``num_heads`` in every block.  ``head_dim`` stays
+        ``hidden_size / num_heads``.  Such a model runs and is saved and loaded like any other;
+        the per-head analyses need the unpruned model.
     """
 
     image_size: tuple[int, int] = (224, 224)
@@ -146,6 +151,7 @@ class ViTConfig:
     position_embedding: PositionEmbedding = "learned"
     position_prefix_tokens: int | None = None
     position_interpolation: PositionInterpolation = "bilinear"
+    heads_per_layer: tuple[int, ...] | None = None
 
     def __post_init__(self):
         # Accept ints for square sizes and lists from JSON, but store tuples so configs hash.
@@ -210,6 +216,14 @@ class ViTConfig:
             problems.append('classifier "map" has a plain MLP; mlp_activation "swiglu" has none')
         if self.position_embedding == "sincos2d" and self.hidden_size % 4:
             problems.append("sincos2d position embeddings need hidden_size divisible by 4")
+        if self.heads_per_layer is not None:
+            counts = tuple(int(n) for n in self.heads_per_layer)
+            object.__setattr__(self, "heads_per_layer", counts)
+            if len(counts) != self.num_layers or not all(0 <= n <= self.num_heads for n in counts):
+                problems.append(
+                    f"heads_per_layer {counts} needs {self.num_layers} counts between 0 and "
+                    f"num_heads {self.num_heads}"
+                )
         if self.position_prefix_tokens is not None and not (
             0 <= self.position_prefix_tokens <= self.num_prefix_tokens
         ):
@@ -264,6 +278,10 @@ class ViTConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
+    def heads_in_layer(self, layer: int) -> int:
+        """Heads block ``layer`` has (``num_heads`` unless heads were removed physically)."""
+        return self.num_heads if self.heads_per_layer is None else self.heads_per_layer[layer]
+
     def replace(self, **changes) -> ViTConfig:
         return dataclasses.replace(self, **changes)
 
@@ -272,6 +290,8 @@ class ViTConfig:
         d["preprocessing"] = self.preprocessing.to_dict()
         if self.class_names is not None:
             d["class_names"] = list(self.class_names)
+        if self.heads_per_layer is not None:
+            d["heads_per_layer"] = list(self.heads_per_layer)
         return d
 
     def to_json(self) -> str:

@@ -48,6 +48,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.model import blocks
 from jaxvit_interp.model.blocks import (
     BlockParams,
@@ -145,11 +146,12 @@ class _LayerScale(nn.Module):
 
 class _Attention(nn.Module):
     config: ViTConfig
+    num_heads: int
 
     @nn.compact
     def __call__(self):
         c = self.config
-        heads = (c.num_heads, c.head_dim)
+        heads = (self.num_heads, c.head_dim)
         for name in ("query", "key", "value"):
             _Linear((c.hidden_size,), heads, c.qkv_bias, name=name)()
         _Linear(heads, (c.hidden_size,), name="out")()
@@ -168,12 +170,13 @@ class _Mlp(nn.Module):
 
 class _EncoderBlock(nn.Module):
     config: ViTConfig
+    num_heads: int
 
     @nn.compact
     def __call__(self):
         c = self.config
         _LayerNorm(c.hidden_size, name="LayerNorm_0")()
-        _Attention(c, name="MultiHeadDotProductAttention_1")()
+        _Attention(c, self.num_heads, name="MultiHeadDotProductAttention_1")()
         _LayerNorm(c.hidden_size, name="LayerNorm_2")()
         _Mlp(c, c.mlp_in_dim, name="MlpBlock_3")()
         if c.layer_scale:
@@ -193,7 +196,7 @@ class _Encoder(nn.Module):
         if c.pre_norm:
             _LayerNorm(c.hidden_size, name="pre_norm")()
         for layer in range(c.num_layers):
-            _EncoderBlock(c, name=f"encoderblock_{layer}")()
+            _EncoderBlock(c, c.heads_in_layer(layer), name=f"encoderblock_{layer}")()
         if not c.fc_norm:
             _LayerNorm(c.hidden_size, name="encoder_norm")()
 
@@ -205,7 +208,7 @@ class _MapHead(nn.Module):
     def __call__(self):
         c = self.config
         self.param("probe", nn.initializers.xavier_uniform(), (1, 1, c.hidden_size))
-        _Attention(c.replace(qkv_bias=True), name="MultiHeadDotProductAttention_0")()
+        _Attention(c.replace(qkv_bias=True), c.num_heads, name="MultiHeadDotProductAttention_0")()
         _LayerNorm(c.hidden_size, name="LayerNorm_0")()
         _Mlp(c, c.mlp_dim, name="MlpBlock_0")()
 
@@ -312,6 +315,11 @@ def forward(
     start_layer: int = 0,
 ) -> ModelOutput:
     """The whole model on the parameter tree ``params``; see :class:`VisionTransformer`."""
+    if config.heads_per_layer is not None and (head_mask is not None or attention_edit is not None):
+        raise InputError(
+            "head masks and attention edits index the heads of the unpruned model; this model "
+            f"has heads removed (heads_per_layer={config.heads_per_layer})"
+        )
     if start_layer == 0:
         x = blocks.embed(config, embedding_params(params), x)
     residuals, block_outputs, attentions = [], [], []
@@ -321,6 +329,11 @@ def forward(
         residuals.append(x)
         x, out, probs = blocks.block(config, block_params(params, layer), x, mask, keep)
         block_outputs.append(out)
+        if probs.shape[1] < config.num_heads:
+            # Heads removed physically: the kept heads first, zeros for the rest, so that every
+            # layer's attention has the same shape.
+            missing = config.num_heads - probs.shape[1]
+            probs = jnp.pad(probs, ((0, 0), (0, missing), (0, 0), (0, 0)))
         attentions.append(probs)
     logits, pooled, pool_probs = blocks.readout(config, readout_params(params), x)
     stack = lambda xs: jnp.stack(xs, axis=1)  # noqa: E731  [batch, layer, ...]
