@@ -49,6 +49,7 @@ from jaxvit_interp.patterns import (
     train_autoencoder,
 )
 from jaxvit_interp.pipeline import AnalysisSettings, analyze
+from jaxvit_interp.rollout import attention_rollout, model_rollout_over_images
 from jaxvit_interp.site import build_site, export_figures
 from jaxvit_interp.strength import (
     HopStrength,
@@ -76,6 +77,8 @@ __all__ = [
     "partial_pruning",
     "per_class_importance",
     "rank_heads",
+    "attention_rollout",
+    "model_rollout_over_images",
     "train_autoencoder",
     "AnalysisSettings",
     "ResultsBundle",
