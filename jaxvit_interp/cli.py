@@ -20,6 +20,8 @@ BUILTIN_DIGITS = "builtin:digits"
 DEFAULT_DEMO_OUT = "demo-site"
 BUILTIN_DIR = "builtin"
 DEMO_SPEC = "digits.toml"
+# The settings of a distributed run that flags can give (else their environment variables).
+DISTRIBUTED_OPTIONS = ("coordinator", "num_processes", "process_id")
 
 
 class UsageError(InputError):
@@ -236,10 +238,18 @@ def _read_config_file(path: str | None) -> dict:
 
 
 def _maybe_distributed(args) -> None:
-    if getattr(args, "distributed", False):
-        import jax
+    """Start JAX's distributed runtime for ``--distributed``, before anything else uses JAX."""
+    settings = {name: getattr(args, name, None) for name in DISTRIBUTED_OPTIONS}
+    if not getattr(args, "distributed", False):
+        given = [
+            f"--{name.replace('_', '-')}" for name, value in settings.items() if value is not None
+        ]
+        if given:
+            raise UsageError(f"{', '.join(given)} given without --distributed, which they set up")
+        return
+    from jaxvit_interp import multihost
 
-        jax.distributed.initialize()
+    multihost.initialize(**settings)
 
 
 def _analyze(args) -> int:
@@ -430,6 +440,36 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
 
 
+def _add_distributed_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "several processes (start the same command in each; see the README's Scale section)"
+    )
+    g.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join the other processes through JAX's distributed runtime; with none of the "
+        "three options below nor their environment variables, JAX detects the cluster "
+        "(SLURM, Cloud TPU)",
+    )
+    g.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="address of process 0's coordination service (default: $JAX_COORDINATOR_ADDRESS)",
+    )
+    g.add_argument(
+        "--num-processes",
+        type=POSITIVE_INT,
+        metavar="N",
+        help="number of processes (default: $JAX_NUM_PROCESSES)",
+    )
+    g.add_argument(
+        "--process-id",
+        type=COUNT,
+        metavar="I",
+        help="this process's id, 0..N-1 (default: $JAX_PROCESS_ID)",
+    )
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a bad command line told in one line (plus where to look) like any error."""
 
@@ -495,11 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow PyTorch pickles (.bin/.pth): loading one runs code",
     )
-    p.add_argument(
-        "--distributed",
-        action="store_true",
-        help="call jax.distributed.initialize() first (multi-host)",
-    )
+    _add_distributed_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_analysis_options(p)
     p.set_defaults(func=_analyze)
@@ -552,6 +588,40 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = bool(os.environ.get("JAXVIT_DEBUG"))
     try:
+        status = _run(args, debug)
+    except Exception:
+        if not _joined_others():
+            raise
+        import traceback
+
+        traceback.print_exc()  # a bug, told as one
+        _leave(1)
+    if status and _joined_others():
+        _leave(status)
+    return status
+
+
+def _joined_others() -> bool:
+    import jax
+
+    return jax.distributed.is_initialized()
+
+
+def _leave(status: int) -> None:
+    """End a process of a distributed run that failed, at once.
+
+    JAX's exit handler waits at a barrier for every process of the run; after a failure some never
+    come, and the wait would end only at its timeout, with a crash report. Leaving now closes
+    this process's connections instead, so each of the others stops with its own message at its
+    next exchange with this one.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def _run(args, debug: bool) -> int:
+    try:
         status = args.func(args)
         sys.stdout.flush()  # a closed pipe shows up here, inside the handlers below
         return status
@@ -574,6 +644,21 @@ def main(argv: list[str] | None = None) -> int:
         if message is None or debug:
             raise  # not the environment's fault: a bug, with its traceback
         _report(message)
+        return 2
+    except Exception as err:
+        from jaxvit_interp import multihost
+
+        if debug or not _joined_others() or not multihost.peer_failure(err):
+            raise
+        import jax
+
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        _report(
+            f"process {jax.process_index()} of {jax.process_count()}: another process of this "
+            f"distributed run stopped (killed, crashed or out of memory?)\n"
+            f"{type(err).__name__}: {first}\n"
+            "rerun the same command in every process to resume: finished chunks are kept"
+        )
         return 2
 
 
