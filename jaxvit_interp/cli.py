@@ -237,6 +237,47 @@ def _read_config_file(path: str | None) -> dict:
     return data
 
 
+def _benchmark(args) -> int:
+    _maybe_distributed(args)
+    import json
+
+    from jaxvit_interp.benchmark import run_benchmark
+
+    record = run_benchmark(
+        args.variant,
+        args.images,
+        image_size=args.image_size,
+        precision=args.precision,
+        rounds=args.rounds,
+        loop_heads=args.loop_heads,
+    )
+    dev, eng, loop = record["device"], record["engine"], record["loop"]
+    share = lambda side: (  # noqa: E731
+        "" if side["share_of_peak"] is None else f", {100 * side['share_of_peak']:.1f}% of peak"
+    )
+    print(
+        f"{record['variant']} at {record['image_size']} px, {record['heads']} heads x {record['images']} images, precision "
+        f"{record['precision']}, {dev['count']} {dev['kind']} device(s) ({dev['platform']})\n"
+        f"engine: {eng['seconds']:.2f} s, {eng['heads_x_images_per_s']:.1f} heads x images/s, "
+        f"{eng['executed_tflop']:.3f} TFLOP executed, {eng['tflop_per_s']:.3f} TFLOP/s"
+        f"{share(eng)}\n"
+        f"loop:   {loop['seconds']:.2f} s, {loop['heads_x_images_per_s']:.1f} heads x images/s, "
+        f"{loop['executed_tflop']:.3f} TFLOP executed, {loop['tflop_per_s']:.3f} TFLOP/s"
+        f"{share(loop)} (timed on {loop['timed_heads']} heads)\n"
+        f"engine {record['speedup']:.2f}x faster"
+    )
+    if "error_vs_highest" in record:
+        worst = max(record["error_vs_highest"].items(), key=lambda kv: kv[1])
+        print(f"largest difference from precision highest: {worst[1]:.3g} ({worst[0]})")
+    if args.json:
+        from jaxvit_interp.multihost import is_writer
+        from jaxvit_interp.storage import write_text
+
+        if is_writer():
+            write_text(Path(args.json), json.dumps(record, indent=1))
+    return 0
+
+
 def _maybe_distributed(args) -> None:
     """Start JAX's distributed runtime for ``--distributed``, before anything else uses JAX."""
     settings = {name: getattr(args, name, None) for name in DISTRIBUTED_OPTIONS}
@@ -556,6 +597,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", help="page title")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_site)
+
+    p = sub.add_parser(
+        "benchmark",
+        help="time every single-head ablation on this machine's devices: engine vs a plain loop",
+        description="Time the batched ablation engine against a plain jitted forward pass per "
+        "head, on random images and random weights of a model variant, on every device JAX sees; "
+        "print heads x images per second, executed TFLOP and TFLOP/s (and the share of the "
+        "device's peak where it is known), and write them as JSON.",
+    )
+    p.add_argument("--variant", default="B/16", help="model variant (default: B/16)")
+    p.add_argument(
+        "--image-size",
+        type=POSITIVE_INT,
+        metavar="PX",
+        help="square image side in pixels (default: the variant's, 224)",
+    )
+    p.add_argument(
+        "--images", type=POSITIVE_INT, default=8, metavar="N", help="images (default: 8)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=("highest", "default", "bfloat16"),
+        default="highest",
+        help="matrix-product precision; other than highest, the error against highest is "
+        "measured too (default: highest)",
+    )
+    p.add_argument(
+        "--rounds", type=POSITIVE_INT, default=2, help="timed rounds, best kept (default: 2)"
+    )
+    p.add_argument(
+        "--loop-heads",
+        type=POSITIVE_INT,
+        default=12,
+        metavar="N",
+        help="heads the plain loop is timed on, scaled to all heads (default: 12)",
+    )
+    p.add_argument("--json", metavar="FILE", help="write the figures there as JSON too")
+    _add_distributed_options(p)
+    p.set_defaults(func=_benchmark)
 
     p = sub.add_parser("inspect", help="list a checkpoint's tensors against what the model needs")
     p.add_argument("checkpoint")
