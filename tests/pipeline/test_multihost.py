@@ -48,7 +48,7 @@ def start(args, process_id: int, port: int) -> subprocess.Popen:
     )
 
 
-def run_two(args, timeout=600) -> list[tuple[int, str]]:
+def run_two(args, timeout=1800) -> list[tuple[int, str]]:
     port = free_port()
     procs = [start(args, i, port) for i in range(2)]
     return [(p.wait(timeout), p.communicate()[1]) for p in procs]
@@ -118,7 +118,7 @@ def assert_same_run(one: Path, two: Path) -> None:
 def test_two_processes_survive_a_killed_peer_and_resume_to_one_process_result(
     tiny_checkpoint, digits_folder, tmp_path
 ):
-    one = cli(*analyze_args(tiny_checkpoint, digits_folder, tmp_path / "one"))
+    one = cli(*analyze_args(tiny_checkpoint, digits_folder, tmp_path / "one"), timeout=1800)
     assert one.returncode == 0, one.stderr
 
     # Kill process 1 once the first chunk of images is written: process 0 must notice and stop.
@@ -126,7 +126,7 @@ def test_two_processes_survive_a_killed_peer_and_resume_to_one_process_result(
     port = free_port()
     procs = [start(args, i, port) for i in range(2)]
     first = tmp_path / "two" / CHUNK_DIR / "chunk-00000.npz"
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 1800
     while not first.exists() and procs[0].poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert first.exists(), procs[0].communicate()[1]
