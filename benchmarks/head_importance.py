@@ -30,6 +30,9 @@ figures, peak memory, and on the built-in digits model (when present) the accura
 cumulative pruning in importance order vs random orders and the rank correlation of ``taylor``
 with exact ``prob_drop``.
 
+The FLOP counts and the plain loop are the package's (:mod:`jaxvit_interp.benchmark`), which
+``jaxvit-interp benchmark`` runs for the engine against the loop on any device.
+
 Run:  python benchmarks/head_importance.py            (about 10 minutes on a 2-core CPU)
       python benchmarks/head_importance.py --quick    (a smoke run)
       python benchmarks/head_importance.py --variants B/16 --images 256 --no-torch   (a GPU)
@@ -47,6 +50,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvit_interp.benchmark import (
+    ABLATION_METRICS,
+    executed_flops,
+    fold_flops,
+    full_flops,
+    needed_flops,
+    prepare_jax_loop,
+    sample_heads,
+)
+from jaxvit_interp.benchmark import timed as _timed
 from jaxvit_interp.importance import (
     cumulative_pruning_accuracy,
     engine,
@@ -54,73 +67,8 @@ from jaxvit_interp.importance import (
     partial_pruning,
     rank_by_metric,
 )
-from jaxvit_interp.model import VisionTransformer, ViTConfig, init_params
+from jaxvit_interp.model import ViTConfig, init_params
 from jaxvit_interp.parallel import all_devices_mesh
-
-ABLATION_METRICS = ("prob", "prob_drop", "kl", "layer", "repr", "flip")
-
-
-# ---------------------------------------------------------------------------------------------
-# FLOP counts (multiply-add = 2 FLOPs; per image).
-# ---------------------------------------------------------------------------------------------
-
-
-def layer_flops(c: ViTConfig) -> int:
-    n, d, f = c.num_tokens, c.hidden_size, c.mlp_dim
-    return 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * f
-
-
-def readout_flops(c: ViTConfig) -> int:
-    d, r = c.hidden_size, c.representation_size
-    return 2 * d * r + 2 * r * c.num_classes if r else 2 * d * c.num_classes
-
-
-def full_flops(c: ViTConfig) -> int:
-    embed = 2 * c.num_patches * (c.patch_size[0] * c.patch_size[1] * c.channels) * c.hidden_size
-    return embed + c.num_layers * layer_flops(c) + readout_flops(c)
-
-
-def needed_flops(c: ViTConfig) -> int:
-    """One full pass plus layers l..L-1 and the readout for every head of every layer l."""
-    L, H = c.num_layers, c.num_heads
-    per_layer = [H * ((L - layer) * layer_flops(c) + readout_flops(c)) for layer in range(L)]
-    return full_flops(c) + sum(per_layer)
-
-
-def executed_flops(c: ViTConfig) -> int:
-    """What the engine runs per image (see ``jaxvit_interp/importance/engine.py``).
-
-    The full pass; then for each spawn layer ``l`` the value projection once and, per head, its
-    mixed values and delta; the pruned layer's MLP with the first product folded through the
-    head's delta (``head_dim`` wide) plus that product of the unpruned stream once per layer;
-    layers ``l+1..L-2`` whole; and the last layer for the CLS query only, with keys and values
-    reassociated so that no token but CLS is projected (token classifier).
-    """
-    n, d, f, dh = c.num_tokens, c.hidden_size, c.mlp_dim, c.head_dim
-    L, H = c.num_layers, c.num_heads
-    mlp = 2 * 2 * n * d * f
-    delta = 2 * n * n * dh + 2 * n * dh * d
-    if c.has_cls_token:
-        # q, key directions, scores, pooled tokens, values, output projection, MLP: CLS only.
-        last = 2 * d * d + 2 * d * d + 2 * 2 * n * d * H + 2 * d * d + 2 * d * d + 2 * 2 * d * f
-        last_mlp = 2 * 2 * d * f
-    else:
-        last, last_mlp = layer_flops(c), mlp
-    total = full_flops(c)
-    for layer in range(L):
-        if layer == L - 1 and c.has_cls_token:
-            own, shared = last_mlp, 0
-        else:
-            own, shared = 2 * n * dh * f + 2 * n * f * d, 2 * n * d * f
-        above = sum(last if j == L - 1 else layer_flops(c) for j in range(layer + 1, L))
-        total += 2 * n * d * d + shared + H * (delta + own + above + readout_flops(c))
-    return total
-
-
-def fold_flops(c: ViTConfig) -> int:
-    """The engine's once-per-run folding of output projections into the MLP (all layers)."""
-    return 2 * c.num_layers * c.hidden_size * c.hidden_size * c.mlp_dim
-
 
 # ---------------------------------------------------------------------------------------------
 # Measurement helpers.
@@ -176,21 +124,6 @@ def torch_matmul_rate(n: int = 3072, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
-def sample_heads(c: ViTConfig, count: int | None) -> list[tuple[int, int]]:
-    """``count`` heads spread over every layer (all heads when None)."""
-    heads = [(layer, h) for layer in range(c.num_layers) for h in range(c.num_heads)]
-    if count is None or count >= len(heads):
-        return heads
-    idx = np.linspace(0, len(heads) - 1, count).round().astype(int)
-    return [heads[i] for i in idx]
-
-
 # ---------------------------------------------------------------------------------------------
 # (a) the engine, (b) a JAX loop, (c) transformers on PyTorch.
 # ---------------------------------------------------------------------------------------------
@@ -226,39 +159,6 @@ def prepare_engine(c, params, images, mesh=None):
 
     first = _timed(lambda: call(images[: plan.images_per_batch]))
     return first, plan, lambda: _timed(lambda: call(images))
-
-
-def prepare_jax_loop(c, params, images, heads):
-    """Compile a jitted forward pass with one head masked; returns ``run()``: seconds per head
-    over ``heads``, metrics on the host."""
-    model = VisionTransformer(c)
-
-    @jax.jit
-    def forward(params, images, mask, layer):
-        out = model.apply({"params": params}, images, head_mask=mask)
-        return out.logits, out.pre_logits, jnp.take(out.block_outputs, layer, axis=1)
-
-    x = jnp.asarray(images)
-    ones = np.ones((c.num_layers, c.num_heads), np.float32)
-    base_logits, base_z, _ = jax.device_get(forward(params, x, ones, 0))
-    p = jax.nn.softmax(base_logits)
-
-    def one(layer, head):
-        mask = ones.copy()
-        mask[layer, head] = 0
-        logits, z, block = jax.device_get(forward(params, x, mask, layer))
-        q = jax.nn.softmax(logits)
-        return float(np.sum(p * (np.log(p) - np.log(q)))) + float(np.sum(z * base_z))
-
-    one(*heads[0])  # compile
-
-    def run():
-        t = time.perf_counter()
-        for lh in heads:
-            one(*lh)
-        return (time.perf_counter() - t) / len(heads)
-
-    return run
 
 
 def prepare_torch_loop(c, images, heads):

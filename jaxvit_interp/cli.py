@@ -20,6 +20,8 @@ BUILTIN_DIGITS = "builtin:digits"
 DEFAULT_DEMO_OUT = "demo-site"
 BUILTIN_DIR = "builtin"
 DEMO_SPEC = "digits.toml"
+# The settings of a distributed run that flags can give (else their environment variables).
+DISTRIBUTED_OPTIONS = ("coordinator", "num_processes", "process_id")
 
 
 class UsageError(InputError):
@@ -265,11 +267,60 @@ def _read_config_file(path: str | None) -> dict:
     return data
 
 
-def _maybe_distributed(args) -> None:
-    if getattr(args, "distributed", False):
-        import jax
+def _benchmark(args) -> int:
+    _maybe_distributed(args)
+    import json
 
-        jax.distributed.initialize()
+    from jaxvit_interp.benchmark import run_benchmark
+
+    record = run_benchmark(
+        args.variant,
+        args.images,
+        image_size=args.image_size,
+        precision=args.precision,
+        rounds=args.rounds,
+        loop_heads=args.loop_heads,
+    )
+    dev, eng, loop = record["device"], record["engine"], record["loop"]
+    share = lambda side: (  # noqa: E731
+        "" if side["share_of_peak"] is None else f", {100 * side['share_of_peak']:.1f}% of peak"
+    )
+    print(
+        f"{record['variant']} at {record['image_size']} px, {record['heads']} heads x {record['images']} images, precision "
+        f"{record['precision']}, {dev['count']} {dev['kind']} device(s) ({dev['platform']})\n"
+        f"engine: {eng['seconds']:.2f} s, {eng['heads_x_images_per_s']:.1f} heads x images/s, "
+        f"{eng['executed_tflop']:.3f} TFLOP executed, {eng['tflop_per_s']:.3f} TFLOP/s"
+        f"{share(eng)}\n"
+        f"loop:   {loop['seconds']:.2f} s, {loop['heads_x_images_per_s']:.1f} heads x images/s, "
+        f"{loop['executed_tflop']:.3f} TFLOP executed, {loop['tflop_per_s']:.3f} TFLOP/s"
+        f"{share(loop)} (timed on {loop['timed_heads']} heads)\n"
+        f"engine {record['speedup']:.2f}x faster"
+    )
+    if "error_vs_highest" in record:
+        worst = max(record["error_vs_highest"].items(), key=lambda kv: kv[1])
+        print(f"largest difference from precision highest: {worst[1]:.3g} ({worst[0]})")
+    if args.json:
+        from jaxvit_interp.multihost import is_writer
+        from jaxvit_interp.storage import write_text
+
+        if is_writer():
+            write_text(Path(args.json), json.dumps(record, indent=1))
+    return 0
+
+
+def _maybe_distributed(args) -> None:
+    """Start JAX's distributed runtime for ``--distributed``, before anything else uses JAX."""
+    settings = {name: getattr(args, name, None) for name in DISTRIBUTED_OPTIONS}
+    if not getattr(args, "distributed", False):
+        given = [
+            f"--{name.replace('_', '-')}" for name, value in settings.items() if value is not None
+        ]
+        if given:
+            raise UsageError(f"{', '.join(given)} given without --distributed, which they set up")
+        return
+    from jaxvit_interp import multihost
+
+    multihost.initialize(**settings)
 
 
 def _analyze(args) -> int:
@@ -534,6 +585,36 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
 
 
+def _add_distributed_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "several processes (start the same command in each; see the README's Scale section)"
+    )
+    g.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join the other processes through JAX's distributed runtime; with none of the "
+        "three options below nor their environment variables, JAX detects the cluster "
+        "(SLURM, Cloud TPU)",
+    )
+    g.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="address of process 0's coordination service (default: $JAX_COORDINATOR_ADDRESS)",
+    )
+    g.add_argument(
+        "--num-processes",
+        type=POSITIVE_INT,
+        metavar="N",
+        help="number of processes (default: $JAX_NUM_PROCESSES)",
+    )
+    g.add_argument(
+        "--process-id",
+        type=COUNT,
+        metavar="I",
+        help="this process's id, 0..N-1 (default: $JAX_PROCESS_ID)",
+    )
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a bad command line told in one line (plus where to look) like any error."""
 
@@ -606,11 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
         "[classes], optional class_names) that becomes the classifier: needed for a backbone "
         "without one (DINOv2, CLIP, SigLIP towers), whose own metrics are layer and repr only",
     )
-    p.add_argument(
-        "--distributed",
-        action="store_true",
-        help="call jax.distributed.initialize() first (multi-host)",
-    )
+    _add_distributed_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_analysis_options(p)
     p.set_defaults(func=_analyze)
@@ -670,6 +747,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_prune)
 
+    p = sub.add_parser(
+        "benchmark",
+        help="time every single-head ablation on this machine's devices: engine vs a plain loop",
+        description="Time the batched ablation engine against a plain jitted forward pass per "
+        "head, on random images and random weights of a model variant, on every device JAX sees; "
+        "print heads x images per second, executed TFLOP and TFLOP/s (and the share of the "
+        "device's peak where it is known), and write them as JSON.",
+    )
+    p.add_argument("--variant", default="B/16", help="model variant (default: B/16)")
+    p.add_argument(
+        "--image-size",
+        type=POSITIVE_INT,
+        metavar="PX",
+        help="square image side in pixels (default: the variant's, 224)",
+    )
+    p.add_argument(
+        "--images", type=POSITIVE_INT, default=8, metavar="N", help="images (default: 8)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=("highest", "default", "bfloat16"),
+        default="highest",
+        help="matrix-product precision; other than highest, the error against highest is "
+        "measured too (default: highest)",
+    )
+    p.add_argument(
+        "--rounds", type=POSITIVE_INT, default=2, help="timed rounds, best kept (default: 2)"
+    )
+    p.add_argument(
+        "--loop-heads",
+        type=POSITIVE_INT,
+        default=12,
+        metavar="N",
+        help="heads the plain loop is timed on, scaled to all heads (default: 12)",
+    )
+    p.add_argument("--json", metavar="FILE", help="write the figures there as JSON too")
+    _add_distributed_options(p)
+    p.set_defaults(func=_benchmark)
+
     p = sub.add_parser("inspect", help="list a checkpoint's tensors against what the model needs")
     p.add_argument("checkpoint")
     p.add_argument("--allow-pickle", action="store_true", help="allow PyTorch pickles (.bin/.pth)")
@@ -701,6 +817,40 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = bool(os.environ.get("JAXVIT_DEBUG"))
     try:
+        status = _run(args, debug)
+    except Exception:
+        if not _joined_others():
+            raise
+        import traceback
+
+        traceback.print_exc()  # a bug, told as one
+        _leave(1)
+    if status and _joined_others():
+        _leave(status)
+    return status
+
+
+def _joined_others() -> bool:
+    import jax
+
+    return jax.distributed.is_initialized()
+
+
+def _leave(status: int) -> None:
+    """End a process of a distributed run that failed, at once.
+
+    JAX's exit handler waits at a barrier for every process of the run; after a failure some never
+    come, and the wait would end only at its timeout, with a crash report. Leaving now closes
+    this process's connections instead, so each of the others stops with its own message at its
+    next exchange with this one.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def _run(args, debug: bool) -> int:
+    try:
         status = args.func(args)
         sys.stdout.flush()  # a closed pipe shows up here, inside the handlers below
         return status
@@ -723,6 +873,21 @@ def main(argv: list[str] | None = None) -> int:
         if message is None or debug:
             raise  # not the environment's fault: a bug, with its traceback
         _report(message)
+        return 2
+    except Exception as err:
+        from jaxvit_interp import multihost
+
+        if debug or not _joined_others() or not multihost.peer_failure(err):
+            raise
+        import jax
+
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        _report(
+            f"process {jax.process_index()} of {jax.process_count()}: another process of this "
+            f"distributed run stopped (killed, crashed or out of memory?)\n"
+            f"{type(err).__name__}: {first}\n"
+            "rerun the same command in every process to resume: finished chunks are kept"
+        )
         return 2
 
 

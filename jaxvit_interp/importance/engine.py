@@ -428,7 +428,8 @@ def default_memory_budget() -> int:
     because a CPU host is shared with everything else running on it, split evenly between the
     process's CPU devices (XLA's host device count), which all draw on that memory.
     """
-    stats = jax.devices()[0].memory_stats() or {}
+    # This process's own device: across processes the others' devices cannot be queried.
+    stats = jax.local_devices()[0].memory_stats() or {}
     if "bytes_limit" in stats:
         return int(0.5 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
     try:

@@ -8,12 +8,20 @@ silhouette score over a range unless it is given, and returns a :class:`PatternE
 Clustering runs on the latents by default (``cluster_space="latent"``): the autoencoder's own
 geometry, which a projection can tear (UMAP may split one group into islands or pull two
 together). ``cluster_space="xy"`` clusters what the eye sees in the 2-D map instead.
+
+Many patterns (ViT-B/16 on 1,000 images gives 144,000 of each kind) are handled through seeded
+samples, each step's cost then fixed whatever the number of patterns: the projection is fitted
+on :data:`PROJECTION_SAMPLE` of them and every other pattern is placed among its nearest fitted
+neighbours (:func:`place_by_neighbours`, the start of UMAP's own ``transform``); ``k`` is chosen
+on :data:`CLUSTER_SAMPLE` of them, and k-means, fitted there, is refined on all of them. Up to
+those sizes, everything runs on all patterns as it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from sklearn.cluster import KMeans
@@ -25,6 +33,14 @@ from jaxvit_interp.quantities import DENSITY_BINS
 
 PROJECTIONS: tuple[str, ...] = ("umap", "tsne")
 CLUSTER_SPACES: tuple[str, ...] = ("latent", "xy")
+# Most points a projection is fitted on; UMAP's fit costs about a second per thousand points on
+# a CPU core, and the places of the others come from their neighbours among these.
+PROJECTION_SAMPLE = 5_000
+# Most points k is chosen and k-means is started on: enough that clusters of a few percent of
+# the patterns hold hundreds of points.
+CLUSTER_SAMPLE = 20_000
+# Query points per block of the neighbour search: a [block, sample] float64 distance matrix.
+_PLACE_BLOCK = 2048
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -85,19 +101,46 @@ def majority_cluster(labels: np.ndarray, k: int) -> np.ndarray:
     return counts.argmax(0).reshape(np.shape(labels)[1:])
 
 
-def project(
-    latents: np.ndarray,
-    method: str = "umap",
-    *,
-    seed: int = 0,
-    n_neighbors: int = 15,
-    min_dist: float = 0.1,
-    perplexity: float = 30.0,
+def sample_index(count: int, size: int, seed: int, stream: int) -> np.ndarray:
+    """Sorted indices of a seeded random sample of ``size`` of ``count`` points (all when fewer).
+
+    ``stream`` tells apart samples drawn with the same seed for different purposes.
+    """
+    if count <= size:
+        return np.arange(count)
+    return np.sort(np.random.default_rng([seed, stream]).choice(count, size, replace=False))
+
+
+def place_by_neighbours(
+    reference: np.ndarray, positions: np.ndarray, queries: np.ndarray, k: int = 15
 ) -> np.ndarray:
-    """2-D projection ``[M, 2]`` of ``latents`` ``[M, d]`` by UMAP or t-SNE, seeded by ``seed``."""
-    x = np.asarray(latents, np.float32)
-    if x.ndim != 2 or len(x) < 3:
-        raise InputError(f"latents have shape {tuple(x.shape)}; project needs [M >= 3, d]")
+    """Positions ``[M, 2]`` of ``queries`` ``[M, d]``: the inverse-distance weighted mean of the
+    ``positions`` ``[R, 2]`` of their ``k`` nearest ``reference`` points ``[R, d]``.
+
+    This is how UMAP's ``transform`` starts placing new points, without its optimisation
+    epochs: a query lands among the fitted points it resembles. Exact nearest neighbours, by
+    blocks of queries (BLAS matrix products, every core).
+    """
+    ref = np.asarray(reference, np.float64)
+    pos = np.asarray(positions, np.float64)
+    k = min(k, len(ref))
+    ref_sq = np.einsum("rd,rd->r", ref, ref)
+    out = np.empty((len(queries), 2), np.float32)
+    for start in range(0, len(queries), _PLACE_BLOCK):
+        q = np.asarray(queries[start : start + _PLACE_BLOCK], np.float64)
+        d2 = np.einsum("qd,qd->q", q, q)[:, None] - 2 * q @ ref.T + ref_sq[None]
+        near = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < len(ref) else None
+        if near is None:
+            near = np.broadcast_to(np.arange(len(ref)), d2.shape)
+        dist = np.sqrt(np.maximum(np.take_along_axis(d2, near, axis=1), 0.0))
+        # A query on top of a reference point takes its place (weights of 1 / 1e-12).
+        weight = 1.0 / np.maximum(dist, 1e-12)
+        placed = np.einsum("qk,qkc->qc", weight, pos[near]) / weight.sum(axis=1, keepdims=True)
+        out[start : start + len(q)] = placed
+    return out
+
+
+def _fit_projection(x, method, *, seed, n_neighbors, min_dist, perplexity) -> np.ndarray:
     if method == "umap":
         import umap  # imported here: it compiles with numba on first import, seconds of start-up
 
@@ -112,25 +155,66 @@ def project(
             # Small inputs make UMAP fall back to exact kNN and its spectral init warn; harmless.
             warnings.simplefilter("ignore", UserWarning)
             return reducer.fit_transform(x).astype(np.float32)
-    if method == "tsne":
-        from sklearn.manifold import TSNE
+    from sklearn.manifold import TSNE
 
-        tsne = TSNE(
-            2,
-            perplexity=min(perplexity, (len(x) - 1) / 3),
-            init="pca",
-            random_state=seed,
-            # Exact gradients are quadratic in M but, for a few hundred points, several times
-            # faster than Barnes-Hut's tree building.
-            method="exact" if len(x) <= 500 else "barnes_hut",
-        )
-        return tsne.fit_transform(x).astype(np.float32)
-    raise InputError(f"unknown projection {method!r}; expected one of {', '.join(PROJECTIONS)}")
+    tsne = TSNE(
+        2,
+        perplexity=min(perplexity, (len(x) - 1) / 3),
+        init="pca",
+        random_state=seed,
+        # Exact gradients are quadratic in M but, for a few hundred points, several times
+        # faster than Barnes-Hut's tree building.
+        method="exact" if len(x) <= 500 else "barnes_hut",
+    )
+    return tsne.fit_transform(x).astype(np.float32)
 
 
-def kmeans(x: np.ndarray, k: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """k-means of ``x`` ``[M, d]``: ``(labels [M], centres [k, d])``."""
-    km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(np.asarray(x, np.float64))
+def project(
+    latents: np.ndarray,
+    method: str = "umap",
+    *,
+    seed: int = 0,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    perplexity: float = 30.0,
+    fit_size: int = PROJECTION_SAMPLE,
+) -> np.ndarray:
+    """2-D projection ``[M, 2]`` of ``latents`` ``[M, d]`` by UMAP or t-SNE, seeded by ``seed``.
+
+    Fitted on a seeded sample of ``fit_size`` points when there are more; the others are placed
+    by :func:`place_by_neighbours` among the ``n_neighbors`` nearest fitted points.
+    """
+    x = np.asarray(latents, np.float32)
+    if x.ndim != 2 or len(x) < 3:
+        raise InputError(f"latents have shape {tuple(x.shape)}; project needs [M >= 3, d]")
+    if method not in PROJECTIONS:
+        raise InputError(f"unknown projection {method!r}; expected one of {', '.join(PROJECTIONS)}")
+    fit = sample_index(len(x), max(fit_size, 3), seed, stream=1)
+    options = dict(seed=seed, n_neighbors=n_neighbors, min_dist=min_dist, perplexity=perplexity)
+    fitted = _fit_projection(x[fit], method, **options)
+    if len(fit) == len(x):
+        return fitted
+    rest = np.ones(len(x), bool)
+    rest[fit] = False
+    xy = np.empty((len(x), 2), np.float32)
+    xy[fit] = fitted
+    xy[rest] = place_by_neighbours(x[fit], fitted, x[rest], n_neighbors)
+    return xy
+
+
+def kmeans(
+    x: np.ndarray, k: int, *, seed: int = 0, fit_size: int = CLUSTER_SAMPLE
+) -> tuple[np.ndarray, np.ndarray]:
+    """k-means of ``x`` ``[M, d]``: ``(labels [M], centres [k, d])``.
+
+    With more than ``fit_size`` points, the best of four starts is found on a seeded sample of
+    that size, then Lloyd's iterations from its centres run on all points.
+    """
+    x = np.asarray(x, np.float64)
+    fit = sample_index(len(x), fit_size, seed, stream=2)
+    km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(x[fit])
+    if len(fit) < len(x):
+        km = KMeans(n_clusters=k, init=km.cluster_centers_, n_init=1, random_state=seed).fit(x)
     return km.labels_.astype(np.int32), km.cluster_centers_.astype(np.float32)
 
 
@@ -140,11 +224,13 @@ def choose_k(
     *,
     seed: int = 0,
     sample_size: int = 5000,
+    fit_size: int = CLUSTER_SAMPLE,
 ) -> tuple[int, dict[int, float]]:
     """The ``k`` in ``k_range`` (inclusive) whose k-means clusters of ``x`` have the top silhouette.
 
-    The silhouette is computed on at most ``sample_size`` points (a seeded sample) since it is
-    quadratic in the number of points. Returns ``(k, {k: score})``.
+    The clusters are found on a seeded sample of at most ``fit_size`` points, and the silhouette
+    is computed on at most ``sample_size`` of those (it is quadratic in the number of points).
+    Returns ``(k, {k: score})``.
     """
     x = np.asarray(x, np.float64)
     lo, hi = k_range
@@ -153,9 +239,10 @@ def choose_k(
         raise InputError(
             f"k_range {k_range} is empty for {len(x)} points; need 2 <= low <= high <= points - 1"
         )
+    x = x[sample_index(len(x), fit_size, seed, stream=2)]
     scores = {}
     for k in range(lo, hi + 1):
-        labels, _ = kmeans(x, k, seed=seed)
+        labels, _ = kmeans(x, k, seed=seed, fit_size=fit_size)
         if len(np.unique(labels)) < 2:
             scores[k] = -1.0  # identical points: k-means found one cluster only
             continue
@@ -197,20 +284,50 @@ def embed_patterns(
       cluster_space: ``"latent"`` (default) or ``"xy"`` (the 2-D projection).
       seed: seeds the projection and k-means.
     """
+    x = np.asarray(patterns, np.float32)
+    flat = x.reshape(-1, *x.shape[-2:])
+    latents = model.encode(flat).reshape(*x.shape[:-2], -1)
+    return embed_latents(
+        model,
+        latents,
+        lambda index: flat[index],
+        projection=projection,
+        k=k,
+        k_range=k_range,
+        cluster_space=cluster_space,
+        seed=seed,
+    )
+
+
+def embed_latents(
+    model: TrainedAutoencoder,
+    latents: np.ndarray,
+    pattern_at: Callable[[np.ndarray], np.ndarray],
+    *,
+    projection: str | None = "umap",
+    k: int | None = None,
+    k_range: tuple[int, int] = (2, 12),
+    cluster_space: str = "latent",
+    seed: int = 0,
+) -> PatternEmbedding:
+    """:func:`embed_patterns` from latents ``[..., latent]`` already encoded.
+
+    ``pattern_at(index)`` returns the patterns ``[n, h, w]`` at flat indices ``index`` ``[n]``
+    (into the leading axes), so that only the representatives are read, not every pattern.
+    """
     if cluster_space not in CLUSTER_SPACES:
         raise InputError(
             f"unknown cluster_space {cluster_space!r}; expected one of {', '.join(CLUSTER_SPACES)}"
         )
-    x = np.asarray(patterns, np.float32)
-    lead = x.shape[:-2]
-    flat_patterns = x.reshape(-1, *x.shape[-2:])
     if cluster_space == "xy" and projection is None:
         raise InputError(
             "cluster_space='xy' clusters the 2-D projection, so projection cannot be None"
         )
-    latents = model.encode(flat_patterns)
-    xy = None if projection is None else project(latents, projection, seed=seed)
-    space = latents if cluster_space == "latent" else xy
+    z = np.asarray(latents, np.float32)
+    lead = z.shape[:-1]
+    flat = z.reshape(-1, z.shape[-1])
+    xy = None if projection is None else project(flat, projection, seed=seed)
+    space = flat if cluster_space == "latent" else xy
     if k is None:
         k, scores = choose_k(space, k_range, seed=seed)
     else:
@@ -221,12 +338,12 @@ def embed_patterns(
     # k-means can leave a cluster empty only with duplicate points; relabel to 0..k'-1 then.
     present, labels = np.unique(labels, return_inverse=True)
     k = len(present)
-    centres = np.stack([latents[labels == c].mean(0) for c in range(k)])
+    centres = np.stack([flat[labels == c].mean(0) for c in range(k)])
     centres_xy = None if xy is None else np.stack([xy[labels == c].mean(0) for c in range(k)])
     space_centres = centres if cluster_space == "latent" else centres_xy
     nearest = nearest_members(space, labels, space_centres)
     return PatternEmbedding(
-        latents=latents.reshape(*lead, -1),
+        latents=z,
         xy=None if xy is None else xy.reshape(*lead, 2),
         labels=labels.reshape(lead).astype(np.int32),
         k=k,
@@ -234,7 +351,7 @@ def embed_patterns(
         centres=centres,
         centres_xy=centres_xy,
         representative_index=np.stack(np.unravel_index(nearest, lead), axis=-1),
-        representative=flat_patterns[nearest],
+        representative=np.asarray(pattern_at(nearest), np.float32),
         decoded_centre=model.decode(centres),
         projection=projection,
         cluster_space=cluster_space,

@@ -1,6 +1,9 @@
 """Training the pattern autoencoder: optax, a held-out split, early stopping, orbax checkpoints.
 
-:func:`train_autoencoder` is the entry point. Given a ``workdir`` it saves the trained model there
+:func:`train_autoencoder` is the entry point. Given a device mesh it trains data-parallel: each
+step's batch is split along its pattern axis over the mesh's devices (every device of every
+process), the parameters and optimiser state are replicated, and XLA reduces the gradients
+across the devices; the result equals one device's to float32 rounding. Given a ``workdir`` it saves the trained model there
 with orbax and, called again with the same patterns and settings (same fingerprint), restores it
 instead of training again; different patterns or settings retrain and overwrite it.
 
@@ -25,10 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from jaxvit_interp.errors import InputError
-from jaxvit_interp.parallel import Batcher
+from jaxvit_interp.parallel import Batcher, to_host
 from jaxvit_interp.patterns.autoencoder import PatternAutoencoder
 from jaxvit_interp.storage import orbax_write
 
@@ -135,11 +139,12 @@ class TrainedAutoencoder:
     def module(self) -> PatternAutoencoder:
         return _module(self.shape, self.settings.latent_dim, self.settings.features)
 
-    def encode(self, patterns, batch_size: int = 8192) -> np.ndarray:
-        """Latents ``[..., latent]`` of normalised patterns ``[..., h, w]``."""
+    def encode(self, patterns, batch_size: int = 8192, mesh: Mesh | None = None) -> np.ndarray:
+        """Latents ``[..., latent]`` of normalised patterns ``[..., h, w]``; each batch split over
+        the devices of ``mesh`` (None: the default device)."""
         x = _as_patterns(patterns, self.shape)
         flat = x.reshape(-1, *self.shape)
-        z = _batched(functools.partial(_encode, self.module, self.params), flat, batch_size)
+        z = _batched(_encode, self.module, self.params, flat, batch_size, mesh)
         return z.reshape(*x.shape[:-2], z.shape[-1])
 
     def decode(self, latents, batch_size: int = 8192) -> np.ndarray:
@@ -150,14 +155,14 @@ class TrainedAutoencoder:
                 f"latents have shape {tuple(z.shape)}; expected [..., {self.settings.latent_dim}]"
             )
         flat = z.reshape(-1, z.shape[-1])
-        out = _batched(functools.partial(_decode, self.module, self.params), flat, batch_size)
+        out = _batched(_decode, self.module, self.params, flat, batch_size)
         return out.reshape(*z.shape[:-1], *self.shape)
 
     def reconstruction_error(self, patterns, batch_size: int = 8192) -> np.ndarray:
         """Mean squared reconstruction error per pattern, ``[...]`` for patterns ``[..., h, w]``."""
         x = _as_patterns(patterns, self.shape)
         flat = x.reshape(-1, *self.shape)
-        err = _batched(functools.partial(_pattern_mse, self.module, self.params), flat, batch_size)
+        err = _batched(_pattern_mse, self.module, self.params, flat, batch_size)
         return err.reshape(x.shape[:-2])
 
 
@@ -192,13 +197,20 @@ def _as_patterns(patterns, shape) -> np.ndarray:
     return x
 
 
-def _batched(fn, flat: np.ndarray, batch_size: int) -> np.ndarray:
-    """``fn`` over the rows of ``flat`` ``[M, ...]`` in batches, concatenated back to ``[M, ...]``.
+def _batched(
+    fn, module, params, flat: np.ndarray, batch_size: int, mesh: Mesh | None = None
+) -> np.ndarray:
+    """``fn(module, params, rows)`` over the rows of ``flat`` ``[M, ...]`` in batches, concatenated
+    back to ``[M, ...]``.
 
-    A ragged last batch is zero-padded (by the :class:`~jaxvit_interp.parallel.Batcher`) so every
-    batch reuses one compilation; fewer rows than a batch make one batch of their own size.
+    Batches are as even as they can be (a ragged last one is zero-padded by the
+    :class:`~jaxvit_interp.parallel.Batcher`), so every batch reuses one compilation and little
+    work is padding; each is split over the devices of ``mesh``.
     """
-    return Batcher(min(batch_size, len(flat))).map(fn, flat)
+    count = -(-len(flat) // batch_size)
+    batcher = Batcher(-(-len(flat) // count), mesh)
+    params = batcher.replicate(params)
+    return batcher.map(functools.partial(fn, module, params), flat)
 
 
 def _param_shapes(module: PatternAutoencoder):
@@ -230,8 +242,12 @@ def _reconstruction_loss(module, params, x):
 
 
 @functools.cache
-def _steps(module: PatternAutoencoder, learning_rate: float):
-    """Jitted ``(init_opt, epoch, loss)`` for one architecture and step size (cached per pair)."""
+def _steps(module: PatternAutoencoder, learning_rate: float, batch_sharding=None):
+    """Jitted ``(init_opt, epoch)`` for one architecture, step size and batch layout (cached).
+
+    ``batch_sharding``: where each step's batch lives (split over a mesh's devices along the
+    pattern axis), or None for wherever ``x_train`` is.
+    """
     tx = optax.adam(learning_rate)
     grad_fn = jax.value_and_grad(functools.partial(_reconstruction_loss, module))
 
@@ -241,7 +257,12 @@ def _steps(module: PatternAutoencoder, learning_rate: float):
 
         def step(carry, idx):
             params, opt_state = carry
-            loss, grads = grad_fn(params, x_train[idx])
+            batch = x_train[idx]
+            if batch_sharding is not None:
+                # Each device takes its share of the batch; the parameters are replicated, so
+                # XLA sums the gradients across devices (an all-reduce) before the update.
+                batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+            loss, grads = grad_fn(params, batch)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 
@@ -296,6 +317,7 @@ def train_autoencoder(
     settings: AutoencoderSettings | None = None,
     *,
     workdir: str | pathlib.Path | None = None,
+    mesh: Mesh | None = None,
     progress: bool = True,
 ) -> TrainedAutoencoder:
     """Train a :class:`PatternAutoencoder` on normalised ``patterns`` ``[..., h, w]``.
@@ -309,6 +331,10 @@ def train_autoencoder(
     With ``workdir``, a checkpoint there whose fingerprint (patterns + settings) matches is
     restored instead of training (``reused=True``); otherwise the new model is saved there,
     replacing whatever was there.
+
+    With ``mesh``, training is data-parallel over its devices (see the module's docstring); a
+    batch that does not split evenly over them is computed whole on each. Across processes,
+    every process calls this with the same patterns.
 
     Raises:
       ValueError: patterns with NaN/inf, or too few to train and hold out from (fewer than
@@ -327,16 +353,19 @@ def train_autoencoder(
     perm = rng.permutation(n)
     n_held = int(round(settings.heldout_fraction * n))
     held_index, train_index = np.sort(perm[:n_held]), perm[n_held:]
-    x_train = jnp.asarray(x[train_index])
     x_held = x[held_index]
     batch = min(settings.batch_size, len(train_index))
     steps_per_epoch = len(train_index) // batch
 
     module = _module(shape, settings.latent_dim, settings.features)
-    params = _init_params(module, settings.seed)
-    init_opt, epoch = _steps(module, settings.learning_rate)
+    # Everything but the batches is replicated over the mesh's devices.
+    place = Batcher(1, mesh).replicate
+    split = mesh is not None and mesh.size > 1 and batch % mesh.size == 0
+    batch_sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names)) if split else None
+    x_train = place(x[train_index])
+    params = place(_init_params(module, settings.seed))
+    init_opt, epoch = _steps(module, settings.learning_rate, batch_sharding)
     opt_state = init_opt(params)
-    held_loss_fn = functools.partial(_pattern_mse, module)
 
     best = (np.inf, params, -1)
     train_hist, held_hist = [], []
@@ -350,14 +379,15 @@ def train_autoencoder(
     for e in bar:
         order = rng.permutation(len(train_index))[: steps_per_epoch * batch]
         params, opt_state, loss = epoch(
-            params, opt_state, x_train, jnp.asarray(order.reshape(steps_per_epoch, batch))
+            params, opt_state, x_train, place(order.reshape(steps_per_epoch, batch))
         )
-        held = float(_batched(functools.partial(held_loss_fn, params), x_held, 8192).mean())
-        train_hist.append(float(loss))
+        loss = float(to_host(loss))
+        held = float(_batched(_pattern_mse, module, params, x_held, 8192, mesh).mean())
+        train_hist.append(loss)
         held_hist.append(held)
         if held < best[0] - settings.min_delta:
             best = (held, params, e)
-        bar.set_postfix(train=f"{float(loss):.3g}", heldout=f"{held:.3g}", best=best[2])
+        bar.set_postfix(train=f"{loss:.3g}", heldout=f"{held:.3g}", best=best[2])
         if e - best[2] >= settings.patience:
             break
     bar.close()
@@ -370,7 +400,7 @@ def train_autoencoder(
     result = TrainedAutoencoder(
         settings=settings,
         shape=shape,
-        params=jax.device_get(best[1]),
+        params=jax.tree.map(to_host, best[1]),
         train_loss=train_hist,
         heldout_loss=held_hist,
         best_epoch=best[2],

@@ -25,6 +25,7 @@ from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance.layout import image_layout
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
+from jaxvit_interp.multihost import is_writer, run_on_writer, share_from_writer
 from jaxvit_interp.parallel import all_devices_mesh
 from jaxvit_interp.pipeline.parts import importance_part, partial_part, pattern_part, strength_part
 from jaxvit_interp.pipeline.progress import progress_bar, progress_enabled
@@ -85,11 +86,6 @@ def _subset(num_images: int, size: int, seed: int, stream: int = 0) -> np.ndarra
         return np.arange(num_images)
     rng = np.random.default_rng([seed, stream] if stream else seed)
     return np.sort(rng.choice(num_images, size, replace=False))
-
-
-def is_writer() -> bool:
-    """Across hosts every process computes, and only the first writes files."""
-    return jax.process_index() == 0
 
 
 def _local_indices(indices: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -171,25 +167,48 @@ def _load_chunk(path: Path) -> dict[str, np.ndarray] | None:
         return None  # a torn file from an older writer: recompute it
 
 
-def _pattern_part(config, merged, settings, out: Path, progress: bool) -> dict[str, np.ndarray]:
-    from jaxvit_interp.patterns.embed import embed_patterns
+def _train_pattern_models(config, merged, settings, out: Path, mesh, progress: bool) -> dict:
+    """The pattern autoencoder of each kind, trained data-parallel over every device of every
+    process (each process calls this with the same patterns)."""
     from jaxvit_interp.patterns.extract import normalize_patterns
     from jaxvit_interp.patterns.train import train_autoencoder
 
-    part = {}
+    models = {}
     for kind in _kinds(config, settings):
-        raw = merged[f"{kind}_pattern"]  # [image, layer, head, h, w]
-        patterns = np.asarray(normalize_patterns(raw, config.num_patches))
-        flat = patterns.reshape(-1, *patterns.shape[-2:])
+        flat = merged[f"{kind}_pattern"].reshape(-1, *merged[f"{kind}_pattern"].shape[-2:])
         pick = _subset(len(flat), settings.pattern_samples, settings.seed)
-        model = train_autoencoder(
-            flat[pick], settings.autoencoder, workdir=out / f"autoencoder-{kind}", progress=progress
+        models[kind] = train_autoencoder(
+            np.asarray(normalize_patterns(flat[pick], config.num_patches)),
+            settings.autoencoder,
+            workdir=out / f"autoencoder-{kind}",
+            mesh=mesh,
+            progress=progress,
         )
+    return models
+
+
+def _pattern_part(config, merged, models, settings, progress: bool) -> dict[str, np.ndarray]:
+    """Encoding, projection and clustering of every pattern of each kind (one process's work)."""
+    from jaxvit_interp.patterns.embed import embed_latents
+    from jaxvit_interp.patterns.extract import normalize_patterns
+
+    part = {}
+    for kind, model in models.items():
+        raw = merged[f"{kind}_pattern"]  # [image, layer, head, h, w]
+        flat = raw.reshape(-1, *raw.shape[-2:])
         bar = progress_bar(
             total=1, desc=f"projecting {kind} patterns", unit="stage", enabled=progress
         )
-        emb = embed_patterns(
-            model, patterns, projection=settings.projection, k=settings.clusters, seed=settings.seed
+        latents = model.encode(np.asarray(normalize_patterns(flat, config.num_patches)))
+        emb = embed_latents(
+            model,
+            latents.reshape(*raw.shape[:-2], -1),
+            lambda index, flat=flat: np.asarray(
+                normalize_patterns(flat[index], config.num_patches)
+            ),
+            projection=settings.projection,
+            k=settings.clusters,
+            seed=settings.seed,
         )
         bar.update(1)
         bar.close()
@@ -274,12 +293,31 @@ def analyze(
         image_digest=image_digest(images, image_ids),
         settings=settings,
     )
-    _prepare_run_folder(
-        out,
-        fingerprint,
-        {"settings": settings.to_dict(), "model": model_identity, "images": num_images},
-    )
-    if run_is_complete(out):
+    starts = list(range(0, num_images, settings.chunk_images))
+    chunk_dir = out / CHUNK_DIR
+    chunk_path = lambda number: chunk_dir / f"chunk-{number:05d}.npz"  # noqa: E731
+    held: dict[int, dict[str, np.ndarray]] = {}
+
+    def prepare() -> dict[str, Any]:
+        """The run folder made ready, and what of the run it already holds."""
+        _prepare_run_folder(
+            out,
+            fingerprint,
+            {"settings": settings.to_dict(), "model": model_identity, "images": num_images},
+        )
+        if run_is_complete(out):
+            return {"complete": True, "done": []}
+        chunk_dir.mkdir(exist_ok=True)
+        for number in range(len(starts)):
+            arrays = _load_chunk(chunk_path(number)) if chunk_path(number).exists() else None
+            if arrays is not None:
+                held[number] = arrays
+        return {"complete": False, "done": sorted(held)}
+
+    # Process 0 prepares the folder and tells the others which chunks are done, so that every
+    # process computes the same chunks (each computation is a collective over all of them).
+    state = share_from_writer(prepare, f"prepare the run folder {out}")
+    if state["complete"]:
         from jaxvit_interp.bundle import load_bundle
 
         return load_bundle(out)  # this very run finished before: nothing to redo
@@ -288,16 +326,15 @@ def analyze(
     partial_index = _subset(num_images, settings.partial_images, settings.seed)
     attention_index = _subset(num_images, settings.attention_images, settings.seed, stream=1)
     mesh = all_devices_mesh()
-    chunk_dir = out / CHUNK_DIR
-    chunk_dir.mkdir(exist_ok=True)
-    starts = list(range(0, num_images, settings.chunk_images))
     chunks = []
     bar = progress_bar(total=num_images, desc="analysing images", unit="img", enabled=progress)
     for number, start in enumerate(starts):
         stop = min(start + settings.chunk_images, num_images)
-        path = chunk_dir / f"chunk-{number:05d}.npz"
-        arrays = _load_chunk(path) if path.exists() else None
-        if arrays is None:
+        if number in state["done"]:
+            arrays = held.pop(number, None)
+            if arrays is None:  # another process: it reads what process 0 found readable
+                arrays = load_npz(chunk_path(number))
+        else:
             arrays = _compute_chunk(
                 config,
                 params,
@@ -309,7 +346,7 @@ def analyze(
                 mesh,
             )
             if is_writer():
-                save_npz(path, arrays)
+                save_npz(chunk_path(number), arrays)
         chunks.append(arrays)
         bar.update(stop - start)
     bar.close()
@@ -318,6 +355,67 @@ def analyze(
         name: np.concatenate([c[name] for c in chunks if name in c])
         for name in set().union(*chunks)
     }
+    # Training is data-parallel over every process; the rest of the run (the layouts, the
+    # clustering, the bundle) is computed once, by process 0, and the others read its bundle.
+    models = _train_pattern_models(config, merged, settings, out, mesh, progress)
+
+    def finish() -> ResultsBundle:
+        bundle = _bundle(
+            config,
+            merged,
+            models,
+            images,
+            labels_given=labels is not None,
+            partial_index=partial_index,
+            attention_index=attention_index,
+            settings=settings,
+            progress=progress,
+            meta={
+                "config": config.to_dict(),
+                "checkpoint": model_identity,
+                "image_ids": image_ids,
+                "class_names": list(class_names),
+                "labels_are_predictions": labels is None,
+                "label_matching": label_matching
+                or {"source": "none" if labels is None else "array"},
+                "pruning_modes": [
+                    m for m in PRUNING_MODES if config.has_cls_token or m not in CLS_MODES
+                ],
+                "fingerprint": fingerprint,
+                "settings": settings.to_dict(),
+                # Where it ran: results agree across device counts to float32 rounding.
+                "devices": {
+                    "platform": jax.default_backend(),
+                    "kind": jax.devices()[0].device_kind,
+                    "count": jax.device_count(),
+                },
+            },
+        )
+        save_bundle(bundle, out)
+        return bundle
+
+    bundle = run_on_writer(finish, f"write the results bundle in {out}")
+    if bundle is None:
+        from jaxvit_interp.bundle import load_bundle
+
+        bundle = load_bundle(out)
+    return bundle
+
+
+def _bundle(
+    config,
+    merged,
+    models,
+    images,
+    *,
+    labels_given: bool,
+    partial_index,
+    attention_index,
+    settings: AnalysisSettings,
+    progress: bool,
+    meta: dict[str, Any],
+) -> ResultsBundle:
+    """The results bundle from the merged per-image results and the trained pattern models."""
     parts = {
         "images": {
             "labels": merged["targets"],
@@ -331,11 +429,11 @@ def analyze(
             probs=merged["probs"],
             predictions=merged["predictions"],
             targets=merged["targets"],
-            labels_are_predictions=labels is None,
+            labels_are_predictions=not labels_given,
             num_classes=config.num_classes,
         ),
         "strength": strength_part(merged, has_cls_token=config.has_cls_token),
-        "patterns": _pattern_part(config, merged, settings, out, progress),
+        "patterns": _pattern_part(config, merged, models, settings, progress),
     }
     if len(partial_index):
         parts["partial"] = partial_part(
@@ -349,27 +447,7 @@ def analyze(
             "image_index": attention_index.astype(np.int32),
             "attention": merged["attention"],
         }
-    meta = {
-        "config": config.to_dict(),
-        "checkpoint": model_identity,
-        "image_ids": image_ids,
-        "class_names": list(class_names),
-        "labels_are_predictions": labels is None,
-        "label_matching": label_matching or {"source": "none" if labels is None else "array"},
-        "pruning_modes": [m for m in PRUNING_MODES if config.has_cls_token or m not in CLS_MODES],
-        "fingerprint": fingerprint,
-        "settings": settings.to_dict(),
-        # Where it ran: results agree across device counts to float32 rounding.
-        "devices": {
-            "platform": jax.default_backend(),
-            "kind": jax.devices()[0].device_kind,
-            "count": jax.device_count(),
-        },
-    }
-    bundle = ResultsBundle(meta=meta, parts=parts)
-    if is_writer():
-        save_bundle(bundle, out)
-    return bundle
+    return ResultsBundle(meta=meta, parts=parts)
 
 
 def _preflight(config: ViTConfig, params, settings: AnalysisSettings, num_images: int) -> None:

@@ -6,6 +6,7 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from jaxvit_interp.patterns import choose_k, embed_patterns, kmeans, nearest_members, project
+from jaxvit_interp.patterns.embed import place_by_neighbours
 
 
 def test_choose_k_finds_the_number_of_blobs():
@@ -69,3 +70,32 @@ def test_embedding_positions_and_representatives(planted, trained):
         assert majority[h] == np.bincount(emb.labels[:, h], minlength=emb.k).argmax()
     with pytest.raises(ValueError, match="projection cannot be None"):
         embed_patterns(model, part, projection=None, cluster_space="xy")
+
+
+def test_placing_by_neighbours_matches_a_brute_force_loop():
+    rng = np.random.default_rng(7)
+    reference, positions = rng.standard_normal((300, 5)), rng.standard_normal((300, 2))
+    queries = np.concatenate([rng.standard_normal((40, 5)), reference[:3]])
+    got = place_by_neighbours(reference, positions, queries, k=6)
+    for q, placed in zip(queries, got, strict=True):
+        dist = np.linalg.norm(reference - q, axis=1)
+        near = np.argsort(dist)[:6]
+        weight = 1 / np.maximum(dist[near], 1e-12)
+        np.testing.assert_allclose(placed, weight @ positions[near] / weight.sum(), rtol=1e-5)
+    # A query on a reference point lands on it.
+    np.testing.assert_allclose(got[-3:], positions[:3], atol=1e-6)
+
+
+def test_projection_fitted_on_a_sample_keeps_groups_apart():
+    x, y = make_blobs(3000, n_features=8, centers=4, cluster_std=0.3, random_state=1)
+    xy = project(x, "umap", seed=2, fit_size=400)
+    assert xy.shape == (3000, 2)
+    np.testing.assert_array_equal(xy, project(x, "umap", seed=2, fit_size=400))
+    assert adjusted_rand_score(y, kmeans(xy, 4)[0]) == 1.0
+
+
+def test_kmeans_started_on_a_sample_finds_the_blobs():
+    x, y = make_blobs(5000, n_features=6, centers=5, cluster_std=0.5, random_state=3)
+    labels, centres = kmeans(x, 5, fit_size=500)
+    assert adjusted_rand_score(y, labels) == 1.0 and centres.shape == (5, 6)
+    assert choose_k(x, (2, 8), fit_size=500)[0] == 5

@@ -3,6 +3,9 @@ checkpoints that restore exactly, reuse on unchanged inputs, and refusal of unus
 
 import dataclasses
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -102,3 +105,35 @@ def test_restore_and_encode_name_bad_input(trained, tmp_path):
         model.encode(np.zeros((2, 8, 8)))
     with pytest.raises(ValueError, match=r"expected \[\.\.\., 8\]"):
         model.decode(np.zeros((2, 5)))
+
+
+def test_data_parallel_training_equals_one_device(tmp_path):
+    """Two host devices (a process of its own: the device count is fixed when JAX starts)
+    train the same model as one device, to float32 rounding."""
+    script = tmp_path / "train.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            import numpy as np
+            from jaxvit_interp.parallel import all_devices_mesh
+            from jaxvit_interp.patterns import AutoencoderSettings, train_autoencoder
+            rng = np.random.default_rng(0)
+            x = rng.uniform(size=(96, 15, 15)).astype(np.float32)
+            settings = AutoencoderSettings(latent_dim=4, features=(8,), batch_size=16, max_epochs=3)
+            model = train_autoencoder(x, settings, mesh=all_devices_mesh(), progress=False)
+            np.save(sys.argv[1], model.encode(x))
+            """
+        )
+    )
+
+    def latents(devices: int) -> np.ndarray:
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        out = tmp_path / f"latents-{devices}.npy"
+        run = subprocess.run(
+            [sys.executable, script, out], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert run.returncode == 0, run.stderr
+        return np.load(out)
+
+    np.testing.assert_allclose(latents(2), latents(1), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,175 @@
+"""Two processes of one distributed run on 127.0.0.1 (CPU devices, gloo collectives), started
+as the README's "Scale" section says: the same command in each, with the coordinator's address,
+the process count and each one's id in JAX's environment variables."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from clitools import AE_FAST, FAST, cli, command, write_digit_folders
+
+from jaxvit_interp.bundle import load_bundle
+from jaxvit_interp.patterns import normalize_patterns, restore_autoencoder
+from jaxvit_interp.pipeline.analyze import CHUNK_DIR
+from jaxvit_interp.storage import load_npz
+
+# Arrays computed the same way in every process but summed in a different order across devices.
+RTOL, ATOL = 1e-5, 1e-6
+# A process whose peer was killed must be out within this many seconds.
+EXIT_SECONDS = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args, process_id: int, port: int) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+        "JAX_NUM_PROCESSES": "2",
+        "JAX_PROCESS_ID": str(process_id),
+    }
+    env.pop("JAXVIT_DEBUG", None)
+    return subprocess.Popen(
+        [*command(), *map(str, args), "--distributed"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def run_two(args, timeout=1800) -> list[tuple[int, str]]:
+    port = free_port()
+    procs = [start(args, i, port) for i in range(2)]
+    return [(p.wait(timeout), p.communicate()[1]) for p in procs]
+
+
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    write_digit_folders(root, {"zero": 0, "one": 1, "two": 2}, per_class=3)
+    (root / "config.toml").write_text(AE_FAST)
+    return root
+
+
+def analyze_args(checkpoint, folder, out):
+    return [
+        "analyze",
+        "--checkpoint",
+        checkpoint,
+        "--images",
+        folder,
+        "--out",
+        out,
+        "--config",
+        folder / "config.toml",
+        *FAST,
+    ]
+
+
+# The pattern arrays drawn from the 2-D projection: UMAP's optimisation turns the float32
+# rounding in which the autoencoders of one and two processes differ into visibly different maps,
+# so for these the projection's inputs (each pattern's latent) are compared instead.
+PROJECTED = ("positions", "positions_mean", "density", "extent")
+
+
+def assert_same_run(one: Path, two: Path) -> None:
+    a, b = load_bundle(one), load_bundle(two)
+    assert b.meta["devices"]["count"] == 2
+    assert set(a.parts) == set(b.parts)
+    for part, arrays in a.parts.items():
+        assert set(arrays) == set(b.parts[part]), part
+        for name, value in arrays.items():
+            if part == "patterns" and name.split("_", 1)[1] in PROJECTED:
+                assert b[part][name].shape == value.shape and np.isfinite(b[part][name]).all()
+                continue
+            np.testing.assert_allclose(
+                b[part][name], value, rtol=RTOL, atol=ATOL, err_msg=f"{part}/{name}"
+            )
+    chunks = sorted((one / CHUNK_DIR).iterdir())
+    assert [c.name for c in chunks] == sorted(c.name for c in (two / CHUNK_DIR).iterdir())
+    merged = {}
+    for chunk in chunks:
+        x, y = load_npz(chunk), load_npz(two / CHUNK_DIR / chunk.name)
+        assert set(x) == set(y)
+        for name, value in x.items():
+            np.testing.assert_allclose(y[name], value, rtol=RTOL, atol=ATOL, err_msg=name)
+            merged.setdefault(name, []).append(value)
+    num_patches = a.meta["config"]["image_size"][0] // a.meta["config"]["patch_size"][0]
+    for kind in ("cls", "patch"):
+        patterns = normalize_patterns(np.concatenate(merged[f"{kind}_pattern"]), num_patches**2)
+        latents = [
+            restore_autoencoder(run / f"autoencoder-{kind}").encode(patterns) for run in (one, two)
+        ]
+        # Trained data-parallel over two processes: the same model to float32 rounding.
+        np.testing.assert_allclose(latents[1], latents[0], rtol=1e-4, atol=1e-5, err_msg=kind)
+
+
+def test_two_processes_survive_a_killed_peer_and_resume_to_one_process_result(
+    tiny_checkpoint, digits_folder, tmp_path
+):
+    one = cli(*analyze_args(tiny_checkpoint, digits_folder, tmp_path / "one"), timeout=1800)
+    assert one.returncode == 0, one.stderr
+
+    # Kill process 1 once the first chunk of images is written: process 0 must notice and stop.
+    args = analyze_args(tiny_checkpoint, digits_folder, tmp_path / "two")
+    port = free_port()
+    procs = [start(args, i, port) for i in range(2)]
+    first = tmp_path / "two" / CHUNK_DIR / "chunk-00000.npz"
+    deadline = time.monotonic() + 1800
+    while not first.exists() and procs[0].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert first.exists(), procs[0].communicate()[1]
+    procs[1].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    status = procs[0].wait(EXIT_SECONDS)
+    waited = time.monotonic() - killed_at
+    err = procs[0].communicate()[1]
+    procs[1].wait()
+    assert status == 2, err
+    assert "another process of this distributed run stopped" in err, err
+    assert "Traceback" not in err, err
+    assert waited < EXIT_SECONDS
+
+    # The same command again in both processes resumes from the chunks kept.
+    for status, err in run_two(args):
+        assert status == 0, err
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
+@pytest.mark.parametrize(
+    ("env", "kwargs", "needle"),
+    [
+        ({"JAX_NUM_PROCESSES": "two"}, {}, "JAX_NUM_PROCESSES must be a whole number, got 'two'"),
+        ({"JAX_NUM_PROCESSES": "0"}, {}, "JAX_NUM_PROCESSES must be at least 1, got 0"),
+        ({"JAX_PROCESS_ID": "2"}, {"num_processes": 2}, "process id 2 is not below"),
+        ({}, {"process_id": -1}, "--process-id must be at least 0, got -1"),
+    ],
+)
+def test_bad_distributed_settings_are_named(monkeypatch, env, kwargs, needle):
+    from jaxvit_interp.errors import InputError
+    from jaxvit_interp.multihost import ENVIRONMENT, initialize
+
+    for name in ENVIRONMENT.values():
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(InputError, match=needle):
+        initialize(**kwargs)
+
+
+def test_process_settings_need_distributed(tiny_checkpoint, digits_folder, tmp_path):
+    args = analyze_args(tiny_checkpoint, digits_folder, tmp_path / "r")
+    result = cli(*args, "--process-id", "1")
+    assert result.returncode == 2 and "--process-id given without --distributed" in result.stderr
+    assert not (tmp_path / "r").exists()
