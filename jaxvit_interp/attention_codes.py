@@ -5,7 +5,7 @@ A row ``a`` of an attention matrix (one query's weights over the keys, in ``[0, 
 as ``codes * step``. A row's largest weight keeps 8 bits of precision, so peaked rows are exact to
 ``max(a) / 510`` (at most 1/510, about 2.0e-3, for any row); the floor keeps a near-uniform row's
 noise from costing bytes: its weights are exact to ``STEP_FLOOR / 2`` (2.4e-4). The codes of many
-heads are mostly small or repeated, which deflate then shrinks (see ``benchmarks/site_size.py``).
+heads are mostly small or repeated, which deflate then shrinks (see ``benchmarks/site_large.py``).
 
 The worst absolute error of each matrix is measured when it is encoded and kept beside the codes.
 """
