@@ -5,6 +5,7 @@ A bundle is a folder::
     bundle.json        format name and version, model config and checkpoint identity, image ids,
                        class names, how labels were matched, which parts are present, settings
     images.npz         labels, predictions, probabilities, thumbnails, 2-D overview positions
+    images-pixels.npy  each image at the model's input resolution (uint8)
     importance.npz     pruning metrics per image and head; their means over all images and per
                        class
     partial.npz        partial pruning (six modes) for a subset of images, and its means
@@ -12,12 +13,18 @@ A bundle is a folder::
                        means over images and each head's entropy histogram
     patterns.npz       each pattern's 2-D position and cluster, cluster representatives, and each
                        head's mean position, most common cluster and the embedding's density
-    attention.npz      full attention matrices for a subset of images (for the pattern view)
+    attention.npz      which images have stored attention (all by default), each matrix's worst
+                       error and each head's worst over the images
+    attention-codes.npy, attention-steps.npy
+                       every head's attention matrix for those images as 8-bit codes with a step
+                       per row (:mod:`jaxvit_interp.attention_codes`)
 
 Every array and its named dimensions are declared once, in :data:`jaxvit_interp.quantities.SCHEMA`,
-and :func:`load_bundle` checks them all, naming the part and array at fault. Each file is written
-to a temporary name and renamed into place, so an interrupted write never leaves a file that reads
-as valid.
+and :func:`load_bundle` checks them all, naming the part and array at fault. The arrays that
+:data:`~jaxvit_interp.quantities.MAPPED_ARRAYS` lists, gigabytes for thousands of images, have a
+``.npy`` file each and are memory-mapped when loaded, so nothing reads them whole. Each file is
+written to a temporary name and renamed into place, so an interrupted write never leaves a file
+that reads as valid.
 """
 
 from __future__ import annotations
@@ -30,11 +37,11 @@ from typing import Any
 import numpy as np
 
 from jaxvit_interp.errors import InputError
-from jaxvit_interp.quantities import OPTIONAL_ARRAYS, SCHEMA
-from jaxvit_interp.storage import load_npz, save_npz, write_text
+from jaxvit_interp.quantities import MAPPED_ARRAYS, OPTIONAL_ARRAYS, SCHEMA
+from jaxvit_interp.storage import atomic_write, load_npy, load_npz, save_npz, write_text
 
 BUNDLE_FORMAT = "jaxvit-interp-results"
-BUNDLE_VERSION = 2
+BUNDLE_VERSION = 3
 INDEX_FILE = "bundle.json"
 
 
@@ -73,6 +80,8 @@ class ResultsBundle:
             "N": grid[0] * grid[1] + prefix,
             "K": max(grid),
             "M": len(self.meta["pruning_modes"]),
+            "ih": config["image_size"][0],
+            "iw": config["image_size"][1],
             "gh": grid[0],
             "gw": grid[1],
             "oh": 2 * grid[0] - 1,
@@ -135,11 +144,27 @@ def special_tokens(config: dict[str, Any]) -> tuple[bool, int]:
     return has_cls, int(has_cls) + int(bool(config.get("distillation_token"))) + registers
 
 
+def mapped_path(directory: Path, part: str, name: str) -> Path:
+    """The ``.npy`` file of a memory-mapped array (:data:`MAPPED_ARRAYS`)."""
+    return Path(directory) / f"{part}-{name}.npy"
+
+
 def save_part(directory: Path, part: str, arrays: dict[str, np.ndarray]) -> None:
-    """Write one part atomically (``part.npz``)."""
+    """Write one part atomically: ``part.npz``, and a ``.npy`` per memory-mapped array.
+
+    A mapped array whose file is already in place (as the analysis streams them there) is not
+    written again.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_npz(directory / f"{part}.npz", arrays)
+    mapped = MAPPED_ARRAYS.get(part, set())
+    for name in mapped & set(arrays):
+        path = mapped_path(directory, part, name)
+        array = arrays[name]
+        if isinstance(array, np.memmap) and Path(array.filename).resolve() == path.resolve():
+            continue
+        atomic_write(path, lambda f, a=array: np.save(f, np.asarray(a), allow_pickle=False))
+    save_npz(directory / f"{part}.npz", {k: v for k, v in arrays.items() if k not in mapped})
 
 
 def save_bundle(bundle: ResultsBundle, directory: str | Path) -> Path:
@@ -175,9 +200,10 @@ def load_bundle(directory: str | Path) -> ResultsBundle:
     if index.get("version") != BUNDLE_VERSION:
         raise BundleError(
             f"{index_path} has bundle version {index.get('version')!r}; this jaxvit-interp reads "
-            f"version {BUNDLE_VERSION} (version 2 added the means over images, per-class "
-            "importance and the histograms the site shows): run `jaxvit-interp analyze` again "
-            "into a new folder"
+            f"version {BUNDLE_VERSION} (version 3 keeps every image's attention as 8-bit codes "
+            "and each image at the model's input resolution; version 2 added the means over "
+            "images, per-class importance and the histograms the site shows): run "
+            "`jaxvit-interp analyze` again into a new folder"
         )
     parts = {}
     for part in index.get("parts", []):
@@ -185,6 +211,10 @@ def load_bundle(directory: str | Path) -> ResultsBundle:
         if not path.exists():
             raise BundleError(f"part {part!r} is listed in {INDEX_FILE} but {path} is missing")
         parts[part] = load_npz(path, what=f"results bundle part {part!r}")
+        for name in MAPPED_ARRAYS.get(part, ()):
+            array_path = mapped_path(directory, part, name)
+            if array_path.exists():
+                parts[part][name] = load_npy(array_path, what=f"results bundle array {part}/{name}")
     meta = {k: v for k, v in index.items() if k not in ("format", "version", "parts")}
     bundle = ResultsBundle(meta=meta, parts=parts)
     bundle.validate()

@@ -69,6 +69,10 @@ POSITIVE_INT, POSITIVE_FLOAT, COUNT = (
 )
 
 
+def ALL_OR_COUNT(text: str):  # noqa: N802 (an argparse type, named like the others)
+    return text if text == "all" else COUNT(text)
+
+
 def _load_model(
     checkpoint: str,
     allow_pickle: bool = False,
@@ -384,7 +388,7 @@ def _site(args) -> int:
     run = Path(args.target[0])
     if not run.exists():
         raise UsageError(f"run folder {run} does not exist")
-    html = build_site(load_bundle(run), args.out, title=args.title)
+    html = build_site(load_bundle(run), args.out, title=args.title, layout=args.layout)
     print(f"site written to {html}")
     return 0
 
@@ -428,7 +432,7 @@ def _site_from_spec(args, spec_path: str) -> int:
     options = spec.site_options()
     if args.title:
         options["title"] = args.title
-    html = build_site(load_bundle(run), out, **options)
+    html = build_site(load_bundle(run), out, layout=getattr(args, "layout", "auto"), **options)
     print(f"site written to {html}")
     return 0
 
@@ -559,8 +563,9 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--attention-images",
-        type=COUNT,
-        help="images whose full attention is kept for the site (default 32; 0: none)",
+        type=ALL_OR_COUNT,
+        help="images whose full attention is kept for the site: 'all' (the default) or a "
+        "count of images chosen at random (0: none)",
     )
     g.add_argument(
         "--clusters",
@@ -706,6 +711,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="folder for index.html")
     p.add_argument("--title", help="page title")
+    p.add_argument(
+        "--layout",
+        choices=("auto", "single", "folder"),
+        default="auto",
+        help="one index.html, or index.html with a record file per image loaded on demand "
+        "(default auto: one file while it stays under 30 MB)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_site)
 

@@ -16,14 +16,16 @@ Where each quantity is computed:
   ``summarize_kernel``);
 - ``patterns``: :mod:`jaxvit_interp.patterns` (patterns, autoencoder, projection, clusters, and
   each head's summary over images in :mod:`~jaxvit_interp.patterns.embed`);
-- ``images``: labels and predictions from the model pass, thumbnails from
-  :func:`jaxvit_interp.data.preprocess.thumbnails`;
-- ``attention``: the model's own attention (:func:`jaxvit_interp.model.run.attention_over_images`).
+- ``images``: labels and predictions from the model pass, thumbnails and the pixels at the
+  model's input resolution from :func:`jaxvit_interp.data.preprocess.thumbnails`;
+- ``attention``: the model's own attention (:func:`jaxvit_interp.model.run.attention_over_images`),
+  kept as 8-bit codes with a step per row and each matrix's worst error
+  (:mod:`jaxvit_interp.attention_codes`).
 
 Dimension letters: ``I`` images, ``C`` classes, ``L`` layers, ``H`` heads, ``N`` tokens,
 ``K`` hops, ``M`` pruning modes, ``T`` top-k ranks, ``B`` entropy histogram bins, ``D`` density
 bins, ``S_partial`` / ``S_attention`` images of a subset, ``h w c`` thumbnail pixels and
-channels, ``gh gw`` the patch grid, ``oh ow`` relative offsets on it, ``Kcls Kpatch`` clusters,
+channels, ``ih iw`` the model's input pixels, ``gh gw`` the patch grid, ``oh ow`` relative offsets on it, ``Kcls Kpatch`` clusters,
 ``xy`` the two coordinates of a 2-D position and ``extent`` a range ``(x0, x1, y0, y1)``.
 """
 
@@ -38,6 +40,7 @@ __all__ = [
     "ENTROPY_BINS",
     "METRICS",
     "LOGIT_METRICS",
+    "MAPPED_ARRAYS",
     "METRIC_NAMES",
     "OPTIONAL_ARRAYS",
     "PATTERN_KINDS",
@@ -198,6 +201,7 @@ SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
         "predictions": ("I",),
         "probs": ("I", "C"),
         "thumbnails": ("I", "h", "w", "c"),
+        "pixels": ("I", "ih", "iw", "c"),
         "overview": ("I", "xy"),
     },
     "importance": {
@@ -235,9 +239,15 @@ SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
     },
     "attention": {
         "image_index": ("S_attention",),
-        "attention": ("S_attention", *_HEAD, "N", "N"),
+        "codes": ("S_attention", *_HEAD, "N", "N"),
+        "steps": ("S_attention", *_HEAD, "N"),
+        "error": ("S_attention", *_HEAD),
+        "error_max": _HEAD,
     },
 }
+# Arrays too large to read into memory at once (gigabytes for thousands of ViT-B images): a
+# bundle keeps each in its own ``.npy`` file, memory-mapped when the bundle is loaded.
+MAPPED_ARRAYS: dict[str, set[str]] = {"images": {"pixels"}, "attention": {"codes", "steps"}}
 # Arrays a bundle may leave out: a model without a CLS token has no CLS pattern nor CLS masses.
 OPTIONAL_ARRAYS: dict[str, set[str]] = {
     "patterns": set(_pattern_arrays("cls")),

@@ -28,7 +28,9 @@ from jaxvit_interp.errors import InputError
 
 __all__ = [
     "UnreadableFileError",
+    "atomic_npy",
     "atomic_write",
+    "load_npy",
     "load_npz",
     "orbax_write",
     "save_npz",
@@ -78,6 +80,41 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
 def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
     """``np.savez`` of ``arrays`` to ``path``, atomically."""
     return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+@contextlib.contextmanager
+def atomic_npy(path: str | os.PathLike, shape: tuple[int, ...], dtype) -> Iterator[np.ndarray]:
+    """A writable memory-mapped ``.npy`` array of ``shape`` that becomes ``path`` on a clean exit.
+
+    For arrays filled piece by piece that are too large to hold in memory: the array lives in a
+    temporary file beside ``path`` until the ``with`` block ends, then is flushed and renamed.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.chmod(tmp, _FILE_MODE)
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=tuple(shape))
+        yield array
+        array.flush()
+        del array
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def load_npy(path: str | os.PathLike, what: str = ".npy array") -> np.ndarray:
+    """The ``.npy`` array at ``path``, memory-mapped read-only (nothing is read until used)."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, EOFError) as err:
+        raise UnreadableFileError(
+            f"{path}: not a readable {what} (truncated or corrupt?): {type(err).__name__}: {err}"
+        ) from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -18,7 +18,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxvit_interp.bundle import INDEX_FILE, ResultsBundle, save_bundle
+from jaxvit_interp.attention_codes import encode_attention
+from jaxvit_interp.bundle import INDEX_FILE, ResultsBundle, mapped_path, save_bundle
 from jaxvit_interp.data.labels import display_class_names
 from jaxvit_interp.data.preprocess import thumbnails
 from jaxvit_interp.errors import InputError
@@ -34,12 +35,24 @@ from jaxvit_interp.quantities import (
     METRIC_NAMES,
     STRENGTH_FIELDS,
 )
-from jaxvit_interp.storage import UnreadableFileError, load_npz, save_npz, write_text
+from jaxvit_interp.storage import (
+    UnreadableFileError,
+    atomic_npy,
+    load_npy,
+    load_npz,
+    save_npz,
+    write_text,
+)
 
 RUN_FILE = "run.json"
 CHUNK_DIR = "chunks"
 # Images per forward pass of the strength, pattern and attention passes when no batch size is set.
 DEFAULT_PASS_IMAGES = 32
+# Images whose float attention is held at once before it is encoded (ViT-B/16: 11 MB an image
+# as float16): the attention pass runs in slices of at most this many.
+ATTENTION_SLICE_IMAGES = 8
+# Chunk arrays that are not merged in memory: the final bundle's files are filled chunk by chunk.
+STREAMED = {"attention_codes": ("attention", "codes"), "attention_steps": ("attention", "steps")}
 
 
 class RunFolderError(InputError):
@@ -150,9 +163,16 @@ def _compute_chunk(config, params, images, labels, partial_local, attention_loca
         arrays["partial_top5_classes"] = grid(partial.top_classes).astype(np.int32)
         arrays["partial_top5_probs"] = grid(partial.top_probs).astype(np.float32)
     if len(attention_local):
-        arrays["attention"] = attention_over_images(
-            config, params, images[attention_local], batch_size=batch, mesh=mesh
-        )
+        # Encoded slice by slice: a chunk's float attention is never held whole.
+        encoded = []
+        for at in range(0, len(attention_local), ATTENTION_SLICE_IMAGES):
+            pick = attention_local[at : at + ATTENTION_SLICE_IMAGES]
+            attention = attention_over_images(
+                config, params, images[pick], batch_size=min(batch, len(pick)), mesh=mesh
+            )
+            encoded.append(encode_attention(attention))
+        for k, name in enumerate(("attention_codes", "attention_steps", "attention_error")):
+            arrays[name] = np.concatenate([e[k] for e in encoded])
     return arrays
 
 
@@ -324,9 +344,11 @@ def analyze(
 
     # Two independent seeded subsets: which images get partial pruning, which keep attention.
     partial_index = _subset(num_images, settings.partial_images, settings.seed)
-    attention_index = _subset(num_images, settings.attention_images, settings.seed, stream=1)
+    attention_index = _subset(
+        num_images, settings.attention_count(num_images), settings.seed, stream=1
+    )
     mesh = all_devices_mesh()
-    chunks = []
+    chunks, paths = [], []
     bar = progress_bar(total=num_images, desc="analysing images", unit="img", enabled=progress)
     for number, start in enumerate(starts):
         stop = min(start + settings.chunk_images, num_images)
@@ -347,7 +369,9 @@ def analyze(
             )
             if is_writer():
                 save_npz(chunk_path(number), arrays)
-        chunks.append(arrays)
+        # The streamed arrays are read back from the chunk files when the bundle is written.
+        chunks.append({k: v for k, v in arrays.items() if k not in STREAMED})
+        paths.append(chunk_path(number))
         bar.update(stop - start)
     bar.close()
 
@@ -370,6 +394,8 @@ def analyze(
             attention_index=attention_index,
             settings=settings,
             progress=progress,
+            out=out,
+            chunk_paths=paths,
             meta={
                 "config": config.to_dict(),
                 "checkpoint": model_identity,
@@ -414,14 +440,18 @@ def _bundle(
     settings: AnalysisSettings,
     progress: bool,
     meta: dict[str, Any],
+    out: Path,
+    chunk_paths: list[Path],
 ) -> ResultsBundle:
-    """The results bundle from the merged per-image results and the trained pattern models."""
+    """The results bundle from the merged per-image results and the trained pattern models;
+    the large arrays (pixels, attention codes) are streamed into ``out`` from ``chunk_paths``."""
     parts = {
         "images": {
             "labels": merged["targets"],
             "predictions": merged["predictions"],
             "probs": merged["probs"],
             "thumbnails": thumbnails(images, config, settings.thumbnail_size),
+            "pixels": _stream_pixels(images, config, out, settings.chunk_images),
             "overview": image_layout(merged["prob_drop"], settings.seed),
         },
         "importance": importance_part(
@@ -445,9 +475,52 @@ def _bundle(
     if len(attention_index):
         parts["attention"] = {
             "image_index": attention_index.astype(np.int32),
-            "attention": merged["attention"],
+            **_stream_attention(chunk_paths, out, config, len(attention_index)),
+            "error": merged["attention_error"],
+            "error_max": merged["attention_error"].max(axis=0),
         }
     return ResultsBundle(meta=meta, parts=parts)
+
+
+def _stream_pixels(images: np.ndarray, config: ViTConfig, out: Path, step: int) -> np.ndarray:
+    """Each image at the model's input resolution, written to the bundle a slice at a time."""
+    side = max(config.image_size)
+    if not is_writer():  # the writing process's bundle holds them
+        return thumbnails(images, config, side)
+    path = mapped_path(out, "images", "pixels")
+    shape = thumbnails(images[:1], config, side).shape[1:]
+    with atomic_npy(path, (len(images), *shape), np.uint8) as pixels:
+        for start in range(0, len(images), step):
+            pixels[start : start + step] = thumbnails(images[start : start + step], config, side)
+    return load_npy(path)
+
+
+def _stream_attention(
+    paths: list[Path], out: Path, config: ViTConfig, count: int
+) -> dict[str, np.ndarray]:
+    """The bundle's attention codes and steps, copied from the chunk files one chunk at a time
+    (a large set's would not fit in memory), memory-mapped from the bundle's files."""
+    L, H, N = config.num_layers, config.num_heads, config.num_tokens
+    shapes = {"attention_codes": (count, L, H, N, N), "attention_steps": (count, L, H, N)}
+    dtypes = {"attention_codes": np.uint8, "attention_steps": np.float32}
+    arrays = {}
+    if not is_writer():  # the writing process's bundle holds them
+        return arrays
+    for key, (part, name) in STREAMED.items():
+        target = mapped_path(out, part, name)
+        with atomic_npy(target, shapes[key], dtypes[key]) as stored:
+            at = 0
+            for path in paths:
+                with np.load(path, allow_pickle=False) as archive:
+                    if key not in archive.files:
+                        continue
+                    piece = archive[key]
+                stored[at : at + len(piece)] = piece
+                at += len(piece)
+            if at != count:
+                raise RuntimeError(f"the chunks hold {at} images' {key}, expected {count}")
+        arrays[name] = load_npy(target)
+    return arrays
 
 
 def _preflight(config: ViTConfig, params, settings: AnalysisSettings, num_images: int) -> None:

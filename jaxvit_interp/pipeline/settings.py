@@ -13,6 +13,9 @@ from jaxvit_interp.errors import InputError
 from jaxvit_interp.patterns.train import MIN_PATTERNS, AutoencoderSettings
 from jaxvit_interp.quantities import THUMBNAIL_SIZE
 
+# attention_images: keep every image's attention.
+ALL_IMAGES = "all"
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AnalysisSettings:
@@ -24,8 +27,9 @@ class AnalysisSettings:
       memory_budget_bytes: per-device working-set budget of the ablation engine (None: default).
       partial_images: images (chosen at random with ``seed``) that get partial pruning of every
         head in all six modes; 0 skips partial pruning.
-      attention_images: images (chosen at random with ``seed``, independently of the
-        partial-pruning ones) whose full attention matrices are kept for the pattern view.
+      attention_images: ``"all"`` (every image's attention matrices are kept, as 8-bit codes:
+        about 5.6 MB an image for ViT-B/16 in the bundle), or a cap: that many images, chosen at
+        random with ``seed`` independently of the partial-pruning ones, for very large sets.
       thumbnail_size: longest side of the thumbnails kept for the site, in pixels.
       pattern_kinds: which patterns feed the autoencoders (``cls`` needs a CLS token).
       pattern_samples: most patterns (sampled with ``seed``) each autoencoder trains on.
@@ -39,7 +43,7 @@ class AnalysisSettings:
     batch_size: int | None = None
     memory_budget_bytes: int | None = None
     partial_images: int = 64
-    attention_images: int = 32
+    attention_images: int | str = ALL_IMAGES
     thumbnail_size: int = THUMBNAIL_SIZE
     pattern_kinds: tuple[str, ...] = ("cls", "patch")
     pattern_samples: int = 20_000
@@ -59,13 +63,20 @@ class AnalysisSettings:
             ("batch_size", 1, True),
             ("memory_budget_bytes", 1, True),
             ("partial_images", 0, False),
-            ("attention_images", 0, False),
             ("thumbnail_size", 1, False),
             ("pattern_samples", MIN_PATTERNS, False),
             ("clusters", 1, True),
             ("seed", None, False),
         ):
             _check_int(name, getattr(self, name), least, optional)
+        if self.attention_images != ALL_IMAGES:
+            try:
+                _check_int("attention_images", self.attention_images, 0, False)
+            except InputError:
+                raise InputError(
+                    f"attention_images must be {ALL_IMAGES!r} or a count of images, got "
+                    f"{self.attention_images!r}"
+                ) from None
         unknown = set(self.pattern_kinds) - {"cls", "patch"}
         if unknown or not self.pattern_kinds:
             raise InputError(
@@ -78,6 +89,12 @@ class AnalysisSettings:
                 f"autoencoder must be AutoencoderSettings (or a table of its fields), got "
                 f"{self.autoencoder!r}"
             )
+
+    def attention_count(self, num_images: int) -> int:
+        """How many of ``num_images`` images keep their attention."""
+        if self.attention_images == ALL_IMAGES:
+            return num_images
+        return min(num_images, int(self.attention_images))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

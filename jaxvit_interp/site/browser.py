@@ -19,11 +19,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 # Environment variable naming another Chromium binary.
 CHROMIUM_ENV = "JAXVIT_CHROMIUM"
 
-# True once BokehJS has built and drawn every root (the document's "idle" state) and the page's
-# code has computed its state, which it first does when the document is ready.
+# True once BokehJS has built and drawn every root (the document's "idle" state), the page's
+# code has computed its state, which it first does when the document is ready, and no image
+# record is on its way (loading or decoding).
 DRAWN_JS = """() => {
   const doc = window.Bokeh && Bokeh.documents[0];
-  return !!(doc && doc.is_idle && doc.get_model_by_name("state")?.data.image?.length);
+  return !!(doc && doc.is_idle && doc.get_model_by_name("state")?.data.image?.length
+            && !(window.jaxvitRecords && window.jaxvitRecords.pending > 0));
 }"""
 # Resolves with the start time (performance.now()'s clock) of the second animation frame from
 # now: BokehJS draws what changed in the first.
@@ -99,7 +101,8 @@ def open_site(
     """Open ``path`` in a new page and wait until its opening state is drawn; returns the page.
 
     The page records console errors and uncaught exceptions in ``page.site_errors``, console
-    warnings in ``page.site_warnings``.
+    warnings in ``page.site_warnings``, and the URL of every request it makes in
+    ``page.site_requests``.
     """
     page = browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=scale)
     errors: list[str] = []
@@ -115,6 +118,8 @@ def open_site(
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.site_errors = errors
     page.site_warnings = warnings
+    page.site_requests = []
+    page.on("request", lambda request: page.site_requests.append(request.url))
     page.goto(Path(path).resolve().as_uri())
     page.wait_for_function(DRAWN_JS, timeout=timeout_ms)
     wait_drawn(page, timeout_ms)

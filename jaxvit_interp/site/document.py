@@ -1,8 +1,28 @@
-"""Results bundle -> one Bokeh document with the four linked views -> one offline HTML file."""
+"""Results bundle -> one Bokeh document with the four linked views -> an offline site.
+
+Two layouts, both opened straight from the disk (``file://``) or from any static host, with
+nothing from the network:
+
+- ``single``: one ``index.html`` carrying every image's record inline (small runs: the digits
+  demo);
+- ``folder``: ``index.html`` with the views and every table, and one record file per image in
+  ``data-<build>/images/`` that the page loads when the image is chosen (thousands of ViT-B
+  images with all their attention).
+
+``layout="auto"`` writes one file while the whole page stays under :data:`SINGLE_FILE_LIMIT`
+bytes, a folder beyond. Replacing a site is atomic for a reader: a folder site's records are
+written into a temporary folder renamed into place under a new name, ``index.html`` (which names
+that folder) is then renamed over the old one, and only then are the old records removed.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +38,14 @@ from jaxvit_interp.bundle import ResultsBundle
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.quantities import METRIC_NAMES, THUMBNAIL_SIZE
 from jaxvit_interp.site import callbacks
-from jaxvit_interp.site.sources import METRIC_INFO, PATTERN_KINDS, make_sources, prepare_site_data
+from jaxvit_interp.site.records import REGISTRY_SCRIPT, record_name
+from jaxvit_interp.site.sources import (
+    METRIC_INFO,
+    PATTERN_KINDS,
+    SiteData,
+    make_sources,
+    prepare_site_data,
+)
 from jaxvit_interp.site.views import importance, overview, pattern, strength
 from jaxvit_interp.site.views.common import FONT, Context, text_box
 from jaxvit_interp.storage import write_text
@@ -27,8 +54,13 @@ INDEX_FILE = "index.html"
 # BokehJS inflates gzip-compressed arrays in plain JavaScript, which costs more opening time
 # than the bytes it saves on attention-sized arrays: arrays are stored uncompressed by default.
 DEFAULT_COMPRESSION = 0
-# Tables the page's code may read even when a bundle lacks the part behind them.
-OPTIONAL_TABLES = ("attention",)
+LAYOUTS = ("auto", "single", "folder")
+# The largest page ``layout="auto"`` writes as one file: browsers slow down on larger pages and
+# fail somewhere past 50-100 MB.
+SINGLE_FILE_LIMIT = 30_000_000
+# A folder site's records: DATA_PREFIX + a build id, then RECORDS_DIR.
+DATA_PREFIX = "data-"
+RECORDS_DIR = "images"
 
 
 def _check_options(metrics, default_metric, default_kind) -> tuple[list[str], str]:
@@ -114,9 +146,11 @@ def build_document(
     data = prepare_site_data(
         bundle, max_attention_images=max_attention_images, thumbnail_size=thumbnail_size
     )
+    return _document(bundle, data, title, metrics, default_metric, default_kind)
+
+
+def _document(bundle, data: SiteData, title, metrics, default_metric, default_kind) -> Document:
     sources = make_sources(data)
-    for name in OPTIONAL_TABLES:
-        sources.setdefault(name, ColumnDataSource(data={}, name=name))
     ctx = Context(
         data=data,
         sources=sources,
@@ -143,7 +177,9 @@ def build_document(
     first_mode = modes.index("head") if "head" in modes else 0
     # The state is empty until the page's code first runs, on the document's ready event.
     state = ColumnDataSource(name="state", data={})
-    models = {**sources, **ctx.models, "state": state}
+    # The page's record loader writes here when a record has arrived (or failed): a redraw.
+    records = ColumnDataSource(name="records", data={"image": [], "status": [], "serial": []})
+    models = {**sources, **ctx.models, "state": state, "records": records}
     models["heads"].selected.indices = [first]
     models["partial_bars"].selected.indices = [first_mode]
 
@@ -152,6 +188,7 @@ def build_document(
         models[name].selected.js_on_change("indices", update)
     ctx.models["metric_select"].js_on_change("value", update)
     ctx.models["kind_toggle"].js_on_change("active", update)
+    records.js_on_change("data", update)
     search_args = {k: models[k] for k in ("images", "search", "search_status")}
     ctx.models["search"].js_on_change("value", callbacks.search_callback(search_args))
     ctx.models["global_button"].js_on_event("button_click", callbacks.global_callback(search_args))
@@ -194,22 +231,92 @@ def build_site(
     title: str | None = None,
     max_attention_images: int | None = None,
     compression: int = DEFAULT_COMPRESSION,
+    layout: str = "auto",
     **options: Any,
 ) -> Path:
-    """Write the site to ``out_dir/index.html``: one file, BokehJS inline, opens offline.
+    """Write the site into ``out_dir`` (``index.html``, plus its records folder when ``folder``).
 
-    ``compression`` is the gzip level (0-9) of the page's arrays: 0 opens fastest; higher
-    levels shrink files of compressible (e.g. very peaked) attention at some opening time.
-    Other ``options`` go to :func:`build_document` (``metrics``, ``default_metric``,
-    ``default_kind``, ``thumbnail_size``). Returns the path of the file written.
+    ``layout`` is ``"single"`` (one file), ``"folder"`` (records in files beside the page) or
+    ``"auto"`` (one file up to :data:`SINGLE_FILE_LIMIT` bytes). ``compression`` is the gzip
+    level (0-9) of the page's tables: 0 opens fastest. Other ``options`` go to
+    :func:`build_document` (``metrics``, ``default_metric``, ``default_kind``,
+    ``thumbnail_size``). Other files in ``out_dir`` are left alone. Returns the path of
+    ``index.html``.
     """
-    doc = build_document(bundle, title=title, max_attention_images=max_attention_images, **options)
+    if layout not in LAYOUTS:
+        raise InputError(f"site layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    metrics, default_metric = _check_options(
+        options.pop("metrics", None), options.pop("default_metric", None),
+        options.get("default_kind"),
+    )  # fmt: skip
+    thumbnail_size = options.pop("thumbnail_size", THUMBNAIL_SIZE)
+    default_kind = options.pop("default_kind", None)
+    if options:
+        raise InputError(f"unknown site option(s): {', '.join(sorted(options))}")
+    if not 0 <= compression <= 9:
+        raise InputError(f"compression level must be 0..9 (gzip levels), got {compression}")
+    data = prepare_site_data(
+        bundle, max_attention_images=max_attention_images, thumbnail_size=thumbnail_size
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / INDEX_FILE
-    with _compression(compression):
-        page = file_html(doc, resources=INLINE, title=doc.title)
-    return write_text(path, page)
+    build = secrets.token_hex(4)
+    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{DATA_PREFIX}{build}."))
+    try:
+        records = staging / RECORDS_DIR
+        records.mkdir()
+        total = _write_records(data, records)
+        if layout == "auto":
+            layout = "single" if total <= SINGLE_FILE_LIMIT else "folder"
+        data_dir = None
+        if layout == "folder":
+            data_dir = out_dir / f"{DATA_PREFIX}{build}"
+            staging.rename(data_dir)  # complete before index.html names it
+            data.info["records"].update(inline=False, folder=f"{data_dir.name}/{RECORDS_DIR}")
+        doc = _document(bundle, data, title, metrics, default_metric, default_kind)
+        with _compression(compression):
+            page = file_html(doc, resources=INLINE, title=doc.title)
+        # First in <head>, before BokehJS (whose inline code may spell "</head>" itself).
+        charset = '<meta charset="utf-8">'
+        page = page.replace(charset, charset + "\n" + REGISTRY_SCRIPT, 1)
+        if layout == "single":
+            inline = "".join(
+                f"<script>{(records / record_name(i)).read_text('utf-8')}</script>\n"
+                for i in range(data.info["num_images"])
+            )
+            page = _before_last(page, "</body>", inline)
+        path = write_text(out_dir / INDEX_FILE, page)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    # Only now that index.html names the new records (or none) may the old ones go.
+    for old in out_dir.glob(f"{DATA_PREFIX}*"):
+        if old.is_dir() and old != data_dir:
+            shutil.rmtree(old, ignore_errors=True)
+    for old in out_dir.glob(f".{DATA_PREFIX}*"):
+        shutil.rmtree(old, ignore_errors=True)  # left by an interrupted build
+    return path
 
 
-__all__ = ["INDEX_FILE", "build_document", "build_site"]
+def _before_last(text: str, marker: str, insert: str) -> str:
+    at = text.rindex(marker)
+    return text[:at] + insert + text[at:]
+
+
+def _write_records(data: SiteData, folder: Path) -> int:
+    """One record file per image in ``folder``; returns the bytes of the page's data.
+
+    Records are encoded on a few threads: deflate and JPEG encoding, most of the work, run
+    outside Python's lock; a few records at a time are in memory.
+    """
+    total, workers = 0, min(8, os.cpu_count() or 1)
+    count = data.info["num_images"]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, count, 4 * workers):
+            images = range(start, min(count, start + 4 * workers))
+            for image, script in zip(images, pool.map(data.record, images), strict=True):
+                (folder / record_name(image)).write_text(script, encoding="utf-8")
+                total += len(script)
+    return total
+
+
+__all__ = ["INDEX_FILE", "LAYOUTS", "build_document", "build_site"]

@@ -5,17 +5,21 @@ bundle (:mod:`jaxvit_interp.quantities` declares each array and its dimensions).
 are only laid out for BokehJS:
 
 - each array becomes one flat column named ``part/name`` (row-major, as NumPy lays it out), in the
-  table of its dimensions (``images`` for ``[I]``, ``heads`` for ``[L, H]``, ``t:I,L,H`` for
-  ``[I, L, H]``, ...), because a BokehJS source needs equal-length columns and one source per
+  table of its dimensions (``images`` for ``[I]``, ``heads`` for ``[L, H]``, ``t:C,L,H`` for
+  ``[C, L, H]``, ...), because a BokehJS source needs equal-length columns and one source per
   array would cost a model each;
+- what only the chosen image needs (its per-head values, partial pruning, attention and pixels)
+  is not in a table but in that image's record (:mod:`jaxvit_interp.site.records`), which the page
+  reads when the image is chosen; ``info["tables"]`` says ``"record"`` for those arrays, and a few
+  arrays no view shows stay out of the page (``records.NOT_SHOWN``);
 - the page receives the registry (metrics, every array's dimensions) and the sizes of the
   dimensions as JSON in ``info``, and finds any value with one function (``js/update.js``:
   ``value(part, name, coords)``), so no layout is written twice;
 - the ``images`` and ``heads`` tables are also the two entities the views select, with a few
   display columns (names, colours, positions in the head grid);
-- three arrays are re-encoded for size: attention as uint16 (``round(a * 65535)``, an absolute
-  error below 7.7e-6), thumbnails as packed RGBA (``image_rgba``), and each cluster
-  representative and density map as a display image.
+- thumbnails are re-encoded as packed RGBA (``image_rgba``), each cluster representative and
+  density map as a display image, and the per-image pattern positions of a sample of at most
+  :data:`EMBEDDING_POINTS` images (chosen with a fixed seed) form D1's ``embedding`` table.
 """
 
 from __future__ import annotations
@@ -28,15 +32,17 @@ import numpy as np
 
 from jaxvit_interp.bundle import BundleError, ResultsBundle, special_tokens
 from jaxvit_interp.quantities import METRICS, PATTERN_KINDS, SCHEMA, registry_json
+from jaxvit_interp.site.records import NOT_SHOWN, record_arrays, record_layout
 
 # Parts without which there is no site; the others leave a note in their view when absent.
 REQUIRED_PARTS = ("images", "importance", "strength")
-ATTENTION_SCALE = 65535  # attention in [0, 1] -> uint16
-VALUE_BINS = 40  # D5's histogram of one attention matrix (a display of one image, not a reduction)
+VALUE_BINS = 40
+# Most images D1 draws as points for the chosen head (the density image covers every one).
+EMBEDDING_POINTS = (
+    600  # D5's histogram of one attention matrix (a display of one image, not a reduction)
+)
 # Arrays re-encoded into their own display tables rather than looked up as they are.
 ENCODED = {
-    ("images", "thumbnails"),
-    ("attention", "attention"),
     *(("patterns", f"{k}_{n}") for k in PATTERN_KINDS for n in ("representatives", "centres")),
     *(("patterns", f"{k}_{n}") for k in PATTERN_KINDS for n in ("density", "extent")),
 }
@@ -100,12 +106,6 @@ def pack_thumbnails(thumbnails: np.ndarray, max_size: int | None = 64) -> np.nda
     return x.view("<u4")[..., 0]
 
 
-def quantize_attention(attention: np.ndarray) -> np.ndarray:
-    """Attention in [0, 1] -> uint16 ``round(a * 65535)``; see :data:`ATTENTION_SCALE`."""
-    a = np.clip(np.nan_to_num(np.asarray(attention, np.float64)), 0.0, 1.0)
-    return np.round(a * ATTENTION_SCALE).astype(np.uint16)
-
-
 def table_name(dims: tuple[str | int, ...]) -> str:
     """The page table that holds arrays of dimensions ``dims``."""
     if tuple(dims) == ("I",):
@@ -121,13 +121,34 @@ class SiteData:
 
     Attributes:
       info: JSON-serialisable facts: sizes, names, modes, which parts exist, the registry
-        (``info["registry"]``), the size of every dimension (``info["sizes"]``) and where each
-        bundle array lives (``info["tables"]``: ``"part/name"`` -> table name).
+        (``info["registry"]``), the size of every dimension (``info["sizes"]``), where each
+        bundle array lives (``info["tables"]``: ``"part/name"`` -> table name or ``"record"``)
+        and how records lay out their arrays (``info["records"]``).
       tables: table name -> column name -> array or list.
+      bundle: the bundle the records are written from.
+      record_keys: ``(part, name)`` of the arrays records carry.
+      partial_row / attention_row: each image's row in the partial-pruning and attention
+        subsets, or -1.
     """
 
     info: dict[str, Any]
     tables: dict[str, dict[str, Any]]
+    bundle: ResultsBundle | None = None
+    record_keys: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    partial_row: np.ndarray | None = None
+    attention_row: np.ndarray | None = None
+
+    def record(self, image: int) -> str:
+        """The script of image ``image``'s record (:mod:`jaxvit_interp.site.records`)."""
+        from jaxvit_interp.site.records import record_script
+
+        return record_script(
+            self.bundle,
+            image,
+            partial_row=int(self.partial_row[image]),
+            attention_row=int(self.attention_row[image]),
+            keys=self.record_keys,
+        )
 
     def column(self, part: str, name: str) -> np.ndarray:
         """The flat column of bundle array ``part/name``."""
@@ -174,11 +195,18 @@ def prepare_site_data(
     for part, index in (("attention", attention_index), ("partial", partial_index)):
         if ((index < 0) | (index >= n_img)).any():
             raise BundleError(f"{part}/image_index refers to images outside 0..{n_img - 1}")
+    in_records = set(record_arrays(bundle))
     for part, arrays in bundle.parts.items():
         for name, array in arrays.items():
-            if (part, name) in ENCODED:
-                continue
             dims = SCHEMA[part][name]
+            if (part, name) in in_records:
+                where[f"{part}/{name}"] = "record"
+                sizes.update(
+                    {d: s for d, s in zip(dims, array.shape, strict=True) if isinstance(d, str)}
+                )
+                continue
+            if (part, name) in ENCODED | NOT_SHOWN:
+                continue
             table = table_name(dims)
             values = np.asarray(array)
             if values.dtype.kind in "bf":  # the page computes in float32 anyway
@@ -208,6 +236,8 @@ def prepare_site_data(
     partial_row = np.full(n_img, -1, np.int32)
     partial_row[partial_index] = np.arange(len(partial_index), dtype=np.int32)
     overview = images["overview"].astype(np.float32)
+    some = 0 < len(attention_index) < n_img
+    base_outline = np.where((attention_row >= 0) & some, 1.5, 0.0).astype(np.float32)
     thumbs = pack_thumbnails(images["thumbnails"], thumbnail_size)
     tables["thumbnails"] = {"rgba": thumbs.reshape(-1)}
     tables["images"].update(
@@ -225,8 +255,10 @@ def prepare_site_data(
             "alpha": (0.25 + 0.75 * np.clip(p_y, 0, 1)).astype(np.float32),
             "attention_row": attention_row,
             "partial_row": partial_row,
-            # Images whose attention is stored get an outline, so readers can find them.
-            "outline": np.where(attention_row >= 0, 1.5, 0.0).astype(np.float32),
+            # When only some images have stored attention, they get an outline, so readers can
+            # find them (search outlines its matches, then restores this).
+            "base_outline": base_outline,
+            "outline": base_outline,
             "stored": [
                 ", ".join(n for n, row in (("attention", a), ("partial pruning", s)) if row >= 0)
                 or "-"
@@ -259,12 +291,14 @@ def prepare_site_data(
         }
     )
 
-    # --- re-encoded arrays: attention, pattern images ---------------------------------------
-    if len(attention_index):
-        att = bundle["attention"]["attention"][: len(attention_index)]
-        tables["attention"] = {"value": quantize_attention(att).reshape(-1)}
+    # --- re-encoded arrays: pattern images, D1's sample of images -----------------------------
     patterns = bundle.parts.get("patterns", {})
     kinds = [k for k in PATTERN_KINDS if f"{k}_positions" in patterns]
+    sample = embedding_sample(n_img)
+    tables["embedding"] = {
+        kind: np.asarray(patterns[f"{kind}_positions"][sample], np.float32).reshape(-1)
+        for kind in kinds
+    }
     density: dict[str, list] = {"kind": [], "image": [], "x": [], "y": [], "dw": [], "dh": []}
     reps: dict[str, list] = {
         "kind": [], "cluster": [], "image": [], "x": [], "y": [], "dw": [], "dh": [], "count": [],
@@ -313,6 +347,8 @@ def prepare_site_data(
         "value_bins": VALUE_BINS,
         "has_cls": has_cls,
         "class_names": class_names,
+        # Images per label: the overview's legend lists the most common classes of many.
+        "class_counts": bundle["importance"]["class_counts"].astype(int).tolist(),
         "pruning_modes": modes,
         "metric_info": METRIC_INFO,
         "kinds": kinds,
@@ -326,7 +362,9 @@ def prepare_site_data(
         ),
         "num_partial": int(len(partial_index)),
         "num_attention": int(len(attention_index)),
-        "attention_scale": ATTENTION_SCALE,
+        # D1's sample of images, whose positions the embedding table holds.
+        "embedding_images": sample.tolist(),
+        "records": {"arrays": record_layout(bundle), "inline": True, "folder": ""},
         "max_entropy": math.log(K) if K > 1 else 1.0,
         "labels_are_predictions": bool(meta.get("labels_are_predictions", False)),
         "checkpoint": meta.get("checkpoint", {}),
@@ -334,7 +372,22 @@ def prepare_site_data(
         "sizes": {str(d): int(s) for d, s in sizes.items()},
         "tables": where,
     }
-    return SiteData(info=info, tables=tables)
+    return SiteData(
+        info=info,
+        tables=tables,
+        bundle=bundle,
+        record_keys=sorted(in_records),
+        partial_row=partial_row,
+        attention_row=attention_row,
+    )
+
+
+def embedding_sample(num_images: int) -> np.ndarray:
+    """The images D1 draws as points for the chosen head: all of them up to
+    :data:`EMBEDDING_POINTS`, else that many chosen with a fixed seed (the density shows all)."""
+    if num_images <= EMBEDDING_POINTS:
+        return np.arange(num_images)
+    return np.sort(np.random.default_rng(0).choice(num_images, EMBEDDING_POINTS, replace=False))
 
 
 def make_sources(data: SiteData) -> dict[str, Any]:

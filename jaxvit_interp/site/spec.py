@@ -7,8 +7,9 @@ Example (``sites/digits.toml``)::
     images = "builtin:digits"         # or an image folder, relative to this file
     # labels = "labels.csv"           # optional CSV of image ids and labels
     max_images = 300                  # images analysed and shown in the overview
-    attention_images = 32             # images whose full attention the page embeds
-    partial_images = 32               # images with partial pruning (default: attention_images)
+    attention_images = 32             # images whose attention the page holds (default "all")
+    partial_images = 32               # images with partial pruning (default: attention_images,
+                                      # or 64 when that is "all")
 
     [analysis]
     seed = 0                          # which images are sampled, and the analysis's randomness
@@ -35,6 +36,9 @@ from jaxvit_interp.errors import InputError
 from jaxvit_interp.quantities import METRIC_NAMES, THUMBNAIL_SIZE
 
 BUILTINS = ("builtin:digits",)
+ALL_IMAGES = "all"
+# Images with partial pruning when the spec keeps every image's attention and names no count.
+DEFAULT_PARTIAL = 64
 PATTERN_KINDS = ("cls", "patch")
 
 
@@ -53,7 +57,7 @@ class SiteSpec:
       images: ``"builtin:digits"`` or the image folder.
       labels: the labels CSV, or ``None``.
       max_images: images analysed and shown.
-      attention_images: images whose attention matrices the page embeds.
+      attention_images: ``"all"``, or how many images' attention matrices the page holds.
       partial_images: images with partial-pruning results.
       seed: randomness of image sampling and of the analysis.
       batch_size: images per model batch in the analysis.
@@ -72,7 +76,7 @@ class SiteSpec:
     images: str | Path
     labels: Path | None
     max_images: int
-    attention_images: int
+    attention_images: int | str
     partial_images: int
     seed: int
     batch_size: int
@@ -87,7 +91,9 @@ class SiteSpec:
         """Keyword arguments of :func:`jaxvit_interp.site.build_site` this spec fixes."""
         return {
             "title": self.title,
-            "max_attention_images": self.attention_images,
+            "max_attention_images": (
+                None if self.attention_images == ALL_IMAGES else self.attention_images
+            ),
             "metrics": list(self.metrics),
             "default_metric": self.default_metric,
             "default_kind": self.default_kind,
@@ -103,7 +109,7 @@ _TOP: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "images": (str, ...),
     "labels": (str, None),
     "max_images": (int, 300),
-    "attention_images": (int, 32),
+    "attention_images": ((int, str), "all"),
     "partial_images": (int, None),
 }
 _TABLES: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
@@ -209,14 +215,23 @@ def load_site_spec(path: str | Path) -> SiteSpec:
     analysis, views = tables["analysis"], tables["views"]
 
     max_images = _positive(where, "max_images", top["max_images"])
-    attention_images = _positive(where, "attention_images", top["attention_images"])
-    partial_images = _positive(
-        where,
-        "partial_images",
-        top["partial_images"] if top["partial_images"] is not None else attention_images,
-    )
-    for key, value in (("attention_images", attention_images), ("partial_images", partial_images)):
-        if value > max_images:
+    attention_images = top["attention_images"]
+    if attention_images != ALL_IMAGES:
+        if isinstance(attention_images, str):
+            raise SiteSpecError(
+                f"{where}: attention_images must be {ALL_IMAGES!r} or a count, got "
+                f"{attention_images!r}"
+            )
+        _positive(where, "attention_images", attention_images)
+    partial_images = top["partial_images"]
+    if partial_images is None:
+        partial_images = min(
+            max_images, DEFAULT_PARTIAL if attention_images == ALL_IMAGES else attention_images
+        )
+    partial_images = _positive(where, "partial_images", partial_images)
+    counts = (("attention_images", attention_images), ("partial_images", partial_images))
+    for key, value in counts:
+        if value != ALL_IMAGES and value > max_images:
             raise SiteSpecError(f"{where}: {key} = {value} exceeds max_images = {max_images}")
     _positive(where, "analysis.batch_size", analysis["batch_size"])
     _positive(where, "views.thumbnail_size", views["thumbnail_size"])

@@ -2,7 +2,9 @@
 
 They exercise the site without running an analysis (its tests and size benchmark use them). The
 per-image arrays obey the invariants a real analysis gives, so the views look like real ones:
-probabilities sum to 1 over classes, attention rows are softmax distributions, head entropy is the
+probabilities sum to 1 over classes, attention rows are softmax distributions (of random logits at
+a random temperature per head, so peaked and flat heads mix, stored as the analysis stores them:
+:func:`~jaxvit_interp.attention_codes.encode_attention`), head entropy is the
 entropy of the normalised strength vector, ``prob`` is ``p_y - prob_drop``, and partial pruning's
 ``none`` mode keeps the unpruned probability. The reductions over images are computed from them by
 the same functions an analysis uses (:mod:`jaxvit_interp.pipeline.parts`).
@@ -10,9 +12,18 @@ the same functions an analysis uses (:mod:`jaxvit_interp.pipeline.parts`).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from jaxvit_interp.bundle import BUNDLE_VERSION, ResultsBundle
+from jaxvit_interp.attention_codes import encode_attention
+from jaxvit_interp.bundle import (
+    BUNDLE_VERSION,
+    ResultsBundle,
+    load_bundle,
+    mapped_path,
+    save_bundle,
+)
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
 from jaxvit_interp.pipeline.parts import importance_part, partial_part, pattern_part, strength_part
@@ -32,27 +43,34 @@ def synthetic_bundle(
     num_layers: int = 3,
     num_heads: int = 2,
     grid: tuple[int, int] = (4, 4),
+    patch_size: int = 1,
+    channels: int = 1,
     has_cls: bool = True,
     partial_images: int = 8,
     attention_images: int = 6,
     clusters: int = 4,
     class_names: list[str] | None = None,
     image_ids: list[str] | None = None,
+    directory: str | Path | None = None,
 ) -> ResultsBundle:
-    """A valid :class:`ResultsBundle` for a ViT with 1x1 patches on a ``grid`` image.
+    """A valid :class:`ResultsBundle` for a ViT with ``patch_size`` patches on a ``grid``.
 
     Args:
       rng: the randomness (tests pass a freshly seeded generator).
       num_images: ``I``; partial pruning and attention cover the first ``partial_images`` and
         ``attention_images`` of a random permutation, as an analysis's chosen subsets would.
+      patch_size, channels: the input pixels (``grid * patch_size`` a side).
       class_names / image_ids: override the generated names (e.g. to test escaping).
+      directory: write the bundle there and return it loaded, its large arrays memory-mapped;
+        their contents are generated a few images at a time, as an analysis writes them, so
+        thousands of ViT-B/16-sized images fit in memory.
     """
     gh, gw = grid
     n_img, C, L, H = num_images, num_classes, num_layers, num_heads
     config = ViTConfig(
-        image_size=grid,
-        patch_size=(1, 1),
-        channels=1,
+        image_size=(gh * patch_size, gw * patch_size),
+        patch_size=(patch_size, patch_size),
+        channels=channels,
         hidden_size=8 * H,
         num_layers=L,
         num_heads=H,
@@ -149,7 +167,26 @@ def synthetic_bundle(
 
     attention_index = np.sort(order[:attention_images]).astype(np.int32)
     A = len(attention_index)
-    attention = _softmax(rng.normal(0, 2, (A, L, H, N, N))).astype(np.float32)
+    # One temperature per head (and image), as hop_strength's benchmark draws them: peaked and
+    # flat heads mixed, like a trained model's.
+    temperature = rng.uniform(0.1, 8.0, (A, L, H, 1, 1)).astype(np.float32)
+    slice_images = max(1, 2**22 // max(1, L * H * N * N))
+
+    def attention_slices():
+        for at in range(0, A, slice_images):
+            t = temperature[at : at + slice_images]
+            logits = rng.normal(0, 1, (len(t), L, H, N, N)).astype(np.float32) * t
+            yield encode_attention(_softmax(logits))
+
+    tint = np.array([1.0, 0.8, 0.6][:channels], np.float32)
+
+    def pixel_slices():
+        size = (gh * patch_size, gw * patch_size)
+        for at in range(0, n_img, 64):
+            small = thumbnails[at : at + 64].astype(np.float32)
+            big = np.repeat(np.repeat(small, patch_size, 1), patch_size, 2)
+            noise = rng.normal(0, 12, (len(small), *size, channels))
+            yield np.clip(big[..., None] * tint + noise, 0, 255).astype(np.uint8)
 
     meta = {
         "config": config.to_dict(),
@@ -165,15 +202,55 @@ def synthetic_bundle(
             "labels": labels,
             "predictions": predictions,
             "probs": probs,
-            "thumbnails": thumbnails[..., None],
+            "thumbnails": (thumbnails[..., None] * tint).astype(np.uint8),
             "overview": overview,
         },
         "importance": importance,
         "partial": partial,
         "strength": strength_arrays,
         "patterns": patterns,
-        "attention": {"image_index": attention_index, "attention": attention},
+        "attention": {"image_index": attention_index},
     }
+    errors = np.zeros((A, L, H), np.float32)
+    shapes = {"codes": (A, L, H, N, N), "steps": (A, L, H, N)}
+    if directory is None:
+        encoded = list(attention_slices())
+        for k, name in enumerate(("codes", "steps")):
+            parts["attention"][name] = (
+                np.concatenate([e[k] for e in encoded]) if encoded else np.zeros(shapes[name])
+            ).astype(np.uint8 if name == "codes" else np.float32)
+        errors = np.concatenate([e[2] for e in encoded]) if encoded else errors
+        parts["images"]["pixels"] = np.concatenate(list(pixel_slices()))
+    else:
+        from jaxvit_interp.storage import atomic_npy
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with (
+            atomic_npy(
+                mapped_path(directory, "attention", "codes"), shapes["codes"], np.uint8
+            ) as c,
+            atomic_npy(mapped_path(directory, "attention", "steps"), shapes["steps"], "f4") as st,
+        ):
+            at = 0
+            for codes, steps, error in attention_slices():
+                c[at : at + len(codes)], st[at : at + len(codes)] = codes, steps
+                errors[at : at + len(codes)] = error
+                at += len(codes)
+        size = (n_img, gh * patch_size, gw * patch_size, channels)
+        with atomic_npy(mapped_path(directory, "images", "pixels"), size, np.uint8) as px:
+            at = 0
+            for piece in pixel_slices():
+                px[at : at + len(piece)] = piece
+                at += len(piece)
+        for part, names in (("attention", ("codes", "steps")), ("images", ("pixels",))):
+            for name in names:
+                parts[part][name] = np.load(mapped_path(directory, part, name), mmap_mode="r")
+    parts["attention"]["error"] = errors
+    parts["attention"]["error_max"] = errors.max(0) if A else np.zeros((L, H), np.float32)
     bundle = ResultsBundle(meta=meta, parts=parts)
     bundle.validate()
+    if directory is not None:
+        save_bundle(bundle, directory)
+        return load_bundle(directory)
     return bundle

@@ -74,6 +74,20 @@ def test_analyze_folder_reports_bad_files_and_analyses_the_rest(
     assert site.returncode == 0, site.stderr
     html = (tmp_path / "site" / "index.html").read_text()
     assert "Bokeh" in html and "cdn.bokeh.org" not in html
+    # auto: a small run is one file, every image's record inline.
+    assert html.count("<script>jaxvitRecord(") == 14
+    assert not [p for p in (tmp_path / "site").iterdir() if p.name != "index.html"]
+    # --layout folder: one record script per image beside the page, which names their folder.
+    site = cli("site", tmp_path / "run", "--out", tmp_path / "site", "--layout", "folder")
+    assert site.returncode == 0, site.stderr
+    (data,) = (tmp_path / "site").glob("data-*")
+    assert sorted(p.name for p in (data / "images").iterdir()) == [f"{i:06d}.js" for i in range(14)]
+    assert f"{data.name}/images" in (tmp_path / "site" / "index.html").read_text()
+    assert_one_line_error(
+        cli("site", tmp_path / "run", "--out", tmp_path / "site", "--layout", "pages"),
+        "--layout",
+        "pages",
+    )
 
 
 def test_bad_arguments_end_with_one_clear_line(tiny_checkpoint, image_folder, tmp_path):

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from sitepage import EVIL_ID, make_bundle
 
+from jaxvit_interp.attention_codes import decode_attention
 from jaxvit_interp.quantities import ENTROPY_BINS
 from jaxvit_interp.site.browser import FIND_VIEW_JS
 from jaxvit_interp.site.document import build_site
-from jaxvit_interp.site.sources import ATTENTION_SCALE, METRIC_INFO
+from jaxvit_interp.site.sources import METRIC_INFO
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +43,14 @@ DEEP_IMG_JS = """() => {
   walk(document);
   return n;
 }"""
-# uint16 storage of attention: half a step of 1/65535.
-ATT_TOL = 0.5 / ATTENTION_SCALE + 1e-7
+# The page multiplies the stored codes by their row's step as NumPy does, in float32.
+ATT_TOL = 1e-9
+
+
+def _attention(bundle, s: int, layer: int, head: int) -> np.ndarray:
+    """Head ``(layer, head)``'s attention of row ``s`` of the attention subset, as stored."""
+    stored = bundle["attention"]
+    return decode_attention(stored["codes"][s, layer, head], stored["steps"][s, layer, head])
 
 
 def _dims(bundle):
@@ -242,7 +249,7 @@ def test_choosing_a_head_in_b_highlights_it_in_c_and_d(tiny_site, tiny_bundle, o
         site.data("hop_bars")["strength"], tiny_bundle["strength"]["strength"][i, lay, h], rtol=1e-6
     )
     s = int(np.flatnonzero(tiny_bundle["attention"]["image_index"] == i)[0])
-    att = tiny_bundle["attention"]["attention"][s, lay, h]
+    att = _attention(tiny_bundle, s, lay, h)
     np.testing.assert_allclose(site.data("patches")["heat"], att[0, 1:], atol=ATT_TOL)
     for title in (
         "partial_title",
@@ -265,7 +272,7 @@ def test_clicking_a_patch_moves_the_overlay(tiny_site, tiny_bundle, open_page, s
     k = site.state()["head"]
     lay, h = divmod(k, H)
     s = int(np.flatnonzero(tiny_bundle["attention"]["image_index"] == i)[0])
-    att = tiny_bundle["attention"]["attention"][s, lay, h]
+    att = _attention(tiny_bundle, s, lay, h)
     # With no patch chosen the query is the CLS token.
     np.testing.assert_allclose(site.data("patches")["heat"], att[0, 1:], atol=ATT_TOL)
     rng = np.random.default_rng(site_seed)
@@ -420,7 +427,7 @@ def test_site_without_pattern_results(tmp_path, open_page, rng):
     site.set_selected("heads", [3])
     assert (site.state()["image"], site.state()["head"]) == (i, 3)
     np.testing.assert_allclose(
-        site.data("patches")["heat"], bundle["attention"]["attention"][0, 1, 1, 0, 1:], atol=ATT_TOL
+        site.data("patches")["heat"], _attention(bundle, 0, 1, 1)[0, 1:], atol=ATT_TOL
     )
     assert site.problems == []
 

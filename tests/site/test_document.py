@@ -50,12 +50,13 @@ def test_every_model_the_page_code_uses_is_in_the_document(bundle):
     doc = build_document(bundle)
     names = {m.name for m in doc.models if m.name}
     # Every table the page looks a bundle array up in (see sources.py).
-    for name in set(prepare_site_data(bundle).info["tables"].values()):
+    for name in set(prepare_site_data(bundle).info["tables"].values()) - {"record"}:
         assert name in names, name
     for name in (
         "images",
         "heads",
-        "attention",
+        "records",
+        "embedding",
         "thumbnails",
         "state",
         "partial_bars",
@@ -115,11 +116,71 @@ def test_attention_limit_and_compression_shrink_the_file(rng, tmp_path):
         "zipped": {"compression": 9},
     }.items():
         sizes[key] = build_site(bundle, tmp_path / key, **options).stat().st_size
-    # Each attention image holds L*H*N*N uint16 values, base64 encoded (4/3).
-    per_image = 3 * 4 * 37 * 37 * 2 * 4 / 3
-    assert sizes["all"] - sizes["two"] == pytest.approx(6 * per_image, rel=0.02)
+    # Each attention image's L*H*N*N codes (and L*H*N steps), deflated, in base64.
+    per_image = (sizes["all"] - sizes["two"]) / 6
+    assert 0.2 * 3 * 4 * 37 * 37 < per_image < 3 * 4 * 37 * (37 + 4) * 4 / 3
     assert sizes["zipped"] < sizes["all"]
     assert settings.compression_level() == before  # Bokeh's own setting is left as it was
+
+
+def _records_folders(out):
+    return sorted(p.name for p in out.iterdir() if p.name.startswith(("data-", ".data-")))
+
+
+def test_layouts_single_folder_and_auto(rng, tmp_path, monkeypatch):
+    from jaxvit_interp.site import document
+
+    bundle = make_bundle(rng, num_images=12, num_layers=2, num_heads=2, grid=(3, 3))
+    single = build_site(bundle, tmp_path / "single", layout="single")
+    assert _records_folders(single.parent) == []
+    assert single.read_text().count("jaxvitRecord(") == 12  # one call per image
+    folder = build_site(bundle, tmp_path / "folder", layout="folder")
+    (data,) = _records_folders(folder.parent)
+    files = sorted(p.name for p in (folder.parent / data / "images").iterdir())
+    assert files == [f"{i:06d}.js" for i in range(12)]
+    page = folder.read_text()
+    assert f"{data}/images" in page and "jaxvitRecord(0," not in page
+    assert single.stat().st_size > folder.stat().st_size
+    # auto: one file while the page stays small, a folder beyond.
+    assert _records_folders(build_site(bundle, tmp_path / "auto").parent) == []
+    monkeypatch.setattr(document, "SINGLE_FILE_LIMIT", 1000)
+    assert len(_records_folders(build_site(bundle, tmp_path / "auto").parent)) == 1
+    with pytest.raises(ValueError, match="site layout must be one of auto, single, folder"):
+        build_site(bundle, tmp_path / "bad", layout="pages")
+
+
+def test_a_site_is_replaced_whole_and_other_files_are_kept(rng, tmp_path, monkeypatch):
+    from jaxvit_interp.site import document
+
+    bundle = make_bundle(rng, num_images=10, num_layers=2, num_heads=2, grid=(3, 3))
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / "run").mkdir()  # e.g. the analysis's run folder beside the page
+    first = build_site(bundle, out, layout="folder")
+    (old,) = _records_folders(out)
+    # A build that fails half-way leaves the published site as it was.
+    calls = {"n": 0}
+    real = document.SiteData.record
+
+    def failing(self, image):
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise OSError(28, "No space left on device")
+        return real(self, image)
+
+    page = first.read_text()
+    with monkeypatch.context() as patch:
+        patch.setattr(document.SiteData, "record", failing)
+        with pytest.raises(OSError, match="No space"):
+            build_site(bundle, out, layout="folder")
+    assert first.read_text() == page and _records_folders(out) == [old]
+    # A new build's records sit in a new folder that index.html names; the old ones go.
+    build_site(bundle, out, layout="folder")
+    (new,) = _records_folders(out)
+    assert new != old and new in first.read_text()
+    assert (out / "run").is_dir()
+    build_site(bundle, out, layout="single")
+    assert _records_folders(out) == [] and (out / "run").is_dir()
 
 
 def test_options_choose_the_opening_selections(bundle):

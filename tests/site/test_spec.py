@@ -32,7 +32,8 @@ def test_the_shipped_digits_spec():
 def test_defaults_of_a_minimal_spec(tmp_path):
     spec = load_site_spec(write(tmp_path, MINIMAL))
     assert spec.title is None and spec.labels is None
-    assert (spec.max_images, spec.attention_images, spec.partial_images) == (300, 32, 32)
+    assert (spec.max_images, spec.attention_images, spec.partial_images) == (300, "all", 64)
+    assert spec.site_options()["max_attention_images"] is None
     assert spec.default_metric == METRIC_NAMES[0] and spec.default_kind == "cls"
     assert spec.compression == 0
 
@@ -67,6 +68,7 @@ def test_paths_resolve_against_the_spec_folder(tmp_path):
         (MINIMAL + "max_images = true\n", "max_images must be of type int, got True"),
         (MINIMAL + "max_images = 0\n", "max_images must be at least 1"),
         (MINIMAL + "attention_images = 400\n", "attention_images = 400 exceeds max_images = 300"),
+        (MINIMAL + 'attention_images = "some"\n', "attention_images must be 'all' or a count"),
         (MINIMAL + '[views]\nmetrics = ["kl", "fisher"]\n', "unknown metric 'fisher'"),
         (
             MINIMAL + '[views]\nmetrics = ["kl"]\ndefault_metric = "prob"\n',

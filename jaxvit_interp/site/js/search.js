@@ -2,7 +2,7 @@
 export default function findImage({images, search, search_status}) {
   const q = search.value.trim().toLowerCase();
   const d = images.data, n = d.id.length;
-  const outline = d.attention_row.map((a) => a >= 0 ? 1.5 : 0);
+  const outline = Array.from(d.base_outline);
   if (!q) {
     images.data = {...d, outline};
     search_status.text = "";

@@ -6,7 +6,11 @@
 //
 // Every number shown is looked up, never computed here: the analysis computed it and the bundle
 // carries it (means over images, histograms, most common clusters included). `value(part,
-// name, coords)` finds an entry of any bundle array from the registry's dimensions.
+// name, coords)` finds an entry of any bundle array from the registry's dimensions, in the
+// page's tables or, for what only the chosen image needs, in that image's record: a script
+// that registers it (site/records.py), inline in a single-file site and loaded on demand in a
+// folder site. A record that is loading, missing or damaged leaves the views on the values
+// over all images, with a note saying why.
 //
 // `page` holds the models by name and two values from the build: `info` (sizes, names, modes,
 // which parts exist, the registry, where each array lives) and `value_palette` (B1's colours,
@@ -42,10 +46,18 @@ export const TEXTS = {
   matrix_title_none: "attention matrix (rows: query, columns: key)",
   matrix_title_local: "attention of {head}, image {id}",
   attention_global: "Choose an image in A: the {n} outlined images have stored attention.",
+  attention_global_all: "Choose an image in A to see its attention.",
   attention_not_stored: "Attention was not stored for this image (only for the {n} outlined " +
     "images in A).",
-  attention_local: "",
+  attention_local: "Stored as 8-bit codes with a step per row: worst absolute error " +
+    "{error} in this matrix, {error_max} for this head over all images.",
   attention_none: "This results bundle stores no attention matrices.",
+  record_loading: "Loading the data of image {id}...",
+  record_missing: "The data of image {id} could not be loaded: {file} is missing. The views " +
+    "show values over all images.",
+  record_damaged: "The data of image {id} could not be read: {file} is damaged ({why}). The " +
+    "views show values over all images.",
+  scope_pending: "mean over all images; image {id} not loaded",
 };
 const KIND_NAMES = {cls: "CLS", patch: "patch"};
 
@@ -77,6 +89,121 @@ function histogram(values, count, width) {
   };
 }
 
+// ---- per-image records ------------------------------------------------------------------------
+
+// Created by the page's first script (site/records.py); record scripts register into it.
+const registry = () => window.jaxvitRecords;
+const TYPES = {float32: Float32Array, int32: Int32Array};
+const recordFile = (info, i) => info.records.inline ? "the page's inline data"
+  : `${info.records.folder}/${String(i).padStart(6, "0")}.js`;
+
+function base64Bytes(text) {
+  const s = atob(text), out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+  return out;
+}
+const inflate = async (bytes) => new Uint8Array(await new Response(
+  new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"))).arrayBuffer());
+
+// The JPEG of the record, decoded by the browser, as packed RGBA rows (image_rgba's layout).
+async function decodePixels(url) {
+  const img = new Image();
+  img.src = url;
+  await img.decode();
+  const canvas = document.createElement("canvas");
+  canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+  const ctx = canvas.getContext("2d", {willReadFrequently: true});
+  ctx.drawImage(img, 0, 0);
+  const data = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+  return {rgba: new Uint32Array(data.buffer), shape: [canvas.height, canvas.width]};
+}
+
+// Tell the page a record changed: writing the `records` source runs update again, soon (BokehJS
+// runs callbacks asynchronously), so a record counts as pending until a task later. The serial
+// number makes each write a change: BokehJS ignores a write of an equal value.
+async function announce(page, i, r) {
+  const reg = registry();
+  reg.serial = (reg.serial ?? 0) + 1;
+  page.records.data = {image: [i], status: [r.status], serial: [reg.serial]};
+  await new Promise((resolve) => setTimeout(resolve, 0));
+}
+
+// The attention and pixels of a record decode in the background; the page redraws after each.
+function decodeLater(page, i, r, raw) {
+  const reg = registry();
+  const work = async (key, decode) => {
+    reg.pending += 1;
+    try {
+      r[key] = await decode();
+    } catch (err) {
+      r[`${key}_error`] = String(err && err.message || err);
+    }
+    await announce(page, i, r);
+    reg.pending -= 1;
+  };
+  if (raw.attention !== undefined) {
+    work("attention", async () => {
+      const {L, H, N} = page.info.sizes, rows = L * H * N;
+      const bytes = await inflate(base64Bytes(raw.attention));
+      if (bytes.length !== rows * 4 + rows * N) throw new Error("attention of the wrong size");
+      return {steps: new Float32Array(bytes.buffer.slice(0, rows * 4)),
+              codes: new Uint8Array(bytes.buffer, rows * 4, rows * N)};
+    });
+  }
+  if (raw.pixels !== undefined) work("pixels", () => decodePixels(raw.pixels));
+}
+
+function decodeRecord(page, i, r, raw) {
+  try {
+    const values = {};
+    for (const [key, layout] of Object.entries(page.info.records.arrays)) {
+      const text = raw.values[key];
+      if (text === undefined) continue;  // e.g. partial pruning of an image outside its subset
+      const bytes = base64Bytes(text);
+      values[key] = new TYPES[layout.dtype](bytes.buffer);
+    }
+    r.values = values;
+    r.status = "ready";
+  } catch (err) {
+    r.status = "damaged";
+    r.why = String(err && err.message || err);
+    return;
+  }
+  decodeLater(page, i, r, raw);
+}
+
+// The record of image i, decoded or on its way: {status: "loading" | "ready" | "missing" |
+// "damaged", values, attention, pixels}.
+function record(page, i) {
+  const reg = registry();
+  let r = reg.decoded.get(i);
+  if (r !== undefined) return r;
+  r = {status: "loading", values: null, attention: null, pixels: null, why: ""};
+  reg.decoded.set(i, r);
+  const fail = (status, why) => { r.status = status; r.why = why; };
+  if (reg.raw.has(i)) {
+    decodeRecord(page, i, r, reg.raw.get(i));
+  } else if (page.info.records.inline) {
+    fail("missing", "");
+  } else {
+    reg.pending += 1;
+    const tag = document.createElement("script");
+    const done = async (status) => {
+      tag.remove();
+      if (status === "loaded" && reg.raw.has(i)) decodeRecord(page, i, r, reg.raw.get(i));
+      else if (status === "loaded") fail("damaged", "it did not register its data");
+      else fail("missing", "");
+      await announce(page, i, r);
+      reg.pending -= 1;
+    };
+    tag.onload = () => done("loaded");
+    tag.onerror = () => done("error");
+    tag.src = recordFile(page.info, i);
+    document.head.appendChild(tag);
+  }
+  return r;
+}
+
 // ---- the bundle's arrays -----------------------------------------------------------------------
 
 // Where array `part/name` keeps the entry at `coords` (e.g. {I: image, L: layer, H: head}): its
@@ -92,8 +219,17 @@ const column = (page, part, name) => {
   const key = `${part}/${name}`;
   return page[page.info.tables[key]].data[key];
 };
-const value = (page, part, name, coords) =>
-  column(page, part, name)[offset(page.info, part, name, coords)];
+// An entry of a bundle array; a record's arrays are found in the record of image `coords.I`,
+// laid out without their image dimension (NaN until it is decoded).
+function value(page, part, name, coords) {
+  const key = `${part}/${name}`, info = page.info;
+  if (info.tables[key] !== "record") return column(page, part, name)[offset(info, part, name, coords)];
+  const r = registry().decoded.get(coords.I), values = r && r.values && r.values[key];
+  if (!values) return NaN;
+  let at = 0;
+  for (const dim of info.records.arrays[key].dims) at = at * info.sizes[dim] + (coords[dim] ?? 0);
+  return values[at];
+}
 // The layer and head of head k, as coordinates.
 const headAt = (info, k) => ({L: Math.floor(k / info.num_heads), H: k % info.num_heads});
 
@@ -123,8 +259,15 @@ function readState(page) {
   const kinds = info.kinds;
   const kind = kinds.length ? kinds[Math.min(kind_toggle.active, kinds.length - 1)] : null;
   const hd = heads.data;
+  const rec = image >= 0 ? record(page, image) : null;
+  // The views are local to the chosen image once its record is read; until then (or when it
+  // cannot be) they show the values over all images.
+  const local = rec !== null && rec.status === "ready";
+  const id = image >= 0 ? images.data.id[image] : "";
   return {
     image,
+    rec,
+    local,
     k,
     mode: msel[0],
     // No patch chosen: the CLS token, or the centre patch of a model without CLS.
@@ -133,10 +276,14 @@ function readState(page) {
     kind,
     kindChanged: previous("kind") !== (kind || ""),
     head: hd.name[k],
-    scope: image >= 0 ? fill("scope_local", {id: images.data.id[image]}) : TEXTS.scope_global,
+    scope: local ? fill("scope_local", {id}) : image >= 0 ? fill("scope_pending", {id})
+      : TEXTS.scope_global,
+    // What the chosen image's record says, when it is not (yet) read.
+    recordNote: rec === null || local ? "" : fill(`record_${rec.status}`,
+      {id, file: recordFile(info, image), why: rec.why}),
     // Head j's value of a per-image array for the chosen image, or its summary over all images
     // (the bundle's `${name}_mean`, or the array named by `overall`).
-    pick: (part, name, j, extra = {}, overall = `${name}_mean`) => image >= 0
+    pick: (part, name, j, extra = {}, overall = `${name}_mean`) => local
       ? value(page, part, name, {I: image, ...headAt(info, j), ...extra})
       : value(page, part, overall, {...headAt(info, j), ...extra}),
   };
@@ -148,8 +295,8 @@ function readState(page) {
 function drawImageInfo({info, images, image_info}, s) {
   const img = images.data, i = s.image;
   setText(image_info, "text", i >= 0
-    ? fill("image_info_local", {id: img.id[i], label: img.label[i], predicted: img.predicted[i],
-                                prob: fixed(img.prob[i], 3)})
+    ? [fill("image_info_local", {id: img.id[i], label: img.label[i], predicted: img.predicted[i],
+                                 prob: fixed(img.prob[i], 3)}), s.recordNote].join(" ").trim()
     : fill("image_info_global", {n: info.num_images}));
 }
 
@@ -196,12 +343,12 @@ function drawPartial(page, s) {
     note = TEXTS.partial_none;
   } else if (image >= 0 && row < 0) {
     note = fill("partial_not_computed", {n: info.num_partial});
-  } else if (image >= 0) {
-    probs = probs.map((_, m) => value(page, "partial", "prob", {S_partial: row, ...at, M: m}));
+  } else if (s.local) {
+    probs = probs.map((_, m) => value(page, "partial", "prob", {I: image, ...at, M: m}));
     note = fill("partial_local", {id: images.data.id[image]});
   } else {
     probs = probs.map((_, m) => value(page, "partial", "prob_mean", {...at, M: m}));
-    note = fill("partial_global", {n: info.num_partial});
+    note = [fill("partial_global", {n: info.num_partial}), s.recordNote].join(" ").trim();
   }
   partial_bars.data = {mode: modes, prob: probs.map((v) => Number.isFinite(v) ? v : 0),
                        label: probs.map((v) => info.has_partial ? fixed(v, 3) : ""),
@@ -210,17 +357,17 @@ function drawPartial(page, s) {
   setText(partial_title, "text", fill("partial_title", {head}));
 
   const rank = [], prob = [], text = [], y = [];
-  if (row >= 0) {
+  if (row >= 0 && s.local) {
     const TOPK = info.top_k;
     for (let t = 0; t < TOPK; t++) {
-      const where = {S_partial: row, ...at, M: s.mode, T: t};
+      const where = {I: image, ...at, M: s.mode, T: t};
       const p = value(page, "partial", "top5_probs", where);
       rank.push(t + 1); y.push(TOPK - t); prob.push(p);
       text.push(`${info.class_names[value(page, "partial", "top5_classes", where)]}: ${sig(p)}`);
     }
   }
   top5_view.data = {rank, prob, text, y, head: repeat(rank.length, head)};
-  setText(top5_title, "text", row >= 0 ? fill("top5_local", {mode: modes[s.mode]})
+  setText(top5_title, "text", row >= 0 && s.local ? fill("top5_local", {mode: modes[s.mode]})
     : image >= 0 ? TEXTS.top5_not_computed : TEXTS.top5_global);
 }
 
@@ -243,16 +390,17 @@ function drawStrength(page, s) {
                        count: counts, head: repeat(bins, head)};
   fitCounts(entropy_hist_y_range, counts);
   setText(entropy_hist_title, "text", fill("entropy_hist_title", {head}));
-  if (image >= 0) {
+  if (s.local) {
     entropy_span.location = value(page, "strength", "head_entropy", {I: image, ...at});
   }
-  entropy_span.visible = image >= 0;
+  entropy_span.visible = s.local;
 }
 
 // D1: the heads in the pattern embedding, the chosen head on each image, and the cluster
 // representatives with the chosen head's cluster outlined.
 function drawEmbedding(page, s) {
-  const {info, images, density, representatives, density_view, head_images, embedding_title,
+  const {info, images, embedding, density, representatives, density_view, head_images,
+         embedding_title,
          embedding_x_range, embedding_y_range, reps_view, reps_highlight, reps_title,
          reps_x_range, reps_y_range} = page;
   const {kind, k, head} = s;
@@ -265,13 +413,15 @@ function drawEmbedding(page, s) {
     embedding_x_range.start = e[0]; embedding_x_range.end = e[1];
     embedding_y_range.start = e[2]; embedding_y_range.end = e[3];
   }
-  const n = info.num_images, at = headAt(info, k);
+  // The chosen head on each image of the page's sample (every image up to a few hundred).
+  const {L, H} = info.sizes, at = headAt(info, k), sample = info.embedding_images;
+  const flat = embedding.data[kind], n = sample.length;
   const position = (xy) => Array.from({length: n},
-    (_, i) => value(page, "patterns", `${kind}_positions`, {I: i, ...at, xy}));
-  const img = images.data;
+    (_, r) => flat[((r * L + at.L) * H + at.H) * 2 + xy]);
+  const img = images.data, pick = (col) => Array.from(sample, (i) => col[i]);
   head_images.data = {x: position(0), y: position(1),
-                      size: Array.from({length: n}, (_, i) => i === s.image ? 11 : 5),
-                      color: img.color, id: img.id, label: img.label};
+                      size: Array.from(sample, (i) => i === s.image ? 11 : 5),
+                      color: pick(img.color), id: pick(img.id), label: pick(img.label)};
   setText(embedding_title, "text",
           fill("embedding_title", {kind: KIND_NAMES[kind], scope: s.scope, head}));
 
@@ -295,23 +445,26 @@ function drawEmbedding(page, s) {
   }
 }
 
-// D2: the chosen image with the query's attention over its patches; D3: the chosen head's
-// attention matrix; D5: the histogram of its values.
+// D2: the chosen image (its record's pixels at the model's input resolution, the page's
+// thumbnail until they arrive) with the query's attention over its patches; D3: the chosen
+// head's attention matrix; D5: the histogram of its values.
 function drawAttention(page, s) {
-  const {info, images, thumbnails, attention, patches, thumb, query_marker, heat_mapper,
+  const {info, images, thumbnails, patches, thumb, query_marker, heat_mapper,
          matrix_view, matrix_mapper, query_band, value_hist, value_hist_x_range, value_hist_y_range,
          image_title, matrix_title, attention_note} = page;
-  const {image, k, head, query} = s;
+  const {image, k, head, query, rec} = s;
   const [GH, GW] = info.grid, P = GH * GW, N = info.num_tokens, FIRST = info.first_patch;
   const empty = {image: [], x: [], y: [], dw: [], dh: []};
   const heat = repeat(P, 0), alpha = repeat(P, 0);
-  const row = image >= 0 ? images.data.attention_row[image] : -1;
+  const stored = image >= 0 && images.data.attention_row[image] >= 0;
   const {ndarray} = Bokeh.require("core/util/ndarray");
   const [TH, TW] = info.thumbnail_shape;
-  thumb.data = image >= 0 ? {
-    image: [ndarray(slice(thumbnails.data.rgba, Uint32Array, image * TH * TW, TH * TW),
-                    {dtype: "uint32", shape: [TH, TW]})],
-    x: [0], y: [0], dw: [GW], dh: [GH]} : empty;
+  const pixels = rec && rec.pixels;
+  thumb.data = image < 0 ? empty : {
+    image: [pixels ? ndarray(pixels.rgba, {dtype: "uint32", shape: pixels.shape})
+      : ndarray(slice(thumbnails.data.rgba, Uint32Array, image * TH * TW, TH * TW),
+                {dtype: "uint32", shape: [TH, TW]})],
+    x: [0], y: [0], dw: [GW], dh: [GH]};
   if (query >= FIRST) {
     const p = query - FIRST, r = Math.floor(p / GW), c = p % GW;
     query_marker.data = {x: [c + 0.5], y: [GH - r - 0.5]};
@@ -322,21 +475,27 @@ function drawAttention(page, s) {
     setText(image_title, "text", image >= 0 ? fill("image_title_cls", {head})
       : TEXTS.image_title_global);
   }
-  if (row >= 0) {
-    // The chosen head's [N, N] block of the flat (uint16-encoded) attention array.
-    const start = offset(info, "attention", "attention", {S_attention: row, ...headAt(info, k)});
-    const mat = slice(attention.data.value, Uint16Array, start, N * N);
-    const scale = info.attention_scale;
+  const attention = stored && s.local ? rec.attention : null;
+  if (attention) {
+    // The chosen head's [N, N] block: row q is codes[q, :] * steps[q] (attention_codes.py).
+    const at = headAt(info, k), base = (at.L * info.num_heads + at.H) * N;
+    const flat = new Float32Array(N * N);
+    let mmax = 0;
+    for (let q = 0; q < N; q++) {
+      const step = attention.steps[base + q];
+      for (let t = 0; t < N; t++) {
+        const v = attention.codes[(base + q) * N + t] * step;
+        flat[q * N + t] = v;
+        mmax = Math.max(mmax, v);
+      }
+    }
     let hmax = 0;
     for (let p = 0; p < P; p++) {
-      heat[p] = mat[query * N + FIRST + p] / scale;
+      heat[p] = flat[query * N + FIRST + p];
       hmax = Math.max(hmax, heat[p]);
     }
     for (let p = 0; p < P; p++) alpha[p] = hmax > 0 ? 0.1 + 0.75 * heat[p] / hmax : 0.1;
     heat_mapper.high = hmax > 0 ? hmax : 1;
-    const flat = new Float32Array(N * N);
-    let mmax = 0;
-    for (let t = 0; t < N * N; t++) { flat[t] = mat[t] / scale; mmax = Math.max(mmax, flat[t]); }
     matrix_view.data = {image: [ndarray(flat, {dtype: "float32", shape: [N, N]})],
                         x: [0], y: [0], dw: [N], dh: [N], head: [head]};
     matrix_mapper.high = mmax > 0 ? mmax : 1;
@@ -352,11 +511,30 @@ function drawAttention(page, s) {
     value_hist.data = {left: [], right: [], count: [], head: []};
     setText(matrix_title, "text", TEXTS.matrix_title_none);
   }
-  query_band.visible = row >= 0;
-  setText(attention_note, "text", row >= 0 ? TEXTS.attention_local
-    : info.num_attention === 0 ? TEXTS.attention_none : image >= 0
-    ? fill("attention_not_stored", {n: info.num_attention})
-    : fill("attention_global", {n: info.num_attention}));
+  query_band.visible = attention !== null;
+  let note;
+  if (info.num_attention === 0) {
+    note = TEXTS.attention_none;
+  } else if (image < 0) {
+    note = info.num_attention < info.num_images ? fill("attention_global", {n: info.num_attention})
+      : TEXTS.attention_global_all;
+  } else if (!stored) {
+    note = fill("attention_not_stored", {n: info.num_attention});
+  } else if (!s.local) {
+    note = s.recordNote;
+  } else if (rec.attention_error) {
+    note = fill("record_damaged", {id: images.data.id[image], file: recordFile(info, image),
+                                   why: rec.attention_error});
+  } else if (!attention) {
+    note = fill("record_loading", {id: images.data.id[image]});
+  } else {
+    const at = headAt(info, k);
+    note = fill("attention_local", {
+      error: sig(value(page, "attention", "error", {I: image, ...at})),
+      error_max: sig(value(page, "attention", "error_max", at)),
+    });
+  }
+  setText(attention_note, "text", note);
   patches.data = {...patches.data, heat, alpha, head: repeat(P, head)};
 }
 

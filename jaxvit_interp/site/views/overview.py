@@ -7,6 +7,7 @@ views return to values over all images. Images whose attention is stored carry a
 
 from __future__ import annotations
 
+import numpy as np
 from bokeh.core.properties import value
 from bokeh.models import Button, HoverTool, Legend, LegendItem, TapTool, TextInput
 
@@ -14,6 +15,52 @@ from jaxvit_interp.site.sources import class_palette
 from jaxvit_interp.site.views.common import Context, panel, plot, text_box
 
 WIDTH = 420
+# Classes the legend lists at most: past that, the most common ones (search finds any class).
+LEGEND_CLASSES = 12
+LEGEND_NAME_CHARS = 24
+
+
+def _legend(p, info) -> None:
+    """Each class's colour, or the most common classes' when there are many (ImageNet's 1,000
+    would cover the plot); the legend draws from its own never-drawn points (NaN positions), so
+    selecting images does not restyle it, and its names are canvas text, never HTML."""
+    from bokeh.models import ColumnDataSource
+
+    names = info["class_names"]
+    palette = class_palette(len(names))
+    shown = list(range(len(names)))
+    title = None
+    if len(names) > 20:
+        counts = np.asarray(info["class_counts"])
+        shown = [int(c) for c in np.argsort(-counts, kind="stable")[:LEGEND_CLASSES] if counts[c]]
+        title = f"most common of {len(names)} classes (search finds any)"
+
+    def short(name: str) -> str:
+        return name if len(name) <= LEGEND_NAME_CHARS else name[: LEGEND_NAME_CHARS - 1] + "…"
+
+    keys = ColumnDataSource(
+        data={
+            "x": [float("nan")] * len(shown),
+            "y": [float("nan")] * len(shown),
+            "color": [palette[c] for c in shown],
+        }
+    )
+    key = p.scatter("x", "y", source=keys, size=8, fill_color="color", line_color=None)
+    legend = Legend(
+        items=[LegendItem(label=value(short(names[c])), renderers=[key], index=row)
+               for row, c in enumerate(shown)],
+        title=title,
+        title_text_font_size="10px",
+        title_text_font_style="normal",
+        label_text_font_size="10px",
+        glyph_height=12,
+        glyph_width=12,
+        spacing=0,
+        padding=4,
+        margin=0,
+        border_line_color=None,
+    )  # fmt: skip
+    p.add_layout(legend, "below" if title else "right")
 
 
 def build(ctx: Context):
@@ -64,36 +111,7 @@ def build(ctx: Context):
             ],
         )
     )
-    num_classes = len(info["class_names"])
-    if num_classes <= 20:
-        # The legend draws from its own never-drawn points (NaN positions), one per class, so
-        # selecting images does not restyle it; its names are canvas text, never HTML.
-        from bokeh.models import ColumnDataSource
-
-        palette = class_palette(num_classes)
-        keys = ColumnDataSource(
-            data={
-                "x": [float("nan")] * num_classes,
-                "y": [float("nan")] * num_classes,
-                "color": palette,
-                "label": list(info["class_names"]),
-            }
-        )
-        key = p.scatter("x", "y", source=keys, size=8, fill_color="color", line_color=None)
-        legend = Legend(
-            items=[
-                LegendItem(label=value(name), renderers=[key], index=c)
-                for c, name in enumerate(info["class_names"])
-            ],
-            label_text_font_size="10px",
-            glyph_height=12,
-            glyph_width=12,
-            spacing=0,
-            padding=4,
-            margin=0,
-            border_line_color=None,
-        )
-        p.add_layout(legend, "right")
+    _legend(p, info)
 
     search = ctx.add(
         "search",

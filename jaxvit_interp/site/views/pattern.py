@@ -138,7 +138,10 @@ def _embedding(ctx: Context):
 def _image(ctx: Context):
     info = ctx.info
     gh, gw = info["grid"]
-    scale = 280 / max(gh, gw)
+    # A readable patch: 26 px for grids up to 14 (ViT-B/16 at 224 px), at least 16 px for
+    # larger grids (384 px images), within 280-392 px a side.
+    side = max(gh, gw)
+    scale = max(280, min(392, 26 * side)) / side
     p = plot(
         "chosen image: click a patch to make it the query",
         int(gw * scale) + 50,

@@ -1,0 +1,244 @@
+"""Sites of ViT-B/16 runs: bytes per image of stored attention, and a 1,000-image folder site's
+size, opening time and the time from choosing an image to its attention on screen.
+
+Attention bytes per image are those of a record's attention (deflated 8-bit codes and row steps,
+base64), measured on three kinds of attention:
+
+- synthetic ViT-B/16 attention with realistic structure: softmax of random logits at a random
+  temperature per head (uniform in [0.1, 8], as ``hop_strength.py`` draws them), peaked and flat
+  heads mixed;
+- a random-weight ViT-B/16 (Flax's initialisation) on photos: crops of the two photos that
+  scikit-learn ships, at 224 px;
+- the trained digits model on held-out digits (``jaxvit-interp demo``'s model).
+
+The 1,000-image site is built from a synthetic B/16-shaped bundle written to disk (attention for
+every image, generated a few images at a time), in the folder layout. Open time is
+``performance.now()`` once the opening state is drawn (as ``site_size.py`` measures it); the
+choice time runs from setting the chosen image until its record is loaded, decoded and drawn in
+D2-D5 (two animation frames after), for images whose record was not loaded before.
+
+    python benchmarks/site_large.py                 # 1,000 images
+    python benchmarks/site_large.py --images 200    # a quicker look
+    python benchmarks/site_large.py --digits-run demo-site/run   # and that run's single file
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jaxvit_interp.attention_codes import encode_attention
+from jaxvit_interp.site.browser import DRAWN_JS, NEXT_FRAMES_JS, chromium, open_site
+from jaxvit_interp.site.document import build_site
+from jaxvit_interp.site.records import ATTENTION_DEFLATE_LEVEL
+from jaxvit_interp.site.synthetic import synthetic_bundle
+
+B16 = dict(num_layers=12, num_heads=12, grid=(14, 14), patch_size=16, channels=3)
+MB = 1e6
+TARGETS = {"index": 10 * MB, "per_image": 3 * MB, "open": 3.0, "choose": 1.0}
+
+
+def record_attention_bytes(attention: np.ndarray) -> tuple[float, float]:
+    """Bytes a record spends on one image's attention ``[L, H, N, N]``, and its worst error."""
+    import base64
+    import zlib
+
+    codes, steps, error = encode_attention(attention)
+    blob = np.asarray(steps, "<f4").tobytes() + codes.tobytes()
+    return len(base64.b64encode(zlib.compress(blob, ATTENTION_DEFLATE_LEVEL))), float(error.max())
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def synthetic_attention(rng, images: int):
+    for _ in range(images):
+        temperature = rng.uniform(0.1, 8.0, (12, 12, 1, 1)).astype(np.float32)
+        yield _softmax(rng.normal(0, 1, (12, 12, 197, 197)).astype(np.float32) * temperature)
+
+
+def photo_crops(count: int, config) -> np.ndarray:
+    """``count`` 224 px crops of scikit-learn's two sample photos, preprocessed for ``config``."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    from jaxvit_interp.data.preprocess import preprocess_image
+
+    crops = []
+    for k in range(count):
+        photo = load_sample_images().images[k % 2]
+        h, w = photo.shape[:2]
+        side = min(h, w) - 40 * (k // 2)
+        top, left = (h - side) // 2, (w - side) * (k // 2 % 3) // 2
+        crop = Image.fromarray(photo[top : top + side, left : left + side])
+        crops.append(preprocess_image(crop, config))
+    return np.stack(crops).astype(np.float32)
+
+
+def random_b16_attention(count: int) -> np.ndarray:
+    import jax
+
+    from jaxvit_interp.model import VisionTransformer, ViTConfig
+    from jaxvit_interp.model.run import attention_over_images
+
+    config = ViTConfig.from_variant("B/16", image_size=224)
+    images = photo_crops(count, config)
+    params = VisionTransformer(config).init(jax.random.PRNGKey(0), images[:1])["params"]
+    return attention_over_images(config, params, images, batch_size=2)
+
+
+def digits_attention(count: int) -> np.ndarray:
+    from jaxvit_interp.data.digits import load_digits, load_digits_model
+    from jaxvit_interp.model.run import attention_over_images
+
+    config, params = load_digits_model()
+    images, _ = load_digits("test")
+    return attention_over_images(config, params, images[:count], batch_size=32)
+
+
+def attention_table(args) -> None:
+    print("\nattention bytes per image in a record (deflated 8-bit codes + row steps, base64):")
+    print(f"  {'attention':58s} {'images':>6s} {'mean':>9s} {'max':>9s} {'worst error':>11s}")
+    rng = np.random.default_rng(0)
+    cases = [
+        ("synthetic B/16, T ~ U(0.1, 8) per head", synthetic_attention(rng, args.attention_images)),
+        ("random-weight B/16 (Flax init), sklearn photo crops", random_b16_attention(4)),
+        ("trained digits ViT (6x4 heads, 65 tokens), held-out digits", digits_attention(32)),
+    ]
+    for name, attention in cases:
+        sizes, errors = zip(*(record_attention_bytes(a) for a in attention), strict=True)
+        print(
+            f"  {name:58s} {len(sizes):6d} {np.mean(sizes) / MB:8.3f}M {max(sizes) / MB:8.3f}M "
+            f"{max(errors):11.2e}"
+        )
+
+
+def open_time(browser, path: Path) -> float:
+    page = browser.new_page(viewport={"width": 1500, "height": 1250})
+    page.goto(path.resolve().as_uri(), wait_until="load")
+    page.wait_for_function(DRAWN_JS, polling=10, timeout=300_000)
+    seconds = page.evaluate(NEXT_FRAMES_JS) / 1000
+    page.close()
+    return seconds
+
+
+def choice_times(browser, path: Path, images: list[int]) -> list[float]:
+    """Seconds from choosing each image to its attention drawn (records not loaded before)."""
+    page = open_site(browser, path, timeout_ms=300_000)
+    times = []
+    for i in images:
+        start = page.evaluate(
+            """(i) => { const t = performance.now();
+                 Bokeh.documents[0].get_model_by_name("images").selected.indices = [i];
+                 return t; }""",
+            i,
+        )
+        page.wait_for_function(DRAWN_JS, polling=5, timeout=60_000)
+        end = page.evaluate(NEXT_FRAMES_JS)
+        shown = page.evaluate(
+            "() => Bokeh.documents[0].get_model_by_name('matrix_view').data.image.length"
+        )
+        assert shown == 1, "the attention matrix was not drawn"
+        times.append((end - start) / 1000)
+    if page.site_errors or page.site_warnings:
+        print(f"  page problems: {page.site_errors + page.site_warnings}")
+    page.close()
+    return times
+
+
+def folder_bytes(folder: Path) -> tuple[int, list[int]]:
+    records = [p.stat().st_size for p in folder.glob("data-*/images/*.js")]
+    return sum(records), records
+
+
+def large_site(args, tmp: Path) -> None:
+    n = args.images
+    print(f"\nViT-B/16-shaped site, {n} images, attention for all, 1,000 classes, folder layout:")
+    start = time.perf_counter()
+    bundle = synthetic_bundle(
+        np.random.default_rng(0),
+        num_images=n,
+        num_classes=1000,
+        partial_images=64,
+        attention_images=n,
+        directory=tmp / "bundle",
+        **B16,
+    )
+    print(f"  synthetic bundle written in {time.perf_counter() - start:.0f} s")
+    start = time.perf_counter()
+    index = build_site(bundle, tmp / "site", layout="folder")
+    print(f"  site built in {time.perf_counter() - start:.0f} s")
+    total, records = folder_bytes(index.parent)
+    size = index.stat().st_size
+    print(f"  index.html        {size / MB:8.2f} MB  (target <= {TARGETS['index'] / MB:.0f} MB)")
+    print(
+        f"  records           {total / MB:8.1f} MB in {len(records)} files: mean "
+        f"{np.mean(records) / MB:.2f} MB, max {max(records) / MB:.2f} MB an image (target <= "
+        f"{TARGETS['per_image'] / MB:.0f} MB)"
+    )
+    print(f"  whole folder      {(total + size) / 1e9:8.2f} GB")
+    with chromium() as browser:
+        open_time(browser, index)  # warm the browser's caches once
+        times = [open_time(browser, index) for _ in range(args.repeats)]
+        print(
+            f"  open time         {statistics.median(times):8.2f} s median of {len(times)} (min "
+            f"{min(times):.2f}, max {max(times):.2f}; target <= {TARGETS['open']} s)"
+        )
+        chosen = list(np.random.default_rng(1).choice(n, args.choices, replace=False))
+        times = choice_times(browser, index, [int(i) for i in chosen])
+        print(
+            f"  choose -> D2-D5   {statistics.median(times):8.2f} s median of {len(times)} images "
+            f"(min {min(times):.2f}, max {max(times):.2f}; target <= {TARGETS['choose']} s)"
+        )
+
+
+def digits_site(run: Path, tmp: Path, repeats: int) -> None:
+    from jaxvit_interp.bundle import load_bundle
+
+    bundle = load_bundle(run)
+    print(f"\ndigits run {run}: {len(bundle.meta['image_ids'])} images, attention for "
+          f"{len(bundle['attention']['image_index'])}")  # fmt: skip
+    index = build_site(bundle, tmp / "digits", layout="auto")
+    kind = "one file" if not list(index.parent.glob("data-*")) else "folder"
+    print(f"  layout auto: {kind}, index.html {index.stat().st_size / MB:.2f} MB (target <= 15 MB)")
+    with chromium() as browser:
+        open_time(browser, index)
+        times = [open_time(browser, index) for _ in range(repeats)]
+        print(f"  open time {statistics.median(times):.2f} s median of {len(times)} (min "
+              f"{min(times):.2f}, max {max(times):.2f}; target <= 3 s)")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--attention-images", type=int, default=8, help="synthetic B/16 images")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--choices", type=int, default=5)
+    parser.add_argument("--digits-run", type=Path, help="a finished digits run folder")
+    parser.add_argument("--skip-attention", action="store_true")
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    print(f"machine: {os.cpu_count()} CPUs, load average {load:.1f} at start")
+    if not args.skip_attention:
+        attention_table(args)
+    tmp = Path(tempfile.mkdtemp(prefix="site_large."))
+    try:
+        if args.digits_run:
+            digits_site(args.digits_run, tmp, args.repeats)
+        large_site(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Per-image records: everything the page shows about one chosen image, in one script each.
+
+The page's tables hold what every view needs at once (values over all images, the images' names
+and positions, small thumbnails). What only the chosen image needs (its per-head importance,
+strength and pattern positions, its partial pruning, its attention matrices and its pixels at
+the model's input resolution) is one record per image, written as a script that calls the page's
+registration function::
+
+    jaxvitRecord(123, {"values": {"importance/prob": "<base64>", ...},
+                       "attention": "<base64 of deflate(steps float32 | codes uint8)>",
+                       "pixels": "data:image/jpeg;base64,..."})
+
+Scripts work from ``file://`` (where Chromium refuses ``fetch``) and from any static host, and
+need no server. A single-file site carries its records inline, after the views; a folder site
+keeps each in ``data-<build>/images/000123.js`` and the page adds a ``<script>`` tag for it when
+the image is chosen.
+
+Encodings: ``values`` are little-endian float32 or int32 arrays in base64, laid out as the bundle
+lays them out without the image dimension; ``attention`` is the bundle's own 8-bit codes and row
+steps (:mod:`jaxvit_interp.attention_codes`), deflated (the browser inflates them with
+``DecompressionStream``); ``pixels`` is a JPEG (quality :data:`PIXELS_QUALITY`) that the browser
+decodes natively.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import zlib
+from typing import Any
+
+import numpy as np
+
+from jaxvit_interp.bundle import ResultsBundle
+from jaxvit_interp.quantities import SCHEMA
+
+# The leading dimensions of arrays with one entry per image (or per image of a subset).
+IMAGE_DIMS = ("I", "S_partial", "S_attention")
+# Per-image arrays that stay in the page's tables: the images entity draws them all at once.
+IN_TABLES = {("images", "labels"), ("images", "predictions"), ("images", "overview")}
+# Arrays no view shows; a bundle keeps them for other readers (per-class importance is 7 x C x
+# L x H values, 4 MB for ImageNet's 1,000 classes and ViT-B). The subset indices become each
+# image's rows in the images table.
+NOT_SHOWN = {
+    ("images", "probs"),
+    ("images", "thumbnails"),
+    ("images", "pixels"),
+    ("importance", "class_counts"),
+    ("partial", "image_index"),
+    ("attention", "image_index"),
+    ("attention", "codes"),
+    ("attention", "steps"),
+    *(("importance", name) for name in SCHEMA["importance"] if name.endswith("_class_mean")),
+}
+ATTENTION_DEFLATE_LEVEL = 6  # level 9 saves 4% more at eight times the build time
+PIXELS_QUALITY = 90
+FILE_DIGITS = 6
+REGISTER = "jaxvitRecord"
+
+# Defined before anything else on the page: inline records and record files call it. The page's
+# code (js/update.js) decodes a registered record when its image is chosen.
+REGISTRY_SCRIPT = f"""<script>
+window.jaxvitRecords = {{raw: new Map(), decoded: new Map(), pending: 0}};
+window.{REGISTER} = function (image, record) {{ window.jaxvitRecords.raw.set(image, record); }};
+</script>
+"""
+
+
+def record_arrays(bundle: ResultsBundle) -> list[tuple[str, str]]:
+    """``(part, name)`` of every bundle array that records carry in ``values``."""
+    keys = []
+    for part, arrays in bundle.parts.items():
+        for name in arrays:
+            dims = SCHEMA[part][name]
+            if dims[0] in IMAGE_DIMS and (part, name) not in IN_TABLES | NOT_SHOWN:
+                keys.append((part, name))
+    return keys
+
+
+def _b64(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
+
+
+def _dtype(array: np.ndarray) -> np.dtype:
+    return np.dtype("<i4") if np.asarray(array).dtype.kind in "iub" else np.dtype("<f4")
+
+
+def record_layout(bundle: ResultsBundle) -> dict[str, Any]:
+    """What the page needs to read records: each array's dimensions (without the image's) and
+    type."""
+    return {
+        f"{part}/{name}": {
+            "dims": list(SCHEMA[part][name][1:]),
+            "dtype": "int32" if _dtype(bundle[part][name]).kind == "i" else "float32",
+        }
+        for part, name in record_arrays(bundle)
+    }
+
+
+def jpeg_data_url(pixels: np.ndarray, quality: int = PIXELS_QUALITY) -> str:
+    """``[h, w, c]`` uint8 pixels (c = 1 or 3) as a ``data:image/jpeg`` URL."""
+    from PIL import Image
+
+    pixels = np.asarray(pixels, np.uint8)
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels[..., :3])
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def record_script(
+    bundle: ResultsBundle,
+    image: int,
+    *,
+    partial_row: int,
+    attention_row: int,
+    keys: list[tuple[str, str]],
+) -> str:
+    """The script that registers image ``image``'s record (rows: its row in each subset, or -1)."""
+    values = {}
+    rows = {"I": image, "S_partial": partial_row, "S_attention": attention_row}
+    for part, name in keys:
+        row = rows[SCHEMA[part][name][0]]
+        if row < 0:
+            continue
+        array = bundle[part][name]
+        values[f"{part}/{name}"] = _b64(np.asarray(array[row]).astype(_dtype(array)))
+    record: dict[str, Any] = {"values": values}
+    if attention_row >= 0:
+        attention = bundle["attention"]
+        blob = np.asarray(attention["steps"][attention_row], "<f4").tobytes()
+        blob += np.asarray(attention["codes"][attention_row], np.uint8).tobytes()
+        record["attention"] = base64.b64encode(zlib.compress(blob, ATTENTION_DEFLATE_LEVEL)).decode(
+            "ascii"
+        )
+    if "pixels" in bundle["images"]:
+        record["pixels"] = jpeg_data_url(bundle["images"]["pixels"][image])
+    return f"{REGISTER}({int(image)},{json.dumps(record, separators=(',', ':'))});\n"
+
+
+def record_name(image: int) -> str:
+    """The file of image ``image``'s record inside a folder site's ``images`` folder."""
+    return f"{image:0{FILE_DIGITS}d}.js"

@@ -1,0 +1,174 @@
+"""A ViT-B/16-shaped site (12 x 12 heads, 197 tokens, 224 px images, 1,000 classes) published as
+a folder and opened from ``file://``: records load when an image is chosen, the views show the
+bundle's values, and a missing or damaged record is said where it is needed."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from sitepage import make_bundle
+
+from jaxvit_interp.attention_codes import decode_attention
+from jaxvit_interp.site.document import build_site
+
+pytestmark = pytest.mark.slow
+
+# The page's own files, its modules (blob: URLs of the page's code) and data: URLs.
+LOCAL = ("file://", "blob:", "data:")
+B16 = dict(num_layers=12, num_heads=12, grid=(14, 14), patch_size=16, channels=3)
+
+
+@pytest.fixture(scope="module")
+def b16_bundle(site_seed):
+    # Few images, as CI can afford, with B/16's shapes and every image's attention.
+    return make_bundle(
+        np.random.default_rng(site_seed),
+        num_images=5,
+        num_classes=1000,
+        partial_images=2,
+        attention_images=5,
+        **B16,
+    )
+
+
+@pytest.fixture(scope="module")
+def b16_site(b16_bundle, tmp_path_factory):
+    return build_site(b16_bundle, tmp_path_factory.mktemp("b16"), layout="folder")
+
+
+def _records_dir(site):
+    (data,) = [p for p in site.parent.iterdir() if p.name.startswith("data-")]
+    return data / "images"
+
+
+def _attention(bundle, image: int, layer: int, head: int) -> np.ndarray:
+    s = int(np.flatnonzero(bundle["attention"]["image_index"] == image)[0])
+    stored = bundle["attention"]
+    return decode_attention(stored["codes"][s, layer, head], stored["steps"][s, layer, head])
+
+
+def _sig(v: float) -> str:
+    """The page's three significant figures (js/update.js: sig)."""
+    return f"{v:.1e}".replace("e-0", "e-") if v != 0 and abs(v) < 0.01 else f"{v:.3g}"
+
+
+def _choose(site, image: int) -> None:
+    site.set_selected("images", [image])
+    assert site.state()["image"] == image
+
+
+def test_b16_folder_site_opens_from_disk_and_loads_records(b16_site, b16_bundle, open_page):
+    site = open_page(b16_site)
+    page_requests = list(site.page.site_requests)
+    assert site.problems == []
+    H, N = 12, 197
+    records = _records_dir(b16_site)
+    assert len(list(records.iterdir())) == 5
+    # Nothing but the page's own files: no network, no server.
+    assert all(url.startswith(LOCAL) for url in page_requests), page_requests
+    # An image whose record is not loaded yet: choosing it loads it, and the views turn local.
+    image, k = 3, 5 * H + 7
+    lay, h = divmod(k, H)
+    site.set_selected("heads", [k])
+    _choose(site, image)
+    loaded = [u for u in site.page.site_requests if u.endswith(".js")]
+    assert [u.rsplit("/", 1)[1] for u in loaded] == ["000003.js"]
+    np.testing.assert_allclose(
+        site.data("heads")["value"], b16_bundle["importance"]["prob"][image].reshape(-1), rtol=1e-6
+    )
+    att = _attention(b16_bundle, image, lay, h)
+    np.testing.assert_array_equal(site.data("patches")["heat"], att[0, 1:])
+    matrix = np.asarray(site.data("matrix_view")["image"][0]).reshape(N, N)
+    for q, t in ((0, 0), (0, 196), (57, 58), (196, 1)):
+        assert matrix[q, t] == att[q, t]
+    # D2 shows the image at the model's input resolution, from the record.
+    thumb = site.data("thumb")
+    assert np.asarray(thumb["image"][0]).size == 224 * 224
+    # The stored attention's error, as the bundle records it.
+    note = site.text("attention_note")
+    error = b16_bundle["attention"]["error"][image, lay, h]
+    error_max = b16_bundle["attention"]["error_max"][lay, h]
+    assert f"worst absolute error {_sig(error)} in this matrix, {_sig(error_max)}" in note, note
+    # A patch as the query.
+    r, c = 9, 4
+    site.click("image_plot", c + 0.5, 14 - r - 0.5)
+    assert site.state()["query"] == 1 + r * 14 + c
+    np.testing.assert_array_equal(site.data("patches")["heat"], att[1 + r * 14 + c, 1:])
+    # Another image, then back to the first: its record is read once.
+    _choose(site, 1)
+    np.testing.assert_array_equal(
+        site.data("patches")["heat"], _attention(b16_bundle, 1, lay, h)[1 + r * 14 + c, 1:]
+    )
+    _choose(site, image)
+    np.testing.assert_array_equal(site.data("patches")["heat"], att[1 + r * 14 + c, 1:])
+    names = [u.rsplit("/", 1)[1] for u in site.page.site_requests if u.endswith(".js")]
+    assert names == ["000003.js", "000001.js"]
+    assert all(url.startswith(LOCAL) for url in site.page.site_requests), site.page.site_requests
+    assert site.problems == []
+
+
+def test_the_overview_lists_the_most_common_of_many_classes(b16_site, b16_bundle, open_page):
+    site = open_page(b16_site)
+    items = site.page.evaluate(
+        """() => Bokeh.documents[0].get_model_by_name("overview_plot").below
+              .filter((m) => m.items).map((m) => [m.title, m.items.length])"""
+    )
+    assert items == [["most common of 1000 classes (search finds any)", 5]] or (
+        items[0][0].startswith("most common of 1000") and items[0][1] <= 12
+    )
+    assert site.problems == []
+
+
+def _damage(records, image: int, how: str) -> str:
+    path = records / f"{image:06d}.js"
+    if how == "missing":
+        path.unlink()
+    elif how == "truncated":
+        path.write_text(path.read_text()[:500])
+    else:  # valid script, attention that does not inflate
+        text = path.read_text()
+        record = json.loads(text[text.index(",") + 1 : -3])
+        record["attention"] = "AAAA" + record["attention"][4:]
+        path.write_text(f"jaxvitRecord({image},{json.dumps(record)});\n")
+    return path.name
+
+
+def test_missing_or_damaged_records_are_said_where_needed(b16_bundle, tmp_path, open_page):
+    site_path = build_site(b16_bundle, tmp_path / "site", layout="folder")
+    records = _records_dir(site_path)
+    missing = _damage(records, 0, "missing")
+    truncated = _damage(records, 1, "truncated")
+    _damage(records, 2, "garbled")
+    site = open_page(site_path)
+    means = b16_bundle["importance"]["prob"].mean(0).reshape(-1)
+    _choose(site, 0)
+    info = site.text("image_info")
+    assert f"images/{missing} is missing" in info, info
+    assert "is missing" in site.text("attention_note")
+    np.testing.assert_allclose(site.data("heads")["value"], means, rtol=1e-5)
+    assert site.data("matrix_view")["image"] == []
+    _choose(site, 1)
+    assert f"images/{truncated} is damaged" in site.text("image_info")
+    assert "is damaged" in site.text("attention_note")
+    np.testing.assert_allclose(site.data("heads")["value"], means, rtol=1e-5)
+    # A record whose values read but whose attention does not: B and C are local, D says why.
+    _choose(site, 2)
+    np.testing.assert_allclose(
+        site.data("heads")["value"], b16_bundle["importance"]["prob"][2].reshape(-1), rtol=1e-6
+    )
+    assert "is damaged" in site.text("attention_note")
+    # An intact record still works.
+    _choose(site, 4)
+    k = site.state()["head"]
+    att = _attention(b16_bundle, 4, *divmod(k, 12))
+    np.testing.assert_array_equal(site.data("patches")["heat"], att[0, 1:])
+    # The only complaints are the browser's own about the two broken files.
+    unexpected = [
+        p
+        for p in site.problems
+        if not re.search(r"ERR_FILE_NOT_FOUND|SyntaxError|Invalid|Unexpected", p)
+    ]
+    assert unexpected == [], site.problems
