@@ -140,5 +140,10 @@ def test_prefix_block_equals_the_first_rows_of_the_full_block(queries, random_mo
         shape = (3, config.num_tokens, config.hidden_size)
         x = np.random.default_rng().normal(size=shape).astype(np.float32)
         got = engine._prefix_block(config, p, jnp.asarray(x), queries)
-        want = engine._full_block(config, p, jnp.asarray(x))[:, :queries]
+        want = engine._masked_block(config, p, jnp.asarray(x))[:, :queries]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        # With a head mask (set ablations run the last block so): the same rows of the masked block.
+        mask = jnp.asarray(np.random.default_rng().integers(0, 2, config.num_heads), jnp.float32)
+        got = engine._prefix_block(config, p, jnp.asarray(x), queries, head_mask=mask)
+        want = engine._masked_block(config, p, jnp.asarray(x), head_mask=mask)[:, :queries]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
