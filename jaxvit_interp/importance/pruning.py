@@ -63,16 +63,22 @@ class PruningCurve:
         return self.accuracy.mean(axis=1)
 
 
-def _points(result: SetAblation) -> tuple[np.ndarray, np.ndarray]:
-    """Accuracy and mean ``p(label)`` per set."""
-    return result.accuracy, result.prob.mean(axis=0)
+def _points(result: SetAblation) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """Accuracy and mean ``p(label)`` per set, and the unpruned model's two (every result
+    carries the unpruned pass its ablations start from)."""
+    rows = np.arange(len(result.labels))
+    unpruned = (
+        float((result.predictions == result.labels).mean()),
+        float(result.probs[rows, result.labels].mean()),
+    )
+    return result.accuracy, result.prob.mean(axis=0), unpruned
 
 
-def _prefix_curve(run_sets, order_heads: np.ndarray, unpruned: tuple[float, float]):
+def _prefix_curve(run_sets, order_heads: np.ndarray):
     """Curves for several orders ``[run, K, 2]``: every prefix is one set, all in one call."""
     runs, count = order_heads.shape[:2]
     sets = [[tuple(h) for h in order_heads[r, : k + 1]] for r in range(runs) for k in range(count)]
-    accuracy, mean_prob = _points(run_sets(sets))
+    accuracy, mean_prob, unpruned = _points(run_sets(sets))
     head = lambda v, a: np.concatenate(  # noqa: E731
         [np.full((runs, 1), v), a.reshape(runs, count)], axis=1
     )
@@ -138,13 +144,6 @@ def pruning_curves(
             progress=progress,
         )
 
-    # The unpruned point, from the same pass the ablations start from.
-    first = run_sets([[(0, 0)]])
-    rows = np.arange(len(first.labels))
-    unpruned = (
-        float((first.predictions == first.labels).mean()),
-        float(first.probs[rows, first.labels].mean()),
-    )
     curves: dict[str, PruningCurve] = {}
     if "importance" in orders:
         if importance is None:
@@ -154,7 +153,7 @@ def pruning_curves(
         mean = np.nanmean(np.asarray(importance[metric], np.float64), axis=0)
         least_first = rank_heads(mean, higher_is_more_important=info.important_high)[::-1]
         order = least_first[None, :count]
-        accuracy, mean_prob = _prefix_curve(run_sets, order, unpruned)
+        accuracy, mean_prob = _prefix_curve(run_sets, order)
         curves["importance"] = PruningCurve("importance", order, accuracy, mean_prob)
     if "random" in orders:
         rng = np.random.default_rng(seed)
@@ -162,16 +161,19 @@ def pruning_curves(
             [(layer, h) for layer in range(config.num_layers) for h in range(config.num_heads)]
         )
         order = np.stack([all_heads[rng.permutation(total)[:count]] for _ in range(random_orders)])
-        accuracy, mean_prob = _prefix_curve(run_sets, order, unpruned)
+        accuracy, mean_prob = _prefix_curve(run_sets, order)
         curves["random"] = PruningCurve("random", order, accuracy, mean_prob)
     if "greedy" in orders:
         removed: list[tuple[int, int]] = []
-        accuracy, mean_prob = [unpruned[0]], [unpruned[1]]
+        accuracy, mean_prob = [], []
         remaining = [
             (layer, h) for layer in range(config.num_layers) for h in range(config.num_heads)
         ]
         for _ in range(count):
-            acc, prob = _points(run_sets([[*removed, c] for c in remaining]))
+            acc, prob, unpruned = _points(run_sets([[*removed, c] for c in remaining]))
+            if not accuracy:  # k = 0: the unpruned model
+                accuracy.append(unpruned[0])
+                mean_prob.append(unpruned[1])
             # Least harm: the highest mean p(label); ties by accuracy, then layer-major order.
             best = int(np.lexsort((-acc, -prob))[0])
             removed.append(remaining.pop(best))
