@@ -89,6 +89,16 @@ def _importance_reduce(logits, z, targets, logits_pruned, z_pruned) -> dict[str,
     return jax.vmap(per_layer)(logits, z, targets, logits_pruned, z_pruned)
 
 
+def unpruned_outputs(config: ViTConfig, out) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(probs [image, class], predictions [image], targets [image])`` of the unpruned pass in
+    an :class:`~jaxvit_interp.importance.engine.EngineOutput`; a backbone has no classes, so its
+    predictions and targets are -1."""
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(out.logits), axis=-1))
+    if not config.num_classes:
+        return probs, np.full(len(probs), -1, np.int32), np.full(len(probs), -1, np.int32)
+    return probs, out.logits.argmax(axis=-1).astype(np.int32), out.targets
+
+
 def head_importance(
     config: ViTConfig,
     params: Any,
@@ -159,11 +169,7 @@ def head_importance(
         progress=progress,
         desc="head importance",
     )
-    probs = np.asarray(jax.nn.softmax(jnp.asarray(out.logits), axis=-1))
-    if config.num_classes:
-        predictions, targets = out.logits.argmax(axis=-1).astype(np.int32), out.targets
-    else:
-        predictions = targets = np.full(len(probs), -1, np.int32)
+    probs, predictions, targets = unpruned_outputs(config, out)
     fields = {m: (out.per_slot[m] if m in out.per_slot else None) for m in validate.METRICS}
     fields["taylor"] = out.taylor
     fields = {m: (fields[m] if m in wanted else None) for m in validate.METRICS}

@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance import validate
+from jaxvit_interp.importance.ablation import unpruned_outputs
 from jaxvit_interp.importance.engine import run_engine
 from jaxvit_interp.importance.metrics import ablation_metrics, backbone_metrics
 from jaxvit_interp.model.config import ViTConfig
@@ -203,11 +204,7 @@ def ablate(
         desc="head sets",
     )
     per_set = {name: value[:, where[:, 0], where[:, 1]] for name, value in out.per_slot.items()}
-    probs = np.asarray(jax.nn.softmax(jnp.asarray(out.logits), axis=-1))
-    if config.num_classes:
-        predictions, targets = out.logits.argmax(axis=-1).astype(np.int32), out.targets
-    else:
-        predictions = targets = np.full(len(probs), -1, np.int32)
+    probs, predictions, targets = unpruned_outputs(config, out)
     fields = {m: (per_set.get(m) if m in metrics else None) for m in SET_METRICS}
     return SetAblation(
         head_masks=masks,
