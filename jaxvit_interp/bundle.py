@@ -37,7 +37,13 @@ from typing import Any
 import numpy as np
 
 from jaxvit_interp.errors import InputError
-from jaxvit_interp.quantities import MAPPED_ARRAYS, OPTIONAL_ARRAYS, SCHEMA
+from jaxvit_interp.quantities import (
+    MAPPED_ARRAYS,
+    METRIC_NAMES,
+    OPTIONAL_ARRAYS,
+    SCHEMA,
+    model_metrics,
+)
 from jaxvit_interp.storage import atomic_write, load_npy, load_npz, save_npz, write_text
 
 BUNDLE_FORMAT = "jaxvit-interp-results"
@@ -56,8 +62,10 @@ class ResultsBundle:
     Attributes:
       meta: JSON-serialisable description: ``config`` (ViTConfig dict), ``checkpoint``
         (path and sha256), ``image_ids``, ``class_names``, ``labels_are_predictions``,
-        ``pruning_modes``, a ``settings`` dict per analysis, and ``devices`` (platform, kind and
-        count of the devices the analysis ran on).
+        ``pruning_modes``, a ``settings`` dict per analysis, ``devices`` (platform, kind and
+        count of the devices the analysis ran on), ``metrics`` (the importance metrics the model
+        has: a backbone without a classifier ``layer`` and ``repr`` only; absent in bundles from
+        before backbones, which hold all) and ``special_tokens`` (their names in token order).
       parts: part name -> array name -> array, shapes as in :data:`SCHEMA`.
     """
 
@@ -78,6 +86,7 @@ class ResultsBundle:
             "L": config["num_layers"],
             "H": config["num_heads"],
             "N": grid[0] * grid[1] + prefix,
+            "X": prefix,
             "K": max(grid),
             "M": len(self.meta["pruning_modes"]),
             "ih": config["image_size"][0],
@@ -108,6 +117,7 @@ class ResultsBundle:
                 f"class_names lists {len(self.meta['class_names'])} classes but the model has "
                 f"{fixed['C']}"
             )
+        self._check_metrics()
         for part, arrays in self.parts.items():
             if part not in SCHEMA:
                 raise BundleError(f"unknown part {part!r} in the results bundle")
@@ -131,6 +141,26 @@ class ResultsBundle:
                             f"{part}/{name} has shape {shape}: axis {axis} ({dim}) is {size}, "
                             f"expected {want}"
                         )
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The importance metrics this bundle holds (a bundle from before backbones: all)."""
+        return tuple(self.meta.get("metrics") or model_metrics(self.meta["config"]["num_classes"]))
+
+    def _check_metrics(self) -> None:
+        """The arrays that the optional ones stand for must be there: each listed metric's, and
+        a classifier's probabilities, predictions, labels and per-class means."""
+        unknown = [m for m in self.metrics if m not in METRIC_NAMES]
+        if unknown:
+            raise BundleError(f"meta lists unknown metrics {unknown}; known: {list(METRIC_NAMES)}")
+        need = {"importance": [n for m in self.metrics for n in (m, f"{m}_mean")]}
+        if self.meta["config"]["num_classes"]:
+            need["images"] = ["labels", "predictions", "probs"]
+            need["importance"] += [f"{m}_class_mean" for m in self.metrics] + ["class_counts"]
+        for part, names in need.items():
+            for name in names:
+                if part in self.parts and name not in self.parts[part]:
+                    raise BundleError(f"part {part!r} lacks array {name!r}")
 
 
 def special_tokens(config: dict[str, Any]) -> tuple[bool, int]:

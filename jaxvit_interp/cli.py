@@ -349,11 +349,14 @@ def _analyze(args) -> int:
         probe_file=args.probe or file_cfg.get("probe"),
     )
     if not config.num_classes:
-        # Refused before the images are read: the analysis and the site need the label metrics.
-        raise UsageError(
-            f"{checkpoint} is a backbone without a classifier, and analyze needs the model's "
-            f"classes\n{metrics_line(config)}"
-        )
+        labels_file = args.labels or file_cfg.get("labels")
+        if labels_file:  # refused before the images are read
+            raise UsageError(
+                f"--labels {labels_file}: {checkpoint} is a backbone without a classifier, with "
+                f"no classes to match labels to\n{metrics_line(config)}"
+            )
+        if not args.quiet:
+            print(f"jaxvit-interp: note: {checkpoint}: {metrics_line(config)}", file=sys.stderr)
     max_images = args.max_images if args.max_images is not None else file_cfg.get("max_images")
     images, labels, ids, class_names, matching = _load_images(
         images_src, config, args.labels or file_cfg.get("labels"), max_images, args

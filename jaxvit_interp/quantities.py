@@ -23,7 +23,8 @@ Where each quantity is computed:
   (:mod:`jaxvit_interp.attention_codes`).
 
 Dimension letters: ``I`` images, ``C`` classes, ``L`` layers, ``H`` heads, ``N`` tokens,
-``K`` hops, ``M`` pruning modes, ``T`` top-k ranks, ``B`` entropy histogram bins, ``D`` density
+``K`` hops, ``X`` special tokens (CLS, distillation, registers: the tokens before the patches),
+``M`` pruning modes, ``T`` top-k ranks, ``B`` entropy histogram bins, ``D`` density
 bins, ``S_partial`` / ``S_attention`` images of a subset, ``h w c`` thumbnail pixels and
 channels, ``ih iw`` the model's input pixels, ``gh gw`` the patch grid, ``oh ow`` relative offsets on it, ``Kcls Kpatch`` clusters,
 ``xy`` the two coordinates of a 2-D position and ``extent`` a range ``(x0, x1, y0, y1)``.
@@ -45,11 +46,13 @@ __all__ = [
     "OPTIONAL_ARRAYS",
     "PATTERN_KINDS",
     "SCHEMA",
+    "SPECIAL_FIELDS",
     "STRENGTH_FIELDS",
     "STRENGTH_SUMMARY_FIELDS",
     "THUMBNAIL_SIZE",
     "Metric",
     "metric",
+    "model_metrics",
     "registry_json",
 ]
 
@@ -146,6 +149,12 @@ LOGIT_METRICS = frozenset(m.name for m in METRICS if m.needs_logits)
 _BY_NAME = {m.name: m for m in METRICS}
 
 
+def model_metrics(num_classes: int) -> tuple[str, ...]:
+    """The metrics a model has: all of them for a classifier, those that need no logits
+    (``layer``, ``repr``) for a backbone without one (``num_classes == 0``)."""
+    return tuple(m.name for m in METRICS if num_classes or not m.needs_logits)
+
+
 def metric(name: str) -> Metric:
     """The :class:`Metric` called ``name`` (a ``KeyError`` naming the known ones otherwise)."""
     if name not in _BY_NAME:
@@ -168,6 +177,9 @@ STRENGTH_SUMMARY_FIELDS = (
     "entropy_histogram",
     "entropy_bin_edges",
 )
+# Per-image, per-head attention mass to and from each special token (strength.special), and
+# their means over the images; a bundle keeps them for a model with special tokens.
+SPECIAL_FIELDS = ("special_to", "special_from")
 PATTERN_KINDS = ("cls", "patch")
 # Bins of the over-images histogram of each head's entropy, over [0, ln K].
 ENTROPY_BINS = 30
@@ -233,6 +245,11 @@ SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
         "cls_to_patch_mean": _HEAD,
         "entropy_histogram": (*_HEAD, "B"),
         "entropy_bin_edges": ("B+1",),
+        "special_to": ("I", *_HEAD, "X"),
+        "special_from": ("I", *_HEAD, "X"),
+        "special_to_mean": (*_HEAD, "X"),
+        "special_from_mean": (*_HEAD, "X"),
+        "special_between_mean": (*_HEAD, "X", "X"),
     },
     "patterns": {
         name: dims for kind in PATTERN_KINDS for name, dims in _pattern_arrays(kind).items()
@@ -248,12 +265,24 @@ SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
 # Arrays too large to read into memory at once (gigabytes for thousands of ViT-B images): a
 # bundle keeps each in its own ``.npy`` file, memory-mapped when the bundle is loaded.
 MAPPED_ARRAYS: dict[str, set[str]] = {"images": {"pixels"}, "attention": {"codes", "steps"}}
-# Arrays a bundle may leave out: a model without a CLS token has no CLS pattern nor CLS masses.
+# Arrays a bundle may leave out: a model without a CLS token has no CLS pattern nor CLS masses,
+# one without special tokens no special-token masses, and a backbone without a classifier no
+# probabilities, predictions, label metrics nor per-class means (its meta lists its metrics).
 OPTIONAL_ARRAYS: dict[str, set[str]] = {
+    "images": {"labels", "predictions", "probs"},
+    "importance": {
+        *(m.name for m in METRICS if m.needs_logits),
+        *(f"{m.name}_mean" for m in METRICS if m.needs_logits),
+        *(f"{m}_class_mean" for m in METRIC_NAMES),
+        "class_counts",
+    },
     "patterns": set(_pattern_arrays("cls")),
     "strength": {
         *CLS_STRENGTH_FIELDS,
         *(f"{name}_mean" for name in CLS_STRENGTH_FIELDS),
+        *SPECIAL_FIELDS,
+        *(f"{name}_mean" for name in SPECIAL_FIELDS),
+        "special_between_mean",
     },
 }
 

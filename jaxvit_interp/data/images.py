@@ -177,7 +177,9 @@ def load_image_folder(
     Args:
       root: the folder. With ``labels_csv`` every image it names is loaded; otherwise
         subfolders are classes (files directly in ``root`` are then skipped), or, with no
-        subfolders, the images directly in ``root`` are loaded without labels.
+        subfolders, the images directly in ``root`` are loaded without labels.  A backbone
+        without a classifier (``num_classes == 0``) has no classes: class subfolders only
+        say where its images are, and a labels CSV is refused.
       config: gives ``image_size``, ``channels``, ``preprocessing``, ``num_classes`` and the
         model's ``class_names``.
       labels_csv: CSV with header ``file,label`` (other columns ignored); images under ``root``
@@ -214,6 +216,12 @@ def load_image_folder(
     origins: dict[str, str] = {}
     source = "csv"
 
+    if labels_csv is not None and not config.num_classes:
+        raise InputError(
+            f"labels CSV {labels_csv} was given for a backbone without a classifier "
+            "(num_classes=0): it has no classes to match labels to; attach a linear probe for "
+            "the label metrics"
+        )
     if labels_csv is not None:
         csv_path = Path(labels_csv)
         texts_by_id, origins = _read_labels_csv(csv_path, root)
@@ -243,7 +251,7 @@ def load_image_folder(
     # Labels are tied to the model's classes before any image is decoded: a wrong label fails
     # at once, not after minutes of loading.
     matching = None
-    if texts_by_id is not None:
+    if texts_by_id is not None and config.num_classes:
         matching = match_labels(
             list(texts_by_id.values()),
             class_names=class_names,

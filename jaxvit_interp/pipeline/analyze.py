@@ -28,13 +28,16 @@ from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
 from jaxvit_interp.multihost import is_writer, run_on_writer, share_from_writer
 from jaxvit_interp.parallel import all_devices_mesh
-from jaxvit_interp.pipeline.parts import importance_part, partial_part, pattern_part, strength_part
+from jaxvit_interp.pipeline.parts import (
+    importance_part,
+    partial_part,
+    pattern_part,
+    special_part,
+    strength_part,
+)
 from jaxvit_interp.pipeline.progress import progress_bar, progress_enabled
 from jaxvit_interp.pipeline.settings import AnalysisSettings, run_fingerprint
-from jaxvit_interp.quantities import (
-    METRIC_NAMES,
-    STRENGTH_FIELDS,
-)
+from jaxvit_interp.quantities import STRENGTH_FIELDS, model_metrics
 from jaxvit_interp.storage import (
     UnreadableFileError,
     atomic_npy,
@@ -43,6 +46,7 @@ from jaxvit_interp.storage import (
     save_npz,
     write_text,
 )
+from jaxvit_interp.strength.special import special_token_names
 
 RUN_FILE = "run.json"
 CHUNK_DIR = "chunks"
@@ -111,21 +115,23 @@ def _compute_chunk(config, params, images, labels, partial_local, attention_loca
     from jaxvit_interp.importance import head_importance, partial_pruning
     from jaxvit_interp.model.run import attention_over_images
     from jaxvit_interp.patterns import collect_patterns
-    from jaxvit_interp.strength import model_strength_over_images
+    from jaxvit_interp.strength import model_special_mass_over_images, model_strength_over_images
 
     batch = settings.batch_size or DEFAULT_PASS_IMAGES
+    metrics = model_metrics(config.num_classes)
     importance = head_importance(
         config,
         params,
         images,
         labels,
-        metrics=METRIC_NAMES,
+        metrics=metrics,
         batch_size=settings.batch_size,
         memory_budget_bytes=settings.memory_budget_bytes,
         mesh=mesh,
         progress=False,
     )
-    arrays = {m: np.asarray(importance[m], np.float32) for m in METRIC_NAMES}
+    arrays = {m: np.asarray(importance[m], np.float32) for m in metrics}
+    # A backbone's are [image, 0] and -1 (no classes); its bundle leaves them out.
     arrays["probs"] = importance.probs.astype(np.float32)
     arrays["predictions"] = importance.predictions.astype(np.int32)
     arrays["targets"] = importance.labels.astype(np.int32)
@@ -133,6 +139,13 @@ def _compute_chunk(config, params, images, labels, partial_local, attention_loca
         config, params, images, batch_size=batch, mesh=mesh, progress=False
     )
     arrays.update({f: np.asarray(getattr(strength.local, f), np.float32) for f in STRENGTH_FIELDS})
+    if config.num_prefix_tokens:
+        special = model_special_mass_over_images(
+            config, params, images, batch_size=batch, mesh=mesh, progress=False
+        )
+        arrays["special_to"] = np.asarray(special.to_token, np.float32)
+        arrays["special_from"] = np.asarray(special.from_token, np.float32)
+        arrays["special_between"] = np.asarray(special.between, np.float32)
     patterns = collect_patterns(
         config,
         params,
@@ -279,7 +292,8 @@ def analyze(
       ``[image, layer, head, ...]``.
 
     Raises:
-      InputError: before anything is written, for a backbone without a classifier, bad
+      InputError: before anything is written, for labels given to a backbone without a
+        classifier (it is analysed with the metrics it has: ``layer``, ``repr``), bad
         images, labels, names or settings, or a memory budget too small for one image; :class:`RunFolderError` when ``out`` holds
         another run.
     """
@@ -287,12 +301,12 @@ def analyze(
 
     settings = settings or AnalysisSettings()
     progress = progress_enabled(progress)
-    if not config.num_classes:
+    if not config.num_classes and labels is not None:
         raise InputError(
-            "analyze needs a classifier: this model is a backbone without one (num_classes=0), "
-            "whose only importance metrics are 'layer' and 'repr' (head_importance gives them); "
-            "attach a linear probe on its pooled output first (jaxvit_interp.with_probe, or "
-            "--probe on the command line)"
+            "labels were given for a backbone without a classifier (num_classes=0): its metrics "
+            "('layer', 'repr') need no labels and it has no classes to match them to; attach a "
+            "linear probe on its pooled output for the label metrics (jaxvit_interp.with_probe, "
+            "or --probe on the command line)"
         )
     images = np.asarray(check_images(config, images), np.float32)
     labels = check_labels(config, labels, len(images))
@@ -343,7 +357,10 @@ def analyze(
         return load_bundle(out)  # this very run finished before: nothing to redo
 
     # Two independent seeded subsets: which images get partial pruning, which keep attention.
-    partial_index = _subset(num_images, settings.partial_images, settings.seed)
+    # Partial pruning measures p'_y: a backbone without a classifier has none.
+    partial_index = _subset(
+        num_images, settings.partial_images if config.num_classes else 0, settings.seed
+    )
     attention_index = _subset(
         num_images, settings.attention_count(num_images), settings.seed, stream=1
     )
@@ -401,7 +418,9 @@ def analyze(
                 "checkpoint": model_identity,
                 "image_ids": image_ids,
                 "class_names": list(class_names),
-                "labels_are_predictions": labels is None,
+                "labels_are_predictions": labels is None and bool(config.num_classes),
+                "metrics": list(model_metrics(config.num_classes)),
+                "special_tokens": list(special_token_names(config)),
                 "label_matching": label_matching
                 or {"source": "none" if labels is None else "array"},
                 "pruning_modes": [
@@ -445,14 +464,24 @@ def _bundle(
 ) -> ResultsBundle:
     """The results bundle from the merged per-image results and the trained pattern models;
     the large arrays (pixels, attention codes) are streamed into ``out`` from ``chunk_paths``."""
+    classifier = bool(config.num_classes)
+    # The overview places images by how their heads matter: by the probability drop, or for a
+    # backbone without a classifier by the representation change.
+    layout_metric = "prob_drop" if classifier else "repr"
     parts = {
         "images": {
-            "labels": merged["targets"],
-            "predictions": merged["predictions"],
-            "probs": merged["probs"],
+            **(
+                {
+                    "labels": merged["targets"],
+                    "predictions": merged["predictions"],
+                    "probs": merged["probs"],
+                }
+                if classifier
+                else {}
+            ),
             "thumbnails": thumbnails(images, config, settings.thumbnail_size),
             "pixels": _stream_pixels(images, config, out, settings.chunk_images),
-            "overview": image_layout(merged["prob_drop"], settings.seed),
+            "overview": image_layout(merged[layout_metric], settings.seed),
         },
         "importance": importance_part(
             merged,
@@ -462,7 +491,10 @@ def _bundle(
             labels_are_predictions=not labels_given,
             num_classes=config.num_classes,
         ),
-        "strength": strength_part(merged, has_cls_token=config.has_cls_token),
+        "strength": {
+            **strength_part(merged, has_cls_token=config.has_cls_token),
+            **(special_part(merged) if config.num_prefix_tokens else {}),
+        },
         "patterns": _pattern_part(config, merged, models, settings, progress),
     }
     if len(partial_index):

@@ -13,11 +13,13 @@ import numpy as np
 from jaxvit_interp.quantities import (
     CLS_STRENGTH_FIELDS,
     METRIC_NAMES,
+    SPECIAL_FIELDS,
     STRENGTH_FIELDS,
     STRENGTH_SUMMARY_FIELDS,
+    model_metrics,
 )
 
-__all__ = ["importance_part", "partial_part", "pattern_part", "strength_part"]
+__all__ = ["importance_part", "partial_part", "pattern_part", "special_part", "strength_part"]
 
 
 def importance_part(
@@ -29,21 +31,39 @@ def importance_part(
     labels_are_predictions: bool,
     num_classes: int,
 ) -> dict[str, np.ndarray]:
-    """Per-image metrics ``[image, layer, head]`` plus their means over all images and per class
-    (:func:`~jaxvit_interp.importance.aggregate.importance_summary`)."""
-    from jaxvit_interp.importance import HeadImportance
-    from jaxvit_interp.importance.aggregate import importance_summary
+    """Per-image metrics ``[image, layer, head]`` plus their means over all images and, for a
+    classifier, per class (:func:`~jaxvit_interp.importance.aggregate.importance_summary`).
 
+    The metrics are those the model has (:func:`~jaxvit_interp.quantities.model_metrics`): a
+    backbone without a classifier has ``layer`` and ``repr`` only, and no classes to group by.
+    """
+    from jaxvit_interp.importance import HeadImportance
+    from jaxvit_interp.importance.aggregate import global_importance, importance_summary
+
+    names = model_metrics(num_classes)
     result = HeadImportance(
-        **{m: metrics[m] for m in METRIC_NAMES},
+        **{m: metrics[m] if m in names else None for m in METRIC_NAMES},
         probs=probs,
         predictions=predictions,
         labels=targets,
         labels_are_predictions=labels_are_predictions,
-        metrics=METRIC_NAMES,
+        metrics=names,
     )
-    per_image = {m: np.asarray(metrics[m], np.float32) for m in METRIC_NAMES}
+    per_image = {m: np.asarray(metrics[m], np.float32) for m in names}
+    if not num_classes:
+        means = global_importance(result).mean
+        return {**per_image, **{f"{m}_mean": v.astype(np.float32) for m, v in means.items()}}
     return {**per_image, **importance_summary(result, num_classes)}
+
+
+def special_part(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-image attention mass to and from each special token ``[image, layer, head, token]``
+    (:mod:`~jaxvit_interp.strength.special`) plus the means over the images, with the mean
+    attention the special tokens pay each other ``[layer, head, token, token]``."""
+    part = {f: np.asarray(local[f], np.float32) for f in SPECIAL_FIELDS}
+    part.update({f"{f}_mean": v.mean(axis=0) for f, v in part.items()})
+    part["special_between_mean"] = np.asarray(local["special_between"], np.float32).mean(axis=0)
+    return part
 
 
 def strength_part(local: dict[str, np.ndarray], *, has_cls_token: bool) -> dict[str, np.ndarray]:

@@ -63,19 +63,33 @@ DATA_PREFIX = "data-"
 RECORDS_DIR = "images"
 
 
-def _check_options(metrics, default_metric, default_kind) -> tuple[list[str], str]:
+def _check_options(
+    metrics, default_metric, default_kind, available: tuple[str, ...]
+) -> tuple[list[str], str]:
+    """The metrics the menu lists: those asked for (all by default) that the bundle has
+    (``available``: a backbone without a classifier has ``layer`` and ``repr`` only)."""
     metrics = list(metrics) if metrics else list(METRIC_NAMES)
     unknown = [m for m in metrics if m not in METRIC_NAMES]
     if unknown or not metrics:
         raise InputError(
             f"unknown importance metric(s) {unknown}; expected some of {list(METRIC_NAMES)}"
         )
-    default_metric = default_metric or metrics[0]
-    if default_metric not in metrics:
+    shown = [m for m in metrics if m in available]
+    if not shown:
+        raise InputError(
+            f"none of the metrics {metrics} is in this results bundle, which has {list(available)}"
+        )
+    if default_metric is not None and default_metric not in available:
+        raise InputError(
+            f"default metric {default_metric!r} is not in this results bundle, which has "
+            f"{list(available)}"
+        )
+    default_metric = default_metric or shown[0]
+    if default_metric not in shown:
         raise InputError(f"default metric {default_metric!r} is not among the metrics {metrics}")
     if default_kind is not None and default_kind not in PATTERN_KINDS:
         raise InputError(f"default pattern kind {default_kind!r}; expected one of {PATTERN_KINDS}")
-    return metrics, default_metric
+    return shown, default_metric
 
 
 def _initial_head(data, metric: str) -> int:
@@ -92,8 +106,13 @@ def _header(ctx: Context, title: str, bundle: ResultsBundle):
     info = ctx.info
     checkpoint = bundle.meta.get("checkpoint") or {}
     where = checkpoint.get("path") or "unknown checkpoint"
+    classes = (
+        f"{len(info['class_names'])} classes"
+        if info["has_classifier"]
+        else "a backbone without a classifier (metrics: " + ", ".join(info["metrics"]) + ")"
+    )
     summary = (
-        f"{info['num_images']} images, {len(info['class_names'])} classes | ViT with "
+        f"{info['num_images']} images, {classes} | ViT with "
         f"{info['num_layers']} layers x {info['num_heads']} heads, "
         f"{info['grid'][0]}x{info['grid'][1]} patches{' + CLS' if info['has_cls'] else ''} | "
         f"model: {where} | attention stored for {info['num_attention']} images, partial "
@@ -142,7 +161,7 @@ def build_document(
       default_kind: ``"cls"`` or ``"patch"``: the pattern kind D shows first.
       thumbnail_size: shrink thumbnails to at most this many pixels a side.
     """
-    metrics, default_metric = _check_options(metrics, default_metric, default_kind)
+    metrics, default_metric = _check_options(metrics, default_metric, default_kind, bundle.metrics)
     data = prepare_site_data(
         bundle, max_attention_images=max_attention_images, thumbnail_size=thumbnail_size
     )
@@ -247,7 +266,7 @@ def build_site(
         raise InputError(f"site layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     metrics, default_metric = _check_options(
         options.pop("metrics", None), options.pop("default_metric", None),
-        options.get("default_kind"),
+        options.get("default_kind"), bundle.metrics,
     )  # fmt: skip
     thumbnail_size = options.pop("thumbnail_size", THUMBNAIL_SIZE)
     default_kind = options.pop("default_kind", None)

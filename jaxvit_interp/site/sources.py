@@ -37,6 +37,8 @@ from jaxvit_interp.site.records import NOT_SHOWN, record_arrays, record_layout
 # Parts without which there is no site; the others leave a note in their view when absent.
 REQUIRED_PARTS = ("images", "importance", "strength")
 VALUE_BINS = 40
+# The overview's one colour for the images of a backbone without classes.
+NO_CLASS_COLOR = "#4c72b0"
 # Most images D1 draws as points for the chosen head (the density image covers every one).
 EMBEDDING_POINTS = (
     600  # D5's histogram of one attention matrix (a display of one image, not a reduction)
@@ -219,18 +221,31 @@ def prepare_site_data(
 
     # --- the images entity ------------------------------------------------------------------
     images = bundle["images"]
-    labels = images["labels"].astype(np.int64)
-    predictions = images["predictions"].astype(np.int64)
-    for name, values in (("labels", labels), ("predictions", predictions)):
-        bad = (values < 0) | (values >= len(class_names))
-        if bad.any():
-            raise BundleError(
-                f"images/{name} has class {int(values[bad][0])} at image {int(np.argmax(bad))}, "
-                f"outside 0..{len(class_names) - 1}"
-            )
-    probs = images["probs"].astype(np.float32)
-    p_y = probs[np.arange(n_img), labels]
-    palette = class_palette(len(class_names))
+    classifier = bool(len(class_names))
+    if classifier:
+        labels = images["labels"].astype(np.int64)
+        predictions = images["predictions"].astype(np.int64)
+        for name, values in (("labels", labels), ("predictions", predictions)):
+            bad = (values < 0) | (values >= len(class_names))
+            if bad.any():
+                raise BundleError(
+                    f"images/{name} has class {int(values[bad][0])} at image "
+                    f"{int(np.argmax(bad))}, outside 0..{len(class_names) - 1}"
+                )
+        probs = images["probs"].astype(np.float32)
+        p_y = probs[np.arange(n_img), labels]
+        pred_prob = probs[np.arange(n_img), predictions]
+        palette = class_palette(len(class_names))
+        label_text = [class_names[c] for c in labels]
+        predicted_text = [class_names[c] for c in predictions]
+        colors = [palette[c] for c in labels]
+        # Confident images solid, doubtful ones faint: the probability shows at a glance.
+        alpha = (0.25 + 0.75 * np.clip(p_y, 0, 1)).astype(np.float32)
+    else:  # a backbone without a classifier: no classes, labels nor probabilities
+        p_y = pred_prob = np.full(n_img, np.nan, np.float32)
+        label_text = predicted_text = [""] * n_img
+        colors = [NO_CLASS_COLOR] * n_img
+        alpha = np.full(n_img, 0.8, np.float32)
     attention_row = np.full(n_img, -1, np.int32)
     attention_row[attention_index] = np.arange(len(attention_index), dtype=np.int32)
     partial_row = np.full(n_img, -1, np.int32)
@@ -244,15 +259,14 @@ def prepare_site_data(
         {
             "index": np.arange(n_img, dtype=np.int32),
             "id": [str(i) for i in meta["image_ids"]],
-            "label": [class_names[c] for c in labels],
-            "predicted": [class_names[c] for c in predictions],
+            "label": label_text,
+            "predicted": predicted_text,
             "prob": p_y,
-            "pred_prob": probs[np.arange(n_img), predictions],
+            "pred_prob": pred_prob,
             "x": overview[:, 0],
             "y": overview[:, 1],
-            "color": [palette[c] for c in labels],
-            # Confident images solid, doubtful ones faint: the probability shows at a glance.
-            "alpha": (0.25 + 0.75 * np.clip(p_y, 0, 1)).astype(np.float32),
+            "color": colors,
+            "alpha": alpha,
             "attention_row": attention_row,
             "partial_row": partial_row,
             # When only some images have stored attention, they get an outline, so readers can
@@ -348,7 +362,14 @@ def prepare_site_data(
         "has_cls": has_cls,
         "class_names": class_names,
         # Images per label: the overview's legend lists the most common classes of many.
-        "class_counts": bundle["importance"]["class_counts"].astype(int).tolist(),
+        "class_counts": (
+            bundle["importance"]["class_counts"].astype(int).tolist() if classifier else []
+        ),
+        # Which metrics the model has (a backbone: layer and repr), and its special tokens.
+        "has_classifier": classifier,
+        "metrics": list(bundle.metrics),
+        "special_tokens": [str(t) for t in meta.get("special_tokens", [])],
+        "has_special": "special_to" in bundle.parts.get("strength", {}),
         "pruning_modes": modes,
         "metric_info": METRIC_INFO,
         "kinds": kinds,

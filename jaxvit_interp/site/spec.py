@@ -64,7 +64,8 @@ class SiteSpec:
       analysis: the whole ``[analysis]`` table: keyword arguments of
         :class:`~jaxvit_interp.pipeline.settings.AnalysisSettings`.
       metrics: importance metrics listed in B's menu, in order.
-      default_metric: the metric shown first.
+      default_metric: the metric shown first; None: the first of ``metrics`` that the results
+        have (a backbone without a classifier has ``layer`` and ``repr`` only).
       default_kind: the pattern kind D shows first.
       thumbnail_size: largest thumbnail side in pixels.
       compression: gzip level (0-9) of the page's arrays.
@@ -82,7 +83,7 @@ class SiteSpec:
     batch_size: int
     analysis: dict[str, Any]
     metrics: tuple[str, ...]
-    default_metric: str
+    default_metric: str | None
     default_kind: str
     thumbnail_size: int
     compression: int
@@ -249,8 +250,8 @@ def load_site_spec(path: str | Path) -> SiteSpec:
                 f"{where}: views.metrics has unknown metric {m!r} (known: "
                 f"{', '.join(METRIC_NAMES)})"
             )
-    default_metric = views["default_metric"] or metrics[0]
-    if default_metric not in metrics:
+    default_metric = views["default_metric"]
+    if default_metric is not None and default_metric not in metrics:
         raise SiteSpecError(
             f"{where}: views.default_metric = {default_metric!r} is not in views.metrics {metrics}"
         )

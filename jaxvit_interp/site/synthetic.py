@@ -26,7 +26,13 @@ from jaxvit_interp.bundle import (
 )
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
-from jaxvit_interp.pipeline.parts import importance_part, partial_part, pattern_part, strength_part
+from jaxvit_interp.pipeline.parts import (
+    importance_part,
+    partial_part,
+    pattern_part,
+    special_part,
+    strength_part,
+)
 from jaxvit_interp.quantities import METRIC_NAMES
 
 
@@ -138,6 +144,17 @@ def synthetic_bundle(
         local["patch_to_cls"] = rng.uniform(0, 0.5, (n_img, L, H))
         local["cls_to_patch"] = rng.uniform(0.5, 1, (n_img, L, H))
     strength_arrays = strength_part(local, has_cls_token=has_cls)
+    if has_cls:  # CLS is the one special token: its masses are the CLS masses above
+        between = rng.uniform(0, 0.2, (n_img, L, H, 1, 1))
+        strength_arrays.update(
+            special_part(
+                {
+                    "special_to": local["patch_to_cls"][..., None],
+                    "special_from": local["cls_to_patch"][..., None],
+                    "special_between": between,
+                }
+            )
+        )
 
     def pattern_kind(shape):
         head_centre = rng.normal(0, 3, (1, L, H, 2))
@@ -195,6 +212,7 @@ def synthetic_bundle(
         "class_names": class_names,
         "labels_are_predictions": False,
         "pruning_modes": modes,
+        "special_tokens": ["cls"] if has_cls else [],
         "settings": {"synthetic": {"bundle_version": BUNDLE_VERSION}},
     }
     parts = {

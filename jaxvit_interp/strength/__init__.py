@@ -6,14 +6,15 @@
   images batch by batch (sharded over a device mesh), with per-image ("local") results and
   :func:`summarize`'s over-images ("global") ones: mean strength, mass, distance, CLS masses and
   entropy per head, and each head's entropy histogram on fixed bins.
-- :func:`special_token_mass`: attention to and from each special token (CLS, distillation,
-  registers), which are not on the grid.
+- :func:`special_token_mass` / :func:`model_special_mass_over_images`: attention to and from
+  each special token (CLS, distillation, registers), which are not on the grid.
 - :mod:`.hops` the ring geometry, :mod:`.kernels` and :mod:`.special` the pure jitted kernels and
   exact definitions, :mod:`.reference` plain loops used to test them.
 """
 
 from jaxvit_interp.strength.aggregate import (
     StrengthResults,
+    model_special_mass_over_images,
     model_strength_over_images,
     strength_over_images,
     summarize,
@@ -52,6 +53,7 @@ __all__ = [
     "hop_rings",
     "hop_strength",
     "hop_strength_kernel",
+    "model_special_mass_over_images",
     "model_strength_over_images",
     "num_hops",
     "ring_counts",

@@ -30,6 +30,7 @@ from jaxvit_interp.strength.kernels import (
     summarize_kernel,
 )
 from jaxvit_interp.strength.measure import check_attention_shape, check_rows, default_atol
+from jaxvit_interp.strength.special import SpecialTokenMass, special_token_mass_kernel
 
 # Images in messages are counted over the whole stream, not within the batch.
 _AXES = "image layer head query"
@@ -205,6 +206,18 @@ def strength_over_images(
     )
 
 
+def _check_images(config: ViTConfig, images) -> int:
+    """The number of images, after checking they are ``[image, height, width, channels]``."""
+    num_images = len(images)
+    expected = (*config.image_size, config.channels)
+    if num_images == 0 or tuple(np.shape(images)[1:]) != expected:
+        raise InputError(
+            f"images have shape {tuple(np.shape(images))}; expected [image, {expected[0]}, "
+            f"{expected[1]}, {expected[2]}] with at least one image"
+        )
+    return num_images
+
+
 @functools.partial(jax.jit, static_argnames=("config",))
 def _model_strength_batch(config: ViTConfig, params, images, rings: HopRings):
     # One compiled program from pixels to per-head results: the batch's attention lives only
@@ -243,13 +256,7 @@ def model_strength_over_images(
     Returns:
       :class:`StrengthResults` with ``local`` ``[image, layer, head, ...]`` and the ``summary``.
     """
-    num_images = len(images)
-    expected = (*config.image_size, config.channels)
-    if num_images == 0 or tuple(np.shape(images)[1:]) != expected:
-        raise InputError(
-            f"images have shape {tuple(np.shape(images))}; expected [image, {expected[0]}, "
-            f"{expected[1]}, {expected[2]}] with at least one image"
-        )
+    num_images = _check_images(config, images)
     batcher = Batcher(batch_size, mesh)
     rings = rings_for(config)
     n = rings.num_tokens
@@ -282,4 +289,50 @@ def model_strength_over_images(
         patch_size=rings.patch_size,
         has_cls_token=rings.has_cls_token,
         num_prefix_tokens=rings.num_prefix_tokens,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _model_special_batch(config: ViTConfig, params, images):
+    # As _model_strength_batch: the batch's attention lives only inside the compiled program.
+    images = images.astype(jnp.float32)
+    attention = VisionTransformer(config).apply({"params": params}, images).attention
+    return special_token_mass_kernel(attention, config.num_prefix_tokens)
+
+
+def model_special_mass_over_images(
+    config: ViTConfig,
+    params,
+    images,
+    *,
+    batch_size: int = 16,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: bool = True,
+) -> SpecialTokenMass:
+    """Run the model over ``images`` batch by batch and measure every head's attention to and
+    from each special token (:func:`~jaxvit_interp.strength.special.special_token_mass`).
+
+    Args:
+      config, params: the model; it needs at least one special token (CLS, distillation or a
+        register: ``config.num_prefix_tokens``), named in token order by
+        :func:`~jaxvit_interp.strength.special.special_token_names`.
+      images, batch_size, mesh, progress: as in :func:`model_strength_over_images`.
+
+    Returns:
+      :class:`~jaxvit_interp.strength.special.SpecialTokenMass` of NumPy arrays with leading
+      axes ``[image, layer, head]``.
+    """
+    _check_images(config, images)
+    if not config.num_prefix_tokens:
+        raise InputError(
+            "the model has no special tokens (no CLS, distillation or register token): there is "
+            "no special-token mass to measure"
+        )
+    batcher = Batcher(batch_size, mesh)
+    params = batcher.replicate(params)
+    return batcher.map(
+        lambda x: _model_special_batch(config, params, x),
+        images,
+        progress=progress,
+        desc="special-token mass",
     )

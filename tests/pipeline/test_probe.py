@@ -49,11 +49,13 @@ def test_inspect_says_which_metrics_a_backbone_has(backbone, capsys):
     ) in out
 
 
-def test_a_backbone_without_a_probe_is_refused_before_any_work(backbone, tmp_path, capsys):
+def test_labels_for_a_backbone_without_a_probe_are_refused_before_any_work(
+    backbone, tmp_path, capsys
+):
     out = tmp_path / "run"
     # The image folder does not exist: the refusal comes before the images are read.
     args = ["analyze", "--checkpoint", str(backbone), "--images", str(tmp_path / "none")]
-    assert main([*args, "--out", str(out)]) == 2
+    assert main([*args, "--out", str(out), "--labels", str(tmp_path / "labels.csv")]) == 2
     text = one_error_line(capsys)
     assert "backbone without a classifier" in text and "metrics: layer, repr only" in text
     assert not out.exists()
@@ -87,11 +89,11 @@ def test_a_probe_makes_a_backbone_a_classifier(backbone, pictures, tmp_path):
     assert list(bundle["images"]["labels"]) == [0] * 4 + [1] * 4
 
 
-def test_analyze_refuses_a_backbone_before_writing(tmp_path):
+def test_analyze_refuses_labels_for_a_backbone_before_writing(tmp_path):
     from jaxvit_interp import analyze
     from jaxvit_interp.errors import InputError
 
     images = np.zeros((2, *BACKBONE.image_size, 3), np.float32)
-    with pytest.raises(InputError, match=r"backbone without one.*'layer' and 'repr'.*with_probe"):
-        analyze(BACKBONE, init_params(BACKBONE, 0), images, tmp_path / "run")
+    with pytest.raises(InputError, match=r"labels were given for a backbone.*with_probe"):
+        analyze(BACKBONE, init_params(BACKBONE, 0), images, tmp_path / "run", labels=[0, 1])
     assert not (tmp_path / "run").exists()

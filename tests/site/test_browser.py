@@ -104,6 +104,7 @@ def test_page_loads_without_errors_and_shows_global_values(tiny_site, tiny_bundl
         "entropy_plot",
         "hop_plot",
         "entropy_hist_plot",
+        "special_plot",
         "embedding_plot",
         "image_plot",
         "matrix_plot",
@@ -131,6 +132,14 @@ def test_page_loads_without_errors_and_shows_global_values(tiny_site, tiny_bundl
     np.testing.assert_allclose(
         site.data("hop_bars")["strength"],
         tiny_bundle["strength"]["strength"].mean(0).reshape(L * H, K)[k],
+        rtol=1e-5,
+    )
+    # C4: the CLS token's masses, the same as the CLS masses of hop strength.
+    bars = site.data("special_bars")
+    assert bars["token"] == ["cls"]
+    np.testing.assert_allclose(
+        bars["to"],
+        tiny_bundle["strength"]["patch_to_cls"].mean(0).reshape(-1)[k : k + 1],
         rtol=1e-5,
     )
     assert "All 30 images" in site.text("image_info")

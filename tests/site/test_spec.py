@@ -34,7 +34,7 @@ def test_defaults_of_a_minimal_spec(tmp_path):
     assert spec.title is None and spec.labels is None
     assert (spec.max_images, spec.attention_images, spec.partial_images) == (300, "all", 64)
     assert spec.site_options()["max_attention_images"] is None
-    assert spec.default_metric == METRIC_NAMES[0] and spec.default_kind == "cls"
+    assert spec.default_metric is None and spec.default_kind == "cls"
     assert spec.compression == 0
 
 

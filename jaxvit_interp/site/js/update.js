@@ -24,6 +24,7 @@ export const TEXTS = {
     "local to it.",
   image_info_local: "Chosen image: {id} | label {label} | predicted {predicted} " +
     "(p(label) = {prob})",
+  image_info_backbone: "Chosen image: {id}",
   importance_title: "{metric} ({scope})",
   partial_title: "p(label) after partial pruning: {head}",
   partial_none: "This results bundle has no partial-pruning results.",
@@ -37,6 +38,7 @@ export const TEXTS = {
   top5_not_computed: "top-5: not computed here",
   entropy_title: "head entropy across layers ({scope})",
   hop_title: "strength across neighbours: {head}",
+  special_title: "special tokens: {head} ({scope})",
   entropy_hist_title: "entropy of {head} over all images",
   embedding_title: "{kind} patterns ({scope}); chosen: {head}",
   reps_title: "cluster representatives ({head}: #{cluster})",
@@ -294,9 +296,12 @@ function readState(page) {
 // A: what the chosen image is.
 function drawImageInfo({info, images, image_info}, s) {
   const img = images.data, i = s.image;
+  const chosen = () => info.has_classifier
+    ? fill("image_info_local", {id: img.id[i], label: img.label[i], predicted: img.predicted[i],
+                                prob: fixed(img.prob[i], 3)})
+    : fill("image_info_backbone", {id: img.id[i]});
   setText(image_info, "text", i >= 0
-    ? [fill("image_info_local", {id: img.id[i], label: img.label[i], predicted: img.predicted[i],
-                                 prob: fixed(img.prob[i], 3)}), s.recordNote].join(" ").trim()
+    ? [chosen(), s.recordNote].join(" ").trim()
     : fill("image_info_global", {n: info.num_images}));
 }
 
@@ -394,6 +399,18 @@ function drawStrength(page, s) {
     entropy_span.location = value(page, "strength", "head_entropy", {I: image, ...at});
   }
   entropy_span.visible = s.local;
+  if (info.has_special) drawSpecial(page, s);
+}
+
+// C4: the chosen head's attention to and from each special token.
+function drawSpecial({info, special_bars, special_title, special_y_range}, s) {
+  const names = info.special_tokens, {k, head} = s;
+  const to = names.map((_, t) => s.pick("strength", "special_to", k, {X: t}));
+  const from = names.map((_, t) => s.pick("strength", "special_from", k, {X: t}));
+  special_bars.data = {token: names, to, from, head: repeat(names.length, head)};
+  const top = Math.max(...to, ...from);
+  special_y_range.end = Number.isFinite(top) && top > 0 ? top * 1.25 : 1;
+  setText(special_title, "text", fill("special_title", {head, scope: s.scope}));
 }
 
 // D1: the heads in the pattern embedding, the chosen head on each image, and the cluster

@@ -38,6 +38,7 @@ def build(ctx: Context):
     L, H = info["num_layers"], info["num_heads"]
     metrics = ctx.options.get("metrics") or list(info["metric_info"])
     default = ctx.options.get("default_metric") or metrics[0]
+    has_labels = info["has_classifier"]
     select = ctx.add(
         "metric_select",
         Select(
@@ -103,7 +104,11 @@ def build(ctx: Context):
                 ("head", "@name"),
                 ("metric", "@metric"),
                 ("value", "@value{0.0000}"),
-                ("flip fraction (all images)", "@{importance/flip_mean}{0.000}"),
+                *(
+                    [("flip fraction (all images)", "@{importance/flip_mean}{0.000}")]
+                    if "flip" in info["metrics"]
+                    else []
+                ),
             ],
         )
     )
@@ -200,12 +205,14 @@ def build(ctx: Context):
         text_font_size="10px",
         text_color="#222",
     )
+    q.visible = t.visible = partial_note.visible = has_labels
     return panel(
         "B",
         "Head Importance",
         "view_B",
         [
             select,
+            # Partial pruning measures p(label): a backbone without a classifier has none.
             row(p, column(q), column(t)),
             partial_note,
         ],

@@ -99,19 +99,19 @@ def build(ctx: Context):
     )
     p.add_tools(TapTool(renderers=[r], mode="replace"))
     prob_name = "predicted class" if info["labels_are_predictions"] else "label"
-    p.add_tools(
-        HoverTool(
-            renderers=[r],
-            tooltips=[
-                ("id", "@id"),
-                ("label", "@label"),
-                ("predicted", "@predicted"),
-                (f"p({prob_name})", "@prob{0.000}"),
-                ("also stored", "@stored"),
-            ],
-        )
-    )
-    _legend(p, info)
+    classes = [
+        ("label", "@label"),
+        ("predicted", "@predicted"),
+        (f"p({prob_name})", "@prob{0.000}"),
+    ]
+    tooltips = [
+        ("id", "@id"),
+        *(classes if info["has_classifier"] else []),
+        ("also stored", "@stored"),
+    ]
+    p.add_tools(HoverTool(renderers=[r], tooltips=tooltips))
+    if info["has_classifier"]:  # a backbone has no classes to colour by
+        _legend(p, info)
 
     search = ctx.add(
         "search",

@@ -5,12 +5,16 @@
 - C2: the chosen head's strength per Chebyshev hop (mean attention a patch pays one neighbour
   at that distance).
 - C3: the chosen head's entropy over all images, with the chosen image marked.
+- C4 (models with special tokens): the chosen head's attention to each special token (CLS,
+  distillation, registers: mean over query patches) and from it (what the token pays all
+  patches together); a register that soaks up attention has a tall "to" bar and a short "from".
 """
 
 from __future__ import annotations
 
 from bokeh.layouts import row
-from bokeh.models import ColumnDataSource, HoverTool, Range1d, Span, TapTool
+from bokeh.models import ColumnDataSource, FactorRange, HoverTool, Range1d, Span, TapTool
+from bokeh.transform import dodge
 
 from jaxvit_interp.site.views.common import Context, panel, plot
 
@@ -141,4 +145,54 @@ def build(ctx: Context):
         Span(location=0, dimension="height", line_color="#d62728", line_width=2, visible=False),
     )
     h.add_layout(span)
-    return panel("C", "Head Attention Strength", "view_C", [row(p, q, h)])
+    # C4 exists on every page (the page's code draws it) and shows where there are special tokens.
+    return panel("C", "Head Attention Strength", "view_C", [row(p, q, h, _special(ctx))])
+
+
+def _special(ctx: Context):
+    """C4: the chosen head's attention to and from each special token."""
+    names = ctx.info["special_tokens"] if ctx.info["has_special"] else []
+    n = len(names)
+    bars = ctx.add(
+        "special_bars",
+        ColumnDataSource(
+            data={"token": names, "to": [0.0] * n, "from": [0.0] * n, "head": [""] * n}
+        ),
+    )
+    s = plot(
+        "special tokens",
+        max(220, 60 + 50 * n),
+        HEIGHT,
+        name="special_plot",
+        x_range=FactorRange(*(names or ["none"])),
+        y_range=Range1d(0, 1),
+    )
+    s.visible = ctx.info["has_special"]
+    ctx.add("special_title", s.title)
+    ctx.add("special_y_range", s.y_range)
+    s.xaxis.major_label_orientation = 0.6 if n > 3 else 0
+    s.yaxis.axis_label = "attention"
+    renderers = [
+        s.vbar(x=dodge("token", offset, range=s.x_range), top=field, width=0.36, source=bars,
+               fill_color=color, line_color=color, legend_label=label)
+        for offset, field, color, label in (
+            (-0.19, "to", "#6b9ac4", "to it (mean over patches)"),
+            (0.19, "from", "#f4a582", "from it (to all patches)"),
+        )
+    ]  # fmt: skip
+    s.legend.location = "top_right"
+    s.legend.label_text_font_size = "9px"
+    s.legend.padding = 2
+    s.legend.spacing = 0
+    s.add_tools(
+        HoverTool(
+            renderers=renderers,
+            tooltips=[
+                ("head", "@head"),
+                ("token", "@token"),
+                ("patches -> token (mean)", "@to{0.0000}"),
+                ("token -> all patches", "@from{0.0000}"),
+            ],
+        )
+    )
+    return s
