@@ -28,7 +28,13 @@ from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
 from jaxvit_interp.multihost import is_writer, run_on_writer, share_from_writer
 from jaxvit_interp.parallel import all_devices_mesh
-from jaxvit_interp.pipeline.parts import importance_part, partial_part, pattern_part, strength_part
+from jaxvit_interp.pipeline.parts import (
+    importance_part,
+    partial_part,
+    pattern_part,
+    rollout_part,
+    strength_part,
+)
 from jaxvit_interp.pipeline.progress import progress_bar, progress_enabled
 from jaxvit_interp.pipeline.settings import AnalysisSettings, run_fingerprint
 from jaxvit_interp.quantities import (
@@ -143,6 +149,7 @@ def _compute_chunk(config, params, images, labels, partial_local, attention_loca
         progress=False,
     )
     arrays.update({f"{kind}_pattern": value for kind, value in patterns.items()})
+    arrays.update(_rollout_arrays(config, params, images, batch, mesh))
     if len(partial_local):
         partial = partial_pruning(
             config,
@@ -174,6 +181,14 @@ def _compute_chunk(config, params, images, labels, partial_local, attention_loca
         for k, name in enumerate(("attention_codes", "attention_steps", "attention_error")):
             arrays[name] = np.concatenate([e[k] for e in encoded])
     return arrays
+
+
+def _rollout_arrays(config, params, images, batch: int, mesh) -> dict[str, np.ndarray]:
+    """Attention rollout of one chunk: each image's final map and per-layer contributions."""
+    from jaxvit_interp.rollout import final_rollout_over_images
+
+    rollout = final_rollout_over_images(config, params, images, batch_size=batch, mesh=mesh)
+    return {"rollout_map": rollout.map, "rollout_contribution": rollout.contribution}
 
 
 def _kinds(config: ViTConfig, settings: AnalysisSettings) -> tuple[str, ...]:
@@ -472,6 +487,10 @@ def _bundle(
             merged["partial_top5_classes"],
             merged["partial_top5_probs"],
         )
+    # Chunks written before the rollout existed lack it (a resumed older run): the bundle then
+    # leaves the part out rather than hold it for some images only.
+    if len(merged.get("rollout_map", ())) == len(merged["targets"]):
+        parts["rollout"] = rollout_part(merged["rollout_map"], merged["rollout_contribution"])
     if len(attention_index):
         parts["attention"] = {
             "image_index": attention_index.astype(np.int32),
