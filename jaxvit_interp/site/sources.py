@@ -354,6 +354,8 @@ def prepare_site_data(
         "kinds": kinds,
         "extents": extents,
         "has_partial": "partial" in bundle.parts,
+        # D's rollout map and per-layer contributions; hidden for bundles without the part.
+        "has_rollout": "rollout" in bundle.parts,
         # Top-k kept after partial pruning: 5, or the class count when smaller.
         "top_k": (
             int(bundle["partial"]["top5_classes"].shape[-1])
