@@ -78,7 +78,10 @@ def layer_contributions(rows: Array, num_prefix: int, has_cls_token: bool) -> Ar
     included), with ``r_l`` the read row after layer ``l`` (:func:`read_rows`) and ``r_{-1}`` the
     row before any layer: the one-hot row of CLS, or uniform over the patches for a model without
     CLS. Rows are distributions, so this is the total variation distance between them: the share
-    of the read token's attribution that layer ``l``'s attention moves, in ``[0, 1]``.
+    of the read token's attribution that layer ``l``'s attention moves. It is at most
+    ``1 - residual_weight`` (1/2): the identity part of each layer's step moves nothing, since
+    ``r_l - r_{l-1} = (1 - w) (r_{l-1} mean_h A[l] - r_{l-1})``. As the row spreads over many
+    tokens it changes less, so on trained models the contributions tend to fall with depth.
     """
     n = rows.shape[-1]
     if has_cls_token:

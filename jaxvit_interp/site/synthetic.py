@@ -59,7 +59,7 @@ def _rollout(rng, blob: np.ndarray, L: int, N: int, has_cls: bool) -> dict[str, 
     rows = []
     for _ in range(L):
         target = _softmax(lean + rng.normal(0, 1, (n_img, N)))
-        share = rng.uniform(0.1, 0.6, (n_img, 1))
+        share = rng.uniform(0.1, 0.5, (n_img, 1))  # at most 1/2 moves, as in a model
         row = (1 - share) * row + share * target
         rows.append(row)
     rows = np.stack(rows, axis=1).astype(np.float32)  # [image, layer, N]

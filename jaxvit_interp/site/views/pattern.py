@@ -302,7 +302,7 @@ def _rollout(ctx: Context) -> Column | None:
         "Attention rollout (Abnar & Zuidema 2020): the identity and the head-mean attention "
         f"mixed half and half, multiplied through every layer; the map is {read} over the "
         "patches after the last layer. Bars: the share of that row each layer's attention "
-        "moves (total variation, 0 to 1).",
+        "moves (total variation; at most 1/2, the identity's half moves nothing).",
         width=width,
     )
     return column(p, b, note)
