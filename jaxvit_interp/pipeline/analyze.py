@@ -371,6 +371,17 @@ def analyze(
             arrays = held.pop(number, None)
             if arrays is None:  # another process: it reads what process 0 found readable
                 arrays = load_npz(chunk_path(number))
+            if "rollout_map" not in arrays:  # a chunk written before the rollout existed
+                arrays = {
+                    **arrays,
+                    **_rollout_arrays(
+                        config,
+                        params,
+                        images[start:stop],
+                        settings.batch_size or DEFAULT_PASS_IMAGES,
+                        mesh,
+                    ),
+                }
         else:
             arrays = _compute_chunk(
                 config,
@@ -487,8 +498,8 @@ def _bundle(
             merged["partial_top5_classes"],
             merged["partial_top5_probs"],
         )
-    # Chunks written before the rollout existed lack it (a resumed older run): the bundle then
-    # leaves the part out rather than hold it for some images only.
+    # Every chunk holds the rollout (the run computes it for chunks written before it existed);
+    # a part for some images only would be wrong, so the check stays.
     if len(merged.get("rollout_map", ())) == len(merged["targets"]):
         parts["rollout"] = rollout_part(merged["rollout_map"], merged["rollout_contribution"])
     if len(attention_index):
