@@ -18,6 +18,9 @@ A bundle is a folder::
     attention-codes.npy, attention-steps.npy
                        every head's attention matrix for those images as 8-bit codes with a step
                        per row (:mod:`jaxvit_interp.attention_codes`)
+    rollout.npz        each image's attention rollout map after the last layer and each layer's
+                       contribution to it, and their means over images (absent from bundles
+                       written before it)
 
 Every array and its named dimensions are declared once, in :data:`jaxvit_interp.quantities.SCHEMA`,
 and :func:`load_bundle` checks them all, naming the part and array at fault. The arrays that

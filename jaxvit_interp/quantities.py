@@ -20,7 +20,14 @@ Where each quantity is computed:
   model's input resolution from :func:`jaxvit_interp.data.preprocess.thumbnails`;
 - ``attention``: the model's own attention (:func:`jaxvit_interp.model.run.attention_over_images`),
   kept as 8-bit codes with a step per row and each matrix's worst error
-  (:mod:`jaxvit_interp.attention_codes`).
+  (:mod:`jaxvit_interp.attention_codes`);
+- ``rollout``: attention rollout (:func:`jaxvit_interp.rollout.final_rollout_over_images`): per
+  image the rollout map ``map [I, gh, gw]`` after the last layer, read from the CLS row (for a
+  model without CLS, the mean of the patch rows) over the patch columns, which start after every
+  special token, and ``contribution [I, L]``, the share of that row each layer's attention moves
+  (``1/2 sum_t |r_l - r_{l-1}|`` over all tokens, :func:`jaxvit_interp.rollout.layer_contributions`);
+  their means over the images (``map_mean``, ``contribution_mean``) in
+  :func:`jaxvit_interp.pipeline.parts.rollout_part`. Bundles written before it lack the part.
 
 Dimension letters: ``I`` images, ``C`` classes, ``L`` layers, ``H`` heads, ``N`` tokens,
 ``K`` hops, ``X`` special tokens (CLS, distillation, registers: the tokens before the patches),
@@ -260,6 +267,12 @@ SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
         "steps": ("S_attention", *_HEAD, "N"),
         "error": ("S_attention", *_HEAD),
         "error_max": _HEAD,
+    },
+    "rollout": {
+        "map": ("I", "gh", "gw"),
+        "contribution": ("I", "L"),
+        "map_mean": ("gh", "gw"),
+        "contribution_mean": ("L",),
     },
 }
 # Arrays too large to read into memory at once (gigabytes for thousands of ViT-B images): a

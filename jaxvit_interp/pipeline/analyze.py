@@ -32,6 +32,7 @@ from jaxvit_interp.pipeline.parts import (
     importance_part,
     partial_part,
     pattern_part,
+    rollout_part,
     special_part,
     strength_part,
 )
@@ -156,6 +157,7 @@ def _compute_chunk(config, params, images, labels, partial_local, attention_loca
         progress=False,
     )
     arrays.update({f"{kind}_pattern": value for kind, value in patterns.items()})
+    arrays.update(_rollout_arrays(config, params, images, batch, mesh))
     if len(partial_local):
         partial = partial_pruning(
             config,
@@ -187,6 +189,14 @@ def _compute_chunk(config, params, images, labels, partial_local, attention_loca
         for k, name in enumerate(("attention_codes", "attention_steps", "attention_error")):
             arrays[name] = np.concatenate([e[k] for e in encoded])
     return arrays
+
+
+def _rollout_arrays(config, params, images, batch: int, mesh) -> dict[str, np.ndarray]:
+    """Attention rollout of one chunk: each image's final map and per-layer contributions."""
+    from jaxvit_interp.rollout import final_rollout_over_images
+
+    rollout = final_rollout_over_images(config, params, images, batch_size=batch, mesh=mesh)
+    return {"rollout_map": rollout.map, "rollout_contribution": rollout.contribution}
 
 
 def _kinds(config: ViTConfig, settings: AnalysisSettings) -> tuple[str, ...]:
@@ -373,6 +383,17 @@ def analyze(
             arrays = held.pop(number, None)
             if arrays is None:  # another process: it reads what process 0 found readable
                 arrays = load_npz(chunk_path(number))
+            if "rollout_map" not in arrays:  # a chunk written before the rollout existed
+                arrays = {
+                    **arrays,
+                    **_rollout_arrays(
+                        config,
+                        params,
+                        images[start:stop],
+                        settings.batch_size or DEFAULT_PASS_IMAGES,
+                        mesh,
+                    ),
+                }
         else:
             arrays = _compute_chunk(
                 config,
@@ -504,6 +525,10 @@ def _bundle(
             merged["partial_top5_classes"],
             merged["partial_top5_probs"],
         )
+    # Every chunk holds the rollout (the run computes it for chunks written before it existed);
+    # a part for some images only would be wrong, so the check stays.
+    if len(merged.get("rollout_map", ())) == len(merged["targets"]):
+        parts["rollout"] = rollout_part(merged["rollout_map"], merged["rollout_contribution"])
     if len(attention_index):
         parts["attention"] = {
             "image_index": attention_index.astype(np.int32),

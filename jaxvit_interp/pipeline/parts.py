@@ -19,7 +19,14 @@ from jaxvit_interp.quantities import (
     model_metrics,
 )
 
-__all__ = ["importance_part", "partial_part", "pattern_part", "special_part", "strength_part"]
+__all__ = [
+    "importance_part",
+    "partial_part",
+    "pattern_part",
+    "rollout_part",
+    "special_part",
+    "strength_part",
+]
 
 
 def importance_part(
@@ -122,4 +129,18 @@ def partial_part(
         "top5_classes": np.asarray(top_classes, np.int32),
         "top5_probs": np.asarray(top_probs, np.float32),
         "prob_mean": partial_prob_mean(prob),
+    }
+
+
+def rollout_part(maps: np.ndarray, contributions: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-image rollout maps ``[image, Gh, Gw]`` and layer contributions ``[image, layer]``
+    (:func:`~jaxvit_interp.rollout.final_rollout_over_images`) plus their means over the images."""
+    maps = np.asarray(maps, np.float32)
+    contributions = np.asarray(contributions, np.float32)
+    return {
+        "map": maps,
+        "contribution": contributions,
+        # Summed in float64: thousands of images.
+        "map_mean": maps.mean(axis=0, dtype=np.float64).astype(np.float32),
+        "contribution_mean": contributions.mean(axis=0, dtype=np.float64).astype(np.float32),
     }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -12,14 +12,50 @@ import numpy as np
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import VisionTransformer
 from jaxvit_interp.parallel import Batcher
-from jaxvit_interp.rollout.kernels import RESIDUAL_WEIGHT, attention_rollout, rollout_maps
+from jaxvit_interp.rollout.kernels import (
+    RESIDUAL_WEIGHT,
+    attention_rollout,
+    layer_contributions,
+    read_rows,
+    rollout_maps,
+)
+
+
+def _rollout(config: ViTConfig, params, images, residual_weight: float):
+    attention = VisionTransformer(config).apply({"params": params}, images.astype(jnp.float32))
+    return attention_rollout(attention.attention, residual_weight=residual_weight)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "residual_weight"))
 def _rollout_batch(config: ViTConfig, params, images, residual_weight: float):
-    attention = VisionTransformer(config).apply({"params": params}, images.astype(jnp.float32))
-    rollout = attention_rollout(attention.attention, residual_weight=residual_weight)
-    return rollout_maps(rollout, config.grid, config.num_tokens - config.num_patches)
+    rollout = _rollout(config, params, images, residual_weight)
+    return rollout_maps(rollout, config.grid, config.num_prefix_tokens, config.has_cls_token)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "residual_weight"))
+def _final_batch(config: ViTConfig, params, images, residual_weight: float):
+    rows = read_rows(
+        _rollout(config, params, images, residual_weight),
+        config.num_prefix_tokens,
+        config.has_cls_token,
+    )  # [image, layer, N]
+    first = config.num_prefix_tokens
+    grid = rows[:, -1, first:].reshape(len(rows), *config.grid)
+    return grid, layer_contributions(rows, first, config.has_cls_token)
+
+
+class FinalRollout(NamedTuple):
+    """The rollout after the last layer of each image, and what each layer added to it.
+
+    Attributes:
+      map: ``[image, Gh, Gw]`` the read row (CLS, or the mean of the patch rows without CLS)
+        over the patches, after the last layer.
+      contribution: ``[image, layer]`` the share of the read row each layer's attention moves
+        (:func:`~jaxvit_interp.rollout.kernels.layer_contributions`).
+    """
+
+    map: np.ndarray
+    contribution: np.ndarray
 
 
 def model_rollout_over_images(
@@ -46,3 +82,29 @@ def model_rollout_over_images(
         desc="rollout",
     )
     return maps.astype(np.float32)
+
+
+def final_rollout_over_images(
+    config: ViTConfig,
+    params: Any,
+    images,
+    *,
+    batch_size: int = 16,
+    mesh: jax.sharding.Mesh | None = None,
+    residual_weight: float = RESIDUAL_WEIGHT,
+    progress: bool = False,
+) -> FinalRollout:
+    """The final rollout map and the per-layer contributions of preprocessed ``images``, float32.
+
+    One model pass per batch, as :func:`model_rollout_over_images`; only ``[Gh, Gw]`` and
+    ``[layer]`` values leave it for each image.
+    """
+    batcher = Batcher(batch_size, mesh)
+    params = batcher.replicate(params)
+    maps, contributions = batcher.map(
+        lambda x: _final_batch(config, params, x, residual_weight),
+        images,
+        progress=progress,
+        desc="rollout",
+    )
+    return FinalRollout(maps.astype(np.float32), contributions.astype(np.float32))

@@ -8,7 +8,8 @@ are only laid out for BokehJS:
   table of its dimensions (``images`` for ``[I]``, ``heads`` for ``[L, H]``, ``t:C,L,H`` for
   ``[C, L, H]``, ...), because a BokehJS source needs equal-length columns and one source per
   array would cost a model each;
-- what only the chosen image needs (its per-head values, partial pruning, attention and pixels)
+- what only the chosen image needs (its per-head values, partial pruning, attention, rollout map
+  and pixels)
   is not in a table but in that image's record (:mod:`jaxvit_interp.site.records`), which the page
   reads when the image is chosen; ``info["tables"]`` says ``"record"`` for those arrays, and a few
   arrays no view shows stay out of the page (``records.NOT_SHOWN``);
@@ -375,6 +376,8 @@ def prepare_site_data(
         "kinds": kinds,
         "extents": extents,
         "has_partial": "partial" in bundle.parts,
+        # D's rollout map and per-layer contributions; hidden for bundles without the part.
+        "has_rollout": "rollout" in bundle.parts,
         # Top-k kept after partial pruning: 5, or the class count when smaller.
         "top_k": (
             int(bundle["partial"]["top5_classes"].shape[-1])

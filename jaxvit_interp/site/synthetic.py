@@ -30,6 +30,7 @@ from jaxvit_interp.pipeline.parts import (
     importance_part,
     partial_part,
     pattern_part,
+    rollout_part,
     special_part,
     strength_part,
 )
@@ -39,6 +40,32 @@ from jaxvit_interp.quantities import METRIC_NAMES
 def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
+
+
+def _rollout(rng, blob: np.ndarray, L: int, N: int, has_cls: bool) -> dict[str, np.ndarray]:
+    """The rollout part: each layer moves a random share of the read row (a distribution over
+    the tokens, starting as the analysis's does) towards a random distribution leaning on the
+    image's blob; the map and the contributions are read from the rows as the analysis reads
+    them (:mod:`jaxvit_interp.rollout.kernels`)."""
+    from jaxvit_interp.rollout import layer_contributions
+
+    n_img, P = len(blob), blob[0].size
+    first = N - P
+    row = np.zeros((n_img, N))
+    if has_cls:
+        row[:, 0] = 1.0
+    else:
+        row[:, first:] = 1.0 / P
+    lean = np.concatenate([np.zeros((n_img, first)), 3.0 * blob.reshape(n_img, P)], axis=1)
+    rows = []
+    for _ in range(L):
+        target = _softmax(lean + rng.normal(0, 1, (n_img, N)))
+        share = rng.uniform(0.1, 0.5, (n_img, 1))  # at most 1/2 moves, as in a model
+        row = (1 - share) * row + share * target
+        rows.append(row)
+    rows = np.stack(rows, axis=1).astype(np.float32)  # [image, layer, N]
+    contributions = np.asarray(layer_contributions(rows, first, has_cls))
+    return rollout_part(rows[:, -1, first:].reshape(blob.shape), contributions)
 
 
 def synthetic_bundle(
@@ -266,6 +293,7 @@ def synthetic_bundle(
                 parts[part][name] = np.load(mapped_path(directory, part, name), mmap_mode="r")
     parts["attention"]["error"] = errors
     parts["attention"]["error_max"] = errors.max(0) if A else np.zeros((L, H), np.float32)
+    parts["rollout"] = _rollout(rng, blob, L, N, has_cls)
     bundle = ResultsBundle(meta=meta, parts=parts)
     bundle.validate()
     if directory is not None:

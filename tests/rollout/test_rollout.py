@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 
 from jaxvit_interp import ViTConfig, init_params, run_model
-from jaxvit_interp.rollout import attention_rollout, model_rollout_over_images, rollout_maps
+from jaxvit_interp.rollout import (
+    attention_rollout,
+    final_rollout_over_images,
+    model_rollout_over_images,
+    rollout_maps,
+)
 
 
 def _softmax(x):
@@ -56,3 +61,30 @@ def test_model_rollout_over_images_matches_the_models_attention(rng, classifier)
         rows = rollout[:, 0] if first else rollout[:, first:].mean(1)
         want = rows[:, first:].reshape(config.num_layers, *config.grid)
         np.testing.assert_allclose(maps[i], want, rtol=1e-4, atol=1e-6)
+
+
+def test_final_rollout_skips_every_special_token(rng):
+    """The final map and each layer's contribution against the NumPy product, on a model without
+    CLS whose patches start after registers: it reads the mean of its patch rows, not a
+    register's row (CLS with distillation and registers: tests/pipeline/test_attention_store.py)."""
+    config = ViTConfig.from_variant(
+        "mu/4", image_size=(8, 12), classifier="gap", num_register_tokens=3
+    )
+    params = init_params(config, int(rng.integers(1 << 30)))
+    images = rng.normal(size=(3, 8, 12, 3)).astype(np.float32)
+    got = final_rollout_over_images(config, params, images, batch_size=2)
+    attention = np.asarray(run_model(config, params, images).attention, np.float64)
+    first, n = config.num_prefix_tokens, config.num_tokens
+    assert first == 3 and not config.has_cls_token
+    for i in range(3):
+        rows = _rollout_loop(attention[i], 0.5)[:, first:].mean(1)  # [layer, N]
+        np.testing.assert_allclose(
+            got.map[i], rows[-1, first:].reshape(config.grid), rtol=1e-4, atol=1e-6
+        )
+        # Before any layer the pooled patch rows are uniform over the patches.
+        before = np.concatenate([np.zeros((1, first)), np.full((1, n - first), 1 / (n - first))], 1)
+        before = np.concatenate([before, rows[:-1]])
+        want = 0.5 * np.abs(rows - before).sum(-1)
+        np.testing.assert_allclose(got.contribution[i], want, rtol=1e-4, atol=1e-6)
+    # The identity's half of each layer's step moves nothing: at most 1/2 moves.
+    assert ((got.contribution >= 0) & (got.contribution <= 0.5 + 1e-6)).all()

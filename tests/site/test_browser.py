@@ -308,6 +308,45 @@ def test_clicking_a_patch_moves_the_overlay(tiny_site, tiny_bundle, open_page, s
     assert site.problems == []
 
 
+def test_rollout_map_beside_the_attention_shows_the_chosen_image(
+    tiny_site, tiny_bundle, open_page, site_seed
+):
+    site = open_page(tiny_site)
+    rollout = tiny_bundle["rollout"]
+    L, _, _, _ = _dims(tiny_bundle)
+    size = site.page.evaluate(
+        f"() => {{ const v = ({FIND_VIEW_JS})('rollout_plot'); return [v.bbox.width, "
+        "v.bbox.height]; }"
+    )
+    assert min(size) > 50
+    # No image chosen: the mean over all images.
+    np.testing.assert_allclose(
+        site.data("rollout_cells")["heat"], rollout["map_mean"].ravel(), rtol=1e-7
+    )
+    np.testing.assert_allclose(
+        site.data("rollout_bars")["contribution"], rollout["contribution_mean"], rtol=1e-7
+    )
+    assert "mean over all images" in site.prop("rollout_title", "text")
+    # Images with and without stored attention: the rollout covers every image.
+    rng = np.random.default_rng(site_seed)
+    for i in rng.choice(len(tiny_bundle.meta["image_ids"]), 2, replace=False).tolist():
+        site.set_selected("images", [i])
+        cells = site.data("rollout_cells")
+        want = rollout["map"][i].ravel()
+        np.testing.assert_array_equal(cells["heat"], want)
+        # D2's overlay style: the hottest patch most opaque.
+        np.testing.assert_allclose(cells["alpha"], 0.1 + 0.75 * want / want.max(), rtol=1e-6)
+        assert site.prop("rollout_mapper", "high") == pytest.approx(float(want.max()))
+        bars = site.data("rollout_bars")
+        assert bars["layer"] == list(range(L))
+        np.testing.assert_array_equal(bars["contribution"], rollout["contribution"][i])
+        assert f"image {tiny_bundle.meta['image_ids'][i]}" in site.prop("rollout_title", "text")
+        # The same pixels as D2, at the model's input resolution.
+        assert len(site.data("thumb")["image"]) == 1
+    assert "the CLS row" in site.text("rollout_note")
+    assert site.problems == []
+
+
 @pytest.mark.parametrize("metric", ["kl", "taylor"])
 def test_metric_menu_switches_metrics(tiny_site, tiny_bundle, open_page, metric):
     site = open_page(tiny_site)
@@ -422,14 +461,22 @@ def test_site_of_a_model_without_cls_and_without_optional_parts(tmp_path, open_p
     )
     assert site.page.locator("button", has_text="CLS token as query").count() == 0
     assert site.text("attention_note") == "This results bundle stores no attention matrices."
+    rollout = bundle["rollout"]
+    np.testing.assert_array_equal(site.data("rollout_cells")["heat"], rollout["map"][1].ravel())
+    assert "the mean of the patch rows" in site.text("rollout_note")
     assert site.problems == []
 
 
 def test_site_without_pattern_results(tmp_path, open_page, rng):
     bundle = make_bundle(rng, num_layers=2, num_heads=2, grid=(3, 3), attention_images=2)
     del bundle.parts["patterns"]
+    del bundle.parts["rollout"]  # a bundle from before the rollout: D has no rollout plot
     site = open_page(build_site(bundle, tmp_path / "site"))
     assert site.state()["kind"] == ""
+    assert not site.page.evaluate(
+        "() => ['rollout_plot', 'rollout_cells'].some("
+        "(n) => Bokeh.documents[0].get_model_by_name(n) !== null)"
+    )
     assert site.text("embedding_note") == "This results bundle has no pattern results."
     i = int(bundle["attention"]["image_index"][0])
     site.set_selected("images", [i])

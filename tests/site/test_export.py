@@ -54,8 +54,11 @@ def test_views_as_png_and_svg(tiny_bundle, tmp_path, browser):
             root = ET.parse(path).getroot()
             assert root.tag == SVG
             plots = root.findall(SVG)
-            assert len(plots) == (3 if path.name.startswith("B") else 5)
+            # D: embedding, image, rollout map and its layer bars, matrix, histogram, clusters.
+            assert len(plots) == (3 if path.name.startswith("B") else 7)
             text = "".join(root.itertext())
             assert "layer 2, head 1" in text and EVIL_ID in text  # escaped, then parsed back
             if path.name.startswith("B"):  # the plots were drawn in the state asked for
                 assert "p(label) after partial pruning: layer 2, head 1" in text
+            else:
+                assert "attention rollout (image" in text

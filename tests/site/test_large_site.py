@@ -84,6 +84,13 @@ def test_b16_folder_site_opens_from_disk_and_loads_records(b16_site, b16_bundle,
     matrix = np.asarray(site.data("matrix_view")["image"][0]).reshape(N, N)
     for q, t in ((0, 0), (0, 196), (57, 58), (196, 1)):
         assert matrix[q, t] == att[q, t]
+    # D4: the rollout map and per-layer contributions of this image, from its record.
+    np.testing.assert_array_equal(
+        site.data("rollout_cells")["heat"], b16_bundle["rollout"]["map"][image].ravel()
+    )
+    np.testing.assert_array_equal(
+        site.data("rollout_bars")["contribution"], b16_bundle["rollout"]["contribution"][image]
+    )
     # D2 shows the image at the model's input resolution, from the record.
     thumb = site.data("thumb")
     assert np.asarray(thumb["image"][0]).size == 224 * 224

@@ -60,6 +60,8 @@ export const TEXTS = {
   record_damaged: "The data of image {id} could not be read: {file} is damaged ({why}). The " +
     "views show values over all images.",
   scope_pending: "mean over all images; image {id} not loaded",
+  rollout_title: "attention rollout ({scope})",
+  rollout_bars_title: "layer contributions ({scope})",
 };
 const KIND_NAMES = {cls: "CLS", patch: "patch"};
 
@@ -555,6 +557,30 @@ function drawAttention(page, s) {
   patches.data = {...patches.data, heat, alpha, head: repeat(P, head)};
 }
 
+// D4: the chosen image's attention rollout map over its pixels (the thumb source D2 draws, in
+// D2's overlay style) and each layer's contribution; their means over all images when no image
+// is chosen or its record is not read. Absent when the bundle has no rollout part.
+function drawRollout(page, s) {
+  const {info, rollout_cells, rollout_mapper, rollout_bars, rollout_bars_y_range, rollout_title,
+         rollout_bars_title} = page;
+  if (!info.has_rollout) return;
+  const [GH, GW] = info.grid, P = GH * GW, L = info.num_layers;
+  const at = (name, coords) => s.local
+    ? value(page, "rollout", name, {I: s.image, ...coords})
+    : value(page, "rollout", `${name}_mean`, coords);
+  const heat = Array.from({length: P}, (_, p) => at("map", {gh: Math.floor(p / GW), gw: p % GW}));
+  const hmax = Math.max(0, ...heat.filter(Number.isFinite));
+  rollout_mapper.high = hmax > 0 ? hmax : 1;
+  rollout_cells.data = {...rollout_cells.data, heat,
+                        alpha: heat.map((v) => hmax > 0 ? 0.1 + 0.75 * v / hmax : 0.1)};
+  const layer = Array.from({length: L}, (_, l) => l);
+  const contribution = layer.map((l) => at("contribution", {L: l}));
+  rollout_bars.data = {layer, contribution, label: contribution.map(sig)};
+  rollout_bars_y_range.end = 1.1 * Math.max(1e-6, ...contribution.filter(Number.isFinite));
+  setText(rollout_title, "text", fill("rollout_title", {scope: s.scope}));
+  setText(rollout_bars_title, "text", fill("rollout_bars_title", {scope: s.scope}));
+}
+
 export default function update(page) {
   const s = readState(page);
   if (s === null) return;
@@ -564,6 +590,7 @@ export default function update(page) {
   drawStrength(page, s);
   drawEmbedding(page, s);
   drawAttention(page, s);
+  drawRollout(page, s);
   page.state.data = {image: [s.image], head: [s.k], mode: [s.mode], query: [s.query],
                      metric: [s.metric], kind: [s.kind || ""]};
 }

@@ -5,6 +5,10 @@
   per-image points; the toggle switches between CLS patterns and patch patterns.
 - D2: the chosen image with its patch grid: click a patch to make it the query, and the heat
   overlay shows where that query looks in the chosen head (or the CLS token as query).
+- D4 (beside D2): the chosen image's attention rollout map (Abnar & Zuidema 2020: all layers at
+  once, read from the CLS row, or the mean of the patch rows without CLS) over the same pixels in
+  the same overlay style, and each layer's contribution to it; hidden when the bundle has no
+  rollout part.
 - D3: the chosen head's attention matrix for the chosen image (rows query, columns key), with
   the query's row marked; D5: the histogram of its values.
 - Cluster representatives: each pattern cluster's representative, the chosen head's outlined.
@@ -19,6 +23,7 @@ from bokeh.models import (
     BoxAnnotation,
     Button,
     ColorBar,
+    Column,
     ColumnDataSource,
     CustomJSHover,
     HoverTool,
@@ -212,6 +217,97 @@ def _image(ctx: Context):
     return column(*children, p, note)
 
 
+def _rollout(ctx: Context) -> Column | None:
+    """D4: the rollout map over the chosen image (the pixels D2 shows) and the per-layer bars."""
+    info = ctx.info
+    if not info.get("has_rollout"):
+        return None
+    gh, gw = info["grid"]
+    side = max(gh, gw)
+    scale = max(240, min(300, 20 * side)) / side
+    width = int(gw * scale) + 30
+    p = plot(
+        "attention rollout",
+        width,
+        int(gh * scale) + 40,
+        name="rollout_plot",
+        x_range=Range1d(0, gw),
+        y_range=Range1d(0, gh),
+    )
+    ctx.add("rollout_title", p.title)
+    p.xaxis.visible = p.yaxis.visible = False
+    p.grid.visible = False
+    # The same pixels as D2: one source, drawn in both plots.
+    p.image_rgba(
+        image="image", x="x", y="y", dw="dw", dh="dh", source=ctx.models["thumb"], origin="top_left"
+    )
+    cells = ctx.add(
+        "rollout_cells",
+        ColumnDataSource(
+            data={
+                "row": [r for r in range(gh) for _ in range(gw)],
+                "col": [c for _ in range(gh) for c in range(gw)],
+                "x": [c + 0.5 for _ in range(gh) for c in range(gw)],
+                "y": [gh - r - 0.5 for r in range(gh) for _ in range(gw)],
+                "heat": [0.0] * (gh * gw),
+                "alpha": [0.0] * (gh * gw),
+            }
+        ),
+    )
+    mapper = ctx.add("rollout_mapper", LinearColorMapper(palette=HEAT_PALETTE, low=0, high=1))
+    r = p.rect(
+        "x",
+        "y",
+        1,
+        1,
+        source=cells,
+        fill_color={"field": "heat", "transform": mapper},
+        fill_alpha="alpha",
+        line_color="#ffffff",
+        line_alpha=0.35,
+    )
+    p.add_tools(
+        HoverTool(
+            renderers=[r],
+            tooltips=[("patch (row, col)", "(@row, @col)"), ("rollout", "@heat{0.0000}")],
+        )
+    )
+    bars = ctx.add(
+        "rollout_bars", ColumnDataSource(data={"layer": [], "contribution": [], "label": []})
+    )
+    b = plot(
+        "layer contributions",
+        width,
+        170,
+        name="rollout_bars_plot",
+        x_range=Range1d(-0.6, info["num_layers"] - 0.4),
+        y_range=Range1d(0, 1),
+    )
+    ctx.add("rollout_bars_title", b.title)
+    ctx.add("rollout_bars_y_range", b.y_range)
+    b.xaxis.axis_label = "layer"
+    b.yaxis.axis_label = "share moved"
+    b.xaxis.ticker = list(range(info["num_layers"]))
+    q = b.vbar(
+        x="layer", top="contribution", width=0.7, source=bars, fill_color="#fdae6b",
+        line_color="#e6550d",
+    )  # fmt: skip
+    b.add_tools(
+        HoverTool(renderers=[q], tooltips=[("layer", "@layer"), ("contribution", "@label")])
+    )
+    read = "the CLS row" if info["has_cls"] else "the mean of the patch rows"
+    note = text_box(
+        ctx,
+        "rollout_note",
+        "Attention rollout (Abnar & Zuidema 2020): the identity and the head-mean attention "
+        f"mixed half and half, multiplied through every layer; the map is {read} over the "
+        "patches after the last layer. Bars: the share of that row each layer's attention "
+        "moves (total variation; at most 1/2, the identity's half moves nothing).",
+        width=width,
+    )
+    return column(p, b, note)
+
+
 def _matrix(ctx: Context):
     info = ctx.info
     N = info["num_tokens"]
@@ -370,9 +466,11 @@ def build(ctx: Context):
         "view_D",
         [
             row(
-                _embedding(ctx),
-                _image(ctx),
-                _matrix(ctx),
+                *(
+                    part
+                    for part in (_embedding(ctx), _image(ctx), _rollout(ctx), _matrix(ctx))
+                    if part is not None
+                ),
                 column(_histogram(ctx), _representatives(ctx)),
             ),
         ],
