@@ -116,7 +116,7 @@ def _compute_chunk(config, params, images, labels, partial_local, attention_loca
     from jaxvit_interp.importance import head_importance, partial_pruning
     from jaxvit_interp.model.run import attention_over_images
     from jaxvit_interp.patterns import collect_patterns
-    from jaxvit_interp.strength import model_special_mass_over_images, model_strength_over_images
+    from jaxvit_interp.strength import model_strength_over_images
 
     batch = settings.batch_size or DEFAULT_PASS_IMAGES
     metrics = model_metrics(config.num_classes)
@@ -140,13 +140,7 @@ def _compute_chunk(config, params, images, labels, partial_local, attention_loca
         config, params, images, batch_size=batch, mesh=mesh, progress=False
     )
     arrays.update({f: np.asarray(getattr(strength.local, f), np.float32) for f in STRENGTH_FIELDS})
-    if config.num_prefix_tokens:
-        special = model_special_mass_over_images(
-            config, params, images, batch_size=batch, mesh=mesh, progress=False
-        )
-        arrays["special_to"] = np.asarray(special.to_token, np.float32)
-        arrays["special_from"] = np.asarray(special.from_token, np.float32)
-        arrays["special_between"] = np.asarray(special.between, np.float32)
+    arrays.update(_special_arrays(config, params, images, batch, mesh))
     patterns = collect_patterns(
         config,
         params,
@@ -197,6 +191,28 @@ def _rollout_arrays(config, params, images, batch: int, mesh) -> dict[str, np.nd
 
     rollout = final_rollout_over_images(config, params, images, batch_size=batch, mesh=mesh)
     return {"rollout_map": rollout.map, "rollout_contribution": rollout.contribution}
+
+
+def _special_arrays(config, params, images, batch: int, mesh) -> dict[str, np.ndarray]:
+    """Attention to and from each special token of one chunk (none without special tokens)."""
+    from jaxvit_interp.strength import model_special_mass_over_images
+
+    if not config.num_prefix_tokens:
+        return {}
+    special = model_special_mass_over_images(
+        config, params, images, batch_size=batch, mesh=mesh, progress=False
+    )
+    return {
+        "special_to": np.asarray(special.to_token, np.float32),
+        "special_from": np.asarray(special.from_token, np.float32),
+        "special_between": np.asarray(special.between, np.float32),
+    }
+
+
+# Per-image quantities added after the chunk format: a chunk written before one existed (a
+# resumed older run) gets it computed when it is read, so the bundle has it for every image.
+# Each: an array that marks it, and what computes it.
+ADDED_LATER = {"rollout_map": _rollout_arrays, "special_to": _special_arrays}
 
 
 def _kinds(config: ViTConfig, settings: AnalysisSettings) -> tuple[str, ...]:
@@ -383,17 +399,10 @@ def analyze(
             arrays = held.pop(number, None)
             if arrays is None:  # another process: it reads what process 0 found readable
                 arrays = load_npz(chunk_path(number))
-            if "rollout_map" not in arrays:  # a chunk written before the rollout existed
-                arrays = {
-                    **arrays,
-                    **_rollout_arrays(
-                        config,
-                        params,
-                        images[start:stop],
-                        settings.batch_size or DEFAULT_PASS_IMAGES,
-                        mesh,
-                    ),
-                }
+            for key, compute in ADDED_LATER.items():
+                if key not in arrays:
+                    batch = settings.batch_size or DEFAULT_PASS_IMAGES
+                    arrays = {**arrays, **compute(config, params, images[start:stop], batch, mesh)}
         else:
             arrays = _compute_chunk(
                 config,
