@@ -22,6 +22,8 @@ the most layers with (what a tree of streams needs), "executed" what the engine'
 Run:  python benchmarks/head_sets.py                 (about 50 minutes on a busy 2-core CPU)
       python benchmarks/head_sets.py --skip-vit      (digits only)
       python benchmarks/head_sets.py --skip-digits --greedy-steps 72   (ViT-S/16 parts)
+      python benchmarks/head_sets.py --layout-only   (FLOPs and program shapes of a whole
+                                                      greedy curve, host only, a minute)
 """
 
 from __future__ import annotations
