@@ -32,6 +32,7 @@ __all__ = [
     "PRECISIONS",
     "executed_flops",
     "full_flops",
+    "last_layer_flops",
     "needed_flops",
     "run_benchmark",
 ]
@@ -64,6 +65,15 @@ def readout_flops(c: ViTConfig) -> int:
     return 2 * d * r + 2 * r * c.num_classes if r else 2 * d * c.num_classes
 
 
+def last_layer_flops(c: ViTConfig) -> int:
+    """The last block as the engines run it: for the CLS query alone with a token classifier
+    (q, key directions, scores, pooled tokens, values, output projection, MLP), else whole."""
+    n, d, f, H = c.num_tokens, c.hidden_size, c.mlp_dim, c.num_heads
+    if not c.has_cls_token:
+        return layer_flops(c)
+    return 2 * d * d + 2 * d * d + 2 * 2 * n * d * H + 2 * d * d + 2 * d * d + 2 * 2 * d * f
+
+
 def full_flops(c: ViTConfig) -> int:
     """One forward pass of one image."""
     embed = 2 * c.num_patches * (c.patch_size[0] * c.patch_size[1] * c.channels) * c.hidden_size
@@ -90,12 +100,8 @@ def executed_flops(c: ViTConfig) -> int:
     L, H = c.num_layers, c.num_heads
     mlp = 2 * 2 * n * d * f
     delta = 2 * n * n * dh + 2 * n * dh * d
-    if c.has_cls_token:
-        # q, key directions, scores, pooled tokens, values, output projection, MLP: CLS only.
-        last = 2 * d * d + 2 * d * d + 2 * 2 * n * d * H + 2 * d * d + 2 * d * d + 2 * 2 * d * f
-        last_mlp = 2 * 2 * d * f
-    else:
-        last, last_mlp = layer_flops(c), mlp
+    last = last_layer_flops(c)
+    last_mlp = 2 * 2 * d * f if c.has_cls_token else mlp
     total = full_flops(c)
     for layer in range(L):
         if layer == L - 1 and c.has_cls_token:

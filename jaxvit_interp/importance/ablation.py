@@ -91,7 +91,7 @@ def _importance_reduce(logits, z, targets, logits_pruned, z_pruned) -> dict[str,
 
 def unpruned_outputs(config: ViTConfig, out) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(probs [image, class], predictions [image], targets [image])`` of the unpruned pass in
-    an :class:`~jaxvit_interp.importance.engine.EngineOutput`; a backbone has no classes, so its
+    an engine output (``logits`` and ``targets``); a backbone has no classes, so its
     predictions and targets are -1."""
     probs = np.asarray(jax.nn.softmax(jnp.asarray(out.logits), axis=-1))
     if not config.num_classes:

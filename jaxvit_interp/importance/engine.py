@@ -185,29 +185,6 @@ def spawn_mixed(
     return jnp.einsum("bsqk,bskd->bsqd", probs, jnp.swapaxes(v[:, :, heads], 1, 2))
 
 
-def set_delta(
-    config: ViTConfig,
-    p: BlockParams,
-    residual: Array,
-    attention: Array,
-    pruned: Array,
-) -> Array:
-    """Each slot's pruned heads' summed term of the block output, ``O_l - O'_l``:
-    ``[batch, slot, token, hidden]``.
-
-    Args:
-      residual: ``[batch, token, hidden]`` stream entering the block (unpruned below it).
-      attention: ``[batch, head, query, key]`` its unpruned attention probabilities.
-      pruned: ``[slot, head]`` 1 - head mask: 1 for each head a slot prunes in this layer.
-
-    The heads' terms of the output projection add up, so pruning several heads of one layer
-    takes away the sum of their terms; the pruned layer's attention is not recomputed.
-    """
-    v = blocks.linear(p.value, blocks.layer_norm(config, p.ln1, residual))
-    mixed = jnp.einsum("bhqk,bkhd->bhqd", attention, v)  # every head's mixed values
-    return jnp.einsum("bhqd,sh,hdo->bsqo", mixed, pruned, p.out.kernel)
-
-
 def _grouped(fn, xs, group: int | None) -> Array:
     """``fn`` over streams, at most ``group`` streams per step.
 
@@ -248,7 +225,6 @@ def ablation_sweep(
     slot_keep: Array | None = None,
     need_streams: bool = True,
     group: int | None = None,
-    slot_masks: Array | None = None,
 ) -> tuple[Array | None, Array | None, Array]:
     """Run every spawned ablation of a batch of images to the logits, reusing the unpruned pass.
 
@@ -262,11 +238,6 @@ def ablation_sweep(
       need_streams: False computes only the ``layer`` metric (no pruned forward passes).
       group: static, at most this many streams (each covering the whole batch) per step; None
         for one step per layer.
-      slot_masks: ``[len(spawn_layers), slot, layer, head]`` head masks (0 prunes) of head sets
-        instead of single heads: each slot prunes its heads of the spawn layer there (all of
-        them at once, :func:`set_delta`) and runs every block above with its mask.  A slot's
-        mask must keep every head below its spawn layer.  ``slot_heads``, ``folded`` and
-        ``slot_keep`` are then unused; the ``layer`` metric is that of the spawn layer's heads.
 
     Returns:
       ``(logits [batch, spawn_layer, slot, class], pre_logits [batch, spawn_layer, slot, hidden],
@@ -274,14 +245,12 @@ def ablation_sweep(
     """
     c = config
     batch = full.residual.shape[0]
-    slots = (slot_heads if slot_masks is None else slot_masks).shape[1]
+    slots = slot_heads.shape[1]
     read = blocks.readout_tokens(c)  # leading tokens the logits read, or None for all
     last = c.num_layers - 1
     # Ablations in flight, [stream, batch, token, hidden] in spawn order.  Streams lead so that
     # grouping them never splits the (possibly sharded) batch axis.
     x = None
-    # With head sets: each stream's head mask, [stream, layer, head], in the same order.
-    masks = None
     changes = []
     for layer in range(spawn_layers[0], c.num_layers):
         p = block_params(params, layer)
@@ -290,38 +259,22 @@ def ablation_sweep(
                 block = functools.partial(_prefix_block, c, p, queries=read)
             else:
                 block = functools.partial(_masked_block, c, p)
-            if masks is None:
-                x = _grouped(block, x, group)
-            else:
-                x = _grouped(
-                    lambda xs, m, block=block: block(xs, head_mask=m), (x, masks[:, layer]), group
-                )
+            x = _grouped(block, x, group)
         if layer not in spawn_layers:
             continue
         i = spawn_layers.index(layer)
-        if slot_masks is None:
-            keep = None if slot_keep is None else slot_keep[i]
-            mixed = spawn_mixed(
-                c, p, full.residual[:, layer], full.attention[:, layer], slot_heads[i], keep
-            )
-            # O_l - O'_l per slot
-            delta = jnp.einsum("bsqd,sdo->bsqo", mixed, p.out.kernel[slot_heads[i]])
-        else:
-            pruned = 1.0 - slot_masks[i, :, layer]
-            delta = set_delta(c, p, full.residual[:, layer], full.attention[:, layer], pruned)
+        keep = None if slot_keep is None else slot_keep[i]
+        mixed = spawn_mixed(
+            c, p, full.residual[:, layer], full.attention[:, layer], slot_heads[i], keep
+        )
+        delta = jnp.einsum("bsqd,sdo->bsqo", mixed, p.out.kernel[slot_heads[i]])  # O_l - O'_l
         block_out = full.block_outputs[:, layer]
         changes.append(jax.vmap(jax.vmap(layer_change, (None, 0)))(block_out, delta))
         if not need_streams:
             continue
         u = full.residual[:, layer] + block_out  # the unpruned stream after attention
-        if slot_masks is not None:
-            masks = slot_masks[i] if masks is None else jnp.concatenate([masks, slot_masks[i]])
         if layer == last and read:
             new = u[None, :, :read] - jnp.swapaxes(delta, 0, 1)[:, :, :read]
-            new = _grouped(functools.partial(blocks.mlp_half, c, p), new, group)
-        elif slot_masks is not None:
-            # A set's delta has rank up to head_dim x heads: no folded shortcut, a full MLP.
-            new = u[None] - jnp.swapaxes(delta, 0, 1)
             new = _grouped(functools.partial(blocks.mlp_half, c, p), new, group)
         else:
             pruned_mlp = functools.partial(_pruned_mlp_half, c, p, u, _shared_mlp_input(p, u))
@@ -387,14 +340,12 @@ def ablation_batch(
     reduce: Reduce | None,
     need_streams: bool,
     group: int | None = None,
-    slot_masks: Array | None = None,
 ) -> dict[str, Array]:
     """One group of spawn slots on one batch of images, reduced to per-ablation outputs.
 
     ``reduce(logits [b, c], z [b, d], targets [b], logits' [b, s, k, c], z' [b, s, k, d])`` maps the
     pruned outputs to arrays ``[b, s, k, ...]`` on the device, so only those come back.
-    ``folded``: :func:`fold_mlp_inputs` of ``spawn_layers`` (None without streams or with
-    ``slot_masks``, the head sets of :func:`ablation_sweep`).
+    ``folded``: :func:`fold_mlp_inputs` of ``spawn_layers`` (None without streams).
     Returns its dict plus ``"layer"`` ``[batch, spawn_layer, slot]``.
     """
     keep = None if keep_table is None else keep_table[slot_modes]
@@ -408,7 +359,6 @@ def ablation_batch(
         keep,
         need_streams,
         group,
-        slot_masks,
     )
     result = {"layer": changes}
     if need_streams and reduce is not None:
@@ -664,7 +614,6 @@ def run_engine(
     *,
     spawn_layers: tuple[int, ...],
     slot_heads: np.ndarray | None = None,
-    slot_masks: np.ndarray | None = None,
     slot_modes: np.ndarray | None = None,
     keep_table: np.ndarray | None = None,
     reduce: Reduce | None = None,
@@ -684,9 +633,6 @@ def run_engine(
       labels: validated ``[batch]`` int32, or None to use predictions.
       spawn_layers: increasing layers at which ablations start (empty: unpruned pass only).
       slot_heads: ``[len(spawn_layers), slot]`` int head pruned by each slot.
-      slot_masks: instead of ``slot_heads``, ``[len(spawn_layers), slot, layer, head]`` head
-        masks of head sets, each keeping every head below its spawn layer and pruning at least
-        one head there (see :func:`ablation_sweep`).
       slot_modes, keep_table: ``[len(spawn_layers), slot]`` int index into ``keep_table``
         ``[mode, query, key]`` (0 = zeroed, 1 = kept) for partial pruning; both None for whole
         heads.
@@ -695,8 +641,7 @@ def run_engine(
       step_tokens: tokens per step through a block; "auto" for :func:`default_step_tokens`.
     """
     num_images = images.shape[0]
-    slot_table = slot_heads if slot_masks is None else slot_masks
-    num_slots = slot_table.shape[1] if spawn_layers else 0
+    num_slots = slot_heads.shape[1] if spawn_layers else 0
     devices = mesh.devices.size if mesh is not None else 1
     plan = plan_batches(
         config,
@@ -713,18 +658,14 @@ def run_engine(
     )
     batcher = Batcher(plan.images_per_batch, mesh)
     params = batcher.replicate(params)
-    with_folded = num_slots and need_streams and slot_masks is None
-    folded = fold_mlp_inputs(params, spawn_layers) if with_folded else None
+    folded = fold_mlp_inputs(params, spawn_layers) if num_slots and need_streams else None
 
     # Slot groups: pad every layer's slot list to a whole number of equal groups.
     table = None if keep_table is None else batcher.replicate(np.asarray(keep_table, np.float32))
     slot_groups = []
     if num_slots:
         padded = plan.slots_per_group * plan.num_slot_groups
-        if slot_masks is None:
-            slots_all = _pad_slots(np.asarray(slot_heads, np.int32), padded)
-        else:
-            slots_all = _pad_slots(np.asarray(slot_masks, np.float32), padded)
+        slots_all = _pad_slots(np.asarray(slot_heads, np.int32), padded)
         modes_all = (
             None if slot_modes is None else _pad_slots(np.asarray(slot_modes, np.int32), padded)
         )
@@ -783,7 +724,7 @@ def run_engine(
                     params,
                     full,
                     y,
-                    None if slot_masks is not None else part_slots,
+                    part_slots,
                     folded,
                     modes,
                     table,
@@ -791,7 +732,6 @@ def run_engine(
                     reduce,
                     need_streams,
                     plan.streams_per_step,
-                    part_slots if slot_masks is not None else None,
                 ),
             )
             for part, part_slots, modes in slot_groups

@@ -1,11 +1,9 @@
 """``ablate``: prune whole sets of heads at once, possibly in several layers, on every image.
 
-A set's ablation starts at its lowest pruned layer ``l``: below it nothing changes, so the engine
-reuses the unpruned pass there, takes the set's heads of layer ``l`` out of that block's output
-(their terms of the output projection add up) and runs every block above with the set's head
-mask.  Sets that start at the same layer travel together as the spawn slots of that layer, so
-one compiled program serves any sets of the same count (see
-:func:`~jaxvit_interp.importance.engine.ablation_sweep`).
+Below a set's lowest pruned layer nothing changes, and sets whose masks agree below a layer share
+the stream entering it, so the sets run as a tree of streams: each branches off the unpruned
+pass or another set's stream at the first layer where they differ, and runs from there with its
+own head mask (see :mod:`jaxvit_interp.importance.set_engine`).
 """
 
 from __future__ import annotations
@@ -21,8 +19,8 @@ import numpy as np
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance import validate
 from jaxvit_interp.importance.ablation import unpruned_outputs
-from jaxvit_interp.importance.engine import run_engine
 from jaxvit_interp.importance.metrics import ablation_metrics, backbone_metrics
+from jaxvit_interp.importance.set_engine import run_sets
 from jaxvit_interp.model.config import ViTConfig
 
 Array = jax.Array
@@ -124,23 +122,6 @@ def head_masks(config: ViTConfig, head_sets) -> np.ndarray:
     return masks
 
 
-def _slot_table(masks: np.ndarray) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
-    """Sets laid out as spawn slots: ``(spawn_layers, slot_masks [spawn, slot, L, H], where)``
-    with ``where[set] = (spawn index, slot)``.  A layer with fewer sets than the most crowded
-    one repeats its first set; the repeats are computed and discarded."""
-    lowest = (masks.min(axis=2) == 0).argmax(axis=1)  # [set] first layer with a pruned head
-    spawn_layers = tuple(int(v) for v in np.unique(lowest))
-    members = [np.flatnonzero(lowest == layer) for layer in spawn_layers]
-    slots = max(len(m) for m in members)
-    table = np.empty((len(spawn_layers), slots, *masks.shape[1:]), np.float32)
-    where = np.empty((len(masks), 2), np.int64)
-    for i, m in enumerate(members):
-        table[i, : len(m)] = masks[m]
-        table[i, len(m) :] = masks[m[0]]
-        where[m, 0], where[m, 1] = i, np.arange(len(m))
-    return spawn_layers, table, where
-
-
 def ablate(
     config: ViTConfig,
     params: Any,
@@ -187,23 +168,20 @@ def ablate(
     memory_budget_bytes = validate.check_positive("memory_budget_bytes", memory_budget_bytes)
     mesh = validate.check_mesh(mesh)
 
-    spawn_layers, table, where = _slot_table(masks)
-    out = run_engine(
+    out = run_sets(
         config,
         params,
         images,
         labels,
-        spawn_layers=spawn_layers,
-        slot_masks=table,
-        reduce=_set_reduce,
-        need_streams=True,
+        masks,
+        _set_reduce,
+        with_layer="layer" in metrics,
         memory_budget_bytes=memory_budget_bytes,
         batch_size=batch_size,
         mesh=mesh,
         progress=progress,
-        desc="head sets",
     )
-    per_set = {name: value[:, where[:, 0], where[:, 1]] for name, value in out.per_slot.items()}
+    per_set = out.per_set
     probs, predictions, targets = unpruned_outputs(config, out)
     fields = {m: (per_set.get(m) if m in metrics else None) for m in SET_METRICS}
     return SetAblation(

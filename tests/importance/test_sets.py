@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from jaxvit_interp.errors import InputError
-from jaxvit_interp.importance import ablate, engine
-from jaxvit_interp.model import run_model
+from jaxvit_interp.importance import ablate, engine, set_engine
+from jaxvit_interp.importance.sets import _set_reduce, head_masks
+from jaxvit_interp.model import ViTConfig, run_model
 
 CASES = {
     "token": dict(
@@ -100,6 +101,7 @@ def test_set_ablations_equal_a_forward_pass_with_the_mask(
     config, params = random_model(seed, **CASES[case])
     images = random_images(config, 5, seed + 1)
     sets = _random_sets(config, 9, rng)
+    sets.append(list(sets[0]))  # a repeated set shares its stream
     ref = _reference(config, params, images, sets, softmax)
     # Batches of 2 images (a padded last batch) exercise the batch boundaries.
     got = ablate(config, params, images, sets, batch_size=2, progress=False)
@@ -117,34 +119,88 @@ def test_set_ablations_equal_a_forward_pass_with_the_mask(
     np.testing.assert_array_equal(got.predictions, ref["pred"])
 
 
-def test_slot_groups_under_a_small_budget_give_the_same_answer(random_model, random_images):
-    """Sets cut into several slot groups (a tight memory budget) equal one group."""
+def test_set_chunks_under_a_small_budget_give_the_same_answer(random_model, random_images):
+    """Sets cut into several chunks (a tight memory budget), each its own stream tree, equal one
+    chunk."""
     config, params = random_model(3, **CASES["token"])
     images = random_images(config, 3, 4)
     sets = _random_sets(config, 12, np.random.default_rng(5))
     whole = ablate(config, params, images, sets, progress=False)
+    masks = head_masks(config, sets)
     budget = engine.params_bytes(params)
-    while True:  # the smallest budget (within 2%) the planner accepts: one slot at a time
+    while True:  # the smallest budget (within 2%) the planner accepts
         try:
-            plan = engine.plan_batches(
+            cut = set_engine.run_sets(
                 config,
-                num_images=3,
-                num_slots=12,
-                spawn_layers=(0, 1, 2, 3),
-                with_taylor=False,
-                need_streams=True,
+                params,
+                images,
+                None,
+                masks,
+                _set_reduce,
                 memory_budget_bytes=budget,
-                fixed_bytes=engine.params_bytes(params),
-                step_tokens=engine.default_step_tokens(),
+                progress=False,
             )
             break
         except InputError:
             budget = int(budget * 1.02)
-    cut = ablate(config, params, images, sets, memory_budget_bytes=budget, progress=False)
-    assert plan.num_slot_groups > 1 or plan.num_batches > 1
-    # Different groupings round differently in float32; KL is a difference of logs.
-    np.testing.assert_allclose(cut.kl, whole.kl, rtol=1e-3, atol=1e-6)
-    np.testing.assert_allclose(cut.prob, whole.prob, rtol=1e-4, atol=1e-6)
+    assert len(cut.plans) > 1
+    # Different layouts round differently in float32; KL is a difference of logs.
+    np.testing.assert_allclose(cut.per_set["kl"], whole.kl, rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(cut.per_set["prob"], whole.prob, rtol=1e-4, atol=1e-6)
+
+
+def test_stream_layout_shares_layers_and_pads_to_few_sizes():
+    """Pairs branch off the lower head's single at the upper head's layer; duplicates share a
+    stream; stream counts are padded to bucket sizes by starting later streams early; every
+    stream's source agrees with it on every layer below where it starts."""
+    assert [set_engine.stream_bucket(n) for n in (0, 1, 8, 9, 11, 16, 17, 33)] == [
+        0,
+        1,
+        8,
+        10,
+        12,
+        16,
+        20,
+        40,
+    ]
+    assert set_engine.stream_bucket(5, step=2) == 6
+    L, H = 4, 3
+    singles = [[(0, 1)], [(2, 0)], [(3, 2)]]
+    pairs = [[(0, 1), (2, 0)], [(0, 1), (3, 2)], [(2, 0), (3, 2)], [(2, 0), (2, 1)]]
+    config = ViTConfig(
+        image_size=(8, 8), patch_size=(4, 4), hidden_size=6, num_layers=L, num_heads=H, mlp_dim=4
+    )
+    masks = head_masks(config, singles + pairs + [[(2, 0), (0, 1)]])  # a repeat of pairs[0]
+    plan = set_engine.plan_streams(masks, step=2)
+    # (0,1)+(2,0) branches off the single (0,1) at layer 2, (0,1)+(3,2) at 3, (2,0)+(3,2) off
+    # (2,0) at 3; two heads of one layer start from the unpruned pass there.
+    assert plan.branch.tolist() == [0, 2, 3, 2, 3, 3, 2, 2]
+    assert plan.position[3] == plan.position[7]
+    assert plan.capacity == (2, 2, 4, 8)  # 1, 1, 4, 7 streams padded to multiples of 2
+    # Replay the layout: each stream's source must carry the same mask below its start.
+    alive = 0
+    for layer, (cap, src) in enumerate(zip(plan.capacity, plan.sources)):
+        for k, s in zip(range(alive, cap), src):
+            want = plan.masks[k, :layer]
+            have = np.ones_like(want) if s == alive else plan.masks[s, :layer]
+            assert np.array_equal(want, have), (layer, k, s)
+        alive = cap
+    np.testing.assert_array_equal(plan.masks[plan.position], masks)
+
+
+def test_a_repeated_layout_reuses_the_compiled_layers(random_model, random_images, softmax):
+    """Sets of another step with the same stream counts per layer (a set count that is not a
+    bucket size, padded) compile nothing new, and stay exact."""
+    config, params = random_model(11, **CASES["token"])
+    images = random_images(config, 2, 12)
+    first = [[(1, 0)], [(1, 0), (3, 1)], [(2, 2)], [(0, 1), (2, 0)], [(3, 0)]]
+    second = [[(1, 2)], [(1, 2), (3, 0)], [(2, 1)], [(0, 2), (2, 1)], [(3, 2)]]
+    ablate(config, params, images, first, progress=False)
+    compiled = set_engine._layer_step._cache_size()
+    got = ablate(config, params, images, second, metrics=("prob",), progress=False)
+    assert set_engine._layer_step._cache_size() == compiled
+    ref = _reference(config, params, images, second, softmax)
+    np.testing.assert_allclose(got.prob, ref["prob"], rtol=2e-4, atol=2e-5)
 
 
 def test_single_head_sets_match_head_importance(random_model, random_images):
