@@ -25,6 +25,7 @@ def test_default_keeps_every_images_attention_within_the_recorded_error(rng, tmp
         clusters=3,
         projection="tsne",  # no UMAP compile for nine images
         autoencoder=AutoencoderSettings(max_epochs=2, batch_size=16, latent_dim=4, features=(8,)),
+        set_images=0,
     )
     assert settings.attention_images == "all"
     analyze(TINY, params, images, tmp_path / "run", settings=settings, progress=False)
