@@ -59,7 +59,7 @@ export const TEXTS = {
     "views show values over all images.",
   scope_pending: "mean over all images; image {id} not loaded",
   scope_class: "mean over the {n} images of class {name}",
-  interaction_title: "interaction of the top heads: {metric} (click a cell: choose the pair)",
+  interaction_title: "pair interactions: {metric}",
   class_map_title: "{metric}: class mean - mean over all images{chosen}",
   class_map_chosen: "; chosen: {name}",
 };
