@@ -262,7 +262,8 @@ function readState(page) {
   // A newly chosen class leaves the chosen image (and a newly chosen image the class), so that
   // B shows one of them; a newly chosen pair makes its first head the chosen head, and choosing
   // a head outside the pair lets the pair go.
-  const {class_cells, interaction_cells} = page;
+  // E1 exists only with the bundle's head_sets part: read as an optional member.
+  const class_cells = page.class_cells, interaction_cells = page.interaction_cells;
   const LH = info.num_layers * info.num_heads;
   const csel = class_cells ? class_cells.selected.indices : [];
   if (csel.length > 1) { class_cells.selected.indices = [last(csel)]; return null; }
@@ -593,9 +594,12 @@ function symmetric(mapper, values) {
 // of the chosen pair; E4: the class map under the chosen metric, the chosen class's images
 // outlined in A.
 function drawHeadSets(page, s) {
-  const {info, images, heads, interaction_cells, interaction_mapper, interaction_title,
-         pair_marks, class_cells, class_top, class_top_all, class_mapper, class_map_title} = page;
+  const {info, images, heads, pair_marks, class_cells, class_top, class_top_all, class_mapper,
+         class_map_title} = page;
   const {metric} = s;
+  // E1 exists only with the bundle's head_sets part.
+  const interaction_cells = page.interaction_cells, interaction_mapper = page.interaction_mapper;
+  const interaction_title = page.interaction_title;
   if (interaction_cells) {
     const field = metric === "kl" ? "kl" : "prob_drop", d = interaction_cells.data;
     const values = Array.from(d[field]);
