@@ -13,6 +13,8 @@ A bundle is a folder::
                        means over images and each head's entropy histogram
     patterns.npz       each pattern's 2-D position and cluster, cluster representatives, and each
                        head's mean position, most common cluster and the embedding's density
+    head_sets.npz      pairwise interactions of the top heads and pruning curves on a subset
+                       of images (absent from older bundles and with ``set_images = 0``)
     attention.npz      which images have stored attention (all by default), each matrix's worst
                        error and each head's worst over the images
     attention-codes.npy, attention-steps.npy

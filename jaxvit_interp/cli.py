@@ -229,6 +229,8 @@ def _settings_from(args, file_settings: dict):
         "seed",
         "thumbnail_size",
         "pattern_samples",
+        "set_images",
+        "greedy_max_heads",
     ):
         value = getattr(args, name, None)
         if value is not None:
@@ -589,6 +591,18 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
         "--thumbnail-size",
         type=POSITIVE_INT,
         help="longest thumbnail side in pixels (default 112)",
+    )
+    g.add_argument(
+        "--set-images",
+        type=COUNT,
+        help="images on which pairs and sets of heads are pruned together: interactions of "
+        "the top heads and pruning curves (default 32; 0: skip that stage)",
+    )
+    g.add_argument(
+        "--greedy-max-heads",
+        type=COUNT,
+        help="compute the greedy pruning curve only for models of at most this many heads "
+        "(default 48; it takes about (layers x heads)^2 / 2 set ablations)",
     )
     g.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
 

@@ -18,6 +18,11 @@ Where each quantity is computed:
   each head's summary over images in :mod:`~jaxvit_interp.patterns.embed`);
 - ``images``: labels and predictions from the model pass, thumbnails and the pixels at the
   model's input resolution from :func:`jaxvit_interp.data.preprocess.thumbnails`;
+- ``head_sets``: heads measured together on a subset of images
+  (:mod:`jaxvit_interp.pipeline.head_sets`): pairwise interactions of the top heads
+  (:func:`jaxvit_interp.importance.pairwise_interactions`) and pruning curves in importance,
+  greedy and random orders (:func:`jaxvit_interp.importance.pruning_curves`); a bundle from
+  before it, or from a run with ``set_images = 0``, has no such part;
 - ``attention``: the model's own attention (:func:`jaxvit_interp.model.run.attention_over_images`),
   kept as 8-bit codes with a step per row and each matrix's worst error
   (:mod:`jaxvit_interp.attention_codes`);
@@ -35,6 +40,11 @@ Dimension letters: ``I`` images, ``C`` classes, ``L`` layers, ``H`` heads, ``N``
 bins, ``S_partial`` / ``S_attention`` images of a subset, ``h w c`` thumbnail pixels and
 channels, ``ih iw`` the model's input pixels, ``gh gw`` the patch grid, ``oh ow`` relative offsets on it, ``Kcls Kpatch`` clusters,
 ``xy`` the two coordinates of a 2-D position and ``extent`` a range ``(x0, x1, y0, y1)``.
+In ``head_sets``: ``S_sets`` images of its subset, ``J`` interacting heads (most important
+first), ``lh`` a ``(layer, head)`` pair, ``V`` pruning curves (one row per order, a row per run
+of the random order; ``curve_order`` indexes
+:data:`jaxvit_interp.importance.pruning.CURVE_ORDERS`), ``R`` heads removed one after another
+and ``R+1`` the points ``k = 0 .. R`` removed, ``Q`` accuracy drops (percentage points).
 """
 
 from __future__ import annotations
@@ -261,6 +271,22 @@ SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
     "patterns": {
         name: dims for kind in PATTERN_KINDS for name, dims in _pattern_arrays(kind).items()
     },
+    "head_sets": {
+        "image_index": ("S_sets",),
+        "interaction_heads": ("J", "lh"),
+        # Means over the subset: interaction(i, j) = d(i and j) - d(i) - d(j), and d(i).
+        "interaction_prob_drop": ("J", "J"),
+        "interaction_kl": ("J", "J"),
+        "single_prob_drop": ("J",),
+        "single_kl": ("J",),
+        "curve_order": ("V",),
+        "curve_heads": ("V", "R", "lh"),
+        "curve_accuracy": ("V", "R+1"),
+        "curve_mean_prob": ("V", "R+1"),
+        "curve_area": ("V",),
+        "curve_removable": ("V", "Q"),
+        "removable_points": ("Q",),
+    },
     "attention": {
         "image_index": ("S_attention",),
         "codes": ("S_attention", *_HEAD, "N", "N"),
@@ -296,6 +322,14 @@ OPTIONAL_ARRAYS: dict[str, set[str]] = {
         *SPECIAL_FIELDS,
         *(f"{name}_mean" for name in SPECIAL_FIELDS),
         "special_between_mean",
+    },
+    # A model of one head has no pairs.
+    "head_sets": {
+        "interaction_heads",
+        "interaction_prob_drop",
+        "interaction_kl",
+        "single_prob_drop",
+        "single_kl",
     },
 }
 

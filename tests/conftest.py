@@ -43,3 +43,38 @@ def project_wheel(tmp_path_factory) -> Path:
     assert result.returncode == 0, result.stderr
     (wheel,) = (work / "dist").glob("*.whl")
     return wheel
+
+
+@pytest.fixture(scope="session")
+def digits_head_sets_run(tmp_path_factory):
+    """The shipped digits model (6 layers x 4 heads) analysed on 24 held-out digits with the
+    head-set stage on 6 of them: ``(config, params, images, labels, settings, run folder)``.
+    Shared by the stage's test and the site test of its views. The greedy order (24 ablation
+    batches, a compile each) is left out here: the library's tests cover it."""
+    from jaxvit_interp.patterns.train import AutoencoderSettings
+    from jaxvit_interp.pipeline.analyze import analyze
+    from jaxvit_interp.pipeline.settings import AnalysisSettings
+
+    digits = pytest.importorskip("jaxvit_interp.data.digits")
+    try:
+        config, params = digits.load_digits_model()
+    except FileNotFoundError as e:
+        pytest.skip(f"digits model not built yet: {e}")
+    images, labels = digits.load_digits("test")
+    images, labels = images[:24], labels[:24]
+    settings = AnalysisSettings(
+        chunk_images=24,
+        partial_images=2,
+        attention_images=2,
+        pattern_samples=64,
+        clusters=3,
+        projection="tsne",
+        autoencoder=AutoencoderSettings(max_epochs=2, batch_size=32, latent_dim=4, features=(8,)),
+        set_images=6,
+        interaction_heads=4,
+        random_orders=1,
+        greedy_max_heads=0,
+    )
+    out = tmp_path_factory.mktemp("digits_head_sets") / "run"
+    analyze(config, params, images, out, labels=labels, settings=settings, progress=False)
+    return config, params, images, labels, settings, out

@@ -431,6 +431,9 @@ def analyze(
     models = _train_pattern_models(config, merged, settings, out, mesh, progress)
 
     def finish() -> ResultsBundle:
+        head_sets = _head_sets_stage(
+            config, params, images, labels, merged, settings, out, progress
+        )
         bundle = _bundle(
             config,
             merged,
@@ -466,6 +469,8 @@ def analyze(
                 },
             },
         )
+        if head_sets is not None:
+            bundle.parts["head_sets"], bundle.meta["head_sets"] = head_sets
         save_bundle(bundle, out)
         return bundle
 
@@ -475,6 +480,50 @@ def analyze(
 
         bundle = load_bundle(out)
     return bundle
+
+
+def _head_sets_stage(config, params, images, labels, merged, settings, out: Path, progress):
+    """The ``head_sets`` part and its meta (:mod:`jaxvit_interp.pipeline.head_sets`) on a
+    seeded subset of the images, or None when ``set_images`` is 0. Computed once, on the
+    writing process, and kept in the run folder, so a resumed run reads it back."""
+    from jaxvit_interp.importance import HeadImportance
+    from jaxvit_interp.pipeline import head_sets
+
+    if settings.set_images == 0:
+        return None
+    index = _subset(len(images), settings.set_images, settings.seed, head_sets.SUBSET_STREAM)
+    importance = HeadImportance(
+        **{m: merged[m] for m in METRIC_NAMES},
+        probs=merged["probs"],
+        predictions=merged["predictions"],
+        labels=merged["targets"],
+        labels_are_predictions=labels is None,
+        metrics=METRIC_NAMES,
+    )
+    options = dict(
+        interaction_heads=settings.interaction_heads,
+        random_orders=settings.random_orders,
+        greedy_max_heads=settings.greedy_max_heads,
+    )
+    bar = progress_bar(total=1, desc="ablating head sets", unit="stage", enabled=progress)
+    part = head_sets.load_or_compute(
+        out / head_sets.HEAD_SETS_FILE,
+        lambda: head_sets.compute_head_sets(
+            config,
+            params,
+            images,
+            labels,
+            importance,
+            index,
+            seed=settings.seed,
+            batch_size=settings.batch_size,
+            memory_budget_bytes=settings.memory_budget_bytes,
+            **options,
+        ),
+    )
+    bar.update(1)
+    bar.close()
+    return part, head_sets.head_sets_meta(config, images=len(index), **options)
 
 
 def _bundle(

@@ -36,6 +36,14 @@ class AnalysisSettings:
       clusters: number of pattern clusters; None chooses it from the data.
       projection: ``umap`` or ``tsne`` for the 2-D maps.
       autoencoder: :class:`AutoencoderSettings` of the pattern autoencoders.
+      set_images: images (chosen at random with ``seed``, independently of the other subsets)
+        on which the head-set stage measures pairwise interactions and pruning curves with set
+        ablations (:mod:`jaxvit_interp.pipeline.head_sets`); 0 skips the stage.
+      interaction_heads: the heads with the highest mean ``prob_drop`` whose pairs interact
+        (16 heads: 120 pairs; at most ``L * H``).
+      random_orders: random pruning orders beside the importance and greedy ones (0: none).
+      greedy_max_heads: the greedy pruning curve runs only for a model of at most this many
+        heads in all (it takes about ``(L*H)^2 / 2`` set ablations); 0 never runs it.
       seed: seeds every random choice of the run.
     """
 
@@ -50,6 +58,10 @@ class AnalysisSettings:
     clusters: int | None = None
     projection: str = "umap"
     autoencoder: AutoencoderSettings = AutoencoderSettings()
+    set_images: int = 32
+    interaction_heads: int = 16
+    random_orders: int = 3
+    greedy_max_heads: int = 48
     seed: int = 0
 
     def __post_init__(self):
@@ -66,6 +78,10 @@ class AnalysisSettings:
             ("thumbnail_size", 1, False),
             ("pattern_samples", MIN_PATTERNS, False),
             ("clusters", 1, True),
+            ("set_images", 0, False),
+            ("interaction_heads", 2, False),
+            ("random_orders", 0, False),
+            ("greedy_max_heads", 0, False),
             ("seed", None, False),
         ):
             _check_int(name, getattr(self, name), least, optional)

@@ -46,7 +46,7 @@ from jaxvit_interp.site.sources import (
     make_sources,
     prepare_site_data,
 )
-from jaxvit_interp.site.views import importance, overview, pattern, strength
+from jaxvit_interp.site.views import head_sets, importance, overview, pattern, strength
 from jaxvit_interp.site.views.common import FONT, Context, text_box
 from jaxvit_interp.storage import write_text
 
@@ -134,7 +134,8 @@ def _header(ctx: Context, title: str, bundle: ResultsBundle):
         text=(
             f'<div style="font:12px {FONT};color:#555;margin:0 8px">Click an image (A) to make '
             "B, C and D local to it; click a head in B, C or D to choose it everywhere; click a "
-            "patch (D) to see where it looks. Hover any mark for its values.</div>"
+            "patch (D) to see where it looks; click a class in E to make B local to its images, "
+            "or a pair of heads to choose it. Hover any mark for its values.</div>"
         )
     )
     return column(heading, sub, guide)
@@ -187,8 +188,13 @@ def _document(bundle, data: SiteData, title, metrics, default_metric, default_ki
     view_b = importance.build(ctx)
     view_c = strength.build(ctx)
     view_d = pattern.build(ctx)
+    view_e = head_sets.build(ctx, bundle)
     layout = column(
-        _header(ctx, title, bundle), row(view_a, column(view_b, view_c)), view_d, name="site"
+        _header(ctx, title, bundle),
+        row(view_a, column(view_b, view_c)),
+        view_d,
+        view_e,
+        name="site",
     )
 
     first = _initial_head(data, default_metric)
@@ -203,8 +209,9 @@ def _document(bundle, data: SiteData, title, metrics, default_metric, default_ki
     models["partial_bars"].selected.indices = [first_mode]
 
     update = callbacks.update_callback(data.info, models)
-    for name in ("images", "heads", "patches", "partial_bars"):
-        models[name].selected.js_on_change("indices", update)
+    for name in ("images", "heads", "patches", "partial_bars", "class_cells", "interaction_cells"):
+        if name in models:  # E1 only with the bundle's head_sets part
+            models[name].selected.js_on_change("indices", update)
     ctx.models["metric_select"].js_on_change("value", update)
     ctx.models["kind_toggle"].js_on_change("active", update)
     records.js_on_change("data", update)

@@ -32,6 +32,9 @@ FAST = [
     "64",
     "--clusters",
     "3",
+    # The head-set stage has its own tests (test_head_sets.py); its compiles would dominate here.
+    "--set-images",
+    "0",
     "--quiet",
 ]
 

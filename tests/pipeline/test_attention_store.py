@@ -41,6 +41,7 @@ def run(tmp_path_factory):
         clusters=3,
         projection="tsne",  # no UMAP compile for nine images
         autoencoder=AutoencoderSettings(max_epochs=2, batch_size=16, latent_dim=4, features=(8,)),
+        set_images=0,
     )
     assert settings.attention_images == "all"
     out = tmp_path_factory.mktemp("analysis") / "run"

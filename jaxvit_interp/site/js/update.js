@@ -62,6 +62,10 @@ export const TEXTS = {
   scope_pending: "mean over all images; image {id} not loaded",
   rollout_title: "attention rollout ({scope})",
   rollout_bars_title: "layer contributions ({scope})",
+  scope_class: "mean over the {n} images of class {name}",
+  interaction_title: "pair interactions: {metric}",
+  class_map_title: "{metric}: class mean - mean over all images{chosen}",
+  class_map_chosen: "; chosen: {name}",
 };
 const KIND_NAMES = {cls: "CLS", patch: "patch"};
 
@@ -258,6 +262,33 @@ function readState(page) {
   }
   const psel = patches.selected.indices;
   if (psel.length > 1) { patches.selected.indices = [last(psel)]; return null; }
+  // E4: a cell of the class map chooses a class and a head; E1: a cell chooses a pair of heads.
+  // A newly chosen class leaves the chosen image (and a newly chosen image the class), so that
+  // B shows one of them; a newly chosen pair makes its first head the chosen head, and choosing
+  // a head outside the pair lets the pair go.
+  // E1 exists only with the bundle's head_sets part: read as an optional member.
+  const class_cells = page.class_cells, interaction_cells = page.interaction_cells;
+  const LH = info.num_layers * info.num_heads;
+  const csel = class_cells ? class_cells.selected.indices : [];
+  if (csel.length > 1) { class_cells.selected.indices = [last(csel)]; return null; }
+  const classCell = csel.length ? csel[0] : -1, prevCell = previous("class_cell") ?? -1;
+  if (classCell >= 0 && classCell !== prevCell) {
+    if (isel.length) { images.selected.indices = []; return null; }
+    if (hsel[0] !== classCell % LH) { heads.selected.indices = [classCell % LH]; return null; }
+  } else if (classCell >= 0 && isel.length && isel[0] !== previous("image")) {
+    class_cells.selected.indices = []; return null;
+  }
+  const xsel = interaction_cells ? interaction_cells.selected.indices : [];
+  if (xsel.length > 1) { interaction_cells.selected.indices = [last(xsel)]; return null; }
+  const pairCell = xsel.length ? xsel[0] : -1;
+  if (pairCell >= 0) {
+    const pair = [interaction_cells.data.head_i[pairCell], interaction_cells.data.head_j[pairCell]];
+    if (pairCell !== (previous("pair_cell") ?? -1)) {
+      if (hsel[0] !== pair[0]) { heads.selected.indices = [pair[0]]; return null; }
+    } else if (!pair.includes(hsel[0])) {
+      interaction_cells.selected.indices = []; return null;
+    }
+  }
 
   const image = isel.length ? isel[0] : -1, k = hsel[0];
   const kinds = info.kinds;
@@ -268,8 +299,20 @@ function readState(page) {
   // cannot be) they show the values over all images.
   const local = rec !== null && rec.status === "ready";
   const id = image >= 0 ? images.data.id[image] : "";
+  // The chosen class's row of the class map, when no image is chosen.
+  const classRow = classCell >= 0 && image < 0 ? Math.floor(classCell / LH) : -1;
+  const cd = class_cells ? class_cells.data : null;
   return {
     image,
+    classCell,
+    classRow,
+    pairCell,
+    classScope: classRow >= 0 ? fill("scope_class", {n: cd.count[classCell],
+                                                     name: cd.class_name[classCell]}) : "",
+    // B1's value of head j: the chosen image's, the chosen class's mean, or the mean over all.
+    importance: (metric, j) => classRow >= 0 ? cd[`mean_${metric}`][classRow * LH + j]
+      : local ? value(page, "importance", metric, {I: image, ...headAt(info, j)})
+      : value(page, "importance", `${metric}_mean`, headAt(info, j)),
     rec,
     local,
     k,
@@ -279,6 +322,7 @@ function readState(page) {
     metric: metric_select.value,
     kind,
     kindChanged: previous("kind") !== (kind || ""),
+    previousClassCell: previous("class_cell") ?? -1,
     head: hd.name[k],
     scope: local ? fill("scope_local", {id}) : image >= 0 ? fill("scope_pending", {id})
       : TEXTS.scope_global,
@@ -315,7 +359,7 @@ function drawHeads({info, heads, value_mapper, value_palette, importance_title, 
   const pos_y = new Array(LH);
   let lo = Infinity, hi = -Infinity;
   for (let j = 0; j < LH; j++) {
-    const v = s.pick("importance", metric, j);
+    const v = s.importance(metric, j);
     shown[j] = v;
     if (Number.isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
     entropy[j] = s.pick("strength", "head_entropy", j);
@@ -335,7 +379,8 @@ function drawHeads({info, heads, value_mapper, value_palette, importance_title, 
   });
   heads.data = {...heads.data, value: shown, entropy, pos_x, pos_y, text_color,
                 value_text: shown.map(sig), metric: repeat(LH, metric)};
-  setText(importance_title, "text", fill("importance_title", {metric, scope: s.scope}));
+  setText(importance_title, "text",
+          fill("importance_title", {metric, scope: s.classScope || s.scope}));
   setText(value_colorbar, "title", metric);
 }
 
@@ -581,6 +626,49 @@ function drawRollout(page, s) {
   setText(rollout_bars_title, "text", fill("rollout_bars_title", {scope: s.scope}));
 }
 
+// A diverging colour range, symmetric around 0, over the finite values.
+function symmetric(mapper, values) {
+  let m = 0;
+  for (const v of values) if (Number.isFinite(v)) m = Math.max(m, Math.abs(v));
+  mapper.low = -(m > 0 ? m : 1); mapper.high = m > 0 ? m : 1;
+}
+
+// E1: the interactions under the chosen metric (kl for kl, prob_drop otherwise) and B1's outline
+// of the chosen pair; E4: the class map under the chosen metric, the chosen class's images
+// outlined in A.
+function drawHeadSets(page, s) {
+  const {info, images, heads, pair_marks, class_cells, class_top, class_top_all, class_mapper,
+         class_map_title} = page;
+  const {metric} = s;
+  // E1 exists only with the bundle's head_sets part.
+  const interaction_cells = page.interaction_cells, interaction_mapper = page.interaction_mapper;
+  const interaction_title = page.interaction_title;
+  if (interaction_cells) {
+    const field = metric === "kl" ? "kl" : "prob_drop", d = interaction_cells.data;
+    const values = Array.from(d[field]);
+    interaction_cells.data = {...d, value: values};
+    symmetric(interaction_mapper, values);
+    setText(interaction_title, "text", fill("interaction_title", {metric: field}));
+  }
+  const pair = s.pairCell >= 0 ? [interaction_cells.data.head_i[s.pairCell],
+                                  interaction_cells.data.head_j[s.pairCell]] : [];
+  pair_marks.data = {x: pair.map((j) => heads.data.head[j]), y: pair.map((j) => heads.data.layer[j])};
+  if (!class_cells) return;
+  const d = class_cells.data, values = Array.from(d[`spec_${metric}`]);
+  class_cells.data = {...d, value: values};
+  symmetric(class_mapper, values);
+  class_top.data = {x: class_top_all.data[`${metric}_x`], y: class_top_all.data[`${metric}_y`]};
+  const name = s.classCell >= 0 ? d.class_name[s.classCell] : null;
+  setText(class_map_title, "text", fill("class_map_title",
+    {metric, chosen: name === null ? "" : fill("class_map_chosen", {name})}));
+  if (s.classCell !== s.previousClassCell) {
+    // Outline the class's images in A (search outlines its matches the same way).
+    const img = images.data;
+    const outline = Array.from(img.base_outline, (b, i) => name !== null && img.label[i] === name ? 3 : b);
+    images.data = {...img, outline};
+  }
+}
+
 export default function update(page) {
   const s = readState(page);
   if (s === null) return;
@@ -591,6 +679,8 @@ export default function update(page) {
   drawEmbedding(page, s);
   drawAttention(page, s);
   drawRollout(page, s);
+  drawHeadSets(page, s);
   page.state.data = {image: [s.image], head: [s.k], mode: [s.mode], query: [s.query],
-                     metric: [s.metric], kind: [s.kind || ""]};
+                     metric: [s.metric], kind: [s.kind || ""], class_cell: [s.classCell],
+                     pair_cell: [s.pairCell]};
 }

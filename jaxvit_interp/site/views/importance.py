@@ -96,6 +96,10 @@ def build(ctx: Context):
             text_color="text_color",
         )
         _keep_style(labels)
+    # The pair chosen in E1's interaction matrix, outlined (empty until one is chosen).
+    pair = ctx.add("pair_marks", ColumnDataSource(data={"x": [], "y": []}))
+    p.rect("x", "y", 1.0, 1.0, source=pair, fill_alpha=0, line_color="#ff7f0e", line_width=3,
+           line_dash="dashed")  # fmt: skip
     p.add_tools(TapTool(renderers=[r], mode="replace"))
     p.add_tools(
         HoverTool(
