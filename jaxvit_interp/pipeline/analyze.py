@@ -38,7 +38,7 @@ from jaxvit_interp.pipeline.parts import (
 )
 from jaxvit_interp.pipeline.progress import progress_bar, progress_enabled
 from jaxvit_interp.pipeline.settings import AnalysisSettings, run_fingerprint
-from jaxvit_interp.quantities import STRENGTH_FIELDS, model_metrics
+from jaxvit_interp.quantities import METRIC_NAMES, STRENGTH_FIELDS, model_metrics
 from jaxvit_interp.storage import (
     UnreadableFileError,
     atomic_npy,
@@ -489,7 +489,9 @@ def _head_sets_stage(config, params, images, labels, merged, settings, out: Path
     from jaxvit_interp.importance import HeadImportance
     from jaxvit_interp.pipeline import head_sets
 
-    if settings.set_images == 0:
+    # Interactions and pruning curves are measured in p(label), KL and accuracy: a backbone
+    # without a classifier has none of them.
+    if settings.set_images == 0 or not config.num_classes:
         return None
     index = _subset(len(images), settings.set_images, settings.seed, head_sets.SUBSET_STREAM)
     importance = HeadImportance(
