@@ -20,7 +20,8 @@ AE_FAST = (
     "[analysis]\n"
     "autoencoder = { max_epochs = 3, batch_size = 16, latent_dim = 4, features = [8] }\n"
 )
-# Fast settings of every other stage.
+# Fast settings of every other stage. t-SNE draws the pattern maps: UMAP's numba compilation
+# takes longer than all the rest of a tiny run, and the demo's test runs the pipeline with UMAP.
 FAST = [
     "--chunk-images",
     "4",
@@ -32,6 +33,8 @@ FAST = [
     "64",
     "--clusters",
     "3",
+    "--projection",
+    "tsne",
     "--quiet",
 ]
 
