@@ -115,7 +115,9 @@ def reference_run(tmp_path_factory) -> ReferenceRun:
 
     def make(folder: Path) -> None:
         _write_reference_inputs(folder)
-        result = cli(*reference(folder).args(folder / "run"))
+        # Every test that compares with this run waits for it: a generous limit, as for the
+        # multi-process runs.
+        result = cli(*reference(folder).args(folder / "run"), timeout=1800)
         assert result.returncode == 0, result.stderr
         (folder / "stderr.txt").write_text(result.stderr)
 
