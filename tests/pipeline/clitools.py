@@ -20,7 +20,8 @@ AE_FAST = (
     "[analysis]\n"
     "autoencoder = { max_epochs = 3, batch_size = 16, latent_dim = 4, features = [8] }\n"
 )
-# Fast settings of every other stage.
+# Fast settings of every other stage. t-SNE draws the pattern maps: UMAP's numba compilation
+# takes longer than all the rest of a tiny run, and the demo's test runs the pipeline with UMAP.
 FAST = [
     "--chunk-images",
     "4",
@@ -35,6 +36,8 @@ FAST = [
     # The head-set stage has its own tests (test_head_sets.py); its compiles would dominate here.
     "--set-images",
     "0",
+    "--projection",
+    "tsne",
     "--quiet",
 ]
 

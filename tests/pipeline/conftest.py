@@ -1,11 +1,17 @@
+import fcntl
 import os
+import shutil
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 # The helpers module beside this file (tests are imported with importlib, not as a package).
 sys.path.insert(0, os.path.dirname(__file__))
-from clitools import TINY  # noqa: E402
+from clitools import AE_FAST, FAST, TINY, cli  # noqa: E402
 
 from jaxvit_interp import init_params, save_checkpoint  # noqa: E402
 
@@ -16,3 +22,103 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
     save_checkpoint(path, TINY, init_params(TINY, 1))
     return path
+
+
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """The folder ``name``, filled by ``make(folder)`` once in the whole test session.
+
+    With pytest-xdist every worker has its own temporary folder; their common parent holds the
+    shared folder, and a file lock lets the first worker that asks make it while any other waits
+    for it. A folder left unfinished by a failed ``make`` is made again by the next caller.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder = root / name
+    done = folder / ".made"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not done.is_file():
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir()
+                make(folder)
+                done.touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return folder
+
+
+@dataclass(frozen=True)
+class ReferenceRun:
+    """A finished ``analyze`` of the tiny model on a small image folder, and its inputs."""
+
+    checkpoint: Path
+    images: Path
+    config: Path
+    run: Path
+    stderr: str
+
+    def args(self, out) -> list:
+        """The same ``analyze`` command, writing to ``out``."""
+        return [
+            "analyze",
+            "--checkpoint",
+            self.checkpoint,
+            "--images",
+            self.images,
+            "--out",
+            out,
+            "--config",
+            self.config,
+            *FAST,
+        ]
+
+
+def _write_reference_inputs(folder: Path) -> None:
+    """Class subfolders of small PNGs, plus the files a real folder holds: odd modes and junk."""
+    save_checkpoint(folder / "checkpoint", TINY, init_params(TINY, 1))
+    root = folder / "images"
+    rng = np.random.default_rng()
+    for name in ["cat", "dog", "owl"]:
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            pixels = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(
+        root / "cat" / "gray.png"
+    )
+    Image.fromarray(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "RGBA").save(
+        root / "dog" / "rgba.png"
+    )
+    (root / "owl" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (root / "owl" / "notes.txt").write_text("not an image")
+    (folder / "config.toml").write_text(AE_FAST)
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory) -> ReferenceRun:
+    """One uninterrupted single-device run that the command-line tests compare against.
+
+    Several tests need such a run (the sharded run, the resumed one, the one on a full disk);
+    it is made once per session rather than once per test, and only read afterwards.
+    """
+
+    def reference(folder: Path) -> ReferenceRun:
+        return ReferenceRun(
+            checkpoint=folder / "checkpoint",
+            images=folder / "images",
+            config=folder / "config.toml",
+            run=folder / "run",
+            stderr=(folder / "stderr.txt").read_text() if (folder / "stderr.txt").is_file() else "",
+        )
+
+    def make(folder: Path) -> None:
+        _write_reference_inputs(folder)
+        # Every test that compares with this run waits for it: a generous limit, as for the
+        # multi-process runs.
+        result = cli(*reference(folder).args(folder / "run"), timeout=1800)
+        assert result.returncode == 0, result.stderr
+        (folder / "stderr.txt").write_text(result.stderr)
+
+    return reference(made_once(tmp_path_factory, "reference-run", make))

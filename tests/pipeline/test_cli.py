@@ -7,57 +7,18 @@ import sys
 
 import numpy as np
 import pytest
-from clitools import AE_FAST, FAST, assert_one_line_error, cli
+from clitools import assert_one_line_error, cli
 from PIL import Image
 
 from jaxvit_interp.bundle import load_bundle
 from jaxvit_interp.quantities import METRIC_NAMES
 
 
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    """Class subfolders of small PNGs, plus the files a real folder holds: odd modes and junk."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng()
-    for name in ["cat", "dog", "owl"]:
-        (root / name).mkdir()
-        for i in range(4):
-            pixels = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(
-        root / "cat" / "gray.png"
-    )
-    Image.fromarray(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "RGBA").save(
-        root / "dog" / "rgba.png"
-    )
-    (root / "owl" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    (root / "owl" / "notes.txt").write_text("not an image")
-    (root / "config.toml").write_text(AE_FAST)
-    return root
-
-
-def analyze_args(tiny_checkpoint, image_folder, out):
-    return [
-        "analyze",
-        "--checkpoint",
-        tiny_checkpoint,
-        "--images",
-        image_folder,
-        "--out",
-        out,
-        "--config",
-        image_folder / "config.toml",
-        *FAST,
-    ]
-
-
-def test_analyze_folder_reports_bad_files_and_analyses_the_rest(
-    tiny_checkpoint, image_folder, tmp_path
-):
-    result = cli(*analyze_args(tiny_checkpoint, image_folder, tmp_path / "run"))
-    assert result.returncode == 0, result.stderr
-    assert "broken.png" in result.stderr and "notes.txt" in result.stderr
-    bundle = load_bundle(tmp_path / "run")
+def test_analyze_folder_reports_bad_files_and_analyses_the_rest(reference_run, tmp_path):
+    # The shared run is this command on a folder with junk in it (see conftest.py).
+    run, stderr = reference_run.run, reference_run.stderr
+    assert "broken.png" in stderr and "notes.txt" in stderr
+    bundle = load_bundle(run)
     ids = bundle.meta["image_ids"]
     assert len(ids) == 14 and any("gray" in i for i in ids) and any("rgba" in i for i in ids)
     assert not any("broken" in i or "notes" in i for i in ids)
@@ -66,11 +27,11 @@ def test_analyze_folder_reports_bad_files_and_analyses_the_rest(
     assert bundle["strength"]["strength"].shape == (14, 2, 2, 4)  # 4x4 grid: hops 0..3
     # The model names no classes and the three folders are as many as its classes: they are
     # taken in sorted order, and the run says so.
-    assert "taken to be the 3 labels in sorted order" in result.stderr
+    assert "taken to be the 3 labels in sorted order" in stderr
     labels = bundle["images"]["labels"]
     assert [bundle.meta["class_names"][y] for y in labels] == [i.split("/")[0] for i in ids]
 
-    site = cli("site", tmp_path / "run", "--out", tmp_path / "site")
+    site = cli("site", run, "--out", tmp_path / "site")
     assert site.returncode == 0, site.stderr
     html = (tmp_path / "site" / "index.html").read_text()
     assert "Bokeh" in html and "cdn.bokeh.org" not in html
@@ -78,19 +39,22 @@ def test_analyze_folder_reports_bad_files_and_analyses_the_rest(
     assert html.count("<script>jaxvitRecord(") == 14
     assert not [p for p in (tmp_path / "site").iterdir() if p.name != "index.html"]
     # --layout folder: one record script per image beside the page, which names their folder.
-    site = cli("site", tmp_path / "run", "--out", tmp_path / "site", "--layout", "folder")
+    site = cli("site", run, "--out", tmp_path / "site", "--layout", "folder")
     assert site.returncode == 0, site.stderr
     (data,) = (tmp_path / "site").glob("data-*")
     assert sorted(p.name for p in (data / "images").iterdir()) == [f"{i:06d}.js" for i in range(14)]
     assert f"{data.name}/images" in (tmp_path / "site" / "index.html").read_text()
     assert_one_line_error(
-        cli("site", tmp_path / "run", "--out", tmp_path / "site", "--layout", "pages"),
+        cli("site", run, "--out", tmp_path / "site", "--layout", "pages"),
         "--layout",
         "pages",
     )
 
 
-def test_bad_arguments_end_with_one_clear_line(tiny_checkpoint, image_folder, tmp_path):
+def test_bad_arguments_end_with_one_clear_line(tiny_checkpoint, tmp_path):
+    image_folder = tmp_path / "images"
+    (image_folder / "cat").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image_folder / "cat" / "a.png")
     assert_one_line_error(
         cli(
             "analyze",
@@ -133,13 +97,11 @@ def test_bad_arguments_end_with_one_clear_line(tiny_checkpoint, image_folder, tm
     assert_one_line_error(analyze_flat(), "7")
 
 
-def test_analyze_sharded_over_four_devices_equals_one(tiny_checkpoint, image_folder, tmp_path):
-    one = cli(*analyze_args(tiny_checkpoint, image_folder, tmp_path / "one"))
-    assert one.returncode == 0, one.stderr
+def test_analyze_sharded_over_four_devices_equals_one(reference_run, tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    four = cli(*analyze_args(tiny_checkpoint, image_folder, tmp_path / "four"), env=env)
+    four = cli(*reference_run.args(tmp_path / "four"), env=env)
     assert four.returncode == 0, four.stderr
-    a, b = load_bundle(tmp_path / "one"), load_bundle(tmp_path / "four")
+    a, b = load_bundle(reference_run.run), load_bundle(tmp_path / "four")
     # Each bundle records where it ran.
     assert a.meta["devices"] == {"platform": "cpu", "kind": "cpu", "count": 1}
     assert b.meta["devices"] == {"platform": "cpu", "kind": "cpu", "count": 4}

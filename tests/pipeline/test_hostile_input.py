@@ -436,21 +436,15 @@ def test_unwritable_output_folders_are_one_line_errors(tmp_path, tiny_checkpoint
     assert_one_line_error(result, "Read-only file system", str(readonly / "run"))
 
 
-def test_full_disk_leaves_no_temporary_file_and_the_rerun_resumes(
-    tmp_path, tiny_checkpoint, fast_config, rng, mounts
-):
-    for name in ("a", "b", "c"):
-        for i in range(4):
-            _write_png(tmp_path / "pics" / name / f"{i}.png", rng)
-    reference = analyze(tiny_checkpoint, tmp_path / "pics", tmp_path / "reference", fast_config)
-    assert reference.returncode == 0, reference.stderr
-    size = sum(p.stat().st_size for p in (tmp_path / "reference").rglob("*") if p.is_file())
+def test_full_disk_leaves_no_temporary_file_and_the_rerun_resumes(tmp_path, reference_run, mounts):
+    # The shared uninterrupted run of the same command is the reference.
+    size = sum(p.stat().st_size for p in reference_run.run.rglob("*") if p.is_file())
 
     disk = tmp_path / "disk"
     _mount_tmpfs(disk, f"size={max(64 << 10, size // 2)}")
     mounts.append(disk)
     out = disk / "run"
-    full = analyze(tiny_checkpoint, tmp_path / "pics", out, fast_config)
+    full = cli(*reference_run.args(out))
     assert_one_line_error(full, "No space left on device", "rerun the same command")
     leftovers = [p for p in out.rglob("*") if ".tmp" in p.name or "tmp-" in p.name]
     assert not leftovers, leftovers
@@ -462,10 +456,10 @@ def test_full_disk_leaves_no_temporary_file_and_the_rerun_resumes(
         text=True,
     )
     assert remount.returncode == 0, remount.stderr
-    resumed = analyze(tiny_checkpoint, tmp_path / "pics", out, fast_config)
+    resumed = cli(*reference_run.args(out))
     assert resumed.returncode == 0, resumed.stderr
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished chunks were kept
-    a, b = load_bundle(tmp_path / "reference"), load_bundle(out)
+    a, b = load_bundle(reference_run.run), load_bundle(out)
     for part in a.parts:
         for name, value in a[part].items():
             np.testing.assert_allclose(
@@ -488,25 +482,10 @@ def class_folders(tmp_path_factory):
     return root
 
 
-def test_resume_after_kill_equals_uninterrupted_run(
-    tiny_checkpoint, class_folders, fast_config, tmp_path
-):
-    reference = analyze(tiny_checkpoint, class_folders, tmp_path / "whole", fast_config)
-    assert reference.returncode == 0, reference.stderr
-
+def test_resume_after_kill_equals_uninterrupted_run(reference_run, tmp_path):
+    # The shared uninterrupted run of the same command is the reference.
     out = tmp_path / "killed"
-    args = [
-        "analyze",
-        "--checkpoint",
-        tiny_checkpoint,
-        "--images",
-        class_folders,
-        "--out",
-        out,
-        "--config",
-        fast_config,
-        *FAST,
-    ]
+    args = reference_run.args(out)
     proc = subprocess.Popen(
         [*command(), *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -518,9 +497,9 @@ def test_resume_after_kill_equals_uninterrupted_run(
     assert list((out / "chunks").glob("chunk-*.npz")), "the run was killed before a chunk"
     assert not (out / "bundle.json").exists(), "the run finished before it was killed"
 
-    resumed = analyze(tiny_checkpoint, class_folders, out, fast_config)
+    resumed = cli(*args)
     assert resumed.returncode == 0, resumed.stderr
-    a, b = load_bundle(tmp_path / "whole"), load_bundle(out)
+    a, b = load_bundle(reference_run.run), load_bundle(out)
     for part in ("images", "importance", "strength", "partial", "attention", "patterns"):
         for name, value in a[part].items():
             np.testing.assert_array_equal(b[part][name], value, err_msg=f"{part}/{name}")

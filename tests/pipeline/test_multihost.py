@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clitools import AE_FAST, FAST, cli, command, write_digit_folders
+from clitools import cli, command
 
 from jaxvit_interp.bundle import load_bundle
 from jaxvit_interp.patterns import normalize_patterns, restore_autoencoder
@@ -54,29 +54,6 @@ def run_two(args, timeout=1800) -> list[tuple[int, str]]:
     return [(p.wait(timeout), p.communicate()[1]) for p in procs]
 
 
-@pytest.fixture(scope="module")
-def digits_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits")
-    write_digit_folders(root, {"zero": 0, "one": 1, "two": 2}, per_class=3)
-    (root / "config.toml").write_text(AE_FAST)
-    return root
-
-
-def analyze_args(checkpoint, folder, out):
-    return [
-        "analyze",
-        "--checkpoint",
-        checkpoint,
-        "--images",
-        folder,
-        "--out",
-        out,
-        "--config",
-        folder / "config.toml",
-        *FAST,
-    ]
-
-
 # The pattern arrays drawn from the 2-D projection: UMAP's optimisation turns the float32
 # rounding in which the autoencoders of one and two processes differ into visibly different maps,
 # so for these the projection's inputs (each pattern's latent) are compared instead.
@@ -116,13 +93,11 @@ def assert_same_run(one: Path, two: Path) -> None:
 
 
 def test_two_processes_survive_a_killed_peer_and_resume_to_one_process_result(
-    tiny_checkpoint, digits_folder, tmp_path
+    reference_run, tmp_path
 ):
-    one = cli(*analyze_args(tiny_checkpoint, digits_folder, tmp_path / "one"), timeout=1800)
-    assert one.returncode == 0, one.stderr
-
+    # The one-process result is the shared single-device run of the same command.
     # Kill process 1 once the first chunk of images is written: process 0 must notice and stop.
-    args = analyze_args(tiny_checkpoint, digits_folder, tmp_path / "two")
+    args = reference_run.args(tmp_path / "two")
     port = free_port()
     procs = [start(args, i, port) for i in range(2)]
     first = tmp_path / "two" / CHUNK_DIR / "chunk-00000.npz"
@@ -144,7 +119,7 @@ def test_two_processes_survive_a_killed_peer_and_resume_to_one_process_result(
     # The same command again in both processes resumes from the chunks kept.
     for status, err in run_two(args):
         assert status == 0, err
-    assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert_same_run(reference_run.run, tmp_path / "two")
 
 
 @pytest.mark.parametrize(
@@ -168,8 +143,8 @@ def test_bad_distributed_settings_are_named(monkeypatch, env, kwargs, needle):
         initialize(**kwargs)
 
 
-def test_process_settings_need_distributed(tiny_checkpoint, digits_folder, tmp_path):
-    args = analyze_args(tiny_checkpoint, digits_folder, tmp_path / "r")
+def test_process_settings_need_distributed(reference_run, tmp_path):
+    args = reference_run.args(tmp_path / "r")
     result = cli(*args, "--process-id", "1")
     assert result.returncode == 2 and "--process-id given without --distributed" in result.stderr
     assert not (tmp_path / "r").exists()
