@@ -30,7 +30,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(args, process_id: int, port: int) -> subprocess.Popen:
+def start(args, process_id: int, port: int, host_devices: int = 1) -> subprocess.Popen:
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
@@ -39,6 +39,9 @@ def start(args, process_id: int, port: int) -> subprocess.Popen:
         "JAX_PROCESS_ID": str(process_id),
     }
     env.pop("JAXVIT_DEBUG", None)
+    if host_devices > 1:  # CPU devices per process, as a host with several accelerators has
+        flags = env.get("XLA_FLAGS", "")
+        env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={host_devices}"
     return subprocess.Popen(
         [*command(), *map(str, args), "--distributed"],
         stdout=subprocess.PIPE,
@@ -48,9 +51,9 @@ def start(args, process_id: int, port: int) -> subprocess.Popen:
     )
 
 
-def run_two(args, timeout=1800) -> list[tuple[int, str]]:
+def run_two(args, timeout=1800, host_devices: int = 1) -> list[tuple[int, str]]:
     port = free_port()
-    procs = [start(args, i, port) for i in range(2)]
+    procs = [start(args, i, port, host_devices) for i in range(2)]
     return [(p.wait(timeout), p.communicate()[1]) for p in procs]
 
 
@@ -60,9 +63,9 @@ def run_two(args, timeout=1800) -> list[tuple[int, str]]:
 PROJECTED = ("positions", "positions_mean", "density", "extent")
 
 
-def assert_same_run(one: Path, two: Path) -> None:
+def assert_same_run(one: Path, two: Path, devices: int = 2) -> None:
     a, b = load_bundle(one), load_bundle(two)
-    assert b.meta["devices"]["count"] == 2
+    assert b.meta["devices"]["count"] == devices
     assert set(a.parts) == set(b.parts)
     for part, arrays in a.parts.items():
         assert set(arrays) == set(b.parts[part]), part
@@ -92,7 +95,7 @@ def assert_same_run(one: Path, two: Path) -> None:
         np.testing.assert_allclose(latents[1], latents[0], rtol=1e-4, atol=1e-5, err_msg=kind)
 
 
-def test_two_processes_survive_a_killed_peer_and_resume_to_one_process_result(
+def test_two_processes_survive_a_killed_peer_and_resume_on_two_devices_each_to_one_process_result(
     reference_run, tmp_path
 ):
     # The one-process result is the shared single-device run of the same command.
@@ -116,10 +119,12 @@ def test_two_processes_survive_a_killed_peer_and_resume_to_one_process_result(
     assert "Traceback" not in err, err
     assert waited < EXIT_SECONDS
 
-    # The same command again in both processes resumes from the chunks kept.
-    for status, err in run_two(args):
+    # The same command again in both processes resumes from the chunks kept, now with two host
+    # devices in each: the remaining chunks are sharded over four devices of two processes, and
+    # the autoencoders train data-parallel over all four.
+    for status, err in run_two(args, host_devices=2):
         assert status == 0, err
-    assert_same_run(reference_run.run, tmp_path / "two")
+    assert_same_run(reference_run.run, tmp_path / "two", devices=4)
 
 
 @pytest.mark.parametrize(
