@@ -193,7 +193,7 @@ def _document(bundle, data: SiteData, title, metrics, default_metric, default_ki
         _header(ctx, title, bundle),
         row(view_a, column(view_b, view_c)),
         view_d,
-        view_e,
+        *([view_e] if view_e is not None else []),
         name="site",
     )
 

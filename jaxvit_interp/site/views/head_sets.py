@@ -15,7 +15,7 @@
   its images. With many classes the map shows the :data:`CLASS_MAP_ROWS` most frequent.
 
 A bundle without the ``head_sets`` part (from before it, or analysed with ``set_images = 0``)
-shows E4 only.
+shows E4 only; a backbone without a classifier has neither, and no view E.
 """
 
 from __future__ import annotations
@@ -317,5 +317,8 @@ def build(ctx: Context, bundle: ResultsBundle):
             text_box(ctx, "interaction_note", inter_note, width=900),
             text_box(ctx, "curves_caption", caption, width=900),
         ]
-    children.append(_class_map(ctx, bundle))
+    if info["has_classifier"]:  # a backbone without a classifier has no classes
+        children.append(_class_map(ctx, bundle))
+    if not children:
+        return None
     return panel("E", "Heads Together and per Class", "view_E", children)
