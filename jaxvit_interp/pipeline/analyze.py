@@ -29,6 +29,7 @@ from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
 from jaxvit_interp.multihost import is_writer, run_on_writer, share_from_writer
 from jaxvit_interp.parallel import all_devices_mesh
 from jaxvit_interp.pipeline.parts import importance_part, partial_part, pattern_part, strength_part
+from jaxvit_interp.pipeline.passes import pass_images
 from jaxvit_interp.pipeline.progress import progress_bar, progress_enabled
 from jaxvit_interp.pipeline.settings import AnalysisSettings, run_fingerprint
 from jaxvit_interp.quantities import (
@@ -46,8 +47,6 @@ from jaxvit_interp.storage import (
 
 RUN_FILE = "run.json"
 CHUNK_DIR = "chunks"
-# Images per forward pass of the strength, pattern and attention passes when no batch size is set.
-DEFAULT_PASS_IMAGES = 32
 # Images whose float attention is held at once before it is encoded (ViT-B/16: 11 MB an image
 # as float16): the attention pass runs in slices of at most this many.
 ATTENTION_SLICE_IMAGES = 8
@@ -109,11 +108,19 @@ def _local_indices(indices: np.ndarray, start: int, stop: int) -> np.ndarray:
 def _compute_chunk(config, params, images, labels, partial_local, attention_local, settings, mesh):
     """Every per-image result of one chunk of images, from the library's public functions."""
     from jaxvit_interp.importance import head_importance, partial_pruning
+    from jaxvit_interp.importance.engine import default_memory_budget, params_bytes
     from jaxvit_interp.model.run import attention_over_images
     from jaxvit_interp.patterns import collect_patterns
     from jaxvit_interp.strength import model_strength_over_images
 
-    batch = settings.batch_size or DEFAULT_PASS_IMAGES
+    # The strength, pattern and attention passes: as many images as the engine's budget holds.
+    batch = settings.batch_size or pass_images(
+        config,
+        num_images=len(images),
+        memory_budget_bytes=settings.memory_budget_bytes or default_memory_budget(),
+        fixed_bytes=params_bytes(params),
+        num_devices=1 if mesh is None else mesh.size,
+    )
     importance = head_importance(
         config,
         params,
