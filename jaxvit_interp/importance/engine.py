@@ -371,12 +371,20 @@ def ablation_batch(
 # --------------------------------------------------------------------------------------------
 
 
+# The most the engine takes of a CPU host by default (see default_memory_budget).
+CPU_MEMORY_BUDGET = 3 << 29
+
+
 def default_memory_budget() -> int:
     """Bytes per device the engine may use when the caller sets no budget.
 
-    Half the free memory of an accelerator; on CPU a quarter of physical memory, at most 4 GiB,
-    because a CPU host is shared with everything else running on it, split evenly between the
-    process's CPU devices (XLA's host device count), which all draw on that memory.
+    Half the free memory of an accelerator; on CPU a sixteenth of physical memory, at most
+    1.5 GiB (:data:`CPU_MEMORY_BUDGET`), split evenly between the process's CPU devices (XLA's
+    host device count), which all draw on that memory.  The CPU share is small because a CPU host
+    is shared with everything else running on it, and because the whole process must fit
+    beside the engine: on ViT-B/16 the runtime, compiled programs and parameters take about
+    1.5 GB, and XLA's CPU buffers come to about twice the engine's estimate, so this budget keeps
+    a whole ``analyze`` run under 4 GB however many images it has (``benchmarks/memory.py``).
     """
     # This process's own device: across processes the others' devices cannot be queried.
     stats = jax.local_devices()[0].memory_stats() or {}
@@ -387,7 +395,7 @@ def default_memory_budget() -> int:
     except (ValueError, OSError, AttributeError):
         physical = 8 << 30
     host_devices = max(1, len(jax.local_devices(backend="cpu")))
-    return int(min(4 << 30, physical // 4)) // host_devices
+    return int(min(CPU_MEMORY_BUDGET, physical // 16)) // host_devices
 
 
 def _block_work_bytes(config: ViTConfig) -> int:

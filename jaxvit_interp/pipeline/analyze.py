@@ -36,6 +36,7 @@ from jaxvit_interp.pipeline.parts import (
     special_part,
     strength_part,
 )
+from jaxvit_interp.pipeline.passes import pass_images
 from jaxvit_interp.pipeline.progress import progress_bar, progress_enabled
 from jaxvit_interp.pipeline.settings import AnalysisSettings, run_fingerprint
 from jaxvit_interp.quantities import METRIC_NAMES, STRENGTH_FIELDS, model_metrics
@@ -51,8 +52,6 @@ from jaxvit_interp.strength.special import special_token_names
 
 RUN_FILE = "run.json"
 CHUNK_DIR = "chunks"
-# Images per forward pass of the strength, pattern and attention passes when no batch size is set.
-DEFAULT_PASS_IMAGES = 32
 # Images whose float attention is held at once before it is encoded (ViT-B/16: 11 MB an image
 # as float16): the attention pass runs in slices of at most this many.
 ATTENTION_SLICE_IMAGES = 8
@@ -118,7 +117,7 @@ def _compute_chunk(config, params, images, labels, partial_local, attention_loca
     from jaxvit_interp.patterns import collect_patterns
     from jaxvit_interp.strength import model_strength_over_images
 
-    batch = settings.batch_size or DEFAULT_PASS_IMAGES
+    batch = _pass_batch(config, params, len(images), settings, mesh)
     metrics = model_metrics(config.num_classes)
     importance = head_importance(
         config,
@@ -183,6 +182,20 @@ def _compute_chunk(config, params, images, labels, partial_local, attention_loca
         for k, name in enumerate(("attention_codes", "attention_steps", "attention_error")):
             arrays[name] = np.concatenate([e[k] for e in encoded])
     return arrays
+
+
+def _pass_batch(config, params, num_images: int, settings: AnalysisSettings, mesh) -> int:
+    """Images per forward pass of the strength, pattern, rollout and attention passes: as many
+    as the engine's memory budget holds (:func:`~jaxvit_interp.pipeline.passes.pass_images`)."""
+    from jaxvit_interp.importance.engine import default_memory_budget, params_bytes
+
+    return settings.batch_size or pass_images(
+        config,
+        num_images=num_images,
+        memory_budget_bytes=settings.memory_budget_bytes or default_memory_budget(),
+        fixed_bytes=params_bytes(params),
+        num_devices=1 if mesh is None else mesh.size,
+    )
 
 
 def _rollout_arrays(config, params, images, batch: int, mesh) -> dict[str, np.ndarray]:
@@ -401,7 +414,7 @@ def analyze(
                 arrays = load_npz(chunk_path(number))
             for key, compute in ADDED_LATER.items():
                 if key not in arrays:
-                    batch = settings.batch_size or DEFAULT_PASS_IMAGES
+                    batch = _pass_batch(config, params, stop - start, settings, mesh)
                     arrays = {**arrays, **compute(config, params, images[start:stop], batch, mesh)}
         else:
             arrays = _compute_chunk(
