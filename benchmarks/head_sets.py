@@ -22,6 +22,8 @@ the most layers with (what a tree of streams needs), "executed" what the engine'
 Run:  python benchmarks/head_sets.py                 (about 50 minutes on a busy 2-core CPU)
       python benchmarks/head_sets.py --skip-vit      (digits only)
       python benchmarks/head_sets.py --skip-digits --greedy-steps 72   (ViT-S/16 parts)
+      python benchmarks/head_sets.py --skip-digits --skip-interactions --greedy-steps 72
+                                                     (the whole greedy curve alone)
       python benchmarks/head_sets.py --layout-only   (FLOPs and program shapes of a whole
                                                       greedy curve, host only, a minute)
 """
@@ -268,6 +270,9 @@ def main():
     parser.add_argument("--skip-vit", action="store_true")
     parser.add_argument("--skip-digits", action="store_true")
     parser.add_argument(
+        "--skip-interactions", action="store_true", help="ViT-S/16: the greedy steps only"
+    )
+    parser.add_argument(
         "--layout-only", action="store_true", help="only the FLOPs of a whole greedy curve's layout"
     )
     parser.add_argument("--no-torch", action="store_true")
@@ -283,11 +288,12 @@ def main():
     if not args.skip_digits:
         report["digits"] = digits_section(args.curve_images, args.random_orders)
         print(json.dumps(report, indent=1), flush=True)
-    if not args.skip_vit:
+    if not args.skip_vit and not args.skip_interactions:
         report["interactions"] = interactions_section(
             args.images, args.loop_sets, not args.no_torch
         )
         print(json.dumps(report["interactions"], indent=1), flush=True)
+    if not args.skip_vit:
         if args.greedy_steps:
             report["greedy"] = greedy_section(args.images, args.greedy_steps)
             print(json.dumps(report["greedy"], indent=1), flush=True)
