@@ -136,14 +136,8 @@ def interactions_section(num_images: int, loop_sets: int, torch_too: bool) -> di
     return out
 
 
-def set_flops(c: ViTConfig, masks: np.ndarray, num_images: int, params_bytes: int) -> dict:
-    """Needed, shared and executed FLOPs per image of ablating ``masks`` ``[set, L, H]`` (see
-    the module docstring), with the layout ``jvi.ablate`` uses for ``num_images`` images.  The
-    last block counts as the engine runs it (CLS query only) in all three."""
-    L = c.num_layers
-    per_layer = [layer_flops(c)] * (L - 1) + [last_layer_flops(c)]
-    from_layer = lambda low: sum(per_layer[low:]) + readout_flops(c)  # noqa: E731
-    lowest = (masks.min(axis=2) == 0).argmax(axis=1)
+def default_plans(c, masks, num_images: int, params_bytes: int):
+    """The chunk plans ``jvi.ablate`` makes for ``masks`` on one device with default settings."""
     _, _, plans = set_engine.plan_sets(
         c,
         masks,
@@ -154,6 +148,18 @@ def set_flops(c: ViTConfig, masks: np.ndarray, num_images: int, params_bytes: in
         fixed_bytes=params_bytes,
         step_tokens=engine.default_step_tokens(),
     )
+    return plans
+
+
+def set_flops(c: ViTConfig, masks: np.ndarray, num_images: int, params_bytes: int) -> dict:
+    """Needed, shared and executed FLOPs per image of ablating ``masks`` ``[set, L, H]`` (see
+    the module docstring), with the layout ``jvi.ablate`` uses for ``num_images`` images.  The
+    last block counts as the engine runs it (CLS query only) in all three."""
+    L = c.num_layers
+    per_layer = [layer_flops(c)] * (L - 1) + [last_layer_flops(c)]
+    from_layer = lambda low: sum(per_layer[low:]) + readout_flops(c)  # noqa: E731
+    lowest = (masks.min(axis=2) == 0).argmax(axis=1)
+    plans = default_plans(c, masks, num_images, params_bytes)
     executed = shared = 0
     for plan in plans:
         executed += sum(n * f for n, f in zip(plan.capacity, per_layer))
@@ -234,16 +240,7 @@ def greedy_layout_flops(num_images: int, seed: int = 0) -> dict:
         masks = head_masks(c, sets)
         for k, v in set_flops(c, masks, num_images, size).items():
             total[k] += v
-        _, _, plans = set_engine.plan_sets(
-            c,
-            masks,
-            num_images=num_images,
-            memory_budget_bytes=None,
-            batch_size=None,
-            num_devices=1,
-            fixed_bytes=size,
-            step_tokens=engine.default_step_tokens(),
-        )
+        plans = default_plans(c, masks, num_images, size)
         for plan in plans:
             cap = (0, *plan.capacity)
             shapes.update((cap[j], cap[j + 1], j == c.num_layers - 1) for j in range(c.num_layers))
