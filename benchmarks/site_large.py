@@ -20,6 +20,15 @@ D2-D5 (two animation frames after), for images whose record was not loaded befor
     python benchmarks/site_large.py                 # 1,000 images
     python benchmarks/site_large.py --images 200    # a quicker look
     python benchmarks/site_large.py --digits-run demo-site/run   # and that run's single file
+    python benchmarks/site_large.py --b16-run 4     # and a real random-weight B/16 run's site
+
+Building the 1,000-image site takes tens of minutes on a small CPU and its timings want a quiet
+machine, so the two can be split: ``--keep DIR`` builds the site into ``DIR`` (and times it), and
+``--site DIR/site/index.html`` times a site built before without building anything.
+
+``--b16-run N`` runs the real ``analyze`` on a random-weight ViT-B/16 (Flax's initialisation) over
+``N`` photo crops (attention for every image, partial pruning for all of them), builds its site
+with ``layout="auto"``, and reports its size, bytes per record, open time and choice time.
 """
 
 from __future__ import annotations
@@ -160,6 +169,60 @@ def folder_bytes(folder: Path) -> tuple[int, list[int]]:
     return sum(records), records
 
 
+def time_site(index: Path, repeats: int, choices: int, images: int) -> None:
+    """Open time (median of ``repeats`` fresh pages) and choice times of ``choices`` images."""
+    with chromium() as browser:
+        open_time(browser, index)  # warm the browser's caches once
+        times = [open_time(browser, index) for _ in range(repeats)]
+        print(
+            f"  open time         {statistics.median(times):8.2f} s median of {len(times)} (min "
+            f"{min(times):.2f}, max {max(times):.2f}; target <= {TARGETS['open']} s)",
+            flush=True,
+        )
+        chosen = list(np.random.default_rng(1).choice(images, min(choices, images), replace=False))
+        times = choice_times(browser, index, [int(i) for i in chosen])
+        print(
+            f"  choose -> D2-D5   {statistics.median(times):8.2f} s median of {len(times)} images "
+            f"(min {min(times):.2f}, max {max(times):.2f}; target <= {TARGETS['choose']} s)",
+            flush=True,
+        )
+
+
+def site_sizes(index: Path) -> None:
+    total, records = folder_bytes(index.parent)
+    size = index.stat().st_size
+    print(f"  index.html        {size / MB:8.2f} MB  (target <= {TARGETS['index'] / MB:.0f} MB)")
+    if records:
+        print(
+            f"  records           {total / MB:8.1f} MB in {len(records)} files: mean "
+            f"{np.mean(records) / MB:.2f} MB, max {max(records) / MB:.2f} MB an image (target <= "
+            f"{TARGETS['per_image'] / MB:.0f} MB)"
+        )
+    print(f"  whole folder      {(total + size) / 1e9:8.2f} GB", flush=True)
+
+
+def b16_run_site(count: int, tmp: Path, repeats: int, choices: int) -> None:
+    """The site of a real ``analyze`` run: random-weight ViT-B/16 on ``count`` photo crops."""
+    import jaxvit_interp
+    from jaxvit_interp.model import ViTConfig
+
+    config = ViTConfig.from_variant("B/16", image_size=224)
+    images = photo_crops(count, config)
+    params = jaxvit_interp.init_params(config, 0)
+    print(f"\nrandom-weight ViT-B/16 analyze run, {count} photo crops, attention for all:")
+    start = time.perf_counter()
+    settings = jaxvit_interp.AnalysisSettings(partial_images=count)
+    bundle = jaxvit_interp.analyze(config, params, images, tmp / "b16-run", settings=settings,
+                                   progress=False)  # fmt: skip
+    print(f"  analysed in {time.perf_counter() - start:.0f} s", flush=True)
+    start = time.perf_counter()
+    index = build_site(bundle, tmp / "b16-site", layout="auto")
+    kind = "folder" if list(index.parent.glob("data-*")) else "one file"
+    print(f"  site built in {time.perf_counter() - start:.0f} s, layout auto: {kind}")
+    site_sizes(index)
+    time_site(index, repeats, choices, count)
+
+
 def large_site(args, tmp: Path) -> None:
     n = args.images
     print(f"\nViT-B/16-shaped site, {n} images, attention for all, 1,000 classes, folder layout:")
@@ -176,29 +239,9 @@ def large_site(args, tmp: Path) -> None:
     print(f"  synthetic bundle written in {time.perf_counter() - start:.0f} s")
     start = time.perf_counter()
     index = build_site(bundle, tmp / "site", layout="folder")
-    print(f"  site built in {time.perf_counter() - start:.0f} s")
-    total, records = folder_bytes(index.parent)
-    size = index.stat().st_size
-    print(f"  index.html        {size / MB:8.2f} MB  (target <= {TARGETS['index'] / MB:.0f} MB)")
-    print(
-        f"  records           {total / MB:8.1f} MB in {len(records)} files: mean "
-        f"{np.mean(records) / MB:.2f} MB, max {max(records) / MB:.2f} MB an image (target <= "
-        f"{TARGETS['per_image'] / MB:.0f} MB)"
-    )
-    print(f"  whole folder      {(total + size) / 1e9:8.2f} GB")
-    with chromium() as browser:
-        open_time(browser, index)  # warm the browser's caches once
-        times = [open_time(browser, index) for _ in range(args.repeats)]
-        print(
-            f"  open time         {statistics.median(times):8.2f} s median of {len(times)} (min "
-            f"{min(times):.2f}, max {max(times):.2f}; target <= {TARGETS['open']} s)"
-        )
-        chosen = list(np.random.default_rng(1).choice(n, args.choices, replace=False))
-        times = choice_times(browser, index, [int(i) for i in chosen])
-        print(
-            f"  choose -> D2-D5   {statistics.median(times):8.2f} s median of {len(times)} images "
-            f"(min {min(times):.2f}, max {max(times):.2f}; target <= {TARGETS['choose']} s)"
-        )
+    print(f"  site built in {time.perf_counter() - start:.0f} s", flush=True)
+    site_sizes(index)
+    time_site(index, args.repeats, args.choices, n)
 
 
 def digits_site(run: Path, tmp: Path, repeats: int) -> None:
@@ -225,18 +268,34 @@ def main() -> None:
     parser.add_argument("--choices", type=int, default=5)
     parser.add_argument("--digits-run", type=Path, help="a finished digits run folder")
     parser.add_argument("--skip-attention", action="store_true")
+    parser.add_argument("--b16-run", type=int, metavar="N", help="also a real B/16 run's site")
+    parser.add_argument("--skip-large", action="store_true", help="no 1,000-image site")
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="build the sites here, keep them")
+    parser.add_argument("--site", type=Path, metavar="INDEX", help="only time this built site")
     args = parser.parse_args()
     load = os.getloadavg()[0]
-    print(f"machine: {os.cpu_count()} CPUs, load average {load:.1f} at start")
+    print(f"machine: {os.cpu_count()} CPUs, load average {load:.1f} at start", flush=True)
+    if args.site:
+        images = len(list(args.site.parent.glob("data-*/images/*.js"))) or args.images
+        print(f"\nthe site {args.site} ({images} image records):")
+        site_sizes(args.site)
+        time_site(args.site, args.repeats, args.choices, images)
+        print(f"load average {os.getloadavg()[0]:.1f} at the end")
+        return
     if not args.skip_attention:
         attention_table(args)
-    tmp = Path(tempfile.mkdtemp(prefix="site_large."))
+    tmp = args.keep or Path(tempfile.mkdtemp(prefix="site_large."))
+    tmp.mkdir(parents=True, exist_ok=True)
     try:
         if args.digits_run:
             digits_site(args.digits_run, tmp, args.repeats)
-        large_site(args, tmp)
+        if args.b16_run:
+            b16_run_site(args.b16_run, tmp, args.repeats, args.choices)
+        if not args.skip_large:
+            large_site(args, tmp)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 

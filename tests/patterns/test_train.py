@@ -80,6 +80,51 @@ def test_early_stopping_stops_after_patience(planted):
     assert model.best_epoch == 0 and len(model.heldout_loss) == 4
 
 
+def test_training_is_plain_adam_on_shuffled_batches_and_stops_at_max_steps(planted):
+    """The trained parameters equal a plain optax loop written out here (same split, same
+    shuffles), and ``max_steps`` ends training with the epoch that reaches it."""
+    import jax
+    import optax
+
+    from jaxvit_interp.patterns.autoencoder import PatternAutoencoder
+    from jaxvit_interp.patterns.train import _init_params
+
+    _, patterns = planted
+    x = patterns.reshape(-1, *patterns.shape[-2:])
+    settings = AutoencoderSettings(
+        latent_dim=4, features=(8,), batch_size=32, max_epochs=50, max_steps=20, patience=50
+    )
+    model = train_autoencoder(x, settings, progress=False)
+    # 360 patterns, 72 held out: 9 steps an epoch, so 20 steps end with the third epoch.
+    assert len(model.train_loss) == 3
+
+    rng = np.random.default_rng(settings.seed)
+    perm = rng.permutation(len(x))
+    held, train = perm[:72], perm[72:]
+    module = PatternAutoencoder(shape=x.shape[1:], latent_dim=4, features=(8,))
+    params = _init_params(module, settings.seed)  # the same start; the loop is what is checked
+    tx = optax.adam(settings.learning_rate)
+    opt_state = tx.init(params)
+
+    def loss(params, batch):
+        recon, _ = module.apply({"params": params}, batch)
+        return ((recon - batch) ** 2).mean()
+
+    best = (np.inf, None)
+    for _ in range(3):
+        order = rng.permutation(len(train))[: 9 * 32].reshape(9, 32)
+        for idx in order:
+            grads = jax.grad(loss)(params, x[train][idx])
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+        held_loss = float(loss(params, x[np.sort(held)]))
+        if held_loss < best[0]:
+            best = (held_loss, params)
+    np.testing.assert_allclose(model.heldout_loss[model.best_epoch], best[0], rtol=1e-4)
+    for got, want in zip(jax.tree.leaves(model.params), jax.tree.leaves(best[1]), strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-6)
+
+
 def test_unusable_patterns_are_refused(planted):
     _, patterns = planted
     flat = patterns.reshape(-1, *patterns.shape[-2:])
