@@ -195,7 +195,9 @@ def time_site(index: Path, repeats: int, choices: int, images: int) -> None:
 def site_sizes(index: Path) -> None:
     total, records = folder_bytes(index.parent)
     size = index.stat().st_size
-    print(f"  index.html        {size / MB:8.2f} MB  (target <= {TARGETS['index'] / MB:.0f} MB)")
+    # The 10 MB target is a folder site's page; a one-file site holds its records inline.
+    target = f"target <= {TARGETS['index'] / MB:.0f} MB" if records else "one file, records inline"
+    print(f"  index.html        {size / MB:8.2f} MB  ({target})")
     if records:
         print(
             f"  records           {total / MB:8.1f} MB in {len(records)} files: mean "
