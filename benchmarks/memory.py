@@ -12,14 +12,29 @@ every stage is exact (``VmHWM``) and not only as fine as the sampling.
     python benchmarks/memory.py --images 4 16 --json benchmarks/results/memory.json
 
 Several ``--images`` counts run one after another, each in a fresh process.
+
+``--from-folder`` runs it as a user would: the images are written as PNG files into a folder,
+the model is saved as a checkpoint, and the child runs ``jaxvit-interp analyze`` (the command's
+own ``main``), which loads the folder itself.
+
+``--distinct D`` shows what grows with the number of images without the hours a B/16 image's
+ablations take: the ``--images`` images are copies of ``D`` random ones, in order, and each
+per-image library function (the ablations, strength, patterns, rollout, special tokens,
+attention) returns its earlier result when called again on the same pixels and arguments, so
+only the first chunks are computed (with ``--chunk-images`` a multiple of ``D``, only the first
+one). Everything ``analyze`` itself does with the results (holding, merging, gathering, the
+pattern stage, thumbnails, pixels, the bundle) runs on all of them; the per-image stages' peaks
+are those of the chunks computed.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,17 +95,48 @@ class _Stages:
             peak = _status_kib("VmHWM") * 1024
             print(f"{PEAK_MARK}{self.stack[-1]}\t{peak}", file=sys.stderr, flush=True)
 
-    def wrap(self, module, name: str, stage: str) -> None:
-        fn = getattr(module, name)
+    def wrap(self, module, name: str, stage: str, memo: dict | None = None) -> None:
+        fn = getattr(module, name, None)
+        if fn is None:  # a stage this version of the package does not have
+            return
 
         def wrapped(*args, **kwargs):
+            key = None if memo is None else _memo_key(name, args, kwargs)
+            if key is not None and key in memo:
+                return memo[key]
             self.enter(stage)
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
             finally:
                 self.leave()
+            if key is not None:
+                memo[key] = result
+            return result
 
         setattr(module, name, wrapped)
+
+
+def _memo_key(name: str, args, kwargs) -> tuple:
+    """What a per-image function's result depends on: its arrays' bytes and its other arguments
+    (the model's config and parameters are the run's own and are left out)."""
+    import numpy as np
+
+    from jaxvit_interp import ViTConfig
+
+    def part(value):
+        if isinstance(value, ViTConfig) or isinstance(value, dict):
+            return None
+        if isinstance(value, np.ndarray):
+            data = np.ascontiguousarray(value)
+            return (str(data.dtype), data.shape, hashlib.sha1(data.tobytes()).hexdigest())
+        return repr(value)
+
+    ignored = {"mesh", "progress"}
+    return (
+        name,
+        tuple(part(a) for a in args),
+        tuple(sorted((k, part(v)) for k, v in kwargs.items() if k not in ignored)),
+    )
 
 
 def child(args) -> None:
@@ -110,40 +156,96 @@ def child(args) -> None:
     # The package re-exports the function ``analyze`` under its module's name.
     analyze_module = sys.modules["jaxvit_interp.pipeline.analyze"]
 
+    import jaxvit_interp.data.images
+    import jaxvit_interp.rollout
+
     # Where analyze looks each function up when it calls it (its chunk imports them at call time).
-    for module, name, stage in (
-        (jaxvit_interp.importance, "head_importance", "head importance (ablations)"),
-        (jaxvit_interp.importance, "partial_pruning", "partial pruning"),
-        (jaxvit_interp.strength, "model_strength_over_images", "hop strength"),
-        (jaxvit_interp.patterns, "collect_patterns", "pattern collection"),
-        (jaxvit_interp.model.run, "attention_over_images", "attention pass"),
-        (analyze_module, "encode_attention", "attention encoding"),
-        (jaxvit_interp.patterns.train, "train_autoencoder", "autoencoder training"),
-        (analyze_module, "_bundle", "bundle (thumbnails, pixels, layouts)"),
-        (analyze_module, "_pattern_part", "pattern encoding, projection, clustering"),
-        (analyze_module, "save_bundle", "bundle writing"),
+    # With --distinct the per-image functions remember their results (see the docstring).
+    memo = {} if args.distinct else None
+    for module, name, stage, per_image in (
+        (jaxvit_interp.data.images, "load_image_folder", "image loading", False),
+        (jaxvit_interp.importance, "head_importance", "head importance (ablations)", True),
+        (jaxvit_interp.importance, "partial_pruning", "partial pruning", True),
+        (jaxvit_interp.strength, "model_strength_over_images", "hop strength", True),
+        (jaxvit_interp.strength, "model_special_mass_over_images", "special tokens", True),
+        (jaxvit_interp.patterns, "collect_patterns", "pattern collection", True),
+        (jaxvit_interp.rollout, "final_rollout_over_images", "rollout", True),
+        (jaxvit_interp.model.run, "attention_over_images", "attention pass", True),
+        (analyze_module, "encode_attention", "attention encoding", False),
+        (analyze_module, "_gather_patterns", "pattern gathering", False),
+        (jaxvit_interp.patterns.train, "train_autoencoder", "autoencoder training", False),
+        (analyze_module, "_bundle", "bundle (thumbnails, pixels, layouts)", False),
+        (analyze_module, "_pattern_part", "pattern encoding, projection, clustering", False),
+        (analyze_module, "save_bundle", "bundle writing", False),
     ):
-        stages.wrap(module, name, stage)
+        stages.wrap(module, name, stage, memo if per_image else None)
 
     config = jaxvit_interp.ViTConfig.from_variant(args.variant, num_classes=args.num_classes)
     params = jaxvit_interp.init_params(config, 0)
     rng = np.random.default_rng(0)
-    images = rng.standard_normal(
-        (args.num_images, *config.image_size, config.channels), dtype=np.float32
-    )
+    distinct = args.distinct or args.num_images
+    images = rng.standard_normal((distinct, *config.image_size, config.channels), dtype=np.float32)
     settings = jaxvit_interp.AnalysisSettings(
         chunk_images=args.chunk_images,
         memory_budget_bytes=None if args.memory_budget_mb is None else args.memory_budget_mb * MIB,
         partial_images=args.partial_images,
         attention_images=args.attention_images,
         pattern_samples=args.pattern_samples,
+        set_images=args.set_images,
         autoencoder=AutoencoderSettings(max_epochs=args.epochs),
     )
-    stages.leave()
-    stages.enter("analyze (other)")
-    with tempfile.TemporaryDirectory() as out:
-        jaxvit_interp.analyze(config, params, images, Path(out) / "run", settings=settings)
-    stages.leave()
+    with tempfile.TemporaryDirectory(dir=args.workdir) as work:
+        work = Path(work)
+        if args.from_folder:
+            command = _command_inputs(args, config, params, images, work)
+            del params, images
+        else:
+            images = images[np.arange(args.num_images) % distinct]
+        stages.leave()
+        stages.enter("analyze (other)")
+        if args.from_folder:
+            import jaxvit_interp.cli
+
+            status = jaxvit_interp.cli.main(command)
+            if status:
+                sys.exit(status)
+        else:
+            jaxvit_interp.analyze(config, params, images, work / "run", settings=settings)
+        stages.leave()
+
+
+def _command_inputs(args, config, params, images, work: Path) -> list[str]:
+    """The checkpoint, the image folder (``--images`` PNG files, copies of the distinct images
+    in order) and the settings file of a ``jaxvit-interp analyze`` run; its arguments."""
+    import numpy as np
+    from PIL import Image
+
+    import jaxvit_interp
+
+    jaxvit_interp.save_checkpoint(work / "checkpoint", config, params)
+    folder = work / "images"
+    folder.mkdir()
+    pre = config.preprocessing
+    pixels = np.clip(
+        (images * np.asarray(pre.std, np.float32) + np.asarray(pre.mean, np.float32)) * 255, 0, 255
+    ).astype(np.uint8)
+    for i in range(args.num_images):
+        name = folder / f"{i:06d}.png"
+        if i < len(pixels):
+            Image.fromarray(pixels[i]).save(name)
+        else:
+            shutil.copyfile(folder / f"{i % len(pixels):06d}.png", name)
+    (work / "run.toml").write_text(f"[analysis]\nautoencoder = {{ max_epochs = {args.epochs} }}\n")
+    command = ["analyze", "--checkpoint", str(work / "checkpoint"), "--images", str(folder)]
+    command += ["--out", str(work / "run"), "--config", str(work / "run.toml"), "--quiet"]
+    command += ["--chunk-images", str(args.chunk_images)]
+    command += ["--partial-images", str(args.partial_images)]
+    command += ["--attention-images", str(args.attention_images)]
+    command += ["--pattern-samples", str(args.pattern_samples)]
+    command += ["--set-images", str(args.set_images)]
+    if args.memory_budget_mb is not None:
+        command += ["--memory-budget-mb", str(args.memory_budget_mb)]
+    return command
 
 
 # ------------------------------------------------------------------------------------------
@@ -260,7 +362,15 @@ def _child_options(args) -> list[str]:
         str(args.pattern_samples),
         "--epochs",
         str(args.epochs),
+        "--set-images",
+        str(args.set_images),
+        "--distinct",
+        str(args.distinct),
     ]
+    if args.from_folder:
+        options.append("--from-folder")
+    if args.workdir is not None:
+        options += ["--workdir", str(args.workdir)]
     if args.memory_budget_mb is not None:
         options += ["--memory-budget-mb", str(args.memory_budget_mb)]
     return options
@@ -292,6 +402,19 @@ def main() -> None:
     parser.add_argument("--pattern-samples", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=2, help="autoencoder epochs")
     parser.add_argument("--memory-budget-mb", type=int, default=None)
+    parser.add_argument(
+        "--set-images", type=int, default=32, help="images of the head-set stage (0: none)"
+    )
+    parser.add_argument(
+        "--distinct",
+        type=int,
+        default=0,
+        help="the images are copies of this many; per-image results are reused (0: all distinct)",
+    )
+    parser.add_argument(
+        "--from-folder", action="store_true", help="run the command on a folder of PNG files"
+    )
+    parser.add_argument("--workdir", type=Path, default=None, help="where the run folder goes")
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between samples")
     parser.add_argument("--verbose", action="store_true", help="print each stage as it starts")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")

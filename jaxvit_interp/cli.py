@@ -9,6 +9,7 @@ corrupt checkpoint, a full disk, a closed pipe) ends with one line, ``jaxvit-int
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tomllib
@@ -154,11 +155,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _load_images(source: str, config, labels_csv: str | None, max_images: int | None, args):
+def _load_images(
+    source: str, config, labels_csv: str | None, max_images: int | None, args, store=None
+):
     """``(images, labels, ids, class_names, label_matching)`` from a folder or ``builtin:digits``.
 
     Labels are the model's class indices (:mod:`jaxvit_interp.data.labels`); ``label_matching``
-    records how they were matched, for the results bundle.
+    records how they were matched, for the results bundle. With ``store`` (a ``.npy`` path), a
+    folder's images are written there and come back memory-mapped (:func:`_run_images_file`).
     """
     from jaxvit_interp.data.labels import display_class_names, match_labels
 
@@ -198,7 +202,7 @@ def _load_images(source: str, config, labels_csv: str | None, max_images: int | 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             image_set = load_image_folder(
-                folder, config, labels_csv=labels_csv, progress=not args.quiet
+                folder, config, labels_csv=labels_csv, progress=not args.quiet, out=store
             )
     finally:
         loader_log.setLevel(level)
@@ -329,6 +333,44 @@ def _maybe_distributed(args) -> None:
     multihost.initialize(**settings)
 
 
+@contextlib.contextmanager
+def _run_images_file(run: Path):
+    """Where ``analyze`` keeps the images it loads from a folder while the run reads them.
+
+    The images of a large set do not fit in memory, so they are written to a ``.npy`` file and
+    memory-mapped. The file lies in the run folder's ``input/`` (``analyze.INPUT_DIR``): on the disk
+    the user chose for the run, not in a temporary folder that may live in memory (tmpfs),
+    beside the chunks of the same run; one file per process, so that the processes of a
+    distributed run never write the same file. It is written before the run folder is set up
+    (the run's fingerprint is of the decoded images), so a new run folder may hold ``input/``
+    and nothing else. It lasts as long as the command: a rerun decodes the folder again
+    anyway, to check that the images are those of the run it resumes, so the file is removed at
+    the end, finished or not, with the folders made for it when nothing else came into them.
+    """
+    import jax
+
+    from jaxvit_interp.pipeline.analyze import INPUT_DIR, check_run_folder
+
+    check_run_folder(run)  # another folder is refused before anything is written into it
+    folder = run / INPUT_DIR
+    made = []
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            break
+        made.append(parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"images-{jax.process_index()}.npy"
+    try:
+        yield path
+    finally:
+        # This process's file, and what a killed earlier run of it left half written.
+        for stale in (path, *folder.glob(f".{path.name}.*.tmp")):
+            stale.unlink(missing_ok=True)
+        for parent in (folder, *made):  # inner first; input/ also when an older run left it
+            with contextlib.suppress(OSError):  # not empty, or another process removed it
+                parent.rmdir()
+
+
 def _analyze(args) -> int:
     from jaxvit_interp.pipeline.analyze import analyze
 
@@ -360,22 +402,24 @@ def _analyze(args) -> int:
         if not args.quiet:
             print(f"jaxvit-interp: note: {checkpoint}: {metrics_line(config)}", file=sys.stderr)
     max_images = args.max_images if args.max_images is not None else file_cfg.get("max_images")
-    images, labels, ids, class_names, matching = _load_images(
-        images_src, config, args.labels or file_cfg.get("labels"), max_images, args
-    )
-    analyze(
-        config,
-        params,
-        images,
-        out,
-        labels=labels,
-        image_ids=ids,
-        class_names=class_names,
-        label_matching=matching,
-        model_identity=identity,
-        settings=settings,
-        progress=not args.quiet,
-    )
+    with _run_images_file(Path(out)) as store:
+        images, labels, ids, class_names, matching = _load_images(
+            images_src, config, args.labels or file_cfg.get("labels"), max_images, args, store
+        )
+        analyze(
+            config,
+            params,
+            images,
+            out,
+            labels=labels,
+            image_ids=ids,
+            class_names=class_names,
+            label_matching=matching,
+            model_identity=identity,
+            settings=settings,
+            progress=not args.quiet,
+        )
+        del images  # the mapping of the file, closed before the file goes
     print(f"results bundle written to {out}")
     return 0
 
@@ -410,9 +454,6 @@ def _site_from_spec(args, spec_path: str) -> int:
     run = out / "run"
     config, params, identity = _load_model(str(spec.model))
     labels_csv = str(spec.labels) if spec.labels else None
-    images, labels, ids, class_names, matching = _load_images(
-        str(spec.images), config, labels_csv, spec.max_images, args
-    )
     settings = AnalysisSettings.from_dict(
         {
             **spec.analysis,
@@ -421,19 +462,24 @@ def _site_from_spec(args, spec_path: str) -> int:
             "thumbnail_size": spec.thumbnail_size,
         }
     )
-    analyze(
-        config,
-        params,
-        images,
-        run,
-        labels=labels,
-        image_ids=ids,
-        class_names=class_names,
-        label_matching=matching,
-        model_identity=identity,
-        settings=settings,
-        progress=not args.quiet,
-    )
+    with _run_images_file(run) as store:
+        images, labels, ids, class_names, matching = _load_images(
+            str(spec.images), config, labels_csv, spec.max_images, args, store
+        )
+        analyze(
+            config,
+            params,
+            images,
+            run,
+            labels=labels,
+            image_ids=ids,
+            class_names=class_names,
+            label_matching=matching,
+            model_identity=identity,
+            settings=settings,
+            progress=not args.quiet,
+        )
+        del images  # the mapping of the file, closed before the file goes
     options = spec.site_options()
     if args.title:
         options["title"] = args.title

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import mmap
 import os
 import shutil
 import tempfile
@@ -33,6 +34,8 @@ __all__ = [
     "load_npy",
     "load_npz",
     "orbax_write",
+    "page_releaser",
+    "read_rows",
     "save_npz",
     "write_text",
 ]
@@ -88,6 +91,8 @@ def atomic_npy(path: str | os.PathLike, shape: tuple[int, ...], dtype) -> Iterat
 
     For arrays filled piece by piece that are too large to hold in memory: the array lives in a
     temporary file beside ``path`` until the ``with`` block ends, then is flushed and renamed.
+    A writer that fills it a piece at a time releases the pages it has written as it goes
+    (:func:`page_releaser`), or they all count in its resident memory until the block ends.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -95,6 +100,16 @@ def atomic_npy(path: str | os.PathLike, shape: tuple[int, ...], dtype) -> Iterat
     try:
         os.chmod(tmp, _FILE_MODE)
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=tuple(shape))
+        # The file is sparse until written; its blocks are reserved now, so that a full disk is
+        # an ENOSPC here and not a SIGBUS at the first write into a page the disk has no room for.
+        with open(tmp, "rb+") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            except OSError as err:
+                if err.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                    pass  # a file system that cannot reserve: written as it is filled
+                else:
+                    raise OSError(err.errno, os.strerror(err.errno), str(path)) from None
         yield array
         array.flush()
         del array
@@ -105,6 +120,60 @@ def atomic_npy(path: str | os.PathLike, shape: tuple[int, ...], dtype) -> Iterat
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def page_releaser(array) -> Callable[[], None] | None:
+    """A function that drops this process's resident pages of the shared file mapping behind
+    ``array`` (a :class:`numpy.memmap` opened ``r``, ``r+`` or ``w+``, or a view of one), or None
+    for an array that is not such a mapping.
+
+    Every page of a file read or written through a mapping counts in the process's resident
+    memory until the mapping is closed, so a file read a slice at a time would end up counted
+    whole. Released pages stay in the kernel's page cache (written back when changed) and are
+    mapped again when next used: the array's content is unchanged. A copy-on-write mapping
+    (``c``) is left alone: its changed pages exist nowhere else.
+    """
+    if not isinstance(array, np.memmap) or array.mode not in ("r", "r+", "w+"):
+        return None
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if not isinstance(base, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    return lambda: base.madvise(mmap.MADV_DONTNEED)
+
+
+# How much :func:`read_rows` copies between two releases of a mapping's pages: the most that
+# reading a mapped file adds to resident memory.
+READ_BLOCK_BYTES = 32 << 20
+
+
+def read_rows(array: np.ndarray, index) -> np.ndarray:
+    """``array[index]`` (a slice or integer indices along the first axis), copied into memory.
+
+    From a memory-mapped file (:func:`page_releaser`) the rows are read a block at a time and
+    the mapping's pages released after each block: resident memory holds the result and one
+    block, never the file.
+    """
+    release = page_releaser(array)
+    if release is None:
+        return np.array(array[index])
+    if isinstance(index, slice):
+        start, stop, step = index.indices(len(array))
+        index = range(start, stop, step)
+    else:
+        index = np.asarray(index)
+    row_bytes = int(np.prod(array.shape[1:], dtype=np.int64)) * array.itemsize
+    block = max(1, READ_BLOCK_BYTES // max(1, row_bytes))
+    out = np.empty((len(index), *array.shape[1:]), array.dtype)
+    for at in range(0, len(index), block):
+        part = index[at : at + block]
+        if isinstance(part, range) and part.step == 1:
+            out[at : at + len(part)] = array[part.start : part.stop]
+        else:
+            out[at : at + len(part)] = array[np.asarray(part)]
+        release()
+    return out
 
 
 def load_npy(path: str | os.PathLike, what: str = ".npy array") -> np.ndarray:

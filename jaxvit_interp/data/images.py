@@ -17,6 +17,7 @@ missing folder, a CSV naming files that do not exist) raise :class:`~jaxvit_inte
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import logging
@@ -35,6 +36,7 @@ from jaxvit_interp.data.labels import LabelMatching, display_class_names, match_
 from jaxvit_interp.data.preprocess import _preprocess_checked, check_preprocessing
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.storage import atomic_npy, load_npy, page_releaser
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageSet", "load_image_folder"]
 
@@ -54,6 +56,8 @@ _DECODE_ERRORS = (
     Image.DecompressionBombError,
 )
 _SHOWN = 5  # how many skipped files a warning names before summarising the rest
+# Images written into a mapped file between two releases of its pages (ViT-B/16: 38 MB).
+_RELEASE_EVERY = 64
 
 
 @dataclasses.dataclass
@@ -171,6 +175,7 @@ def load_image_folder(
     labels_csv: str | os.PathLike | None = None,
     class_names: Sequence[str] | None = None,
     progress: bool = True,
+    out: str | os.PathLike | None = None,
 ) -> ImageSet:
     """Load and preprocess every image under ``root`` for a model with ``config``.
 
@@ -187,6 +192,9 @@ def load_image_folder(
       class_names: the model's class names, when ``config`` does not carry them (a name per
         class, in class-index order).
       progress: show a tqdm bar (only on a terminal).
+      out: a ``.npy`` file to write the images into (replaced atomically), for sets larger than
+        memory: ``images`` is then that file, memory-mapped read-only, and only one image at a
+        time is ever held in memory. None (the default): ``images`` is an array in memory.
 
     Returns:
       An :class:`ImageSet`; ``images`` is ``[B, H, W, C]`` float32, ``labels`` the model's
@@ -273,35 +281,51 @@ def load_image_folder(
             + (f"; skipped: {_describe(skipped)}" if skipped else "")
         )
 
-    # One array for the whole set, filled in place: peak memory is the result plus one image.
+    # One array for the whole set, filled in place: peak memory is the result plus one image
+    # (with ``out``, one image: the file's pages are let go of as they are written).
     shape = (*config.image_size, config.channels)
-    images = np.empty((len(images_to_load), *shape), dtype=np.float32)
     ids: list[str] = []
-    bar = tqdm(
-        images_to_load,
-        desc=f"images in {root.name or root}",
-        unit="img",
-        disable=None if progress else True,  # None: tqdm turns itself off when not on a tty
-    )
-    for rel in bar:
-        try:
-            images[len(ids)] = _decode(root / rel, config)
-        except _DECODE_ERRORS as e:
-            skipped.append((rel, f"{type(e).__name__}: {e}"))
-            continue
-        ids.append(rel)
-    bar.close()
+    with contextlib.ExitStack() as stack:
+        if out is None:
+            images = np.empty((len(images_to_load), *shape), dtype=np.float32)
+        else:
+            images = stack.enter_context(atomic_npy(out, (len(images_to_load), *shape), np.float32))
+        release = page_releaser(images) or (lambda: None)
+        bar = tqdm(
+            images_to_load,
+            desc=f"images in {root.name or root}",
+            unit="img",
+            disable=None if progress else True,  # None: tqdm turns itself off when not on a tty
+        )
+        for rel in bar:
+            try:
+                images[len(ids)] = _decode(root / rel, config)
+            except _DECODE_ERRORS as e:
+                skipped.append((rel, f"{type(e).__name__}: {e}"))
+                continue
+            ids.append(rel)
+            if len(ids) % _RELEASE_EVERY == 0:
+                release()
+        bar.close()
+        if out is not None:
+            del images  # the mapping is closed before the file is renamed into place
 
     skipped.sort(key=lambda s: _path_key(s[0]))
     for rel, reason in skipped:
         logger.warning("skipped %s: %s", root / rel, reason)
     if not ids:
+        if out is not None:
+            Path(out).unlink(missing_ok=True)
         raise InputError(f"no image under {root} could be loaded; skipped: {_describe(skipped)}")
     if skipped:
         warnings.warn(
             f"skipped {len(skipped)} file(s) under {root}: {_describe(skipped)}", stacklevel=2
         )
-    if len(ids) < len(images):
+    if out is not None:
+        images = load_npy(out, "image array")
+        if len(ids) < len(images):
+            images = _packed(images, out, len(ids))
+    elif len(ids) < len(images):
         try:  # shrink in place (no copy) when nothing else holds the buffer
             images.resize((len(ids), *shape), refcheck=True)
         except ValueError:
@@ -317,6 +341,21 @@ def load_image_folder(
         skipped=skipped,
         label_matching=matching,
     )
+
+
+def _packed(images: np.ndarray, out: str | os.PathLike, count: int) -> np.ndarray:
+    """The first ``count`` images of the mapped file ``out`` (the others failed to decode) as the
+    file ``out`` itself, copied a slice at a time."""
+    source = page_releaser(images) or (lambda: None)
+    with atomic_npy(out, (count, *images.shape[1:]), images.dtype) as packed:
+        release = page_releaser(packed) or (lambda: None)
+        for at in range(0, count, _RELEASE_EVERY):
+            packed[at : min(at + _RELEASE_EVERY, count)] = images[
+                at : min(at + _RELEASE_EVERY, count)
+            ]
+            source()
+            release()
+    return load_npy(out, "image array")
 
 
 def _describe(skipped: list[tuple[str, str]]) -> str:

@@ -12,9 +12,12 @@ from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
 from jaxvit_interp.quantities import LOGIT_METRICS, METRIC_NAMES
+from jaxvit_interp.storage import page_releaser
 
 # The per-head metrics, in the order results list them: see jaxvit_interp.quantities.
 METRICS: tuple[str, ...] = METRIC_NAMES
+# Images whose pixels check_images tests for NaN at once (ViT-B/16: 38 MB).
+_CHECK_BLOCK = 64
 
 
 def check_classifier(config: ViTConfig, metrics: Iterable[str], labels, what: str) -> None:
@@ -38,8 +41,14 @@ def check_classifier(config: ViTConfig, metrics: Iterable[str], labels, what: st
 
 
 def check_images(config: ViTConfig, images) -> jax.Array | np.ndarray:
-    """``images`` ``[batch, height, width, channels]`` as float32, or a ValueError saying why."""
+    """``images`` ``[batch, height, width, channels]`` as float32, or a ValueError saying why.
+
+    A float32 NumPy array (a memory-mapped one too) is returned as it is, not copied, and is
+    checked a block of images at a time.
+    """
+    release = None
     if not isinstance(images, jax.Array):
+        release = page_releaser(images)
         images = np.asarray(images)
         if images.dtype == object:
             raise InputError("images must be a numeric array [batch, height, width, channels]")
@@ -61,8 +70,18 @@ def check_images(config: ViTConfig, images) -> jax.Array | np.ndarray:
             f"[batch, {expected[0]}, {expected[1]}, {expected[2]}] "
             f"(image_size={config.image_size}, channels={config.channels})"
         )
-    xp = jnp if isinstance(images, jax.Array) else np
-    finite = np.asarray(xp.isfinite(images).all(axis=(1, 2, 3)))
+    if isinstance(images, jax.Array):
+        finite = np.asarray(jnp.isfinite(images).all(axis=(1, 2, 3)))
+    else:
+        # In blocks: the whole set's mask would be a quarter of its size again, and the pages of
+        # a mapped file are let go of after each block.
+        finite = np.empty(len(images), bool)
+        for at in range(0, len(images), _CHECK_BLOCK):
+            finite[at : at + _CHECK_BLOCK] = np.isfinite(images[at : at + _CHECK_BLOCK]).all(
+                axis=(1, 2, 3)
+            )
+            if release is not None:
+                release()
     if not finite.all():
         bad = np.flatnonzero(~finite)
         raise InputError(

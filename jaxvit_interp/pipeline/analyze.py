@@ -2,10 +2,16 @@
 
 A run folder holds ``run.json`` (what the run is: its fingerprint and settings), ``chunks/``
 (per-image results, one ``.npz`` per chunk of images, written atomically as soon as each chunk
-is done), the pattern autoencoders' checkpoints, and finally the results bundle files
-(:mod:`jaxvit_interp.bundle`). Run the same command again after an interruption and only the
-missing chunks are computed; every random choice is seeded, so the result equals an
+is done, and while the pattern stage runs each pattern kind gathered from them into one
+memory-mapped ``.npy``), the pattern autoencoders' checkpoints, and finally the results bundle
+files (:mod:`jaxvit_interp.bundle`). Run the same command again after an interruption and only
+the missing chunks are computed; every random choice is seeded, so the result equals an
 uninterrupted run's.
+
+Memory does not grow with the number of images beyond a few kB of results per image: the images
+may be a memory-mapped array (the command line maps the images it loads from a folder), read a
+chunk at a time; patterns, pixels and attention go from the chunk files to files of their own a
+chunk at a time, and the pattern stage reads them a block at a time.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ from jaxvit_interp.storage import (
     atomic_npy,
     load_npy,
     load_npz,
+    page_releaser,
+    read_rows,
     save_npz,
     write_text,
 )
@@ -57,17 +65,65 @@ CHUNK_DIR = "chunks"
 ATTENTION_SLICE_IMAGES = 8
 # Chunk arrays that are not merged in memory: the final bundle's files are filled chunk by chunk.
 STREAMED = {"attention_codes": ("attention", "codes"), "attention_steps": ("attention", "steps")}
+# The patterns of each kind (``<kind>_pattern`` in a chunk, ``[image, layer, head, h, w]``, 0.5 MB
+# an image for ViT-B/16) are not merged in memory either: they are gathered into this file of the
+# chunk folder, which the pattern stage reads a block at a time.
+PATTERN_FILE = "{kind}-patterns.npy"
+# Images hashed, or turned into the bundle's thumbnails and pixels, at once (ViT-B/16: 38 MB).
+IMAGE_STEP = 64
+# Patterns normalised and encoded at once: the default batch of TrainedAutoencoder.encode, so
+# that the latents are those of one call over them all (ViT-B/16: 24 MB of patch patterns).
+ENCODE_BATCH = 8192
+# A folder of the run folder that may hold the images of the run before the run itself starts
+# (the command line maps the images it loads there): a run folder is "new" with it.
+INPUT_DIR = "input"
 
 
 class RunFolderError(InputError):
     """The output folder holds something other than this run."""
 
 
-def image_digest(images: np.ndarray, image_ids: list[str]) -> str:
+class _Images:
+    """The analysed images ``[image, height, width, channels]`` float32, read a slice at a time.
+
+    ``images[index]`` gives the rows in memory; from a memory-mapped file the mapping's pages are
+    released after each read (:func:`~jaxvit_interp.storage.page_releaser`), so that resident
+    memory holds the slices in use and never the whole set.
+    """
+
+    def __init__(self, array: np.ndarray, release):
+        self.array, self._release = array, release
+        self.shape = array.shape
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, index) -> np.ndarray:
+        if self._release is None:
+            return self.array[index]
+        rows = np.array(self.array[index])
+        self._release()
+        return rows
+
+
+def image_digest(images, image_ids: list[str]) -> str:
+    """The images' and their ids' fingerprint; the images hashed a slice at a time (equal to the
+    hash of all their bytes at once)."""
     h = hashlib.sha256()
     h.update(json.dumps(list(image_ids)).encode())
-    h.update(np.ascontiguousarray(images, np.float32).tobytes())
+    for start in range(0, len(images), IMAGE_STEP):
+        h.update(np.ascontiguousarray(images[start : start + IMAGE_STEP], np.float32).tobytes())
     return h.hexdigest()[:16]
+
+
+def check_run_folder(out: Path) -> None:
+    """Refuse a folder that exists, holds anything but :data:`INPUT_DIR` and is no run folder."""
+    if (out / RUN_FILE).exists() or not out.exists():
+        return
+    if any(entry.name != INPUT_DIR for entry in out.iterdir()):
+        raise RunFolderError(
+            f"{out} is not empty and holds no {RUN_FILE}; choose an empty or new folder"
+        )
 
 
 def _prepare_run_folder(out: Path, fingerprint: str, record: dict[str, Any]) -> None:
@@ -86,10 +142,7 @@ def _prepare_run_folder(out: Path, fingerprint: str, record: dict[str, Any]) -> 
                 "different model, image set or settings); choose another output folder or delete it"
             )
         return
-    if out.exists() and any(out.iterdir()):
-        raise RunFolderError(
-            f"{out} is not empty and holds no {RUN_FILE}; choose an empty or new folder"
-        )
+    check_run_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(run_file, json.dumps({"fingerprint": fingerprint, **record}, indent=1))
 
@@ -239,18 +292,53 @@ def _load_chunk(path: Path) -> dict[str, np.ndarray] | None:
         return None  # a torn file from an older writer: recompute it
 
 
-def _train_pattern_models(config, merged, settings, out: Path, mesh, progress: bool) -> dict:
+def _pattern_path(out: Path, kind: str) -> Path:
+    return out / CHUNK_DIR / PATTERN_FILE.format(kind=kind)
+
+
+def _gather_patterns(paths: list[Path], out: Path, layouts: dict[str, tuple]) -> None:
+    """Each kind's patterns copied from the chunk files ``paths``, one chunk at a time, into its
+    memory-mapped file (:data:`PATTERN_FILE`); ``layouts`` gives each kind's shape and dtype.
+
+    A file already there is kept: it is written whole or not at all (renamed into place when
+    complete), from the chunks of this very run (the run folder's fingerprint), so a run
+    interrupted after gathering them resumes from it.
+    """
+    for kind, (shape, dtype) in layouts.items():
+        target = _pattern_path(out, kind)
+        if target.exists():
+            try:
+                held = load_npy(target)
+                if held.shape == shape and held.dtype == dtype:
+                    continue
+            except UnreadableFileError:
+                pass  # written by something else: gathered again
+        key = f"{kind}_pattern"
+        with atomic_npy(target, shape, dtype) as stored:
+            release = page_releaser(stored)
+            at = 0
+            for path in paths:
+                with np.load(path, allow_pickle=False) as archive:
+                    piece = archive[key]
+                stored[at : at + len(piece)] = piece
+                at += len(piece)
+                release()
+            if at != shape[0]:
+                raise RuntimeError(f"the chunks hold {at} images' {key}, expected {shape[0]}")
+
+
+def _train_pattern_models(config, patterns, settings, out: Path, mesh, progress: bool) -> dict:
     """The pattern autoencoder of each kind, trained data-parallel over every device of every
-    process (each process calls this with the same patterns)."""
+    process (each process calls this with the same patterns: the same file, read by index)."""
     from jaxvit_interp.patterns.extract import normalize_patterns
     from jaxvit_interp.patterns.train import train_autoencoder
 
     models = {}
-    for kind in _kinds(config, settings):
-        flat = merged[f"{kind}_pattern"].reshape(-1, *merged[f"{kind}_pattern"].shape[-2:])
+    for kind, stored in patterns.items():
+        flat = stored.reshape(-1, *stored.shape[-2:])
         pick = _subset(len(flat), settings.pattern_samples, settings.seed)
         models[kind] = train_autoencoder(
-            np.asarray(normalize_patterns(flat[pick], config.num_patches)),
+            np.asarray(normalize_patterns(read_rows(flat, pick), config.num_patches)),
             settings.autoencoder,
             workdir=out / f"autoencoder-{kind}",
             mesh=mesh,
@@ -259,24 +347,50 @@ def _train_pattern_models(config, merged, settings, out: Path, mesh, progress: b
     return models
 
 
-def _pattern_part(config, merged, models, settings, progress: bool) -> dict[str, np.ndarray]:
+def _encode_patterns(model, flat: np.ndarray, num_patches: int) -> np.ndarray:
+    """Latents ``[pattern, latent]`` of the raw patterns ``flat`` ``[pattern, h, w]`` (memory-
+    mapped), read, normalised and encoded a batch at a time.
+
+    The batches are those one ``model.encode`` call over every pattern makes (as even as they can
+    be, the last zero-padded to the same size), so the latents are that call's; only one batch
+    of patterns is ever in memory.
+    """
+    from jaxvit_interp.patterns.extract import normalize_patterns
+
+    batch = -(-len(flat) // -(-len(flat) // ENCODE_BATCH))
+    latents = []
+    for start in range(0, len(flat), batch):
+        block = np.asarray(
+            normalize_patterns(read_rows(flat, slice(start, start + batch)), num_patches),
+            np.float32,
+        )
+        count = len(block)
+        if count < batch:
+            block = np.concatenate(
+                [block, np.zeros((batch - count, *block.shape[1:]), block.dtype)]
+            )
+        latents.append(model.encode(block, batch_size=batch)[:count])
+    return np.concatenate(latents)
+
+
+def _pattern_part(config, patterns, models, settings, progress: bool) -> dict[str, np.ndarray]:
     """Encoding, projection and clustering of every pattern of each kind (one process's work)."""
     from jaxvit_interp.patterns.embed import embed_latents
     from jaxvit_interp.patterns.extract import normalize_patterns
 
     part = {}
     for kind, model in models.items():
-        raw = merged[f"{kind}_pattern"]  # [image, layer, head, h, w]
+        raw = patterns[kind]  # [image, layer, head, h, w], memory-mapped
         flat = raw.reshape(-1, *raw.shape[-2:])
         bar = progress_bar(
             total=1, desc=f"projecting {kind} patterns", unit="stage", enabled=progress
         )
-        latents = model.encode(np.asarray(normalize_patterns(flat, config.num_patches)))
+        latents = _encode_patterns(model, flat, config.num_patches)
         emb = embed_latents(
             model,
             latents.reshape(*raw.shape[:-2], -1),
             lambda index, flat=flat: np.asarray(
-                normalize_patterns(flat[index], config.num_patches)
+                normalize_patterns(read_rows(flat, index), config.num_patches)
             ),
             projection=settings.projection,
             k=settings.clusters,
@@ -314,7 +428,9 @@ def analyze(
 
     Args:
       config, params: the model.
-      images: ``[image, height, width, channels]`` preprocessed.
+      images: ``[image, height, width, channels]`` preprocessed; a float32
+        :class:`numpy.memmap` (as :func:`~jaxvit_interp.data.images.load_image_folder` writes
+        with ``out``) is read a chunk at a time and never copied whole.
       out: the run folder (created; an interrupted run there is resumed).
       labels: ``[image]`` class ids, or None to measure against the model's predictions.
       image_ids: a name per image (default ``"0"``, ``"1"``, ...).
@@ -347,7 +463,9 @@ def analyze(
             "linear probe on its pooled output for the label metrics (jaxvit_interp.with_probe, "
             "or --probe on the command line)"
         )
-    images = np.asarray(check_images(config, images), np.float32)
+    # Read back a slice at a time: a memory-mapped set is never held whole (see _Images).
+    release = page_releaser(images)
+    images = _Images(np.asarray(check_images(config, images), np.float32), release)
     labels = check_labels(config, labels, len(images))
     num_images = len(images)
     image_ids = [str(i) for i in range(num_images)] if image_ids is None else list(image_ids)
@@ -369,7 +487,6 @@ def analyze(
     starts = list(range(0, num_images, settings.chunk_images))
     chunk_dir = out / CHUNK_DIR
     chunk_path = lambda number: chunk_dir / f"chunk-{number:05d}.npz"  # noqa: E731
-    held: dict[int, dict[str, np.ndarray]] = {}
 
     def prepare() -> dict[str, Any]:
         """The run folder made ready, and what of the run it already holds."""
@@ -381,11 +498,14 @@ def analyze(
         if run_is_complete(out):
             return {"complete": True, "done": []}
         chunk_dir.mkdir(exist_ok=True)
+        done = []
         for number in range(len(starts)):
-            arrays = _load_chunk(chunk_path(number)) if chunk_path(number).exists() else None
-            if arrays is not None:
-                held[number] = arrays
-        return {"complete": False, "done": sorted(held)}
+            # Read whole to know it is readable, then let go: all the chunks of a large run
+            # (their patterns and attention) would not fit in memory; the run reads them again
+            # one at a time.
+            if chunk_path(number).exists() and _load_chunk(chunk_path(number)) is not None:
+                done.append(number)
+        return {"complete": False, "done": done}
 
     # Process 0 prepares the folder and tells the others which chunks are done, so that every
     # process computes the same chunks (each computation is a collective over all of them).
@@ -405,13 +525,13 @@ def analyze(
     )
     mesh = all_devices_mesh()
     chunks, paths = [], []
+    pattern_keys = {f"{kind}_pattern": kind for kind in _kinds(config, settings)}
+    layouts: dict[str, tuple] = {}  # each pattern kind's shape and dtype over all images
     bar = progress_bar(total=num_images, desc="analysing images", unit="img", enabled=progress)
     for number, start in enumerate(starts):
         stop = min(start + settings.chunk_images, num_images)
         if number in state["done"]:
-            arrays = held.pop(number, None)
-            if arrays is None:  # another process: it reads what process 0 found readable
-                arrays = load_npz(chunk_path(number))
+            arrays = load_npz(chunk_path(number))  # what process 0 found readable
             for key, compute in ADDED_LATER.items():
                 if key not in arrays:
                     batch = _pass_batch(config, params, stop - start, settings, mesh)
@@ -429,8 +549,13 @@ def analyze(
             )
             if is_writer():
                 save_npz(chunk_path(number), arrays)
-        # The streamed arrays are read back from the chunk files when the bundle is written.
-        chunks.append({k: v for k, v in arrays.items() if k not in STREAMED})
+        # The streamed arrays and the patterns are read back from the chunk files.
+        for key, kind in pattern_keys.items():
+            layouts[kind] = ((num_images, *arrays[key].shape[1:]), arrays[key].dtype)
+        chunks.append(
+            {k: v for k, v in arrays.items() if k not in STREAMED and k not in pattern_keys}
+        )
+        del arrays
         paths.append(chunk_path(number))
         bar.update(stop - start)
     bar.close()
@@ -439,9 +564,16 @@ def analyze(
         name: np.concatenate([c[name] for c in chunks if name in c])
         for name in set().union(*chunks)
     }
+    del chunks
+    # Process 0 gathers the patterns into files of the run folder; every process reads its
+    # training sample from them.
+    run_on_writer(
+        lambda: _gather_patterns(paths, out, layouts), f"gather the patterns in {out / CHUNK_DIR}"
+    )
+    patterns = {kind: load_npy(_pattern_path(out, kind)) for kind in layouts}
     # Training is data-parallel over every process; the rest of the run (the layouts, the
     # clustering, the bundle) is computed once, by process 0, and the others read its bundle.
-    models = _train_pattern_models(config, merged, settings, out, mesh, progress)
+    models = _train_pattern_models(config, patterns, settings, out, mesh, progress)
 
     def finish() -> ResultsBundle:
         head_sets = _head_sets_stage(
@@ -450,6 +582,7 @@ def analyze(
         bundle = _bundle(
             config,
             merged,
+            patterns,
             models,
             images,
             labels_given=labels is not None,
@@ -485,6 +618,9 @@ def analyze(
         if head_sets is not None:
             bundle.parts["head_sets"], bundle.meta["head_sets"] = head_sets
         save_bundle(bundle, out)
+        # The run is complete: nothing reads the gathered patterns again (the chunks keep them).
+        for kind in patterns:
+            _pattern_path(out, kind).unlink(missing_ok=True)
         return bundle
 
     bundle = run_on_writer(finish, f"write the results bundle in {out}")
@@ -544,6 +680,7 @@ def _head_sets_stage(config, params, images, labels, merged, settings, out: Path
 def _bundle(
     config,
     merged,
+    patterns,
     models,
     images,
     *,
@@ -556,8 +693,9 @@ def _bundle(
     out: Path,
     chunk_paths: list[Path],
 ) -> ResultsBundle:
-    """The results bundle from the merged per-image results and the trained pattern models;
-    the large arrays (pixels, attention codes) are streamed into ``out`` from ``chunk_paths``."""
+    """The results bundle from the merged per-image results, the gathered (memory-mapped)
+    patterns and the trained pattern models; the large arrays (pixels, attention codes) are
+    streamed into ``out`` from ``images`` and ``chunk_paths`` a slice at a time."""
     classifier = bool(config.num_classes)
     # The overview places images by how their heads matter: by the probability drop, or for a
     # backbone without a classifier by the representation change.
@@ -573,8 +711,8 @@ def _bundle(
                 if classifier
                 else {}
             ),
-            "thumbnails": thumbnails(images, config, settings.thumbnail_size),
-            "pixels": _stream_pixels(images, config, out, settings.chunk_images),
+            "thumbnails": _thumbnails(images, config, settings.thumbnail_size),
+            "pixels": _stream_pixels(images, config, out, IMAGE_STEP),
             "overview": image_layout(merged[layout_metric], settings.seed),
         },
         "importance": importance_part(
@@ -589,7 +727,7 @@ def _bundle(
             **strength_part(merged, has_cls_token=config.has_cls_token),
             **(special_part(merged) if config.num_prefix_tokens else {}),
         },
-        "patterns": _pattern_part(config, merged, models, settings, progress),
+        "patterns": _pattern_part(config, patterns, models, settings, progress),
     }
     if len(partial_index):
         parts["partial"] = partial_part(
@@ -612,16 +750,27 @@ def _bundle(
     return ResultsBundle(meta=meta, parts=parts)
 
 
-def _stream_pixels(images: np.ndarray, config: ViTConfig, out: Path, step: int) -> np.ndarray:
+def _thumbnails(images, config: ViTConfig, side: int, step: int | None = None) -> np.ndarray:
+    """:func:`~jaxvit_interp.data.preprocess.thumbnails` of every image, made a slice at a time
+    (each slice's float intermediate is the size of the slice's images)."""
+    step = step or IMAGE_STEP
+    return np.concatenate(
+        [thumbnails(images[at : at + step], config, side) for at in range(0, len(images), step)]
+    )
+
+
+def _stream_pixels(images, config: ViTConfig, out: Path, step: int) -> np.ndarray:
     """Each image at the model's input resolution, written to the bundle a slice at a time."""
     side = max(config.image_size)
     if not is_writer():  # the writing process's bundle holds them
-        return thumbnails(images, config, side)
+        return _thumbnails(images, config, side, step)
     path = mapped_path(out, "images", "pixels")
     shape = thumbnails(images[:1], config, side).shape[1:]
     with atomic_npy(path, (len(images), *shape), np.uint8) as pixels:
+        release = page_releaser(pixels)
         for start in range(0, len(images), step):
             pixels[start : start + step] = thumbnails(images[start : start + step], config, side)
+            release()
     return load_npy(path)
 
 
@@ -639,6 +788,7 @@ def _stream_attention(
     for key, (part, name) in STREAMED.items():
         target = mapped_path(out, part, name)
         with atomic_npy(target, shapes[key], dtypes[key]) as stored:
+            release = page_releaser(stored)
             at = 0
             for path in paths:
                 with np.load(path, allow_pickle=False) as archive:
@@ -647,6 +797,7 @@ def _stream_attention(
                     piece = archive[key]
                 stored[at : at + len(piece)] = piece
                 at += len(piece)
+                release()
             if at != count:
                 raise RuntimeError(f"the chunks hold {at} images' {key}, expected {count}")
         arrays[name] = load_npy(target)
