@@ -277,7 +277,12 @@ def main() -> None:
     parser.add_argument("--b16-run", type=int, metavar="N", help="also a real B/16 run's site")
     parser.add_argument("--skip-large", action="store_true", help="no 1,000-image site")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="build the sites here, keep them")
-    parser.add_argument("--site", type=Path, metavar="INDEX", help="only time this built site")
+    parser.add_argument(
+        "--site",
+        type=Path,
+        metavar="INDEX",
+        help="only time this built site (one file: --images N)",
+    )
     args = parser.parse_args()
     load = os.getloadavg()[0]
     print(f"machine: {os.cpu_count()} CPUs, load average {load:.1f} at start", flush=True)
