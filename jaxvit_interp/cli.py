@@ -371,8 +371,33 @@ def _run_images_file(run: Path):
                 parent.rmdir()
 
 
-def _analyze(args) -> int:
+def _analyze_images(run: Path, source: str, labels_csv, max_images, model, settings, args) -> None:
+    """``analyze`` of the images at ``source`` with ``model`` ``(config, params, identity)`` into
+    ``run``; a folder's images are decoded into the run folder's file for the run's duration."""
     from jaxvit_interp.pipeline.analyze import analyze
+
+    config, params, identity = model
+    with _run_images_file(run) as store:
+        images, labels, ids, class_names, matching = _load_images(
+            source, config, labels_csv, max_images, args, store
+        )
+        analyze(
+            config,
+            params,
+            images,
+            run,
+            labels=labels,
+            image_ids=ids,
+            class_names=class_names,
+            label_matching=matching,
+            model_identity=identity,
+            settings=settings,
+            progress=not args.quiet,
+        )
+        del images  # the mapping of the file, closed before the file goes
+
+
+def _analyze(args) -> int:
 
     file_cfg = _read_config_file(args.config)
     checkpoint = args.checkpoint or file_cfg.get("checkpoint")
@@ -402,24 +427,15 @@ def _analyze(args) -> int:
         if not args.quiet:
             print(f"jaxvit-interp: note: {checkpoint}: {metrics_line(config)}", file=sys.stderr)
     max_images = args.max_images if args.max_images is not None else file_cfg.get("max_images")
-    with _run_images_file(Path(out)) as store:
-        images, labels, ids, class_names, matching = _load_images(
-            images_src, config, args.labels or file_cfg.get("labels"), max_images, args, store
-        )
-        analyze(
-            config,
-            params,
-            images,
-            out,
-            labels=labels,
-            image_ids=ids,
-            class_names=class_names,
-            label_matching=matching,
-            model_identity=identity,
-            settings=settings,
-            progress=not args.quiet,
-        )
-        del images  # the mapping of the file, closed before the file goes
+    _analyze_images(
+        Path(out),
+        images_src,
+        args.labels or file_cfg.get("labels"),
+        max_images,
+        (config, params, identity),
+        settings,
+        args,
+    )
     print(f"results bundle written to {out}")
     return 0
 
@@ -444,7 +460,6 @@ def _site(args) -> int:
 
 def _site_from_spec(args, spec_path: str) -> int:
     from jaxvit_interp.bundle import load_bundle
-    from jaxvit_interp.pipeline.analyze import analyze
     from jaxvit_interp.pipeline.settings import AnalysisSettings
     from jaxvit_interp.site import build_site
     from jaxvit_interp.site.spec import load_site_spec
@@ -462,24 +477,15 @@ def _site_from_spec(args, spec_path: str) -> int:
             "thumbnail_size": spec.thumbnail_size,
         }
     )
-    with _run_images_file(run) as store:
-        images, labels, ids, class_names, matching = _load_images(
-            str(spec.images), config, labels_csv, spec.max_images, args, store
-        )
-        analyze(
-            config,
-            params,
-            images,
-            run,
-            labels=labels,
-            image_ids=ids,
-            class_names=class_names,
-            label_matching=matching,
-            model_identity=identity,
-            settings=settings,
-            progress=not args.quiet,
-        )
-        del images  # the mapping of the file, closed before the file goes
+    _analyze_images(
+        run,
+        str(spec.images),
+        labels_csv,
+        spec.max_images,
+        (config, params, identity),
+        settings,
+        args,
+    )
     options = spec.site_options()
     if args.title:
         options["title"] = args.title

@@ -120,7 +120,7 @@ def place_by_neighbours(
     This is how UMAP's ``transform`` starts placing new points, without its optimisation
     epochs: a query lands among the fitted points it resembles. Exact nearest neighbours, by
     blocks of queries (BLAS matrix products, every core). The neighbours are found on float32
-    distances, a tenth of float64's time (seconds of the pattern stage for 139,000 queries), whose
+    distances, several times faster than float64 (seconds of the pattern stage for 139,000 queries), whose
     rounding can only reorder near ties; their weights come from float64 distances.
     """
     ref64 = np.asarray(reference, np.float64)
@@ -152,7 +152,7 @@ def _fit_projection(x, method, *, seed, n_neighbors, min_dist, perplexity) -> np
         n_neighbors = min(n_neighbors, len(x) - 1)
         # The exact neighbours, given to UMAP: for the few thousand points it is fitted on they
         # take a fraction of a second, and UMAP then never compiles its approximate search
-        # (pynndescent), about 50 of the 65 seconds its first fit in a process took on 2 cores.
+        # (pynndescent), most of the time its first fit in a process took on 2 cores.
         # Each point's own index comes first, as UMAP's own search gives it.
         distances, indices = NearestNeighbors(n_neighbors=n_neighbors).fit(x).kneighbors(x)
         reducer = umap.UMAP(

@@ -257,10 +257,9 @@ def _steps(module: PatternAutoencoder, learning_rate: float, batch_sharding=None
 
     ``step(params, opt_state, x_train, idx)`` trains on the patterns ``x_train[idx]`` and returns
     the new parameters, optimiser state and the step's loss. The epoch loop stays in Python: on
-    XLA's CPU backend the convolutions inside a ``lax.scan`` over the steps ran four times slower
-    than the same steps dispatched one by one (16 s against 4 s an epoch of 125 steps of 27x27
-    patterns on 2 cores), and a step is long enough (tens of milliseconds) that dispatching it
-    costs little.
+    XLA's CPU backend the convolutions inside a ``lax.scan`` over the steps ran about four times
+    slower than the same steps dispatched one by one (27x27 patterns, 2 cores), and a step is long
+    enough (tens of milliseconds) that dispatching it costs little.
 
     ``batch_sharding``: where each step's batch lives (split over a mesh's devices along the
     pattern axis), or None for wherever ``x_train`` is.
