@@ -1,6 +1,7 @@
 """Two processes of one distributed run on 127.0.0.1 (CPU devices, gloo collectives), started
 as the README's "Scale" section says: the same command in each, with the coordinator's address,
-the process count and each one's id in JAX's environment variables."""
+the process count and each one's id in JAX's environment variables, or with only the variables
+SLURM's ``srun`` gives each task, from which JAX finds the rest itself."""
 
 import os
 import signal
@@ -30,13 +31,54 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(args, process_id: int, port: int, host_devices: int = 1) -> subprocess.Popen:
+# JAX's SLURM detection puts the coordinator on the job's first node, at a port it derives
+# from the job id: SLURM_PORT_BASE + job id % SLURM_PORTS.
+SLURM_PORT_BASE, SLURM_PORTS = 65536 - 2**12, 2**12
+
+
+def free_slurm_job_id() -> int:
+    """A job id whose derived coordinator port is free on this machine now."""
+    for job in np.random.default_rng().permutation(SLURM_PORTS):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", SLURM_PORT_BASE + int(job)))
+            except OSError:
+                continue
+        return 10 * SLURM_PORTS + int(job)
+    raise RuntimeError("no free port for the coordinator in SLURM's range")
+
+
+# Variables that tell a process where it is in a run; the test's own are never inherited.
+LAUNCH = ("JAX_COORDINATOR_ADDRESS", "JAX_COORDINATOR_PORT", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def launch_env(process_id: int, port: int, cluster: str) -> dict[str, str]:
+    """What a process of the run is told: JAX's variables (``cluster="jax"``, ``port`` is the
+    coordinator's), or those ``srun --ntasks=2`` sets on one node (``cluster="slurm"``,
+    ``port`` is the job id)."""
+    if cluster == "jax":
+        return {
+            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+            "JAX_NUM_PROCESSES": "2",
+            "JAX_PROCESS_ID": str(process_id),
+        }
+    return {
+        "SLURM_JOB_ID": str(port),
+        "SLURM_STEP_NODELIST": "localhost",
+        "SLURM_STEP_NUM_NODES": "1",
+        "SLURM_NTASKS": "2",
+        "SLURM_PROCID": str(process_id),
+        "SLURM_LOCALID": str(process_id),
+    }
+
+
+def start(
+    args, process_id: int, port: int, host_devices: int = 1, cluster: str = "jax"
+) -> subprocess.Popen:
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in LAUNCH and not k.startswith("SLURM_")},
         "PYTHONUNBUFFERED": "1",
-        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-        "JAX_NUM_PROCESSES": "2",
-        "JAX_PROCESS_ID": str(process_id),
+        **launch_env(process_id, port, cluster),
     }
     env.pop("JAXVIT_DEBUG", None)
     if host_devices > 1:  # CPU devices per process, as a host with several accelerators has
@@ -51,9 +93,11 @@ def start(args, process_id: int, port: int, host_devices: int = 1) -> subprocess
     )
 
 
-def run_two(args, timeout=1800, host_devices: int = 1) -> list[tuple[int, str]]:
-    port = free_port()
-    procs = [start(args, i, port, host_devices) for i in range(2)]
+def run_two(
+    args, timeout=1800, host_devices: int = 1, cluster: str = "jax"
+) -> list[tuple[int, str]]:
+    port = free_port() if cluster == "jax" else free_slurm_job_id()
+    procs = [start(args, i, port, host_devices, cluster) for i in range(2)]
     return [(p.wait(timeout), p.communicate()[1]) for p in procs]
 
 
@@ -119,10 +163,11 @@ def test_two_processes_survive_a_killed_peer_and_resume_on_two_devices_each_to_o
     assert "Traceback" not in err, err
     assert waited < EXIT_SECONDS
 
-    # The same command again in both processes resumes from the chunks kept, now with two host
-    # devices in each: the remaining chunks are sharded over four devices of two processes, and
-    # the autoencoders train data-parallel over all four.
-    for status, err in run_two(args, host_devices=2):
+    # The same command again in both processes resumes from the chunks kept, now started as
+    # srun starts a job's tasks and with two host devices in each: the remaining chunks are
+    # sharded over four devices of two processes, and the autoencoders train data-parallel over
+    # all four.
+    for status, err in run_two(args, host_devices=2, cluster="slurm"):
         assert status == 0, err
     assert_same_run(reference_run.run, tmp_path / "two", devices=4)
 
