@@ -117,6 +117,51 @@ def test_b16_folder_site_opens_from_disk_and_loads_records(b16_site, b16_bundle,
     assert site.problems == []
 
 
+@pytest.mark.parametrize(
+    ("grid", "patch_size"),
+    [((16, 16), 14), ((24, 24), 16)],
+    ids=["257-tokens-224px-patch14", "577-tokens-384px-patch16"],
+)
+def test_larger_token_counts_show_the_right_matrix_overlay_and_photo(
+    grid, patch_size, site_seed, tmp_path, open_page
+):
+    """The views of /14 and 384 px models: the N x N matrix, the patch grid overlay and the photo
+    at the model's input size, drawn from the record of the chosen image."""
+    L, H, g = 2, 3, grid[0]
+    N = g * g + 1
+    bundle = make_bundle(
+        np.random.default_rng(site_seed),
+        num_images=3,
+        num_classes=7,
+        partial_images=1,
+        attention_images=3,
+        num_layers=L,
+        num_heads=H,
+        grid=grid,
+        patch_size=patch_size,
+        channels=3,
+    )
+    site = open_page(build_site(bundle, tmp_path / "site", layout="folder"))
+    assert site.problems == []
+    rng = np.random.default_rng(site_seed)
+    image, k = int(rng.integers(3)), int(rng.integers(L * H))
+    site.set_selected("heads", [k])
+    _choose(site, image)
+    att = _attention(bundle, image, *divmod(k, H))
+    matrix = np.asarray(site.data("matrix_view")["image"][0]).reshape(N, N)
+    for q, t in ((0, 0), (0, N - 1), (N - 1, 0), (N - 1, N - 1), *rng.integers(N, size=(4, 2))):
+        assert matrix[q, t] == att[q, t], (q, t)
+    np.testing.assert_array_equal(site.data("patches")["heat"], att[0, 1:])
+    assert len(site.data("patches")["heat"]) == g * g
+    r, c = (int(v) for v in rng.integers(g, size=2))
+    site.click("image_plot", c + 0.5, g - r - 0.5)
+    assert site.state()["query"] == 1 + r * g + c
+    np.testing.assert_array_equal(site.data("patches")["heat"], att[1 + r * g + c, 1:])
+    side = g * patch_size
+    assert np.asarray(site.data("thumb")["image"][0]).size == side * side
+    assert site.problems == []
+
+
 def test_the_overview_lists_the_most_common_of_many_classes(b16_site, b16_bundle, open_page):
     site = open_page(b16_site)
     items = site.page.evaluate(
