@@ -669,6 +669,7 @@ def _head_sets_stage(config, params, images, labels, merged, settings, out: Path
             seed=settings.seed,
             batch_size=settings.batch_size,
             memory_budget_bytes=settings.memory_budget_bytes,
+            progress=progress_enabled(progress),
             **options,
         ),
     )

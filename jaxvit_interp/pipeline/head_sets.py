@@ -69,6 +69,7 @@ def compute_head_sets(
     seed: int,
     batch_size: int | None = None,
     memory_budget_bytes: int | None = None,
+    progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """The ``head_sets`` part for the images ``image_index`` of ``images``.
 
@@ -79,13 +80,17 @@ def compute_head_sets(
       interaction_heads: how many of the top heads interact pairwise (at most ``L * H``).
       random_orders: how many random pruning orders (0: none).
       greedy_max_heads: the greedy order runs only for a model of at most this many heads.
+      progress: a bar for each batch of set ablations (the interactions, each pruning order
+        and greedy step): for ViT-B/16 on a CPU the stage takes tens of minutes.
     """
     from jaxvit_interp.importance import pairwise_interactions, pruning_curves
 
     total = config.num_layers * config.num_heads
     subset = images[image_index]
     sub_labels = None if labels is None else labels[image_index]
-    options = dict(batch_size=batch_size, memory_budget_bytes=memory_budget_bytes, progress=False)
+    options = dict(
+        batch_size=batch_size, memory_budget_bytes=memory_budget_bytes, progress=progress
+    )
     part: dict[str, np.ndarray] = {"image_index": np.asarray(image_index, np.int32)}
 
     count = min(interaction_heads, total)
