@@ -55,7 +55,7 @@ SCRIPT = textwrap.dedent(
     assert plan.images_per_batch % 4 == 0, plan
     # The four CPU devices share the host's memory, so they share its default budget.
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    assert engine.default_memory_budget() == min(3 << 29, physical // 16) // 4
+    assert engine.default_memory_budget() == min(5 << 28, physical // 16) // 4
     print("SHARDED-OK")
     """
 )
