@@ -372,7 +372,7 @@ def ablation_batch(
 
 
 # The most the engine takes of a CPU host by default (see default_memory_budget): 1.25 GiB.
-# With 1.5 GiB, partial pruning of ViT-B/16 (60 slots a layer) took a whole run to 3.9 GiB;
+# With 1.5 GiB, partial pruning of ViT-B/16 (60 slots a layer) took a whole run to 3.8 GiB;
 # the smaller budget costs single-head ablations a few percent (benchmarks/RESULTS.md).
 CPU_MEMORY_BUDGET = 5 << 28
 

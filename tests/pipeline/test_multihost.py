@@ -52,18 +52,18 @@ def free_slurm_job_id() -> int:
 LAUNCH = ("JAX_COORDINATOR_ADDRESS", "JAX_COORDINATOR_PORT", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
-def launch_env(process_id: int, port: int, cluster: str) -> dict[str, str]:
-    """What a process of the run is told: JAX's variables (``cluster="jax"``, ``port`` is the
-    coordinator's), or those ``srun --ntasks=2`` sets on one node (``cluster="slurm"``,
-    ``port`` is the job id)."""
+def launch_env(process_id: int, rendezvous: int, cluster: str) -> dict[str, str]:
+    """What a process of the run is told: JAX's variables (``cluster="jax"``, ``rendezvous`` is
+    the coordinator's port), or those ``srun --ntasks=2`` sets on one node (``cluster="slurm"``,
+    ``rendezvous`` is the job id, from which JAX derives the port)."""
     if cluster == "jax":
         return {
-            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{rendezvous}",
             "JAX_NUM_PROCESSES": "2",
             "JAX_PROCESS_ID": str(process_id),
         }
     return {
-        "SLURM_JOB_ID": str(port),
+        "SLURM_JOB_ID": str(rendezvous),
         "SLURM_STEP_NODELIST": "localhost",
         "SLURM_STEP_NUM_NODES": "1",
         "SLURM_NTASKS": "2",
@@ -73,12 +73,12 @@ def launch_env(process_id: int, port: int, cluster: str) -> dict[str, str]:
 
 
 def start(
-    args, process_id: int, port: int, host_devices: int = 1, cluster: str = "jax"
+    args, process_id: int, rendezvous: int, host_devices: int = 1, cluster: str = "jax"
 ) -> subprocess.Popen:
     env = {
         **{k: v for k, v in os.environ.items() if k not in LAUNCH and not k.startswith("SLURM_")},
         "PYTHONUNBUFFERED": "1",
-        **launch_env(process_id, port, cluster),
+        **launch_env(process_id, rendezvous, cluster),
     }
     env.pop("JAXVIT_DEBUG", None)
     if host_devices > 1:  # CPU devices per process, as a host with several accelerators has
@@ -96,8 +96,8 @@ def start(
 def run_two(
     args, timeout=1800, host_devices: int = 1, cluster: str = "jax"
 ) -> list[tuple[int, str]]:
-    port = free_port() if cluster == "jax" else free_slurm_job_id()
-    procs = [start(args, i, port, host_devices, cluster) for i in range(2)]
+    rendezvous = free_port() if cluster == "jax" else free_slurm_job_id()
+    procs = [start(args, i, rendezvous, host_devices, cluster) for i in range(2)]
     return [(p.wait(timeout), p.communicate()[1]) for p in procs]
 
 
