@@ -4,7 +4,11 @@ Three orders, each a curve over ``k = 0 .. K`` removed heads:
 
 - ``importance``: least important first by a head-importance metric averaged over the images;
 - ``greedy``: at each step the head whose removal hurts least given those already removed (the
-  highest mean ``p(label)`` afterwards), all candidates of a step ablated in one batch;
+  highest mean ``p(label)`` afterwards), all candidates of a step ablated in one batch. It costs
+  :func:`greedy_set_ablations` set ablations (10,440 for ViT-B/16's 144 heads), so unless it is
+  asked for by name it runs only where it costs no more than a whole greedy curve of
+  :data:`GREEDY_MAX_HEADS` heads: a whole curve for a model of at most that many heads, the cap
+  of the analysis's head-set stage (``AnalysisSettings.greedy_max_heads``);
 - ``random``: several random orders, a band for what ranking by chance gives.
 
 Every point is an exact set ablation (:func:`~jaxvit_interp.importance.ablate`).  A good
@@ -15,6 +19,7 @@ that above the random ones.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import jax
@@ -29,6 +34,17 @@ from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.quantities import metric as metric_info
 
 CURVE_ORDERS: tuple[str, ...] = ("importance", "greedy", "random")
+# The greedy order runs unasked only where it costs no more than a whole greedy curve of this
+# many heads, 1,176 set ablations (ViT-S/16's 72 heads would take 2,628, ViT-B/16's 144 take
+# 10,440): for a whole curve, a model of at most this many heads.
+GREEDY_MAX_HEADS = 48
+
+
+def greedy_set_ablations(total_heads: int, steps: int | None = None) -> int:
+    """Set ablations of a greedy curve of ``steps`` removals (default: every head) among
+    ``total_heads`` heads: step ``k`` ablates each of the ``total_heads - k`` heads left."""
+    steps = total_heads if steps is None else min(steps, total_heads)
+    return steps * total_heads - steps * (steps - 1) // 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +65,17 @@ class PruningCurve:
     accuracy: np.ndarray
     mean_prob: np.ndarray
 
-    def removable(self, points: float) -> np.ndarray:
-        """``[run]`` heads that can go before accuracy falls more than ``points`` percentage
-        points below the unpruned model's (K when it never does)."""
+    def removable(self, points: float) -> int | np.ndarray:
+        """How many heads can go, in this order, before accuracy falls more than ``points``
+        percentage points below the unpruned model's (K when it never does): an ``int`` for a
+        curve of one order (``importance``, ``greedy``), and for several random orders an
+        int array ``[run]``, one count per order (:meth:`removable_by_run` for every curve).
+        """
+        counts = self.removable_by_run(points)
+        return int(counts[0]) if len(counts) == 1 else counts
+
+    def removable_by_run(self, points: float) -> np.ndarray:
+        """``[run]`` int64: :meth:`removable` of each run, for a curve of one run too."""
         floor = self.accuracy[:, :1] - points / 100.0 - 1e-9
         below = self.accuracy < floor
         first = np.where(below.any(axis=1), below.argmax(axis=1), self.accuracy.shape[1])
@@ -93,7 +117,7 @@ def pruning_curves(
     *,
     importance: HeadImportance | None = None,
     metric: str = "prob_drop",
-    orders: tuple[str, ...] = CURVE_ORDERS,
+    orders: tuple[str, ...] | None = None,
     random_orders: int = 5,
     seed: int = 0,
     max_heads: int | None = None,
@@ -109,22 +133,41 @@ def pruning_curves(
       importance: the per-image head importance that orders ``importance`` (computed here,
         ``metric`` only, when None).
       metric: the importance metric of the ``importance`` order, averaged over the images.
+      orders: some of :data:`CURVE_ORDERS`; each one named runs. None: all of them, except
+        that the greedy order is skipped, with a warning, where its set ablations
+        (:func:`greedy_set_ablations`) would be more than a whole curve of
+        :data:`GREEDY_MAX_HEADS` heads takes: for a whole curve, on a model of more heads.
       random_orders: how many random orders (seeded by ``seed``).
       max_heads: stop each curve after this many removals (greedy costs ``K`` ablation batches
         of up to ``L * H`` sets each).
+
+    Returns:
+      ``{order: PruningCurve}`` for each order computed.
     """
-    unknown = [o for o in orders if o not in CURVE_ORDERS]
-    if unknown:
-        raise InputError(f"unknown pruning order(s) {unknown}; expected some of {CURVE_ORDERS}")
     if not config.num_classes:
         raise InputError(
             "pruning curves measure accuracy, which needs the model's logits; this model is a "
             "backbone without a classifier (attach a linear probe)"
         )
-    info = metric_info(metric)
     total = config.num_layers * config.num_heads
     count = total if max_heads is None else validate.check_positive("max_heads", max_heads)
     count = min(count, total)
+    if orders is None:
+        orders = CURVE_ORDERS
+        greedy_sets = greedy_set_ablations(total, count)
+        if greedy_sets > greedy_set_ablations(GREEDY_MAX_HEADS):
+            orders = tuple(o for o in CURVE_ORDERS if o != "greedy")
+            warnings.warn(
+                f"pruning_curves: the greedy order is skipped: on a model of {total} heads "
+                f"(more than GREEDY_MAX_HEADS {GREEDY_MAX_HEADS}) it would take "
+                f"{greedy_sets:,} set ablations; ask for it by name to run it: "
+                f"orders={CURVE_ORDERS} (with max_heads=K, its first K removals only)",
+                stacklevel=2,
+            )
+    unknown = [o for o in orders if o not in CURVE_ORDERS]
+    if unknown:
+        raise InputError(f"unknown pruning order(s) {unknown}; expected some of {CURVE_ORDERS}")
+    info = metric_info(metric)
     if "random" in orders:
         random_orders = validate.check_positive("random_orders", random_orders)
     images = validate.check_images(config, images)

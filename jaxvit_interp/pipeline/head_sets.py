@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxvit_interp.importance.pruning import CURVE_ORDERS
+from jaxvit_interp.importance.pruning import CURVE_ORDERS, greedy_set_ablations
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.storage import UnreadableFileError, load_npz, save_npz
 
@@ -39,10 +39,9 @@ def greedy_plan(config: ViTConfig, greedy_max_heads: int) -> tuple[bool, str]:
     total = config.num_layers * config.num_heads
     if total <= greedy_max_heads:
         return True, f"greedy order computed ({total} heads <= greedy_max_heads {greedy_max_heads})"
-    steps = total * (total + 1) // 2
     return False, (
         f"greedy order skipped: the model has {total} heads, more than greedy_max_heads "
-        f"{greedy_max_heads} (greedy would take {steps} set ablations)"
+        f"{greedy_max_heads} (greedy would take {greedy_set_ablations(total)} set ablations)"
     )
 
 
@@ -128,7 +127,7 @@ def compute_head_sets(
     part["curve_area"] = np.concatenate([c.area for c in rows]).astype(np.float32)
     part["removable_points"] = np.asarray(REMOVABLE_POINTS, np.float32)
     part["curve_removable"] = np.stack(
-        [np.concatenate([c.removable(p) for c in rows]) for p in REMOVABLE_POINTS], axis=1
+        [np.concatenate([c.removable_by_run(p) for c in rows]) for p in REMOVABLE_POINTS], axis=1
     ).astype(np.int32)
     return part
 

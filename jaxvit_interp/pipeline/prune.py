@@ -91,7 +91,7 @@ def choose_heads(
         max_heads=remove,
         progress=progress,
     )[order]
-    count = remove if remove is not None else int(curve.removable(max_accuracy_drop)[0])
+    count = remove if remove is not None else curve.removable(max_accuracy_drop)
     return [tuple(int(v) for v in h) for h in curve.heads[0, :count]]
 
 
