@@ -15,6 +15,7 @@ from jaxvit_interp.importance import validate
 from jaxvit_interp.importance.engine import run_engine
 from jaxvit_interp.importance.metrics import ablation_metrics, backbone_metrics
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.progress import ProgressArg
 from jaxvit_interp.quantities import ABLATION_METRICS
 
 Array = jax.Array
@@ -109,7 +110,7 @@ def head_importance(
     batch_size: int | None = None,
     memory_budget_bytes: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
-    progress: bool = True,
+    progress: ProgressArg = True,
 ) -> HeadImportance:
     """Prune every head of every layer, one at a time, on every image, and measure the effect.
 
@@ -131,7 +132,9 @@ def head_importance(
       memory_budget_bytes: per-device working-set budget; default
         :func:`~jaxvit_interp.importance.engine.default_memory_budget`.
       mesh: a ``jax.sharding.Mesh`` to shard images over all its devices; None: default device.
-      progress: show a progress bar over chunks.
+      progress: report each batch's ablations as they finish: ``True`` (a bar on a terminal,
+        lines on stderr elsewhere), ``False``, or a share of a caller's progress
+        (:func:`~jaxvit_interp.progress.start_progress`).
 
     Returns:
       :class:`HeadImportance` with arrays ``[image, layer, head]``.

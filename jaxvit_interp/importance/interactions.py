@@ -23,6 +23,7 @@ from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance import validate
 from jaxvit_interp.importance.sets import ablate
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.progress import ProgressArg
 
 # The metrics an interaction is measured on: additive effects on the output.
 INTERACTION_METRICS: tuple[str, ...] = ("prob_drop", "kl")
@@ -79,7 +80,7 @@ def pairwise_interactions(
     batch_size: int | None = None,
     memory_budget_bytes: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
-    progress: bool = True,
+    progress: ProgressArg = True,
 ) -> HeadInteractions:
     """Interactions of every pair of ``heads`` (e.g. the 16 most important: 120 pairs).
 

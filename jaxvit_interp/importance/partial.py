@@ -21,6 +21,7 @@ from jaxvit_interp.importance.engine import run_engine
 from jaxvit_interp.importance.metrics import probability
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import keep_mask
+from jaxvit_interp.progress import ProgressArg
 
 Array = jax.Array
 
@@ -87,7 +88,7 @@ def partial_pruning(
     batch_size: int | None = None,
     memory_budget_bytes: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
-    progress: bool = True,
+    progress: ProgressArg = True,
 ) -> PartialPruning:
     """Apply each partial-pruning mode to each chosen head, one (head, mode) at a time.
 

@@ -31,6 +31,7 @@ from jaxvit_interp.importance.ablation import HeadImportance, head_importance
 from jaxvit_interp.importance.aggregate import rank_heads
 from jaxvit_interp.importance.sets import SetAblation, ablate
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.progress import ProgressArg, start_progress
 from jaxvit_interp.quantities import metric as metric_info
 
 CURVE_ORDERS: tuple[str, ...] = ("importance", "greedy", "random")
@@ -124,7 +125,7 @@ def pruning_curves(
     batch_size: int | None = None,
     memory_budget_bytes: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
-    progress: bool = True,
+    progress: ProgressArg = True,
 ) -> dict[str, PruningCurve]:
     """Pruning curves of ``orders`` over the first ``max_heads`` removals (default: all heads).
 
@@ -140,6 +141,8 @@ def pruning_curves(
       random_orders: how many random orders (seeded by ``seed``).
       max_heads: stop each curve after this many removals (greedy costs ``K`` ablation batches
         of up to ``L * H`` sets each).
+      progress: one report over every set ablation of every curve
+        (:func:`~jaxvit_interp.progress.start_progress`).
 
     Returns:
       ``{order: PruningCurve}`` for each order computed.
@@ -173,6 +176,16 @@ def pruning_curves(
     images = validate.check_images(config, images)
     labels = validate.check_labels(config, labels, images.shape[0])
 
+    # Every curve's set ablations in one report: a greedy curve is most of them.
+    sets_of = {
+        "importance": count + (total if importance is None else 0),
+        "random": random_orders * count,
+        "greedy": greedy_set_ablations(total, count),
+    }
+    bar = start_progress(
+        progress, total=sum(sets_of[o] for o in set(orders)), desc="pruning curves", unit="set"
+    )
+
     def run_sets(sets):
         return ablate(
             config,
@@ -184,14 +197,14 @@ def pruning_curves(
             batch_size=batch_size,
             memory_budget_bytes=memory_budget_bytes,
             mesh=mesh,
-            progress=progress,
+            progress=bar.share(len(sets)),
         )
 
     curves: dict[str, PruningCurve] = {}
     if "importance" in orders:
         if importance is None:
             importance = head_importance(
-                config, params, images, labels, metrics=(metric,), progress=progress
+                config, params, images, labels, metrics=(metric,), progress=bar.share(total)
             )
         mean = np.nanmean(np.asarray(importance[metric], np.float64), axis=0)
         least_first = rank_heads(mean, higher_is_more_important=info.important_high)[::-1]
@@ -228,4 +241,5 @@ def pruning_curves(
             np.asarray(accuracy)[None],
             np.asarray(mean_prob)[None],
         )
+    bar.close()
     return curves

@@ -22,6 +22,7 @@ from jaxvit_interp.importance.ablation import unpruned_outputs
 from jaxvit_interp.importance.metrics import ablation_metrics, backbone_metrics
 from jaxvit_interp.importance.set_engine import run_sets
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.progress import ProgressArg
 
 Array = jax.Array
 
@@ -133,7 +134,7 @@ def ablate(
     batch_size: int | None = None,
     memory_budget_bytes: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
-    progress: bool = True,
+    progress: ProgressArg = True,
 ) -> SetAblation:
     """Prune each set of heads (all of its heads at once) on every image and measure the effect.
 

@@ -29,11 +29,11 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tqdm.auto import tqdm
 
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.parallel import Batcher, to_host
 from jaxvit_interp.patterns.autoencoder import PatternAutoencoder
+from jaxvit_interp.progress import ProgressArg, start_progress
 from jaxvit_interp.storage import orbax_write
 
 Array = jax.Array
@@ -327,7 +327,7 @@ def train_autoencoder(
     *,
     workdir: str | pathlib.Path | None = None,
     mesh: Mesh | None = None,
-    progress: bool = True,
+    progress: ProgressArg = True,
 ) -> TrainedAutoencoder:
     """Train a :class:`PatternAutoencoder` on normalised ``patterns`` ``[..., h, w]``.
 
@@ -381,14 +381,10 @@ def train_autoencoder(
 
     best = (np.inf, params, -1)
     train_hist, held_hist = [], []
-    bar = tqdm(
-        range(epochs),
-        desc="pattern autoencoder",
-        unit="epoch",
-        disable=not progress,
-        leave=False,
+    bar = start_progress(
+        progress, total=epochs, desc="pattern autoencoder", unit="epoch", leave=False
     )
-    for e in bar:
+    for e in range(epochs):
         order = rng.permutation(len(train_index))[: steps_per_epoch * batch]
         losses = []
         for idx in order.reshape(steps_per_epoch, batch):
@@ -400,7 +396,8 @@ def train_autoencoder(
         held_hist.append(held)
         if held < best[0] - settings.min_delta:
             best = (held, params, e)
-        bar.set_postfix(train=f"{loss:.3g}", heldout=f"{held:.3g}", best=best[2])
+        bar.note(train=f"{loss:.3g}", heldout=f"{held:.3g}", best=best[2])
+        bar.update(1)
         if e - best[2] >= settings.patience:
             break
     bar.close()

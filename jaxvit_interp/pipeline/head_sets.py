@@ -23,6 +23,7 @@ import numpy as np
 
 from jaxvit_interp.importance.pruning import CURVE_ORDERS, greedy_set_ablations
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.progress import ProgressArg, start_progress
 from jaxvit_interp.storage import UnreadableFileError, load_npz, save_npz
 
 HEAD_SETS_FILE = "head-sets-stage.npz"
@@ -68,7 +69,7 @@ def compute_head_sets(
     seed: int,
     batch_size: int | None = None,
     memory_budget_bytes: int | None = None,
-    progress: bool = False,
+    progress: ProgressArg = False,
 ) -> dict[str, np.ndarray]:
     """The ``head_sets`` part for the images ``image_index`` of ``images``.
 
@@ -79,31 +80,46 @@ def compute_head_sets(
       interaction_heads: how many of the top heads interact pairwise (at most ``L * H``).
       random_orders: how many random pruning orders (0: none).
       greedy_max_heads: the greedy order runs only for a model of at most this many heads.
-      progress: a bar for each batch of set ablations (the interactions, each pruning order
-        and greedy step): for ViT-B/16 on a CPU the stage takes tens of minutes.
+      progress: one report over the stage's set ablations, moving with each batch of them (the
+        interactions, each pruning order and greedy step): for ViT-B/16 on a CPU the stage
+        takes tens of minutes (:func:`~jaxvit_interp.progress.start_progress`).
     """
     from jaxvit_interp.importance import pairwise_interactions, pruning_curves
 
     total = config.num_layers * config.num_heads
     subset = images[image_index]
     sub_labels = None if labels is None else labels[image_index]
-    options = dict(
-        batch_size=batch_size, memory_budget_bytes=memory_budget_bytes, progress=progress
-    )
+    options = dict(batch_size=batch_size, memory_budget_bytes=memory_budget_bytes)
     part: dict[str, np.ndarray] = {"image_index": np.asarray(image_index, np.int32)}
-
     count = min(interaction_heads, total)
+    run_greedy, _ = greedy_plan(config, greedy_max_heads)
+    orders = ("importance", *(("greedy",) if run_greedy else ()))
+    orders += ("random",) if random_orders > 0 else ()
+    # The stage's set ablations: the singles and pairs, then every prefix of every order.
+    interaction_sets = count * (count + 1) // 2 if count >= 2 else 0
+    curve_sets = total * (1 + max(random_orders, 0)) + (
+        greedy_set_ablations(total) if run_greedy else 0
+    )
+    bar = start_progress(
+        progress, total=interaction_sets + curve_sets, desc="ablating head sets", unit="set"
+    )
+
     if count >= 2:
         heads = top_heads(importance[RANKING_METRIC], count)
-        inter = pairwise_interactions(config, params, subset, heads, sub_labels, **options)
+        inter = pairwise_interactions(
+            config,
+            params,
+            subset,
+            heads,
+            sub_labels,
+            progress=bar.share(interaction_sets),
+            **options,
+        )
         part["interaction_heads"] = inter.heads.astype(np.int32)
         for m in inter.interaction:
             part[f"interaction_{m}"] = inter.mean(m).astype(np.float32)
             part[f"single_{m}"] = inter.single[m].mean(axis=0).astype(np.float32)
 
-    run_greedy, _ = greedy_plan(config, greedy_max_heads)
-    orders = ("importance", *(("greedy",) if run_greedy else ()))
-    orders += ("random",) if random_orders > 0 else ()
     curves = pruning_curves(
         config,
         params,
@@ -114,8 +130,10 @@ def compute_head_sets(
         orders=orders,
         random_orders=max(random_orders, 1),
         seed=seed,
+        progress=bar.share(curve_sets),
         **options,
     )
+    bar.close()
     # One row per curve, in CURVE_ORDERS order (a random order per row).
     rows = [curves[o] for o in CURVE_ORDERS if o in curves]
     part["curve_order"] = np.concatenate(

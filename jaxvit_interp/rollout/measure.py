@@ -12,6 +12,7 @@ import numpy as np
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import VisionTransformer
 from jaxvit_interp.parallel import Batcher
+from jaxvit_interp.progress import ProgressArg
 from jaxvit_interp.rollout.kernels import (
     RESIDUAL_WEIGHT,
     attention_rollout,
@@ -66,7 +67,7 @@ def model_rollout_over_images(
     batch_size: int = 16,
     mesh: jax.sharding.Mesh | None = None,
     residual_weight: float = RESIDUAL_WEIGHT,
-    progress: bool = False,
+    progress: ProgressArg = False,
 ) -> np.ndarray:
     """Rollout maps ``[image, layer, Gh, Gw]`` float32 of preprocessed ``images``.
 
@@ -92,7 +93,7 @@ def final_rollout_over_images(
     batch_size: int = 16,
     mesh: jax.sharding.Mesh | None = None,
     residual_weight: float = RESIDUAL_WEIGHT,
-    progress: bool = False,
+    progress: ProgressArg = False,
 ) -> FinalRollout:
     """The final rollout map and the per-layer contributions of preprocessed ``images``, float32.
 

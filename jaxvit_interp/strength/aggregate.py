@@ -15,12 +15,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import VisionTransformer
 from jaxvit_interp.parallel import Batcher
+from jaxvit_interp.progress import ProgressArg, start_progress
 from jaxvit_interp.quantities import ENTROPY_BINS
 from jaxvit_interp.strength.hops import HopRings, hop_rings, rings_for
 from jaxvit_interp.strength.kernels import (
@@ -84,7 +84,7 @@ def _collect(
     check_stochastic: bool,
     atol: float | None,
     num_bins: int,
-    progress: bool,
+    progress: ProgressArg,
 ) -> StrengthResults:
     """Fetch kernel outputs batch by batch, check their rows, and stack the per-image results.
 
@@ -95,7 +95,7 @@ def _collect(
     """
     local: list[HopStrength] = []
     done = 0
-    with tqdm(total=total, unit="image", desc="hop strength", disable=not progress) as bar:
+    with start_progress(progress, total=total, desc="hop strength", unit="img") as bar:
 
         def fetch(pending):
             nonlocal done
@@ -146,7 +146,7 @@ def strength_over_images(
     check_stochastic: bool = True,
     atol: float | None = None,
     num_bins: int = ENTROPY_BINS,
-    progress: bool = True,
+    progress: ProgressArg = True,
     num_prefix_tokens: int | None = None,
 ) -> StrengthResults:
     """Hop strength of attention arriving in batches of images (e.g. from a generator).
@@ -157,9 +157,10 @@ def strength_over_images(
         time (two while an accelerator overlaps them).
       grid, has_cls_token, patch_size, check_stochastic, atol, num_prefix_tokens: as in
         :func:`.hop_strength`.
-      num_images: total images, for the progress bar only.
+      num_images: total images, for the progress report only.
       num_bins: bins of the entropy histogram over ``[0, ln K]``.
-      progress: show a tqdm progress bar.
+      progress: report the images as they are done
+        (:func:`~jaxvit_interp.progress.start_progress`).
 
     Returns:
       :class:`StrengthResults`: ``local`` ``[image, layer, head, ...]`` and the ``summary``.
@@ -237,7 +238,7 @@ def model_strength_over_images(
     check_stochastic: bool = True,
     atol: float | None = None,
     num_bins: int = ENTROPY_BINS,
-    progress: bool = True,
+    progress: ProgressArg = True,
 ) -> StrengthResults:
     """Run the model over ``images`` batch by batch and measure every head's hop strength.
 
@@ -307,7 +308,7 @@ def model_special_mass_over_images(
     *,
     batch_size: int = 16,
     mesh: jax.sharding.Mesh | None = None,
-    progress: bool = True,
+    progress: ProgressArg = True,
 ) -> SpecialTokenMass:
     """Run the model over ``images`` batch by batch and measure every head's attention to and
     from each special token (:func:`~jaxvit_interp.strength.special.special_token_mass`).
