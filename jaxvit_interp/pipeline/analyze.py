@@ -26,12 +26,14 @@ import numpy as np
 
 from jaxvit_interp.attention_codes import encode_attention
 from jaxvit_interp.bundle import INDEX_FILE, ResultsBundle, mapped_path, save_bundle
+from jaxvit_interp.data.images import ImageSet
 from jaxvit_interp.data.labels import display_class_names
 from jaxvit_interp.data.preprocess import thumbnails
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance.layout import image_layout
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
+from jaxvit_interp.model.identity import model_identity as identify_model
 from jaxvit_interp.multihost import is_writer, run_on_writer, share_from_writer
 from jaxvit_interp.parallel import all_devices_mesh
 from jaxvit_interp.pipeline.parts import (
@@ -161,6 +163,26 @@ def _subset(num_images: int, size: int, seed: int, stream: int = 0) -> np.ndarra
 def _local_indices(indices: np.ndarray, start: int, stop: int) -> np.ndarray:
     """The members of ``indices`` inside ``[start, stop)``, counted from ``start``."""
     return indices[(indices >= start) & (indices < stop)] - start
+
+
+def _from_image_set(image_set: ImageSet, **given) -> tuple:
+    """``(images, labels, image_ids, class_names, label_matching)`` of an :class:`ImageSet`;
+    ``given`` (what the call gave besides) must be None: the set carries all of them."""
+    twice = [name for name, value in given.items() if value is not None]
+    if twice:
+        raise InputError(
+            f"analyze was given an ImageSet, which carries its labels, ids, class names and "
+            f"label matching, and also {', '.join(f'{n}=' for n in twice)}: give one of the two "
+            "(the set's .images array to give them yourself)"
+        )
+    matching = image_set.label_matching
+    return (
+        image_set.images,
+        image_set.labels,
+        list(image_set.ids),
+        list(image_set.class_names),
+        None if matching is None else matching.to_dict(image_set.class_names),
+    )
 
 
 def _chunk_work(config: ViTConfig, images: int, partial: int, attention: int) -> dict[str, float]:
@@ -450,7 +472,7 @@ def _pattern_part(config, patterns, models, settings, progress: bool) -> dict[st
 def analyze(
     config: ViTConfig,
     params: Any,
-    images: np.ndarray,
+    images: np.ndarray | ImageSet,
     out: str | Path,
     *,
     labels: np.ndarray | None = None,
@@ -467,7 +489,10 @@ def analyze(
       config, params: the model.
       images: ``[image, height, width, channels]`` preprocessed; a float32
         :class:`numpy.memmap` (as :func:`~jaxvit_interp.data.images.load_image_folder` writes
-        with ``out``) is read a chunk at a time and never copied whole.
+        with ``out``) is read a chunk at a time and never copied whole. Or the
+        :class:`~jaxvit_interp.data.images.ImageSet` that ``load_image_folder`` returns: its
+        images, labels, ids (the files' paths), class names and label matching, which are then
+        not given again.
       out: the run folder (created; an interrupted run there is resumed).
       labels: ``[image]`` class ids, or None to measure against the model's predictions.
       image_ids: a name per image (default ``"0"``, ``"1"``, ...).
@@ -475,7 +500,9 @@ def analyze(
       label_matching: how the labels were tied to the model's classes (see
         :meth:`~jaxvit_interp.data.labels.LabelMatching.to_dict`), stored in the bundle's meta.
       model_identity: the checkpoint's ``path`` and ``sha256``, stored as the bundle's
-        ``checkpoint``.
+        ``checkpoint`` and shown by the site; default
+        :func:`~jaxvit_interp.model.identity.model_identity`: the config in words and the
+        parameters' sha256.
       settings: :class:`AnalysisSettings`.
       progress: report each stage (:func:`~jaxvit_interp.progress.start_progress`): on a
         terminal a bar, elsewhere (a log file, a pipe) a line on stderr when it starts and ends
@@ -494,6 +521,14 @@ def analyze(
     from jaxvit_interp.importance.validate import check_images, check_labels
 
     settings = settings or AnalysisSettings()
+    if isinstance(images, ImageSet):
+        images, labels, image_ids, class_names, label_matching = _from_image_set(
+            images,
+            labels=labels,
+            image_ids=image_ids,
+            class_names=class_names,
+            label_matching=label_matching,
+        )
     if not config.num_classes and labels is not None:
         raise InputError(
             "labels were given for a backbone without a classifier (num_classes=0): its metrics "
@@ -515,7 +550,7 @@ def analyze(
             f"{len(class_names)} class names for a model with {config.num_classes} classes"
         )
     _preflight(config, params, settings, num_images)
-    model_identity = model_identity or {}
+    model_identity = model_identity or identify_model(config, params)
     out = Path(out)
     fingerprint = run_fingerprint(
         model_identity={**model_identity, "config": config.to_dict()},
