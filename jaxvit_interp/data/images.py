@@ -37,6 +37,7 @@ from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.progress import ProgressArg, start_progress
 from jaxvit_interp.storage import atomic_npy, load_npy, page_releaser
+from jaxvit_interp.summary import Summarized, listed
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageSet", "load_image_folder"]
 
@@ -60,8 +61,8 @@ _SHOWN = 5  # how many skipped files a warning names before summarising the rest
 _RELEASE_EVERY = 64
 
 
-@dataclasses.dataclass
-class ImageSet:
+@dataclasses.dataclass(repr=False)
+class ImageSet(Summarized):
     """Images loaded from a folder.
 
     Attributes:
@@ -85,6 +86,28 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def _summary(self):
+        height, width, channels = self.images.shape[1:]
+        ids = listed(self.ids[:3]) + (", ..." if len(self.ids) > 3 else "")
+        rows = [("ids", ids)]
+        if self.labels is None:
+            rows.append(("labels", "none"))
+        else:
+            used = np.unique(self.labels)
+            shown = listed(self.class_names[c] for c in used[:3]) + (
+                ", ..." if len(used) > 3 else ""
+            )
+            rows.append(
+                (
+                    "labels",
+                    f"{len(used):,} of the model's {len(self.class_names):,} classes: {shown}",
+                )
+            )
+        if self.label_matching is not None and self.label_matching.note:
+            rows.append(("note", self.label_matching.note))
+        rows.append(("skipped", f"{len(self.skipped):,} file(s)"))
+        return f"{len(self):,} images of {height}x{width}x{channels}", rows
 
 
 def _path_key(rel: str) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ from jaxvit_interp.importance.sets import SetAblation, ablate
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.progress import ProgressArg, start_progress
 from jaxvit_interp.quantities import metric as metric_info
+from jaxvit_interp.summary import Summarized, listed, number
 
 CURVE_ORDERS: tuple[str, ...] = ("importance", "greedy", "random")
 # The greedy order runs unasked only where it costs no more than a whole greedy curve of this
@@ -48,8 +49,8 @@ def greedy_set_ablations(total_heads: int, steps: int | None = None) -> int:
     return steps * total_heads - steps * (steps - 1) // 2
 
 
-@dataclasses.dataclass(frozen=True)
-class PruningCurve:
+@dataclasses.dataclass(frozen=True, repr=False)
+class PruningCurve(Summarized):
     """One order's curves (several runs for ``random``, one otherwise).
 
     Attributes:
@@ -86,6 +87,27 @@ class PruningCurve:
     def area(self) -> np.ndarray:
         """``[run]`` mean accuracy over ``k = 0 .. K`` (the area under the curve, normalised)."""
         return self.accuracy.mean(axis=1)
+
+    def _summary(self):
+        runs, count = self.heads.shape[:2]
+        mean_of = f" (mean of {runs})" if runs > 1 else ""  # several random orders
+        removable = {p: self.removable_by_run(p) for p in (1.0, 5.0)}
+        rows = [
+            (
+                "accuracy",
+                f"{number(self.accuracy[:, 0].mean())} unpruned, "
+                f"{number(self.accuracy[:, -1].mean())} with {count} removed{mean_of}",
+            ),
+            (
+                "removable",
+                "; ".join(
+                    f"within {p:g} point{'s' * (p != 1)}: {listed(r.tolist())}"
+                    for p, r in removable.items()
+                ),
+            ),
+            ("area", number(self.area.mean()) + mean_of),
+        ]
+        return f"{self.order} order, {runs} run{'s' * (runs > 1)} of {count} removals", rows
 
 
 def _points(result: SetAblation) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:

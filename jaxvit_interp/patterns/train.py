@@ -35,6 +35,7 @@ from jaxvit_interp.parallel import Batcher, to_host
 from jaxvit_interp.patterns.autoencoder import PatternAutoencoder
 from jaxvit_interp.progress import ProgressArg, start_progress
 from jaxvit_interp.storage import orbax_write
+from jaxvit_interp.summary import Summarized, listed, number
 
 Array = jax.Array
 
@@ -119,8 +120,8 @@ class AutoencoderSettings:
         return cls(**d)
 
 
-@dataclasses.dataclass(kw_only=True)
-class TrainedAutoencoder:
+@dataclasses.dataclass(kw_only=True, repr=False)
+class TrainedAutoencoder(Summarized):
     """A trained pattern autoencoder and how it was trained.
 
     Attributes:
@@ -144,6 +145,23 @@ class TrainedAutoencoder:
     heldout_index: np.ndarray
     fingerprint: str
     reused: bool = False
+
+    def _summary(self):
+        s = self.settings
+        epochs = len(self.heldout_loss)
+        rows = [
+            ("shape", f"{self.shape[0]}x{self.shape[1]} patterns -> {s.latent_dim} latents"),
+            (
+                "held-out loss",
+                f"{number(self.heldout_loss[self.best_epoch])} at epoch {self.best_epoch} of "
+                f"{epochs} (first {number(self.heldout_loss[0])})"
+                if epochs
+                else "none",
+            ),
+            ("held out", f"{len(self.heldout_index):,} patterns"),
+            ("fingerprint", self.fingerprint[:12] + (" (restored)" if self.reused else "")),
+        ]
+        return f"pattern autoencoder, features {listed(s.features)}", rows
 
     @property
     def module(self) -> PatternAutoencoder:

@@ -20,6 +20,7 @@ from jaxvit_interp.rollout.kernels import (
     read_rows,
     rollout_maps,
 )
+from jaxvit_interp.summary import Summarized, listed, number, sizes
 
 
 def _rollout(config: ViTConfig, params, images, residual_weight: float):
@@ -57,6 +58,20 @@ class FinalRollout(NamedTuple):
 
     map: np.ndarray
     contribution: np.ndarray
+
+    # A NamedTuple takes no other base class: Summarized's methods, named here.
+    _rows = Summarized._rows
+    __repr__ = Summarized.__repr__
+    _repr_html_ = Summarized._repr_html_
+
+    def _summary(self):
+        images, height, width = self.map.shape
+        mean = self.contribution.mean(axis=0)
+        rows = [
+            ("map", f"{height}x{width} patches, the read row after the last layer"),
+            ("contribution", "mean by layer: " + listed(number(v) for v in mean)),
+        ]
+        return sizes(images=images, layers=len(mean)), rows
 
 
 def model_rollout_over_images(

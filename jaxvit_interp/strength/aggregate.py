@@ -31,13 +31,14 @@ from jaxvit_interp.strength.kernels import (
 )
 from jaxvit_interp.strength.measure import check_attention_shape, check_rows, default_atol
 from jaxvit_interp.strength.special import SpecialTokenMass, special_token_mass_kernel
+from jaxvit_interp.summary import Summarized, number, sizes, top_heads
 
 # Images in messages are counted over the whole stream, not within the batch.
 _AXES = "image layer head query"
 
 
-@flax.struct.dataclass
-class StrengthResults:
+@flax.struct.dataclass(repr=False)
+class StrengthResults(Summarized):
     """Hop strength of every head on every image, and its distribution over the images.
 
     Attributes:
@@ -60,6 +61,24 @@ class StrengthResults:
     @property
     def num_hops(self) -> int:
         return max(self.grid)
+
+    def _summary(self):
+        images, layers, heads = np.shape(self.local.head_entropy)
+        entropy = np.asarray(self.local.head_entropy, np.float64)
+        rows = [
+            ("hops", f"0 to {self.num_hops - 1} on the {self.grid[0]}x{self.grid[1]} patch grid"),
+            (
+                "head entropy",
+                f"{number(entropy.mean())} nats on average; lowest: "
+                + top_heads(entropy, highest=False),
+            ),
+            (
+                "distance",
+                f"{number(np.nanmean(self.local.distance))} px on average; farthest: "
+                + top_heads(np.asarray(self.local.distance)),
+            ),
+        ]
+        return sizes(images=images, layers=layers, heads=heads), rows
 
 
 def summarize(local: HopStrength, *, num_bins: int = ENTROPY_BINS) -> StrengthSummary:
