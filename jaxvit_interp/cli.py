@@ -938,6 +938,10 @@ def _leave(status: int) -> None:
 
 def _run(args, debug: bool) -> int:
     try:
+        if not getattr(args, "quiet", False):
+            from jaxvit_interp.progress import log_seconds
+
+            log_seconds()  # a bad JAXVIT_PROGRESS_SECONDS is refused before any work
         status = args.func(args)
         sys.stdout.flush()  # a closed pipe shows up here, inside the handlers below
         return status

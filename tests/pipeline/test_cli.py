@@ -74,6 +74,13 @@ def test_analyze_logs_its_stages_when_stderr_is_not_a_terminal(reference_run):
     assert "%|" not in reference_run.stderr  # no terminal bar in a pipe
 
 
+def test_a_bad_progress_interval_is_refused_before_any_work(tmp_path):
+    env = {**os.environ, "JAXVIT_PROGRESS_SECONDS": "soon"}
+    args = ["--checkpoint", "builtin:digits", "--images", "builtin:digits", "--out", tmp_path / "r"]
+    assert_one_line_error(cli("analyze", *args, env=env), "JAXVIT_PROGRESS_SECONDS='soon'")
+    assert not (tmp_path / "r").exists()
+
+
 def test_bad_arguments_end_with_one_clear_line(tiny_checkpoint, tmp_path):
     image_folder = tmp_path / "images"
     (image_folder / "cat").mkdir(parents=True)
