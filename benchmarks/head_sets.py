@@ -81,8 +81,8 @@ def digits_section(images_for_curves: int, random_orders: int) -> dict:
     for name, curve in curves.items():
         out[name] = {
             "area": curve.area.tolist(),
-            "removable_1pt": curve.removable(1.0).tolist(),
-            "removable_5pt": curve.removable(5.0).tolist(),
+            "removable_1pt": curve.removable_by_run(1.0).tolist(),
+            "removable_5pt": curve.removable_by_run(5.0).tolist(),
             "accuracy": np.round(curve.accuracy, 4).tolist(),
         }
     return out

@@ -3,7 +3,9 @@
 The public entry points are re-exported here; see each subpackage for the details:
 
 - :mod:`jaxvit_interp.model`: the Flax ViT, head masks, attention edits and checkpoint import.
-- :mod:`jaxvit_interp.data`: image folders, preprocessing, the bundled digits set and model.
+- :mod:`jaxvit_interp.data`: image folders (``load_image_folder`` -> an ``ImageSet`` that
+  ``analyze`` takes), labels matched to the model's classes, preprocessing, the bundled digits
+  set and model.
 - :mod:`jaxvit_interp.importance`: pruning-based head importance, partial pruning, Taylor scores.
 - :mod:`jaxvit_interp.patterns`: attention patterns, their autoencoder, projection and clusters.
 - :mod:`jaxvit_interp.strength`: attention strength per Chebyshev hop, head entropy, attention distance.
@@ -12,6 +14,9 @@ The public entry points are re-exported here; see each subpackage for the detail
 """
 
 from jaxvit_interp.bundle import ResultsBundle, load_bundle
+from jaxvit_interp.data import ImageSet, load_image_folder
+from jaxvit_interp.data.labels import LabelError
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance import (
     HeadImportance,
     PartialPruning,
@@ -62,6 +67,10 @@ from jaxvit_interp.strength import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ImageSet",
+    "InputError",
+    "LabelError",
+    "load_image_folder",
     "AutoencoderSettings",
     "HeadImportance",
     "PartialPruning",

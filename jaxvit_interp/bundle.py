@@ -50,6 +50,7 @@ from jaxvit_interp.quantities import (
     model_metrics,
 )
 from jaxvit_interp.storage import atomic_write, load_npy, load_npz, save_npz, write_text
+from jaxvit_interp.summary import Summarized, listed, sizes, top_heads
 
 BUNDLE_FORMAT = "jaxvit-interp-results"
 BUNDLE_VERSION = 3
@@ -60,8 +61,8 @@ class BundleError(InputError):
     """A results bundle that cannot be read: wrong version, missing part, mismatched shape."""
 
 
-@dataclasses.dataclass
-class ResultsBundle:
+@dataclasses.dataclass(repr=False)
+class ResultsBundle(Summarized):
     """One analysis's results in memory.
 
     Attributes:
@@ -103,6 +104,24 @@ class ResultsBundle:
             "xy": 2,
             "extent": 4,
         }
+
+    def _summary(self):
+        from jaxvit_interp.model.identity import identity_label
+
+        dims = self.dims()
+        classes = self.meta["class_names"]
+        shown = listed(classes[:3]) + (", ..." if len(classes) > 3 else "")
+        rows = [
+            ("model", identity_label(self.meta.get("checkpoint"))),
+            ("classes", f"{len(classes):,}: {shown}" if classes else "none (a backbone)"),
+            ("metrics", listed(self.meta.get("metrics", METRIC_NAMES))),
+            ("parts", listed(sorted(self.parts))),
+        ]
+        importance = self.parts.get("importance", {})
+        ranking = next((m for m in ("prob_drop", "repr") if m in importance), None)
+        if ranking:
+            rows.append(("top heads", f"by mean {ranking}: {top_heads(importance[ranking])}"))
+        return sizes(images=dims["I"], layers=dims["L"], heads=dims["H"]), rows
 
     def __getitem__(self, part: str) -> dict[str, np.ndarray]:
         if part not in self.parts:

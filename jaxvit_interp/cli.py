@@ -23,6 +23,12 @@ BUILTIN_DIR = "builtin"
 DEMO_SPEC = "digits.toml"
 # The settings of a distributed run that flags can give (else their environment variables).
 DISTRIBUTED_OPTIONS = ("coordinator", "num_processes", "process_id")
+QUIET_HELP = (
+    "no progress: without it, a bar per stage on a terminal, and elsewhere (a log file, a pipe) "
+    "a line on stderr as each stage starts and ends and every few percent, with the time taken "
+    "and an estimate of what is left (at most one every JAXVIT_PROGRESS_SECONDS seconds, "
+    "default 10)"
+)
 
 
 class UsageError(InputError):
@@ -712,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help=f"output folder (default: {DEFAULT_DEMO_OUT})")
     p.add_argument("--title", help="page title")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=_demo)
 
     p = sub.add_parser(
@@ -762,7 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
         "without one (DINOv2, CLIP, SigLIP towers), whose own metrics are layer and repr only",
     )
     _add_distributed_options(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     _add_analysis_options(p)
     p.set_defaults(func=_analyze)
 
@@ -787,7 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one index.html, or index.html with a record file per image loaded on demand "
         "(default auto: one file while it stays under 30 MB)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=_site)
 
     p = sub.add_parser(
@@ -825,7 +831,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=POSITIVE_INT, metavar="N", help="use the first N images")
     p.add_argument("--out", required=True, help="new folder for the pruned model and report")
     p.add_argument("--allow-pickle", action="store_true", help="allow PyTorch pickles")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=_prune)
 
     p = sub.add_parser(
@@ -881,7 +887,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3000, help="optimiser steps (default: 3000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--out", help="folder to write to instead of the shipped copy")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=_train_digits)
     return parser
 
@@ -932,6 +938,10 @@ def _leave(status: int) -> None:
 
 def _run(args, debug: bool) -> int:
     try:
+        if not getattr(args, "quiet", False):
+            from jaxvit_interp.progress import log_seconds
+
+            log_seconds()  # a bad JAXVIT_PROGRESS_SECONDS is refused before any work
         status = args.func(args)
         sys.stdout.flush()  # a closed pipe shows up here, inside the handlers below
         return status

@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tqdm.auto import tqdm
 
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.progress import ProgressArg, start_progress
 
 __all__ = ["Batch", "Batcher", "all_devices_mesh", "to_host"]
 
@@ -115,7 +115,7 @@ class Batcher:
         self,
         fn: Callable[..., Any],
         *arrays,
-        progress: bool = False,
+        progress: ProgressArg = False,
         desc: str = "",
         check: Callable[[Any, Batch], None] | None = None,
     ) -> Any:
@@ -124,10 +124,11 @@ class Batcher:
 
         ``check(host_outputs, batch)`` runs on each batch's fetched outputs (before padding is
         dropped from the returned tree, after it is dropped from what ``check`` sees).
+        ``progress`` counts the images fetched (:func:`~jaxvit_interp.progress.start_progress`).
         """
         total = next(len(a) for a in arrays if a is not None)
         parts: list[Any] = []
-        bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
+        bar = start_progress(progress, total=total, desc=desc, unit="img", leave=False)
 
         def fetch(pending):
             batch, outputs = pending

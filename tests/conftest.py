@@ -1,3 +1,4 @@
+import contextlib
 import os
 import secrets
 import shutil
@@ -47,10 +48,12 @@ def project_wheel(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def digits_head_sets_run(tmp_path_factory):
-    """The shipped digits model (6 layers x 4 heads) analysed on 24 held-out digits with the
-    head-set stage on 6 of them: ``(config, params, images, labels, settings, run folder)``.
-    Shared by the stage's test and the site test of its views. The greedy order (24 ablation
-    batches, a compile each) is left out here: the library's tests cover it."""
+    """The shipped digits model (6 layers x 4 heads) analysed on 24 held-out digits (one chunk)
+    with the head-set stage on 6 of them: ``(config, params, images, labels, settings, run
+    folder)``. Shared by the stage's test, the site test of its views and the test of what the
+    run logs: its stderr went to ``stderr.txt`` beside the run folder, as a batch job's would,
+    with a progress line at every few percent (no wait between them). The greedy order (24
+    ablation batches, a compile each) is left out here: the library's tests cover it."""
     from jaxvit_interp.patterns.train import AutoencoderSettings
     from jaxvit_interp.pipeline.analyze import analyze
     from jaxvit_interp.pipeline.settings import AnalysisSettings
@@ -76,5 +79,11 @@ def digits_head_sets_run(tmp_path_factory):
         greedy_max_heads=0,
     )
     out = tmp_path_factory.mktemp("digits_head_sets") / "run"
-    analyze(config, params, images, out, labels=labels, settings=settings, progress=False)
+    with (
+        open(out.parent / "stderr.txt", "w") as log,
+        contextlib.redirect_stderr(log),
+        pytest.MonkeyPatch.context() as env,
+    ):
+        env.setenv("JAXVIT_PROGRESS_SECONDS", "0")
+        analyze(config, params, images, out, labels=labels, settings=settings, progress=True)
     return config, params, images, labels, settings, out

@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import Preprocessing, ViTConfig
+from jaxvit_interp.progress import ProgressArg
 
 CLASS_NAMES = [str(d) for d in range(10)]
 # A fixed stratified split: the held-out images are never seen in training.
@@ -109,7 +110,7 @@ def digits_model_info() -> dict:
 
 
 def train_digits_model(
-    train_config=None, *, directory: Path | None = None, progress: bool = True
+    train_config=None, *, directory: Path | None = None, progress: ProgressArg = True
 ) -> dict:
     """Train :data:`DIGITS_CONFIG` on the training split and save it (default: the shipped copy).
 

@@ -30,13 +30,14 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from jaxvit_interp.data.labels import LabelMatching, display_class_names, match_labels
 from jaxvit_interp.data.preprocess import _preprocess_checked, check_preprocessing
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.progress import ProgressArg, start_progress
 from jaxvit_interp.storage import atomic_npy, load_npy, page_releaser
+from jaxvit_interp.summary import Summarized, listed
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageSet", "load_image_folder"]
 
@@ -60,8 +61,8 @@ _SHOWN = 5  # how many skipped files a warning names before summarising the rest
 _RELEASE_EVERY = 64
 
 
-@dataclasses.dataclass
-class ImageSet:
+@dataclasses.dataclass(repr=False)
+class ImageSet(Summarized):
     """Images loaded from a folder.
 
     Attributes:
@@ -85,6 +86,28 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def _summary(self):
+        height, width, channels = self.images.shape[1:]
+        ids = listed(self.ids[:3]) + (", ..." if len(self.ids) > 3 else "")
+        rows = [("ids", ids)]
+        if self.labels is None:
+            rows.append(("labels", "none"))
+        else:
+            used = np.unique(self.labels)
+            shown = listed(self.class_names[c] for c in used[:3]) + (
+                ", ..." if len(used) > 3 else ""
+            )
+            rows.append(
+                (
+                    "labels",
+                    f"{len(used):,} of the model's {len(self.class_names):,} classes: {shown}",
+                )
+            )
+        if self.label_matching is not None and self.label_matching.note:
+            rows.append(("note", self.label_matching.note))
+        rows.append(("skipped", f"{len(self.skipped):,} file(s)"))
+        return f"{len(self):,} images of {height}x{width}x{channels}", rows
 
 
 def _path_key(rel: str) -> tuple[str, ...]:
@@ -174,7 +197,7 @@ def load_image_folder(
     *,
     labels_csv: str | os.PathLike | None = None,
     class_names: Sequence[str] | None = None,
-    progress: bool = True,
+    progress: ProgressArg = True,
     out: str | os.PathLike | None = None,
 ) -> ImageSet:
     """Load and preprocess every image under ``root`` for a model with ``config``.
@@ -191,7 +214,8 @@ def load_image_folder(
         it does not list are skipped and reported.
       class_names: the model's class names, when ``config`` does not carry them (a name per
         class, in class-index order).
-      progress: show a tqdm bar (only on a terminal).
+      progress: report the images as they are decoded
+        (:func:`~jaxvit_interp.progress.start_progress`).
       out: a ``.npy`` file to write the images into (replaced atomically), for sets larger than
         memory: ``images`` is then that file, memory-mapped read-only, and only one image at a
         time is ever held in memory. None (the default): ``images`` is an array in memory.
@@ -291,22 +315,24 @@ def load_image_folder(
         else:
             images = stack.enter_context(atomic_npy(out, (len(images_to_load), *shape), np.float32))
         release = page_releaser(images) or (lambda: None)
-        bar = tqdm(
-            images_to_load,
-            desc=f"images in {root.name or root}",
-            unit="img",
-            disable=None if progress else True,  # None: tqdm turns itself off when not on a tty
+        bar = stack.enter_context(
+            start_progress(
+                progress,
+                total=len(images_to_load),
+                desc=f"loading images in {root.name or root}",
+                unit="img",
+            )
         )
-        for rel in bar:
+        for rel in images_to_load:
             try:
                 images[len(ids)] = _decode(root / rel, config)
             except _DECODE_ERRORS as e:
                 skipped.append((rel, f"{type(e).__name__}: {e}"))
-                continue
-            ids.append(rel)
-            if len(ids) % _RELEASE_EVERY == 0:
-                release()
-        bar.close()
+            else:
+                ids.append(rel)
+                if len(ids) % _RELEASE_EVERY == 0:
+                    release()
+            bar.update(1)
         if out is not None:
             del images  # the mapping is closed before the file is renamed into place
 

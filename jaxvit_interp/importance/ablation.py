@@ -15,13 +15,16 @@ from jaxvit_interp.importance import validate
 from jaxvit_interp.importance.engine import run_engine
 from jaxvit_interp.importance.metrics import ablation_metrics, backbone_metrics
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.progress import ProgressArg
 from jaxvit_interp.quantities import ABLATION_METRICS
+from jaxvit_interp.quantities import metric as metric_info
+from jaxvit_interp.summary import Summarized, listed, number, sizes, top_heads
 
 Array = jax.Array
 
 
-@dataclasses.dataclass(frozen=True)
-class HeadImportance:
+@dataclasses.dataclass(frozen=True, repr=False)
+class HeadImportance(Summarized):
     """Per-image, per-head importance of one model on one image set.
 
     Metric arrays are ``[image, layer, head]`` (float32; ``flip`` bool) or None when not
@@ -80,6 +83,24 @@ class HeadImportance:
         """``(images, layers, heads)``."""
         return self[self.metrics[0]].shape
 
+    def _summary(self):
+        images, layers, heads = self.shape
+        rows = [("metrics", listed(self.metrics))]
+        if self.probs.shape[1]:  # a classifier: its labels, and how often it is right
+            accuracy = number((self.predictions == self.labels).mean())
+            rows.append(
+                (
+                    "labels",
+                    "its own predictions"
+                    if self.labels_are_predictions
+                    else f"given; unpruned accuracy {accuracy}",
+                )
+            )
+        ranking = "prob_drop" if "prob_drop" in self.metrics else self.metrics[0]
+        highest = metric_info(ranking).important_high
+        rows.append(("top heads", f"by mean {ranking}: {top_heads(self[ranking], highest)}"))
+        return sizes(images=images, layers=layers, heads=heads), rows
+
 
 def _importance_reduce(logits, z, targets, logits_pruned, z_pruned) -> dict[str, Array]:
     """Output-side metrics of every ablation: ``[batch, spawn_layer, slot]`` each."""
@@ -109,7 +130,7 @@ def head_importance(
     batch_size: int | None = None,
     memory_budget_bytes: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
-    progress: bool = True,
+    progress: ProgressArg = True,
 ) -> HeadImportance:
     """Prune every head of every layer, one at a time, on every image, and measure the effect.
 
@@ -131,7 +152,9 @@ def head_importance(
       memory_budget_bytes: per-device working-set budget; default
         :func:`~jaxvit_interp.importance.engine.default_memory_budget`.
       mesh: a ``jax.sharding.Mesh`` to shard images over all its devices; None: default device.
-      progress: show a progress bar over chunks.
+      progress: report each batch's ablations as they finish: ``True`` (a bar on a terminal,
+        lines on stderr elsewhere), ``False``, or a share of a caller's progress
+        (:func:`~jaxvit_interp.progress.start_progress`).
 
     Returns:
       :class:`HeadImportance` with arrays ``[image, layer, head]``.

@@ -14,12 +14,13 @@ import numpy as np
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance.ablation import HeadImportance
 from jaxvit_interp.quantities import METRICS
+from jaxvit_interp.summary import Summarized, listed, number, sizes, top_heads
 
 HIGHER_IS_MORE_IMPORTANT: dict[str, bool] = {m.name: m.important_high for m in METRICS}
 
 
-@dataclasses.dataclass(frozen=True)
-class GlobalImportance:
+@dataclasses.dataclass(frozen=True, repr=False)
+class GlobalImportance(Summarized):
     """Importance over a whole image set.
 
     Attributes:
@@ -33,9 +34,17 @@ class GlobalImportance:
     flip_fraction: np.ndarray | None
     num_images: int
 
+    def _summary(self):
+        layers, heads = next(iter(self.mean.values())).shape
+        ranking = "prob_drop" if "prob_drop" in self.mean else next(iter(self.mean))
+        highest = HIGHER_IS_MORE_IMPORTANT[ranking]
+        top = top_heads(self.mean[ranking][None], highest)
+        rows = [("metrics", listed(self.mean)), ("top heads", f"by {ranking}: {top}")]
+        return f"means over {self.num_images:,} images, {sizes(layers=layers, heads=heads)}", rows
 
-@dataclasses.dataclass(frozen=True)
-class ClassImportance:
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class ClassImportance(Summarized):
     """Mean importance per class ``y``.
 
     Attributes:
@@ -48,8 +57,16 @@ class ClassImportance:
     mean: dict[str, np.ndarray]
     counts: np.ndarray
 
+    def _summary(self):
+        _, layers, heads = next(iter(self.mean.values())).shape
+        rows = [
+            ("metrics", listed(self.mean)),
+            ("images", f"{self.counts.min():,} to {self.counts.max():,} a class"),
+        ]
+        return f"means over {sizes(classes=len(self.classes), layers=layers, heads=heads)}", rows
 
-def _mean_over_images(values: np.ndarray, axis=0) -> np.ndarray:
+
+def mean_over_images(values: np.ndarray, axis=0) -> np.ndarray:
     """Mean over images, leaving out NaN (a value that could not be computed for an image);
     NaN only where no image has a value."""
     values = np.asarray(values, np.float64)
@@ -60,14 +77,14 @@ def _mean_over_images(values: np.ndarray, axis=0) -> np.ndarray:
 
 def flip_fraction(flip: np.ndarray) -> np.ndarray:
     """``[image, layer, head]`` bool -> ``[layer, head]`` fraction of images that flip."""
-    return _mean_over_images(flip)
+    return mean_over_images(flip)
 
 
 def global_importance(
     result: HeadImportance, *, normalize_layers: bool = False
 ) -> GlobalImportance:
     """Mean of every computed metric over images (NaN left out), optionally normalised per layer."""
-    mean = {m: _mean_over_images(result[m]) for m in result.metrics}
+    mean = {m: mean_over_images(result[m]) for m in result.metrics}
     if normalize_layers:
         mean = {m: normalize_per_layer(v) for m, v in mean.items()}
     flips = flip_fraction(result.flip) if result.flip is not None else None
@@ -83,13 +100,13 @@ def per_class_importance(
     mean = {}
     for m in result.metrics:
         values = np.asarray(result[m], np.float64)
-        v = np.stack([_mean_over_images(values[inverse == c]) for c in range(classes.size)])
+        v = np.stack([mean_over_images(values[inverse == c]) for c in range(classes.size)])
         mean[m] = normalize_per_layer(v) if normalize_layers else v
     return ClassImportance(classes=classes, mean=mean, counts=counts)
 
 
-@dataclasses.dataclass(frozen=True)
-class ClassHeads:
+@dataclasses.dataclass(frozen=True, repr=False)
+class ClassHeads(Summarized):
     """Heads that matter for one class more than on average.
 
     Attributes:
@@ -107,6 +124,18 @@ class ClassHeads:
     specificity: np.ndarray
     top: np.ndarray
 
+    def _summary(self):
+        classes, layers, heads = self.specificity.shape
+        # The class whose most specific head stands out most.
+        best = np.nanmax(self.specificity.reshape(classes, -1), axis=1)
+        k = int(np.nanargmax(best)) if np.isfinite(best).any() else 0
+        layer, head = self.top[k, 0]
+        rows = [
+            ("most specific", f"class {self.classes[k]}: ({layer}, {head}) {number(best[k])}"),
+            ("top", f"{self.top.shape[1]} heads a class"),
+        ]
+        return f"{sizes(classes=classes, layers=layers, heads=heads)} by {self.metric}", rows
+
 
 def class_specific_heads(result: HeadImportance, metric: str = "prob_drop", count: int = 5):
     """Per class, the heads whose importance for that class's images exceeds their mean most.
@@ -118,7 +147,7 @@ def class_specific_heads(result: HeadImportance, metric: str = "prob_drop", coun
         raise InputError(f"metric {metric!r} was not computed; this result has {result.metrics}")
     by_class = per_class_importance(result)
     sign = 1.0 if HIGHER_IS_MORE_IMPORTANT[metric] else -1.0
-    overall = _mean_over_images(result[metric])
+    overall = mean_over_images(result[metric])
     specificity = sign * (by_class.mean[metric] - overall[None])
     count = min(int(count), specificity[0].size)
     flat = np.nan_to_num(specificity.reshape(len(specificity), -1), nan=-np.inf)
@@ -198,4 +227,4 @@ def importance_summary(result: HeadImportance, num_classes: int) -> dict[str, np
 
 def partial_prob_mean(prob: np.ndarray) -> np.ndarray:
     """``p'_y`` after partial pruning, ``[image, layer, head, mode]`` -> mean over images."""
-    return _mean_over_images(prob).astype(np.float32)
+    return mean_over_images(prob).astype(np.float32)

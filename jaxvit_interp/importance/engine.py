@@ -44,7 +44,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
-from tqdm.auto import tqdm
 
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance.metrics import layer_change
@@ -54,6 +53,7 @@ from jaxvit_interp.model.blocks import BlockParams
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import ModelOutput, VisionTransformer, block_params, readout_params
 from jaxvit_interp.parallel import Batcher, to_host
+from jaxvit_interp.progress import ProgressArg, start_progress
 
 Array = jax.Array
 _F32 = 4  # bytes
@@ -632,7 +632,7 @@ def run_engine(
     memory_budget_bytes: int | None = None,
     batch_size: int | None = None,
     mesh: Mesh | None = None,
-    progress: bool = True,
+    progress: ProgressArg = True,
     desc: str = "ablations",
     step_tokens: int | None | str = "auto",
 ) -> EngineOutput:
@@ -648,6 +648,8 @@ def run_engine(
         heads.
       reduce: maps pruned logits to per-slot outputs on the device (see :func:`ablation_batch`).
       mesh: shard image batches over all of this mesh's devices (batch axis); None: one device.
+      progress: a step for each batch's unpruned pass and each of its slot groups
+        (:func:`~jaxvit_interp.progress.start_progress`).
       step_tokens: tokens per step through a block; "auto" for :func:`default_step_tokens`.
     """
     num_images = images.shape[0]
@@ -698,7 +700,7 @@ def run_engine(
     )
     per_slot: dict[str, np.ndarray] = {}
     steps = plan.num_batches * (1 + len(slot_groups))
-    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
+    bar = start_progress(progress, total=steps, desc=desc, leave=False)
 
     def collect(rows, full_logits, y, taylor, parts):
         n = rows.stop - rows.start

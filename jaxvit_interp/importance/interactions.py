@@ -23,13 +23,15 @@ from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance import validate
 from jaxvit_interp.importance.sets import ablate
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.progress import ProgressArg
+from jaxvit_interp.summary import Summarized, listed, number, sizes
 
 # The metrics an interaction is measured on: additive effects on the output.
 INTERACTION_METRICS: tuple[str, ...] = ("prob_drop", "kl")
 
 
-@dataclasses.dataclass(frozen=True)
-class HeadInteractions:
+@dataclasses.dataclass(frozen=True, repr=False)
+class HeadInteractions(Summarized):
     """Pairwise interactions among chosen heads.
 
     Attributes:
@@ -68,6 +70,18 @@ class HeadInteractions:
         positive = [n for n in order[::-1] if mean[i[n], j[n]] > 0][:count]
         return pick(negative), pick(positive)
 
+    def _summary(self):
+        k = len(self.heads)
+        images = len(next(iter(self.interaction.values())))
+        rows = [("metrics", listed(self.interaction))]
+        redundant, cooperative = self.strongest("prob_drop", 1)
+        for label, found in (("most redundant", redundant), ("most cooperative", cooperative)):
+            text = (
+                "none" if not found else f"{found[0][0]} and {found[0][1]}: {number(found[0][2])}"
+            )
+            rows.append((label, f"{text} (mean prob_drop interaction)"))
+        return sizes(images=images, heads=k) + f", {k * (k - 1) // 2} pairs", rows
+
 
 def pairwise_interactions(
     config: ViTConfig,
@@ -79,7 +93,7 @@ def pairwise_interactions(
     batch_size: int | None = None,
     memory_budget_bytes: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
-    progress: bool = True,
+    progress: ProgressArg = True,
 ) -> HeadInteractions:
     """Interactions of every pair of ``heads`` (e.g. the 16 most important: 120 pairs).
 

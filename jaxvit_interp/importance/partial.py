@@ -21,12 +21,14 @@ from jaxvit_interp.importance.engine import run_engine
 from jaxvit_interp.importance.metrics import probability
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import keep_mask
+from jaxvit_interp.progress import ProgressArg
+from jaxvit_interp.summary import Summarized, listed, number, sizes
 
 Array = jax.Array
 
 
-@dataclasses.dataclass(frozen=True)
-class PartialPruning:
+@dataclasses.dataclass(frozen=True, repr=False)
+class PartialPruning(Summarized):
     """Prediction after each partial-pruning mode of each chosen head, per image.
 
     Attributes:
@@ -58,6 +60,15 @@ class PartialPruning:
             raise KeyError(f"head (layer={layer}, head={head}) is not in this result")
         return int(hits[0])
 
+    def _summary(self):
+        images, heads, modes = self.prob.shape
+        mean = self.prob.mean(axis=(0, 1))
+        return sizes(images=images, heads=heads, modes=modes), [
+            ("modes", listed(self.modes)),
+            ("mean p'(y)", ", ".join(f"{m} {number(v)}" for m, v in zip(self.modes, mean))),
+            ("top classes", f"the {self.top_classes.shape[-1]} most probable after pruning"),
+        ]
+
 
 @dataclasses.dataclass(frozen=True)
 class _PartialReduce:
@@ -87,7 +98,7 @@ def partial_pruning(
     batch_size: int | None = None,
     memory_budget_bytes: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
-    progress: bool = True,
+    progress: ProgressArg = True,
 ) -> PartialPruning:
     """Apply each partial-pruning mode to each chosen head, one (head, mode) at a time.
 

@@ -4,7 +4,11 @@ Three orders, each a curve over ``k = 0 .. K`` removed heads:
 
 - ``importance``: least important first by a head-importance metric averaged over the images;
 - ``greedy``: at each step the head whose removal hurts least given those already removed (the
-  highest mean ``p(label)`` afterwards), all candidates of a step ablated in one batch;
+  highest mean ``p(label)`` afterwards), all candidates of a step ablated in one batch. It costs
+  :func:`greedy_set_ablations` set ablations (10,440 for ViT-B/16's 144 heads), so unless it is
+  asked for by name it runs only where it costs no more than a whole greedy curve of
+  :data:`GREEDY_MAX_HEADS` heads: a whole curve for a model of at most that many heads, the cap
+  of the analysis's head-set stage (``AnalysisSettings.greedy_max_heads``);
 - ``random``: several random orders, a band for what ranking by chance gives.
 
 Every point is an exact set ablation (:func:`~jaxvit_interp.importance.ablate`).  A good
@@ -15,6 +19,7 @@ that above the random ones.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import jax
@@ -26,13 +31,26 @@ from jaxvit_interp.importance.ablation import HeadImportance, head_importance
 from jaxvit_interp.importance.aggregate import rank_heads
 from jaxvit_interp.importance.sets import SetAblation, ablate
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.progress import ProgressArg, start_progress
 from jaxvit_interp.quantities import metric as metric_info
+from jaxvit_interp.summary import Summarized, listed, number
 
 CURVE_ORDERS: tuple[str, ...] = ("importance", "greedy", "random")
+# The greedy order runs unasked only where it costs no more than a whole greedy curve of this
+# many heads, 1,176 set ablations (ViT-S/16's 72 heads would take 2,628, ViT-B/16's 144 take
+# 10,440): for a whole curve, a model of at most this many heads.
+GREEDY_MAX_HEADS = 48
 
 
-@dataclasses.dataclass(frozen=True)
-class PruningCurve:
+def greedy_set_ablations(total_heads: int, steps: int | None = None) -> int:
+    """Set ablations of a greedy curve of ``steps`` removals (default: every head) among
+    ``total_heads`` heads: step ``k`` ablates each of the ``total_heads - k`` heads left."""
+    steps = total_heads if steps is None else min(steps, total_heads)
+    return steps * total_heads - steps * (steps - 1) // 2
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class PruningCurve(Summarized):
     """One order's curves (several runs for ``random``, one otherwise).
 
     Attributes:
@@ -49,9 +67,17 @@ class PruningCurve:
     accuracy: np.ndarray
     mean_prob: np.ndarray
 
-    def removable(self, points: float) -> np.ndarray:
-        """``[run]`` heads that can go before accuracy falls more than ``points`` percentage
-        points below the unpruned model's (K when it never does)."""
+    def removable(self, points: float) -> int | np.ndarray:
+        """How many heads can go, in this order, before accuracy falls more than ``points``
+        percentage points below the unpruned model's (K when it never does): an ``int`` for a
+        curve of one order (``importance``, ``greedy``), and for several random orders an
+        int array ``[run]``, one count per order (:meth:`removable_by_run` for every curve).
+        """
+        counts = self.removable_by_run(points)
+        return int(counts[0]) if len(counts) == 1 else counts
+
+    def removable_by_run(self, points: float) -> np.ndarray:
+        """``[run]`` int64: :meth:`removable` of each run, for a curve of one run too."""
         floor = self.accuracy[:, :1] - points / 100.0 - 1e-9
         below = self.accuracy < floor
         first = np.where(below.any(axis=1), below.argmax(axis=1), self.accuracy.shape[1])
@@ -61,6 +87,27 @@ class PruningCurve:
     def area(self) -> np.ndarray:
         """``[run]`` mean accuracy over ``k = 0 .. K`` (the area under the curve, normalised)."""
         return self.accuracy.mean(axis=1)
+
+    def _summary(self):
+        runs, count = self.heads.shape[:2]
+        mean_of = f" (mean of {runs})" if runs > 1 else ""  # several random orders
+        removable = {p: self.removable_by_run(p) for p in (1.0, 5.0)}
+        rows = [
+            (
+                "accuracy",
+                f"{number(self.accuracy[:, 0].mean())} unpruned, "
+                f"{number(self.accuracy[:, -1].mean())} with {count} removed{mean_of}",
+            ),
+            (
+                "removable",
+                "; ".join(
+                    f"within {p:g} point{'s' * (p != 1)}: {listed(r.tolist())}"
+                    for p, r in removable.items()
+                ),
+            ),
+            ("area", number(self.area.mean()) + mean_of),
+        ]
+        return f"{self.order} order, {runs} run{'s' * (runs > 1)} of {count} removals", rows
 
 
 def _points(result: SetAblation) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
@@ -93,14 +140,14 @@ def pruning_curves(
     *,
     importance: HeadImportance | None = None,
     metric: str = "prob_drop",
-    orders: tuple[str, ...] = CURVE_ORDERS,
+    orders: tuple[str, ...] | None = None,
     random_orders: int = 5,
     seed: int = 0,
     max_heads: int | None = None,
     batch_size: int | None = None,
     memory_budget_bytes: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
-    progress: bool = True,
+    progress: ProgressArg = True,
 ) -> dict[str, PruningCurve]:
     """Pruning curves of ``orders`` over the first ``max_heads`` removals (default: all heads).
 
@@ -109,26 +156,57 @@ def pruning_curves(
       importance: the per-image head importance that orders ``importance`` (computed here,
         ``metric`` only, when None).
       metric: the importance metric of the ``importance`` order, averaged over the images.
+      orders: some of :data:`CURVE_ORDERS`; each one named runs. None: all of them, except
+        that the greedy order is skipped, with a warning, where its set ablations
+        (:func:`greedy_set_ablations`) would be more than a whole curve of
+        :data:`GREEDY_MAX_HEADS` heads takes: for a whole curve, on a model of more heads.
       random_orders: how many random orders (seeded by ``seed``).
       max_heads: stop each curve after this many removals (greedy costs ``K`` ablation batches
         of up to ``L * H`` sets each).
+      progress: one report over every set ablation of every curve
+        (:func:`~jaxvit_interp.progress.start_progress`).
+
+    Returns:
+      ``{order: PruningCurve}`` for each order computed.
     """
-    unknown = [o for o in orders if o not in CURVE_ORDERS]
-    if unknown:
-        raise InputError(f"unknown pruning order(s) {unknown}; expected some of {CURVE_ORDERS}")
     if not config.num_classes:
         raise InputError(
             "pruning curves measure accuracy, which needs the model's logits; this model is a "
             "backbone without a classifier (attach a linear probe)"
         )
-    info = metric_info(metric)
     total = config.num_layers * config.num_heads
     count = total if max_heads is None else validate.check_positive("max_heads", max_heads)
     count = min(count, total)
+    if orders is None:
+        orders = CURVE_ORDERS
+        greedy_sets = greedy_set_ablations(total, count)
+        if greedy_sets > greedy_set_ablations(GREEDY_MAX_HEADS):
+            orders = tuple(o for o in CURVE_ORDERS if o != "greedy")
+            warnings.warn(
+                f"pruning_curves: the greedy order is skipped: on a model of {total} heads "
+                f"(more than GREEDY_MAX_HEADS {GREEDY_MAX_HEADS}) it would take "
+                f"{greedy_sets:,} set ablations; ask for it by name to run it: "
+                f"orders={CURVE_ORDERS} (with max_heads=K, its first K removals only)",
+                stacklevel=2,
+            )
+    unknown = [o for o in orders if o not in CURVE_ORDERS]
+    if unknown:
+        raise InputError(f"unknown pruning order(s) {unknown}; expected some of {CURVE_ORDERS}")
+    info = metric_info(metric)
     if "random" in orders:
         random_orders = validate.check_positive("random_orders", random_orders)
     images = validate.check_images(config, images)
     labels = validate.check_labels(config, labels, images.shape[0])
+
+    # Every curve's set ablations in one report: a greedy curve is most of them.
+    sets_of = {
+        "importance": count + (total if importance is None else 0),
+        "random": random_orders * count,
+        "greedy": greedy_set_ablations(total, count),
+    }
+    bar = start_progress(
+        progress, total=sum(sets_of[o] for o in set(orders)), desc="pruning curves", unit="set"
+    )
 
     def run_sets(sets):
         return ablate(
@@ -141,14 +219,14 @@ def pruning_curves(
             batch_size=batch_size,
             memory_budget_bytes=memory_budget_bytes,
             mesh=mesh,
-            progress=progress,
+            progress=bar.share(len(sets)),
         )
 
     curves: dict[str, PruningCurve] = {}
     if "importance" in orders:
         if importance is None:
             importance = head_importance(
-                config, params, images, labels, metrics=(metric,), progress=progress
+                config, params, images, labels, metrics=(metric,), progress=bar.share(total)
             )
         mean = np.nanmean(np.asarray(importance[metric], np.float64), axis=0)
         least_first = rank_heads(mean, higher_is_more_important=info.important_high)[::-1]
@@ -185,4 +263,5 @@ def pruning_curves(
             np.asarray(accuracy)[None],
             np.asarray(mean_prob)[None],
         )
+    bar.close()
     return curves

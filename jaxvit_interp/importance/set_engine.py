@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
-from tqdm.auto import tqdm
 
 from jaxvit_interp.importance.engine import (
     BatchPlan,
@@ -55,6 +54,7 @@ from jaxvit_interp.model.blocks import BlockParams
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import block_params, readout_params
 from jaxvit_interp.parallel import Batcher, to_host
+from jaxvit_interp.progress import ProgressArg, start_progress
 
 Array = jax.Array
 
@@ -319,7 +319,7 @@ def run_sets(
     memory_budget_bytes: int | None = None,
     batch_size: int | None = None,
     mesh: Mesh | None = None,
-    progress: bool = True,
+    progress: ProgressArg = True,
     desc: str = "head sets",
     step_tokens: int | None | str = "auto",
 ) -> SetEngineOutput:
@@ -327,7 +327,8 @@ def run_sets(
 
     Images are cut into batches and the sets, in the layout's order, into chunks whose streams
     fit the memory budget (:func:`~jaxvit_interp.importance.engine.plan_batches` with one
-    stream per set); each chunk is laid out by :func:`plan_streams`.
+    stream per set); each chunk is laid out by :func:`plan_streams`. ``progress``: a step for
+    each batch of images through each chunk (:func:`~jaxvit_interp.progress.start_progress`).
     """
     c = config
     num_images = images.shape[0]
@@ -369,10 +370,10 @@ def run_sets(
     targets_out = np.zeros((num_images,), np.int32)
     per_chunk_out: list[dict[str, list[np.ndarray]]] = [{} for _ in plans]
     layer_out = np.zeros((num_images, len(masks)), np.float32) if with_layer else None
-    bar = tqdm(
+    bar = start_progress(
+        progress,
         total=-(-num_images // plan.images_per_batch) * len(plans),
         desc=desc,
-        disable=not progress,
         leave=False,
     )
     for batch in batcher.batches(images, labels):

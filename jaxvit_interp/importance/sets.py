@@ -22,6 +22,8 @@ from jaxvit_interp.importance.ablation import unpruned_outputs
 from jaxvit_interp.importance.metrics import ablation_metrics, backbone_metrics
 from jaxvit_interp.importance.set_engine import run_sets
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.progress import ProgressArg
+from jaxvit_interp.summary import Summarized, listed, number, sizes
 
 Array = jax.Array
 
@@ -30,8 +32,8 @@ Array = jax.Array
 SET_METRICS: tuple[str, ...] = tuple(m for m in validate.METRICS if m != "taylor")
 
 
-@dataclasses.dataclass(frozen=True)
-class SetAblation:
+@dataclasses.dataclass(frozen=True, repr=False)
+class SetAblation(Summarized):
     """The effect of pruning each of several head sets, per image.
 
     Metric arrays are ``[image, set]`` (float32; ``flip`` bool) or None when not requested; the
@@ -72,6 +74,30 @@ class SetAblation:
     def accuracy(self) -> np.ndarray:
         """``[set]`` top-1 accuracy against ``labels`` after pruning each set."""
         return (self.predictions_pruned == self.labels[:, None]).mean(axis=0)
+
+    def _summary(self):
+        images, sets = self.predictions_pruned.shape
+        rows = [("metrics", listed(self.metrics))]
+        if self.probs.shape[1]:  # a classifier
+            unpruned = number((self.predictions == self.labels).mean())
+            pruned = self.accuracy
+            rows.append(
+                (
+                    "accuracy",
+                    f"{unpruned} unpruned; {number(pruned.min())} to {number(pruned.max())} "
+                    f"with a set pruned (median {number(np.median(pruned))})",
+                )
+            )
+        shown = "prob_drop" if "prob_drop" in self.metrics else self.metrics[0]
+        mean = np.nanmean(np.asarray(self[shown], np.float64), axis=0)
+        worst = int(np.nanargmax(mean)) if np.isfinite(mean).any() else 0
+        rows.append(
+            (
+                f"mean {shown}",
+                f"{number(mean[worst])} at most (set {worst}), {number(np.nanmean(mean))} on average",
+            )
+        )
+        return sizes(images=images, sets=sets), rows
 
 
 def _set_reduce(logits, z, targets, logits_pruned, z_pruned) -> dict[str, Array]:
@@ -133,7 +159,7 @@ def ablate(
     batch_size: int | None = None,
     memory_budget_bytes: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
-    progress: bool = True,
+    progress: ProgressArg = True,
 ) -> SetAblation:
     """Prune each set of heads (all of its heads at once) on every image and measure the effect.
 

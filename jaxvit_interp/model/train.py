@@ -12,12 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.run import run_model
 from jaxvit_interp.model.vit import VisionTransformer, init_params, with_position_embeddings
+from jaxvit_interp.progress import ProgressArg, start_progress
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -138,7 +138,7 @@ def train_classifier(
     train_labels: np.ndarray,
     *,
     background: float = 0.0,
-    progress: bool = True,
+    progress: ProgressArg = True,
 ) -> tuple[Any, list[dict[str, float]]]:
     """Train a ViT from scratch; returns ``(params, history)``.
 
@@ -162,9 +162,9 @@ def train_classifier(
     images = jnp.asarray(train_images, jnp.float32)
     labels = jnp.asarray(train_labels, jnp.int32)
     history, window = [], []
-    bar = tqdm(range(train_config.steps), desc="training", unit="step", disable=not progress)
+    bar = start_progress(progress, total=train_config.steps, desc="training", unit="step")
     start = time.perf_counter()
-    for step in bar:
+    for step in range(train_config.steps):
         idx = batches.choice(len(images), train_config.batch_size, replace=False)
         rng, step_rng = jax.random.split(rng)
         state, metrics = train_step(state, images[idx], labels[idx], step_rng)
@@ -175,5 +175,7 @@ def train_classifier(
             mean["seconds"] = time.perf_counter() - start
             history.append(mean)
             window = []
-            bar.set_postfix(loss=f"{mean['loss']:.3f}", acc=f"{mean['accuracy']:.3f}")
+            bar.note(loss=f"{mean['loss']:.3f}", acc=f"{mean['accuracy']:.3f}")
+        bar.update(1)
+    bar.close()
     return state.params, history

@@ -19,6 +19,7 @@ from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import VisionTransformer
 from jaxvit_interp.parallel import Batcher
 from jaxvit_interp.patterns.extract import cls_pattern, patch_pattern, pattern_shape
+from jaxvit_interp.progress import ProgressArg
 
 # How far a softmax row may sum from 1 (float32 rounding over a few hundred keys is ~1e-6).
 _ROW_TOLERANCE = 1e-3
@@ -47,7 +48,7 @@ def collect_patterns(
     kinds: tuple[str, ...] | None = None,
     batch_size: int = 64,
     mesh: jax.sharding.Mesh | None = None,
-    progress: bool = True,
+    progress: ProgressArg = True,
 ) -> dict[str, np.ndarray]:
     """Raw (un-normalised) patterns of every head on every image.
 
@@ -59,7 +60,8 @@ def collect_patterns(
         without a CLS token.
       batch_size: images per forward pass, over all devices (the last batch is padded).
       mesh: shard each batch's images over this mesh's devices; None: the default device.
-      progress: show a progress bar.
+      progress: report the images as they are done
+        (:func:`~jaxvit_interp.progress.start_progress`).
 
     Returns:
       ``{kind: [image, layer, head, h, w]}`` float32 arrays, ``(h, w)`` from

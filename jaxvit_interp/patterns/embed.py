@@ -30,6 +30,7 @@ from sklearn.metrics import silhouette_score
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.patterns.train import TrainedAutoencoder
 from jaxvit_interp.quantities import DENSITY_BINS
+from jaxvit_interp.summary import Summarized, listed, number
 
 PROJECTIONS: tuple[str, ...] = ("umap", "tsne")
 CLUSTER_SPACES: tuple[str, ...] = ("latent", "xy")
@@ -43,8 +44,8 @@ CLUSTER_SAMPLE = 20_000
 _PLACE_BLOCK = 2048
 
 
-@dataclasses.dataclass(kw_only=True)
-class PatternEmbedding:
+@dataclasses.dataclass(kw_only=True, repr=False)
+class PatternEmbedding(Summarized):
     """Where each pattern lands, which cluster it joins, and what each cluster looks like.
 
     ``...`` below is the leading shape of the patterns given, typically ``[image, layer, head]``.
@@ -78,6 +79,22 @@ class PatternEmbedding:
     decoded_centre: np.ndarray
     projection: str | None
     cluster_space: str
+
+    def _summary(self):
+        rows = [
+            ("latents", f"{self.latents.shape[-1]} a pattern"),
+            (
+                "projection",
+                f"{self.projection or 'none'}; clustered in the {self.cluster_space} space",
+            ),
+            ("cluster sizes", listed(f"{n:,}" for n in self.cluster_sizes)),
+        ]
+        if self.silhouette:
+            rows.append(
+                ("silhouette", listed(f"k={k} {number(v)}" for k, v in self.silhouette.items()))
+            )
+        shape = " x ".join(str(n) for n in self.labels.shape)
+        return f"{self.labels.size:,} patterns ({shape}) in {self.k} clusters", rows
 
     @property
     def mean_xy(self) -> np.ndarray | None:

@@ -29,12 +29,13 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tqdm.auto import tqdm
 
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.parallel import Batcher, to_host
 from jaxvit_interp.patterns.autoencoder import PatternAutoencoder
+from jaxvit_interp.progress import ProgressArg, start_progress
 from jaxvit_interp.storage import orbax_write
+from jaxvit_interp.summary import Summarized, listed, number
 
 Array = jax.Array
 
@@ -119,8 +120,8 @@ class AutoencoderSettings:
         return cls(**d)
 
 
-@dataclasses.dataclass(kw_only=True)
-class TrainedAutoencoder:
+@dataclasses.dataclass(kw_only=True, repr=False)
+class TrainedAutoencoder(Summarized):
     """A trained pattern autoencoder and how it was trained.
 
     Attributes:
@@ -144,6 +145,23 @@ class TrainedAutoencoder:
     heldout_index: np.ndarray
     fingerprint: str
     reused: bool = False
+
+    def _summary(self):
+        s = self.settings
+        epochs = len(self.heldout_loss)
+        rows = [
+            ("shape", f"{self.shape[0]}x{self.shape[1]} patterns -> {s.latent_dim} latents"),
+            (
+                "held-out loss",
+                f"{number(self.heldout_loss[self.best_epoch])} at epoch {self.best_epoch} of "
+                f"{epochs} (first {number(self.heldout_loss[0])})"
+                if epochs
+                else "none",
+            ),
+            ("held out", f"{len(self.heldout_index):,} patterns"),
+            ("fingerprint", self.fingerprint[:12] + (" (restored)" if self.reused else "")),
+        ]
+        return f"pattern autoencoder, features {listed(s.features)}", rows
 
     @property
     def module(self) -> PatternAutoencoder:
@@ -327,7 +345,7 @@ def train_autoencoder(
     *,
     workdir: str | pathlib.Path | None = None,
     mesh: Mesh | None = None,
-    progress: bool = True,
+    progress: ProgressArg = True,
 ) -> TrainedAutoencoder:
     """Train a :class:`PatternAutoencoder` on normalised ``patterns`` ``[..., h, w]``.
 
@@ -381,14 +399,10 @@ def train_autoencoder(
 
     best = (np.inf, params, -1)
     train_hist, held_hist = [], []
-    bar = tqdm(
-        range(epochs),
-        desc="pattern autoencoder",
-        unit="epoch",
-        disable=not progress,
-        leave=False,
+    bar = start_progress(
+        progress, total=epochs, desc="pattern autoencoder", unit="epoch", leave=False
     )
-    for e in bar:
+    for e in range(epochs):
         order = rng.permutation(len(train_index))[: steps_per_epoch * batch]
         losses = []
         for idx in order.reshape(steps_per_epoch, batch):
@@ -400,7 +414,8 @@ def train_autoencoder(
         held_hist.append(held)
         if held < best[0] - settings.min_delta:
             best = (held, params, e)
-        bar.set_postfix(train=f"{loss:.3g}", heldout=f"{held:.3g}", best=best[2])
+        bar.note(train=f"{loss:.3g}", heldout=f"{held:.3g}", best=best[2])
+        bar.update(1)
         if e - best[2] >= settings.patience:
             break
     bar.close()

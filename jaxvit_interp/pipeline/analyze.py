@@ -26,12 +26,14 @@ import numpy as np
 
 from jaxvit_interp.attention_codes import encode_attention
 from jaxvit_interp.bundle import INDEX_FILE, ResultsBundle, mapped_path, save_bundle
+from jaxvit_interp.data.images import ImageSet
 from jaxvit_interp.data.labels import display_class_names
 from jaxvit_interp.data.preprocess import thumbnails
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance.layout import image_layout
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
+from jaxvit_interp.model.identity import model_identity as identify_model
 from jaxvit_interp.multihost import is_writer, run_on_writer, share_from_writer
 from jaxvit_interp.parallel import all_devices_mesh
 from jaxvit_interp.pipeline.parts import (
@@ -43,8 +45,8 @@ from jaxvit_interp.pipeline.parts import (
     strength_part,
 )
 from jaxvit_interp.pipeline.passes import pass_images
-from jaxvit_interp.pipeline.progress import progress_bar, progress_enabled
 from jaxvit_interp.pipeline.settings import AnalysisSettings, run_fingerprint
+from jaxvit_interp.progress import ProgressArg, start_progress
 from jaxvit_interp.quantities import METRIC_NAMES, STRENGTH_FIELDS, model_metrics
 from jaxvit_interp.storage import (
     UnreadableFileError,
@@ -163,8 +165,55 @@ def _local_indices(indices: np.ndarray, start: int, stop: int) -> np.ndarray:
     return indices[(indices >= start) & (indices < stop)] - start
 
 
-def _compute_chunk(config, params, images, labels, partial_local, attention_local, settings, mesh):
-    """Every per-image result of one chunk of images, from the library's public functions."""
+def _from_image_set(image_set: ImageSet, **given) -> tuple:
+    """``(images, labels, image_ids, class_names, label_matching)`` of an :class:`ImageSet`;
+    ``given`` (what the call gave besides) must be None: the set carries all of them."""
+    twice = [name for name, value in given.items() if value is not None]
+    if twice:
+        raise InputError(
+            f"analyze was given an ImageSet, which carries its labels, ids, class names and "
+            f"label matching, and also {', '.join(f'{n}=' for n in twice)}: give one of the two "
+            "(the set's .images array to give them yourself)"
+        )
+    matching = image_set.label_matching
+    return (
+        image_set.images,
+        image_set.labels,
+        list(image_set.ids),
+        list(image_set.class_names),
+        None if matching is None else matching.to_dict(image_set.class_names),
+    )
+
+
+def _chunk_work(config: ViTConfig, images: int, partial: int, attention: int) -> dict[str, float]:
+    """What each step of a chunk of ``images`` costs (``partial`` of them get partial pruning,
+    ``attention`` keep their attention), roughly, in forward passes of one image: the progress
+    report spreads the chunk's images over its steps by these, so that it moves through a chunk
+    at about the pace of the work (the ablations are most of it)."""
+    from jaxvit_interp.importance.validate import check_modes
+
+    # Every head of a layer ablated, each rerunning the layers from its own up: (L + 1) / 2
+    # forward passes a head on average.
+    ablations = config.num_heads * (config.num_layers + 1) / 2
+    pruned_modes = len(check_modes(config, None)) - 1  # "none" costs nothing
+    return {
+        "importance": images * (3 + ablations),  # the unpruned pass, Taylor's backward pass
+        "strength": images,
+        "special": images if config.num_prefix_tokens else 0,
+        "patterns": images,
+        "rollout": images,
+        "partial": partial * (1 + pruned_modes * ablations),
+        "attention": attention,
+    }
+
+
+def _compute_chunk(
+    config, params, images, labels, partial_local, attention_local, settings, mesh,
+    shares: dict[str, ProgressArg],
+):  # fmt: skip
+    """Every per-image result of one chunk of images, from the library's public functions;
+    each step reports to its share of the run's progress (``shares``, by :func:`_chunk_work`'s
+    names)."""
     from jaxvit_interp.importance import head_importance, partial_pruning
     from jaxvit_interp.model.run import attention_over_images
     from jaxvit_interp.patterns import collect_patterns
@@ -181,7 +230,7 @@ def _compute_chunk(config, params, images, labels, partial_local, attention_loca
         batch_size=settings.batch_size,
         memory_budget_bytes=settings.memory_budget_bytes,
         mesh=mesh,
-        progress=False,
+        progress=shares["importance"],
     )
     arrays = {m: np.asarray(importance[m], np.float32) for m in metrics}
     # A backbone's are [image, 0] and -1 (no classes); its bundle leaves them out.
@@ -189,10 +238,10 @@ def _compute_chunk(config, params, images, labels, partial_local, attention_loca
     arrays["predictions"] = importance.predictions.astype(np.int32)
     arrays["targets"] = importance.labels.astype(np.int32)
     strength = model_strength_over_images(
-        config, params, images, batch_size=batch, mesh=mesh, progress=False
+        config, params, images, batch_size=batch, mesh=mesh, progress=shares["strength"]
     )
     arrays.update({f: np.asarray(getattr(strength.local, f), np.float32) for f in STRENGTH_FIELDS})
-    arrays.update(_special_arrays(config, params, images, batch, mesh))
+    arrays.update(_special_arrays(config, params, images, batch, mesh, shares["special"]))
     patterns = collect_patterns(
         config,
         params,
@@ -200,10 +249,10 @@ def _compute_chunk(config, params, images, labels, partial_local, attention_loca
         kinds=_kinds(config, settings),
         batch_size=batch,
         mesh=mesh,
-        progress=False,
+        progress=shares["patterns"],
     )
     arrays.update({f"{kind}_pattern": value for kind, value in patterns.items()})
-    arrays.update(_rollout_arrays(config, params, images, batch, mesh))
+    arrays.update(_rollout_arrays(config, params, images, batch, mesh, shares["rollout"]))
     if len(partial_local):
         partial = partial_pruning(
             config,
@@ -214,7 +263,7 @@ def _compute_chunk(config, params, images, labels, partial_local, attention_loca
             batch_size=settings.batch_size,
             memory_budget_bytes=settings.memory_budget_bytes,
             mesh=mesh,
-            progress=False,
+            progress=shares["partial"],
         )
         # [image, head pair, mode, ...] -> [image, layer, head, mode, ...]
         L, H = config.num_layers, config.num_heads
@@ -226,12 +275,15 @@ def _compute_chunk(config, params, images, labels, partial_local, attention_loca
     if len(attention_local):
         # Encoded slice by slice: a chunk's float attention is never held whole.
         encoded = []
+        report = start_progress(shares["attention"], total=len(attention_local), desc="attention")
         for at in range(0, len(attention_local), ATTENTION_SLICE_IMAGES):
             pick = attention_local[at : at + ATTENTION_SLICE_IMAGES]
             attention = attention_over_images(
                 config, params, images[pick], batch_size=min(batch, len(pick)), mesh=mesh
             )
             encoded.append(encode_attention(attention))
+            report.update(len(pick))
+        report.close()
         for k, name in enumerate(("attention_codes", "attention_steps", "attention_error")):
             arrays[name] = np.concatenate([e[k] for e in encoded])
     return arrays
@@ -251,22 +303,28 @@ def _pass_batch(config, params, num_images: int, settings: AnalysisSettings, mes
     )
 
 
-def _rollout_arrays(config, params, images, batch: int, mesh) -> dict[str, np.ndarray]:
+def _rollout_arrays(
+    config, params, images, batch: int, mesh, progress: ProgressArg = False
+) -> dict[str, np.ndarray]:
     """Attention rollout of one chunk: each image's final map and per-layer contributions."""
     from jaxvit_interp.rollout import final_rollout_over_images
 
-    rollout = final_rollout_over_images(config, params, images, batch_size=batch, mesh=mesh)
+    rollout = final_rollout_over_images(
+        config, params, images, batch_size=batch, mesh=mesh, progress=progress
+    )
     return {"rollout_map": rollout.map, "rollout_contribution": rollout.contribution}
 
 
-def _special_arrays(config, params, images, batch: int, mesh) -> dict[str, np.ndarray]:
+def _special_arrays(
+    config, params, images, batch: int, mesh, progress: ProgressArg = False
+) -> dict[str, np.ndarray]:
     """Attention to and from each special token of one chunk (none without special tokens)."""
     from jaxvit_interp.strength import model_special_mass_over_images
 
     if not config.num_prefix_tokens:
         return {}
     special = model_special_mass_over_images(
-        config, params, images, batch_size=batch, mesh=mesh, progress=False
+        config, params, images, batch_size=batch, mesh=mesh, progress=progress
     )
     return {
         "special_to": np.asarray(special.to_token, np.float32),
@@ -337,13 +395,16 @@ def _train_pattern_models(config, patterns, settings, out: Path, mesh, progress:
     for kind, stored in patterns.items():
         flat = stored.reshape(-1, *stored.shape[-2:])
         pick = _subset(len(flat), settings.pattern_samples, settings.seed)
-        models[kind] = train_autoencoder(
-            np.asarray(normalize_patterns(read_rows(flat, pick), config.num_patches)),
-            settings.autoencoder,
-            workdir=out / f"autoencoder-{kind}",
-            mesh=mesh,
-            progress=progress,
-        )
+        with start_progress(
+            progress, total=1, desc=f"training the {kind} pattern autoencoder"
+        ) as stage:
+            models[kind] = train_autoencoder(
+                np.asarray(normalize_patterns(read_rows(flat, pick), config.num_patches)),
+                settings.autoencoder,
+                workdir=out / f"autoencoder-{kind}",
+                mesh=mesh,
+                progress=stage.share(1),
+            )
     return models
 
 
@@ -382,9 +443,7 @@ def _pattern_part(config, patterns, models, settings, progress: bool) -> dict[st
     for kind, model in models.items():
         raw = patterns[kind]  # [image, layer, head, h, w], memory-mapped
         flat = raw.reshape(-1, *raw.shape[-2:])
-        bar = progress_bar(
-            total=1, desc=f"projecting {kind} patterns", unit="stage", enabled=progress
-        )
+        bar = start_progress(progress, total=1, desc=f"projecting the {kind} patterns")
         latents = _encode_patterns(model, flat, config.num_patches)
         emb = embed_latents(
             model,
@@ -413,7 +472,7 @@ def _pattern_part(config, patterns, models, settings, progress: bool) -> dict[st
 def analyze(
     config: ViTConfig,
     params: Any,
-    images: np.ndarray,
+    images: np.ndarray | ImageSet,
     out: str | Path,
     *,
     labels: np.ndarray | None = None,
@@ -430,7 +489,10 @@ def analyze(
       config, params: the model.
       images: ``[image, height, width, channels]`` preprocessed; a float32
         :class:`numpy.memmap` (as :func:`~jaxvit_interp.data.images.load_image_folder` writes
-        with ``out``) is read a chunk at a time and never copied whole.
+        with ``out``) is read a chunk at a time and never copied whole. Or the
+        :class:`~jaxvit_interp.data.images.ImageSet` that ``load_image_folder`` returns: its
+        images, labels, ids (the files' paths), class names and label matching, which are then
+        not given again.
       out: the run folder (created; an interrupted run there is resumed).
       labels: ``[image]`` class ids, or None to measure against the model's predictions.
       image_ids: a name per image (default ``"0"``, ``"1"``, ...).
@@ -438,9 +500,13 @@ def analyze(
       label_matching: how the labels were tied to the model's classes (see
         :meth:`~jaxvit_interp.data.labels.LabelMatching.to_dict`), stored in the bundle's meta.
       model_identity: the checkpoint's ``path`` and ``sha256``, stored as the bundle's
-        ``checkpoint``.
+        ``checkpoint`` and shown by the site; default
+        :func:`~jaxvit_interp.model.identity.model_identity`: the config in words and the
+        parameters' sha256.
       settings: :class:`AnalysisSettings`.
-      progress: progress bars (also off when the output is not a terminal).
+      progress: report each stage (:func:`~jaxvit_interp.progress.start_progress`): on a
+        terminal a bar, elsewhere (a log file, a pipe) a line on stderr when it starts and ends
+        and every few percent with the time taken and an estimate of what is left.
 
     Returns:
       The :class:`~jaxvit_interp.bundle.ResultsBundle`, also saved in ``out``; arrays are
@@ -455,7 +521,14 @@ def analyze(
     from jaxvit_interp.importance.validate import check_images, check_labels
 
     settings = settings or AnalysisSettings()
-    progress = progress_enabled(progress)
+    if isinstance(images, ImageSet):
+        images, labels, image_ids, class_names, label_matching = _from_image_set(
+            images,
+            labels=labels,
+            image_ids=image_ids,
+            class_names=class_names,
+            label_matching=label_matching,
+        )
     if not config.num_classes and labels is not None:
         raise InputError(
             "labels were given for a backbone without a classifier (num_classes=0): its metrics "
@@ -477,7 +550,7 @@ def analyze(
             f"{len(class_names)} class names for a model with {config.num_classes} classes"
         )
     _preflight(config, params, settings, num_images)
-    model_identity = model_identity or {}
+    model_identity = model_identity or identify_model(config, params)
     out = Path(out)
     fingerprint = run_fingerprint(
         model_identity={**model_identity, "config": config.to_dict()},
@@ -527,25 +600,31 @@ def analyze(
     chunks, paths = [], []
     pattern_keys = {f"{kind}_pattern": kind for kind in _kinds(config, settings)}
     layouts: dict[str, tuple] = {}  # each pattern kind's shape and dtype over all images
-    bar = progress_bar(total=num_images, desc="analysing images", unit="img", enabled=progress)
+    bar = start_progress(progress, total=num_images, desc="analysing images", unit="img")
     for number, start in enumerate(starts):
         stop = min(start + settings.chunk_images, num_images)
+        partial_local = _local_indices(partial_index, start, stop)
+        attention_local = _local_indices(attention_index, start, stop)
         if number in state["done"]:
             arrays = load_npz(chunk_path(number))  # what process 0 found readable
             for key, compute in ADDED_LATER.items():
                 if key not in arrays:
                     batch = _pass_batch(config, params, stop - start, settings, mesh)
                     arrays = {**arrays, **compute(config, params, images[start:stop], batch, mesh)}
+            bar.update(stop - start)
         else:
+            work = _chunk_work(config, stop - start, len(partial_local), len(attention_local))
+            scale = (stop - start) / sum(work.values())
             arrays = _compute_chunk(
                 config,
                 params,
                 images[start:stop],
                 None if labels is None else labels[start:stop],
-                _local_indices(partial_index, start, stop),
-                _local_indices(attention_index, start, stop),
+                partial_local,
+                attention_local,
                 settings,
                 mesh,
+                {step: bar.share(cost * scale) for step, cost in work.items()},
             )
             if is_writer():
                 save_npz(chunk_path(number), arrays)
@@ -557,7 +636,6 @@ def analyze(
         )
         del arrays
         paths.append(chunk_path(number))
-        bar.update(stop - start)
     bar.close()
 
     merged = {
@@ -656,7 +734,6 @@ def _head_sets_stage(config, params, images, labels, merged, settings, out: Path
         random_orders=settings.random_orders,
         greedy_max_heads=settings.greedy_max_heads,
     )
-    bar = progress_bar(total=1, desc="ablating head sets", unit="stage", enabled=progress)
     part = head_sets.load_or_compute(
         out / head_sets.HEAD_SETS_FILE,
         lambda: head_sets.compute_head_sets(
@@ -669,12 +746,10 @@ def _head_sets_stage(config, params, images, labels, merged, settings, out: Path
             seed=settings.seed,
             batch_size=settings.batch_size,
             memory_budget_bytes=settings.memory_budget_bytes,
-            progress=progress_enabled(progress),
+            progress=progress,
             **options,
         ),
     )
-    bar.update(1)
-    bar.close()
     return part, head_sets.head_sets_meta(config, images=len(index), **options)
 
 

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxvit_interp.importance.pruning import CURVE_ORDERS
+from jaxvit_interp.importance.pruning import CURVE_ORDERS, greedy_set_ablations
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.progress import ProgressArg, start_progress
 from jaxvit_interp.storage import UnreadableFileError, load_npz, save_npz
 
 HEAD_SETS_FILE = "head-sets-stage.npz"
@@ -39,10 +40,9 @@ def greedy_plan(config: ViTConfig, greedy_max_heads: int) -> tuple[bool, str]:
     total = config.num_layers * config.num_heads
     if total <= greedy_max_heads:
         return True, f"greedy order computed ({total} heads <= greedy_max_heads {greedy_max_heads})"
-    steps = total * (total + 1) // 2
     return False, (
         f"greedy order skipped: the model has {total} heads, more than greedy_max_heads "
-        f"{greedy_max_heads} (greedy would take {steps} set ablations)"
+        f"{greedy_max_heads} (greedy would take {greedy_set_ablations(total)} set ablations)"
     )
 
 
@@ -69,7 +69,7 @@ def compute_head_sets(
     seed: int,
     batch_size: int | None = None,
     memory_budget_bytes: int | None = None,
-    progress: bool = False,
+    progress: ProgressArg = False,
 ) -> dict[str, np.ndarray]:
     """The ``head_sets`` part for the images ``image_index`` of ``images``.
 
@@ -80,31 +80,46 @@ def compute_head_sets(
       interaction_heads: how many of the top heads interact pairwise (at most ``L * H``).
       random_orders: how many random pruning orders (0: none).
       greedy_max_heads: the greedy order runs only for a model of at most this many heads.
-      progress: a bar for each batch of set ablations (the interactions, each pruning order
-        and greedy step): for ViT-B/16 on a CPU the stage takes tens of minutes.
+      progress: one report over the stage's set ablations, moving with each batch of them (the
+        interactions, each pruning order and greedy step): for ViT-B/16 on a CPU the stage
+        takes tens of minutes (:func:`~jaxvit_interp.progress.start_progress`).
     """
     from jaxvit_interp.importance import pairwise_interactions, pruning_curves
 
     total = config.num_layers * config.num_heads
     subset = images[image_index]
     sub_labels = None if labels is None else labels[image_index]
-    options = dict(
-        batch_size=batch_size, memory_budget_bytes=memory_budget_bytes, progress=progress
-    )
+    options = dict(batch_size=batch_size, memory_budget_bytes=memory_budget_bytes)
     part: dict[str, np.ndarray] = {"image_index": np.asarray(image_index, np.int32)}
-
     count = min(interaction_heads, total)
+    run_greedy, _ = greedy_plan(config, greedy_max_heads)
+    orders = ("importance", *(("greedy",) if run_greedy else ()))
+    orders += ("random",) if random_orders > 0 else ()
+    # The stage's set ablations: the singles and pairs, then every prefix of every order.
+    interaction_sets = count * (count + 1) // 2 if count >= 2 else 0
+    curve_sets = total * (1 + max(random_orders, 0)) + (
+        greedy_set_ablations(total) if run_greedy else 0
+    )
+    bar = start_progress(
+        progress, total=interaction_sets + curve_sets, desc="ablating head sets", unit="set"
+    )
+
     if count >= 2:
         heads = top_heads(importance[RANKING_METRIC], count)
-        inter = pairwise_interactions(config, params, subset, heads, sub_labels, **options)
+        inter = pairwise_interactions(
+            config,
+            params,
+            subset,
+            heads,
+            sub_labels,
+            progress=bar.share(interaction_sets),
+            **options,
+        )
         part["interaction_heads"] = inter.heads.astype(np.int32)
         for m in inter.interaction:
             part[f"interaction_{m}"] = inter.mean(m).astype(np.float32)
             part[f"single_{m}"] = inter.single[m].mean(axis=0).astype(np.float32)
 
-    run_greedy, _ = greedy_plan(config, greedy_max_heads)
-    orders = ("importance", *(("greedy",) if run_greedy else ()))
-    orders += ("random",) if random_orders > 0 else ()
     curves = pruning_curves(
         config,
         params,
@@ -115,8 +130,10 @@ def compute_head_sets(
         orders=orders,
         random_orders=max(random_orders, 1),
         seed=seed,
+        progress=bar.share(curve_sets),
         **options,
     )
+    bar.close()
     # One row per curve, in CURVE_ORDERS order (a random order per row).
     rows = [curves[o] for o in CURVE_ORDERS if o in curves]
     part["curve_order"] = np.concatenate(
@@ -128,7 +145,7 @@ def compute_head_sets(
     part["curve_area"] = np.concatenate([c.area for c in rows]).astype(np.float32)
     part["removable_points"] = np.asarray(REMOVABLE_POINTS, np.float32)
     part["curve_removable"] = np.stack(
-        [np.concatenate([c.removable(p) for c in rows]) for p in REMOVABLE_POINTS], axis=1
+        [np.concatenate([c.removable_by_run(p) for c in rows]) for p in REMOVABLE_POINTS], axis=1
     ).astype(np.int32)
     return part
 

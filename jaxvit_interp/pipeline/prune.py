@@ -22,6 +22,7 @@ from jaxvit_interp.importance import pruning_curves
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.prune import parameter_count, remove_heads
 from jaxvit_interp.model.vit import forward
+from jaxvit_interp.progress import ProgressArg
 from jaxvit_interp.storage import atomic_write
 
 PRUNE_ORDERS = ("importance", "greedy")
@@ -69,7 +70,7 @@ def choose_heads(
     remove: int | None = None,
     max_accuracy_drop: float | None = None,
     order: str = "importance",
-    progress: bool = True,
+    progress: ProgressArg = True,
 ) -> list[tuple[int, int]]:
     """The heads to remove: the first ``remove`` of ``order``'s pruning curve, or as many as
     keep accuracy within ``max_accuracy_drop`` points (exactly one of the two)."""
@@ -91,7 +92,7 @@ def choose_heads(
         max_heads=remove,
         progress=progress,
     )[order]
-    count = remove if remove is not None else int(curve.removable(max_accuracy_drop)[0])
+    count = remove if remove is not None else curve.removable(max_accuracy_drop)
     return [tuple(int(v) for v in h) for h in curve.heads[0, :count]]
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.importance.pruning import GREEDY_MAX_HEADS
 from jaxvit_interp.patterns.train import MIN_PATTERNS, AutoencoderSettings
 from jaxvit_interp.quantities import THUMBNAIL_SIZE
 
@@ -43,7 +44,8 @@ class AnalysisSettings:
         (16 heads: 120 pairs; at most ``L * H``).
       random_orders: random pruning orders beside the importance and greedy ones (0: none).
       greedy_max_heads: the greedy pruning curve runs only for a model of at most this many
-        heads in all (it takes about ``(L*H)^2 / 2`` set ablations); 0 never runs it.
+        heads in all (it takes about ``(L*H)^2 / 2`` set ablations); 0 never runs it. The
+        default is the library's own cap, :data:`~jaxvit_interp.importance.pruning.GREEDY_MAX_HEADS`.
       seed: seeds every random choice of the run.
     """
 
@@ -61,7 +63,7 @@ class AnalysisSettings:
     set_images: int = 32
     interaction_heads: int = 16
     random_orders: int = 3
-    greedy_max_heads: int = 48
+    greedy_max_heads: int = GREEDY_MAX_HEADS
     seed: int = 0
 
     def __post_init__(self):

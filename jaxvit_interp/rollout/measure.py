@@ -12,6 +12,7 @@ import numpy as np
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import VisionTransformer
 from jaxvit_interp.parallel import Batcher
+from jaxvit_interp.progress import ProgressArg
 from jaxvit_interp.rollout.kernels import (
     RESIDUAL_WEIGHT,
     attention_rollout,
@@ -19,6 +20,7 @@ from jaxvit_interp.rollout.kernels import (
     read_rows,
     rollout_maps,
 )
+from jaxvit_interp.summary import Summarized, listed, number, sizes
 
 
 def _rollout(config: ViTConfig, params, images, residual_weight: float):
@@ -57,6 +59,20 @@ class FinalRollout(NamedTuple):
     map: np.ndarray
     contribution: np.ndarray
 
+    # A NamedTuple takes no other base class: Summarized's methods, named here.
+    _rows = Summarized._rows
+    __repr__ = Summarized.__repr__
+    _repr_html_ = Summarized._repr_html_
+
+    def _summary(self):
+        images, height, width = self.map.shape
+        mean = self.contribution.mean(axis=0)
+        rows = [
+            ("map", f"{height}x{width} patches, the read row after the last layer"),
+            ("contribution", "mean by layer: " + listed(number(v) for v in mean)),
+        ]
+        return sizes(images=images, layers=len(mean)), rows
+
 
 def model_rollout_over_images(
     config: ViTConfig,
@@ -66,7 +82,7 @@ def model_rollout_over_images(
     batch_size: int = 16,
     mesh: jax.sharding.Mesh | None = None,
     residual_weight: float = RESIDUAL_WEIGHT,
-    progress: bool = False,
+    progress: ProgressArg = False,
 ) -> np.ndarray:
     """Rollout maps ``[image, layer, Gh, Gw]`` float32 of preprocessed ``images``.
 
@@ -92,7 +108,7 @@ def final_rollout_over_images(
     batch_size: int = 16,
     mesh: jax.sharding.Mesh | None = None,
     residual_weight: float = RESIDUAL_WEIGHT,
-    progress: bool = False,
+    progress: ProgressArg = False,
 ) -> FinalRollout:
     """The final rollout map and the per-layer contributions of preprocessed ``images``, float32.
 

@@ -36,6 +36,7 @@ from bokeh.resources import INLINE
 
 from jaxvit_interp.bundle import ResultsBundle
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.model.identity import identity_label
 from jaxvit_interp.quantities import METRIC_NAMES, THUMBNAIL_SIZE
 from jaxvit_interp.site import callbacks
 from jaxvit_interp.site.records import REGISTRY_SCRIPT, record_name
@@ -104,8 +105,7 @@ def _initial_head(data, metric: str) -> int:
 
 def _header(ctx: Context, title: str, bundle: ResultsBundle):
     info = ctx.info
-    checkpoint = bundle.meta.get("checkpoint") or {}
-    where = checkpoint.get("path") or "unknown checkpoint"
+    where = identity_label(bundle.meta.get("checkpoint"))
     classes = (
         f"{len(info['class_names'])} classes"
         if info["has_classifier"]

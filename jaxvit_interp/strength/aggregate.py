@@ -15,12 +15,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import VisionTransformer
 from jaxvit_interp.parallel import Batcher
+from jaxvit_interp.progress import ProgressArg, start_progress
 from jaxvit_interp.quantities import ENTROPY_BINS
 from jaxvit_interp.strength.hops import HopRings, hop_rings, rings_for
 from jaxvit_interp.strength.kernels import (
@@ -31,13 +31,14 @@ from jaxvit_interp.strength.kernels import (
 )
 from jaxvit_interp.strength.measure import check_attention_shape, check_rows, default_atol
 from jaxvit_interp.strength.special import SpecialTokenMass, special_token_mass_kernel
+from jaxvit_interp.summary import Summarized, number, sizes, top_heads
 
 # Images in messages are counted over the whole stream, not within the batch.
 _AXES = "image layer head query"
 
 
-@flax.struct.dataclass
-class StrengthResults:
+@flax.struct.dataclass(repr=False)
+class StrengthResults(Summarized):
     """Hop strength of every head on every image, and its distribution over the images.
 
     Attributes:
@@ -60,6 +61,24 @@ class StrengthResults:
     @property
     def num_hops(self) -> int:
         return max(self.grid)
+
+    def _summary(self):
+        images, layers, heads = np.shape(self.local.head_entropy)
+        entropy = np.asarray(self.local.head_entropy, np.float64)
+        rows = [
+            ("hops", f"0 to {self.num_hops - 1} on the {self.grid[0]}x{self.grid[1]} patch grid"),
+            (
+                "head entropy",
+                f"{number(entropy.mean())} nats on average; lowest: "
+                + top_heads(entropy, highest=False),
+            ),
+            (
+                "distance",
+                f"{number(np.nanmean(self.local.distance))} px on average; farthest: "
+                + top_heads(np.asarray(self.local.distance)),
+            ),
+        ]
+        return sizes(images=images, layers=layers, heads=heads), rows
 
 
 def summarize(local: HopStrength, *, num_bins: int = ENTROPY_BINS) -> StrengthSummary:
@@ -84,7 +103,7 @@ def _collect(
     check_stochastic: bool,
     atol: float | None,
     num_bins: int,
-    progress: bool,
+    progress: ProgressArg,
 ) -> StrengthResults:
     """Fetch kernel outputs batch by batch, check their rows, and stack the per-image results.
 
@@ -95,7 +114,7 @@ def _collect(
     """
     local: list[HopStrength] = []
     done = 0
-    with tqdm(total=total, unit="image", desc="hop strength", disable=not progress) as bar:
+    with start_progress(progress, total=total, desc="hop strength", unit="img") as bar:
 
         def fetch(pending):
             nonlocal done
@@ -146,7 +165,7 @@ def strength_over_images(
     check_stochastic: bool = True,
     atol: float | None = None,
     num_bins: int = ENTROPY_BINS,
-    progress: bool = True,
+    progress: ProgressArg = True,
     num_prefix_tokens: int | None = None,
 ) -> StrengthResults:
     """Hop strength of attention arriving in batches of images (e.g. from a generator).
@@ -157,9 +176,10 @@ def strength_over_images(
         time (two while an accelerator overlaps them).
       grid, has_cls_token, patch_size, check_stochastic, atol, num_prefix_tokens: as in
         :func:`.hop_strength`.
-      num_images: total images, for the progress bar only.
+      num_images: total images, for the progress report only.
       num_bins: bins of the entropy histogram over ``[0, ln K]``.
-      progress: show a tqdm progress bar.
+      progress: report the images as they are done
+        (:func:`~jaxvit_interp.progress.start_progress`).
 
     Returns:
       :class:`StrengthResults`: ``local`` ``[image, layer, head, ...]`` and the ``summary``.
@@ -237,7 +257,7 @@ def model_strength_over_images(
     check_stochastic: bool = True,
     atol: float | None = None,
     num_bins: int = ENTROPY_BINS,
-    progress: bool = True,
+    progress: ProgressArg = True,
 ) -> StrengthResults:
     """Run the model over ``images`` batch by batch and measure every head's hop strength.
 
@@ -307,7 +327,7 @@ def model_special_mass_over_images(
     *,
     batch_size: int = 16,
     mesh: jax.sharding.Mesh | None = None,
-    progress: bool = True,
+    progress: ProgressArg = True,
 ) -> SpecialTokenMass:
     """Run the model over ``images`` batch by batch and measure every head's attention to and
     from each special token (:func:`~jaxvit_interp.strength.special.special_token_mass`).

@@ -1,6 +1,7 @@
 """Pairwise interactions, pruning curves and class-specific heads against plain forward passes."""
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -14,7 +15,9 @@ from jaxvit_interp.importance import (
     pairwise_interactions,
     pruning_curves,
 )
+from jaxvit_interp.importance.pruning import GREEDY_MAX_HEADS
 from jaxvit_interp.model import run_model
+from jaxvit_interp.pipeline.settings import AnalysisSettings
 
 SMALL = dict(
     image_size=(8, 8),
@@ -133,9 +136,57 @@ def test_greedy_removes_the_least_harmful_head_each_step(random_model, random_im
 def test_removable_heads_from_a_known_curve():
     accuracy = np.array([[0.90, 0.90, 0.895, 0.88, 0.84, 0.70]])
     curve = PruningCurve("importance", np.zeros((1, 5, 2), int), accuracy, accuracy)
-    assert curve.removable(1.0).tolist() == [2]  # 0.88 is 2 points down at k = 3
-    assert curve.removable(5.0).tolist() == [3]  # 0.84 is 6 points down at k = 4
-    assert curve.removable(50.0).tolist() == [5]  # never drops that far
+    # A curve of one order: a number.
+    assert curve.removable(1.0) == 2 and type(curve.removable(1.0)) is int  # 0.88: 2 points down
+    assert curve.removable(5.0) == 3  # 0.84 is 6 points down at k = 4
+    assert curve.removable(50.0) == 5  # never drops that far
+    assert curve.removable_by_run(5.0).tolist() == [3]
+
+
+def test_removable_heads_of_several_random_orders_are_one_count_each(rng):
+    runs, count = int(rng.integers(2, 6)), int(rng.integers(3, 12))
+    # Accuracy of 20 images: steps of 5 points, falling at random.
+    accuracy = np.minimum.accumulate(rng.integers(10, 21, (runs, count + 1)), axis=1) / 20
+    curve = PruningCurve("random", np.zeros((runs, count, 2), int), accuracy, accuracy)
+    for points in (0.0, 4.0, 5.0, 12.0, 100.0):
+        got = curve.removable(points)
+        assert isinstance(got, np.ndarray) and got.shape == (runs,)
+        for r in range(runs):  # the first k whose accuracy is more than `points` down, less one
+            k = next(
+                (k for k in range(1, count + 1) if accuracy[r, k] < accuracy[r, 0] - points / 100),
+                count + 1,
+            )
+            assert got[r] == k - 1, (r, points, accuracy[r])
+        np.testing.assert_array_equal(curve.removable_by_run(points), got)
+
+
+def test_greedy_is_skipped_unasked_on_a_model_of_many_heads_and_runs_when_named(
+    random_model, random_images
+):
+    # The analysis's head-set stage has the same cap.
+    assert AnalysisSettings().greedy_max_heads == GREEDY_MAX_HEADS == 48
+    seed = int(np.random.default_rng().integers(1 << 30))
+    many = {**SMALL, "num_layers": 1, "num_heads": 49, "hidden_size": 98}  # one head over 48
+    config, params = random_model(seed, **many)
+    images = random_images(config, 2, seed + 1)
+    with pytest.warns(UserWarning, match="greedy") as caught:
+        curves = pruning_curves(config, params, images, random_orders=1, progress=False)
+    assert sorted(curves) == ["importance", "random"]
+    message = str(caught[0].message)
+    # Every step k of 49 ablates the 49 - k heads left: 49 + 48 + ... + 1 sets.
+    assert "49 heads" in message and f"{sum(range(1, 50)):,} set ablations" in message
+    assert "orders=('importance', 'greedy', 'random')" in message
+    # Named, it runs (its first two removals: 49 + 48 sets), with nothing to warn of.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        named = pruning_curves(
+            config, params, images, orders=("greedy",), max_heads=2, progress=False
+        )
+        # Unasked but no dearer than a whole curve of 48 heads: it runs too.
+        cheap = pruning_curves(config, params, images, max_heads=2, random_orders=1, progress=False)
+    assert named["greedy"].heads.shape == (1, 2, 2)
+    assert sorted(cheap) == ["greedy", "importance", "random"]
+    np.testing.assert_array_equal(cheap["greedy"].heads, named["greedy"].heads)
 
 
 def test_class_specific_heads_against_numpy(random_model, random_images):

@@ -51,7 +51,8 @@ def made_once(tmp_path_factory, name: str, make) -> Path:
 
 @dataclass(frozen=True)
 class ReferenceRun:
-    """A finished ``analyze`` of the tiny model on a small image folder, and its inputs."""
+    """A finished ``analyze`` of the tiny model on a small image folder, its inputs, and what it
+    wrote to stderr (without ``--quiet``)."""
 
     checkpoint: Path
     images: Path
@@ -116,8 +117,11 @@ def reference_run(tmp_path_factory) -> ReferenceRun:
     def make(folder: Path) -> None:
         _write_reference_inputs(folder)
         # Every test that compares with this run waits for it: a generous limit, as for the
-        # multi-process runs.
-        result = cli(*reference(folder).args(folder / "run"), timeout=1800)
+        # multi-process runs. It is not --quiet: its stderr, a pipe, is the log a batch job
+        # keeps, with a progress line at every few percent (no wait between them).
+        args = [a for a in reference(folder).args(folder / "run") if a != "--quiet"]
+        env = {**os.environ, "JAXVIT_PROGRESS_SECONDS": "0"}
+        result = cli(*args, timeout=1800, env=env)
         assert result.returncode == 0, result.stderr
         (folder / "stderr.txt").write_text(result.stderr)
 

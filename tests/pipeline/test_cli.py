@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import subprocess
 import sys
 
@@ -51,6 +52,35 @@ def test_analyze_folder_reports_bad_files_and_analyses_the_rest(reference_run, t
     )
 
 
+def test_analyze_logs_its_stages_when_stderr_is_not_a_terminal(reference_run):
+    """The shared run's stderr was a pipe: lines, not bars, for each stage and its progress."""
+    told = [
+        line.removeprefix("jaxvit-interp: ")
+        for line in reference_run.stderr.splitlines()
+        if line.startswith("jaxvit-interp: ")
+    ]
+    stages = ["loading images in images", "analysing images"]
+    stages += [f"training the {k} pattern autoencoder" for k in ("cls", "patch")]
+    stages += [f"projecting the {k} patterns" for k in ("cls", "patch")]  # --set-images 0
+    # Each stage starts and ends before the next starts.
+    marks = [re.sub(r": done in .*", ": done", t) for t in told if re.search(": (started|done)", t)]
+    assert marks == [f"{s}: {w}" for s in stages for w in ("started", "done")], told
+    moving = [
+        t
+        for t in told
+        if re.fullmatch(r"analysing images: \d+% \([\d.]+/14\) after \S+, about \S+ left", t)
+    ]
+    assert len(moving) >= 3, told
+    assert "%|" not in reference_run.stderr  # no terminal bar in a pipe
+
+
+def test_a_bad_progress_interval_is_refused_before_any_work(tmp_path):
+    env = {**os.environ, "JAXVIT_PROGRESS_SECONDS": "soon"}
+    args = ["--checkpoint", "builtin:digits", "--images", "builtin:digits", "--out", tmp_path / "r"]
+    assert_one_line_error(cli("analyze", *args, env=env), "JAXVIT_PROGRESS_SECONDS='soon'")
+    assert not (tmp_path / "r").exists()
+
+
 def test_bad_arguments_end_with_one_clear_line(tiny_checkpoint, tmp_path):
     image_folder = tmp_path / "images"
     (image_folder / "cat").mkdir(parents=True)
@@ -98,9 +128,15 @@ def test_bad_arguments_end_with_one_clear_line(tiny_checkpoint, tmp_path):
 
 
 def test_analyze_sharded_over_four_devices_equals_one(reference_run, tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAXVIT_PROGRESS_SECONDS": "0",
+    }
     four = cli(*reference_run.args(tmp_path / "four"), env=env)
     assert four.returncode == 0, four.stderr
+    # --quiet: no progress, even with a line asked for at every step.
+    assert not re.search(r"jaxvit-interp: [^:]+: (started|\d+%|done in)", four.stderr), four.stderr
     a, b = load_bundle(reference_run.run), load_bundle(tmp_path / "four")
     # Each bundle records where it ran.
     assert a.meta["devices"] == {"platform": "cpu", "kind": "cpu", "count": 1}

@@ -58,7 +58,7 @@ def test_stage_equals_the_library_on_the_same_images(digits_head_sets_run):
         np.testing.assert_allclose(part["curve_area"][rows], curve.area, atol=1e-6)
         for q, points in enumerate(part["removable_points"]):
             np.testing.assert_array_equal(
-                part["curve_removable"][rows, q], curve.removable(float(points))
+                part["curve_removable"][rows, q], curve.removable_by_run(float(points))
             )
     # The least important head goes first: the importance order is the ranking reversed.
     np.testing.assert_array_equal(part["curve_heads"][0], rank_heads(mean)[::-1])

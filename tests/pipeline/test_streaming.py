@@ -9,15 +9,17 @@ import pytest
 from clitools import AE_FAST, TINY
 
 import jaxvit_interp.importance.validate as validate
-from jaxvit_interp import ViTConfig, init_params, load_checkpoint, storage
+from jaxvit_interp import ViTConfig, init_params, load_checkpoint, load_image_folder, storage
 from jaxvit_interp.bundle import load_bundle
-from jaxvit_interp.data.images import load_image_folder
 from jaxvit_interp.data.preprocess import thumbnails
+from jaxvit_interp.errors import InputError
+from jaxvit_interp.model.identity import describe_config, parameter_digest
 from jaxvit_interp.patterns import AutoencoderSettings
 from jaxvit_interp.patterns.embed import embed_latents
 from jaxvit_interp.patterns.extract import normalize_patterns
 from jaxvit_interp.pipeline.analyze import CHUNK_DIR, INPUT_DIR, analyze
 from jaxvit_interp.pipeline.settings import AnalysisSettings
+from jaxvit_interp.site import build_site
 
 # The settings of the command-line tests' FAST flags and AE_FAST file (clitools.py).
 FAST_SETTINGS = dict(
@@ -50,22 +52,27 @@ def test_folder_run_through_a_mapped_file_equals_an_in_memory_run(reference_run,
     assert mapped.ids == loaded.ids  # the folder's broken files are skipped from both
 
     settings = AnalysisSettings(**FAST_SETTINGS, autoencoder=FAST_AE)
-    in_memory = analyze(
-        config,
-        params,
-        loaded.images,
-        tmp_path / "run",
-        labels=loaded.labels,
-        image_ids=loaded.ids,
-        settings=settings,
-        progress=False,
-    )
+    # The ImageSet itself: its images, labels, ids, class names and label matching.
+    with pytest.raises(InputError, match="ImageSet.*image_ids="):
+        analyze(config, params, loaded, tmp_path / "run", image_ids=loaded.ids, progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    in_memory = analyze(config, params, loaded, tmp_path / "run", settings=settings, progress=False)
     a, b = load_bundle(reference_run.run), in_memory
     assert sorted(a.parts) == sorted(b.parts)
     for part in a.parts:
         assert sorted(a[part]) == sorted(b[part]), part
         for name, value in a[part].items():
             np.testing.assert_array_equal(b[part][name], value, err_msg=f"{part}/{name}")
+    for key in ("image_ids", "class_names", "label_matching"):
+        assert b.meta[key] == a.meta[key], key
+    # No checkpoint file: the model is named by its config and its parameters' digest, and the
+    # site shows that.
+    identity = b.meta["checkpoint"]
+    assert identity["sha256"] == parameter_digest(params)
+    assert identity["description"].startswith(describe_config(config))
+    assert identity["sha256"][:12] in identity["description"]
+    page = build_site(b, tmp_path / "site").read_text()
+    assert identity["description"] in page and "unknown checkpoint" not in page
 
 
 def test_mapped_images_are_read_a_slice_at_a_time(tmp_path, monkeypatch):
