@@ -26,6 +26,7 @@ from jaxvit_interp.bundle import ResultsBundle
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.site.browser import FIND_VIEW_JS, chromium, open_site, wait_drawn
 from jaxvit_interp.site.document import build_site
+from jaxvit_interp.site.sources import head_label
 
 # view letter -> (model name in the page, file stem, title)
 VIEWS = {
@@ -177,7 +178,7 @@ def export_figures(
                     found["plots"],
                     found["width"],
                     found["height"],
-                    f"{letter}  {title}: layer {layer}, head {head}, {scope}",
+                    f"{letter}  {title}: {head_label(layer, head)}, {scope}",
                 )
                 path = out_dir / f"{base}.svg"
                 path.write_text(svg, encoding="utf-8")

@@ -76,7 +76,7 @@ def _rollout(rng, blob: np.ndarray, L: int, N: int, has_cls: bool) -> dict[str, 
     return rollout_part(rows[:, -1, first:].reshape(blob.shape), contributions)
 
 
-def _head_sets(rng, config: ViTConfig, prob_drop, p_y, images: int):
+def _head_sets(rng, config: ViTConfig, prob_drop, p_y, correct, images: int):
     """The head-set stage's part and meta (:mod:`jaxvit_interp.pipeline.head_sets`): random
     interactions of the top heads, and accuracy and mean ``p(label)`` falling as heads go, in
     importance order and in 3 random orders, summarised as the stage summarises its curves."""
@@ -93,7 +93,7 @@ def _head_sets(rng, config: ViTConfig, prob_drop, p_y, images: int):
     ranked = top_heads(prob_drop, L * H)[::-1]  # least important first
     shuffled = [np.stack(np.divmod(rng.permutation(L * H), H), -1) for _ in range(3)]
     runs = {"importance": ranked[None], "random": np.stack(shuffled)}
-    start_acc, start_prob = float(np.mean(p_y > 0.5)), float(np.mean(p_y))
+    start_acc, start_prob = float(np.mean(correct)), float(np.mean(p_y))
     rows = []
     for order, order_heads in runs.items():
         steps = order_heads.shape[1]
@@ -190,7 +190,9 @@ def synthetic_bundle(
     overview = np.stack([np.cos(angle), np.sin(angle)], -1) * (2 + p_y[:, None])
     overview = (overview + rng.normal(0, 0.3, (n_img, 2))).astype(np.float32)
 
-    prob_drop = np.clip(rng.exponential(0.05, (n_img, L, H)), 0, p_y[:, None, None])
+    # Pruning a head may also raise p(label): some drops are negative (prob stays in [0, 1]).
+    drop = rng.exponential(0.05, (n_img, L, H)) - rng.exponential(0.03, (n_img, L, H))
+    prob_drop = np.clip(drop, p_y[:, None, None] - 1, p_y[:, None, None])
     flip = (prob_drop > 0.6 * p_y[:, None, None]).astype(np.float32)
     importance = {
         "prob": (p_y[:, None, None] - prob_drop),
@@ -321,7 +323,7 @@ def synthetic_bundle(
     }
     if C and set_images > 0:
         parts["head_sets"], meta["head_sets"] = _head_sets(
-            rng, config, importance["prob_drop"], p_y, min(set_images, n_img)
+            rng, config, importance["prob_drop"], p_y, predictions == labels, min(set_images, n_img)
         )
     errors = np.zeros((A, L, H), np.float32)
     shapes = {"codes": (A, L, H, N, N), "steps": (A, L, H, N)}

@@ -57,8 +57,8 @@ def test_views_as_png_and_svg(tiny_bundle, tmp_path, browser):
             # D: embedding, image, rollout map and its layer bars, matrix, histogram, clusters.
             assert len(plots) == (3 if path.name.startswith("B") else 7)
             text = "".join(root.itertext())
-            assert "layer 2, head 1" in text and EVIL_ID in text  # escaped, then parsed back
+            assert "L2 H1" in text and EVIL_ID in text  # escaped, then parsed back
             if path.name.startswith("B"):  # the plots were drawn in the state asked for
-                assert "p(label) after partial pruning: layer 2, head 1" in text
+                assert "p(label) after partial pruning: L2 H1" in text
             else:
-                assert "attention rollout (image" in text
+                assert "rollout (image" in text
