@@ -89,6 +89,9 @@ class Metric:
       needs_ablation: True when it needs the pruned forward passes (not only the full pass).
       needs_logits: True when it reads the classifier's logits, so a backbone without a
         classifier (and without a probe) cannot have it.
+      class_map: the metric the site's class x head map shows when this one is chosen, where
+        that is another: a class's mean ``p'_y`` is mostly how confident the model is on the
+        class, the same on every head, so under ``prob`` the map shows ``prob_drop``.
     """
 
     name: str
@@ -98,6 +101,7 @@ class Metric:
     important_high: bool
     needs_ablation: bool
     needs_logits: bool = True
+    class_map: str | None = None
 
 
 METRICS: tuple[Metric, ...] = (
@@ -108,6 +112,7 @@ METRICS: tuple[Metric, ...] = (
         "probability",
         important_high=False,
         needs_ablation=True,
+        class_map="prob_drop",
     ),
     Metric(
         "prob_drop",

@@ -10,10 +10,16 @@ import warnings
 
 import numpy as np
 
-__all__ = ["image_layout"]
+__all__ = ["image_layout", "layout_metric"]
 
 # Below this many images UMAP's neighbourhood graph is too small to mean much: PCA instead.
 _MIN_UMAP_IMAGES = 16
+
+
+def layout_metric(num_classes: int) -> str:
+    """The metric whose per-head vectors place the images: the probability drop, or for a
+    backbone without a classifier (``num_classes == 0``) the representation change."""
+    return "prob_drop" if num_classes else "repr"
 
 
 def image_layout(vectors: np.ndarray, seed: int = 0) -> np.ndarray:

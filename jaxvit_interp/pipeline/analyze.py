@@ -30,7 +30,7 @@ from jaxvit_interp.data.images import ImageSet
 from jaxvit_interp.data.labels import display_class_names
 from jaxvit_interp.data.preprocess import thumbnails
 from jaxvit_interp.errors import InputError
-from jaxvit_interp.importance.layout import image_layout
+from jaxvit_interp.importance.layout import image_layout, layout_metric
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
 from jaxvit_interp.model.identity import model_identity as identify_model
@@ -773,9 +773,8 @@ def _bundle(
     patterns and the trained pattern models; the large arrays (pixels, attention codes) are
     streamed into ``out`` from ``images`` and ``chunk_paths`` a slice at a time."""
     classifier = bool(config.num_classes)
-    # The overview places images by how their heads matter: by the probability drop, or for a
-    # backbone without a classifier by the representation change.
-    layout_metric = "prob_drop" if classifier else "repr"
+    # The overview places images by how their heads matter.
+    overview_metric = layout_metric(config.num_classes)
     parts = {
         "images": {
             **(
@@ -789,7 +788,7 @@ def _bundle(
             ),
             "thumbnails": _thumbnails(images, config, settings.thumbnail_size),
             "pixels": _stream_pixels(images, config, out, IMAGE_STEP),
-            "overview": image_layout(merged[layout_metric], settings.seed),
+            "overview": image_layout(merged[overview_metric], settings.seed),
         },
         "importance": importance_part(
             merged,

@@ -134,20 +134,28 @@ def compute_head_sets(
         **options,
     )
     bar.close()
-    # One row per curve, in CURVE_ORDERS order (a random order per row).
-    rows = [curves[o] for o in CURVE_ORDERS if o in curves]
-    part["curve_order"] = np.concatenate(
-        [np.full(len(c.heads), CURVE_ORDERS.index(c.order), np.int32) for c in rows]
-    )
-    part["curve_heads"] = np.concatenate([c.heads for c in rows]).astype(np.int32)
-    part["curve_accuracy"] = np.concatenate([c.accuracy for c in rows]).astype(np.float32)
-    part["curve_mean_prob"] = np.concatenate([c.mean_prob for c in rows]).astype(np.float32)
-    part["curve_area"] = np.concatenate([c.area for c in rows]).astype(np.float32)
-    part["removable_points"] = np.asarray(REMOVABLE_POINTS, np.float32)
-    part["curve_removable"] = np.stack(
-        [np.concatenate([c.removable_by_run(p) for c in rows]) for p in REMOVABLE_POINTS], axis=1
-    ).astype(np.int32)
+    part.update(curve_arrays([curves[o] for o in CURVE_ORDERS if o in curves]))
     return part
+
+
+def curve_arrays(rows: list) -> dict[str, np.ndarray]:
+    """The part's curve arrays from :class:`~jaxvit_interp.importance.pruning.PruningCurve`
+    results in :data:`CURVE_ORDERS` order: one row per curve (a row per random order), with the
+    heads removable before accuracy falls each of :data:`REMOVABLE_POINTS`."""
+    return {
+        "curve_order": np.concatenate(
+            [np.full(len(c.heads), CURVE_ORDERS.index(c.order), np.int32) for c in rows]
+        ),
+        "curve_heads": np.concatenate([c.heads for c in rows]).astype(np.int32),
+        "curve_accuracy": np.concatenate([c.accuracy for c in rows]).astype(np.float32),
+        "curve_mean_prob": np.concatenate([c.mean_prob for c in rows]).astype(np.float32),
+        "curve_area": np.concatenate([c.area for c in rows]).astype(np.float32),
+        "removable_points": np.asarray(REMOVABLE_POINTS, np.float32),
+        "curve_removable": np.stack(
+            [np.concatenate([c.removable_by_run(p) for c in rows]) for p in REMOVABLE_POINTS],
+            axis=1,
+        ).astype(np.int32),
+    }
 
 
 def head_sets_meta(

@@ -30,7 +30,7 @@ import numpy as np
 from bokeh.document import Document
 from bokeh.embed import file_html
 from bokeh.events import DocumentReady
-from bokeh.layouts import column, row
+from bokeh.layouts import column
 from bokeh.models import ColumnDataSource, Div
 from bokeh.resources import INLINE
 
@@ -48,7 +48,7 @@ from jaxvit_interp.site.sources import (
     prepare_site_data,
 )
 from jaxvit_interp.site.views import head_sets, importance, overview, pattern, strength
-from jaxvit_interp.site.views.common import FONT, Context, text_box
+from jaxvit_interp.site.views.common import FONT, Context, text_box, wrap
 from jaxvit_interp.storage import write_text
 
 INDEX_FILE = "index.html"
@@ -111,12 +111,20 @@ def _header(ctx: Context, title: str, bundle: ResultsBundle):
         if info["has_classifier"]
         else "a backbone without a classifier (metrics: " + ", ".join(info["metrics"]) + ")"
     )
+    # Every special token by the name C4 gives it (strength.special_token_names).
+    specials = info["special_tokens"]
+    tokens = (
+        f" + {len(specials)} special token{'s' * (len(specials) > 1)} ({', '.join(specials)})"
+        if specials
+        else ""
+    )
+    stored = f"attention stored for {info['num_attention']} images" + (
+        f", partial pruning for {info['num_partial']}" if info["has_classifier"] else ""
+    )
     summary = (
         f"{info['num_images']} images, {classes} | ViT with "
         f"{info['num_layers']} layers x {info['num_heads']} heads, "
-        f"{info['grid'][0]}x{info['grid'][1]} patches{' + CLS' if info['has_cls'] else ''} | "
-        f"model: {where} | attention stored for {info['num_attention']} images, partial "
-        f"pruning for {info['num_partial']}"
+        f"{info['grid'][0]}x{info['grid'][1]} patches{tokens} | model: {where} | {stored}"
     )
     heading = text_box(
         ctx,
@@ -191,9 +199,7 @@ def _document(bundle, data: SiteData, title, metrics, default_metric, default_ki
     view_e = head_sets.build(ctx, bundle)
     layout = column(
         _header(ctx, title, bundle),
-        row(view_a, column(view_b, view_c)),
-        view_d,
-        *([view_e] if view_e is not None else []),
+        wrap(view_a, column(view_b, view_c), view_d, *([view_e] if view_e is not None else [])),
         name="site",
     )
 
@@ -216,6 +222,7 @@ def _document(bundle, data: SiteData, title, metrics, default_metric, default_ki
     ctx.models["kind_toggle"].js_on_change("active", update)
     records.js_on_change("data", update)
     search_args = {k: models[k] for k in ("images", "search", "search_status")}
+    search_args["has_classifier"] = data.info["has_classifier"]
     ctx.models["search"].js_on_change("value", callbacks.search_callback(search_args))
     ctx.models["global_button"].js_on_event("button_click", callbacks.global_callback(search_args))
     if "cls_query_button" in ctx.models:

@@ -1,7 +1,9 @@
 """Paper figures: each view of the site as PNG and SVG, for a chosen image and head.
 
 The figures come from the site itself: the page is built, opened in headless Chromium, put in
-the requested state by setting the same selections a reader's clicks set, and then
+the requested state by setting the same selections a reader's clicks set, in a window
+:data:`WINDOW_WIDTH` pixels wide (where each view lays its plots out in the rows a desktop screen
+shows: D in one), and then
 
 - PNG: a screenshot of the view's element (what the reader sees, widgets included), at
   ``scale`` device pixels per CSS pixel (2 by default, for print);
@@ -26,7 +28,10 @@ from jaxvit_interp.bundle import ResultsBundle
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.site.browser import FIND_VIEW_JS, chromium, open_site, wait_drawn
 from jaxvit_interp.site.document import build_site
+from jaxvit_interp.site.sources import head_label
 
+# The window the figures are taken in: the page wraps its views to the window's width.
+WINDOW_WIDTH = 1920
 # view letter -> (model name in the page, file stem, title)
 VIEWS = {
     "A": ("view_A", "A_overview", "Image Overview"),
@@ -153,7 +158,7 @@ def export_figures(
         if browser is None:
             browser = stack.enter_context(chromium(chromium_path))
         site = build_site(bundle, tmp, **site_options)
-        page = open_site(browser, site, scale=scale)
+        page = open_site(browser, site, scale=scale, width=WINDOW_WIDTH)
         page.evaluate(
             _STATE_JS, [-1 if image_index is None else image_index, layer * dims["H"] + head]
         )
@@ -177,7 +182,7 @@ def export_figures(
                     found["plots"],
                     found["width"],
                     found["height"],
-                    f"{letter}  {title}: layer {layer}, head {head}, {scope}",
+                    f"{letter}  {title}: {head_label(layer, head)}, {scope}",
                 )
                 path = out_dir / f"{base}.svg"
                 path.write_text(svg, encoding="utf-8")

@@ -49,10 +49,39 @@ ENCODED = {
     *(("patterns", f"{k}_{n}") for k in PATTERN_KINDS for n in ("representatives", "centres")),
     *(("patterns", f"{k}_{n}") for k in PATTERN_KINDS for n in ("density", "extent")),
 }
-# Which direction marks an important head, and the title of each metric, as the menu shows them.
+# Which direction marks an important head, the title of each metric, as the menu shows them,
+# and the metric the class x head map shows when it is chosen.
 METRIC_INFO: dict[str, dict[str, Any]] = {
-    m.name: {"title": m.title, "important_high": m.important_high} for m in METRICS
+    m.name: {
+        "title": m.title,
+        "important_high": m.important_high,
+        "class_map": m.class_map or m.name,
+    }
+    for m in METRICS
 }
+# Cluster representatives a row of D's strip holds (more go on further rows), and the room left
+# under each for its two-line caption, as a share of its height.
+REPRESENTATIVES_PER_ROW = 6
+CAPTION_ROOM = 0.8
+
+
+# A class name or an image id on a canvas (a plot title, axis or legend), where text is one line
+# and what does not fit is cut, is shortened to this many characters; text boxes show it whole.
+NAME_CHARS = 20
+ID_CHARS = 16
+
+
+def short_name(name: str) -> str:
+    """A class name for a canvas: its first :data:`NAME_CHARS` characters (the page's
+    ``shortName``)."""
+    name = str(name)
+    return name if len(name) <= NAME_CHARS else name[: NAME_CHARS - 1] + "…"
+
+
+def head_label(layer: int, head: int) -> str:
+    """How the page names a head, everywhere: ``L4 H10`` (never ``4.10``, which reads as a
+    decimal)."""
+    return f"L{layer} H{head}"
 
 
 def class_palette(num_classes: int) -> list[str]:
@@ -291,7 +320,7 @@ def prepare_site_data(
             "index": np.arange(LH, dtype=np.int32),
             "layer": layer,
             "head": head,
-            "name": [f"layer {a}, head {b}" for a, b in zip(layer, head, strict=True)],
+            "name": [head_label(a, b) for a, b in zip(layer, head, strict=True)],
             "layer_color": [lpal[a] for a in layer],
             # Heads of a layer side by side around x = layer in the entropy plot.
             "entropy_x": (layer + (head - (H - 1) / 2) * (0.6 / max(H, 1))).astype(np.float32),
@@ -317,8 +346,9 @@ def prepare_site_data(
     density: dict[str, list] = {"kind": [], "image": [], "x": [], "y": [], "dw": [], "dh": []}
     reps: dict[str, list] = {
         "kind": [], "cluster": [], "image": [], "x": [], "y": [], "dw": [], "dh": [], "count": [],
+        "label_x": [], "label_y": [],
     }  # fmt: skip
-    extents = {}
+    extents, strips = {}, {}
     for kind in kinds:
         x0, x1, y0, y1 = (float(v) for v in patterns[f"{kind}_extent"])
         extents[kind] = [x0, x1, y0, y1]
@@ -337,11 +367,25 @@ def prepare_site_data(
             reps["kind"].append(kind)
             reps["cluster"].append(c)
             reps["image"].append(img.astype(np.float32))
-            reps["x"].append(c * (w + 1.0))
-            reps["y"].append(0.0)
+            # Rows of a few, each with room under it for the captions (cluster and size).
+            row, col = divmod(c, REPRESENTATIVES_PER_ROW)
+            x0, y0 = col * (w + 1.0), -row * (1.0 + CAPTION_ROOM) * h
+            reps["x"].append(x0)
+            reps["y"].append(y0)
             reps["dw"].append(float(w))
             reps["dh"].append(float(h))
             reps["count"].append(int(sizes_k[c]))
+            reps["label_x"].append(x0 + w / 2)
+            reps["label_y"].append(y0 - 0.05 * h)
+        # The strip's extent: every representative with its caption, and a margin.
+        mine = [j for j, k in enumerate(reps["kind"]) if k == kind]
+        tallest = max(reps["dh"][j] for j in mine)
+        strips[kind] = [
+            -0.6,
+            max(reps["x"][j] + reps["dw"][j] for j in mine) + 0.6,
+            min(reps["y"][j] for j in mine) - CAPTION_ROOM * tallest,
+            tallest + 0.6,
+        ]
     tables["density"] = density
     tables["representatives"] = reps
 
@@ -369,12 +413,15 @@ def prepare_site_data(
         # Which metrics the model has (a backbone: layer and repr), and its special tokens.
         "has_classifier": classifier,
         "metrics": list(bundle.metrics),
-        "special_tokens": [str(t) for t in meta.get("special_tokens", [])],
+        # (a bundle from before their names has at most CLS)
+        "special_tokens": [str(t) for t in meta.get("special_tokens") or (["cls"] * has_cls)],
         "has_special": "special_to" in bundle.parts.get("strength", {}),
         "pruning_modes": modes,
         "metric_info": METRIC_INFO,
         "kinds": kinds,
         "extents": extents,
+        # Each kind's strip of cluster representatives [x0, x1, y0, y1], captions included.
+        "strips": strips,
         "has_partial": "partial" in bundle.parts,
         # D's rollout map and per-layer contributions; hidden for bundles without the part.
         "has_rollout": "rollout" in bundle.parts,
@@ -391,6 +438,8 @@ def prepare_site_data(
         "records": {"arrays": record_layout(bundle), "inline": True, "folder": ""},
         "max_entropy": math.log(K) if K > 1 else 1.0,
         "labels_are_predictions": bool(meta.get("labels_are_predictions", False)),
+        "name_chars": NAME_CHARS,
+        "id_chars": ID_CHARS,
         "checkpoint": meta.get("checkpoint", {}),
         "registry": registry_json(),
         "sizes": {str(d): int(s) for d, s in sizes.items()},

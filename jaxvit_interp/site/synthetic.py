@@ -8,6 +8,11 @@ a random temperature per head, so peaked and flat heads mix, stored as the analy
 entropy of the normalised strength vector, ``prob`` is ``p_y - prob_drop``, and partial pruning's
 ``none`` mode keeps the unpruned probability. The reductions over images are computed from them by
 the same functions an analysis uses (:mod:`jaxvit_interp.pipeline.parts`).
+
+The model families the site meets are a keyword away: a distillation token (DeiT), register
+tokens (DINOv2), a backbone without a classifier (``num_classes=0``: no labels, probabilities,
+partial pruning nor classes, the metrics ``layer`` and ``repr``) and an unsure classifier (a low
+``confidence``, as a linear probe on a CLIP tower); ``set_images`` adds the head-set stage's part.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from jaxvit_interp.bundle import (
     mapped_path,
     save_bundle,
 )
+from jaxvit_interp.importance.pruning import PruningCurve
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
+from jaxvit_interp.pipeline.head_sets import curve_arrays, head_sets_meta, top_heads
 from jaxvit_interp.pipeline.parts import (
     importance_part,
     partial_part,
@@ -34,7 +41,8 @@ from jaxvit_interp.pipeline.parts import (
     special_part,
     strength_part,
 )
-from jaxvit_interp.quantities import METRIC_NAMES
+from jaxvit_interp.quantities import METRIC_NAMES, model_metrics
+from jaxvit_interp.strength.special import special_token_names
 
 
 def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -68,6 +76,38 @@ def _rollout(rng, blob: np.ndarray, L: int, N: int, has_cls: bool) -> dict[str, 
     return rollout_part(rows[:, -1, first:].reshape(blob.shape), contributions)
 
 
+def _head_sets(rng, config: ViTConfig, prob_drop, p_y, correct, images: int):
+    """The head-set stage's part and meta (:mod:`jaxvit_interp.pipeline.head_sets`): random
+    interactions of the top heads, and accuracy and mean ``p(label)`` falling as heads go, in
+    importance order and in 3 random orders, summarised as the stage summarises its curves."""
+    L, H = config.num_layers, config.num_heads
+    heads = top_heads(prob_drop, min(16, L * H))
+    J = len(heads)
+    part = {"image_index": np.sort(rng.permutation(len(p_y))[:images]).astype(np.int32)}
+    if J >= 2:
+        part["interaction_heads"] = heads.astype(np.int32)
+        for m, scale in (("prob_drop", 0.02), ("kl", 0.05)):
+            pairs = rng.normal(0, scale, (J, J))
+            part[f"interaction_{m}"] = ((pairs + pairs.T) / 2).astype(np.float32)
+            part[f"single_{m}"] = rng.exponential(scale, J).astype(np.float32)
+    ranked = top_heads(prob_drop, L * H)[::-1]  # least important first
+    shuffled = [np.stack(np.divmod(rng.permutation(L * H), H), -1) for _ in range(3)]
+    runs = {"importance": ranked[None], "random": np.stack(shuffled)}
+    start_acc, start_prob = float(np.mean(correct)), float(np.mean(p_y))
+    rows = []
+    for order, order_heads in runs.items():
+        steps = order_heads.shape[1]
+        # Each removal keeps a random share of what is left (more of it in importance order).
+        keep = rng.uniform(0.9 if order == "importance" else 0.8, 1.0, (len(order_heads), steps))
+        fall = np.concatenate([np.ones((len(order_heads), 1)), np.cumprod(keep, 1)], 1)
+        rows.append(PruningCurve(order, order_heads, start_acc * fall, start_prob * fall))
+    part.update(curve_arrays(rows))
+    meta = head_sets_meta(
+        config, images=images, interaction_heads=16, random_orders=3, greedy_max_heads=0
+    )
+    return part, meta
+
+
 def synthetic_bundle(
     rng: np.random.Generator,
     *,
@@ -79,8 +119,12 @@ def synthetic_bundle(
     patch_size: int = 1,
     channels: int = 1,
     has_cls: bool = True,
+    distillation_token: bool = False,
+    num_registers: int = 0,
+    confidence: float = 3.0,
     partial_images: int = 8,
     attention_images: int = 6,
+    set_images: int = 0,
     clusters: int = 4,
     class_names: list[str] | None = None,
     image_ids: list[str] | None = None,
@@ -92,7 +136,13 @@ def synthetic_bundle(
       rng: the randomness (tests pass a freshly seeded generator).
       num_images: ``I``; partial pruning and attention cover the first ``partial_images`` and
         ``attention_images`` of a random permutation, as an analysis's chosen subsets would.
+      num_classes: ``C``; 0 makes a backbone without a classifier.
       patch_size, channels: the input pixels (``grid * patch_size`` a side).
+      has_cls, distillation_token, num_registers: the special tokens before the patches.
+      confidence: how far the label's logit stands above the others (unit-scale noise): 3 gives
+        a confident classifier, 0 an unsure one.
+      set_images: with more than 0, the ``head_sets`` part of that many images (classifiers
+        only): interactions of the top 16 heads, curves in importance and random orders.
       class_names / image_ids: override the generated names (e.g. to test escaping).
       directory: write the bundle there and return it loaded, its large arrays memory-mapped;
         their contents are generated a few images at a time, as an analysis writes them, so
@@ -110,16 +160,23 @@ def synthetic_bundle(
         mlp_dim=16 * H,
         num_classes=C,
         classifier="token" if has_cls else "gap",
+        distillation_token=distillation_token,
+        num_register_tokens=num_registers,
     )
     N, K = config.num_tokens, max(grid)
+    specials = special_token_names(config)
     modes = [m for m in PRUNING_MODES if has_cls or m not in CLS_MODES]
     M = len(modes)
     class_names = list(class_names) if class_names is not None else [str(c) for c in range(C)]
     image_ids = list(image_ids) if image_ids is not None else [f"img-{i:04d}" for i in range(n_img)]
     assert len(class_names) == C and len(image_ids) == n_img
 
-    labels = rng.integers(0, C, n_img).astype(np.int32)
-    logits = rng.normal(0, 1.5, (n_img, C)) + 3.0 * (np.arange(C)[None] == labels[:, None])
+    # A backbone's images fall into groups too (the overview's clusters), which it cannot name.
+    groups = C or 5
+    labels = rng.integers(0, groups, n_img).astype(np.int32)
+    logits = rng.normal(0, 1.5, (n_img, groups)) + confidence * (
+        np.arange(groups)[None] == labels[:, None]
+    )
     probs = _softmax(logits).astype(np.float32)
     predictions = probs.argmax(-1).astype(np.int32)
     p_y = probs[np.arange(n_img), labels]
@@ -129,11 +186,13 @@ def synthetic_bundle(
     blob = np.exp(-((yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2) / 3.0)
     thumbnails = np.clip(blob * 255 + rng.normal(0, 20, blob.shape), 0, 255).astype(np.uint8)
     # Class clusters in the overview, spread by probability.
-    angle = 2 * np.pi * labels / C
+    angle = 2 * np.pi * labels / groups
     overview = np.stack([np.cos(angle), np.sin(angle)], -1) * (2 + p_y[:, None])
     overview = (overview + rng.normal(0, 0.3, (n_img, 2))).astype(np.float32)
 
-    prob_drop = np.clip(rng.exponential(0.05, (n_img, L, H)), 0, p_y[:, None, None])
+    # Pruning a head may also raise p(label): some drops are negative (prob stays in [0, 1]).
+    drop = rng.exponential(0.05, (n_img, L, H)) - rng.exponential(0.03, (n_img, L, H))
+    prob_drop = np.clip(drop, p_y[:, None, None] - 1, p_y[:, None, None])
     flip = (prob_drop > 0.6 * p_y[:, None, None]).astype(np.float32)
     importance = {
         "prob": (p_y[:, None, None] - prob_drop),
@@ -171,14 +230,18 @@ def synthetic_bundle(
         local["patch_to_cls"] = rng.uniform(0, 0.5, (n_img, L, H))
         local["cls_to_patch"] = rng.uniform(0.5, 1, (n_img, L, H))
     strength_arrays = strength_part(local, has_cls_token=has_cls)
-    if has_cls:  # CLS is the one special token: its masses are the CLS masses above
-        between = rng.uniform(0, 0.2, (n_img, L, H, 1, 1))
+    if specials:  # CLS, when there is one, comes first: its masses are the CLS masses above
+        X = len(specials)
+        to = rng.uniform(0, 0.5, (n_img, L, H, X))
+        given = rng.uniform(0.5, 1, (n_img, L, H, X))
+        if has_cls:
+            to[..., 0], given[..., 0] = local["patch_to_cls"], local["cls_to_patch"]
         strength_arrays.update(
             special_part(
                 {
-                    "special_to": local["patch_to_cls"][..., None],
-                    "special_from": local["cls_to_patch"][..., None],
-                    "special_between": between,
+                    "special_to": to,
+                    "special_from": given,
+                    "special_between": rng.uniform(0, 0.2, (n_img, L, H, X, X)),
                 }
             )
         )
@@ -203,11 +266,13 @@ def synthetic_bundle(
     order = rng.permutation(n_img)
     partial_index = np.sort(order[:partial_images]).astype(np.int32)
     S = len(partial_index)
-    partial_prob = rng.uniform(0, 1, (S, L, H, M)) * p_y[partial_index, None, None, None]
-    partial_prob[..., modes.index("none")] = p_y[partial_index, None, None]
-    top5_classes = np.argsort(rng.uniform(0, 1, (S, L, H, M, C)), -1)[..., :5].astype(np.int32)
-    top5_probs = -np.sort(-rng.dirichlet(np.ones(C), (S, L, H, M))[..., :5], -1)
-    partial = partial_part(partial_index, partial_prob, top5_classes, top5_probs)
+    partial = None
+    if C:  # partial pruning measures p(label): a backbone has none
+        partial_prob = rng.uniform(0, 1, (S, L, H, M)) * p_y[partial_index, None, None, None]
+        partial_prob[..., modes.index("none")] = p_y[partial_index, None, None]
+        top5_classes = np.argsort(rng.uniform(0, 1, (S, L, H, M, C)), -1)[..., :5].astype(np.int32)
+        top5_probs = -np.sort(-rng.dirichlet(np.ones(C), (S, L, H, M))[..., :5], -1)
+        partial = partial_part(partial_index, partial_prob, top5_classes, top5_probs)
 
     attention_index = np.sort(order[:attention_images]).astype(np.int32)
     A = len(attention_index)
@@ -239,23 +304,27 @@ def synthetic_bundle(
         "class_names": class_names,
         "labels_are_predictions": False,
         "pruning_modes": modes,
-        "special_tokens": ["cls"] if has_cls else [],
+        "metrics": list(model_metrics(C)),
+        "special_tokens": list(specials),
         "settings": {"synthetic": {"bundle_version": BUNDLE_VERSION}},
     }
+    classes = {"labels": labels, "predictions": predictions, "probs": probs} if C else {}
     parts = {
         "images": {
-            "labels": labels,
-            "predictions": predictions,
-            "probs": probs,
+            **classes,
             "thumbnails": (thumbnails[..., None] * tint).astype(np.uint8),
             "overview": overview,
         },
         "importance": importance,
-        "partial": partial,
+        **({"partial": partial} if partial is not None else {}),
         "strength": strength_arrays,
         "patterns": patterns,
         "attention": {"image_index": attention_index},
     }
+    if C and set_images > 0:
+        parts["head_sets"], meta["head_sets"] = _head_sets(
+            rng, config, importance["prob_drop"], p_y, predictions == labels, min(set_images, n_img)
+        )
     errors = np.zeros((A, L, H), np.float32)
     shapes = {"codes": (A, L, H, N, N), "steps": (A, L, H, N)}
     if directory is None:

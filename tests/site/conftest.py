@@ -59,8 +59,8 @@ def open_page(browser, tmp_path):
     """Open a site; the final state of every opened page is saved as a screenshot in tmp_path."""
     pages = []
 
-    def _open(path):
-        page = open_site(browser, path)
+    def _open(path, **options):  # options of open_site: width, height, ...
+        page = open_site(browser, path, **options)
         pages.append(page)
         return SitePage(page)
 

@@ -8,29 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sitepage import EVIL_ID, make_bundle
+from sitepage import DEEP_TEXT_JS, EVIL_ID, make_bundle
 
 from jaxvit_interp.attention_codes import decode_attention
 from jaxvit_interp.quantities import ENTROPY_BINS
 from jaxvit_interp.site.browser import FIND_VIEW_JS
 from jaxvit_interp.site.document import build_site
-from jaxvit_interp.site.sources import METRIC_INFO
+from jaxvit_interp.site.sources import METRIC_INFO, short_name
 
 pytestmark = pytest.mark.slow
 
-# All text of the page, through every (nested) shadow root.
-DEEP_TEXT_JS = """() => {
-  const parts = [];
-  const walk = (root) => {
-    for (const el of root.querySelectorAll("*")) {
-      if (el.shadowRoot) walk(el.shadowRoot);
-      if (!["STYLE", "SCRIPT"].includes(el.nodeName) && el.childNodes.length)
-        for (const n of el.childNodes) if (n.nodeType === 3) parts.push(n.textContent);
-    }
-  };
-  walk(document);
-  return parts.join(" ");
-}"""
 # <img> elements anywhere, through every shadow root.
 DEEP_IMG_JS = """() => {
   let n = 0;
@@ -176,7 +163,9 @@ def test_clicking_an_image_makes_b_and_c_local(tiny_site, tiny_bundle, open_page
     names = tiny_bundle.meta["class_names"]
     top5 = site.data("top5_view")
     expected = [names[c] for c in tiny_bundle["partial"]["top5_classes"][s, lay, h, mode]]
-    assert [t.rsplit(": ", 1)[0] for t in top5["text"]] == expected
+    # Each class named in full for the hover, and on the canvas up to its 20th character.
+    assert top5["name"] == expected
+    assert [t.rsplit(": ", 1)[0] for t in top5["text"]] == [short_name(n) for n in expected]
     np.testing.assert_allclose(
         top5["prob"], tiny_bundle["partial"]["top5_probs"][s, lay, h, mode], rtol=1e-6
     )
@@ -268,7 +257,7 @@ def test_choosing_a_head_in_b_highlights_it_in_c_and_d(tiny_site, tiny_bundle, o
         "image_title",
         "matrix_title",
     ):
-        assert f"layer {lay}, head {h}" in site.prop(title, "text"), title
+        assert f"L{lay} H{h}" in site.prop(title, "text"), title
     assert site.problems == []
 
 
@@ -369,12 +358,7 @@ def test_metric_menu_switches_metrics(tiny_site, tiny_bundle, open_page, metric)
 def test_search_finds_an_image_by_id_and_by_label(tiny_site, tiny_bundle, open_page):
     site = open_page(tiny_site)
     ids = tiny_bundle.meta["image_ids"]
-    box = site.page.locator("input[type=text]")
-    box.fill(ids[7])
-    box.press("Enter")
-    site.page.wait_for_function(
-        "() => Bokeh.documents[0].get_model_by_name('state').data.image[0] === 7"
-    )
+    site.search(ids[7], chosen=7)
     assert site.selected("images") == [7]
     assert "Found image img-007" in site.text("search_status")
     # By label: the most confident image of that class is chosen, all of them outlined.
@@ -384,19 +368,12 @@ def test_search_finds_an_image_by_id_and_by_label(tiny_site, tiny_bundle, open_p
     members = np.flatnonzero(labels == c)
     p_y = tiny_bundle["images"]["probs"][members, c]
     best = int(members[np.argmax(p_y)])
-    box.fill(name.upper() if c else "script")  # case-insensitive, and a part of a label
-    box.press("Enter")
-    site.page.wait_for_function(
-        "(b) => Bokeh.documents[0].get_model_by_name('state').data.image[0] === b", arg=best
-    )
+    # Case-insensitive, and a part of a label.
+    site.search(name.upper() if c else "script", chosen=best)
     outline = np.asarray(site.data("images")["outline"])
     assert set(np.flatnonzero(outline == 3)) >= set(members)
     assert f"{len(members)} image(s) match" in site.text("search_status")
-    box.fill("no-such-image-anywhere")
-    box.press("Enter")
-    site.page.wait_for_function(
-        "() => Bokeh.documents[0].get_model_by_name('search_status').text.startsWith('No image')"
-    )
+    site.search("no-such-image-anywhere")
     assert site.state()["image"] == best  # a failed search leaves the choice alone
     site.page.locator("button", has_text="All images").click()
     site.page.wait_for_function(
@@ -410,12 +387,7 @@ def test_labels_and_ids_show_as_text(tiny_site, tiny_bundle, open_page):
     dialogs = []
     site.page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     # Image 0 has the hostile id; find it with the search box, as a reader would.
-    box = site.page.locator("input[type=text]")
-    box.fill(EVIL_ID)
-    box.press("Enter")
-    site.page.wait_for_function(
-        "() => Bokeh.documents[0].get_model_by_name('state').data.image[0] === 0"
-    )
+    site.search(EVIL_ID, chosen=0)
     label = tiny_bundle.meta["class_names"][int(tiny_bundle["images"]["labels"][0])]
     info = site.text("image_info")
     assert EVIL_ID in info and label in info
@@ -538,7 +510,7 @@ def _assert_global_view(site, bundle, k: int, metric: str, kind: str) -> None:
     np.testing.assert_allclose(heads["pos_x"], positions[..., 0].mean(0).reshape(-1), rtol=1e-5)
     np.testing.assert_allclose(site.data("head_images")["y"], positions[:, lay, h, 1], rtol=1e-6)
     cluster = int(np.bincount(bundle["patterns"][f"{kind}_clusters"][:, lay, h]).argmax())
-    assert site.prop("reps_title", "text").endswith(f"(layer {lay}, head {h}: #{cluster})")
+    assert site.prop("reps_title", "text").endswith(f"(L{lay} H{h}: #{cluster})")
     reps = site.data("reps_view")
     c = reps["cluster"].index(cluster)
     assert site.data("reps_highlight")["x"] == [reps["x"][c] + reps["dw"][c] / 2]
@@ -607,7 +579,7 @@ def test_pattern_toggle_and_pruning_mode_bars(tiny_site, tiny_bundle, open_page)
     assert site.selected("partial_bars") == [m]
     names = tiny_bundle.meta["class_names"]
     want = [names[c] for c in tiny_bundle["partial"]["top5_classes"][s, lay, h, m]]
-    assert [t.rsplit(": ", 1)[0] for t in site.data("top5_view")["text"]] == want
+    assert site.data("top5_view")["name"] == want
     assert modes[m] in site.prop("top5_title", "text")
     assert site.problems == []
 
@@ -630,8 +602,6 @@ def test_fewer_classes_than_five_keep_a_shorter_top_k(tmp_path, open_page, rng):
     lay, h = divmod(k, 2)
     names = bundle.meta["class_names"]
     top = site.data("top5_view")
-    assert [t.rsplit(": ", 1)[0] for t in top["text"]] == [
-        names[c] for c in bundle["partial"]["top5_classes"][0, lay, h, mode]
-    ]
+    assert top["name"] == [names[c] for c in bundle["partial"]["top5_classes"][0, lay, h, mode]]
     assert top["y"] == [3, 2, 1]
     assert site.problems == []

@@ -54,11 +54,14 @@ def test_views_as_png_and_svg(tiny_bundle, tmp_path, browser):
             root = ET.parse(path).getroot()
             assert root.tag == SVG
             plots = root.findall(SVG)
-            # D: embedding, image, rollout map and its layer bars, matrix, histogram, clusters.
+            # D: embedding, image, rollout map and its layer bars, matrix, histogram, clusters,
+            # in one row, as a 1,920 px window shows it.
             assert len(plots) == (3 if path.name.startswith("B") else 7)
+            if path.name.startswith("D"):
+                assert float(root.get("width")) > 2.5 * float(root.get("height"))
             text = "".join(root.itertext())
-            assert "layer 2, head 1" in text and EVIL_ID in text  # escaped, then parsed back
+            assert "L2 H1" in text and EVIL_ID in text  # escaped, then parsed back
             if path.name.startswith("B"):  # the plots were drawn in the state asked for
-                assert "p(label) after partial pruning: layer 2, head 1" in text
+                assert "p(label) after partial pruning: L2 H1" in text
             else:
-                assert "attention rollout (image" in text
+                assert "rollout (image" in text

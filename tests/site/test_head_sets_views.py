@@ -65,15 +65,24 @@ def test_class_map_is_class_specific_heads_and_old_bundles_have_no_head_sets(tin
     for name in ("interaction_cells", "curves", "curves_caption"):
         assert doc.get_model_by_name(name) is None, name
     # Each cell: the class's mean over its images minus the mean over all images, computed
-    # here from the per-image values; prob is negated (a low probability marks importance).
+    # here from the per-image values; prob's map is prob_drop's (its own class means are the
+    # model's confidence in each class), and B's class means stay prob's.
     part, labels = tiny_bundle["importance"], tiny_bundle["images"]["labels"]
-    tables = class_map_tables(tiny_bundle, ["prob_drop", "prob"])
+    tables = class_map_tables(tiny_bundle, ["prob", "kl"])
     shown = class_rows(part["class_counts"])
-    for metric, sign in (("prob_drop", 1.0), ("prob", -1.0)):
+    assert {k for k in tables["cells"] if k.startswith(("spec_", "mean_"))} == {
+        "spec_prob_drop", "spec_kl", "mean_prob", "mean_kl",
+    }  # fmt: skip
+    for metric in ("prob_drop", "kl"):
         values = np.asarray(part[metric], np.float64)
         want = np.stack([values[labels == c].mean(0) - values.mean(0) for c in shown])
         got = tables["cells"][f"spec_{metric}"].reshape(len(shown), -1)
-        np.testing.assert_allclose(got, sign * want.reshape(len(shown), -1), atol=1e-5)
+        np.testing.assert_allclose(got, want.reshape(len(shown), -1), atol=1e-5)
+    for metric in ("prob", "kl"):
+        values = np.asarray(part[metric], np.float64)
+        want = np.stack([values[labels == c].mean(0) for c in shown])
+        got = tables["cells"][f"mean_{metric}"].reshape(len(shown), -1)
+        np.testing.assert_allclose(got, want.reshape(len(shown), -1), rtol=1e-5)
 
 
 def test_many_classes_show_the_most_frequent():

@@ -55,7 +55,7 @@ def test_text_helpers():
     console.log(JSON.stringify({
       sig: values.map(sig),
       fixed: [fixed(0.12345, 3), fixed(Infinity, 3)],
-      fill: fill("hop_title", {head: "layer 1, head 2"}),
+      fill: fill("hop_title", {head: "L1 H2"}),
     }));
     """
     result = _node("--input-type=module", "-e", script, cwd=JS_DIR)
@@ -75,7 +75,7 @@ def test_text_helpers():
         "n/a",
     ]
     assert out["fixed"] == ["0.123", "n/a"]
-    assert out["fill"] == "strength across neighbours: layer 1, head 2"
+    assert out["fill"] == "strength across neighbours: L1 H2"
 
 
 @needs_node
@@ -111,3 +111,32 @@ def test_wheel_ships_the_modules(project_wheel):
     for module in MODULES:
         assert f"jaxvit_interp/site/js/{module.name}" in names
     assert "jaxvit_interp/site/js/package.json" in names
+
+
+@needs_node
+def test_names_in_titles_and_fitted_axes(rng):
+    """A class name on a canvas keeps its start as Python's ``short_name`` does, an id its end;
+    a fitted axis runs from 0 past the largest finite value (to 1 when there is none)."""
+    from jaxvit_interp.site.sources import ID_CHARS, NAME_CHARS, short_name
+
+    alphabet = list("abcdefghij ,-_/.0123456789ABCXYZéü—")
+    names = ["".join(rng.choice(alphabet, int(rng.integers(1, 45)))) for _ in range(40)]
+    values = rng.exponential(1e-3, 5).tolist()
+    script = (
+        'import {shortName, shortId, fitRange} from "./update.js";\n'
+        f"const info = {{name_chars: {NAME_CHARS}, id_chars: {ID_CHARS}}};\n"
+        f"const names = {json.dumps(names)};\n"
+        "const fit = (values, room) => { const r = {}; fitRange(r, values, room); return r; };\n"
+        "console.log(JSON.stringify({names: names.map((n) => shortName(info, n)),\n"
+        "  ids: names.map((n) => shortId(info, n)),\n"
+        f"  some: fit([NaN, ...{json.dumps(values)}], 1.2), none: fit([NaN, 0]),\n"
+        "  empty: fit([])}));\n"
+    )
+    result = _node("--input-type=module", "-e", script, cwd=JS_DIR)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["names"] == [short_name(n) for n in names]
+    for name, short in zip(names, out["ids"], strict=True):
+        assert short == name if len(name) <= ID_CHARS else short == "…" + name[-(ID_CHARS - 1) :]
+    assert out["some"] == {"start": 0, "end": pytest.approx(1.2 * max(values))}
+    assert out["none"] == out["empty"] == {"start": 0, "end": 1}

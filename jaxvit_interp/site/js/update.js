@@ -15,6 +15,10 @@
 // `page` holds the models by name and two values from the build: `info` (sizes, names, modes,
 // which parts exist, the registry, where each array lives) and `value_palette` (B1's colours,
 // light to dark).
+//
+// Plot titles are one line on a canvas, which cuts what does not fit: an image id or class
+// name in a title is shortened to `info.id_chars` / `info.name_chars` characters (the text
+// boxes, which wrap, show them whole).
 
 // Every text the page shows; `fill` replaces each {key}.
 export const TEXTS = {
@@ -38,10 +42,10 @@ export const TEXTS = {
   top5_not_computed: "top-5: not computed here",
   entropy_title: "head entropy across layers ({scope})",
   hop_title: "strength across neighbours: {head}",
-  special_title: "special tokens: {head} ({scope})",
+  special_title: "special tokens: {head}",
   entropy_hist_title: "entropy of {head} over all images",
   embedding_title: "{kind} patterns ({scope}); chosen: {head}",
-  reps_title: "cluster representatives ({head}: #{cluster})",
+  reps_title: "pattern clusters ({head}: #{cluster})",
   image_title_global: "chosen image: click a patch to make it the query",
   image_title_cls: "{head}; query: the CLS token",
   image_title_patch: "{head}; query: patch (row {row}, col {col})",
@@ -59,13 +63,13 @@ export const TEXTS = {
     "show values over all images.",
   record_damaged: "The data of image {id} could not be read: {file} is damaged ({why}). The " +
     "views show values over all images.",
-  scope_pending: "mean over all images; image {id} not loaded",
-  rollout_title: "attention rollout ({scope})",
-  rollout_bars_title: "layer contributions ({scope})",
-  scope_class: "mean over the {n} images of class {name}",
+  rollout_title: "rollout ({scope})",
+  rollout_bars_title: "layer contributions",
+  scope_class: "mean over {n} images of class {name}",
   interaction_title: "pair interactions: {metric}",
   class_map_title: "{metric}: class mean - mean over all images{chosen}",
   class_map_chosen: "; chosen: {name}",
+  top5_row: "{name}: {prob}",
 };
 const KIND_NAMES = {cls: "CLS", patch: "patch"};
 
@@ -85,6 +89,18 @@ const slice = (col, Type, start, length) =>
 
 // A histogram's axis of counts: from 0 to the largest count plus 5%, as Bokeh pads its own.
 const fitCounts = (range, counts) => { range.end = 1.05 * Math.max(1, ...counts); };
+// An axis from 0 to the largest finite value and `room` more (for labels over bars), or to 1
+// when there is none: a fixed 0..1 hides the bars of a model that is never sure.
+export function fitRange(range, values, room = 1.1) {
+  const top = Math.max(0, ...Array.from(values).filter(Number.isFinite));
+  range.start = 0;
+  range.end = top > 0 ? room * top : 1;
+}
+// An image id (its end, which tells images apart) or a class name (its start) in a title.
+export const shortId = (info, id) => String(id).length <= info.id_chars ? String(id)
+  : "…" + String(id).slice(-(info.id_chars - 1));
+export const shortName = (info, name) => String(name).length <= info.name_chars ? String(name)
+  : String(name).slice(0, info.name_chars - 1) + "…";
 
 // `count` equal bins of width `width` from 0; values past the last bin count in it.
 function histogram(values, count, width) {
@@ -308,7 +324,7 @@ function readState(page) {
     classRow,
     pairCell,
     classScope: classRow >= 0 ? fill("scope_class", {n: cd.count[classCell],
-                                                     name: cd.class_name[classCell]}) : "",
+      name: shortName(info, cd.class_name[classCell])}) : "",
     // B1's value of head j: the chosen image's, the chosen class's mean, or the mean over all.
     importance: (metric, j) => classRow >= 0 ? cd[`mean_${metric}`][classRow * LH + j]
       : local ? value(page, "importance", metric, {I: image, ...headAt(info, j)})
@@ -324,8 +340,9 @@ function readState(page) {
     kindChanged: previous("kind") !== (kind || ""),
     previousClassCell: previous("class_cell") ?? -1,
     head: hd.name[k],
-    scope: local ? fill("scope_local", {id}) : image >= 0 ? fill("scope_pending", {id})
-      : TEXTS.scope_global,
+    // Until the chosen image's record is read the views show the values over all images (the
+    // record note says why).
+    scope: local ? fill("scope_local", {id: shortId(info, id)}) : TEXTS.scope_global,
     // What the chosen image's record says, when it is not (yet) read.
     recordNote: rec === null || local ? "" : fill(`record_${rec.status}`,
       {id, file: recordFile(info, image), why: rec.why}),
@@ -339,9 +356,10 @@ function readState(page) {
 
 // ---- views ------------------------------------------------------------------------------------
 
-// A: what the chosen image is.
-function drawImageInfo({info, images, image_info}, s) {
+// A: what the chosen image is; a search's message goes once another image is chosen.
+function drawImageInfo({info, images, image_info, search_status}, s) {
   const img = images.data, i = s.image;
+  if (search_status.text && search_status.tags[0] !== i) search_status.text = "";
   const chosen = () => info.has_classifier
     ? fill("image_info_local", {id: img.id[i], label: img.label[i], predicted: img.predicted[i],
                                 prob: fixed(img.prob[i], 3)})
@@ -386,7 +404,8 @@ function drawHeads({info, heads, value_mapper, value_palette, importance_title, 
 
 // B2: p(label) after each partial-pruning mode of the chosen head; B3: the chosen mode's top-5.
 function drawPartial(page, s) {
-  const {info, images, partial_bars, partial_note, partial_title, top5_view, top5_title} = page;
+  const {info, images, partial_bars, partial_note, partial_title, partial_y_range, top5_view,
+         top5_title, top5_x_range} = page;
   const modes = info.pruning_modes, M = modes.length;
   const {image, k, head} = s, at = headAt(info, k);
   const row = image >= 0 ? images.data.partial_row[image] : -1;
@@ -403,22 +422,25 @@ function drawPartial(page, s) {
     note = [fill("partial_global", {n: info.num_partial}), s.recordNote].join(" ").trim();
   }
   partial_bars.data = {mode: modes, prob: probs.map((v) => Number.isFinite(v) ? v : 0),
-                       label: probs.map((v) => info.has_partial ? fixed(v, 3) : ""),
+                       label: probs.map((v) => info.has_partial ? sig(v) : ""),
                        head: repeat(M, head)};
+  fitRange(partial_y_range, probs, 1.2);  // room for the labels over the bars
   setText(partial_note, "text", note);
   setText(partial_title, "text", fill("partial_title", {head}));
 
-  const rank = [], prob = [], text = [], y = [];
+  const rank = [], prob = [], text = [], name = [], y = [];
   if (row >= 0 && s.local) {
     const TOPK = info.top_k;
     for (let t = 0; t < TOPK; t++) {
       const where = {I: image, ...at, M: s.mode, T: t};
       const p = value(page, "partial", "top5_probs", where);
       rank.push(t + 1); y.push(TOPK - t); prob.push(p);
-      text.push(`${info.class_names[value(page, "partial", "top5_classes", where)]}: ${sig(p)}`);
+      name.push(info.class_names[value(page, "partial", "top5_classes", where)]);
+      text.push(fill("top5_row", {name: shortName(info, last(name)), prob: sig(p)}));
     }
   }
-  top5_view.data = {rank, prob, text, y, head: repeat(rank.length, head)};
+  top5_view.data = {rank, prob, text, name, y, head: repeat(rank.length, head)};
+  fitRange(top5_x_range, prob);
   setText(top5_title, "text", row >= 0 && s.local ? fill("top5_local", {mode: modes[s.mode]})
     : image >= 0 ? TEXTS.top5_not_computed : TEXTS.top5_global);
 }
@@ -455,9 +477,8 @@ function drawSpecial({info, special_bars, special_title, special_y_range}, s) {
   const to = names.map((_, t) => s.pick("strength", "special_to", k, {X: t}));
   const from = names.map((_, t) => s.pick("strength", "special_from", k, {X: t}));
   special_bars.data = {token: names, to, from, head: repeat(names.length, head)};
-  const top = Math.max(...to, ...from);
-  special_y_range.end = Number.isFinite(top) && top > 0 ? top * 1.25 : 1;
-  setText(special_title, "text", fill("special_title", {head, scope: s.scope}));
+  fitRange(special_y_range, [...to, ...from]);
+  setText(special_title, "text", fill("special_title", {head}));
 }
 
 // D1: the heads in the pattern embedding, the chosen head on each image, and the cluster
@@ -494,18 +515,18 @@ function drawEmbedding(page, s) {
   const rows = [];
   for (let j = 0; j < rp.kind.length; j++) if (rp.kind[j] === kind) rows.push(j);
   const col = (name) => rows.map((j) => rp[name][j]);
-  const x = col("x"), dw = col("dw"), dh = col("dh");
-  reps_view.data = {image: col("image"), x, y: col("y"), dw, dh, cluster: col("cluster"),
-    members: col("count"), count: rows.map((j) => `#${rp.cluster[j]}: ${rp.count[j]}`),
-    label_x: x.map((x0, j) => x0 + dw[j] / 2)};
+  const x = col("x"), y = col("y"), dw = col("dw"), dh = col("dh");
+  // Two-line captions: the cluster over its size, narrow enough for a representative's width.
+  reps_view.data = {image: col("image"), x, y, dw, dh, cluster: col("cluster"),
+    members: col("count"), count: rows.map((j) => `#${rp.cluster[j]}\n${rp.count[j]}`),
+    label_x: col("label_x"), label_y: col("label_y")};
   const c = rows.findIndex((j) => rp.cluster[j] === cluster);
   reps_highlight.data = c < 0 ? {x: [], y: [], w: [], h: []} :
-    {x: [x[c] + dw[c] / 2], y: [dh[c] / 2], w: [dw[c] + 0.7], h: [dh[c] + 0.7]};
+    {x: [x[c] + dw[c] / 2], y: [y[c] + dh[c] / 2], w: [dw[c] + 0.7], h: [dh[c] + 0.7]};
   setText(reps_title, "text", fill("reps_title", {head, cluster}));
   if (s.kindChanged && rows.length) {
-    const h0 = Math.max(...dh);
-    reps_x_range.start = -0.6; reps_x_range.end = last(x) + last(dw) + 0.6;
-    reps_y_range.start = -Math.max(1.2, 0.35 * h0); reps_y_range.end = h0 + 0.6;
+    [reps_x_range.start, reps_x_range.end, reps_y_range.start, reps_y_range.end] =
+      info.strips[kind];
   }
 }
 
@@ -569,7 +590,8 @@ function drawAttention(page, s) {
     value_hist.data = {left, right, count: counts, head: repeat(bins, head)};
     value_hist_x_range.end = last(right);
     fitCounts(value_hist_y_range, counts);
-    setText(matrix_title, "text", fill("matrix_title_local", {head, id: images.data.id[image]}));
+    setText(matrix_title, "text",
+            fill("matrix_title_local", {head, id: shortId(info, images.data.id[image])}));
   } else {
     matrix_view.data = {...empty, head: []};
     value_hist.data = {left: [], right: [], count: [], head: []};
@@ -621,9 +643,9 @@ function drawRollout(page, s) {
   const layer = Array.from({length: L}, (_, l) => l);
   const contribution = layer.map((l) => at("contribution", {L: l}));
   rollout_bars.data = {layer, contribution, label: contribution.map(sig)};
-  rollout_bars_y_range.end = 1.1 * Math.max(1e-6, ...contribution.filter(Number.isFinite));
+  fitRange(rollout_bars_y_range, contribution);
   setText(rollout_title, "text", fill("rollout_title", {scope: s.scope}));
-  setText(rollout_bars_title, "text", fill("rollout_bars_title", {scope: s.scope}));
+  setText(rollout_bars_title, "text", TEXTS.rollout_bars_title);
 }
 
 // A diverging colour range, symmetric around 0, over the finite values.
@@ -634,8 +656,9 @@ function symmetric(mapper, values) {
 }
 
 // E1: the interactions under the chosen metric (kl for kl, prob_drop otherwise) and B1's outline
-// of the chosen pair; E4: the class map under the chosen metric, the chosen class's images
-// outlined in A.
+// of the chosen pair; E4: the class map under the metric the chosen one maps to (prob_drop for
+// prob, whose class means show the model's confidence in each class rather than its heads), the
+// chosen class's images outlined in A.
 function drawHeadSets(page, s) {
   const {info, images, heads, pair_marks, class_cells, class_top, class_top_all, class_mapper,
          class_map_title} = page;
@@ -654,13 +677,14 @@ function drawHeadSets(page, s) {
                                   interaction_cells.data.head_j[s.pairCell]] : [];
   pair_marks.data = {x: pair.map((j) => heads.data.head[j]), y: pair.map((j) => heads.data.layer[j])};
   if (!class_cells) return;
-  const d = class_cells.data, values = Array.from(d[`spec_${metric}`]);
+  const shown = info.metric_info[metric].class_map;
+  const d = class_cells.data, values = Array.from(d[`spec_${shown}`]);
   class_cells.data = {...d, value: values};
   symmetric(class_mapper, values);
-  class_top.data = {x: class_top_all.data[`${metric}_x`], y: class_top_all.data[`${metric}_y`]};
+  class_top.data = {x: class_top_all.data[`${shown}_x`], y: class_top_all.data[`${shown}_y`]};
   const name = s.classCell >= 0 ? d.class_name[s.classCell] : null;
-  setText(class_map_title, "text", fill("class_map_title",
-    {metric, chosen: name === null ? "" : fill("class_map_chosen", {name})}));
+  setText(class_map_title, "text", fill("class_map_title", {metric: shown,
+    chosen: name === null ? "" : fill("class_map_chosen", {name: shortName(info, name)})}));
   if (s.classCell !== s.previousClassCell) {
     // Outline the class's images in A (search outlines its matches the same way).
     const img = images.data;

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from bokeh.models import Column, Div, Model
+from bokeh.models import Column, Div, Legend, Model, Row
 from bokeh.plotting import figure
 
 from jaxvit_interp.site.sources import SiteData
@@ -75,10 +75,60 @@ def panel(letter: str, title: str, name: str, children: list, **kwargs) -> Colum
     return Column(heading(letter, title), *children, name=name, styles=dict(PANEL_STYLE), **kwargs)
 
 
+# Pixels a tick label of n digits takes on an axis (10 px text; a digit is about 6 px wide), with
+# the gap that keeps neighbours apart.
+DIGIT_PX = 6
+LABEL_GAP_PX = 8
+
+
+def integer_ticks(count: int, px_per_unit: float, *, across: bool = False) -> list[int]:
+    """Ticks at ``0 .. count - 1``: every one, or every 2nd, 5th, 10th, ... where labels that
+    close would run together. ``px_per_unit``: the axis's pixels from one integer to the next;
+    ``across``: the labels stack across the axis (a vertical axis), so their height counts."""
+    need = 10 + 4 if across else DIGIT_PX * len(str(max(count - 1, 0))) + LABEL_GAP_PX
+    for step in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000):
+        if step * px_per_unit >= need or step >= count:
+            return list(range(0, count, step))
+    return list(range(0, count, max(1, count // 5)))
+
+
+def outside_legend(p, items: list, place: str = "below", **style) -> Legend:
+    """A legend in the site's quiet style beside ``p``'s frame (``place``: ``"below"`` or
+    ``"right"``), where it covers none of the marks (inside, it hid the tallest bars)."""
+    style = {
+        "label_text_font_size": "10px",
+        "glyph_height": 12,
+        "glyph_width": 12,
+        "spacing": 0,
+        "padding": 2,
+        "margin": 2,
+        "border_line_color": None,
+        **style,
+    }
+    legend = Legend(items=items, **style)
+    p.add_layout(legend, place)
+    return legend
+
+
+def wrap(*children, **kwargs) -> Row:
+    """A row that wraps: children that do not fit the window's width go on the next line, so
+    the page fits a 1,280 px screen and uses a wider one."""
+    styles = {"flex-wrap": "wrap", **kwargs.pop("styles", {})}
+    return Row(*children, styles=styles, **kwargs)
+
+
 def plot(
-    title: str, width: int, height: int, *, tools: str = "", name: str | None = None, **kwargs
+    title: str,
+    width: int | None,
+    height: int | None,
+    *,
+    tools: str = "",
+    name: str | None = None,
+    **kwargs,
 ) -> figure:
-    """A figure with the site's quiet style: no logo, light grid, small titles."""
+    """A figure with the site's quiet style: no logo, light grid, small titles. ``width`` and
+    ``height`` are the whole plot's; None where ``frame_width`` / ``frame_height`` (in
+    ``kwargs``) fix its frame, and the axes add what they need."""
     kwargs.setdefault("toolbar_location", "below" if tools else None)
     p = figure(title=title, width=width, height=height, tools=tools, name=name, **kwargs)
     p.toolbar.logo = None

@@ -10,7 +10,9 @@
   lines); the caption gives how many heads can go before accuracy falls 1 and 5 points.
 - E4: the class x head map: per class, each head's mean importance over the class's images minus
   its mean over all images (:func:`~jaxvit_interp.importance.aggregate.class_specific_heads`,
-  signed so that red = more important for the class), the class's most specific heads dotted.
+  signed so that red = more important for the class), the class's most specific heads dotted;
+  under the chosen metric, or the one it maps to (``Metric.class_map``: ``prob_drop`` for
+  ``prob``, whose class means show how sure the model is of each class, the same on every head).
   Clicking a cell chooses the class and the head: B1 then shows the class's mean and A outlines
   its images. With many classes the map shows the :data:`CLASS_MAP_ROWS` most frequent.
 
@@ -21,11 +23,12 @@ shows E4 only; a backbone without a classifier has neither, and no view E.
 from __future__ import annotations
 
 import numpy as np
-from bokeh.layouts import column, row
+from bokeh.layouts import column
 from bokeh.models import (
     ColorBar,
     ColumnDataSource,
     HoverTool,
+    LegendItem,
     LinearColorMapper,
     Range1d,
     TapTool,
@@ -34,11 +37,25 @@ from bokeh.palettes import RdBu11
 
 from jaxvit_interp.bundle import ResultsBundle
 from jaxvit_interp.importance.pruning import CURVE_ORDERS
-from jaxvit_interp.quantities import METRIC_NAMES
-from jaxvit_interp.site.views.common import Context, panel, plot, text_box
+from jaxvit_interp.quantities import METRIC_NAMES, metric
+from jaxvit_interp.site.sources import head_label, short_name
+from jaxvit_interp.site.views.common import (
+    Context,
+    outside_legend,
+    panel,
+    plot,
+    text_box,
+    wrap,
+)
 
 # Most classes the class x head map shows (the most frequent ones among many).
 CLASS_MAP_ROWS = 40
+# Pixels a row of the class map takes (its class name is 10 px text), and the least width of its
+# cells (its title names the metric and the chosen class).
+CLASS_MAP_ROW_PX = 14
+CLASS_MAP_MIN_PX = 440
+# Pixels a side of a cell of the interaction matrix (its heads are named on both axes).
+INTERACTION_CELL_PX = 22
 # The most specific heads dotted per class.
 CLASS_TOP_HEADS = 3
 # Low to high: blue (negative: redundant, or less important for the class) to red (positive).
@@ -56,12 +73,18 @@ def class_rows(class_counts: np.ndarray) -> np.ndarray:
     return present
 
 
+def class_map_metrics(metrics: list[str]) -> list[str]:
+    """The metrics the class map shows for the menu's ``metrics`` (each one's ``class_map``)."""
+    return list(dict.fromkeys(metric(m).class_map or m for m in metrics))
+
+
 def class_map_tables(bundle: ResultsBundle, metrics: list[str]) -> dict[str, dict]:
     """The class map's cells and dots, from the bundle's per-image importance through
     :func:`~jaxvit_interp.importance.aggregate.class_specific_heads` (never recomputed on the
-    page): ``cells`` one row per (shown class, head) with, per metric, ``spec_{metric}`` (the
-    signed difference) and ``mean_{metric}`` (the class mean B1 shows); ``top`` per metric the
-    cells of each class's most specific heads."""
+    page): ``cells`` one row per (shown class, head) with ``mean_{metric}`` for each of
+    ``metrics`` (the class mean B1 shows) and ``spec_{metric}`` (the signed difference) for each
+    metric the map shows for them (:func:`class_map_metrics`); ``top`` per metric shown the cells
+    of each class's most specific heads."""
     from jaxvit_interp.importance import HeadImportance
     from jaxvit_interp.importance.aggregate import class_specific_heads
 
@@ -77,12 +100,14 @@ def class_map_tables(bundle: ResultsBundle, metrics: list[str]) -> dict[str, dic
         "class_index": np.repeat(shown, LH).astype(np.int32),
         "class_name": [names[c] for c in shown for _ in range(LH)],
         "head": np.tile(np.arange(LH), len(shown)).astype(np.int32),
-        "head_name": [f"layer {k // H}, head {k % H}" for _ in shown for k in range(LH)],
+        "head_name": [head_label(k // H, k % H) for _ in shown for k in range(LH)],
         "count": np.repeat(np.asarray(part["class_counts"])[shown], LH).astype(np.int32),
         "value": np.zeros(len(shown) * LH, np.float32),
     }
     top: dict[str, list] = {}
     for m in metrics:
+        cells[f"mean_{m}"] = np.asarray(part[f"{m}_class_mean"])[shown].reshape(-1)
+    for m in class_map_metrics(metrics):
         # One metric at a time: the per-class means are computed for the result's metrics.
         result = HeadImportance(
             **{n: (np.asarray(part[n]) if n == m else None) for n in METRIC_NAMES},
@@ -102,7 +127,6 @@ def class_map_tables(bundle: ResultsBundle, metrics: list[str]) -> dict[str, dic
                 xs.append(float(layer * H + h))
                 ys.append(float(r))
         cells[f"spec_{m}"] = spec.reshape(-1)
-        cells[f"mean_{m}"] = np.asarray(part[f"{m}_class_mean"])[shown].reshape(-1)
         top[f"{m}_x"], top[f"{m}_y"] = xs, ys
     return {"cells": cells, "top": top, "shown": shown}
 
@@ -122,9 +146,11 @@ def _class_map(ctx: Context, bundle: ResultsBundle):
     rows = len(shown)
     p = plot(
         "",
-        max(320, 150 + cell * LH),
-        max(160, 70 + max(10, cell) * rows),
+        None,
+        None,
         name="class_map_plot",
+        frame_width=max(CLASS_MAP_MIN_PX, cell * LH),
+        frame_height=CLASS_MAP_ROW_PX * max(rows, 4),
         x_range=Range1d(-0.5, LH - 0.5),
         y_range=Range1d(rows - 0.5, -0.5),
     )
@@ -135,8 +161,7 @@ def _class_map(ctx: Context, bundle: ResultsBundle):
     p.yaxis.ticker = list(range(rows))
     # Canvas text: class names are never HTML.
     p.yaxis.major_label_overrides = {
-        r: (n if len(n) <= 20 else n[:19] + "…")
-        for r, n in enumerate(info["class_names"][c] for c in shown)
+        r: short_name(info["class_names"][c]) for r, c in enumerate(shown)
     }
     p.grid.visible = False
     r = p.rect(
@@ -166,10 +191,12 @@ def _class_map(ctx: Context, bundle: ResultsBundle):
         else ""
     ) + (
         "Red: the head matters more for the class than over all images; dots: each class's "
-        f"{CLASS_TOP_HEADS} most specific heads. Click a cell to choose its class and head (B "
-        "shows the class's mean; A outlines its images); click outside to leave the class."
+        f"{CLASS_TOP_HEADS} most specific heads. Under prob the map shows prob_drop: a class's "
+        "mean p'_y is mostly how sure the model is of the class, the same on every head. Click a "
+        "cell to choose its class and head (B shows the class's mean; A outlines its images); "
+        "click outside to leave the class."
     )
-    return column(p, text_box(ctx, "class_map_note", note, width=max(320, 150 + cell * LH)))
+    return column(p, text_box(ctx, "class_map_note", note, width=CLASS_MAP_MIN_PX + 150))
 
 
 def _interactions(ctx: Context, part, head_names: list[str], H: int):
@@ -190,22 +217,24 @@ def _interactions(ctx: Context, part, head_names: list[str], H: int):
     }
     cells = ctx.add("interaction_cells", ColumnDataSource(data=data))
     mapper = ctx.add("interaction_mapper", LinearColorMapper(palette=DIVERGING, low=-1, high=1))
-    size = max(240, min(420, 90 + 22 * k))
+    side = INTERACTION_CELL_PX * max(k, 8)
     p = plot(
         "",
-        size + 40,
-        size,
+        None,
+        None,
         name="interaction_plot",
+        frame_width=side,
+        frame_height=side,
         x_range=Range1d(-0.5, k - 0.5),
         y_range=Range1d(k - 0.5, -0.5),
     )
     ctx.add("interaction_title", p.title)
-    short = {n: f"{a}.{b}" for n, (a, b) in enumerate(heads.tolist())}
+    names = {n: head_label(a, b) for n, (a, b) in enumerate(heads.tolist())}
     for axis in (p.xaxis, p.yaxis):
         axis.ticker = list(range(k))
-        axis.major_label_overrides = short
+        axis.major_label_overrides = names
     p.xaxis.major_label_orientation = 0.8
-    p.xaxis.axis_label = "head j (layer.head)"
+    p.xaxis.axis_label = "head j"
     p.yaxis.axis_label = "head i (most important first)"
     p.grid.visible = False
     r = p.rect(
@@ -247,27 +276,31 @@ def _curves(ctx: Context, part, meta: dict):
     }
     source = ctx.add("curves", ColumnDataSource(data=data))
     figures = []
-    for field, label, name in (
-        ("accuracy", "accuracy", "curves_accuracy_plot"),
-        ("mean_prob", "mean p(label)", "curves_prob_plot"),
+    for field, values, label, name in (
+        ("accuracy", acc, "accuracy", "curves_accuracy_plot"),
+        ("mean_prob", prob, "mean p(label)", "curves_prob_plot"),
     ):
+        # From 0 to the curves' top: a model that is never sure keeps its curves readable.
+        top = float(np.nanmax(values, initial=0.0))
         p = plot(
             f"{label} as heads are removed",
             330,
-            260,
+            300,
             name=name,
             x_range=Range1d(0, steps[-1]),
-            y_range=Range1d(0, 1.02),
+            y_range=Range1d(0, 1.05 * top if top > 0 else 1.0),
         )
         p.xaxis.axis_label = "heads removed"
         p.yaxis.axis_label = label
         r = p.multi_line(
             "xs", field, source=source, line_color="color", line_width="width",
-            line_alpha="alpha", legend_group="order",
+            line_alpha="alpha",
         )  # fmt: skip
-        p.legend.location = "bottom_left"
-        p.legend.label_text_font_size = "10px"
-        p.legend.background_fill_alpha = 0.6
+        items = [
+            LegendItem(label=order, renderers=[r], index=names.index(order))
+            for order in dict.fromkeys(names)
+        ]
+        outside_legend(p, items, orientation="horizontal", spacing=12)
         p.add_tools(
             HoverTool(renderers=[r], tooltips=[("order", "@order"), ("mean accuracy", "@area")])
         )
@@ -313,7 +346,7 @@ def build(ctx: Context, bundle: ResultsBundle):
             else ""
         )
         children += [
-            row(*plots),
+            wrap(*plots),
             text_box(ctx, "interaction_note", inter_note, width=900),
             text_box(ctx, "curves_caption", caption, width=900),
         ]

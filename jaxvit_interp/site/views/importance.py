@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from bokeh.layouts import column, row
+from bokeh.layouts import column
 from bokeh.models import (
     ColorBar,
     ColumnDataSource,
@@ -23,7 +23,21 @@ from bokeh.models import (
 )
 from bokeh.palettes import Viridis256
 
-from jaxvit_interp.site.views.common import Context, panel, plot, text_box
+from jaxvit_interp.site.views.common import (
+    Context,
+    integer_ticks,
+    panel,
+    plot,
+    text_box,
+    wrap,
+)
+
+# Pixels of a cell of the head grid that shows its value: up to 7 characters ("-1.2e-3") of
+# 9 px text, with a margin; grids too large for numbers get narrow cells.
+VALUE_CELL_PX = 36
+PLAIN_CELL_PX = 14
+# The grid's least width: its title names the metric and what it averages over.
+GRID_MIN_PX = 280
 
 
 def _keep_style(renderer) -> None:
@@ -51,22 +65,25 @@ def build(ctx: Context):
 
     # --- B1: the head grid --------------------------------------------------------------------
     mapper = ctx.add("value_mapper", LinearColorMapper(palette=list(Viridis256), low=0, high=1))
-    cell = 26 if H <= 16 else 14
-    width = max(300, min(480, 70 + cell * H + 80))
-    height = max(180, min(320, 60 + cell * L))
+    numbers = H <= 16 and L <= 24  # each cell shows its value
+    row = max(14 if numbers else 6, min(24, 270 // L))
+    grid_width = max(GRID_MIN_PX, (VALUE_CELL_PX if numbers else PLAIN_CELL_PX) * H)
     p = plot(
         "",
-        width,
-        height,
+        None,
+        None,
         name="importance_grid",
+        frame_width=grid_width,
+        frame_height=row * L,
         x_range=Range1d(-0.5, H - 0.5),
         y_range=Range1d(L - 0.5, -0.5),
     )
+    height = row * L + 90  # B2 and B3 beside it, as tall
     ctx.add("importance_title", p.title)
     p.xaxis.axis_label = "head"
     p.yaxis.axis_label = "layer"
-    for axis, n in ((p.xaxis, H), (p.yaxis, L)):
-        axis.ticker = list(range(n)) if n <= 16 else list(range(0, n, 2))
+    p.xaxis.ticker = integer_ticks(H, grid_width / H)
+    p.yaxis.ticker = integer_ticks(L, row, across=True)
     p.grid.visible = False
     r = p.rect(
         "head",
@@ -84,7 +101,7 @@ def build(ctx: Context):
     r.nonselection_glyph = r.glyph.clone(
         fill_color={"field": "value", "transform": mapper}, line_color="white"
     )
-    if H <= 16 and L <= 24:
+    if numbers:
         labels = p.text(
             "head",
             "layer",
@@ -92,8 +109,9 @@ def build(ctx: Context):
             source=heads,
             text_align="center",
             text_baseline="middle",
-            text_font_size="8px" if H > 8 else "9px",
+            text_font_size="9px",
             text_color="text_color",
+            name="importance_values",
         )
         _keep_style(labels)
     # The pair chosen in E1's interaction matrix, outlined (empty until one is chosen).
@@ -138,12 +156,14 @@ def build(ctx: Context):
     q = plot(
         "probability after partial pruning",
         300,
-        height,
+        max(250, height),
         name="partial_plot",
         x_range=FactorRange(*modes),
-        y_range=Range1d(0, 1.12),
+        # Fitted to the bars by the page: a model that is never sure has short ones.
+        y_range=Range1d(0, 1),
     )
     ctx.add("partial_title", q.title)
+    ctx.add("partial_y_range", q.y_range)
     q.xaxis.major_label_orientation = 0.6
     q.yaxis.axis_label = "p(label)"
     vb = q.vbar(
@@ -175,29 +195,37 @@ def build(ctx: Context):
             renderers=[vb], tooltips=[("head", "@head"), ("mode", "@mode"), ("p(label)", "@label")]
         )
     )
-    partial_note = text_box(ctx, "partial_note", width=width + 300 + 250)
+    partial_note = text_box(ctx, "partial_note", width=GRID_MIN_PX + 300 + 280)
 
     # --- B3: top-5 --------------------------------------------------------------------------
     top5 = ctx.add(
         "top5_view",
-        ColumnDataSource(data={"rank": [], "prob": [], "text": [], "y": [], "head": []}),
+        ColumnDataSource(
+            data={"rank": [], "prob": [], "text": [], "name": [], "y": [], "head": []}
+        ),
     )
     top_k = info["top_k"]
     t = plot(
         "top-5 predictions after pruning",
-        250,
-        height,
+        280,
+        max(250, height),
         name="top5_plot",
         x_range=Range1d(0, 1.0),
         y_range=Range1d(0.4, top_k + 0.6),
     )
     ctx.add("top5_title", t.title)
+    ctx.add("top5_x_range", t.x_range)
     # Rank 1 at the top: rank r is drawn at y = top_k + 1 - r.
     t.yaxis.ticker = list(range(1, top_k + 1))
     t.yaxis.major_label_overrides = {top_k + 1 - r: f"#{r}" for r in range(1, top_k + 1)}
     t.xaxis.axis_label = "probability"
+    t.xaxis.ticker.desired_num_ticks = 4  # labels of small probabilities are long (1.5e-3)
     t.grid.visible = False
-    t.hbar(y="y", right="prob", height=0.7, source=top5, fill_color="#c6dbef", line_color="#9ecae1")
+    ranks = t.hbar(
+        y="y", right="prob", height=0.7, source=top5, fill_color="#c6dbef", line_color="#9ecae1"
+    )
+    # The whole class name (the canvas shows its first characters).
+    t.add_tools(HoverTool(renderers=[ranks], tooltips=[("class", "@name"), ("p", "@prob{0.0000}")]))
     # Drawn on the canvas as text: class names are never interpreted as HTML.
     t.text(
         x=0,
@@ -217,7 +245,7 @@ def build(ctx: Context):
         [
             select,
             # Partial pruning measures p(label): a backbone without a classifier has none.
-            row(p, column(q), column(t)),
+            wrap(p, column(q), column(t)),
             partial_note,
         ],
     )

@@ -1,5 +1,9 @@
 """View A, image overview: every image at its 2-D position, coloured by class, found by label or id.
 
+The positions come from each image's per-head importance vector (``prob_drop``, or ``repr`` for a
+backbone without a classifier: :func:`~jaxvit_interp.importance.layout.layout_metric`); a
+backbone has no classes, so its images share one colour and the search finds ids only.
+
 Clicking an image selects it in the shared ``images`` source; that selection is "the chosen
 image" every other view reads. Clicking empty space, or the "all images" button, clears it and the
 views return to values over all images. Images whose attention is stored carry a dark outline.
@@ -9,15 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 from bokeh.core.properties import value
-from bokeh.models import Button, HoverTool, Legend, LegendItem, TapTool, TextInput
+from bokeh.models import Button, HoverTool, LegendItem, TapTool, TextInput
 
-from jaxvit_interp.site.sources import class_palette
-from jaxvit_interp.site.views.common import Context, panel, plot, text_box
+from jaxvit_interp.importance.layout import layout_metric
+from jaxvit_interp.site.sources import class_palette, short_name
+from jaxvit_interp.site.views.common import Context, outside_legend, panel, plot, text_box
 
 WIDTH = 420
 # Classes the legend lists at most: past that, the most common ones (search finds any class).
 LEGEND_CLASSES = 12
-LEGEND_NAME_CHARS = 24
 
 
 def _legend(p, info) -> None:
@@ -35,9 +39,6 @@ def _legend(p, info) -> None:
         shown = [int(c) for c in np.argsort(-counts, kind="stable")[:LEGEND_CLASSES] if counts[c]]
         title = f"most common of {len(names)} classes (search finds any)"
 
-    def short(name: str) -> str:
-        return name if len(name) <= LEGEND_NAME_CHARS else name[: LEGEND_NAME_CHARS - 1] + "…"
-
     keys = ColumnDataSource(
         data={
             "x": [float("nan")] * len(shown),
@@ -46,28 +47,25 @@ def _legend(p, info) -> None:
         }
     )
     key = p.scatter("x", "y", source=keys, size=8, fill_color="color", line_color=None)
-    legend = Legend(
-        items=[LegendItem(label=value(short(names[c])), renderers=[key], index=row)
-               for row, c in enumerate(shown)],
+    outside_legend(
+        p,
+        [LegendItem(label=value(short_name(names[c])), renderers=[key], index=row)
+         for row, c in enumerate(shown)],
+        "below" if title else "right",
         title=title,
         title_text_font_size="10px",
         title_text_font_style="normal",
-        label_text_font_size="10px",
-        glyph_height=12,
-        glyph_width=12,
-        spacing=0,
         padding=4,
-        margin=0,
-        border_line_color=None,
     )  # fmt: skip
-    p.add_layout(legend, "below" if title else "right")
 
 
 def build(ctx: Context):
     images = ctx.sources["images"]
     info = ctx.info
+    classifier = info["has_classifier"]
+    metric = layout_metric(len(info["class_names"]))
     p = plot(
-        "images in 2-D, coloured by class (faint = low probability)",
+        f"images placed by their heads' importance ({metric})",
         WIDTH,
         430,
         tools="pan,wheel_zoom,reset",
@@ -116,7 +114,7 @@ def build(ctx: Context):
     search = ctx.add(
         "search",
         TextInput(
-            title="Find an image (id or label), then Enter",
+            title=f"Find an image ({'id or label' if classifier else 'id'}), then Enter",
             placeholder="e.g. 7 or img-0012",
             width=250,
         ),
@@ -128,6 +126,22 @@ def build(ctx: Context):
     # Fixed widths: a Div that resizes with its text would move the views beside it.
     status = text_box(ctx, "search_status", "", width=WIDTH)
     chosen = text_box(ctx, "image_info", "", width=WIDTH)
+    some = 0 < info["num_attention"] < info["num_images"]
+    which = "predicted class" if info["labels_are_predictions"] else "label"
+    colour = (
+        f"Colour: the image's {which} (faint: the model gives it a low probability)."
+        if classifier
+        else "One colour: a backbone without a classifier has no classes nor probabilities."
+    )
+    note = text_box(
+        ctx,
+        "overview_note",
+        f"Images near each other depend on the same heads. {colour}"
+        + (" Outlined: the images whose attention D can show." if some else ""),
+        width=WIDTH,
+    )
     from bokeh.layouts import row
 
-    return panel("A", "Image Overview", "view_A", [row(search, everything), status, chosen, p])
+    return panel(
+        "A", "Image Overview", "view_A", [row(search, everything), status, chosen, p, note]
+    )

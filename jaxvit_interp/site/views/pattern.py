@@ -18,7 +18,7 @@ Attention matrices exist only for the images in the bundle's attention subset (o
 
 from __future__ import annotations
 
-from bokeh.layouts import column, row
+from bokeh.layouts import column
 from bokeh.models import (
     BoxAnnotation,
     Button,
@@ -34,7 +34,7 @@ from bokeh.models import (
 )
 from bokeh.palettes import Greys256, Oranges9, interp_palette
 
-from jaxvit_interp.site.views.common import Context, panel, plot, text_box
+from jaxvit_interp.site.views.common import Context, integer_ticks, panel, plot, text_box, wrap
 
 HEAT_PALETTE = list(interp_palette(Oranges9[::-1], 256))
 KIND_LABELS = {"cls": "CLS patterns", "patch": "patch patterns"}
@@ -143,10 +143,10 @@ def _embedding(ctx: Context):
 def _image(ctx: Context):
     info = ctx.info
     gh, gw = info["grid"]
-    # A readable patch: 26 px for grids up to 14 (ViT-B/16 at 224 px), at least 16 px for
-    # larger grids (384 px images), within 280-392 px a side.
+    # A readable patch: 26 px for grids up to 13, 15 px at 24 a side (384 px images), within
+    # 280-360 px a side (so that D fits a 1,920 px window's width).
     side = max(gh, gw)
-    scale = max(280, min(392, 26 * side)) / side
+    scale = max(280, min(360, 26 * side)) / side
     p = plot(
         "chosen image: click a patch to make it the query",
         int(gw * scale) + 50,
@@ -224,7 +224,7 @@ def _rollout(ctx: Context) -> Column | None:
         return None
     gh, gw = info["grid"]
     side = max(gh, gw)
-    scale = max(240, min(300, 20 * side)) / side
+    scale = max(240, min(280, 20 * side)) / side
     width = int(gw * scale) + 30
     p = plot(
         "attention rollout",
@@ -287,7 +287,7 @@ def _rollout(ctx: Context) -> Column | None:
     ctx.add("rollout_bars_y_range", b.y_range)
     b.xaxis.axis_label = "layer"
     b.yaxis.axis_label = "share moved"
-    b.xaxis.ticker = list(range(info["num_layers"]))
+    b.xaxis.ticker = integer_ticks(info["num_layers"], (width - 60) / info["num_layers"])
     q = b.vbar(
         x="layer", top="contribution", width=0.7, source=bars, fill_color="#fdae6b",
         line_color="#e6550d",
@@ -376,6 +376,7 @@ def _histogram(ctx: Context):
     ctx.add("value_hist_x_range", p.x_range)
     ctx.add("value_hist_y_range", p.y_range)
     p.xaxis.axis_label = "attention"
+    p.xaxis.ticker.desired_num_ticks = 4  # labels of small weights are long (2.5e-4)
     p.yaxis.axis_label = "entries"
     q = p.quad(
         left="left",
@@ -410,8 +411,10 @@ def _representatives(ctx: Context):
                 "dw": [],
                 "dh": [],
                 "count": [],
+                "members": [],
                 "cluster": [],
                 "label_x": [],
+                "label_y": [],
             }
         ),
     )
@@ -421,7 +424,7 @@ def _representatives(ctx: Context):
     p = plot(
         "cluster representatives",
         290,
-        170,
+        200,
         name="reps_plot",
         x_range=Range1d(-0.5, 10),
         y_range=Range1d(-2.2, 8),
@@ -445,7 +448,7 @@ def _representatives(ctx: Context):
     p.rect("x", "y", "w", "h", source=highlight, fill_alpha=0, line_color="#d62728", line_width=3)
     p.text(
         "label_x",
-        -0.4,
+        "label_y",
         text="count",
         source=reps,
         text_align="center",
@@ -454,7 +457,7 @@ def _representatives(ctx: Context):
         text_color="#555",
     )
     p.add_tools(
-        HoverTool(renderers=[img], tooltips=[("cluster", "@cluster"), ("members", "@count")])
+        HoverTool(renderers=[img], tooltips=[("cluster", "@cluster"), ("members", "@members")])
     )
     return p
 
@@ -465,7 +468,7 @@ def build(ctx: Context):
         "Head Attention Pattern",
         "view_D",
         [
-            row(
+            wrap(
                 *(
                     part
                     for part in (_embedding(ctx), _image(ctx), _rollout(ctx), _matrix(ctx))

@@ -12,13 +12,29 @@
 
 from __future__ import annotations
 
-from bokeh.layouts import row
-from bokeh.models import ColumnDataSource, FactorRange, HoverTool, Range1d, Span, TapTool
+from bokeh.models import (
+    ColumnDataSource,
+    FactorRange,
+    HoverTool,
+    LegendItem,
+    Range1d,
+    Span,
+    TapTool,
+)
 from bokeh.transform import dodge
 
-from jaxvit_interp.site.views.common import Context, panel, plot
+from jaxvit_interp.site.views.common import (
+    Context,
+    integer_ticks,
+    outside_legend,
+    panel,
+    plot,
+    wrap,
+)
 
 HEIGHT = 250
+# Pixels of the frame's width in C1 to C3 (about: axes take the rest of each plot).
+FRAME_PX = {"entropy": 320, "hop": 240, "hist": 240}
 
 
 def build(ctx: Context):
@@ -29,7 +45,7 @@ def build(ctx: Context):
 
     p = plot(
         "head entropy across layers",
-        360,
+        FRAME_PX["entropy"] + 60,
         HEIGHT,
         name="entropy_plot",
         x_range=Range1d(-0.6, L - 0.4),
@@ -38,7 +54,7 @@ def build(ctx: Context):
     ctx.add("entropy_title", p.title)
     p.xaxis.axis_label = "layer"
     p.yaxis.axis_label = "entropy (nats)"
-    p.xaxis.ticker = list(range(L)) if L <= 24 else list(range(0, L, 2))
+    p.xaxis.ticker = integer_ticks(L, FRAME_PX["entropy"] / L)
     r = p.scatter(
         "entropy_x",
         "entropy",
@@ -74,7 +90,7 @@ def build(ctx: Context):
     )
     q = plot(
         "attention strength across neighbours",
-        300,
+        FRAME_PX["hop"] + 60,
         HEIGHT,
         name="hop_plot",
         x_range=Range1d(-0.6, K - 0.4),
@@ -82,7 +98,7 @@ def build(ctx: Context):
     ctx.add("hop_title", q.title)
     q.xaxis.axis_label = "n-hop neighbours"
     q.yaxis.axis_label = "strength"
-    q.xaxis.ticker = list(range(K)) if K <= 16 else list(range(0, K, 2))
+    q.xaxis.ticker = integer_ticks(K, FRAME_PX["hop"] / K)
     q.y_range.start = 0
     vb = q.vbar(
         x="hop",
@@ -109,7 +125,7 @@ def build(ctx: Context):
     )
     h = plot(
         "head entropy distribution (all images)",
-        300,
+        FRAME_PX["hist"] + 60,
         HEIGHT,
         name="entropy_hist_plot",
         x_range=Range1d(0, top),
@@ -146,7 +162,7 @@ def build(ctx: Context):
     )
     h.add_layout(span)
     # C4 exists on every page (the page's code draws it) and shows where there are special tokens.
-    return panel("C", "Head Attention Strength", "view_C", [row(p, q, h, _special(ctx))])
+    return panel("C", "Head Attention Strength", "view_C", [wrap(p, q, h, _special(ctx))])
 
 
 def _special(ctx: Context):
@@ -161,8 +177,8 @@ def _special(ctx: Context):
     )
     s = plot(
         "special tokens",
-        max(220, 60 + 50 * n),
-        HEIGHT,
+        max(240, 60 + 50 * n),
+        HEIGHT + 40,  # the legend below the axis
         name="special_plot",
         x_range=FactorRange(*(names or ["none"])),
         y_range=Range1d(0, 1),
@@ -172,18 +188,18 @@ def _special(ctx: Context):
     ctx.add("special_y_range", s.y_range)
     s.xaxis.major_label_orientation = 0.6 if n > 3 else 0
     s.yaxis.axis_label = "attention"
+    kinds = (
+        (-0.19, "to", "#6b9ac4", "to it (mean over patches)"),
+        (0.19, "from", "#f4a582", "from it (to all patches)"),
+    )
     renderers = [
         s.vbar(x=dodge("token", offset, range=s.x_range), top=field, width=0.36, source=bars,
-               fill_color=color, line_color=color, legend_label=label)
-        for offset, field, color, label in (
-            (-0.19, "to", "#6b9ac4", "to it (mean over patches)"),
-            (0.19, "from", "#f4a582", "from it (to all patches)"),
-        )
+               fill_color=color, line_color=color)
+        for offset, field, color, _ in kinds
     ]  # fmt: skip
-    s.legend.location = "top_right"
-    s.legend.label_text_font_size = "9px"
-    s.legend.padding = 2
-    s.legend.spacing = 0
+    outside_legend(
+        s, [LegendItem(label=k[3], renderers=[r]) for k, r in zip(kinds, renderers, strict=True)]
+    )
     s.add_tools(
         HoverTool(
             renderers=renderers,
