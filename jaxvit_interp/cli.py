@@ -537,8 +537,8 @@ def _prune(args) -> int:
 
     import numpy as np
 
-    from jaxvit_interp.model.checkpoint import save_checkpoint
-    from jaxvit_interp.pipeline.prune import choose_heads, prune_model, save_safetensors
+    from jaxvit_interp.model.checkpoint import save_checkpoint, save_safetensors
+    from jaxvit_interp.pipeline.prune import choose_heads, prune_model
     from jaxvit_interp.storage import write_text
 
     out = Path(args.out)

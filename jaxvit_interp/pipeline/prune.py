@@ -9,9 +9,7 @@ many as keep accuracy within ``max_accuracy_drop`` points of the full model's on
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -22,10 +20,8 @@ from jaxvit_interp.importance import pruning_curves
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.prune import parameter_count, remove_heads
 from jaxvit_interp.model.vit import forward
-from jaxvit_interp.storage import atomic_write
 
 PRUNE_ORDERS = ("importance", "greedy")
-SAFETENSORS_CONFIG_KEY = "jaxvit_interp.config"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,37 +130,3 @@ def prune_model(
         max_abs_difference=float(np.abs(logits_after - masked).max()),
     )
     return new_config, new_params, report
-
-
-def save_safetensors(path, config: ViTConfig, params: Any) -> Path:
-    """The model as one ``.safetensors`` file: the parameter tree under its ``/``-joined names
-    (vit_jax's), and the config JSON in the header metadata under ``jaxvit_interp.config``."""
-    from safetensors.numpy import save
-
-    flat = {
-        "/".join(str(getattr(k, "key", k)) for k in path_): np.ascontiguousarray(leaf, np.float32)
-        for path_, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-    }
-    data = save(flat, metadata={SAFETENSORS_CONFIG_KEY: config.to_json()})
-    path = Path(path)
-    atomic_write(path, lambda f: f.write(data))
-    return path
-
-
-def load_safetensors(path) -> tuple[ViTConfig, dict[str, Any]]:
-    """``(config, params)`` from :func:`save_safetensors`'s file."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as f:
-        meta = f.metadata() or {}
-        if SAFETENSORS_CONFIG_KEY not in meta:
-            raise InputError(f"{path}: no {SAFETENSORS_CONFIG_KEY} in the safetensors metadata")
-        config = ViTConfig.from_dict(json.loads(meta[SAFETENSORS_CONFIG_KEY]))
-        params: dict[str, Any] = {}
-        for key in f.keys():
-            node = params
-            *parents, leaf = key.split("/")
-            for name in parents:
-                node = node.setdefault(name, {})
-            node[leaf] = f.get_tensor(key)
-    return config, params

@@ -112,6 +112,7 @@ def describe(config: ViTConfig) -> str:
         "layer scale" if c.layer_scale else "",
         c.mlp_activation if c.mlp_activation != "gelu" else "",
         "fc_norm" if c.fc_norm else "",
+        f"heads per layer {list(c.heads_per_layer)}" if c.heads_per_layer else "",
         f"representation {c.representation_size}" if c.representation_size else "",
         f"projection {c.projection_dim}" if c.projection_dim else "",
         "" if c.patch_bias else "no patch bias",
@@ -129,8 +130,8 @@ def describe(config: ViTConfig) -> str:
 
 def detect_family(raw: RawCheckpoint) -> Family:
     """The naming family of ``raw``'s keys."""
-    if raw.container == "jaxvit":
-        return OwnFamily(raw.stored_config)
+    if raw.stored_config is not None:
+        return OwnFamily(raw.stored_config, "orbax" if raw.container == "jaxvit" else raw.container)
     family = flax_names.detect(raw.tensors) or torch_names.detect(raw.tensors, raw.side)
     if family is None:
         first = ", ".join(sorted(raw.tensors)[:8]) or "none"
