@@ -278,6 +278,9 @@ def _read_config_file(path: str | None) -> dict:
 
 
 def _benchmark(args) -> int:
+    if args.json and not Path(args.json).absolute().parent.is_dir():
+        # Found before the timing, not when the figures are written at its end.
+        raise UsageError(f"--json {args.json}: the folder {Path(args.json).parent} does not exist")
     _maybe_distributed(args)
     import json
 

@@ -517,3 +517,33 @@ def test_another_runs_folder_is_refused_untouched(tiny_checkpoint, class_folders
     assert_one_line_error(result, "another run")
     assert sorted(os.listdir(other)) == before
     assert (other / "mine.txt").read_text() == "keep me"
+
+
+def test_missing_paths_are_one_line_errors_in_every_command(tmp_path, pics, capsys):
+    from jaxvit_interp.cli import main
+
+    missing = tmp_path / "missing"
+    cases = {
+        "inspect": (["inspect", missing], missing.name),
+        "inspect a pickle": (["inspect", "--allow-pickle", tmp_path / "gone.pth"], "gone.pth"),
+        "site": (["site", missing, "--out", tmp_path / "site"], missing.name),
+        "site build": (["site", "build", tmp_path / "gone.toml", "--out", tmp_path / "s"], "gone"),
+        "prune": (
+            ["prune", "--checkpoint", missing, "--images", pics, "--remove", "1"]
+            + ["--out", tmp_path / "pruned"],
+            missing.name,
+        ),
+        # Refused before the timing starts, not when its figures are written at the end.
+        "benchmark": (
+            ["benchmark", "--variant", "mu/2", "--image-size", "8", "--images", "2"]
+            + ["--json", missing / "figures.json"],
+            str(missing),
+        ),
+    }
+    for case, (args, needle) in cases.items():
+        args = [str(a) for a in args]
+        status = main(args)  # in this process: each case takes a second, not a JAX start-up
+        out, err = capsys.readouterr()
+        assert_one_line_error(subprocess.CompletedProcess(args, status, out, err), needle)
+        assert not out, (case, out)
+    assert sorted(os.listdir(tmp_path)) == []

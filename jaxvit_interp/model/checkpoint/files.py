@@ -52,7 +52,8 @@ def read_checkpoint(path, *, allow_pickle: bool = False) -> RawCheckpoint:
     """Open ``path`` (file or folder) and read every tensor in it."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        # With its errno, so that the command line tells it as one line, naming the path.
+        raise FileNotFoundError(errno.ENOENT, "checkpoint does not exist", str(path))
     if path.is_dir():
         return _read_folder(path, allow_pickle)
     suffix = path.suffix.lower()
