@@ -401,6 +401,7 @@ def _analyze_images(run: Path, source: str, labels_csv, max_images, model, setti
 
 
 def _analyze(args) -> int:
+    from jaxvit_interp.importance.validate import check_unpruned
 
     file_cfg = _read_config_file(args.config)
     checkpoint = args.checkpoint or file_cfg.get("checkpoint")
@@ -420,6 +421,7 @@ def _analyze(args) -> int:
         args,
         probe_file=args.probe or file_cfg.get("probe"),
     )
+    check_unpruned(config, f"--checkpoint {checkpoint}")  # before the images are read
     if not config.num_classes:
         labels_file = args.labels or file_cfg.get("labels")
         if labels_file:  # refused before the images are read

@@ -113,6 +113,7 @@ def pruning_curves(
       max_heads: stop each curve after this many removals (greedy costs ``K`` ablation batches
         of up to ``L * H`` sets each).
     """
+    validate.check_unpruned(config, "pruning_curves")
     unknown = [o for o in orders if o not in CURVE_ORDERS]
     if unknown:
         raise InputError(f"unknown pruning order(s) {unknown}; expected some of {CURVE_ORDERS}")

@@ -447,13 +447,15 @@ def analyze(
       ``[image, layer, head, ...]``.
 
     Raises:
-      InputError: before anything is written, for labels given to a backbone without a
+      InputError: before anything is written, for a model with heads removed (per-head
+        analyses need the full model), labels given to a backbone without a
         classifier (it is analysed with the metrics it has: ``layer``, ``repr``), bad
         images, labels, names or settings, or a memory budget too small for one image; :class:`RunFolderError` when ``out`` holds
         another run.
     """
-    from jaxvit_interp.importance.validate import check_images, check_labels
+    from jaxvit_interp.importance.validate import check_images, check_labels, check_unpruned
 
+    check_unpruned(config, "analyze")
     settings = settings or AnalysisSettings()
     progress = progress_enabled(progress)
     if not config.num_classes and labels is not None:

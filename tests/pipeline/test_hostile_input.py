@@ -547,3 +547,21 @@ def test_missing_paths_are_one_line_errors_in_every_command(tmp_path, pics, caps
         assert_one_line_error(subprocess.CompletedProcess(args, status, out, err), needle)
         assert not out, (case, out)
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_pruned_model_is_refused_by_analyze_before_anything_is_written(tmp_path, pics, capsys):
+    from jaxvit_interp import save_safetensors
+    from jaxvit_interp.cli import main
+    from jaxvit_interp.model.prune import remove_heads
+
+    rng = np.random.default_rng()
+    removed = [(int(rng.integers(TINY.num_layers)), int(rng.integers(TINY.num_heads)))]
+    config, params = remove_heads(TINY, init_params(TINY, 3), removed)
+    path = save_safetensors(tmp_path / "model.safetensors", config, params)
+    out = tmp_path / "out" / "run"
+    args = ["analyze", "--checkpoint", path, "--images", pics, "--out", out, *FAST]
+    status = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    result = subprocess.CompletedProcess(args, status, "", err)
+    assert_one_line_error(result, "per-head analyses need the full model", "prune.json", path.name)
+    assert not (tmp_path / "out").exists()
