@@ -115,6 +115,12 @@ def _load_model(
             raise UsageError(f"probe file {probe_file} does not exist")
         probe = LinearProbe.load(probe_file)
         config, params = with_probe(config, params, probe)
+        if probe.class_names is None and not class_names_file:
+            from jaxvit_interp.data.imagenet import assumed_class_names
+
+            assumed = assumed_class_names(probe.num_classes, f"the probe {probe_file}")
+            if assumed is not None:  # it decides which labels match: never --quiet
+                print(f"jaxvit-interp: note: {assumed[1]}", file=sys.stderr)
         identity["probe"] = {"path": str(probe_file), "sha256": _sha256(Path(probe_file))}
     if class_names_file:
         from jaxvit_interp.data.labels import read_class_names

@@ -245,11 +245,11 @@ class SideFiles:
 def class_names_fact(facts: Facts, names, source: str) -> None:
     """Record the class names a file gives (``names`` in class-index order, or None).
 
-    Names that do not fit the classifier are dropped with a note. A file that names none, of a
-    model with 1,000 classes, is taken to be ImageNet-1k's (the published ViT, DeiT and timm
-    classifiers are), with a note saying so.
+    Names that do not fit the classifier are dropped with a note. A file that names none is
+    given :func:`~jaxvit_interp.data.imagenet.assumed_class_names` (ImageNet-1k's for 1,000
+    classes), with its note.
     """
-    from jaxvit_interp.data.imagenet import NUM_CLASSES, imagenet1k, is_imagenet1k
+    from jaxvit_interp.data.imagenet import assumed_class_names, is_imagenet1k
 
     num_classes = facts.fields.get("num_classes")
     if names is not None and num_classes is not None and len(names) != num_classes:
@@ -263,11 +263,8 @@ def class_names_fact(facts: Facts, names, source: str) -> None:
             facts.notes.append(f"class names from {source} (ImageNet-1k)")
         else:
             facts.notes.append(f"class names from {source}")
-    elif num_classes == NUM_CLASSES:
-        names = imagenet1k().names
-        facts.notes.append(
-            "class names assumed to be ImageNet-1k's (the file names none and the classifier "
-            "has 1,000 classes); give --class-names FILE if they are not"
-        )
+    elif num_classes is not None and (assumed := assumed_class_names(num_classes, "the file")):
+        names, note = assumed
+        facts.notes.append(note)
     if names is not None:
         facts.defaults["class_names"] = names
