@@ -149,7 +149,15 @@ def pruning_curves(
     if "importance" in orders:
         if importance is None:
             importance = head_importance(
-                config, params, images, labels, metrics=(metric,), progress=progress
+                config,
+                params,
+                images,
+                labels,
+                metrics=(metric,),
+                batch_size=batch_size,
+                memory_budget_bytes=memory_budget_bytes,
+                mesh=mesh,
+                progress=progress,
             )
         mean = np.nanmean(np.asarray(importance[metric], np.float64), axis=0)
         least_first = rank_heads(mean, higher_is_more_important=info.important_high)[::-1]

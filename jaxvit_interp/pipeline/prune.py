@@ -65,10 +65,12 @@ def choose_heads(
     remove: int | None = None,
     max_accuracy_drop: float | None = None,
     order: str = "importance",
+    memory_budget_bytes: int | None = None,
     progress: bool = True,
 ) -> list[tuple[int, int]]:
     """The heads to remove: the first ``remove`` of ``order``'s pruning curve, or as many as
-    keep accuracy within ``max_accuracy_drop`` points (exactly one of the two)."""
+    keep accuracy within ``max_accuracy_drop`` points (exactly one of the two); the ablations
+    plan their batches for ``memory_budget_bytes`` per device (None: the default)."""
     if (remove is None) == (max_accuracy_drop is None):
         raise InputError("give exactly one of remove (a head count) and max_accuracy_drop")
     if order not in PRUNE_ORDERS:
@@ -85,6 +87,7 @@ def choose_heads(
         labels,
         orders=(order,),
         max_heads=remove,
+        memory_budget_bytes=memory_budget_bytes,
         progress=progress,
     )[order]
     count = remove if remove is not None else int(curve.removable(max_accuracy_drop)[0])

@@ -565,3 +565,52 @@ def test_pruned_model_is_refused_by_analyze_before_anything_is_written(tmp_path,
     result = subprocess.CompletedProcess(args, status, "", err)
     assert_one_line_error(result, "per-head analyses need the full model", "prune.json", path.name)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_refused_budget_says_why_the_model_is_that_large_and_what_fits(tmp_path, pics, capsys):
+    """DINOv2 with registers saved by save_pretrained alone loads at its config's 518 px."""
+    import re
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from jaxvit_interp.cli import main
+
+    config = transformers.Dinov2WithRegistersConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        image_size=518, patch_size=14, num_register_tokens=4,
+    )  # fmt: skip
+    model = transformers.Dinov2WithRegistersModel(config).eval()
+    model.save_pretrained(tmp_path / "dino")  # weights and config.json, no processor config
+    with torch.no_grad():
+        tokens = {
+            side: model(pixel_values=torch.zeros(1, 3, side, side)).last_hidden_state.shape[1]
+            for side in (518, 224)
+        }
+    out = tmp_path / "out" / "run"
+
+    def analyze(*flags):
+        args = ["analyze", "--checkpoint", tmp_path / "dino", "--images", pics, "--out", out]
+        args = [str(a) for a in [*args, *FAST, *flags]]
+        status = main(args)
+        return subprocess.CompletedProcess(args, status, "", capsys.readouterr().err)
+
+    text = assert_one_line_error(
+        analyze("--memory-budget-mb", "4"),
+        "the model is loaded at 518x518 px because its config.json says image_size 518 and no "
+        f"preprocessor_config.json gives a crop size: {tokens[518]:,} tokens per image",
+        "--image-size",
+    )
+    least = int(re.search(r"a budget of (\d+) MiB fits: --memory-budget-mb \1 ", text).group(1))
+    assert not (tmp_path / "out").exists()
+    # With the budget named every check passes, up to the run folder (holding another run
+    # here, so that nothing is computed); with a MiB less it is refused again.
+    out.mkdir(parents=True)
+    (out / "run.json").write_text('{"fingerprint": "0123456789abcdef"}')
+    assert_one_line_error(analyze("--memory-budget-mb", str(least)), "holds another run")
+    assert_one_line_error(analyze("--memory-budget-mb", str(least - 1)), "too small")
+    # At 224 px (the size DINOv2's processor crops to) the model has transformers' token count.
+    assert_one_line_error(
+        analyze("--memory-budget-mb", "1", "--image-size", "224"),
+        f"loaded at 224x224 px because image_size 224x224 was asked for: {tokens[224]:,} tokens",
+    )
+    assert sorted(os.listdir(out)) == ["run.json"]

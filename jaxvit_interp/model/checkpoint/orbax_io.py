@@ -177,6 +177,7 @@ class OwnFamily:
             sources={f: self.source for f in SHAPE_FIELDS},
             num_patches=c.num_patches,
             grid=c.grid,
+            size_source=f"its stored config ({self.source}) says so",
             defaults={f: getattr(c, f) for f in rest},
         )
 
