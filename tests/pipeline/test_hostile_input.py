@@ -9,6 +9,7 @@ are skipped, with the reason, where the machine does not allow them.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -614,3 +615,62 @@ def test_a_refused_budget_says_why_the_model_is_that_large_and_what_fits(tmp_pat
         f"loaded at 224x224 px because image_size 224x224 was asked for: {tokens[224]:,} tokens",
     )
     assert sorted(os.listdir(out)) == ["run.json"]
+
+
+def test_a_folder_holding_another_run_names_what_differs(reference_run, tmp_path, capsys):
+    from jaxvit_interp import save_checkpoint
+    from jaxvit_interp.cli import main
+
+    run, images = tmp_path / "run", tmp_path / "images"
+    shutil.copytree(reference_run.run, run)
+    shutil.copytree(reference_run.images, images)  # the same ids and pixels
+    ids = load_bundle(reference_run.run).meta["image_ids"]
+    run_json = run / "run.json"
+
+    def analyze(*flags, checkpoint=reference_run.checkpoint):
+        args = ["analyze", "--checkpoint", checkpoint, "--images", images, "--out", run]
+        args = [str(a) for a in [*args, "--config", reference_run.config, *FAST, *flags]]
+        status = main(args)
+        return subprocess.CompletedProcess(args, status, "", capsys.readouterr().err)
+
+    def refused(*needles, **kwargs):
+        before = sorted(p.relative_to(run) for p in run.rglob("*"))
+        text = assert_one_line_error(analyze(**kwargs), "holds another run", *needles)
+        assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+        return text
+
+    assert analyze().returncode == 0  # this very run, finished: read back
+    # Each difference named, and only it.
+    text = assert_one_line_error(analyze("--partial-images", "3"), "setting partial_images: 5 -> 3")
+    assert len(text.splitlines()) == 3, text  # the refusal, the one difference, what to do
+    other = tmp_path / "other"
+    save_checkpoint(other, TINY, init_params(TINY, 2))
+    refused(f"model: {reference_run.checkpoint} (sha256 ", f"-> {other} (sha256 ", checkpoint=other)
+    (tmp_path / "names.txt").write_text("cat\ndog\nowl\n")
+    text = assert_one_line_error(
+        analyze("--class-names", tmp_path / "names.txt"),
+        'model config class_names: null -> ["cat", "dog", "owl"]',
+    )
+    assert len(text.splitlines()) == 3, text
+    rng = np.random.default_rng()
+    first_class = ids[0].split("/")[0]
+    _write_png(images / first_class / "zz-new.png", rng)
+    refused(f"images: {len(ids)} -> {len(ids) + 1} (1 new, first: {first_class}/zz-new.png)")
+    (images / ids[0]).unlink()
+    refused(f"1 image ids differ (first: {first_class}/zz-new.png)")
+    (images / first_class / "zz-new.png").rename(images / ids[0])  # its id back, other pixels
+    refused("same ids, different pixels")
+    # A run.json written before the config, the ids and the pixels were recorded: it still
+    # refuses (naming what it records: the settings) and says what it cannot tell.
+    old = {k: v for k, v in json.loads(run_json.read_text()).items()}
+    for key in ("config", "image_ids", "pixels"):
+        del old[key]
+    run_json.write_text(json.dumps(old))
+    refused("the model's config, the image ids or the pixels: its run.json, written before")
+    text = assert_one_line_error(analyze("--seed", "7"), "setting seed: 0 -> 7")
+    assert "does not say" not in text
+    # And it resumes when nothing changed, recording what it lacked for the next refusal.
+    shutil.rmtree(images)
+    shutil.copytree(reference_run.images, images)
+    assert analyze().returncode == 0
+    assert json.loads(run_json.read_text())["image_ids"] == ids
