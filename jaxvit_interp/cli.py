@@ -22,6 +22,11 @@ BUILTIN_DIGITS = "builtin:digits"
 DEFAULT_DEMO_OUT = "demo-site"
 BUILTIN_DIR = "builtin"
 DEMO_SPEC = "digits.toml"
+# --memory-budget-mb of every command that runs the ablation engine.
+BUDGET_HELP = (
+    "per-device working-set budget in MiB for the ablations (default: half the free memory of "
+    "an accelerator; on a CPU a sixteenth of RAM, at most 1.25 GiB)"
+)
 # The settings of a distributed run that flags can give (else their environment variables).
 DISTRIBUTED_OPTIONS = ("coordinator", "num_processes", "process_id")
 
@@ -714,7 +719,7 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--memory-budget-mb",
         type=POSITIVE_FLOAT,
-        help="per-device working-set budget in MiB for ablations",
+        help=BUDGET_HELP,
     )
     g.add_argument(
         "--partial-images",
@@ -943,7 +948,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--memory-budget-mb",
         type=POSITIVE_FLOAT,
-        help="per-device working-set budget in MiB for the ablations (default: see analyze)",
+        help=BUDGET_HELP,
     )
     p.add_argument("--out", required=True, help="new folder for the pruned model and report")
     p.add_argument("--allow-pickle", action="store_true", help="allow PyTorch pickles")
@@ -988,7 +993,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--memory-budget-mb",
         type=POSITIVE_FLOAT,
-        help="per-device working-set budget in MiB for the engine (default: see analyze)",
+        help=BUDGET_HELP,
     )
     p.add_argument("--json", metavar="FILE", help="write the figures there as JSON too")
     _add_distributed_options(p)

@@ -395,8 +395,9 @@ def load_checkpoint(
     layer scale, norms, representation layer, projection and biases. The patch grid is square
     unless a side file gives the image size (a DINOv2 folder's processor sets 224; sin-cos
     models, which store no table, assume 224). Heads come from the tensors (vit_jax /
-    big_vision), a Hugging Face, timm hub or OpenCLIP config; where none shows them (timm's
-    fused qkv, a bare Hugging Face file) they are guessed from a known size or the standard head
+    big_vision), a Hugging Face, timm hub (its ``model_args``, or its architecture name's size
+    where the widths are that size's) or OpenCLIP config; where none shows them (timm's fused
+    qkv, a bare Hugging Face file) they are guessed from a known size or the standard head
     width 64, with a warning. The family fills the rest: vit_jax / big_vision tanh GELU,
     epsilon 1e-6, inception preprocessing (pixels to [-1, 1]); timm exact GELU, epsilon 1e-6
     (CLIP 1e-5), each sub-family's published mean/std with a bicubic resize and centre crop (or
