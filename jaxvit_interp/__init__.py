@@ -45,6 +45,7 @@ from jaxvit_interp.model import (
     load_checkpoint,
     run_model,
     save_checkpoint,
+    save_safetensors,
     with_probe,
 )
 from jaxvit_interp.patterns import (
@@ -99,6 +100,7 @@ __all__ = [
     "inspect_checkpoint",
     "load_checkpoint",
     "save_checkpoint",
+    "save_safetensors",
     "PRUNING_MODES",
     "VARIANTS",
     "AttentionEdit",

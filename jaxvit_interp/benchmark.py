@@ -133,11 +133,12 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t
 
 
-def prepare_engine(c, params, images, mesh=None):
+def prepare_engine(c, params, images, mesh=None, memory_budget_bytes=None):
     """Compile the engine's programs; returns ``(first, run)``.
 
     ``first``: seconds of the first call on one device batch (compilation included); ``run()``:
     ``(seconds, scores)`` for every single-head ablation of every image, programs compiled.
+    ``memory_budget_bytes`` per device plans the batches (None: the engine's default).
     """
     from jaxvit_interp.importance import engine, head_importance
 
@@ -151,10 +152,19 @@ def prepare_engine(c, params, images, mesh=None):
         fixed_bytes=engine.params_bytes(params),
         step_tokens=engine.default_step_tokens(),
         num_devices=1 if mesh is None else mesh.size,
+        memory_budget_bytes=memory_budget_bytes,
     )
 
     def call(x):
-        return head_importance(c, params, x, metrics=ABLATION_METRICS, progress=False, mesh=mesh)
+        return head_importance(
+            c,
+            params,
+            x,
+            metrics=ABLATION_METRICS,
+            memory_budget_bytes=memory_budget_bytes,
+            progress=False,
+            mesh=mesh,
+        )
 
     first = timed(lambda: call(images[: plan.images_per_batch]))
 
@@ -210,6 +220,7 @@ def run_benchmark(
     rounds: int = 2,
     loop_heads: int | None = 12,
     seed: int = 0,
+    memory_budget_bytes: int | None = None,
 ) -> dict:
     """Time the engine and the plain loop on ``num_images`` random images of a random ``variant``.
 
@@ -222,6 +233,7 @@ def run_benchmark(
       loop_heads: heads the loop is timed on, spread over the layers and scaled to all heads
         (None: every head); it runs a full pass per head, so every head is rarely worth it.
       seed: of the weights and the images.
+      memory_budget_bytes: the engine's per-device budget (None: its default).
 
     Returns:
       A JSON-able record: the device, the model, each side's seconds, rates and FLOPs, and with a
@@ -249,7 +261,7 @@ def run_benchmark(
     sample = sample_heads(c, loop_heads)
     mesh = all_devices_mesh()
     with jax.default_matmul_precision(PRECISIONS[precision]):
-        first, run_engine = prepare_engine(c, params, images, mesh)
+        first, run_engine = prepare_engine(c, params, images, mesh, memory_budget_bytes)
         run_loop = prepare_jax_loop(c, params, images, sample)
         engine_times, loop_times, scores = [], [], None
         # Interleaved rounds expose both to the same load on a shared machine.
@@ -297,7 +309,7 @@ def run_benchmark(
     }
     if precision != "highest":
         with jax.default_matmul_precision("highest"):
-            _, reference = prepare_engine(c, params, images, mesh)[1]()
+            _, reference = prepare_engine(c, params, images, mesh, memory_budget_bytes)[1]()
         record["error_vs_highest"] = {
             m: float(
                 np.max(

@@ -14,6 +14,7 @@ import os
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from jaxvit_interp.errors import InputError, environment_error_message
 
@@ -21,6 +22,11 @@ BUILTIN_DIGITS = "builtin:digits"
 DEFAULT_DEMO_OUT = "demo-site"
 BUILTIN_DIR = "builtin"
 DEMO_SPEC = "digits.toml"
+# --memory-budget-mb of every command that runs the ablation engine.
+BUDGET_HELP = (
+    "per-device working-set budget in MiB for the ablations (default: half the free memory of "
+    "an accelerator; on a CPU a sixteenth of RAM, at most 1.25 GiB)"
+)
 # The settings of a distributed run that flags can give (else their environment variables).
 DISTRIBUTED_OPTIONS = ("coordinator", "num_processes", "process_id")
 QUIET_HELP = (
@@ -80,34 +86,81 @@ def ALL_OR_COUNT(text: str):  # noqa: N802 (an argparse type, named like the oth
     return text if text == "all" else COUNT(text)
 
 
+def _image_size_value(value, where: str | None = None) -> tuple[int, int] | None:
+    """An image size given as ``224``, ``"224"``, ``"224x320"`` or ``[224, 320]`` (height, width),
+    or a :class:`UsageError` naming ``where`` it was given (default ``--image-size``)."""
+    if value is None:
+        return None
+    where = f"config file {where}: image_size" if where else "--image-size"
+    text = "x".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+    parts = text.lower().replace(" ", "").split("x")
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise UsageError(f"{where} must be a side in pixels or HEIGHTxWIDTH, got {value!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def IMAGE_SIZE(text: str) -> tuple[int, int]:  # noqa: N802 (an argparse type, named like the others)
+    try:
+        return _image_size_value(text)
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--image-size ")) from None
+
+
+class LoadedModel(NamedTuple):
+    """A model the command analyses.
+
+    Attributes:
+      config, params: the model.
+      identity: the checkpoint's ``path`` and ``sha256`` (and the probe's), for the run.
+      size: why it is loaded at ``config.image_size``, as a clause ("its config.json says
+        image_size 518"), for messages about its cost.
+    """
+
+    config: Any
+    params: Any
+    identity: dict
+    size: str
+
+
 def _load_model(
     checkpoint: str,
     allow_pickle: bool = False,
     class_names_file: str | None = None,
     args=None,
     probe_file: str | None = None,
-):
-    """``(config, params, identity)`` of a checkpoint path or ``builtin:digits``.
+    image_size: tuple[int, int] | None = None,
+) -> LoadedModel:
+    """A checkpoint path or ``builtin:digits``, loaded.
 
     ``probe_file`` (an ``.npz`` with ``kernel`` [pooled width, classes] and ``bias``) becomes
     the model's classifier; one that does not read the pooled width is refused here, before any
     image is read.  ``class_names_file`` (one name per line, or JSON) replaces the class names
     the checkpoint (or the probe) carries, or gives them to one that carries none.
+    ``image_size`` loads the checkpoint at that size (its position table resampled). What the
+    loader had to guess is told as one ``jaxvit-interp: warning: ...`` line each.
     """
     import hashlib
 
     if checkpoint == BUILTIN_DIGITS:
         from jaxvit_interp.data.digits import WEIGHTS_FILE, builtin_path, load_digits_model
 
+        if image_size is not None:
+            raise UsageError(f"--image-size: {BUILTIN_DIGITS} takes its 8x8 digits only")
         config, params = load_digits_model()
         identity = {"path": BUILTIN_DIGITS, "sha256": _sha256(builtin_path(WEIGHTS_FILE))}
+        size = "it is the built-in digits model"
     else:
-        from jaxvit_interp.model.checkpoint import load_checkpoint
+        from jaxvit_interp.model.checkpoint.load import convert, make_plan
 
         path = Path(checkpoint)
         if not path.exists():
             raise UsageError(f"checkpoint {checkpoint} does not exist")
-        config, params = load_checkpoint(path, allow_pickle=allow_pickle)
+        plan = make_plan(path, image_size=image_size, allow_pickle=allow_pickle)
+        config, params, size = plan.config, convert(plan), plan.size_source
+        for warning in plan.warnings:  # a guess that changes results if wrong: never --quiet
+            print(f"jaxvit-interp: warning: {plan.where}: {warning}", file=sys.stderr)
         digest = (
             _sha256(path)
             if path.is_file()
@@ -121,6 +174,12 @@ def _load_model(
             raise UsageError(f"probe file {probe_file} does not exist")
         probe = LinearProbe.load(probe_file)
         config, params = with_probe(config, params, probe)
+        if probe.class_names is None and not class_names_file:
+            from jaxvit_interp.data.imagenet import assumed_class_names
+
+            assumed = assumed_class_names(probe.num_classes, f"the probe {probe_file}")
+            if assumed is not None:  # it decides which labels match: never --quiet
+                print(f"jaxvit-interp: note: {assumed[1]}", file=sys.stderr)
         identity["probe"] = {"path": str(probe_file), "sha256": _sha256(Path(probe_file))}
     if class_names_file:
         from jaxvit_interp.data.labels import read_class_names
@@ -133,7 +192,7 @@ def _load_model(
             args,
             f"note: the model has no class names; its classes are shown as 0..{config.num_classes - 1} (give --class-names FILE to name them)",
         )
-    return config, params, identity
+    return LoadedModel(config, params, identity, size)
 
 
 def metrics_line(config) -> str:
@@ -246,8 +305,14 @@ def _settings_from(args, file_settings: dict):
         if value is not None:
             values[name] = value
     if getattr(args, "memory_budget_mb", None) is not None:
-        values["memory_budget_bytes"] = int(args.memory_budget_mb * 2**20)
+        values["memory_budget_bytes"] = _budget_bytes(args)
     return AnalysisSettings.from_dict(values)
+
+
+def _budget_bytes(args) -> int | None:
+    """``--memory-budget-mb`` in bytes, or None for the default budget."""
+    mb = getattr(args, "memory_budget_mb", None)
+    return None if mb is None else int(mb * 2**20)
 
 
 def _read_config_file(path: str | None) -> dict:
@@ -269,6 +334,7 @@ def _read_config_file(path: str | None) -> dict:
         "max_images",
         "allow_pickle",
         "probe",
+        "image_size",
         "analysis",
     }
     unknown = sorted(set(data) - allowed)
@@ -284,6 +350,9 @@ def _read_config_file(path: str | None) -> dict:
 
 
 def _benchmark(args) -> int:
+    if args.json and not Path(args.json).absolute().parent.is_dir():
+        # Found before the timing, not when the figures are written at its end.
+        raise UsageError(f"--json {args.json}: the folder {Path(args.json).parent} does not exist")
     _maybe_distributed(args)
     import json
 
@@ -296,6 +365,7 @@ def _benchmark(args) -> int:
         precision=args.precision,
         rounds=args.rounds,
         loop_heads=args.loop_heads,
+        memory_budget_bytes=_budget_bytes(args),
     )
     dev, eng, loop = record["device"], record["engine"], record["loop"]
     share = lambda side: (  # noqa: E731
@@ -377,33 +447,59 @@ def _run_images_file(run: Path):
                 parent.rmdir()
 
 
-def _analyze_images(run: Path, source: str, labels_csv, max_images, model, settings, args) -> None:
-    """``analyze`` of the images at ``source`` with ``model`` ``(config, params, identity)`` into
-    ``run``; a folder's images are decoded into the run folder's file for the run's duration."""
+def _analyze_images(
+    run: Path, source: str, labels_csv, max_images, model: LoadedModel, settings, args
+) -> None:
+    """``analyze`` of the images at ``source`` with ``model`` into ``run``; a folder's images
+    are decoded into the run folder's file for the run's duration."""
     from jaxvit_interp.pipeline.analyze import analyze
 
-    config, params, identity = model
-    with _run_images_file(run) as store:
+    config = model.config
+    with _run_images_file(run) as store, _why_this_budget(model, args):
         images, labels, ids, class_names, matching = _load_images(
             source, config, labels_csv, max_images, args, store
         )
         analyze(
             config,
-            params,
+            model.params,
             images,
             run,
             labels=labels,
             image_ids=ids,
             class_names=class_names,
             label_matching=matching,
-            model_identity=identity,
+            model_identity=model.identity,
             settings=settings,
             progress=not args.quiet,
         )
         del images  # the mapping of the file, closed before the file goes
 
 
+@contextlib.contextmanager
+def _why_this_budget(model: LoadedModel, args):
+    """A memory budget refused inside says why the model is as large as it is: the size it is
+    loaded at and why, its tokens per image, and how to load it at another size (where the
+    command has ``--image-size``)."""
+    from jaxvit_interp.importance.engine import MemoryBudgetError
+
+    try:
+        yield
+    except MemoryBudgetError as err:
+        first, *rest = str(err).splitlines()
+        height, width = model.config.image_size
+        why = (
+            f"the model is loaded at {height}x{width} px because {model.size}: "
+            f"{model.config.num_tokens:,} tokens per image"
+        )
+        if hasattr(args, "image_size") and model.identity.get("path") != BUILTIN_DIGITS:
+            why += (
+                "; --image-size PX (or HxW) loads it at another size, its position table resampled"
+            )
+        raise UsageError("\n".join([first, why, *rest])) from None
+
+
 def _analyze(args) -> int:
+    from jaxvit_interp.importance.validate import check_unpruned
 
     file_cfg = _read_config_file(args.config)
     checkpoint = args.checkpoint or file_cfg.get("checkpoint")
@@ -416,13 +512,17 @@ def _analyze(args) -> int:
     # the run folder is made: a rejected option never leaves a folder behind.
     settings = _settings_from(args, file_cfg.get("analysis", {}))
     _maybe_distributed(args)
-    config, params, identity = _load_model(
+    image_size = args.image_size or _image_size_value(file_cfg.get("image_size"), args.config)
+    model = _load_model(
         checkpoint,
         args.allow_pickle or file_cfg.get("allow_pickle", False),
         args.class_names or file_cfg.get("class_names"),
         args,
         probe_file=args.probe or file_cfg.get("probe"),
+        image_size=image_size,
     )
+    config = model.config
+    check_unpruned(config, f"--checkpoint {checkpoint}")  # before the images are read
     if not config.num_classes:
         labels_file = args.labels or file_cfg.get("labels")
         if labels_file:  # refused before the images are read
@@ -438,7 +538,7 @@ def _analyze(args) -> int:
         images_src,
         args.labels or file_cfg.get("labels"),
         max_images,
-        (config, params, identity),
+        model,
         settings,
         args,
     )
@@ -473,7 +573,7 @@ def _site_from_spec(args, spec_path: str) -> int:
     spec = load_site_spec(spec_path)
     out = Path(args.out)
     run = out / "run"
-    config, params, identity = _load_model(str(spec.model))
+    model = _load_model(str(spec.model))
     labels_csv = str(spec.labels) if spec.labels else None
     settings = AnalysisSettings.from_dict(
         {
@@ -488,7 +588,7 @@ def _site_from_spec(args, spec_path: str) -> int:
         str(spec.images),
         labels_csv,
         spec.max_images,
-        (config, params, identity),
+        model,
         settings,
         args,
     )
@@ -543,16 +643,22 @@ def _prune(args) -> int:
 
     import numpy as np
 
-    from jaxvit_interp.model.checkpoint import save_checkpoint
-    from jaxvit_interp.pipeline.prune import choose_heads, prune_model, save_safetensors
+    from jaxvit_interp.model.checkpoint import save_checkpoint, save_safetensors
+    from jaxvit_interp.pipeline.prune import choose_heads, prune_model
     from jaxvit_interp.storage import write_text
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"--out {out} is not empty; choose a new folder for the pruned model")
-    config, params, _ = _load_model(
-        args.checkpoint, args.allow_pickle, args.class_names, args, probe_file=args.probe
+    model = _load_model(
+        args.checkpoint,
+        args.allow_pickle,
+        args.class_names,
+        args,
+        probe_file=args.probe,
+        image_size=args.image_size,
     )
+    config, params = model.config, model.params
     if config.heads_per_layer is not None:
         raise UsageError(f"{args.checkpoint} already has heads removed; prune the full model")
     if not config.num_classes:
@@ -565,16 +671,18 @@ def _prune(args) -> int:
         raise UsageError(f"--remove {args.remove} is more than the model's {total} heads")
     images, labels, _, _, _ = _load_images(args.images, config, args.labels, args.max_images, args)
     labels = None if labels is None else np.asarray(labels)
-    heads = choose_heads(
-        config,
-        params,
-        images,
-        labels,
-        remove=args.remove,
-        max_accuracy_drop=args.max_accuracy_drop,
-        order=args.order,
-        progress=not args.quiet,
-    )
+    with _why_this_budget(model, args):
+        heads = choose_heads(
+            config,
+            params,
+            images,
+            labels,
+            remove=args.remove,
+            max_accuracy_drop=args.max_accuracy_drop,
+            order=args.order,
+            memory_budget_bytes=_budget_bytes(args),
+            progress=not args.quiet,
+        )
     if not heads:
         raise UsageError(
             f"no head can go without accuracy dropping more than {args.max_accuracy_drop} "
@@ -617,7 +725,7 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--memory-budget-mb",
         type=POSITIVE_FLOAT,
-        help="per-device working-set budget in MiB for ablations",
+        help=BUDGET_HELP,
     )
     g.add_argument(
         "--partial-images",
@@ -767,6 +875,14 @@ def build_parser() -> argparse.ArgumentParser:
         "[classes], optional class_names) that becomes the classifier: needed for a backbone "
         "without one (DINOv2, CLIP, SigLIP towers), whose own metrics are layer and repr only",
     )
+    p.add_argument(
+        "--image-size",
+        type=IMAGE_SIZE,
+        metavar="PX|HxW",
+        help="load the checkpoint at this input size instead of the one it says (its position "
+        "table resampled as its library does, its preprocessing for that size): fewer tokens "
+        "per image, e.g. 224 for a DINOv2 folder saved without its processor config (518)",
+    )
     _add_distributed_options(p)
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     _add_analysis_options(p)
@@ -829,6 +945,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="least important first by mean prob_drop (default), or greedily (slower)",
     )
     p.add_argument("--max-images", type=POSITIVE_INT, metavar="N", help="use the first N images")
+    p.add_argument(
+        "--image-size",
+        type=IMAGE_SIZE,
+        metavar="PX|HxW",
+        help="load (and save) the model at this input size, its position table resampled",
+    )
+    p.add_argument(
+        "--memory-budget-mb",
+        type=POSITIVE_FLOAT,
+        help=BUDGET_HELP,
+    )
     p.add_argument("--out", required=True, help="new folder for the pruned model and report")
     p.add_argument("--allow-pickle", action="store_true", help="allow PyTorch pickles")
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
@@ -868,6 +995,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=12,
         metavar="N",
         help="heads the plain loop is timed on, scaled to all heads (default: 12)",
+    )
+    p.add_argument(
+        "--memory-budget-mb",
+        type=POSITIVE_FLOAT,
+        help=BUDGET_HELP,
     )
     p.add_argument("--json", metavar="FILE", help="write the figures there as JSON too")
     _add_distributed_options(p)

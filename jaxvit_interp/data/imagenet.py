@@ -65,6 +65,22 @@ def imagenet1k() -> ClassList:
     return ClassList("ImageNet-1k", tuple(names), tuple(aliases))
 
 
+def assumed_class_names(num_classes: int, what: str) -> tuple[tuple[str, ...], str] | None:
+    """The names of a classifier that gives none: ImageNet-1k's for 1,000 classes, with the
+    note that says so (``what`` is what gave no names: "the file", "the probe"); None for any
+    other number of classes, whose names stay unknown.
+
+    The published ViT, DeiT and timm classifiers of 1,000 classes, and linear probes trained on
+    ImageNet-1k, are ImageNet-1k's, in its class order.
+    """
+    if num_classes != NUM_CLASSES:
+        return None
+    return imagenet1k().names, (
+        f"class names assumed to be ImageNet-1k's ({what} names none and the classifier has "
+        "1,000 classes); give --class-names FILE if they are not"
+    )
+
+
 def is_imagenet1k(class_names) -> bool:
     """Whether ``class_names`` are ImageNet-1k's classes in its order, in any of the spellings.
 

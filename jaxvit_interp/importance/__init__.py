@@ -39,7 +39,12 @@ from jaxvit_interp.importance.aggregate import (
     rank_heads,
 )
 from jaxvit_interp.importance.curves import cumulative_pruning_accuracy
-from jaxvit_interp.importance.engine import BatchPlan, default_memory_budget, plan_batches
+from jaxvit_interp.importance.engine import (
+    BatchPlan,
+    MemoryBudgetError,
+    default_memory_budget,
+    plan_batches,
+)
 from jaxvit_interp.importance.interactions import HeadInteractions, pairwise_interactions
 from jaxvit_interp.importance.layout import image_layout
 from jaxvit_interp.importance.partial import PartialPruning, partial_pruning
@@ -62,6 +67,7 @@ __all__ = [
     "pairwise_interactions",
     "pruning_curves",
     "BatchPlan",
+    "MemoryBudgetError",
     "ClassImportance",
     "cumulative_pruning_accuracy",
     "GlobalImportance",

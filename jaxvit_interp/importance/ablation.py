@@ -164,6 +164,7 @@ def head_importance(
         wrong size or channel count, NaN or infinite pixels, an empty image set, bad options, or
         metrics that need logits (or labels) on a backbone without a classifier.
     """
+    validate.check_unpruned(config, "head_importance")
     metrics = validate.check_metrics(metrics)
     validate.check_classifier(config, metrics, labels, "head_importance")
     images = validate.check_images(config, images)

@@ -45,6 +45,7 @@ def cumulative_pruning_accuracy(
     Returns:
       ``[len(order) + 1]`` accuracies; entry 0 is the unpruned model's.
     """
+    validate.check_unpruned(config, "cumulative_pruning_accuracy")
     images = validate.check_images(config, images)
     labels = validate.check_labels(config, labels, images.shape[0])
     if labels is None:

@@ -505,6 +505,18 @@ class BatchPlan:
     estimated_bytes: int
 
 
+class MemoryBudgetError(InputError):
+    """A per-device memory budget too small for one image with one ablation at a time.
+
+    Attributes:
+      least_bytes: the least budget that fits, in whole MiB (as ``--memory-budget-mb`` takes it).
+    """
+
+    def __init__(self, message: str, least_bytes: int):
+        super().__init__(message)
+        self.least_bytes = least_bytes
+
+
 def _even_split(total: int, most: int, multiple: int = 1) -> tuple[int, int]:
     """``(size, count)`` with ``size <= most`` (a multiple of ``multiple``) and the least padding.
 
@@ -538,7 +550,8 @@ def plan_batches(
     fixed_bytes: int = 0,
     step_tokens: int | None = None,
 ) -> BatchPlan:
-    """Largest batches and slot groups whose estimated per-device working set fits the budget.
+    """Largest batches and slot groups whose estimated per-device working set fits the budget;
+    a :class:`MemoryBudgetError` naming the least budget that fits when one image does not.
 
     ``fixed_bytes`` (the parameters) and, with streams, the :func:`fold_mlp_inputs` matrices are
     taken off the budget first.  All spawn slots of a layer in
@@ -566,12 +579,7 @@ def plan_batches(
     while slots > 1 and per_image(slots) > budget:
         slots = -(-slots // 2)
     if per_image(slots) > budget:
-        raise InputError(
-            f"memory budget {total_budget:,} bytes is too small: the parameters and one step "
-            f"through a block take {int(0.9 * total_budget) - budget:,} bytes and one image with "
-            f"one ablation at a time needs about {per_image(slots):,} more per device (with a "
-            f"tenth of the budget held back)"
-        )
+        _refuse_budget(config, total_budget, memory_budget_bytes is None, budget, per_image(slots))
     slot_size, slot_count = _even_split(num_slots, slots) if num_slots else (0, 0)
     per_device = max(1, budget // per_image(slot_size or 1))
     if step_images is not None:
@@ -584,6 +592,30 @@ def plan_batches(
     group = None if step_images is None else max(1, step_images // local)
     estimate = (int(0.9 * total_budget) - budget) + per_image(slot_size or 1) * local
     return BatchPlan(image_size, image_count, slot_size, slot_count, group, int(estimate))
+
+
+def _refuse_budget(
+    config: ViTConfig, total: int, is_default: bool, left: int, per_image: int
+) -> None:
+    """Raise :class:`MemoryBudgetError` for a budget of ``total`` bytes that leaves ``left``
+    after its fixed costs where one image needs ``per_image``: naming the model's tokens per
+    image, and the least budget that fits (the fixed costs do not depend on the budget)."""
+    fixed = int(0.9 * total) - left
+    least = -(-10 * (fixed + per_image) // 9)
+    while int(0.9 * least) < fixed + per_image:  # the tenth held back, as int() rounds it
+        least += 1
+    mib = -(-least // 2**20)
+    given = "the default memory budget" if is_default else "the memory budget"
+    height, width = config.image_size
+    raise MemoryBudgetError(
+        f"{given} of {total:,} bytes ({total / 2**20:,.1f} MiB) per device is too small for one "
+        f"image of this model ({config.num_tokens:,} tokens at {height}x{width} px): the "
+        f"parameters and one step through a block take {fixed:,} bytes and one image with one "
+        f"ablation at a time needs about {per_image:,} more (a tenth of the budget is held "
+        f"back)\na budget of {mib:,} MiB fits: --memory-budget-mb {mib} on the command line, "
+        f"memory_budget_bytes={mib * 2**20} in Python",
+        mib * 2**20,
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -102,6 +102,7 @@ def pairwise_interactions(
       labels: ``[image]`` int, or None for the unpruned predictions.
       batch_size, memory_budget_bytes, mesh, progress: as in :func:`ablate`.
     """
+    validate.check_unpruned(config, "pairwise_interactions")
     heads = validate.check_heads(config, heads)
     if len(heads) < 2:
         raise InputError(f"pairwise interactions need at least two heads, got {len(heads)}")

@@ -119,6 +119,7 @@ def partial_pruning(
     Returns:
       :class:`PartialPruning`.
     """
+    validate.check_unpruned(config, "partial_pruning")
     validate.check_classifier(config, ("prob",), labels, "partial_pruning")
     images = validate.check_images(config, images)
     labels = validate.check_labels(config, labels, images.shape[0])

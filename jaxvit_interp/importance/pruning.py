@@ -169,6 +169,7 @@ def pruning_curves(
     Returns:
       ``{order: PruningCurve}`` for each order computed.
     """
+    validate.check_unpruned(config, "pruning_curves")
     if not config.num_classes:
         raise InputError(
             "pruning curves measure accuracy, which needs the model's logits; this model is a "
@@ -226,7 +227,15 @@ def pruning_curves(
     if "importance" in orders:
         if importance is None:
             importance = head_importance(
-                config, params, images, labels, metrics=(metric,), progress=bar.share(total)
+                config,
+                params,
+                images,
+                labels,
+                metrics=(metric,),
+                batch_size=batch_size,
+                memory_budget_bytes=memory_budget_bytes,
+                mesh=mesh,
+                progress=bar.share(total),
             )
         mean = np.nanmean(np.asarray(importance[metric], np.float64), axis=0)
         least_first = rank_heads(mean, higher_is_more_important=info.important_high)[::-1]

@@ -179,6 +179,7 @@ def ablate(
     Returns:
       :class:`SetAblation` with arrays ``[image, set]``.
     """
+    validate.check_unpruned(config, "ablate")
     metrics = tuple(metrics)
     unknown = [m for m in metrics if m not in SET_METRICS]
     if unknown:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxvit_interp.importance.metrics import cross_entropy
+from jaxvit_interp.importance.validate import check_unpruned
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import ModelOutput, VisionTransformer
 
@@ -46,6 +47,7 @@ def taylor_importance(
     Returns:
       ``(taylor [batch, layer, head], the unpruned ModelOutput, targets [batch])``.
     """
+    check_unpruned(config, "taylor_importance")
     masks = jnp.ones((images.shape[0], config.num_layers, config.num_heads), jnp.float32)
 
     def loss(masks):

@@ -20,6 +20,24 @@ METRICS: tuple[str, ...] = METRIC_NAMES
 _CHECK_BLOCK = 64
 
 
+def check_unpruned(config: ViTConfig, what: str) -> None:
+    """Refuse a model whose heads were removed physically (``config.heads_per_layer`` set).
+
+    Every per-head analysis (importance, partial pruning, sets of heads, strength, patterns,
+    rollout) masks, edits or reads the heads of the full model: on a pruned one it would fail
+    deep inside with a shape error, or silently count the removed heads as heads that attend
+    nowhere. ``what`` names the analysis in the message.
+    """
+    if config.heads_per_layer is None:
+        return
+    raise InputError(
+        f"{what}: per-head analyses need the full model, and this one has heads removed "
+        f"(heads_per_layer={list(config.heads_per_layer)}, of {config.num_heads} heads); analyse "
+        "the unpruned checkpoint instead (prune.json beside the pruned model lists the heads "
+        "removed)"
+    )
+
+
 def check_classifier(config: ViTConfig, metrics: Iterable[str], labels, what: str) -> None:
     """Refuse what needs logits or classes on a backbone (``num_classes == 0``), naming it."""
     if config.num_classes:

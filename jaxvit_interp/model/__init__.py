@@ -5,6 +5,7 @@ from jaxvit_interp.model.checkpoint import (
     inspect_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    save_safetensors,
 )
 from jaxvit_interp.model.config import VARIANTS, Preprocessing, ViTConfig
 from jaxvit_interp.model.edits import PRUNING_MODES, AttentionEdit, keep_mask
@@ -17,6 +18,7 @@ __all__ = [
     "inspect_checkpoint",
     "load_checkpoint",
     "save_checkpoint",
+    "save_safetensors",
     "VARIANTS",
     "PRUNING_MODES",
     "AttentionEdit",

@@ -95,16 +95,22 @@ def with_probe(
 
     Any classifier the model had is replaced; a DeiT model's two heads become the probe reading
     the CLS token.  A probe whose kernel does not read the pooled width is refused before any
-    model work.
+    model work.  A probe that names no classes gets the names a checkpoint's classifier would
+    (:func:`~jaxvit_interp.data.imagenet.assumed_class_names`: ImageNet-1k's for 1,000 classes).
     """
+    from jaxvit_interp.data.imagenet import assumed_class_names
+
     if probe.kernel.shape[0] != config.pooled_size:
         raise InputError(
             f"the probe reads vectors of width {probe.kernel.shape[0]}, and this model's pooled "
             f"output has width {config.pooled_size} (kernel shape {probe.kernel.shape}; expected "
             f"[{config.pooled_size}, classes])"
         )
+    names = probe.class_names
+    if names is None and (assumed := assumed_class_names(probe.num_classes, "the probe")):
+        names = assumed[0]
     config = config.replace(
-        num_classes=probe.num_classes, distillation_head=False, class_names=probe.class_names
+        num_classes=probe.num_classes, distillation_head=False, class_names=names
     )
     params = {k: v for k, v in params.items() if k not in ("head", "head_dist")}
     params["head"] = {"kernel": jnp.asarray(probe.kernel), "bias": jnp.asarray(probe.bias)}

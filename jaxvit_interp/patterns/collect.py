@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.importance.validate import check_unpruned
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import VisionTransformer
 from jaxvit_interp.parallel import Batcher
@@ -71,6 +72,7 @@ def collect_patterns(
       InputError: an unknown kind, ``"cls"`` for a model without a CLS token, or attention rows
         that do not sum to 1 (non-finite weights or pixels; the message names the image).
     """
+    check_unpruned(config, "collect_patterns")
     if kinds is None:
         kinds = ("cls", "patch") if config.has_cls_token else ("patch",)
     kinds = tuple(kinds)

@@ -1,6 +1,8 @@
 """``analyze``: images -> every analysis -> a results bundle on disk, chunked and resumable.
 
-A run folder holds ``run.json`` (what the run is: its fingerprint and settings), ``chunks/``
+A run folder holds ``run.json`` (what the run is: its fingerprint and what it is made of, the
+settings, the model, its config, the image ids and the pixels' digest, so that a folder holding
+another run is refused naming what differs), ``chunks/``
 (per-image results, one ``.npz`` per chunk of images, written atomically as soon as each chunk
 is done, and while the pattern stage runs each pattern kind gathered from them into one
 memory-mapped ``.npy``), the pattern autoencoders' checkpoints, and finally the results bundle
@@ -108,14 +110,21 @@ class _Images:
         return rows
 
 
-def image_digest(images, image_ids: list[str]) -> str:
-    """The images' and their ids' fingerprint; the images hashed a slice at a time (equal to the
-    hash of all their bytes at once)."""
-    h = hashlib.sha256()
-    h.update(json.dumps(list(image_ids)).encode())
+def image_digests(images, image_ids: list[str]) -> tuple[str, str]:
+    """``(the images' and their ids' fingerprint, the pixels' alone)``, in one pass: the images
+    hashed a slice at a time (equal to the hash of all their bytes at once)."""
+    both, pixels = hashlib.sha256(), hashlib.sha256()
+    both.update(json.dumps(list(image_ids)).encode())
     for start in range(0, len(images), IMAGE_STEP):
-        h.update(np.ascontiguousarray(images[start : start + IMAGE_STEP], np.float32).tobytes())
-    return h.hexdigest()[:16]
+        block = np.ascontiguousarray(images[start : start + IMAGE_STEP], np.float32).tobytes()
+        both.update(block)
+        pixels.update(block)
+    return both.hexdigest()[:16], pixels.hexdigest()[:16]
+
+
+def image_digest(images, image_ids: list[str]) -> str:
+    """The images' and their ids' fingerprint (see :func:`image_digests`)."""
+    return image_digests(images, image_ids)[0]
 
 
 def check_run_folder(out: Path) -> None:
@@ -129,24 +138,162 @@ def check_run_folder(out: Path) -> None:
 
 
 def _prepare_run_folder(out: Path, fingerprint: str, record: dict[str, Any]) -> None:
+    """Make ``out`` this run's folder, or check that it is: ``record`` (see :func:`run_record`)
+    is kept in ``run.json`` beside the fingerprint, so that a refusal can name what changed."""
     run_file = out / RUN_FILE
     if run_file.exists():
         try:
-            held = json.loads(run_file.read_text()).get("fingerprint")
+            held = json.loads(run_file.read_text())
+            held_fingerprint = held.get("fingerprint")
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             raise RunFolderError(
                 f"{run_file} is not readable; {out} may hold a damaged run: choose another "
                 "output folder or delete it"
             ) from None
-        if held != fingerprint:
+        if held_fingerprint != fingerprint:
             raise RunFolderError(
-                f"{out} holds another run (fingerprint {held}, this one is {fingerprint}: a "
-                "different model, image set or settings); choose another output folder or delete it"
+                f"{out} holds another run (fingerprint {held_fingerprint}, this one is "
+                f"{fingerprint}):\n"
+                + "\n".join(run_differences(held, record))
+                + "\nchoose another output folder, or delete this one"
             )
+        if any(key not in held for key in record):
+            # Written before run.json recorded all of it: this very run's record, for a later
+            # refusal to name what changed.
+            write_text(run_file, json.dumps({"fingerprint": fingerprint, **record}, indent=1))
         return
     check_run_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(run_file, json.dumps({"fingerprint": fingerprint, **record}, indent=1))
+
+
+def run_record(
+    config: ViTConfig,
+    model_identity: dict[str, Any],
+    image_ids: list[str],
+    pixel_digest: str,
+    settings: AnalysisSettings,
+) -> dict[str, Any]:
+    """What ``run.json`` records of a run besides its fingerprint: every input of the
+    fingerprint, or its digest (the pixels'), so that :func:`run_differences` can name them."""
+    return {
+        "settings": settings.to_dict(),
+        "model": model_identity,
+        "config": config.to_dict(),
+        "images": len(image_ids),
+        "image_ids": list(image_ids),
+        "pixels": pixel_digest,
+    }
+
+
+def _flat(record: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as ``{"a.b": value}``."""
+    if not isinstance(record, dict):
+        return {prefix: record}
+    out = {}
+    for key, value in record.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _change(name: str, old: Any, new: Any) -> str:
+    """``name: old -> new``, values as JSON; long lists by their first difference."""
+    if isinstance(old, list) and isinstance(new, list) and max(len(old), len(new)) > 8:
+        at = next((i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), None)
+        first = "" if at is None else f", first at {at}: {json.dumps(old[at])} -> "
+        first += "" if at is None else json.dumps(new[at])
+        return f"{name}: {len(old)} values -> {len(new)} values{first}"
+
+    def show(value):
+        text = json.dumps(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    return f"{name}: {show(old)} -> {show(new)}"
+
+
+def _changes(what: str, old: dict, new: dict) -> list[str]:
+    """``what key: old -> new`` for each (nested) key whose value differs."""
+    old, new = _flat(old), _flat(new)
+    return [
+        _change(f"{what} {key}", old.get(key), new.get(key))
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+
+
+def _model_change(what: str, old: dict | None, new: dict | None) -> str | None:
+    """``what: path (sha256 ...) -> path (sha256 ...)`` when a checkpoint or probe differs."""
+
+    def show(model):
+        if not model:
+            return "none"
+        return f"{model.get('path')} (sha256 {str(model.get('sha256'))[:12]}...)"
+
+    keys = ("path", "sha256")
+    old = {k: old[k] for k in keys if k in old} if old else None
+    new = {k: new[k] for k in keys if k in new} if new else None
+    return None if old == new else f"{what}: {show(old)} -> {show(new)}"
+
+
+def run_differences(held: dict[str, Any], record: dict[str, Any]) -> list[str]:
+    """What differs between the run a folder holds (its ``run.json``) and ``record`` (this
+    run's :func:`run_record`), one line each: settings, model, probe, config, images.
+
+    A ``run.json`` written before it recorded the config, the image ids and the pixels' digest
+    tells what it can and says what it cannot.
+    """
+    record = json.loads(json.dumps(record))  # as run.json holds it: tuples are lists there
+    lines = []
+    if "settings" in held:
+        lines += _changes("setting", held["settings"], record["settings"])
+    if "model" in held:
+        old, new = held["model"] or {}, record["model"] or {}
+        lines += filter(None, [_model_change("model", old, new)])
+        lines += filter(None, [_model_change("probe", old.get("probe"), new.get("probe"))])
+        for key in sorted((set(old) | set(new)) - {"path", "sha256", "probe"}):
+            if old.get(key) != new.get(key):
+                lines.append(_change(f"model {key}", old.get(key), new.get(key)))
+    if "config" in held:
+        lines += _changes("model config", held["config"], record["config"])
+    if "images" in held and held["images"] != record["images"]:
+        line = f"images: {held['images']} -> {record['images']}"
+        if "image_ids" in held:
+            held_ids = set(held["image_ids"])
+            gone = held_ids - set(record["image_ids"])
+            added = [i for i in record["image_ids"] if i not in held_ids]
+            parts = [f"{len(added)} new, first: {added[0]}"] if added else []
+            parts += [f"{len(gone)} gone, first: {sorted(gone)[0]}"] if gone else []
+            line += f" ({'; '.join(parts)})" if parts else ""
+        lines.append(line)
+    elif "image_ids" in held and held["image_ids"] != record["image_ids"]:
+        held_ids = set(held["image_ids"])
+        added = [i for i in record["image_ids"] if i not in held_ids]
+        if added:
+            lines.append(f"{len(added)} image ids differ (first: {added[0]})")
+        else:
+            lines.append("the same image ids in another order")
+    elif "pixels" in held and held["pixels"] != record["pixels"]:
+        lines.append("same ids, different pixels")
+    if not lines:
+        unknown = [
+            what
+            for key, what in (
+                ("settings", "the settings"),
+                ("model", "the model"),
+                ("config", "the model's config"),
+                ("image_ids", "the image ids"),
+                ("pixels", "the pixels"),
+            )
+            if key not in held
+        ]
+        if unknown:
+            what = " or ".join([", ".join(unknown[:-1]), unknown[-1]] if unknown[:-1] else unknown)
+            lines.append(
+                f"{what}: its run.json, written before it recorded them, does not say which"
+            )
+        else:
+            lines.append("something its run.json does not record")
+    return lines
 
 
 def _subset(num_images: int, size: int, seed: int, stream: int = 0) -> np.ndarray:
@@ -513,13 +660,15 @@ def analyze(
       ``[image, layer, head, ...]``.
 
     Raises:
-      InputError: before anything is written, for labels given to a backbone without a
+      InputError: before anything is written, for a model with heads removed (per-head
+        analyses need the full model), labels given to a backbone without a
         classifier (it is analysed with the metrics it has: ``layer``, ``repr``), bad
         images, labels, names or settings, or a memory budget too small for one image; :class:`RunFolderError` when ``out`` holds
         another run.
     """
-    from jaxvit_interp.importance.validate import check_images, check_labels
+    from jaxvit_interp.importance.validate import check_images, check_labels, check_unpruned
 
+    check_unpruned(config, "analyze")
     settings = settings or AnalysisSettings()
     if isinstance(images, ImageSet):
         images, labels, image_ids, class_names, label_matching = _from_image_set(
@@ -552,9 +701,10 @@ def analyze(
     _preflight(config, params, settings, num_images)
     model_identity = model_identity or identify_model(config, params)
     out = Path(out)
+    digest, pixel_digest = image_digests(images, image_ids)
     fingerprint = run_fingerprint(
         model_identity={**model_identity, "config": config.to_dict()},
-        image_digest=image_digest(images, image_ids),
+        image_digest=digest,
         settings=settings,
     )
     starts = list(range(0, num_images, settings.chunk_images))
@@ -566,7 +716,7 @@ def analyze(
         _prepare_run_folder(
             out,
             fingerprint,
-            {"settings": settings.to_dict(), "model": model_identity, "images": num_images},
+            run_record(config, model_identity, image_ids, pixel_digest, settings),
         )
         if run_is_complete(out):
             return {"complete": True, "done": []}

@@ -9,9 +9,7 @@ many as keep accuracy within ``max_accuracy_drop`` points of the full model's on
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -23,10 +21,8 @@ from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.prune import parameter_count, remove_heads
 from jaxvit_interp.model.vit import forward
 from jaxvit_interp.progress import ProgressArg
-from jaxvit_interp.storage import atomic_write
 
 PRUNE_ORDERS = ("importance", "greedy")
-SAFETENSORS_CONFIG_KEY = "jaxvit_interp.config"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +66,12 @@ def choose_heads(
     remove: int | None = None,
     max_accuracy_drop: float | None = None,
     order: str = "importance",
+    memory_budget_bytes: int | None = None,
     progress: ProgressArg = True,
 ) -> list[tuple[int, int]]:
     """The heads to remove: the first ``remove`` of ``order``'s pruning curve, or as many as
-    keep accuracy within ``max_accuracy_drop`` points (exactly one of the two)."""
+    keep accuracy within ``max_accuracy_drop`` points (exactly one of the two); the ablations
+    plan their batches for ``memory_budget_bytes`` per device (None: the default)."""
     if (remove is None) == (max_accuracy_drop is None):
         raise InputError("give exactly one of remove (a head count) and max_accuracy_drop")
     if order not in PRUNE_ORDERS:
@@ -90,6 +88,7 @@ def choose_heads(
         labels,
         orders=(order,),
         max_heads=remove,
+        memory_budget_bytes=memory_budget_bytes,
         progress=progress,
     )[order]
     count = remove if remove is not None else curve.removable(max_accuracy_drop)
@@ -135,37 +134,3 @@ def prune_model(
         max_abs_difference=float(np.abs(logits_after - masked).max()),
     )
     return new_config, new_params, report
-
-
-def save_safetensors(path, config: ViTConfig, params: Any) -> Path:
-    """The model as one ``.safetensors`` file: the parameter tree under its ``/``-joined names
-    (vit_jax's), and the config JSON in the header metadata under ``jaxvit_interp.config``."""
-    from safetensors.numpy import save
-
-    flat = {
-        "/".join(str(getattr(k, "key", k)) for k in path_): np.ascontiguousarray(leaf, np.float32)
-        for path_, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-    }
-    data = save(flat, metadata={SAFETENSORS_CONFIG_KEY: config.to_json()})
-    path = Path(path)
-    atomic_write(path, lambda f: f.write(data))
-    return path
-
-
-def load_safetensors(path) -> tuple[ViTConfig, dict[str, Any]]:
-    """``(config, params)`` from :func:`save_safetensors`'s file."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as f:
-        meta = f.metadata() or {}
-        if SAFETENSORS_CONFIG_KEY not in meta:
-            raise InputError(f"{path}: no {SAFETENSORS_CONFIG_KEY} in the safetensors metadata")
-        config = ViTConfig.from_dict(json.loads(meta[SAFETENSORS_CONFIG_KEY]))
-        params: dict[str, Any] = {}
-        for key in f.keys():
-            node = params
-            *parents, leaf = key.split("/")
-            for name in parents:
-                node = node.setdefault(name, {})
-            node[leaf] = f.get_tensor(key)
-    return config, params

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvit_interp.importance.validate import check_unpruned
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import VisionTransformer
 from jaxvit_interp.parallel import Batcher
@@ -89,6 +90,7 @@ def model_rollout_over_images(
     Only the maps leave each batch: the ``[layer, N, N]`` rollout lives inside one compiled
     program per batch. ``batch_size`` images per pass over the devices of ``mesh``.
     """
+    check_unpruned(config, "model_rollout_over_images")
     batcher = Batcher(batch_size, mesh)
     params = batcher.replicate(params)
     maps = batcher.map(
@@ -115,6 +117,7 @@ def final_rollout_over_images(
     One model pass per batch, as :func:`model_rollout_over_images`; only ``[Gh, Gw]`` and
     ``[layer]`` values leave it for each image.
     """
+    check_unpruned(config, "final_rollout_over_images")
     batcher = Batcher(batch_size, mesh)
     params = batcher.replicate(params)
     maps, contributions = batcher.map(

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.importance.validate import check_unpruned
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import VisionTransformer
 from jaxvit_interp.parallel import Batcher
@@ -226,8 +227,10 @@ def strength_over_images(
     )
 
 
-def _check_images(config: ViTConfig, images) -> int:
-    """The number of images, after checking they are ``[image, height, width, channels]``."""
+def _check_images(config: ViTConfig, images, what: str) -> int:
+    """The number of images, after checking they are ``[image, height, width, channels]`` and
+    the model has all its heads."""
+    check_unpruned(config, what)
     num_images = len(images)
     expected = (*config.image_size, config.channels)
     if num_images == 0 or tuple(np.shape(images)[1:]) != expected:
@@ -276,7 +279,7 @@ def model_strength_over_images(
     Returns:
       :class:`StrengthResults` with ``local`` ``[image, layer, head, ...]`` and the ``summary``.
     """
-    num_images = _check_images(config, images)
+    num_images = _check_images(config, images, "model_strength_over_images")
     batcher = Batcher(batch_size, mesh)
     rings = rings_for(config)
     n = rings.num_tokens
@@ -342,7 +345,7 @@ def model_special_mass_over_images(
       :class:`~jaxvit_interp.strength.special.SpecialTokenMass` of NumPy arrays with leading
       axes ``[image, layer, head]``.
     """
-    _check_images(config, images)
+    _check_images(config, images, "model_special_mass_over_images")
     if not config.num_prefix_tokens:
         raise InputError(
             "the model has no special tokens (no CLS, distillation or register token): there is "

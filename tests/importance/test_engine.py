@@ -94,6 +94,59 @@ def test_planned_batches_fit_the_budget(budget_mib, step_tokens, random_model):
         assert used > budget / 8, (plan, used)
 
 
+def test_a_refused_budget_names_the_least_budget_that_fits(rng):
+    """The refusal's budget is the least whole MiB with which plan_batches accepts the model,
+    found here by searching over budgets; the command line's flag and the value are named."""
+    from jaxvit_interp.model import ViTConfig
+
+    for _ in range(3):
+        patch = int(rng.choice([2, 4]))
+        grid = [int(g) for g in rng.integers(2, 9, 2)]
+        heads = int(rng.integers(1, 5))
+        config = ViTConfig(
+            image_size=(grid[0] * patch, grid[1] * patch),
+            patch_size=patch,
+            hidden_size=8 * heads,
+            num_layers=int(rng.integers(1, 5)),
+            num_heads=heads,
+            mlp_dim=int(rng.integers(8, 64)),
+            num_classes=int(rng.integers(0, 6)),
+            num_register_tokens=int(rng.integers(0, 3)),
+        )
+        kwargs = dict(
+            num_images=int(rng.integers(1, 20)),
+            num_slots=config.num_heads,
+            spawn_layers=tuple(range(config.num_layers)),
+            with_taylor=bool(rng.integers(2)),
+            need_streams=True,
+            fixed_bytes=int(rng.integers(0, 4 << 20)),
+            step_tokens=int(rng.choice([64, 4096])),
+        )
+
+        def fits(budget, kwargs=kwargs, config=config):
+            try:
+                engine.plan_batches(config, memory_budget_bytes=budget, **kwargs)
+            except engine.MemoryBudgetError:
+                return False
+            return True
+
+        least = 1  # MiB: the least that fits, by bisection over whole MiB
+        most = 1
+        while not fits(most << 20):
+            least, most = most, 2 * most
+        while least < most:
+            middle = (least + most) // 2
+            least, most = (least, middle) if fits(middle << 20) else (middle + 1, most)
+        refused_budget = (least - 1) << 20 or 1000
+        with pytest.raises(engine.MemoryBudgetError) as refused:
+            engine.plan_batches(config, memory_budget_bytes=refused_budget, **kwargs)
+        assert refused.value.least_bytes == least << 20, config
+        message = str(refused.value)
+        assert f"--memory-budget-mb {least} " in message, message
+        assert f"memory_budget_bytes={least << 20} " in message, message
+        assert f"{config.num_tokens:,} tokens at " in message, message
+
+
 def _fresh_small_model(random_model, **overrides):
     """A two-layer model with fresh random parameters."""
     fields = dict(

@@ -79,5 +79,57 @@ def test_bad_options(model):
 
 def test_budget_too_small_is_reported(random_model):
     config, params = random_model(0, **CONFIG)
-    with pytest.raises(ValueError, match="memory budget 1,000 bytes is too small"):
+    with pytest.raises(ValueError, match="memory budget of 1,000 bytes .* is too small"):
         head_importance(config, params, _images(), memory_budget_bytes=1000, progress=False)
+
+
+def test_every_per_head_analysis_refuses_a_pruned_model_at_once(model, rng, tmp_path):
+    from jaxvit_interp import analyze
+    from jaxvit_interp.errors import InputError
+    from jaxvit_interp.importance import (
+        ablate,
+        cumulative_pruning_accuracy,
+        pairwise_interactions,
+        pruning_curves,
+        taylor_importance,
+    )
+    from jaxvit_interp.model.prune import remove_heads
+    from jaxvit_interp.patterns import collect_patterns
+    from jaxvit_interp.rollout import final_rollout_over_images, model_rollout_over_images
+    from jaxvit_interp.strength import model_special_mass_over_images, model_strength_over_images
+
+    config, params = model
+    removed = [(int(rng.integers(2)), int(rng.integers(2)))]
+    pruned, small = remove_heads(config, params, removed)
+    images = _images()
+    labels = rng.integers(0, 4, len(images))
+    calls = {
+        "head_importance": lambda: head_importance(pruned, small, images, progress=False),
+        "partial_pruning": lambda: partial_pruning(pruned, small, images, progress=False),
+        "ablate": lambda: ablate(pruned, small, images, [[(0, 0)]], progress=False),
+        "pairwise_interactions": lambda: pairwise_interactions(
+            pruned, small, images, [(0, 0), (1, 0)], progress=False
+        ),
+        "pruning_curves": lambda: pruning_curves(pruned, small, images, progress=False),
+        "cumulative_pruning_accuracy": lambda: cumulative_pruning_accuracy(
+            pruned, small, images, labels, [(0, 0)]
+        ),
+        "taylor_importance": lambda: taylor_importance(pruned, small, images),
+        "model_strength_over_images": lambda: model_strength_over_images(
+            pruned, small, images, progress=False
+        ),
+        "model_special_mass_over_images": lambda: model_special_mass_over_images(
+            pruned, small, images, progress=False
+        ),
+        "collect_patterns": lambda: collect_patterns(pruned, small, images, progress=False),
+        "model_rollout_over_images": lambda: model_rollout_over_images(pruned, small, images),
+        "final_rollout_over_images": lambda: final_rollout_over_images(pruned, small, images),
+        "analyze": lambda: analyze(pruned, small, images, tmp_path / "run", progress=False),
+    }
+    heads = rf"heads_per_layer=\[{', '.join(str(n) for n in pruned.heads_per_layer)}\]"
+    for name, call in calls.items():
+        with pytest.raises(InputError, match=rf"^{name}: per-head analyses need the full model"):
+            call()
+        with pytest.raises(InputError, match=rf"{heads}.*unpruned checkpoint.*prune\.json"):
+            call()
+    assert not (tmp_path / "run").exists()

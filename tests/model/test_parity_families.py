@@ -220,6 +220,30 @@ def test_hf_dinov2_takes_its_processors_image_size(tmp_path, seed):
     assert any("crop_size" in n for n in inspect_checkpoint(tmp_path).notes)
 
 
+@pytest.mark.parametrize("size", [(32, 32), (24, 40)])
+def test_hf_dinov2_saved_alone_loads_at_its_config_size_or_at_image_size(tmp_path, seed, size):
+    config = transformers.Dinov2WithRegistersConfig(
+        **{**SMALL_HF, "image_size": 64}, mlp_ratio=2, num_register_tokens=4
+    )
+    model = randomize(transformers.Dinov2WithRegistersModel(config), seed)
+    model.save_pretrained(tmp_path)  # no preprocessor_config.json: the table's 64 px
+    loaded, _ = load_checkpoint(tmp_path)
+    assert loaded.image_size == (64, 64)
+    assert any("no preprocessor_config.json" in n for n in inspect_checkpoint(tmp_path).notes)
+    # At another size: the table resampled as transformers does it for that input, and
+    # DINOv2's preprocessing for that size (shorter side to 256/224 of it, centre crop).
+    small, params = load_checkpoint(tmp_path, image_size=size)
+    assert small.image_size == size and small.preprocessing.resize == round(min(size) * 256 / 224)
+    images = images_at(size, seed)
+    with torch.no_grad():
+        theirs = model(pixel_values=torch.from_numpy(images)).pooler_output.numpy()
+    with jax.default_matmul_precision("float32"):
+        ours = run_model(small, params, images.transpose(0, 2, 3, 1)).pre_logits
+    assert relative_error(ours, theirs) < TOLERANCE
+    with pytest.raises(CheckpointError, match="either in config= or as image_size="):
+        load_checkpoint(tmp_path, config=loaded, image_size=size)
+
+
 @pytest.mark.parametrize("projection", [True, False])
 def test_hf_clip_vision(tmp_path, seed, projection):
     config = transformers.CLIPVisionConfig(**SMALL_HF, intermediate_size=64, projection_dim=12)
@@ -336,6 +360,92 @@ def test_timm(tmp_path, seed, name):
     for field, value in expected.items():
         assert getattr(loaded, field) == value, field
     assert loaded.position_interpolation == "bicubic_antialias"
+
+
+# A hub folder as timm writes it (timm.models._hub.save_for_hf): its config.json names the
+# architecture and holds only the model_args that differ from it, so never num_heads. Full widths
+# (the name's), one block and small images keep them small.
+TIMM_HUB = {
+    "vit_small_patch16_224": dict(num_classes=5),
+    "deit_tiny_distilled_patch16_224": dict(num_classes=5),
+    "deit3_medium_patch16_224": dict(num_classes=4),
+    "vit_small_patch14_reg4_dinov2": dict(num_classes=0),
+    "vit_little_patch16_reg4_gap_256": dict(num_classes=3),
+    "vit_base_patch16_gap_224": dict(num_classes=3),  # 16 heads, not base's 12
+    "vit_base_patch16_siglip_224": dict(num_classes=0),
+}
+
+
+@pytest.mark.parametrize("architecture", TIMM_HUB)
+def test_timm_hub_folder_gets_its_heads_from_the_architecture_name(tmp_path, seed, architecture):
+    import warnings
+
+    from timm.models._hub import save_for_hf
+
+    patch = 14 if "patch14" in architecture else 16
+    model = timm.create_model(
+        architecture, pretrained=False, depth=1, img_size=2 * patch, dynamic_img_size=True,
+        **TIMM_HUB[architecture],
+    )  # fmt: skip
+    randomize(model, seed)
+    save_for_hf(model, tmp_path / "hub", safe_serialization=True)
+    hub = json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert hub["architecture"] == architecture and "num_heads" not in hub.get("model_args", {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config, _ = load_checkpoint(tmp_path / "hub" / "model.safetensors")
+        report = inspect_checkpoint(tmp_path / "hub")
+    assert config.num_heads == model.blocks[0].attn.num_heads
+    assert not [w for w in caught if "num_heads" in str(w.message)], caught
+    assert any(f"from config.json architecture '{architecture}'" in n for n in report.notes)
+    # The heads are right where it matters: the outputs and every head's attention are timm's.
+    backbone = not model.num_classes
+    sizes = ((2 * patch, 2 * patch), (2 * patch, 3 * patch))
+    compare(architecture, timm_runner(model, backbone), tmp_path / "hub", seed,
+            pooled=backbone, sizes=sizes)  # fmt: skip
+
+
+# The other sizes timm names (built on the meta device: shapes only, nothing allocated).
+TIMM_NAMED_SIZES = [
+    "vit_tiny_patch16_224", "vit_xsmall_patch16_clip_224", "vit_wee_patch16_reg1_gap_256",
+    "vit_betwixt_patch16_reg4_gap_256", "vit_base_patch16_plus_240", "vit_so150m2_patch16_reg1_gap_256",
+    "vit_so150m_patch16_reg4_gap_256", "vit_large_patch14_clip_224", "eva_large_patch14_196",
+    "vit_so400m_patch14_siglip_224", "deit3_huge_patch14_224", "vit_giant_patch14_clip_224",
+    "vit_giant_patch14_reg4_dinov2", "vit_giantopt_patch16_siglip_256", "vit_gigantic_patch14_clip_224",
+]  # fmt: skip
+
+
+def test_timm_size_words_give_timm_heads_and_other_widths_give_none():
+    from jaxvit_interp.model.checkpoint.timm_names import heads_from_architecture
+
+    for architecture in TIMM_NAMED_SIZES:
+        with torch.device("meta"):
+            model = timm.create_model(architecture, pretrained=False, depth=1)
+        width, mlp = model.embed_dim, model.blocks[0].mlp.fc2.in_features
+        heads = model.blocks[0].attn.num_heads
+        assert heads_from_architecture(f"timm/{architecture}.tag", width, mlp)[0] == heads
+        # Built with another width or MLP ratio, the name says nothing.
+        assert heads_from_architecture(architecture, width + 64, mlp) is None
+        assert heads_from_architecture(architecture, width, 2 * mlp) is None
+
+
+def test_a_remaining_guess_is_one_clean_line_on_the_command_line(tmp_path, seed, capsys):
+    import warnings
+
+    from jaxvit_interp.cli import main
+
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, depth=1, img_size=32)
+    path = tmp_path / "weights.safetensors"  # no config.json beside it: the heads are a guess
+    save_file({k: v.contiguous() for k, v in randomize(model, seed).state_dict().items()}, path)
+    args = ["analyze", "--checkpoint", str(path), "--images", str(tmp_path / "none"), "--out"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*args, str(tmp_path / "run")]) == 2  # the missing images, after loading
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "num_heads" in line]
+    assert len(lines) == 1 and lines[0].startswith("jaxvit-interp: warning: "), err
+    assert "num_heads=6 assumed" in lines[0] and path.name in lines[0]
+    assert not [w for w in caught if "num_heads" in str(w.message)], caught
 
 
 # ---- OpenCLIP ---------------------------------------------------------------------------------

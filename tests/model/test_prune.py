@@ -7,9 +7,16 @@ import numpy as np
 import pytest
 
 from jaxvit_interp.errors import InputError
-from jaxvit_interp.model import ViTConfig, init_params, load_checkpoint, run_model, save_checkpoint
+from jaxvit_interp.model import (
+    ViTConfig,
+    init_params,
+    inspect_checkpoint,
+    load_checkpoint,
+    run_model,
+    save_checkpoint,
+    save_safetensors,
+)
 from jaxvit_interp.model.prune import parameter_count, remove_heads
-from jaxvit_interp.pipeline.prune import load_safetensors, save_safetensors
 
 CASES = {
     "plain": dict(num_classes=5),
@@ -52,15 +59,20 @@ def test_removed_heads_equal_masked_heads(case, tmp_path):
     assert small_config.heads_per_layer == tuple(
         config.num_heads - sum(1 for layer, _ in heads if layer == i) for i in range(3)
     )
-    # Both saved forms load back to the same outputs.
-    loaded_config, loaded = load_checkpoint(save_checkpoint(tmp_path / "own", small_config, small))
-    assert loaded_config == small_config
-    np.testing.assert_array_equal(np.asarray(run_model(loaded_config, loaded, images).logits), got)
-    st_config, st = load_safetensors(
-        save_safetensors(tmp_path / "m.safetensors", small_config, small)
-    )
-    assert st_config == small_config
-    np.testing.assert_array_equal(np.asarray(run_model(st_config, st, images).logits), got)
+    # Both saved forms load back through load_checkpoint to the same outputs: the config saved
+    # with them (the heads of each layer) wins over the names, which are vit_jax's.
+    saved = [
+        save_checkpoint(tmp_path / "own", small_config, small),
+        save_safetensors(tmp_path / "m.safetensors", small_config, small),
+    ]
+    for path in saved:
+        report = inspect_checkpoint(path)
+        assert report.ok and report.family.startswith("jaxvit-interp"), report
+        loaded_config, loaded = load_checkpoint(path)
+        assert loaded_config == small_config, path
+        np.testing.assert_array_equal(
+            np.asarray(run_model(loaded_config, loaded, images).logits), got, err_msg=str(path)
+        )
 
 
 def test_pruned_models_refuse_head_masks_and_second_pruning():
@@ -89,12 +101,13 @@ def test_prune_command_on_the_digits_model(tmp_path, capsys):
     report = json.loads((out / "prune.json").read_text())
     config, params = load_digits_model()
     images = load_digits("test")[0][:40]
-    small_config, small = load_checkpoint(out / "model")
-    assert sum(small_config.heads_per_layer) == 24 - 3
     removed = [tuple(h) for h in report["removed"]]
     want = run_model(config, params, images, head_mask=_mask(config, removed)).logits
-    got = run_model(small_config, small, images).logits
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    for saved in ("model", "model.safetensors"):  # both load as the pruned model
+        small_config, small = load_checkpoint(out / saved)
+        assert sum(small_config.heads_per_layer) == 24 - 3, saved
+        got = run_model(small_config, small, images).logits
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
     assert report["max_abs_difference"] < 1e-4
     assert report["parameters_after"] == parameter_count(small)
     # A second run into the same folder is refused before any work.

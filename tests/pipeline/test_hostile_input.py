@@ -9,6 +9,7 @@ are skipped, with the reason, where the machine does not allow them.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -517,3 +518,159 @@ def test_another_runs_folder_is_refused_untouched(tiny_checkpoint, class_folders
     assert_one_line_error(result, "another run")
     assert sorted(os.listdir(other)) == before
     assert (other / "mine.txt").read_text() == "keep me"
+
+
+def test_missing_paths_are_one_line_errors_in_every_command(tmp_path, pics, capsys):
+    from jaxvit_interp.cli import main
+
+    missing = tmp_path / "missing"
+    cases = {
+        "inspect": (["inspect", missing], missing.name),
+        "inspect a pickle": (["inspect", "--allow-pickle", tmp_path / "gone.pth"], "gone.pth"),
+        "site": (["site", missing, "--out", tmp_path / "site"], missing.name),
+        "site build": (["site", "build", tmp_path / "gone.toml", "--out", tmp_path / "s"], "gone"),
+        "prune": (
+            ["prune", "--checkpoint", missing, "--images", pics, "--remove", "1"]
+            + ["--out", tmp_path / "pruned"],
+            missing.name,
+        ),
+        # Refused before the timing starts, not when its figures are written at the end.
+        "benchmark": (
+            ["benchmark", "--variant", "mu/2", "--image-size", "8", "--images", "2"]
+            + ["--json", missing / "figures.json"],
+            str(missing),
+        ),
+    }
+    for case, (args, needle) in cases.items():
+        args = [str(a) for a in args]
+        status = main(args)  # in this process: each case takes a second, not a JAX start-up
+        out, err = capsys.readouterr()
+        assert_one_line_error(subprocess.CompletedProcess(args, status, out, err), needle)
+        assert not out, (case, out)
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_pruned_model_is_refused_by_analyze_before_anything_is_written(tmp_path, pics, capsys):
+    from jaxvit_interp import save_safetensors
+    from jaxvit_interp.cli import main
+    from jaxvit_interp.model.prune import remove_heads
+
+    rng = np.random.default_rng()
+    removed = [(int(rng.integers(TINY.num_layers)), int(rng.integers(TINY.num_heads)))]
+    config, params = remove_heads(TINY, init_params(TINY, 3), removed)
+    path = save_safetensors(tmp_path / "model.safetensors", config, params)
+    out = tmp_path / "out" / "run"
+    args = ["analyze", "--checkpoint", path, "--images", pics, "--out", out, *FAST]
+    status = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    result = subprocess.CompletedProcess(args, status, "", err)
+    assert_one_line_error(result, "per-head analyses need the full model", "prune.json", path.name)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_refused_budget_says_why_the_model_is_that_large_and_what_fits(tmp_path, pics, capsys):
+    """DINOv2 with registers saved by save_pretrained alone loads at its config's 518 px."""
+    import re
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from jaxvit_interp.cli import main
+
+    config = transformers.Dinov2WithRegistersConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        image_size=518, patch_size=14, num_register_tokens=4,
+    )  # fmt: skip
+    model = transformers.Dinov2WithRegistersModel(config).eval()
+    model.save_pretrained(tmp_path / "dino")  # weights and config.json, no processor config
+    with torch.no_grad():
+        tokens = {
+            side: model(pixel_values=torch.zeros(1, 3, side, side)).last_hidden_state.shape[1]
+            for side in (518, 224)
+        }
+    out = tmp_path / "out" / "run"
+
+    def analyze(*flags):
+        args = ["analyze", "--checkpoint", tmp_path / "dino", "--images", pics, "--out", out]
+        args = [str(a) for a in [*args, *FAST, *flags]]
+        status = main(args)
+        return subprocess.CompletedProcess(args, status, "", capsys.readouterr().err)
+
+    text = assert_one_line_error(
+        analyze("--memory-budget-mb", "4"),
+        "the model is loaded at 518x518 px because its config.json says image_size 518 and no "
+        f"preprocessor_config.json gives a crop size: {tokens[518]:,} tokens per image",
+        "--image-size",
+    )
+    least = int(re.search(r"a budget of (\d+) MiB fits: --memory-budget-mb \1 ", text).group(1))
+    assert not (tmp_path / "out").exists()
+    # With the budget named every check passes, up to the run folder (holding another run
+    # here, so that nothing is computed); with a MiB less it is refused again.
+    out.mkdir(parents=True)
+    (out / "run.json").write_text('{"fingerprint": "0123456789abcdef"}')
+    assert_one_line_error(analyze("--memory-budget-mb", str(least)), "holds another run")
+    assert_one_line_error(analyze("--memory-budget-mb", str(least - 1)), "too small")
+    # At 224 px (the size DINOv2's processor crops to) the model has transformers' token count.
+    assert_one_line_error(
+        analyze("--memory-budget-mb", "1", "--image-size", "224"),
+        f"loaded at 224x224 px because image_size 224x224 was asked for: {tokens[224]:,} tokens",
+    )
+    assert sorted(os.listdir(out)) == ["run.json"]
+
+
+def test_a_folder_holding_another_run_names_what_differs(reference_run, tmp_path, capsys):
+    from jaxvit_interp import save_checkpoint
+    from jaxvit_interp.cli import main
+
+    run, images = tmp_path / "run", tmp_path / "images"
+    shutil.copytree(reference_run.run, run)
+    shutil.copytree(reference_run.images, images)  # the same ids and pixels
+    ids = load_bundle(reference_run.run).meta["image_ids"]
+    run_json = run / "run.json"
+
+    def analyze(*flags, checkpoint=reference_run.checkpoint):
+        args = ["analyze", "--checkpoint", checkpoint, "--images", images, "--out", run]
+        args = [str(a) for a in [*args, "--config", reference_run.config, *FAST, *flags]]
+        status = main(args)
+        return subprocess.CompletedProcess(args, status, "", capsys.readouterr().err)
+
+    def refused(*needles, **kwargs):
+        before = sorted(p.relative_to(run) for p in run.rglob("*"))
+        text = assert_one_line_error(analyze(**kwargs), "holds another run", *needles)
+        assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+        return text
+
+    assert analyze().returncode == 0  # this very run, finished: read back
+    # Each difference named, and only it.
+    text = assert_one_line_error(analyze("--partial-images", "3"), "setting partial_images: 5 -> 3")
+    assert len(text.splitlines()) == 3, text  # the refusal, the one difference, what to do
+    other = tmp_path / "other"
+    save_checkpoint(other, TINY, init_params(TINY, 2))
+    refused(f"model: {reference_run.checkpoint} (sha256 ", f"-> {other} (sha256 ", checkpoint=other)
+    (tmp_path / "names.txt").write_text("cat\ndog\nowl\n")
+    text = assert_one_line_error(
+        analyze("--class-names", tmp_path / "names.txt"),
+        'model config class_names: null -> ["cat", "dog", "owl"]',
+    )
+    assert len(text.splitlines()) == 3, text
+    rng = np.random.default_rng()
+    first_class = ids[0].split("/")[0]
+    _write_png(images / first_class / "zz-new.png", rng)
+    refused(f"images: {len(ids)} -> {len(ids) + 1} (1 new, first: {first_class}/zz-new.png)")
+    (images / ids[0]).unlink()
+    refused(f"1 image ids differ (first: {first_class}/zz-new.png)")
+    (images / first_class / "zz-new.png").rename(images / ids[0])  # its id back, other pixels
+    refused("same ids, different pixels")
+    # A run.json written before the config, the ids and the pixels were recorded: it still
+    # refuses (naming what it records: the settings) and says what it cannot tell.
+    old = {k: v for k, v in json.loads(run_json.read_text()).items()}
+    for key in ("config", "image_ids", "pixels"):
+        del old[key]
+    run_json.write_text(json.dumps(old))
+    refused("the model's config, the image ids or the pixels: its run.json, written before")
+    text = assert_one_line_error(analyze("--seed", "7"), "setting seed: 0 -> 7")
+    assert "does not say" not in text
+    # And it resumes when nothing changed, recording what it lacked for the next refusal.
+    shutil.rmtree(images)
+    shutil.copytree(reference_run.images, images)
+    assert analyze().returncode == 0
+    assert json.loads(run_json.read_text())["image_ids"] == ids

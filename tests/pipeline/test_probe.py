@@ -97,3 +97,50 @@ def test_analyze_refuses_labels_for_a_backbone_before_writing(tmp_path):
     with pytest.raises(InputError, match=r"labels were given for a backbone.*with_probe"):
         analyze(BACKBONE, init_params(BACKBONE, 0), images, tmp_path / "run", labels=[0, 1])
     assert not (tmp_path / "run").exists()
+
+
+def test_a_1000_class_probe_without_names_gets_imagenets_as_a_checkpoint_does(
+    backbone, pictures, tmp_path, capsys, rng
+):
+    from jaxvit_interp import LinearProbe, inspect_checkpoint, load_checkpoint, with_probe
+    from jaxvit_interp.data.imagenet import imagenet1k
+
+    # A 1,000-class vit_jax checkpoint that names no classes: the rule the probe must follow.
+    classifier = TINY.replace(num_classes=1000)
+    flat = {"/".join(k): np.asarray(v) for k, v in _flat(init_params(classifier, 1))}
+    np.savez(tmp_path / "vit.npz", **flat)
+    checkpoint_names = load_checkpoint(tmp_path / "vit.npz")[0].class_names
+    (checkpoint_note,) = [n for n in inspect_checkpoint(tmp_path / "vit.npz").notes if "1,000" in n]
+    assert checkpoint_names == imagenet1k().names
+
+    params = init_params(BACKBONE, 3)
+    for classes, names, want in [
+        (1000, None, checkpoint_names),
+        (1000, [f"c{i}" for i in range(1000)], tuple(f"c{i}" for i in range(1000))),
+        (int(rng.integers(2, 999)), None, None),
+    ]:
+        probe = LinearProbe(rng.normal(size=(6, classes)), rng.normal(size=classes), names)
+        assert with_probe(BACKBONE, params, probe)[0].class_names == want, classes
+
+    # On the command line the probe's names are ImageNet's, so the folders ant/ and bee/ are
+    # its classes 310 and 309; the run gets past every check up to its folder (another run's
+    # here, so that nothing is computed), saying what it assumed as a checkpoint's note does.
+    kernel, bias = rng.normal(size=(6, 1000)), rng.normal(size=1000)
+    np.savez(tmp_path / "probe.npz", kernel=kernel, bias=bias)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text('{"fingerprint": "0123456789abcdef"}')
+    args = ["analyze", "--checkpoint", str(backbone), "--images", str(pictures), "--out", str(out)]
+    assert main([*args, "--probe", str(tmp_path / "probe.npz"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "holds another run" in err, err
+    note = checkpoint_note.replace("the file", f"the probe {tmp_path / 'probe.npz'}")
+    assert f"jaxvit-interp: note: {note}" in err, err
+
+
+def _flat(tree, prefix=()):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flat(value, (*prefix, key))
+        else:
+            yield (*prefix, key), value

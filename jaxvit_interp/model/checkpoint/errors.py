@@ -6,7 +6,8 @@ from jaxvit_interp.errors import InputError
 
 ACCEPTED_FORMATS: tuple[str, ...] = (
     ".npz: vit_jax or big_vision parameters (SigLIP's image tower too), flat '/'-joined keys",
-    ".safetensors: timm, OpenCLIP or Hugging Face (ViT, DeiT, DINOv2, CLIP, SigLIP) names",
+    ".safetensors: timm, OpenCLIP or Hugging Face (ViT, DeiT, DINOv2, CLIP, SigLIP) names, or "
+    "this project's own (the config in its header, as save_safetensors and prune write it)",
     "a Hugging Face folder: config.json + model.safetensors (+ preprocessor_config.json)",
     "a jaxvit-interp folder written by save_checkpoint: vit_config.json + params/",
     ".bin / .pth / .pt: PyTorch pickles, only with allow_pickle=True",

@@ -63,6 +63,9 @@ class Facts:
         and ``num_patches`` is only the family's reading.
       image_size: the image size to load the model at when it is not the file's (a DINOv2
         folder's preprocessor crops to 224 while its table covers 518), else None.
+      size_source: why the model is loaded at its image size, as a clause ("its config.json
+        says image_size 518"), where a side file or stored config gives ``grid`` or
+        ``image_size``; else None (the loader says how it read the table).
       defaults: the family's values for the fields tensors cannot show (``layer_norm_eps``,
         ``gelu_approximate``, ``mlp_activation``, ``position_interpolation``,
         ``preprocessing``, ``class_names``); a value may be a function of ``image_size``.
@@ -76,6 +79,7 @@ class Facts:
     grid: tuple[int, int] | None = None
     table_rows: int | None = None
     image_size: tuple[int, int] | None = None
+    size_source: str | None = None
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
     missing: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
@@ -192,6 +196,13 @@ class ShapeReader:
         return max(indices) + 1
 
 
+# How to state the heads of a file that does not show them, for the notes and warnings.
+STATE_HEADS = (
+    "put the model's config.json (its library's, as saved with it) beside the weights, or pass "
+    "config= to load_checkpoint, to state them"
+)
+
+
 def guess_num_heads(hidden_size: int, mlp_dim: int | None) -> tuple[int, str]:
     """Heads for a file whose shapes do not show them (fused or flat query/key/value).
 
@@ -203,12 +214,11 @@ def guess_num_heads(hidden_size: int, mlp_dim: int | None) -> tuple[int, str]:
         if sizes["hidden_size"] == hidden_size and sizes["mlp_dim"] == mlp_dim:
             return sizes["num_heads"], (
                 f"num_heads={sizes['num_heads']} assumed: width {hidden_size} and MLP {mlp_dim} "
-                f"match the {name} size; pass config= to state it"
+                f"match the {name} size; {STATE_HEADS}"
             )
     if hidden_size % 64 == 0:
         return hidden_size // 64, (
-            f"num_heads={hidden_size // 64} assumed from the standard head width 64; "
-            "pass config= to state it"
+            f"num_heads={hidden_size // 64} assumed from the standard head width 64; {STATE_HEADS}"
         )
     raise CheckpointError(
         f"cannot tell num_heads: the file does not show it, hidden_size {hidden_size} is not a "
@@ -245,11 +255,11 @@ class SideFiles:
 def class_names_fact(facts: Facts, names, source: str) -> None:
     """Record the class names a file gives (``names`` in class-index order, or None).
 
-    Names that do not fit the classifier are dropped with a note. A file that names none, of a
-    model with 1,000 classes, is taken to be ImageNet-1k's (the published ViT, DeiT and timm
-    classifiers are), with a note saying so.
+    Names that do not fit the classifier are dropped with a note. A file that names none is
+    given :func:`~jaxvit_interp.data.imagenet.assumed_class_names` (ImageNet-1k's for 1,000
+    classes), with its note.
     """
-    from jaxvit_interp.data.imagenet import NUM_CLASSES, imagenet1k, is_imagenet1k
+    from jaxvit_interp.data.imagenet import assumed_class_names, is_imagenet1k
 
     num_classes = facts.fields.get("num_classes")
     if names is not None and num_classes is not None and len(names) != num_classes:
@@ -263,11 +273,8 @@ def class_names_fact(facts: Facts, names, source: str) -> None:
             facts.notes.append(f"class names from {source} (ImageNet-1k)")
         else:
             facts.notes.append(f"class names from {source}")
-    elif num_classes == NUM_CLASSES:
-        names = imagenet1k().names
-        facts.notes.append(
-            "class names assumed to be ImageNet-1k's (the file names none and the classifier "
-            "has 1,000 classes); give --class-names FILE if they are not"
-        )
+    elif num_classes is not None and (assumed := assumed_class_names(num_classes, "the file")):
+        names, note = assumed
+        facts.notes.append(note)
     if names is not None:
         facts.defaults["class_names"] = names

@@ -2,7 +2,9 @@
 
 Containers: ``.npz``, ``.safetensors`` (single or sharded in a Hugging Face folder), PyTorch
 pickles (only when allowed) and this project's own orbax folder. Which *names* the keys follow
-(vit_jax, big_vision, timm, Hugging Face) is decided afterwards from the keys themselves.
+(vit_jax, big_vision, timm, Hugging Face) is decided afterwards from the keys themselves, except
+for this project's own checkpoints, which carry their config: the orbax folder's
+``vit_config.json``, or a ``.safetensors`` header's ``jaxvit_interp.config``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class RawCheckpoint:
       container: ``"npz"``, ``"safetensors"``, ``"pickle"`` or ``"jaxvit"`` (own orbax format).
       tensors: file key -> array, as stored.
       side: JSON side files (Hugging Face / timm ``config.json``, ``preprocessor_config.json``).
-      stored_config: the :class:`ViTConfig` saved with an own-format checkpoint, else None.
+      stored_config: the :class:`ViTConfig` saved with an own-format checkpoint (an orbax folder,
+        or a ``.safetensors`` file with the config in its header), else None.
     """
 
     path: Path
@@ -49,14 +52,15 @@ def read_checkpoint(path, *, allow_pickle: bool = False) -> RawCheckpoint:
     """Open ``path`` (file or folder) and read every tensor in it."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        # With its errno, so that the command line tells it as one line, naming the path.
+        raise FileNotFoundError(errno.ENOENT, "checkpoint does not exist", str(path))
     if path.is_dir():
         return _read_folder(path, allow_pickle)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return RawCheckpoint(path, "npz", _read_npz(path))
     if suffix == ".safetensors":
-        return RawCheckpoint(path, "safetensors", _read_safetensors(path), _side_files(path.parent))
+        return _safetensors_checkpoint(path, path.parent)
     if suffix in PICKLE_SUFFIXES:
         return RawCheckpoint(
             path, "pickle", _read_pickle(path, allow_pickle), _side_files(path.parent)
@@ -73,11 +77,9 @@ def _read_folder(path: Path, allow_pickle: bool) -> RawCheckpoint:
     if (path / orbax_io.CONFIG_FILE).exists():
         config, tensors = orbax_io.read_params(path)
         return RawCheckpoint(path, "jaxvit", tensors, stored_config=config)
-    side = _side_files(path)
     if (path / "model.safetensors").exists():
-        return RawCheckpoint(
-            path, "safetensors", _read_safetensors(path / "model.safetensors"), side
-        )
+        return _safetensors_checkpoint(path / "model.safetensors", path, shown=path)
+    side = _side_files(path)
     index = path / "model.safetensors.index.json"
     if index.exists():
         # Sharded: the index maps each tensor to the shard holding it.
@@ -89,7 +91,7 @@ def _read_folder(path: Path, allow_pickle: bool) -> RawCheckpoint:
             ) from None
         tensors = {}
         for shard in shards:
-            tensors.update(_read_safetensors(path / shard))
+            tensors.update(_read_safetensors(path / shard)[0])
         return RawCheckpoint(path, "safetensors", tensors, side)
     for name in ("pytorch_model.bin", "model.pth", "model.pt"):
         if (path / name).exists():
@@ -125,12 +127,27 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(str(e)) from None
 
 
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+def _safetensors_checkpoint(file: Path, folder: Path, shown: Path | None = None) -> RawCheckpoint:
+    """One ``.safetensors`` file: this project's own when its header holds the config (which
+    then says everything; side files are not read), else with the side files of ``folder``."""
+    from jaxvit_interp.model.checkpoint.orbax_io import SAFETENSORS_CONFIG_KEY, stored_config
+
+    tensors, metadata = _read_safetensors(file)
+    shown = shown or file
+    if SAFETENSORS_CONFIG_KEY in metadata:
+        where = f"{str(file)!r} header {SAFETENSORS_CONFIG_KEY}"
+        config = stored_config(metadata[SAFETENSORS_CONFIG_KEY], where)
+        return RawCheckpoint(shown, "safetensors", tensors, stored_config=config)
+    return RawCheckpoint(shown, "safetensors", tensors, _side_files(folder))
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Every tensor of a ``.safetensors`` file, and its header's metadata (``{}`` if none)."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="numpy") as f:
-            return {key: f.get_tensor(key) for key in f.keys()}
+            return {key: f.get_tensor(key) for key in f.keys()}, dict(f.metadata() or {})
     except SafetensorError as e:
         raise CheckpointError(
             f"{str(path)!r}: not a readable .safetensors file (truncated or corrupt?): {e}"

@@ -442,6 +442,7 @@ class HuggingFaceFamily:
         if "image_size" in cfg and "patch_size" in cfg:
             img, patch_size = _pair(cfg["image_size"]), _pair(cfg["patch_size"])
             facts.grid = (img[0] // patch_size[0], img[1] // patch_size[1])
+            facts.size_source = f"its config.json says image_size {cfg['image_size']}"
         act = cfg.get("hidden_act", a.act)
         if act == "quick_gelu":
             activation, approximate = "quick_gelu", False
@@ -466,9 +467,19 @@ class HuggingFaceFamily:
         if a.layout == "dinov2" and (size := _processor_output_size(pp)) is not None:
             # DINOv2 interpolates its position table to every input; its processor sets the size.
             facts.image_size = size
+            facts.size_source = f"its preprocessor_config.json crops to {size[0]}x{size[1]}"
             facts.notes.append(
                 f"image size {size[0]}x{size[1]} from preprocessor_config.json crop_size (DINOv2 "
                 "interpolates its position table to the input's grid)"
+            )
+        elif a.layout == "dinov2" and facts.grid is not None:
+            # Saved with save_pretrained alone: the table's size (518), four times the tokens
+            # of the 224 that DINOv2's processor would crop to.
+            facts.size_source += " and no preprocessor_config.json gives a crop size"
+            facts.notes.append(
+                f"image size from config.json image_size {cfg['image_size']}: no "
+                "preprocessor_config.json gives a crop size (DINOv2's crops to 224); "
+                "image_size= (--image-size) loads it at another size"
             )
         class_names_fact(facts, hf_class_names(self.labels), "config.json id2label")
         self.description = self._describe(facts.fields)

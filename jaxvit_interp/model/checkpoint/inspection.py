@@ -71,7 +71,7 @@ class CheckpointReport:
 
 
 def inspect_checkpoint(
-    path, *, config: ViTConfig | None = None, allow_pickle: bool = False
+    path, *, config: ViTConfig | None = None, image_size=None, allow_pickle: bool = False
 ) -> CheckpointReport:
     """List a checkpoint's keys and shapes against what the model needs; never converts.
 
@@ -80,7 +80,7 @@ def inspect_checkpoint(
     ``report.ok`` says whether loading would succeed. Unreadable files and unknown formats
     still raise :class:`CheckpointError`.
     """
-    plan = make_plan(path, config=config, allow_pickle=allow_pickle)
+    plan = make_plan(path, config=config, image_size=image_size, allow_pickle=allow_pickle)
     return CheckpointReport(
         path=plan.raw.path,
         container=plan.raw.container,

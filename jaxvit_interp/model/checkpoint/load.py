@@ -80,6 +80,8 @@ class Plan:
     facts: Facts
     config: ViTConfig | None = None
     file_config: ViTConfig | None = None
+    # Why the model is loaded at config.image_size, as a clause ("its config.json says ...").
+    size_source: str = ""
     contradictions: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
     # Guesses that change results if wrong (the number of heads): warned about on loading.
@@ -112,6 +114,7 @@ def describe(config: ViTConfig) -> str:
         "layer scale" if c.layer_scale else "",
         c.mlp_activation if c.mlp_activation != "gelu" else "",
         "fc_norm" if c.fc_norm else "",
+        f"heads per layer {list(c.heads_per_layer)}" if c.heads_per_layer else "",
         f"representation {c.representation_size}" if c.representation_size else "",
         f"projection {c.projection_dim}" if c.projection_dim else "",
         "" if c.patch_bias else "no patch bias",
@@ -129,8 +132,8 @@ def describe(config: ViTConfig) -> str:
 
 def detect_family(raw: RawCheckpoint) -> Family:
     """The naming family of ``raw``'s keys."""
-    if raw.container == "jaxvit":
-        return OwnFamily(raw.stored_config)
+    if raw.stored_config is not None:
+        return OwnFamily(raw.stored_config, "orbax" if raw.container == "jaxvit" else raw.container)
     family = flax_names.detect(raw.tensors) or torch_names.detect(raw.tensors, raw.side)
     if family is None:
         first = ", ".join(sorted(raw.tensors)[:8]) or "none"
@@ -147,13 +150,17 @@ def _resolve(defaults: Mapping[str, Any], image_size) -> dict[str, Any]:
     return {k: (v(image_size) if callable(v) else v) for k, v in defaults.items()}
 
 
-def settle_config(plan: Plan, config: ViTConfig | None) -> None:
+def settle_config(
+    plan: Plan, config: ViTConfig | None, image_size: tuple[int, int] | None = None
+) -> None:
     """Fill ``plan.config`` / ``plan.file_config`` (the file's image size) and contradictions.
 
     Without ``config`` every field comes from the file (or the family's defaults, or a stated
-    guess for ``num_heads``); the grid is square unless a side file gives the image size. With
-    ``config`` it wins for everything the tensors cannot show (epsilon, GELU form, preprocessing,
-    image size, and heads of a fused-qkv file); fields the tensors fix must agree.
+    guess for ``num_heads``); the grid is square unless a side file gives the image size, and
+    ``image_size`` (if given) replaces the size the file would load at, with the family's
+    preprocessing for it. With ``config`` it wins for everything the tensors cannot show
+    (epsilon, GELU form, preprocessing, image size, and heads of a fused-qkv file); fields the
+    tensors fix must agree.
     """
     facts = plan.facts
     fields = canonical_fields(facts.fields)
@@ -170,17 +177,27 @@ def settle_config(plan: Plan, config: ViTConfig | None) -> None:
             plan.notes.append(note)
             plan.warnings.append(note)
         patch = fields["patch_size"]
+        source = facts.size_source
         if facts.grid is None and facts.num_patches is None:
             # Nothing in the file fixes the grid (sin-cos positions): a standard size.
             side = DEFAULT_IMAGE_SIDE
             grid = (side // patch[0], side // patch[1])
             plan.notes.append(f"image size {grid[0] * patch[0]}x{grid[1] * patch[1]} assumed")
+            source = f"nothing in the file fixes it (sin-cos positions), so {side} is assumed"
         else:
             grid = facts.grid or square_grid(facts.num_patches, plan.where)
             if facts.grid is None:
                 plan.notes.append(f"patch grid {grid[0]}x{grid[1]} assumed square")
+                source = (
+                    f"its position table has {facts.num_patches} patch rows, read as a square "
+                    f"{grid[0]}x{grid[1]} grid"
+                )
         file_size = (grid[0] * patch[0], grid[1] * patch[1])
-        image_size = facts.image_size or file_size
+        if image_size is not None:
+            source = f"image_size {image_size[0]}x{image_size[1]} was asked for"
+        else:
+            image_size = facts.image_size or file_size
+        plan.size_source = source or "the file says so"
         try:
             plan.config = ViTConfig(
                 image_size=image_size, **{**_resolve(facts.defaults, image_size), **fields}
@@ -209,6 +226,7 @@ def settle_config(plan: Plan, config: ViTConfig | None) -> None:
     if config.class_names is None and facts.defaults.get("class_names") is not None:
         config = config.replace(class_names=facts.defaults["class_names"])
     plan.config = config
+    plan.size_source = "the config given says so"
     plan.file_config = config.replace(image_size=(grid[0] * patch[0], grid[1] * patch[1]))
     _note_resampling(plan)
 
@@ -248,12 +266,40 @@ def check_keys(plan: Plan) -> None:
     plan.checks = checks
 
 
-def make_plan(path, *, config: ViTConfig | None = None, allow_pickle: bool = False) -> Plan:
+def _image_size(image_size, config: ViTConfig | None) -> tuple[int, int] | None:
+    """``image_size`` (a side, or ``(height, width)``) as a pair of positive ints, or None."""
+    if image_size is None:
+        return None
+    if config is not None:
+        raise CheckpointError(
+            "give the image size either in config= or as image_size=, not both "
+            f"(config has {config.image_size}, image_size={image_size!r})"
+        )
+    pair = (image_size, image_size) if isinstance(image_size, int | np.integer) else image_size
+    try:
+        pair = tuple(int(v) for v in pair)
+    except (TypeError, ValueError):
+        pair = ()
+    if len(pair) != 2 or min(pair) < 1:
+        raise CheckpointError(
+            f"image_size must be a side or (height, width) in pixels, got {image_size!r}"
+        )
+    return pair
+
+
+def make_plan(
+    path,
+    *,
+    config: ViTConfig | None = None,
+    image_size=None,
+    allow_pickle: bool = False,
+) -> Plan:
     """Read ``path`` and work out the config and key-by-key comparison, converting nothing."""
+    size = _image_size(image_size, config)
     raw = read_checkpoint(path, allow_pickle=allow_pickle)
     family = detect_family(raw)
     plan = Plan(raw=raw, family=family, facts=family.facts(raw.tensors))
-    settle_config(plan, config)
+    settle_config(plan, config, size)
     if not plan.contradictions:
         check_keys(plan)
     return plan
@@ -291,8 +337,31 @@ def raise_if_bad(plan: Plan) -> None:
         )
 
 
+def convert(plan: Plan) -> dict[str, Any]:
+    """The parameter tree of a checked plan (:func:`raise_if_bad` first), float32, with the
+    position table resampled to ``plan.config``'s grid where it differs from the file's."""
+    raise_if_bad(plan)
+    targets = expected_targets(plan.file_config)
+    flat = apply_rules(plan.rules, plan.raw.tensors, targets)
+    if plan.file_config.grid != plan.config.grid and POSEMB in flat:
+        flat[POSEMB] = np.asarray(
+            resample_posemb(
+                flat[POSEMB],
+                old_grid=plan.file_config.grid,
+                new_grid=plan.config.grid,
+                num_prefix=plan.config.num_position_prefix_rows,
+                method=plan.config.position_interpolation,
+            )
+        )
+    return unflatten({k: jnp.asarray(v) for k, v in flat.items()})
+
+
 def load_checkpoint(
-    path, *, config: ViTConfig | None = None, allow_pickle: bool = False
+    path,
+    *,
+    config: ViTConfig | None = None,
+    image_size=None,
+    allow_pickle: bool = False,
 ) -> tuple[ViTConfig, dict[str, Any]]:
     """Load a ViT checkpoint of any supported family as ``(config, params)``.
 
@@ -311,6 +380,10 @@ def load_checkpoint(
         patch, classes, pooling, special tokens, layer scale, SwiGLU, norms, projections, qkv
         bias, and heads where the file shows them) must agree, or a :class:`CheckpointError`
         names the field.
+      image_size: a side or ``(height, width)``: load the file's own model (no ``config``) at
+        this size instead of the one it says, its position table resampled and the family's
+        preprocessing for that size (e.g. a DINOv2 folder without a processor config at 224
+        rather than its table's 518).
       allow_pickle: PyTorch pickles can run code when loaded, so they are refused unless True.
 
     Returns:
@@ -322,8 +395,9 @@ def load_checkpoint(
     layer scale, norms, representation layer, projection and biases. The patch grid is square
     unless a side file gives the image size (a DINOv2 folder's processor sets 224; sin-cos
     models, which store no table, assume 224). Heads come from the tensors (vit_jax /
-    big_vision), a Hugging Face, timm hub or OpenCLIP config; where none shows them (timm's
-    fused qkv, a bare Hugging Face file) they are guessed from a known size or the standard head
+    big_vision), a Hugging Face, timm hub (its ``model_args``, or its architecture name's size
+    where the widths are that size's) or OpenCLIP config; where none shows them (timm's fused
+    qkv, a bare Hugging Face file) they are guessed from a known size or the standard head
     width 64, with a warning. The family fills the rest: vit_jax / big_vision tanh GELU,
     epsilon 1e-6, inception preprocessing (pixels to [-1, 1]); timm exact GELU, epsilon 1e-6
     (CLIP 1e-5), each sub-family's published mean/std with a bicubic resize and centre crop (or
@@ -339,21 +413,8 @@ def load_checkpoint(
         comparison without raising.
       FileNotFoundError: ``path`` does not exist.
     """
-    plan = make_plan(path, config=config, allow_pickle=allow_pickle)
-    raise_if_bad(plan)
+    plan = make_plan(path, config=config, image_size=image_size, allow_pickle=allow_pickle)
+    params = convert(plan)
     for warning in plan.warnings:
         warnings.warn(f"{plan.where}: {warning}", UserWarning, stacklevel=2)
-    targets = expected_targets(plan.file_config)
-    flat = apply_rules(plan.rules, plan.raw.tensors, targets)
-    if plan.file_config.grid != plan.config.grid and POSEMB in flat:
-        flat[POSEMB] = np.asarray(
-            resample_posemb(
-                flat[POSEMB],
-                old_grid=plan.file_config.grid,
-                new_grid=plan.config.grid,
-                num_prefix=plan.config.num_position_prefix_rows,
-                method=plan.config.position_interpolation,
-            )
-        )
-    params = unflatten({k: jnp.asarray(v) for k, v in flat.items()})
     return plan.config, params

@@ -152,6 +152,7 @@ class OpenClipFamily:
         if image is not None and patch:
             image = (image, image) if isinstance(image, int) else tuple(image)
             facts.grid = (image[0] // patch[0], image[1] // patch[1])
+            facts.size_source = f"its open_clip_config.json says image_size {image[0]}x{image[1]}"
         quick = bool(model_cfg.get("quick_gelu", False))
         if not self.openclip_config:
             facts.notes.append(

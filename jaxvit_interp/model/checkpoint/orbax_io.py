@@ -1,14 +1,18 @@
-"""This project's own checkpoint: an orbax checkpoint of the parameters plus the config as JSON.
+"""This project's own checkpoints: the parameters under their own names plus the config as JSON.
 
-Layout of a checkpoint folder::
+Two containers. A checkpoint folder (:func:`save_checkpoint`)::
 
     vit_config.json  {"format": "jaxvit-interp", "format_version": 1, "config": {...}}
     params/          orbax StandardCheckpointer output (the tree under "params")
 
-where ``config`` is ``ViTConfig.to_dict()``.
+where ``config`` is ``ViTConfig.to_dict()``.  ``vit_config.json`` is written last, so a folder
+that has it holds a complete checkpoint; its name differs from Hugging Face's ``config.json`` so
+the two kinds of folder cannot be confused.
 
-``vit_config.json`` is written last, so a folder that has it holds a complete checkpoint; its
-name differs from Hugging Face's ``config.json`` so the two kinds of folder cannot be confused.
+One ``.safetensors`` file (:func:`save_safetensors`, as ``jaxvit-interp prune`` writes it): the
+parameters under their ``/``-joined names and the config JSON in the header's metadata under
+:data:`SAFETENSORS_CONFIG_KEY`.  That key tells it from a vit_jax file with the same names: the
+stored config wins over what the tensors would suggest (a pruned model's heads per layer).
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from jaxvit_interp.model.checkpoint.errors import CheckpointError, shape_str
 from jaxvit_interp.model.checkpoint.facts import SHAPE_FIELDS, Facts
 from jaxvit_interp.model.checkpoint.rules import Rule, expected_targets, flatten, identity_rules
 from jaxvit_interp.model.config import ViTConfig
-from jaxvit_interp.storage import orbax_write, write_text
+from jaxvit_interp.storage import atomic_write, orbax_write, write_text
 
 CONFIG_FILE = "vit_config.json"
 PARAMS_DIR = "params"
+SAFETENSORS_CONFIG_KEY = "jaxvit_interp.config"
 FORMAT = "jaxvit-interp"
 FORMAT_VERSION = 1
 
@@ -51,19 +56,7 @@ def save_checkpoint(path, config: ViTConfig, params: Any, *, overwrite: bool = F
     float32, which every parameter of this model is).
     """
     path = Path(path).absolute()  # orbax wants absolute paths
-    flat = {k: np.asarray(v) for k, v in flatten(params).items()}
-    expected = expected_targets(config)
-    problems = [f"missing {k} {shape_str(s)}" for k, s in expected.items() if k not in flat]
-    problems += [f"extra {k} {shape_str(v.shape)}" for k, v in flat.items() if k not in expected]
-    problems += [
-        f"mis-shaped {k}: config needs {shape_str(expected[k])}, params have {shape_str(v.shape)}"
-        for k, v in flat.items()
-        if k in expected and tuple(v.shape) != expected[k]
-    ]
-    if problems:
-        raise CheckpointError(
-            "params do not fit the config given to save_checkpoint:\n  " + "\n  ".join(problems)
-        )
+    _check_fits(config, params, "save_checkpoint")
     if path.is_file() or (path.exists() and any(path.iterdir()) and not overwrite):
         raise FileExistsError(f"{str(path)!r} exists and is not empty; pass overwrite=True")
     path.mkdir(parents=True, exist_ok=True)
@@ -95,10 +88,7 @@ def read_params(path) -> tuple[ViTConfig, dict[str, np.ndarray]]:
             f"{str(path)!r} was written by a newer version (format_version "
             f"{meta['format_version']} > {FORMAT_VERSION}); upgrade jaxvit-interp"
         )
-    try:
-        config = ViTConfig.from_dict(meta["config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{str(path / CONFIG_FILE)!r}: invalid config: {e}") from e
+    config = stored_config(meta["config"], repr(str(path / CONFIG_FILE)))
     params_dir = path / PARAMS_DIR
     if not params_dir.exists():
         raise CheckpointError(f"{str(path)!r} has {CONFIG_FILE} but no {PARAMS_DIR}/ folder")
@@ -119,14 +109,61 @@ def read_params(path) -> tuple[ViTConfig, dict[str, np.ndarray]]:
     return config, {k: np.asarray(v) for k, v in flatten(params).items()}
 
 
+def _check_fits(config: ViTConfig, params: Any, caller: str) -> dict[str, np.ndarray]:
+    """``params`` flat, as host arrays, or a :class:`CheckpointError` listing every key that does
+    not fit ``config`` (missing, extra, mis-shaped)."""
+    flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+    expected = expected_targets(config)
+    problems = [f"missing {k} {shape_str(s)}" for k, s in expected.items() if k not in flat]
+    problems += [f"extra {k} {shape_str(v.shape)}" for k, v in flat.items() if k not in expected]
+    problems += [
+        f"mis-shaped {k}: config needs {shape_str(expected[k])}, params have {shape_str(v.shape)}"
+        for k, v in flat.items()
+        if k in expected and tuple(v.shape) != expected[k]
+    ]
+    if problems:
+        raise CheckpointError(
+            f"params do not fit the config given to {caller}:\n  " + "\n  ".join(problems)
+        )
+    return flat
+
+
+def save_safetensors(path, config: ViTConfig, params: Any) -> Path:
+    """The model as one ``.safetensors`` file, for :func:`load_checkpoint` (and any safetensors
+    reader): the parameters under their ``/``-joined names as float32, the config JSON in the
+    header's metadata under :data:`SAFETENSORS_CONFIG_KEY`.  ``params`` are checked against
+    ``config`` before anything is written; the file is written atomically."""
+    from safetensors.numpy import save
+
+    flat = _check_fits(config, params, "save_safetensors")
+    data = save(
+        {k: np.ascontiguousarray(v, np.float32) for k, v in flat.items()},
+        metadata={SAFETENSORS_CONFIG_KEY: config.to_json()},
+    )
+    path = Path(path)
+    atomic_write(path, lambda f: f.write(data))
+    return path
+
+
+def stored_config(data, where: str) -> ViTConfig:
+    """The :class:`ViTConfig` stored with an own-format checkpoint (a dict, or its JSON text),
+    or a :class:`CheckpointError` naming ``where`` it was read from."""
+    try:
+        return ViTConfig.from_dict(json.loads(data) if isinstance(data, str) else data)
+    except (TypeError, ValueError, AttributeError) as e:  # JSONDecodeError is a ValueError
+        raise CheckpointError(f"{where}: invalid config: {e}") from e
+
+
 class OwnFamily:
-    """Keys already in this project's names; every config field known from ``vit_config.json``."""
+    """Keys already in this project's names; every config field known from the stored config
+    (``vit_config.json`` of a folder, or the header of a ``.safetensors`` file)."""
 
     name = "jaxvit"
-    description = "jaxvit-interp (orbax)"
 
-    def __init__(self, stored: ViTConfig):
+    def __init__(self, stored: ViTConfig, container: str = "orbax"):
         self.stored = stored
+        self.source = CONFIG_FILE if container == "orbax" else f"{SAFETENSORS_CONFIG_KEY} header"
+        self.description = f"jaxvit-interp ({container}, config from {self.source})"
 
     def facts(self, tensors) -> Facts:
         c = self.stored
@@ -137,9 +174,10 @@ class OwnFamily:
         ]
         return Facts(
             fields={f: getattr(c, f) for f in SHAPE_FIELDS},
-            sources={f: CONFIG_FILE for f in SHAPE_FIELDS},
+            sources={f: self.source for f in SHAPE_FIELDS},
             num_patches=c.num_patches,
             grid=c.grid,
+            size_source=f"its stored config ({self.source}) says so",
             defaults={f: getattr(c, f) for f in rest},
         )
 

@@ -14,9 +14,11 @@ Names (entries in brackets exist only in some models)::
 The tensors show everything but the number of heads (query, key and value are fused), the
 activation (GELU or quick_gelu), LayerNorm's epsilon (1e-6, CLIP's 1e-5) and whether a table
 with rows for the special tokens was trained with them (``no_embed_class``, read from the table's
-length).  A hub ``config.json`` beside the weights gives the heads, the architecture's name and
-the preprocessing; without one the family's published defaults apply, and the heads are a
-stated guess.  Position tables are resampled as timm does it: bicubic with antialiasing.
+length).  A hub ``config.json`` beside the weights gives the architecture's name (whose size word
+says the heads: :func:`heads_from_architecture`), the heads themselves where the model was built
+with other ``model_args``, and the preprocessing; without one the family's published defaults
+apply, and the heads are a stated guess.  Position tables are resampled as timm does it: bicubic
+with antialiasing.
 """
 
 from __future__ import annotations
@@ -105,6 +107,62 @@ UNSUPPORTED = (
     ("attn_pool.pos_embed", "position embeddings inside the attention pooling"),
     ("attn_pool.q_norm.weight", "query/key normalisation in the attention pooling"),
 )
+
+# timm's sizes by the word after the family in an architecture name (``vit_small_patch16_224``,
+# ``deit3_medium_patch16_224``, ``vit_so400m_patch14_siglip_224``): the (width, MLP width) of each
+# model timm builds under that word, and its heads (timm 1.0's VisionTransformer entry points).
+# A name says the heads only where the file's widths are one of its word's: a model built with
+# another embed_dim or mlp_ratio says nothing by its name.
+TIMM_SIZES: dict[str, dict[tuple[int, int], int]] = {
+    "tiny": {(192, 768): 3},
+    "xsmall": {(256, 1024): 4},
+    "wee": {(256, 1280): 4},
+    "dwee": {(256, 1280): 4},
+    "little": {(320, 1792): 5},
+    "dlittle": {(320, 1792): 5},
+    "small": {(384, 1536): 6},
+    "medium": {(512, 2048): 8},
+    "mediumd": {(512, 2048): 8},
+    "betwixt": {(640, 2560): 10},
+    "base": {(768, 3072): 12, (896, 3584): 14},  # 896: the "plus" models
+    "so150m2": {(832, 2176): 13},
+    "so150m": {(896, 2304): 14},
+    "large": {(1024, 4096): 16},
+    "intern300m": {(1024, 4096): 16},
+    "so400m": {(1152, 4304): 16},
+    "huge": {(1280, 5120): 16},
+    # 1536 wide: DINOv2's SwiGLU giant (MLP 4096) and RADIO's; 1408 wide: CLIP's and the ViT-g.
+    "giant": {(1408, 6144): 16, (1536, 4096): 24, (1536, 6144): 24},
+    "giantopt": {(1536, 6144): 16},
+    "gigantic": {(1664, 8192): 16},
+}
+# Architectures whose heads differ from their size word's at the same widths.
+TIMM_HEADS_BY_NAME: dict[str, int] = {"vit_base_patch16_gap_224": 16}
+
+
+def heads_from_architecture(
+    architecture: str, hidden_size: int | None, mlp_dim: int | None
+) -> tuple[int, str] | None:
+    """The heads a timm architecture name says, with where they come from in words, or None.
+
+    ``architecture`` as in a hub ``config.json`` (``vit_small_patch16_224``; a pretrained tag
+    after ``.`` or a ``timm/`` hub prefix is ignored). The size word (the name's second part)
+    gives the heads when the file's width and MLP width are those timm builds under it
+    (:data:`TIMM_SIZES`), so a name never overrides what the tensors show.
+    """
+    name = architecture.rpartition("/")[2].partition(".")[0]
+    if name in TIMM_HEADS_BY_NAME:
+        return TIMM_HEADS_BY_NAME[name], f"config.json architecture {name!r}"
+    parts = name.split("_")
+    size = parts[1] if len(parts) > 1 else None
+    heads = TIMM_SIZES.get(size, {}).get((hidden_size, mlp_dim))
+    if heads is None:
+        return None
+    return heads, (
+        f"config.json architecture {name!r} (timm's {size} size: width {hidden_size}, "
+        f"MLP {mlp_dim}, {heads} heads)"
+    )
+
 
 # Published preprocessing by sub-family, when no hub config.json says it: mean, std, crop_pct.
 TIMM_DEFAULTS = {
@@ -197,13 +255,28 @@ class TimmFamily:
         prefix = int(r.has("cls_token")) + int(r.has("dist_token")) + registers
 
         model_args = self.timm_config.get("model_args") or {}
+        architecture = str(self.timm_config.get("architecture", ""))
+        named = heads_from_architecture(
+            architecture, facts.fields.get("hidden_size"), facts.fields.get("mlp_dim")
+        )
         if "num_heads" in model_args:
             r.set("num_heads", int(model_args["num_heads"]), how="config.json model_args.num_heads")
+        elif named is not None:
+            r.set("num_heads", named[0], how=named[1])
+            facts.notes.append(f"num_heads={named[0]} from {named[1]}")
         pretrained = self.timm_config.get("pretrained_cfg")
         patch = facts.fields.get("patch_size")
-        if pretrained and "input_size" in pretrained and patch:
+        # The size the model was built at (its table's grid) where model_args give it: a model
+        # built with dynamic_img_size has pretrained_cfg input_size 224 whatever its table.
+        built = model_args.get("img_size")
+        if built is not None and patch:
+            img = (int(built), int(built)) if isinstance(built, int) else tuple(map(int, built))
+            facts.grid = (img[0] // patch[0], img[1] // patch[1])
+            facts.size_source = f"its config.json says model_args img_size {img[0]}x{img[1]}"
+        elif pretrained and "input_size" in pretrained and patch:
             img = tuple(int(v) for v in pretrained["input_size"][-2:])
             facts.grid = (img[0] // patch[0], img[1] // patch[1])
+            facts.size_source = f"its config.json says pretrained_cfg input_size {img[0]}x{img[1]}"
         covered_default = None
         if (s := r.shape("pos_embed")) is not None:
             how = f"pos_embed has {s[1]} rows for {prefix} special tokens and the patches"
@@ -225,7 +298,6 @@ class TimmFamily:
             )
 
         subfamily = self._subfamily(facts.fields)
-        architecture = str(self.timm_config.get("architecture", ""))
         act = str(model_args.get("act_layer", ""))
         quick = "quickgelu" in architecture or act == "quick_gelu"
         clip_eps = subfamily == "clip" or "clip" in architecture
