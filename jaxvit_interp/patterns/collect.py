@@ -7,17 +7,17 @@ so many images fit however large ``N`` is.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvit_interp.attention_pass import run_pass
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance.validate import check_unpruned
 from jaxvit_interp.model.config import ViTConfig
-from jaxvit_interp.model.vit import VisionTransformer
 from jaxvit_interp.parallel import Batcher
 from jaxvit_interp.patterns.extract import cls_pattern, patch_pattern, pattern_shape
 from jaxvit_interp.progress import ProgressArg
@@ -26,19 +26,40 @@ from jaxvit_interp.progress import ProgressArg
 _ROW_TOLERANCE = 1e-3
 
 
-@functools.partial(jax.jit, static_argnames=("config", "kinds"))
-def _patterns_batch(config: ViTConfig, params, images, kinds: tuple[str, ...]):
-    attention = VisionTransformer(config).apply({"params": params}, images.astype(jnp.float32))
-    attention = attention.attention
-    out = {
-        kind: (cls_pattern if kind == "cls" else patch_pattern)(
-            attention, config.grid, config.has_cls_token, config.num_prefix_tokens
-        )
-        for kind in kinds
-    }
-    # Each image's worst row: softmax rows sum to 1, unless weights or pixels are not finite.
-    out["row_error"] = jnp.abs(attention.sum(-1) - 1.0).max(axis=(1, 2, 3))
-    return out
+@dataclasses.dataclass(frozen=True)
+class PatternReducer:
+    """The raw patterns of every head of a batch, as a reducer of the attention pass
+    (:mod:`jaxvit_interp.attention_pass`): ``{kind: [batch, layer, head, h, w]}`` plus each
+    image's worst ``|row sum - 1|`` (``row_error``), which :meth:`check` reads on the host.
+
+    Attributes:
+      kinds: the pattern kinds, ``"cls"`` and/or ``"patch"``.
+    """
+
+    kinds: tuple[str, ...] = ("cls", "patch")
+    name: str = "patterns"
+
+    def __call__(self, config: ViTConfig, out) -> dict[str, jax.Array]:
+        attention = out.attention
+        result = {
+            kind: (cls_pattern if kind == "cls" else patch_pattern)(
+                attention, config.grid, config.has_cls_token, config.num_prefix_tokens
+            )
+            for kind in self.kinds
+        }
+        # Each image's worst row: softmax rows sum to 1, unless weights or pixels are not finite.
+        result["row_error"] = jnp.abs(attention.sum(-1) - 1.0).max(axis=(1, 2, 3))
+        return result
+
+    def check(self, outputs: dict[str, np.ndarray], start: int) -> None:
+        error = outputs["row_error"]
+        bad = np.flatnonzero(~(error <= _ROW_TOLERANCE))
+        if bad.size:
+            i = int(bad[0])
+            raise InputError(
+                f"the model's attention rows do not sum to 1 (off by {error[i]:.3g}) on image "
+                f"{start + i}: non-finite weights or pixels?"
+            )
 
 
 def collect_patterns(
@@ -83,23 +104,14 @@ def collect_patterns(
                 "this model has no CLS token, so it has no CLS pattern; use kind='patch'"
             )
     batcher = Batcher(batch_size, mesh)
-    params = batcher.replicate(params)
-
-    def check(outputs, batch):
-        error = outputs["row_error"]
-        bad = np.flatnonzero(~(error <= _ROW_TOLERANCE))
-        if bad.size:
-            i = int(bad[0])
-            raise InputError(
-                f"the model's attention rows do not sum to 1 (off by {error[i]:.3g}) on image "
-                f"{batch.start + i}: non-finite weights or pixels?"
-            )
-
-    out = batcher.map(
-        lambda x: _patterns_batch(config, params, x, kinds),
+    reducer = PatternReducer(kinds)
+    out = run_pass(
+        config,
+        batcher.replicate(params),
         images,
-        check=check,
+        (reducer,),
+        batcher=batcher,
         progress=progress,
         desc="patterns",
-    )
+    )[reducer.name]
     return {kind: out[kind].astype(np.float32) for kind in kinds}

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from jaxvit_interp.attention_pass import run_pass
 from jaxvit_interp.importance.validate import check_unpruned
 from jaxvit_interp.model.config import ViTConfig
-from jaxvit_interp.model.vit import VisionTransformer
 from jaxvit_interp.parallel import Batcher
 from jaxvit_interp.progress import ProgressArg
 from jaxvit_interp.rollout.kernels import (
@@ -24,27 +23,37 @@ from jaxvit_interp.rollout.kernels import (
 from jaxvit_interp.summary import Summarized, listed, number, sizes
 
 
-def _rollout(config: ViTConfig, params, images, residual_weight: float):
-    attention = VisionTransformer(config).apply({"params": params}, images.astype(jnp.float32))
-    return attention_rollout(attention.attention, residual_weight=residual_weight)
+@dataclasses.dataclass(frozen=True)
+class RolloutMapsReducer:
+    """The rollout map after every layer, ``maps [batch, layer, Gh, Gw]``, as a reducer of the
+    attention pass (:mod:`jaxvit_interp.attention_pass`); only the maps leave the program."""
+
+    residual_weight: float = RESIDUAL_WEIGHT
+    name: str = "rollout_maps"
+
+    def __call__(self, config: ViTConfig, out) -> dict[str, jax.Array]:
+        rollout = attention_rollout(out.attention, residual_weight=self.residual_weight)
+        maps = rollout_maps(rollout, config.grid, config.num_prefix_tokens, config.has_cls_token)
+        return {"maps": maps}
 
 
-@functools.partial(jax.jit, static_argnames=("config", "residual_weight"))
-def _rollout_batch(config: ViTConfig, params, images, residual_weight: float):
-    rollout = _rollout(config, params, images, residual_weight)
-    return rollout_maps(rollout, config.grid, config.num_prefix_tokens, config.has_cls_token)
+@dataclasses.dataclass(frozen=True)
+class FinalRolloutReducer:
+    """The rollout map after the last layer and each layer's contribution
+    (:class:`FinalRollout`'s ``map [batch, Gh, Gw]`` and ``contribution [batch, layer]``), as a
+    reducer of the attention pass."""
 
+    residual_weight: float = RESIDUAL_WEIGHT
+    name: str = "rollout"
 
-@functools.partial(jax.jit, static_argnames=("config", "residual_weight"))
-def _final_batch(config: ViTConfig, params, images, residual_weight: float):
-    rows = read_rows(
-        _rollout(config, params, images, residual_weight),
-        config.num_prefix_tokens,
-        config.has_cls_token,
-    )  # [image, layer, N]
-    first = config.num_prefix_tokens
-    grid = rows[:, -1, first:].reshape(len(rows), *config.grid)
-    return grid, layer_contributions(rows, first, config.has_cls_token)
+    def __call__(self, config: ViTConfig, out) -> dict[str, jax.Array]:
+        rollout = attention_rollout(out.attention, residual_weight=self.residual_weight)
+        rows = read_rows(rollout, config.num_prefix_tokens, config.has_cls_token)  # [b, L, N]
+        first = config.num_prefix_tokens
+        return {
+            "map": rows[:, -1, first:].reshape(len(rows), *config.grid),
+            "contribution": layer_contributions(rows, first, config.has_cls_token),
+        }
 
 
 class FinalRollout(NamedTuple):
@@ -59,6 +68,13 @@ class FinalRollout(NamedTuple):
 
     map: np.ndarray
     contribution: np.ndarray
+
+    @classmethod
+    def from_outputs(cls, outputs: dict[str, np.ndarray]) -> FinalRollout:
+        """From :class:`FinalRolloutReducer`'s outputs, float32."""
+        return cls(
+            np.asarray(outputs["map"], np.float32), np.asarray(outputs["contribution"], np.float32)
+        )
 
     # A NamedTuple takes no other base class: Summarized's methods, named here.
     _rows = Summarized._rows
@@ -92,14 +108,17 @@ def model_rollout_over_images(
     """
     check_unpruned(config, "model_rollout_over_images")
     batcher = Batcher(batch_size, mesh)
-    params = batcher.replicate(params)
-    maps = batcher.map(
-        lambda x: _rollout_batch(config, params, x, residual_weight),
+    reducer = RolloutMapsReducer(residual_weight)
+    out = run_pass(
+        config,
+        batcher.replicate(params),
         images,
+        (reducer,),
+        batcher=batcher,
         progress=progress,
         desc="rollout",
-    )
-    return maps.astype(np.float32)
+    )[reducer.name]
+    return out["maps"].astype(np.float32)
 
 
 def final_rollout_over_images(
@@ -119,11 +138,14 @@ def final_rollout_over_images(
     """
     check_unpruned(config, "final_rollout_over_images")
     batcher = Batcher(batch_size, mesh)
-    params = batcher.replicate(params)
-    maps, contributions = batcher.map(
-        lambda x: _final_batch(config, params, x, residual_weight),
+    reducer = FinalRolloutReducer(residual_weight)
+    out = run_pass(
+        config,
+        batcher.replicate(params),
         images,
+        (reducer,),
+        batcher=batcher,
         progress=progress,
         desc="rollout",
-    )
-    return FinalRollout(maps.astype(np.float32), contributions.astype(np.float32))
+    )[reducer.name]
+    return FinalRollout.from_outputs(out)

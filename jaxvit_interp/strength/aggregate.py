@@ -7,19 +7,18 @@ are kept, so ``[image, layer, head, N, N]`` for the whole image set never exists
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import flax.struct
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from jaxvit_interp.attention_pass import run_pass
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance.validate import check_unpruned
 from jaxvit_interp.model.config import ViTConfig
-from jaxvit_interp.model.vit import VisionTransformer
 from jaxvit_interp.parallel import Batcher
 from jaxvit_interp.progress import ProgressArg, start_progress
 from jaxvit_interp.quantities import ENTROPY_BINS
@@ -241,13 +240,64 @@ def _check_images(config: ViTConfig, images, what: str) -> int:
     return num_images
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _model_strength_batch(config: ViTConfig, params, images, rings: HopRings):
-    # One compiled program from pixels to per-head results: the batch's attention lives only
-    # inside it, and the model outputs nobody reads (logits, residual stream) are pruned by XLA.
-    images = images.astype(jnp.float32)
-    attention = VisionTransformer(config).apply({"params": params}, images).attention
-    return hop_strength_kernel(attention, rings)
+@dataclasses.dataclass(frozen=True)
+class HopStrengthReducer:
+    """Hop strength of every head of a batch, as a reducer of the attention pass
+    (:mod:`jaxvit_interp.attention_pass`): :class:`~.kernels.HopStrength`'s fields
+    ``[batch, layer, head, ...]`` plus each row's sum and smallest entry, which :meth:`check`
+    reads on the host (rows that are not distributions: non-finite pixels or weights).
+
+    Attributes:
+      check_stochastic, atol: as in :func:`strength_over_images` (None: float32's tolerance).
+    """
+
+    check_stochastic: bool = True
+    atol: float | None = None
+    name: str = "strength"
+
+    def __call__(self, config: ViTConfig, out) -> dict[str, jax.Array]:
+        result, row_sums, row_min = hop_strength_kernel(out.attention, rings_for(config))
+        return {**_fields(result), "row_sums": row_sums, "row_min": row_min}
+
+    def check(self, outputs: dict[str, np.ndarray], start: int) -> None:
+        row_sums = outputs["row_sums"]
+        check_rows(
+            row_sums,
+            outputs["row_min"],
+            (*row_sums.shape, row_sums.shape[-1]),
+            check_stochastic=self.check_stochastic,
+            atol=default_atol(np.float32) if self.atol is None else self.atol,
+            axis_names=_AXES,
+            index_offset=start,
+        )
+
+    @staticmethod
+    def result(outputs: dict[str, np.ndarray]) -> HopStrength:
+        """The per-image :class:`~.kernels.HopStrength` from this reducer's outputs."""
+        return HopStrength(**{f.name: outputs[f.name] for f in dataclasses.fields(HopStrength)})
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialMassReducer:
+    """Attention to and from each special token of a batch, as a reducer of the attention pass:
+    :class:`~.special.SpecialTokenMass`'s fields ``[batch, layer, head, ...]``."""
+
+    name: str = "special"
+
+    def __call__(self, config: ViTConfig, out) -> dict[str, jax.Array]:
+        return _fields(special_token_mass_kernel(out.attention, config.num_prefix_tokens))
+
+    @staticmethod
+    def result(outputs: dict[str, np.ndarray]) -> SpecialTokenMass:
+        """The per-image :class:`~.special.SpecialTokenMass` from this reducer's outputs."""
+        return SpecialTokenMass(
+            **{f.name: outputs[f.name] for f in dataclasses.fields(SpecialTokenMass)}
+        )
+
+
+def _fields(struct) -> dict:
+    """A flax struct dataclass as ``{field: value}``."""
+    return {f.name: getattr(struct, f.name) for f in dataclasses.fields(struct)}
 
 
 def model_strength_over_images(
@@ -279,32 +329,20 @@ def model_strength_over_images(
     Returns:
       :class:`StrengthResults` with ``local`` ``[image, layer, head, ...]`` and the ``summary``.
     """
-    num_images = _check_images(config, images, "model_strength_over_images")
+    _check_images(config, images, "model_strength_over_images")
     batcher = Batcher(batch_size, mesh)
-    rings = rings_for(config)
-    n = rings.num_tokens
-    attention_shape = (num_images, config.num_layers, config.num_heads, n, n)
-    params = batcher.replicate(params)
-
-    def check(outputs, batch):
-        _, row_sums, row_min = outputs
-        check_rows(
-            row_sums,
-            row_min,
-            attention_shape,
-            check_stochastic=check_stochastic,
-            atol=default_atol(np.float32) if atol is None else atol,
-            axis_names=_AXES,
-            index_offset=batch.start,
-        )
-
-    local, _, _ = batcher.map(
-        lambda x: _model_strength_batch(config, params, x, rings),
+    reducer = HopStrengthReducer(check_stochastic=check_stochastic, atol=atol)
+    outputs = run_pass(
+        config,
+        batcher.replicate(params),
         images,
-        check=check,
+        (reducer,),
+        batcher=batcher,
         progress=progress,
         desc="hop strength",
     )
+    local = reducer.result(outputs[reducer.name])
+    rings = rings_for(config)
     return StrengthResults(
         local=local,
         summary=summarize(local, num_bins=num_bins),
@@ -313,14 +351,6 @@ def model_strength_over_images(
         has_cls_token=rings.has_cls_token,
         num_prefix_tokens=rings.num_prefix_tokens,
     )
-
-
-@functools.partial(jax.jit, static_argnames=("config",))
-def _model_special_batch(config: ViTConfig, params, images):
-    # As _model_strength_batch: the batch's attention lives only inside the compiled program.
-    images = images.astype(jnp.float32)
-    attention = VisionTransformer(config).apply({"params": params}, images).attention
-    return special_token_mass_kernel(attention, config.num_prefix_tokens)
 
 
 def model_special_mass_over_images(
@@ -352,10 +382,14 @@ def model_special_mass_over_images(
             "no special-token mass to measure"
         )
     batcher = Batcher(batch_size, mesh)
-    params = batcher.replicate(params)
-    return batcher.map(
-        lambda x: _model_special_batch(config, params, x),
+    reducer = SpecialMassReducer()
+    outputs = run_pass(
+        config,
+        batcher.replicate(params),
         images,
+        (reducer,),
+        batcher=batcher,
         progress=progress,
         desc="special-token mass",
     )
+    return reducer.result(outputs[reducer.name])
