@@ -1,15 +1,18 @@
 """Sites of ViT-B/16 runs: bytes per image of stored attention, and a 1,000-image folder site's
 size, opening time and the time from choosing an image to its attention on screen.
 
-Attention bytes per image are those of a record's attention (deflated 8-bit codes and row steps,
-base64), measured on three kinds of attention:
+Attention bytes per image are those of a record's attention (``site.records.attention_record``:
+deflated, base64), with each code of :mod:`jaxvit_interp.attention_codes` (``linear``, version
+3's, and ``power``), beside each code's worst absolute error and worst relative error over the
+weights of at least 0.1/N, measured on four kinds of attention:
 
 - synthetic ViT-B/16 attention with realistic structure: softmax of random logits at a random
   temperature per head (uniform in [0.1, 8], as ``hop_strength.py`` draws them), peaked and flat
   heads mixed;
 - a random-weight ViT-B/16 (Flax's initialisation) on photos: crops of the two photos that
   scikit-learn ships, at 224 px;
-- the trained digits model on held-out digits (``jaxvit-interp demo``'s model).
+- the trained digits model on held-out digits (``jaxvit-interp demo``'s model);
+- a random-weight DINOv2-S/14 with 4 registers at 518 px (1,374 tokens) on a photo crop.
 
 The 1,000-image site is built from a synthetic B/16-shaped bundle written to disk (attention for
 every image, generated a few images at a time), in the folder layout. Open time is
@@ -21,6 +24,7 @@ D2-D5 (two animation frames after), for images whose record was not loaded befor
     python benchmarks/site_large.py --images 200    # a quicker look
     python benchmarks/site_large.py --digits-run demo-site/run   # and that run's single file
     python benchmarks/site_large.py --b16-run 4     # and a real random-weight B/16 run's site
+    python benchmarks/site_large.py --skip-attention --shape s14-518 --images 3   # 1,370 tokens
 
 Building the 1,000-image site takes tens of minutes on a small CPU and its timings want a quiet
 machine, so the two can be split: ``--keep DIR`` builds the site into ``DIR`` (and times it), and
@@ -43,25 +47,34 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxvit_interp.attention_codes import encode_attention
+from jaxvit_interp.attention_codes import ATTENTION_CODES, encode_attention
 from jaxvit_interp.site.browser import DRAWN_JS, NEXT_FRAMES_JS, chromium, open_site
 from jaxvit_interp.site.document import build_site
-from jaxvit_interp.site.records import ATTENTION_DEFLATE_LEVEL
+from jaxvit_interp.site.records import attention_record
 from jaxvit_interp.site.synthetic import synthetic_bundle
 
 B16 = dict(num_layers=12, num_heads=12, grid=(14, 14), patch_size=16, channels=3)
+# The shapes of the large site (--shape): ViT-B/16, or DINOv2-S/14 at 518 px (the synthetic
+# bundle has CLS and no registers: 37 x 37 patches + CLS = 1,370 tokens).
+SHAPES = {
+    "b16": ("ViT-B/16", B16),
+    "s14-518": ("DINOv2-S/14", dict(B16, num_heads=6, grid=(37, 37), patch_size=14)),
+}
 MB = 1e6
 TARGETS = {"index": 10 * MB, "per_image": 3 * MB, "open": 3.0, "choose": 1.0}
 
 
-def record_attention_bytes(attention: np.ndarray) -> tuple[float, float]:
-    """Bytes a record spends on one image's attention ``[L, H, N, N]``, and its worst error."""
-    import base64
-    import zlib
-
-    codes, steps, error = encode_attention(attention)
-    blob = np.asarray(steps, "<f4").tobytes() + codes.tobytes()
-    return len(base64.b64encode(zlib.compress(blob, ATTENTION_DEFLATE_LEVEL))), float(error.max())
+def record_attention_bytes(
+    attention: np.ndarray, num_special: int, code: str
+) -> tuple[int, float, float]:
+    """Bytes a record spends on one image's attention ``[L, H, N, N]`` in ``code``, and its worst
+    absolute and relative errors."""
+    encoded = encode_attention(attention, num_special, code)
+    return (
+        sum(map(len, attention_record(encoded, code))),
+        float(encoded["error"].max()),
+        float(encoded["relative_error"].max()),
+    )
 
 
 def _softmax(x):
@@ -114,21 +127,55 @@ def digits_attention(count: int) -> np.ndarray:
     return attention_over_images(config, params, images[:count], batch_size=32)
 
 
+def registers_518_attention(count: int):
+    """A random-weight DINOv2-S/14 with 4 registers at 518 px (1,374 tokens, Flax's
+    initialisation) on ``count`` photo crops, one image at a time (272 MB of float16 each)."""
+    import jaxvit_interp
+    from jaxvit_interp.model import ViTConfig
+    from jaxvit_interp.model.run import attention_over_images
+
+    config = ViTConfig.from_variant(
+        "S/14", image_size=518, num_register_tokens=4, num_classes=0, layer_scale=True
+    )
+    params = jaxvit_interp.init_params(config, 0)
+    images = photo_crops(count, config)
+    for k in range(count):
+        yield attention_over_images(config, params, images[k : k + 1], batch_size=1)[0]
+
+
 def attention_table(args) -> None:
-    print("\nattention bytes per image in a record (deflated 8-bit codes + row steps, base64):")
-    print(f"  {'attention':58s} {'images':>6s} {'mean':>9s} {'max':>9s} {'worst error':>11s}")
+    print("\nattention bytes per image in a record (deflated, base64) by code, worst errors:")
+    print(
+        f"  {'attention':58s} {'images':>6s} {'code':>6s} {'mean':>9s} {'max':>9s} "
+        f"{'absolute':>9s} {'relative':>9s}"
+    )
     rng = np.random.default_rng(0)
     cases = [
-        ("synthetic B/16, T ~ U(0.1, 8) per head", synthetic_attention(rng, args.attention_images)),
-        ("random-weight B/16 (Flax init), sklearn photo crops", random_b16_attention(4)),
-        ("trained digits ViT (6x4 heads, 65 tokens), held-out digits", digits_attention(32)),
+        (
+            "synthetic B/16, T ~ U(0.1, 8) per head",
+            1,
+            synthetic_attention(rng, args.attention_images),
+        ),
+        ("random-weight B/16 (Flax init), sklearn photo crops", 1, random_b16_attention(4)),
+        ("trained digits ViT (6x4 heads, 65 tokens), held-out digits", 1, digits_attention(32)),
+        (
+            "random-weight DINOv2-S/14 + 4 registers, 518 px (1,374 tokens)",
+            5,
+            registers_518_attention(args.registers_images),
+        ),
     ]
-    for name, attention in cases:
-        sizes, errors = zip(*(record_attention_bytes(a) for a in attention), strict=True)
-        print(
-            f"  {name:58s} {len(sizes):6d} {np.mean(sizes) / MB:8.3f}M {max(sizes) / MB:8.3f}M "
-            f"{max(errors):11.2e}"
-        )
+    for name, num_special, attention in cases:
+        measured = {code: [] for code in ATTENTION_CODES}
+        for a in attention:
+            for code in ATTENTION_CODES:
+                measured[code].append(record_attention_bytes(a, num_special, code))
+        for code, rows in measured.items():
+            sizes, errors, relative = zip(*rows, strict=True)
+            print(
+                f"  {name:58s} {len(sizes):6d} {code:>6s} {np.mean(sizes) / MB:8.3f}M "
+                f"{max(sizes) / MB:8.3f}M {max(errors):9.2e} {max(relative):9.3f}",
+                flush=True,
+            )
 
 
 def open_time(browser, path: Path) -> tuple[float, float]:
@@ -231,7 +278,8 @@ def b16_run_site(count: int, tmp: Path, repeats: int, choices: int) -> None:
 
 def large_site(args, tmp: Path) -> None:
     n = args.images
-    print(f"\nViT-B/16-shaped site, {n} images, attention for all, 1,000 classes, folder layout:")
+    name, shape = SHAPES[args.shape]
+    print(f"\n{name}-shaped site, {n} images, attention for all, 1,000 classes, folder layout:")
     start = time.perf_counter()
     bundle = synthetic_bundle(
         np.random.default_rng(0),
@@ -240,7 +288,7 @@ def large_site(args, tmp: Path) -> None:
         partial_images=64,
         attention_images=n,
         directory=tmp / "bundle",
-        **B16,
+        **shape,
     )
     print(f"  synthetic bundle written in {time.perf_counter() - start:.0f} s")
     start = time.perf_counter()
@@ -270,12 +318,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--attention-images", type=int, default=8, help="synthetic B/16 images")
+    parser.add_argument(
+        "--registers-images", type=int, default=1, help="1,374-token DINOv2 images (40 s each)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--choices", type=int, default=5)
     parser.add_argument("--digits-run", type=Path, help="a finished digits run folder")
     parser.add_argument("--skip-attention", action="store_true")
     parser.add_argument("--b16-run", type=int, metavar="N", help="also a real B/16 run's site")
     parser.add_argument("--skip-large", action="store_true", help="no 1,000-image site")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="b16", help="the large site's")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="build the sites here, keep them")
     parser.add_argument(
         "--site",

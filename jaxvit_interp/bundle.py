@@ -16,10 +16,15 @@ A bundle is a folder::
     head_sets.npz      pairwise interactions of the top heads and pruning curves on a subset
                        of images (absent from older bundles and with ``set_images = 0``)
     attention.npz      which images have stored attention (all by default), each matrix's worst
-                       error and each head's worst over the images
-    attention-codes.npy, attention-steps.npy
-                       every head's attention matrix for those images as 8-bit codes with a step
-                       per row (:mod:`jaxvit_interp.attention_codes`)
+                       absolute and relative error and each head's worst over the images
+    attention-codes.npy, attention-steps.npy, attention-exponents.npy,
+    attention-special.npy
+                       every head's attention matrix for those images: the special tokens'
+                       columns as float16, 8-bit codes of a root of each patch weight (square,
+                       cube or fourth) with a step and an exponent per row
+                       (:mod:`jaxvit_interp.attention_codes`; ``meta["attention_code"]`` names
+                       the code, and a version-3 bundle, read as well, has linear codes of
+                       every weight and no exponents nor special columns)
     rollout.npz        each image's attention rollout map after the last layer and each layer's
                        contribution to it, and their means over images (absent from bundles
                        written before it)
@@ -41,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxvit_interp.attention_codes import ATTENTION_CODES, LINEAR, POWER
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.quantities import (
     MAPPED_ARRAYS,
@@ -53,7 +59,9 @@ from jaxvit_interp.storage import atomic_write, load_npy, load_npz, save_npz, wr
 from jaxvit_interp.summary import Summarized, listed, sizes, top_heads
 
 BUNDLE_FORMAT = "jaxvit-interp-results"
-BUNDLE_VERSION = 3
+BUNDLE_VERSION = 4
+# Older versions still read, and what they lack: version 3 has linear attention codes.
+READABLE_VERSIONS = {3: {"attention_code": LINEAR}, BUNDLE_VERSION: {}}
 INDEX_FILE = "bundle.json"
 
 
@@ -71,7 +79,9 @@ class ResultsBundle(Summarized):
         ``pruning_modes``, a ``settings`` dict per analysis, ``devices`` (platform, kind and
         count of the devices the analysis ran on), ``metrics`` (the importance metrics the model
         has: a backbone without a classifier ``layer`` and ``repr`` only; absent in bundles from
-        before backbones, which hold all) and ``special_tokens`` (their names in token order).
+        before backbones, which hold all), ``special_tokens`` (their names in token order) and
+        ``attention_code`` (how the attention part is coded: ``"power"``, or ``"linear"``
+        in a version-3 bundle; see :mod:`jaxvit_interp.attention_codes`).
       parts: part name -> array name -> array, shapes as in :data:`SCHEMA`.
     """
 
@@ -142,6 +152,7 @@ class ResultsBundle(Summarized):
                 f"{fixed['C']}"
             )
         self._check_metrics()
+        self._check_attention_code()
         for part, arrays in self.parts.items():
             if part not in SCHEMA:
                 raise BundleError(f"unknown part {part!r} in the results bundle")
@@ -170,6 +181,29 @@ class ResultsBundle(Summarized):
     def metrics(self) -> tuple[str, ...]:
         """The importance metrics this bundle holds (a bundle from before backbones: all)."""
         return tuple(self.meta.get("metrics") or model_metrics(self.meta["config"]["num_classes"]))
+
+    @property
+    def attention_code(self) -> str | None:
+        """How the attention part is coded (:data:`~jaxvit_interp.attention_codes.ATTENTION_CODES`;
+        None in a bundle without attention)."""
+        return self.meta.get("attention_code") if "attention" in self.parts else None
+
+    def _check_attention_code(self) -> None:
+        """A known code, and the arrays it needs: the power code's row exponents, special
+        columns and relative errors."""
+        if "attention" not in self.parts:
+            return
+        code = self.meta.get("attention_code")
+        if code not in ATTENTION_CODES:
+            raise BundleError(
+                f"meta attention_code is {code!r}; expected one of {list(ATTENTION_CODES)}"
+            )
+        if code == POWER:
+            for name in ("exponents", "special", "relative_error", "relative_error_max"):
+                if name not in self.parts["attention"]:
+                    raise BundleError(
+                        f"part 'attention' lacks array {name!r}, which its {code} code needs"
+                    )
 
     def _check_metrics(self) -> None:
         """The arrays that the optional ones stand for must be there: each listed metric's, and
@@ -251,13 +285,14 @@ def load_bundle(directory: str | Path) -> ResultsBundle:
         raise BundleError(
             f"{index_path} is not a {BUNDLE_FORMAT} index (format={index.get('format')!r})"
         )
-    if index.get("version") != BUNDLE_VERSION:
+    if index.get("version") not in READABLE_VERSIONS:
         raise BundleError(
             f"{index_path} has bundle version {index.get('version')!r}; this jaxvit-interp reads "
-            f"version {BUNDLE_VERSION} (version 3 keeps every image's attention as 8-bit codes "
-            "and each image at the model's input resolution; version 2 added the means over "
-            "images, per-class importance and the histograms the site shows): run "
-            "`jaxvit-interp analyze` again into a new folder"
+            f"versions {' and '.join(map(str, sorted(READABLE_VERSIONS)))} (version 4 keeps the "
+            "small attention weights and each matrix's relative error; version 3 keeps every "
+            "image's attention as 8-bit codes and each image at the model's input resolution; "
+            "version 2 added the means over images, per-class importance and the histograms the "
+            "site shows): run `jaxvit-interp analyze` again into a new folder"
         )
     parts = {}
     for part in index.get("parts", []):
@@ -270,6 +305,7 @@ def load_bundle(directory: str | Path) -> ResultsBundle:
             if array_path.exists():
                 parts[part][name] = load_npy(array_path, what=f"results bundle array {part}/{name}")
     meta = {k: v for k, v in index.items() if k not in ("format", "version", "parts")}
+    meta.update(READABLE_VERSIONS[index["version"]])
     bundle = ResultsBundle(meta=meta, parts=parts)
     bundle.validate()
     return bundle

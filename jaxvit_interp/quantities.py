@@ -24,8 +24,13 @@ Where each quantity is computed:
   greedy and random orders (:func:`jaxvit_interp.importance.pruning_curves`); a bundle from
   before it, or from a run with ``set_images = 0``, has no such part;
 - ``attention``: the model's own attention (:func:`jaxvit_interp.model.run.attention_over_images`),
-  kept as 8-bit codes with a step per row and each matrix's worst error
-  (:mod:`jaxvit_interp.attention_codes`);
+  kept as the special tokens' columns in float16 (``special``) and 8-bit codes of a root of
+  each patch weight (square, cube or fourth) with a step and an exponent per row (``codes``,
+  ``steps``, ``exponents``; a version-3 bundle: linear codes of every weight, and no
+  ``exponents`` nor ``special``), each matrix's worst absolute error (``error``) and worst
+  relative error over the weights of at least ``0.1 / N`` (``relative_error``; absent from
+  version-3 bundles), and each head's worst over the images (``error_max``,
+  ``relative_error_max``) (:mod:`jaxvit_interp.attention_codes`);
 - ``rollout``: attention rollout (:func:`jaxvit_interp.rollout.final_rollout_over_images`): per
   image the rollout map ``map [I, gh, gw]`` after the last layer, read from the CLS row (for a
   model without CLS, the mean of the patch rows) over the patch columns, which start after every
@@ -296,8 +301,12 @@ SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
         "image_index": ("S_attention",),
         "codes": ("S_attention", *_HEAD, "N", "N"),
         "steps": ("S_attention", *_HEAD, "N"),
+        "exponents": ("S_attention", *_HEAD, "N"),
+        "special": ("S_attention", *_HEAD, "N", "X"),
         "error": ("S_attention", *_HEAD),
         "error_max": _HEAD,
+        "relative_error": ("S_attention", *_HEAD),
+        "relative_error_max": _HEAD,
     },
     "rollout": {
         "map": ("I", "gh", "gw"),
@@ -308,7 +317,10 @@ SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
 }
 # Arrays too large to read into memory at once (gigabytes for thousands of ViT-B images): a
 # bundle keeps each in its own ``.npy`` file, memory-mapped when the bundle is loaded.
-MAPPED_ARRAYS: dict[str, set[str]] = {"images": {"pixels"}, "attention": {"codes", "steps"}}
+MAPPED_ARRAYS: dict[str, set[str]] = {
+    "images": {"pixels"},
+    "attention": {"codes", "steps", "exponents", "special"},
+}
 # Arrays a bundle may leave out: a model without a CLS token has no CLS pattern nor CLS masses,
 # one without special tokens no special-token masses, and a backbone without a classifier no
 # probabilities, predictions, label metrics nor per-class means (its meta lists its metrics).
@@ -328,6 +340,9 @@ OPTIONAL_ARRAYS: dict[str, set[str]] = {
         *(f"{name}_mean" for name in SPECIAL_FIELDS),
         "special_between_mean",
     },
+    # Linear codes (a version-3 bundle) have no exponents, special columns nor relative
+    # errors; the bundle's attention_code says which it must have (ResultsBundle.validate).
+    "attention": {"exponents", "special", "relative_error", "relative_error_max"},
     # A model of one head has no pairs.
     "head_sets": {
         "interaction_heads",

@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxvit_interp.attention_codes import encode_attention
+from jaxvit_interp.attention_codes import POWER, encode_attention
 from jaxvit_interp.bundle import INDEX_FILE, ResultsBundle, mapped_path, save_bundle
 from jaxvit_interp.data.images import ImageSet
 from jaxvit_interp.data.labels import display_class_names
@@ -68,7 +68,13 @@ CHUNK_DIR = "chunks"
 # as float16): the attention pass runs in slices of at most this many.
 ATTENTION_SLICE_IMAGES = 8
 # Chunk arrays that are not merged in memory: the final bundle's files are filled chunk by chunk.
-STREAMED = {"attention_codes": ("attention", "codes"), "attention_steps": ("attention", "steps")}
+STREAMED = {
+    f"attention_{name}": ("attention", name) for name in ("codes", "steps", "exponents", "special")
+}
+# The attention arrays of a chunk (``attention_<name>``, from encode_attention). A chunk written
+# before the power code has linear codes and no ``attention_special``: its attention is
+# computed and encoded again when the run resumes, so that the bundle holds one code.
+ATTENTION_ARRAYS = ("codes", "steps", "exponents", "special", "error", "relative_error")
 # The patterns of each kind (``<kind>_pattern`` in a chunk, ``[image, layer, head, h, w]``, 0.5 MB
 # an image for ViT-B/16) are not merged in memory either: they are gathered into this file of the
 # chunk folder, which the pattern stage reads a block at a time.
@@ -362,7 +368,6 @@ def _compute_chunk(
     each step reports to its share of the run's progress (``shares``, by :func:`_chunk_work`'s
     names)."""
     from jaxvit_interp.importance import head_importance, partial_pruning
-    from jaxvit_interp.model.run import attention_over_images
     from jaxvit_interp.patterns import collect_patterns
     from jaxvit_interp.strength import model_strength_over_images
 
@@ -419,21 +424,36 @@ def _compute_chunk(
         arrays["partial_prob"] = grid(partial.prob).astype(np.float32)
         arrays["partial_top5_classes"] = grid(partial.top_classes).astype(np.int32)
         arrays["partial_top5_probs"] = grid(partial.top_probs).astype(np.float32)
-    if len(attention_local):
-        # Encoded slice by slice: a chunk's float attention is never held whole.
-        encoded = []
-        report = start_progress(shares["attention"], total=len(attention_local), desc="attention")
-        for at in range(0, len(attention_local), ATTENTION_SLICE_IMAGES):
-            pick = attention_local[at : at + ATTENTION_SLICE_IMAGES]
-            attention = attention_over_images(
-                config, params, images[pick], batch_size=min(batch, len(pick)), mesh=mesh
-            )
-            encoded.append(encode_attention(attention))
-            report.update(len(pick))
-        report.close()
-        for k, name in enumerate(("attention_codes", "attention_steps", "attention_error")):
-            arrays[name] = np.concatenate([e[k] for e in encoded])
+    arrays.update(
+        _attention_arrays(
+            config, params, images, attention_local, batch, mesh, progress=shares["attention"]
+        )
+    )
     return arrays
+
+
+def _attention_arrays(
+    config, params, images, attention_local, batch: int, mesh, progress: ProgressArg = False
+) -> dict:
+    """The stored attention of the chunk's images ``attention_local`` (none when empty), encoded
+    slice by slice: a chunk's float attention is never held whole."""
+    from jaxvit_interp.model.run import attention_over_images
+
+    if not len(attention_local):
+        return {}
+    encoded = []
+    report = start_progress(progress, total=len(attention_local), desc="attention")
+    for at in range(0, len(attention_local), ATTENTION_SLICE_IMAGES):
+        pick = attention_local[at : at + ATTENTION_SLICE_IMAGES]
+        attention = attention_over_images(
+            config, params, images[pick], batch_size=min(batch, len(pick)), mesh=mesh
+        )
+        encoded.append(encode_attention(attention, config.num_prefix_tokens))
+        report.update(len(pick))
+    report.close()
+    return {
+        f"attention_{name}": np.concatenate([e[name] for e in encoded]) for name in ATTENTION_ARRAYS
+    }
 
 
 def _pass_batch(config, params, num_images: int, settings: AnalysisSettings, mesh) -> int:
@@ -757,10 +777,21 @@ def analyze(
         attention_local = _local_indices(attention_index, start, stop)
         if number in state["done"]:
             arrays = load_npz(chunk_path(number))  # what process 0 found readable
+            batch = _pass_batch(config, params, stop - start, settings, mesh)
             for key, compute in ADDED_LATER.items():
                 if key not in arrays:
-                    batch = _pass_batch(config, params, stop - start, settings, mesh)
                     arrays = {**arrays, **compute(config, params, images[start:stop], batch, mesh)}
+            if "attention_codes" in arrays and "attention_special" not in arrays:
+                # Linear codes of a chunk from before the power code: encoded again from
+                # the model, and the chunk rewritten (the bundle's codes are read from it).
+                arrays = {
+                    **{k: v for k, v in arrays.items() if not k.startswith("attention_")},
+                    **_attention_arrays(
+                        config, params, images[start:stop], attention_local, batch, mesh
+                    ),
+                }
+                if is_writer():
+                    save_npz(chunk_path(number), arrays)
             bar.update(stop - start)
         else:
             work = _chunk_work(config, stop - start, len(partial_local), len(attention_local))
@@ -828,6 +859,7 @@ def analyze(
                 "labels_are_predictions": labels is None and bool(config.num_classes),
                 "metrics": list(model_metrics(config.num_classes)),
                 "special_tokens": list(special_token_names(config)),
+                "attention_code": POWER,
                 "label_matching": label_matching
                 or {"source": "none" if labels is None else "array"},
                 "pruning_modes": [
@@ -969,8 +1001,11 @@ def _bundle(
         parts["attention"] = {
             "image_index": attention_index.astype(np.int32),
             **_stream_attention(chunk_paths, out, config, len(attention_index)),
-            "error": merged["attention_error"],
-            "error_max": merged["attention_error"].max(axis=0),
+            **{name: merged[f"attention_{name}"] for name in ("error", "relative_error")},
+            **{
+                f"{name}_max": merged[f"attention_{name}"].max(axis=0)
+                for name in ("error", "relative_error")
+            },
         }
     return ResultsBundle(meta=meta, parts=parts)
 
@@ -1002,11 +1037,22 @@ def _stream_pixels(images, config: ViTConfig, out: Path, step: int) -> np.ndarra
 def _stream_attention(
     paths: list[Path], out: Path, config: ViTConfig, count: int
 ) -> dict[str, np.ndarray]:
-    """The bundle's attention codes and steps, copied from the chunk files one chunk at a time
-    (a large set's would not fit in memory), memory-mapped from the bundle's files."""
-    L, H, N = config.num_layers, config.num_heads, config.num_tokens
-    shapes = {"attention_codes": (count, L, H, N, N), "attention_steps": (count, L, H, N)}
-    dtypes = {"attention_codes": np.uint8, "attention_steps": np.float32}
+    """The bundle's attention codes, steps, exponents and special columns, copied from the
+    chunk files one chunk at a time (a large set's would not fit in memory), memory-mapped from
+    the bundle's files."""
+    L, H, N, X = config.num_layers, config.num_heads, config.num_tokens, config.num_prefix_tokens
+    shapes = {
+        "attention_codes": (count, L, H, N, N),
+        "attention_steps": (count, L, H, N),
+        "attention_exponents": (count, L, H, N),
+        "attention_special": (count, L, H, N, X),
+    }
+    dtypes = {
+        "attention_codes": np.uint8,
+        "attention_steps": np.float32,
+        "attention_exponents": np.uint8,
+        "attention_special": np.float16,
+    }
     arrays = {}
     if not is_writer():  # the writing process's bundle holds them
         return arrays

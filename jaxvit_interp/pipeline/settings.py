@@ -28,9 +28,11 @@ class AnalysisSettings:
       memory_budget_bytes: per-device working-set budget of the ablation engine (None: default).
       partial_images: images (chosen at random with ``seed``) that get partial pruning of every
         head in all six modes; 0 skips partial pruning.
-      attention_images: ``"all"`` (every image's attention matrices are kept, as 8-bit codes:
-        about 5.6 MB an image for ViT-B/16 in the bundle), or a cap: that many images, chosen at
-        random with ``seed`` independently of the partial-pruning ones, for very large sets.
+      attention_images: ``"all"`` (every image's attention matrices are kept, as 8-bit codes
+        (:mod:`jaxvit_interp.attention_codes`): in the bundle about 5.8 MB an image for
+        ViT-B/16 and 137 MB for DINOv2-S/14 with registers at 518 px), or a cap: that many
+        images, chosen at random with ``seed`` independently of the partial-pruning ones, for
+        very large sets.
       thumbnail_size: longest side of the thumbnails kept for the site, in pixels.
       pattern_kinds: which patterns feed the autoencoders (``cls`` needs a CLS token).
       pattern_samples: most patterns (sampled with ``seed``) each autoencoder trains on.

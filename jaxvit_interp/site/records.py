@@ -7,7 +7,8 @@ the model's input resolution) is one record per image, written as a script that 
 registration function::
 
     jaxvitRecord(123, {"values": {"importance/prob": "<base64>", ...},
-                       "attention": "<base64 of deflate(steps float32 | codes uint8)>",
+                       "attention": ["<base64 of deflate(steps float32 | exponents uint8 |
+                                                         special float16 | codes uint8)>", ...],
                        "pixels": "data:image/jpeg;base64,..."})
 
 Scripts work from ``file://`` (where Chromium refuses ``fetch``) and from any static host, and
@@ -16,10 +17,13 @@ keeps each in ``data-<build>/images/000123.js`` and the page adds a ``<script>``
 the image is chosen.
 
 Encodings: ``values`` are little-endian float32 or int32 arrays in base64, laid out as the bundle
-lays them out without the image dimension; ``attention`` is the bundle's own 8-bit codes and row
-steps (:mod:`jaxvit_interp.attention_codes`), deflated (the browser inflates them with
-``DecompressionStream``); ``pixels`` is a JPEG (quality :data:`PIXELS_QUALITY`) that the browser
-decodes natively.
+lays them out without the image dimension; ``attention`` is the bundle's own row steps and
+exponents, special tokens' columns and 8-bit codes (:func:`attention_record`;
+:mod:`jaxvit_interp.attention_codes`: the linear codes of a version-3 bundle have no exponents
+nor special columns, and the page decodes each by the rule its ``info.attention_code`` names),
+deflated (the browser inflates them with ``DecompressionStream``), in base64 pieces of at most
+:data:`ATTENTION_PIECE_BYTES` deflated bytes; ``pixels`` is a JPEG (quality
+:data:`PIXELS_QUALITY`) that the browser decodes natively.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ import base64
 import io
 import json
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from jaxvit_interp.attention_codes import POWER
 from jaxvit_interp.bundle import ResultsBundle
 from jaxvit_interp.quantities import SCHEMA
 
@@ -51,9 +57,15 @@ NOT_SHOWN = {
     ("attention", "image_index"),
     ("attention", "codes"),
     ("attention", "steps"),
+    ("attention", "exponents"),
+    ("attention", "special"),
     *(("importance", name) for name in SCHEMA["importance"] if name.endswith("_class_mean")),
 }
 ATTENTION_DEFLATE_LEVEL = 6  # level 9 saves 4% more at eight times the build time
+# A record's attention is base64 in pieces of this many deflated bytes (a multiple of 3, so each
+# piece decodes alone): the browser parses a script's one 100 MB string (a 1,374-token model's
+# attention) in seconds, and the same bytes in pieces of a few MB ten times faster.
+ATTENTION_PIECE_BYTES = 3 << 20
 PIXELS_QUALITY = 90
 FILE_DIGITS = 6
 REGISTER = "jaxvitRecord"
@@ -128,15 +140,27 @@ def record_script(
         values[f"{part}/{name}"] = _b64(np.asarray(array[row]).astype(_dtype(array)))
     record: dict[str, Any] = {"values": values}
     if attention_row >= 0:
-        attention = bundle["attention"]
-        blob = np.asarray(attention["steps"][attention_row], "<f4").tobytes()
-        blob += np.asarray(attention["codes"][attention_row], np.uint8).tobytes()
-        record["attention"] = base64.b64encode(zlib.compress(blob, ATTENTION_DEFLATE_LEVEL)).decode(
-            "ascii"
+        record["attention"] = attention_record(
+            bundle["attention"], bundle.attention_code, attention_row
         )
     if "pixels" in bundle["images"]:
         record["pixels"] = jpeg_data_url(bundle["images"]["pixels"][image])
     return f"{REGISTER}({int(image)},{json.dumps(record, separators=(',', ':'))});\n"
+
+
+def attention_record(stored: Mapping[str, np.ndarray], code: str, index=()) -> list[str]:
+    """The attention a record carries: the arrays of ``stored`` (a bundle's ``attention`` part,
+    or :func:`~jaxvit_interp.attention_codes.encode_attention`'s output) at ``index`` as
+    ``deflate(steps float32 | exponents uint8 | special float16 | codes uint8)``, little-endian
+    (linear codes: ``steps | codes``), in base64 pieces of :data:`ATTENTION_PIECE_BYTES`."""
+    names = ("steps", "exponents", "special", "codes") if code == POWER else ("steps", "codes")
+    dtypes = {"steps": "<f4", "exponents": np.uint8, "special": "<f2", "codes": np.uint8}
+    blob = b"".join(np.asarray(stored[name][index], dtypes[name]).tobytes() for name in names)
+    packed = zlib.compress(blob, ATTENTION_DEFLATE_LEVEL)
+    return [
+        base64.b64encode(packed[at : at + ATTENTION_PIECE_BYTES]).decode("ascii")
+        for at in range(0, len(packed), ATTENTION_PIECE_BYTES)
+    ]
 
 
 def record_name(image: int) -> str:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxvit_interp.attention_codes import RELATIVE_FLOOR
 from jaxvit_interp.bundle import BundleError, ResultsBundle, special_tokens
 from jaxvit_interp.quantities import METRICS, PATTERN_KINDS, SCHEMA, registry_json
 from jaxvit_interp.site.records import NOT_SHOWN, record_arrays, record_layout
@@ -433,6 +434,10 @@ def prepare_site_data(
         ),
         "num_partial": int(len(partial_index)),
         "num_attention": int(len(attention_index)),
+        # How the records' attention is coded (attention_codes.py); the page decodes by it, and
+        # names the weights its relative error is measured over (RELATIVE_FLOOR / N and up).
+        "attention_code": bundle.attention_code,
+        "relative_floor": RELATIVE_FLOOR,
         # D1's sample of images, whose positions the embedding table holds.
         "embedding_images": sample.tolist(),
         "records": {"arrays": record_layout(bundle), "inline": True, "folder": ""},

@@ -4,7 +4,8 @@ They exercise the site without running an analysis (its tests and size benchmark
 per-image arrays obey the invariants a real analysis gives, so the views look like real ones:
 probabilities sum to 1 over classes, attention rows are softmax distributions (of random logits at
 a random temperature per head, so peaked and flat heads mix, stored as the analysis stores them:
-:func:`~jaxvit_interp.attention_codes.encode_attention`), head entropy is the
+:func:`~jaxvit_interp.attention_codes.encode_attention`: the special tokens' columns as float16 and codes of
+roots of the patch weights, or the linear codes of a version-3 analysis), head entropy is the
 entropy of the normalised strength vector, ``prob`` is ``p_y - prob_drop``, and partial pruning's
 ``none`` mode keeps the unpruned probability. The reductions over images are computed from them by
 the same functions an analysis uses (:mod:`jaxvit_interp.pipeline.parts`).
@@ -17,11 +18,12 @@ partial pruning nor classes, the metrics ``layer`` and ``repr``) and an unsure c
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 
-from jaxvit_interp.attention_codes import encode_attention
+from jaxvit_interp.attention_codes import LINEAR, POWER, encode_attention
 from jaxvit_interp.bundle import (
     BUNDLE_VERSION,
     ResultsBundle,
@@ -129,6 +131,7 @@ def synthetic_bundle(
     class_names: list[str] | None = None,
     image_ids: list[str] | None = None,
     directory: str | Path | None = None,
+    attention_code: str = POWER,
 ) -> ResultsBundle:
     """A valid :class:`ResultsBundle` for a ViT with ``patch_size`` patches on a ``grid``.
 
@@ -147,6 +150,9 @@ def synthetic_bundle(
       directory: write the bundle there and return it loaded, its large arrays memory-mapped;
         their contents are generated a few images at a time, as an analysis writes them, so
         thousands of ViT-B/16-sized images fit in memory.
+      attention_code: how the attention is stored
+        (:data:`~jaxvit_interp.attention_codes.ATTENTION_CODES`); ``"linear"`` makes the
+        attention part of a version-3 analysis.
     """
     gh, gw = grid
     n_img, C, L, H = num_images, num_classes, num_layers, num_heads
@@ -285,7 +291,25 @@ def synthetic_bundle(
         for at in range(0, A, slice_images):
             t = temperature[at : at + slice_images]
             logits = rng.normal(0, 1, (len(t), L, H, N, N)).astype(np.float32) * t
-            yield encode_attention(_softmax(logits))
+            yield encode_attention(_softmax(logits), config.num_prefix_tokens, attention_code)
+
+    # What an analysis stores with this code: a version-3 one (linear codes) had no exponents,
+    # special columns nor relative errors.
+    linear = attention_code == LINEAR
+    layouts = {
+        "codes": ((A, L, H, N, N), np.uint8),
+        "steps": ((A, L, H, N), np.float32),
+        **(
+            {}
+            if linear
+            else {
+                "exponents": ((A, L, H, N), np.uint8),
+                "special": ((A, L, H, N, config.num_prefix_tokens), np.float16),
+            }
+        ),
+    }
+    per_matrix = ("error",) if linear else ("error", "relative_error")
+    errors = {name: np.zeros((A, L, H), np.float32) for name in per_matrix}
 
     tint = np.array([1.0, 0.8, 0.6][:channels], np.float32)
 
@@ -306,6 +330,7 @@ def synthetic_bundle(
         "pruning_modes": modes,
         "metrics": list(model_metrics(C)),
         "special_tokens": list(specials),
+        "attention_code": attention_code,
         "settings": {"synthetic": {"bundle_version": BUNDLE_VERSION}},
     }
     classes = {"labels": labels, "predictions": predictions, "probs": probs} if C else {}
@@ -325,43 +350,47 @@ def synthetic_bundle(
         parts["head_sets"], meta["head_sets"] = _head_sets(
             rng, config, importance["prob_drop"], p_y, predictions == labels, min(set_images, n_img)
         )
-    errors = np.zeros((A, L, H), np.float32)
-    shapes = {"codes": (A, L, H, N, N), "steps": (A, L, H, N)}
+    stored = parts["attention"]
     if directory is None:
         encoded = list(attention_slices())
-        for k, name in enumerate(("codes", "steps")):
-            parts["attention"][name] = (
-                np.concatenate([e[k] for e in encoded]) if encoded else np.zeros(shapes[name])
-            ).astype(np.uint8 if name == "codes" else np.float32)
-        errors = np.concatenate([e[2] for e in encoded]) if encoded else errors
+        for name, (shape, dtype) in layouts.items():
+            stored[name] = (
+                np.concatenate([e[name] for e in encoded]) if encoded else np.zeros(shape, dtype)
+            )
+        for name in per_matrix:
+            errors[name] = np.concatenate([e[name] for e in encoded]) if encoded else errors[name]
         parts["images"]["pixels"] = np.concatenate(list(pixel_slices()))
     else:
         from jaxvit_interp.storage import atomic_npy
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        with (
-            atomic_npy(
-                mapped_path(directory, "attention", "codes"), shapes["codes"], np.uint8
-            ) as c,
-            atomic_npy(mapped_path(directory, "attention", "steps"), shapes["steps"], "f4") as st,
-        ):
+        with contextlib.ExitStack() as stack:
+            files = {
+                name: stack.enter_context(
+                    atomic_npy(mapped_path(directory, "attention", name), shape, dtype)
+                )
+                for name, (shape, dtype) in layouts.items()
+            }
             at = 0
-            for codes, steps, error in attention_slices():
-                c[at : at + len(codes)], st[at : at + len(codes)] = codes, steps
-                errors[at : at + len(codes)] = error
-                at += len(codes)
+            for encoded in attention_slices():
+                count = len(encoded["codes"])
+                for name in (*files, *per_matrix):
+                    target = files[name] if name in files else errors[name]
+                    target[at : at + count] = encoded[name]
+                at += count
         size = (n_img, gh * patch_size, gw * patch_size, channels)
         with atomic_npy(mapped_path(directory, "images", "pixels"), size, np.uint8) as px:
             at = 0
             for piece in pixel_slices():
                 px[at : at + len(piece)] = piece
                 at += len(piece)
-        for part, names in (("attention", ("codes", "steps")), ("images", ("pixels",))):
+        for part, names in (("attention", tuple(layouts)), ("images", ("pixels",))):
             for name in names:
                 parts[part][name] = np.load(mapped_path(directory, part, name), mmap_mode="r")
-    parts["attention"]["error"] = errors
-    parts["attention"]["error_max"] = errors.max(0) if A else np.zeros((L, H), np.float32)
+    for name in per_matrix:
+        stored[name] = errors[name]
+        stored[f"{name}_max"] = errors[name].max(0) if A else np.zeros((L, H), np.float32)
     parts["rollout"] = _rollout(rng, blob, L, N, has_cls)
     bundle = ResultsBundle(meta=meta, parts=parts)
     bundle.validate()

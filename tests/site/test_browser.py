@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sitepage import DEEP_TEXT_JS, EVIL_ID, make_bundle
 
-from jaxvit_interp.attention_codes import decode_attention
+from jaxvit_interp.attention_codes import decode_stored
 from jaxvit_interp.quantities import ENTROPY_BINS
 from jaxvit_interp.site.browser import FIND_VIEW_JS
 from jaxvit_interp.site.document import build_site
@@ -30,14 +30,13 @@ DEEP_IMG_JS = """() => {
   walk(document);
   return n;
 }"""
-# The page multiplies the stored codes by their row's step as NumPy does, in float32.
+# The page decodes the stored codes as NumPy does, to the same float32 values.
 ATT_TOL = 1e-9
 
 
 def _attention(bundle, s: int, layer: int, head: int) -> np.ndarray:
     """Head ``(layer, head)``'s attention of row ``s`` of the attention subset, as stored."""
-    stored = bundle["attention"]
-    return decode_attention(stored["codes"][s, layer, head], stored["steps"][s, layer, head])
+    return decode_stored(bundle["attention"], bundle.attention_code, (s, layer, head))
 
 
 def _dims(bundle):

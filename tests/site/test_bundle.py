@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from jaxvit_interp.attention_codes import LINEAR, POWER, decode_stored
 from jaxvit_interp.bundle import BUNDLE_VERSION, INDEX_FILE, BundleError, load_bundle, save_bundle
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -58,7 +59,8 @@ def test_round_trip_keeps_every_array_and_the_meta(saved):
             np.testing.assert_array_equal(loaded.parts[part][name], array)
             assert loaded.parts[part][name].dtype == array.dtype
     # The arrays of gigabytes have a file each and are read only as they are used.
-    for part, name in (("attention", "codes"), ("attention", "steps"), ("images", "pixels")):
+    mapped = [("attention", n) for n in ("codes", "steps", "exponents", "special")]
+    for part, name in (*mapped, ("images", "pixels")):
         assert (directory / f"{part}-{name}.npy").is_file()
         assert isinstance(loaded[part][name], np.memmap)
         assert name not in np.load(directory / f"{part}.npz").files
@@ -151,4 +153,45 @@ def test_corrupt_index_is_named(saved):
     _, directory = saved
     (directory / INDEX_FILE).write_text("{not json")
     with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(directory)
+
+
+def test_a_version_3_bundle_reads_as_linear_codes(rng, tmp_path):
+    """A bundle written before the power code: version 3, no ``attention_code``, linear codes
+    of every weight and no exponents, special columns nor relative errors."""
+    bundle = make_bundle(
+        rng, num_images=6, num_layers=2, num_heads=2, grid=(3, 3), partial_images=2,
+        attention_images=3, attention_code=LINEAR,
+    )  # fmt: skip
+    directory = save_bundle(bundle, tmp_path / "v3")
+    index = json.loads((directory / INDEX_FILE).read_text())
+    del index["attention_code"]
+    (directory / INDEX_FILE).write_text(json.dumps({**index, "version": 3}))
+    assert sorted(np.load(directory / "attention.npz").files) == [
+        "error",
+        "error_max",
+        "image_index",
+    ]
+    loaded = load_bundle(directory)
+    assert loaded.attention_code == LINEAR
+    stored = loaded["attention"]
+    codes, steps = np.asarray(stored["codes"]), np.asarray(stored["steps"])
+    np.testing.assert_array_equal(
+        decode_stored(stored, loaded.attention_code), codes * steps[..., None]
+    )
+    # Written again, it is a current bundle that still names its linear code.
+    again = load_bundle(save_bundle(loaded, tmp_path / "again"))
+    assert json.loads((tmp_path / "again" / INDEX_FILE).read_text())["version"] == BUNDLE_VERSION
+    assert again.attention_code == LINEAR
+
+
+def test_the_attention_code_and_its_arrays_are_checked(saved):
+    bundle, directory = saved
+    assert bundle.attention_code == POWER
+    _edit_index(directory, attention_code="log")
+    with pytest.raises(BundleError, match="meta attention_code is 'log'; expected one of"):
+        load_bundle(directory)
+    _edit_index(directory, attention_code=POWER)
+    (directory / "attention-exponents.npy").unlink()
+    with pytest.raises(BundleError, match="lacks array 'exponents', which its power code needs"):
         load_bundle(directory)

@@ -116,9 +116,10 @@ def test_attention_limit_and_compression_shrink_the_file(rng, tmp_path):
         "zipped": {"compression": 9},
     }.items():
         sizes[key] = build_site(bundle, tmp_path / key, **options).stat().st_size
-    # Each attention image's L*H*N*N codes (and L*H*N steps), deflated, in base64.
+    # Each attention image's L*H*N*N codes (and L*H*N steps and exponents, L*H*N*X float16
+    # special columns), deflated, in base64.
     per_image = (sizes["all"] - sizes["two"]) / 6
-    assert 0.2 * 3 * 4 * 37 * 37 < per_image < 3 * 4 * 37 * (37 + 4) * 4 / 3
+    assert 0.2 * 3 * 4 * 37 * 37 < per_image < 3 * 4 * 37 * (37 + 5 + 2) * 4 / 3
     assert sizes["zipped"] < sizes["all"]
     assert settings.compression_level() == before  # Bokeh's own setting is left as it was
 

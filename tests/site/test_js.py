@@ -105,6 +105,45 @@ def test_the_pages_offset_is_numpys_row_major_index(rng):
     assert json.loads(result.stdout) == [want for *_, want in cases]
 
 
+@needs_node
+@pytest.mark.parametrize("code", ["power", "linear"])
+def test_the_pages_attention_decoder_is_numpys(rng, code):
+    """The page's decoder of a record's attention against NumPy's, value for value: random
+    codes, steps, row exponents and float16 special columns (subnormal and zero included), an
+    [N, N] block read from a random row of a longer record."""
+    from jaxvit_interp.attention_codes import decode_attention
+
+    N, X, base = int(rng.integers(3, 12)), int(rng.integers(0, 3)), int(rng.integers(0, 4))
+    rows = base + N + 2
+    codes = rng.integers(0, 256, (rows, N)).astype(np.uint8)
+    steps = (rng.uniform(0, 1, rows) / 255.0 ** rng.integers(1, 5, rows)).astype(np.float32)
+    exponents = rng.integers(2, 5, rows).astype(np.uint8)
+    values = [0.0, 2.0**-24, 3 * 2.0**-20, 1.0, *rng.uniform(0, 1, 4)]
+    special = rng.choice(values, (rows, X)).astype(np.float16)
+    if code == "linear":
+        X, special = 0, special[:, :0]
+        want = decode_attention(codes, steps, code=code)
+    else:
+        want = decode_attention(codes, steps, exponents, special, code=code)
+    attention = {
+        "code": code,
+        "X": X,
+        "steps": steps.tolist(),
+        "exponents": exponents.tolist(),
+        "special": special.view(np.uint16).ravel().tolist(),
+        "codes": codes.ravel().tolist(),
+    }
+    script = (
+        'import {attentionMatrix} from "./update.js";\n'
+        f"const a = {json.dumps(attention)};\n"
+        f"console.log(JSON.stringify(Array.from(attentionMatrix(a, {base}, {N}))));\n"
+    )
+    result = _node("--input-type=module", "-e", script, cwd=JS_DIR)
+    assert result.returncode == 0, result.stderr
+    got = np.array(json.loads(result.stdout), np.float32).reshape(N, N)
+    np.testing.assert_array_equal(got, want[base : base + N])
+
+
 def test_wheel_ships_the_modules(project_wheel):
     """A wheel built from the sources holds every module the page reads."""
     names = set(zipfile.ZipFile(project_wheel).namelist())

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from sitepage import make_bundle
 
-from jaxvit_interp.attention_codes import decode_attention
+from jaxvit_interp.attention_codes import LINEAR, decode_stored
+from jaxvit_interp.bundle import INDEX_FILE, load_bundle, save_bundle
 from jaxvit_interp.site.document import build_site
 
 pytestmark = pytest.mark.slow
@@ -46,8 +47,7 @@ def _records_dir(site):
 
 def _attention(bundle, image: int, layer: int, head: int) -> np.ndarray:
     s = int(np.flatnonzero(bundle["attention"]["image_index"] == image)[0])
-    stored = bundle["attention"]
-    return decode_attention(stored["codes"][s, layer, head], stored["steps"][s, layer, head])
+    return decode_stored(bundle["attention"], bundle.attention_code, (s, layer, head))
 
 
 def _sig(v: float) -> str:
@@ -79,6 +79,9 @@ def test_b16_folder_site_opens_from_disk_and_loads_records(b16_site, b16_bundle,
     np.testing.assert_allclose(
         site.data("heads")["value"], b16_bundle["importance"]["prob"][image].reshape(-1), rtol=1e-6
     )
+    # Its attention came in base64 pieces (records.py), which the page joins.
+    text = (records / "000003.js").read_text()
+    assert len(json.loads(text[text.index(",") + 1 : -3])["attention"]) >= 2
     att = _attention(b16_bundle, image, lay, h)
     np.testing.assert_array_equal(site.data("patches")["heat"], att[0, 1:])
     matrix = np.asarray(site.data("matrix_view")["image"][0]).reshape(N, N)
@@ -94,11 +97,16 @@ def test_b16_folder_site_opens_from_disk_and_loads_records(b16_site, b16_bundle,
     # D2 shows the image at the model's input resolution, from the record.
     thumb = site.data("thumb")
     assert np.asarray(thumb["image"][0]).size == 224 * 224
-    # The stored attention's error, as the bundle records it.
+    # The stored attention's absolute and relative errors, as the bundle records them.
     note = site.text("attention_note")
-    error = b16_bundle["attention"]["error"][image, lay, h]
-    error_max = b16_bundle["attention"]["error_max"][lay, h]
-    assert f"worst absolute error {_sig(error)} in this matrix, {_sig(error_max)}" in note, note
+    stored = b16_bundle["attention"]
+    error, relative = stored["error"][image, lay, h], stored["relative_error"][image, lay, h]
+    error_max, relative_max = stored["error_max"][lay, h], stored["relative_error_max"][lay, h]
+    assert (
+        f"Worst error in this matrix: {_sig(error)} absolute, {_sig(100 * float(relative))}% "
+        f"relative (weights from 0.1/N = {_sig(0.1 / N)} up); for this head over all images: "
+        f"{_sig(error_max)}, {_sig(100 * float(relative_max))}%." in note
+    ), note
     # A patch as the query.
     r, c = 9, 4
     site.click("image_plot", c + 0.5, 14 - r - 0.5)
@@ -162,6 +170,40 @@ def test_larger_token_counts_show_the_right_matrix_overlay_and_photo(
     assert site.problems == []
 
 
+def test_a_version_3_bundles_site_draws_its_linear_codes(site_seed, tmp_path, open_page):
+    """A bundle written before the power code (version 3: linear codes of every weight, no
+    relative error) opens, and its site draws each matrix by the linear rule."""
+    L, H, g = 2, 3, 6
+    N = g * g + 1
+    rng = np.random.default_rng(site_seed)
+    bundle = make_bundle(
+        rng, num_images=4, num_classes=7, partial_images=1, attention_images=4, num_layers=L,
+        num_heads=H, grid=(g, g), patch_size=4, channels=3, attention_code=LINEAR,
+    )  # fmt: skip
+    directory = save_bundle(bundle, tmp_path / "v3")
+    index = json.loads((directory / INDEX_FILE).read_text())
+    del index["attention_code"]
+    (directory / INDEX_FILE).write_text(json.dumps({**index, "version": 3}))
+    old = load_bundle(directory)
+    site = open_page(build_site(old, tmp_path / "site", layout="folder"))
+    assert site.problems == []
+    image, k = int(rng.integers(4)), int(rng.integers(L * H))
+    site.set_selected("heads", [k])
+    _choose(site, image)
+    s = int(np.flatnonzero(old["attention"]["image_index"] == image)[0])
+    codes = np.asarray(old["attention"]["codes"][(s, *divmod(k, H))], np.float32)
+    steps = np.asarray(old["attention"]["steps"][(s, *divmod(k, H))], np.float32)
+    want = codes * steps[:, None]
+    matrix = np.asarray(site.data("matrix_view")["image"][0]).reshape(N, N)
+    np.testing.assert_array_equal(matrix, want)
+    np.testing.assert_array_equal(site.data("patches")["heat"], want[0, 1:])
+    note = site.text("attention_note")
+    error = old["attention"]["error"][(s, *divmod(k, H))]
+    assert f"8-bit codes with a step per row: worst absolute error {_sig(error)}" in note, note
+    assert "relative" not in note
+    assert site.problems == []
+
+
 def test_the_overview_lists_the_most_common_of_many_classes(b16_site, b16_bundle, open_page):
     site = open_page(b16_site)
     items = site.page.evaluate(
@@ -183,7 +225,7 @@ def _damage(records, image: int, how: str) -> str:
     else:  # valid script, attention that does not inflate
         text = path.read_text()
         record = json.loads(text[text.index(",") + 1 : -3])
-        record["attention"] = "AAAA" + record["attention"][4:]
+        record["attention"][0] = "AAAA" + record["attention"][0][4:]
         path.write_text(f"jaxvitRecord({image},{json.dumps(record)});\n")
     return path.name
 

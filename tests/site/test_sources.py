@@ -117,12 +117,20 @@ def test_partial_and_attention_subsets(bundle):
     assert sorted(np.flatnonzero(images["attention_row"] >= 0)) == sorted(kept)
     assert data.info["num_attention"] == 3
     assert "attention" not in data.tables
+    X = d["X"]
+    # steps float32 | exponents uint8 | special float16 | codes uint8 (records.py)
+    layout = [("steps", "<f4", (L, H, N)), ("exponents", np.uint8, (L, H, N)),
+              ("special", "<f2", (L, H, N, X)), ("codes", np.uint8, (L, H, N, N))]  # fmt: skip
     for s, image in enumerate(kept):
-        blob = zlib.decompress(base64.b64decode(_record(data, int(image))["attention"]))
-        steps = np.frombuffer(blob[: L * H * N * 4], "<f4").reshape(L, H, N)
-        codes = np.frombuffer(blob[L * H * N * 4 :], np.uint8).reshape(L, H, N, N)
-        np.testing.assert_array_equal(steps, bundle["attention"]["steps"][s])
-        np.testing.assert_array_equal(codes, bundle["attention"]["codes"][s])
+        pieces = _record(data, int(image))["attention"]
+        blob = zlib.decompress(b"".join(base64.b64decode(p) for p in pieces))
+        at = 0
+        for name, dtype, shape in layout:
+            count = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            got = np.frombuffer(blob[at : at + count], dtype).reshape(shape)
+            np.testing.assert_array_equal(got, bundle["attention"][name][s], err_msg=name)
+            at += count
+        assert at == len(blob)
     left_out = int(np.flatnonzero(images["attention_row"] < 0)[0])
     assert "attention" not in _record(data, left_out)
 

@@ -55,7 +55,10 @@ export const TEXTS = {
   attention_global_all: "Choose an image in A to see its attention.",
   attention_not_stored: "Attention was not stored for this image (only for the {n} outlined " +
     "images in A).",
-  attention_local: "Stored as 8-bit codes with a step per row: worst absolute error " +
+  attention_local: "Stored as 8-bit codes of a root of each patch weight (special tokens: " +
+    "float16). Worst error in this matrix: {error} absolute, {relative} relative (weights " +
+    "from {share}/N = {floor} up); for this head over all images: {error_max}, {relative_max}.",
+  attention_local_linear: "Stored as 8-bit codes with a step per row: worst absolute error " +
     "{error} in this matrix, {error_max} for this head over all images.",
   attention_none: "This results bundle stores no attention matrices.",
   record_loading: "Loading the data of image {id}...",
@@ -115,6 +118,40 @@ function histogram(values, count, width) {
 
 // ---- per-image records ------------------------------------------------------------------------
 
+// The value of an IEEE float16 from its bits (exact in float32, as NumPy's float16 -> float32).
+export function halfValue(bits) {
+  const sign = bits & 0x8000 ? -1 : 1, e = (bits >> 10) & 0x1f, f = bits & 0x3ff;
+  if (e === 0x1f) return f ? NaN : sign * Infinity;
+  return sign * (e ? (1024 + f) * 2 ** (e - 25) : f * 2 ** -24);
+}
+
+// The [N, N] attention matrix whose rows start at row `base` of a decoded record's attention
+// (attention_codes.py: decode_attention): row q is codes[q, :] * steps[q] (linear), or the X
+// special tokens' float16 columns then codes[q, t]^p * steps[q] with p = exponents[q] (power).
+// codes^p is exact in a double (p <= 4); its product with the step is rounded to a double and
+// then into the float32 array, as NumPy rounds it.
+export function attentionMatrix(attention, base, N) {
+  const {code, X, steps, exponents, special, codes} = attention;
+  const flat = new Float32Array(N * N);
+  for (let q = 0; q < N; q++) {
+    const step = steps[base + q], row = (base + q) * N;
+    if (code === "linear") {
+      for (let t = 0; t < N; t++) flat[q * N + t] = codes[row + t] * step;
+      continue;
+    }
+    for (let t = 0; t < X; t++) flat[q * N + t] = halfValue(special[(base + q) * X + t]);
+    const p = exponents[base + q];
+    for (let t = X; t < N; t++) {
+      const c = codes[row + t];
+      let power = c * c;
+      if (p >= 3) power *= c;
+      if (p >= 4) power *= c;
+      flat[q * N + t] = power * step;
+    }
+  }
+  return flat;
+}
+
 // Created by the page's first script (site/records.py); record scripts register into it.
 const registry = () => window.jaxvitRecords;
 const TYPES = {float32: Float32Array, int32: Int32Array};
@@ -126,8 +163,9 @@ function base64Bytes(text) {
   for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
   return out;
 }
-const inflate = async (bytes) => new Uint8Array(await new Response(
-  new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"))).arrayBuffer());
+// The deflated bytes whose pieces are `parts`, inflated.
+const inflate = async (parts) => new Uint8Array(await new Response(
+  new Blob(parts).stream().pipeThrough(new DecompressionStream("deflate"))).arrayBuffer());
 
 // The JPEG of the record, decoded by the browser, as packed RGBA rows (image_rgba's layout).
 async function decodePixels(url) {
@@ -168,10 +206,18 @@ function decodeLater(page, i, r, raw) {
   if (raw.attention !== undefined) {
     work("attention", async () => {
       const {L, H, N} = page.info.sizes, rows = L * H * N;
-      const bytes = await inflate(base64Bytes(raw.attention));
-      if (bytes.length !== rows * 4 + rows * N) throw new Error("attention of the wrong size");
-      return {steps: new Float32Array(bytes.buffer.slice(0, rows * 4)),
-              codes: new Uint8Array(bytes.buffer, rows * 4, rows * N)};
+      // The power code's row exponents and special tokens' float16 columns (site/records.py);
+      // linear codes (version-3 bundles) have neither.
+      const power = page.info.attention_code === "power", X = power ? page.info.sizes.X : 0;
+      const e = rows * 4, s = e + (power ? rows : 0), at = s + rows * X * 2;
+      // Base64 pieces of the deflated bytes (site/records.py: attention_record).
+      const bytes = await inflate(raw.attention.map(base64Bytes));
+      if (bytes.length !== at + rows * N) throw new Error("attention of the wrong size");
+      return {code: page.info.attention_code, X,
+              steps: new Float32Array(bytes.buffer.slice(0, e)),
+              exponents: new Uint8Array(bytes.buffer, e, s - e),
+              special: new Uint16Array(bytes.buffer.slice(s, at)),
+              codes: new Uint8Array(bytes.buffer, at, rows * N)};
     });
   }
   if (raw.pixels !== undefined) work("pixels", () => decodePixels(raw.pixels));
@@ -562,18 +608,11 @@ function drawAttention(page, s) {
   }
   const attention = stored && s.local ? rec.attention : null;
   if (attention) {
-    // The chosen head's [N, N] block: row q is codes[q, :] * steps[q] (attention_codes.py).
-    const at = headAt(info, k), base = (at.L * info.num_heads + at.H) * N;
-    const flat = new Float32Array(N * N);
+    // The chosen head's [N, N] block.
+    const at = headAt(info, k);
+    const flat = attentionMatrix(attention, (at.L * info.num_heads + at.H) * N, N);
     let mmax = 0;
-    for (let q = 0; q < N; q++) {
-      const step = attention.steps[base + q];
-      for (let t = 0; t < N; t++) {
-        const v = attention.codes[(base + q) * N + t] * step;
-        flat[q * N + t] = v;
-        mmax = Math.max(mmax, v);
-      }
-    }
+    for (const v of flat) mmax = Math.max(mmax, v);
     let hmax = 0;
     for (let p = 0; p < P; p++) {
       heat[p] = flat[query * N + FIRST + p];
@@ -614,10 +653,16 @@ function drawAttention(page, s) {
   } else if (!attention) {
     note = fill("record_loading", {id: images.data.id[image]});
   } else {
-    const at = headAt(info, k);
-    note = fill("attention_local", {
+    const at = headAt(info, k), linear = info.attention_code === "linear";
+    // Linear codes (version-3 bundles) kept no relative error; their note names none.
+    const percent = (name, coords) => linear ? "" : `${sig(100 * value(page, "attention", name,
+                                                                       coords))}%`;
+    note = fill(linear ? "attention_local_linear" : "attention_local", {
       error: sig(value(page, "attention", "error", {I: image, ...at})),
       error_max: sig(value(page, "attention", "error_max", at)),
+      relative: percent("relative_error", {I: image, ...at}),
+      relative_max: percent("relative_error_max", at),
+      share: info.relative_floor, floor: sig(info.relative_floor / N),
     });
   }
   setText(attention_note, "text", note);
