@@ -14,10 +14,14 @@ program, so two equal reducers share one compilation) with
 
 - ``name``: its outputs come back under this key;
 - ``__call__(config, out) -> {key: [batch, ...]}``: the reduction, pure and traceable;
-- ``check(outputs, start)``: optional, on the host, of one batch's fetched outputs (padding
-  dropped; ``start`` the index of its first image among all images), raising
-  :class:`~jaxvit_interp.errors.InputError` for what the analysis cannot take (attention rows
-  that are not distributions: non-finite pixels or weights).
+- ``finish(outputs, start) -> outputs``: optional, on the host, of one batch's fetched outputs
+  (padding dropped; ``start`` the index of its first image among all images): it checks them,
+  raising :class:`~jaxvit_interp.errors.InputError` for what the analysis cannot take
+  (attention rows that are not distributions: non-finite pixels or weights), and gives what is
+  kept of them (a compact encoding, or the rows of a subset of the images), so that no more than
+  one batch's full outputs are ever held. Fields that only ``finish`` reads (which images to
+  keep) are left out of the reducer's equality (``dataclasses.field(compare=False)``), so they
+  do not cost a compilation.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from jaxvit_interp.model.vit import ModelOutput, VisionTransformer
 
 Array = jax.Array
 
-__all__ = ["Reducer", "check_outputs", "reduce_output", "run_pass"]
+__all__ = ["Reducer", "finish_outputs", "reduce_output", "run_pass"]
 
 
 class Reducer(Protocol):
@@ -56,14 +60,17 @@ def reduce_output(
     return {r.name: r(config, out) for r in reducers}
 
 
-def check_outputs(
+def finish_outputs(
     reducers: Sequence[Reducer], outputs: dict[str, dict[str, np.ndarray]], start: int
-) -> None:
-    """Each reducer's host check of one batch's fetched ``outputs`` (images from ``start``)."""
+) -> dict[str, dict[str, np.ndarray]]:
+    """Each reducer's host step (``finish``) on one batch's fetched ``outputs`` (images from
+    ``start``): what is kept of the batch."""
+    kept = dict(outputs)
     for r in reducers:
-        check = getattr(r, "check", None)
-        if check is not None:
-            check(outputs[r.name], start)
+        finish = getattr(r, "finish", None)
+        if finish is not None:
+            kept[r.name] = finish(outputs[r.name], start)
+    return kept
 
 
 @functools.partial(jax.jit, static_argnames=("config", "reducers"))
@@ -97,13 +104,10 @@ def run_pass(
     """
     reducers = tuple(reducers)
 
-    def check(outputs, batch):
-        check_outputs(reducers, outputs, batch.start)
-
     return batcher.map(
         lambda x: _pass_batch(config, params, x, reducers),
         images,
-        check=check,
+        finish=lambda outputs, batch: finish_outputs(reducers, outputs, batch.start),
         progress=progress,
         desc=desc,
     )

@@ -425,7 +425,7 @@ def _run_images_file(run: Path):
     """
     import jax
 
-    from jaxvit_interp.pipeline.analyze import INPUT_DIR, check_run_folder
+    from jaxvit_interp.pipeline.run_folder import INPUT_DIR, check_run_folder
 
     check_run_folder(run)  # another folder is refused before anything is written into it
     folder = run / INPUT_DIR
@@ -451,11 +451,18 @@ def _analyze_images(
     run: Path, source: str, labels_csv, max_images, model: LoadedModel, settings, args
 ) -> None:
     """``analyze`` of the images at ``source`` with ``model`` into ``run``; a folder's images
-    are decoded into the run folder's file for the run's duration."""
+    are decoded into the run folder's file for the run's duration. The run folder is held for
+    this command from the start (another command writing it is refused at once, naming it)."""
     from jaxvit_interp.pipeline.analyze import analyze
+    from jaxvit_interp.pipeline.run_folder import RunFolder, check_run_folder
 
     config = model.config
-    with _run_images_file(run) as store, _why_this_budget(model, args):
+    check_run_folder(run)  # another folder is refused before anything is written into it
+    with (
+        RunFolder(run).lock(),
+        _run_images_file(run) as store,
+        _why_this_budget(model, args),
+    ):
         images, labels, ids, class_names, matching = _load_images(
             source, config, labels_csv, max_images, args, store
         )

@@ -118,12 +118,14 @@ class Batcher:
         progress: ProgressArg = False,
         desc: str = "",
         check: Callable[[Any, Batch], None] | None = None,
+        finish: Callable[[Any, Batch], Any] | None = None,
     ) -> Any:
         """``fn`` over every batch of ``arrays``; its outputs (a pytree of arrays with a leading
         row axis) gathered to NumPy, padding dropped, batches concatenated.
 
-        ``check(host_outputs, batch)`` runs on each batch's fetched outputs (before padding is
-        dropped from the returned tree, after it is dropped from what ``check`` sees).
+        ``check(host_outputs, batch)`` runs on each batch's fetched outputs (padding dropped);
+        ``finish(host_outputs, batch)`` then gives what is kept of them (e.g. a compact encoding,
+        or the rows of a subset), so that no more than one batch's full outputs are held.
         ``progress`` counts the images fetched (:func:`~jaxvit_interp.progress.start_progress`).
         """
         total = next(len(a) for a in arrays if a is not None)
@@ -135,7 +137,7 @@ class Batcher:
             host = jax.tree.map(lambda x: to_host(x)[: batch.valid], outputs)
             if check is not None:
                 check(host, batch)
-            parts.append(host)
+            parts.append(host if finish is None else finish(host, batch))
             bar.update(batch.valid)
 
         pending = None

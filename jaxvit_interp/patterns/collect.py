@@ -30,7 +30,7 @@ _ROW_TOLERANCE = 1e-3
 class PatternReducer:
     """The raw patterns of every head of a batch, as a reducer of the attention pass
     (:mod:`jaxvit_interp.attention_pass`): ``{kind: [batch, layer, head, h, w]}`` plus each
-    image's worst ``|row sum - 1|`` (``row_error``), which :meth:`check` reads on the host.
+    image's worst ``|row sum - 1|`` (``row_error``), which :meth:`finish` checks on the host.
 
     Attributes:
       kinds: the pattern kinds, ``"cls"`` and/or ``"patch"``.
@@ -51,7 +51,7 @@ class PatternReducer:
         result["row_error"] = jnp.abs(attention.sum(-1) - 1.0).max(axis=(1, 2, 3))
         return result
 
-    def check(self, outputs: dict[str, np.ndarray], start: int) -> None:
+    def finish(self, outputs: dict[str, np.ndarray], start: int) -> dict[str, np.ndarray]:
         error = outputs["row_error"]
         bad = np.flatnonzero(~(error <= _ROW_TOLERANCE))
         if bad.size:
@@ -60,6 +60,7 @@ class PatternReducer:
                 f"the model's attention rows do not sum to 1 (off by {error[i]:.3g}) on image "
                 f"{start + i}: non-finite weights or pixels?"
             )
+        return {k: v for k, v in outputs.items() if k != "row_error"}
 
 
 def collect_patterns(

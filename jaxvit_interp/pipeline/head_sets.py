@@ -31,8 +31,6 @@ HEAD_SETS_FILE = "head-sets-stage.npz"
 REMOVABLE_POINTS = (1.0, 5.0)
 # The importance metric that ranks the heads of the interactions and of the importance order.
 RANKING_METRIC = "prob_drop"
-# The subset of images is drawn from its own random stream (analyze's subsets use 0 and 1).
-SUBSET_STREAM = 2
 
 
 def greedy_plan(config: ViTConfig, greedy_max_heads: int) -> tuple[bool, str]:

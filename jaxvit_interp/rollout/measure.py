@@ -149,3 +149,17 @@ def final_rollout_over_images(
         desc="rollout",
     )[reducer.name]
     return FinalRollout.from_outputs(out)
+
+
+def rollout_part(maps: np.ndarray, contributions: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-image rollout maps ``[image, Gh, Gw]`` and layer contributions ``[image, layer]``
+    (:func:`~jaxvit_interp.rollout.final_rollout_over_images`) plus their means over the images."""
+    maps = np.asarray(maps, np.float32)
+    contributions = np.asarray(contributions, np.float32)
+    return {
+        "map": maps,
+        "contribution": contributions,
+        # Summed in float64: thousands of images.
+        "map_mean": maps.mean(axis=0, dtype=np.float64).astype(np.float32),
+        "contribution_mean": contributions.mean(axis=0, dtype=np.float64).astype(np.float32),
+    }

@@ -21,7 +21,7 @@ from jaxvit_interp.importance.validate import check_unpruned
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.parallel import Batcher
 from jaxvit_interp.progress import ProgressArg, start_progress
-from jaxvit_interp.quantities import ENTROPY_BINS
+from jaxvit_interp.quantities import ENTROPY_BINS, SPECIAL_FIELDS
 from jaxvit_interp.strength.hops import HopRings, hop_rings, rings_for
 from jaxvit_interp.strength.kernels import (
     HopStrength,
@@ -244,8 +244,8 @@ def _check_images(config: ViTConfig, images, what: str) -> int:
 class HopStrengthReducer:
     """Hop strength of every head of a batch, as a reducer of the attention pass
     (:mod:`jaxvit_interp.attention_pass`): :class:`~.kernels.HopStrength`'s fields
-    ``[batch, layer, head, ...]`` plus each row's sum and smallest entry, which :meth:`check`
-    reads on the host (rows that are not distributions: non-finite pixels or weights).
+    ``[batch, layer, head, ...]`` plus each row's sum and smallest entry, which :meth:`finish`
+    checks on the host (rows that are not distributions: non-finite pixels or weights).
 
     Attributes:
       check_stochastic, atol: as in :func:`strength_over_images` (None: float32's tolerance).
@@ -259,7 +259,7 @@ class HopStrengthReducer:
         result, row_sums, row_min = hop_strength_kernel(out.attention, rings_for(config))
         return {**_fields(result), "row_sums": row_sums, "row_min": row_min}
 
-    def check(self, outputs: dict[str, np.ndarray], start: int) -> None:
+    def finish(self, outputs: dict[str, np.ndarray], start: int) -> dict[str, np.ndarray]:
         row_sums = outputs["row_sums"]
         check_rows(
             row_sums,
@@ -270,6 +270,8 @@ class HopStrengthReducer:
             axis_names=_AXES,
             index_offset=start,
         )
+        # The row statistics were only for the check.
+        return {k: v for k, v in outputs.items() if k not in ("row_sums", "row_min")}
 
     @staticmethod
     def result(outputs: dict[str, np.ndarray]) -> HopStrength:
@@ -393,3 +395,13 @@ def model_special_mass_over_images(
         desc="special-token mass",
     )
     return reducer.result(outputs[reducer.name])
+
+
+def special_part(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-image attention mass to and from each special token ``[image, layer, head, token]``
+    (:mod:`~jaxvit_interp.strength.special`) plus the means over the images, with the mean
+    attention the special tokens pay each other ``[layer, head, token, token]``."""
+    part = {f: np.asarray(local[f], np.float32) for f in SPECIAL_FIELDS}
+    part.update({f"{f}_mean": v.mean(axis=0) for f, v in part.items()})
+    part["special_between_mean"] = np.asarray(local["special_between"], np.float32).mean(axis=0)
+    return part
