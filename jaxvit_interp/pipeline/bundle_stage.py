@@ -21,14 +21,11 @@ from jaxvit_interp.multihost import is_writer
 from jaxvit_interp.pipeline.analyses import PASS_ANALYSES
 from jaxvit_interp.pipeline.parts import importance_part, partial_part
 from jaxvit_interp.pipeline.pattern_stage import pattern_stage_part
-from jaxvit_interp.pipeline.run_folder import RunFolder
+from jaxvit_interp.pipeline.run_folder import IMAGE_STEP, RunFolder
 from jaxvit_interp.quantities import CHUNK_KEYS, MAPPED_ARRAYS
 from jaxvit_interp.storage import atomic_npy, load_npy, page_releaser
 
-__all__ = ["IMAGE_STEP", "build_bundle", "stream_pixels", "thumbnails_of"]
-
-# Images turned into the bundle's thumbnails and pixels at once (ViT-B/16: 38 MB).
-IMAGE_STEP = 64
+__all__ = ["build_bundle", "stream_pixels", "thumbnails_of"]
 
 
 def build_bundle(

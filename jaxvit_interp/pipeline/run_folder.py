@@ -64,7 +64,8 @@ INPUT_DIR = "input"
 # an image for ViT-B/16) are gathered into this file of the chunk folder, which the pattern stage
 # reads a block at a time.
 PATTERN_FILE = "{kind}-patterns.npy"
-# Images hashed at once for the fingerprint (ViT-B/16: 38 MB).
+# Images read at once (hashed for the fingerprint, turned into thumbnails and pixels; ViT-B/16:
+# 38 MB).
 IMAGE_STEP = 64
 # What a new run folder may hold before its run starts.
 _BEFORE_RUN = {INPUT_DIR, LOCK_FILE}
