@@ -208,13 +208,16 @@ def rank_by_metric(
 def importance_summary(result: HeadImportance, num_classes: int) -> dict[str, np.ndarray]:
     """The over-images views of ``result`` as the results bundle stores them.
 
-    Returns float32 arrays: ``{metric}_mean`` ``[layer, head]`` (for ``flip``, the fraction of
-    images that flip), ``{metric}_class_mean`` ``[class, layer, head]`` over the images whose
-    label ``y`` is that class (NaN for a class without images), and ``class_counts`` ``[class]``.
+    Returns ``{metric}_mean`` float32 ``[layer, head]`` (for ``flip``, the fraction of images
+    that flip) and, for a classifier (``num_classes > 0``; a backbone has no classes),
+    ``{metric}_class_mean`` float32 ``[class, layer, head]`` over the images whose label ``y`` is
+    that class (NaN for a class without images) and ``class_counts`` ``[class]``.
     """
     means = global_importance(result).mean
-    by_class = per_class_importance(result)
     out = {f"{m}_mean": v.astype(np.float32) for m, v in means.items()}
+    if not num_classes:
+        return out
+    by_class = per_class_importance(result)
     counts = np.zeros(num_classes, np.int64)
     counts[by_class.classes] = by_class.counts
     for m, v in by_class.mean.items():
