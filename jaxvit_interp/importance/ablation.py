@@ -125,7 +125,7 @@ class HeadImportance(Summarized):
         """The results bundle's ``importance`` part: each computed metric per image
         ``[image, layer, head]`` (float32; ``flip`` 0 or 1) and its reductions over the images
         (:func:`~jaxvit_interp.importance.aggregate.importance_summary`: the means and, for a
-        classifier, each class's mean)."""
+        classifier, each class's mean, specificity and most specific heads)."""
         from jaxvit_interp.importance.aggregate import importance_summary
 
         per_image = {m: np.asarray(self[m], np.float32) for m in self.metrics}

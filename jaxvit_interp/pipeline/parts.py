@@ -38,7 +38,8 @@ def importance_part(
     num_classes: int,
 ) -> dict[str, np.ndarray]:
     """Per-image metrics ``[image, layer, head]`` plus their means over all images and, for a
-    classifier, per class (:meth:`~jaxvit_interp.importance.HeadImportance.to_part`).
+    classifier, per class with each class's specificity and most specific heads
+    (:meth:`~jaxvit_interp.importance.HeadImportance.to_part`).
 
     The metrics are those the model has (:func:`~jaxvit_interp.quantities.model_metrics`): a
     backbone without a classifier has ``layer`` and ``repr`` only, and no classes to group by.
