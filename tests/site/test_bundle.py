@@ -76,8 +76,8 @@ def test_an_older_bundle_says_what_changed(saved):
     _edit_index(directory, version=2)
     with pytest.raises(
         BundleError,
-        match=r"version 2;.*version 4 carries each class's specificity.*version 3 keeps every "
-        "image's attention",
+        match=r"version 2;.*version 4 keeps the small attention weights.*each class's "
+        r"specificity.*version 3 keeps every image's attention",
     ):
         load_bundle(directory)
 
