@@ -775,7 +775,7 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
 
 def _add_distributed_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
-        "several processes (start the same command in each; see the README's Scale section)"
+        "several processes (start the same command in each; see docs/scale.md)"
     )
     g.add_argument(
         "--distributed",
