@@ -211,3 +211,19 @@ def test_the_readme_is_a_front_door_that_starts_with_ci_s_commands():
     ci_test_command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
     first = [line for line in lines if line.strip()][:5]
     assert first == ["# jaxvit-interp", "```bash", DEMO_COMMAND, ci_test_command, "```"]
+
+
+def test_every_documented_site_spec_is_one_the_loader_accepts(tmp_path):
+    from jaxvit_interp.site.spec import load_site_spec
+
+    specs = [
+        body
+        for page in PAGES
+        for language, body in _blocks(page.read_text())[1]
+        if language == "toml" and re.search(r"^model = ", body, re.M)
+    ]
+    assert specs, "no site spec in the docs"
+    for number, body in enumerate(specs):
+        path = tmp_path / f"spec-{number}.toml"
+        path.write_text(body)
+        load_site_spec(path)  # raises, naming the key, on a spec it refuses
