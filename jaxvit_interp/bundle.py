@@ -7,7 +7,7 @@ A bundle is a folder::
     images.npz         labels, predictions, probabilities, thumbnails, 2-D overview positions
     images-pixels.npy  each image at the model's input resolution (uint8)
     importance.npz     pruning metrics per image and head; their means over all images and per
-                       class
+                       class, and each class's specificity and most specific heads
     partial.npz        partial pruning (six modes) for a subset of images, and its means
     strength.npz       hop strength, mass, entropy, distance, CLS masses per image and head; their
                        means over images and each head's entropy histogram
@@ -35,6 +35,10 @@ and :func:`load_bundle` checks them all, naming the part and array at fault. The
 ``.npy`` file each and are memory-mapped when loaded, so nothing reads them whole. Each file is
 written to a temporary name and renamed into place, so an interrupted write never leaves a file
 that reads as valid.
+
+A bundle of version 3 (before version 4 carried each class's specificity and most specific
+heads) still loads: :func:`load_bundle` computes those arrays from its per-image importance, as
+the analysis does (:func:`~jaxvit_interp.importance.aggregate.class_specificity`).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import numpy as np
 from jaxvit_interp.attention_codes import ATTENTION_CODES, LINEAR, POWER
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.quantities import (
+    CLASS_ARRAYS,
     MAPPED_ARRAYS,
     METRIC_NAMES,
     OPTIONAL_ARRAYS,
@@ -140,8 +145,11 @@ class ResultsBundle(Summarized):
             )
         return self.parts[part]
 
-    def validate(self) -> None:
-        """Check every present array against :data:`SCHEMA`; raise :class:`BundleError` naming it."""
+    def validate(self, *, derived: bool = True) -> None:
+        """Check every present array against :data:`SCHEMA`; raise :class:`BundleError` naming it.
+
+        ``derived=False`` lets a classifier's bundle lack the arrays :func:`load_bundle` derives
+        for a bundle of version 3 (each class's specificity and most specific heads)."""
         for key in ("config", "image_ids", "class_names", "pruning_modes"):
             if key not in self.meta:
                 raise BundleError(f"the results bundle's {INDEX_FILE} lacks {key!r}")
@@ -151,7 +159,7 @@ class ResultsBundle(Summarized):
                 f"class_names lists {len(self.meta['class_names'])} classes but the model has "
                 f"{fixed['C']}"
             )
-        self._check_metrics()
+        self._check_metrics(derived)
         self._check_attention_code()
         for part, arrays in self.parts.items():
             if part not in SCHEMA:
@@ -205,9 +213,10 @@ class ResultsBundle(Summarized):
                         f"part 'attention' lacks array {name!r}, which its {code} code needs"
                     )
 
-    def _check_metrics(self) -> None:
+    def _check_metrics(self, derived: bool = True) -> None:
         """The arrays that the optional ones stand for must be there: each listed metric's, and
-        a classifier's probabilities, predictions, labels and per-class means."""
+        a classifier's probabilities, predictions, labels and per-class arrays (``derived``:
+        those a version 3 bundle lacks too)."""
         unknown = [m for m in self.metrics if m not in METRIC_NAMES]
         if unknown:
             raise BundleError(f"meta lists unknown metrics {unknown}; known: {list(METRIC_NAMES)}")
@@ -215,10 +224,42 @@ class ResultsBundle(Summarized):
         if self.meta["config"]["num_classes"]:
             need["images"] = ["labels", "predictions", "probs"]
             need["importance"] += [f"{m}_class_mean" for m in self.metrics] + ["class_counts"]
+            if derived:
+                need["importance"] += _class_specificity_names(self.metrics)
         for part, names in need.items():
             for name in names:
                 if part in self.parts and name not in self.parts[part]:
                     raise BundleError(f"part {part!r} lacks array {name!r}")
+
+
+def _class_specificity_names(metrics) -> list[str]:
+    """The arrays of each class's specificity and most specific heads under ``metrics``."""
+    return [f"{m}_class_{what}" for m in metrics for what in CLASS_ARRAYS if what != "mean"]
+
+
+def _derive_class_specificity(bundle: ResultsBundle) -> None:
+    """Add each class's specificity and most specific heads to a classifier's bundle written
+    before they were carried (version 3), computed from its per-image importance and labels by
+    the function the analysis uses."""
+    importance = bundle.parts.get("importance")
+    if not bundle.meta["config"]["num_classes"] or importance is None:
+        return
+    missing = [m for m in bundle.metrics if set(_class_specificity_names([m])) - set(importance)]
+    if not missing:
+        return
+    from jaxvit_interp.importance import HeadImportance
+    from jaxvit_interp.importance.aggregate import class_specificity
+
+    images = bundle["images"]
+    result = HeadImportance.from_part(
+        importance,
+        probs=images["probs"],
+        predictions=images["predictions"],
+        labels=images["labels"],
+        labels_are_predictions=bool(bundle.meta.get("labels_are_predictions", False)),
+        metrics=missing,
+    )
+    importance.update(class_specificity(result, bundle.dims()["C"]))
 
 
 def special_tokens(config: dict[str, Any]) -> tuple[bool, int]:
@@ -289,10 +330,11 @@ def load_bundle(directory: str | Path) -> ResultsBundle:
         raise BundleError(
             f"{index_path} has bundle version {index.get('version')!r}; this jaxvit-interp reads "
             f"versions {' and '.join(map(str, sorted(READABLE_VERSIONS)))} (version 4 keeps the "
-            "small attention weights and each matrix's relative error; version 3 keeps every "
-            "image's attention as 8-bit codes and each image at the model's input resolution; "
-            "version 2 added the means over images, per-class importance and the histograms the "
-            "site shows): run `jaxvit-interp analyze` again into a new folder"
+            "small attention weights and each matrix's relative error, and each class's "
+            "specificity and most specific heads, computed when a version 3 bundle is loaded; "
+            "version 3 keeps every image's attention as 8-bit codes and each image at the model's "
+            "input resolution; version 2 added the means over images, per-class importance and "
+            "the histograms the site shows): run `jaxvit-interp analyze` again into a new folder"
         )
     parts = {}
     for part in index.get("parts", []):
@@ -307,5 +349,8 @@ def load_bundle(directory: str | Path) -> ResultsBundle:
     meta = {k: v for k, v in index.items() if k not in ("format", "version", "parts")}
     meta.update(READABLE_VERSIONS[index["version"]])
     bundle = ResultsBundle(meta=meta, parts=parts)
+    # Every array is checked before any is derived from the others, and the derived ones after.
+    bundle.validate(derived=False)
+    _derive_class_specificity(bundle)
     bundle.validate()
     return bundle

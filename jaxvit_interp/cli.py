@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import tomllib
@@ -22,11 +23,6 @@ BUILTIN_DIGITS = "builtin:digits"
 DEFAULT_DEMO_OUT = "demo-site"
 BUILTIN_DIR = "builtin"
 DEMO_SPEC = "digits.toml"
-# --memory-budget-mb of every command that runs the ablation engine.
-BUDGET_HELP = (
-    "per-device working-set budget in MiB for the ablations (default: half the free memory of "
-    "an accelerator; on a CPU a sixteenth of RAM, at most 1.25 GiB)"
-)
 # The settings of a distributed run that flags can give (else their environment variables).
 DISTRIBUTED_OPTIONS = ("coordinator", "num_processes", "process_id")
 QUIET_HELP = (
@@ -57,33 +53,42 @@ def _positive_int(value, what: str = "the value") -> int:
     return number
 
 
-def _arg_type(kind: str):
-    """An argparse ``type`` that rejects what the analysis would only reject later."""
+def _arg_type(how):
+    """An argparse ``type`` reading a flag's text with ``how``, a
+    :class:`~jaxvit_interp.setting.Setting`: the flag accepts what the setting accepts."""
 
     def parse(text: str):
         try:
-            value = float(text) if kind == "positive_float" else int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        least_ok = value > 0 if kind in ("positive_int", "positive_float") else value >= 0
-        if not least_ok or value != value:  # the second test refuses NaN
-            need = "more than 0" if kind != "count" else "0 or more"
-            raise argparse.ArgumentTypeError(f"must be {need}, got {text}")
-        return value
+            return how.parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
 
-    parse.__name__ = kind  # argparse names the type in its messages
+    parse.__name__ = how.name or "value"  # argparse names the type in its messages
     return parse
 
 
-POSITIVE_INT, POSITIVE_FLOAT, COUNT = (
-    _arg_type("positive_int"),
-    _arg_type("positive_float"),
-    _arg_type("count"),
-)
+def _add_setting(p, how) -> None:
+    """The flag of one declared setting (:mod:`jaxvit_interp.setting`): its name, parser, value
+    shown in ``--help`` and help stating the default all come from the declaration; it is
+    stored under the setting's name, and left None when not given (the settings' default)."""
+    p.add_argument(
+        how.flag_name,
+        dest=how.name,
+        type=_arg_type(how),
+        metavar=how.metavar,
+        help=how.help_text().replace("%", "%%"),
+    )
 
 
-def ALL_OR_COUNT(text: str):  # noqa: N802 (an argparse type, named like the others)
-    return text if text == "all" else COUNT(text)
+def _count(name: str, least: int):
+    """An argparse ``type`` of the commands' own counts (not analysis settings), read and
+    checked as a setting's flag is."""
+    from jaxvit_interp.setting import Setting
+
+    return _arg_type(Setting(help="", name=name, least=least))
+
+
+POSITIVE_INT, COUNT = _count("positive_int", 1), _count("count", 0)
 
 
 def _image_size_value(value, where: str | None = None) -> tuple[int, int] | None:
@@ -284,35 +289,15 @@ def _load_images(
     return images, labels, ids, names, None if matching is None else matching.to_dict(names)
 
 
-def _settings_from(args, file_settings: dict):
+def _settings_from(args, file_settings):
+    """The :class:`AnalysisSettings` of the config file's ``[analysis]`` (None: the defaults),
+    with every analysis flag given on the command line in its place."""
     from jaxvit_interp.pipeline.settings import AnalysisSettings
+    from jaxvit_interp.setting import declared
 
-    values = dict(file_settings)
-    for name in (
-        "chunk_images",
-        "batch_size",
-        "partial_images",
-        "attention_images",
-        "clusters",
-        "projection",
-        "seed",
-        "thumbnail_size",
-        "pattern_samples",
-        "set_images",
-        "greedy_max_heads",
-    ):
-        value = getattr(args, name, None)
-        if value is not None:
-            values[name] = value
-    if getattr(args, "memory_budget_mb", None) is not None:
-        values["memory_budget_bytes"] = _budget_bytes(args)
-    return AnalysisSettings.from_dict(values)
-
-
-def _budget_bytes(args) -> int | None:
-    """``--memory-budget-mb`` in bytes, or None for the default budget."""
-    mb = getattr(args, "memory_budget_mb", None)
-    return None if mb is None else int(mb * 2**20)
+    flags = {name: getattr(args, name, None) for name in declared(AnalysisSettings)}
+    given = {name: value for name, value in flags.items() if value is not None}
+    return dataclasses.replace(file_settings or AnalysisSettings(), **given)
 
 
 def _read_config_file(path: str | None) -> dict:
@@ -346,6 +331,12 @@ def _read_config_file(path: str | None) -> dict:
         data["max_images"] = _positive_int(data["max_images"], f"config file {path}: max_images")
     if not isinstance(data.get("analysis", {}), dict):
         raise UsageError(f"config file {path}: [analysis] must be a table of settings")
+    from jaxvit_interp.pipeline.settings import AnalysisSettings
+
+    try:
+        data["analysis"] = AnalysisSettings.from_dict(data.get("analysis", {}), "analysis.")
+    except InputError as err:
+        raise UsageError(f"config file {path}: {err}") from None
     return data
 
 
@@ -365,7 +356,7 @@ def _benchmark(args) -> int:
         precision=args.precision,
         rounds=args.rounds,
         loop_heads=args.loop_heads,
-        memory_budget_bytes=_budget_bytes(args),
+        memory_budget_bytes=args.memory_budget_bytes,
     )
     dev, eng, loop = record["device"], record["engine"], record["loop"]
     share = lambda side: (  # noqa: E731
@@ -517,7 +508,7 @@ def _analyze(args) -> int:
             raise UsageError(f"{flag} is required (on the command line or in --config)")
     # Every setting is checked before the model or the images are read, and all of them before
     # the run folder is made: a rejected option never leaves a folder behind.
-    settings = _settings_from(args, file_cfg.get("analysis", {}))
+    settings = _settings_from(args, file_cfg.get("analysis"))
     _maybe_distributed(args)
     image_size = args.image_size or _image_size_value(file_cfg.get("image_size"), args.config)
     model = _load_model(
@@ -573,7 +564,6 @@ def _site(args) -> int:
 
 def _site_from_spec(args, spec_path: str) -> int:
     from jaxvit_interp.bundle import load_bundle
-    from jaxvit_interp.pipeline.settings import AnalysisSettings
     from jaxvit_interp.site import build_site
     from jaxvit_interp.site.spec import load_site_spec
 
@@ -582,23 +572,7 @@ def _site_from_spec(args, spec_path: str) -> int:
     run = out / "run"
     model = _load_model(str(spec.model))
     labels_csv = str(spec.labels) if spec.labels else None
-    settings = AnalysisSettings.from_dict(
-        {
-            **spec.analysis,
-            "partial_images": spec.partial_images,
-            "attention_images": spec.attention_images,
-            "thumbnail_size": spec.thumbnail_size,
-        }
-    )
-    _analyze_images(
-        run,
-        str(spec.images),
-        labels_csv,
-        spec.max_images,
-        model,
-        settings,
-        args,
-    )
+    _analyze_images(run, str(spec.images), labels_csv, spec.max_images, model, spec.analysis, args)
     options = spec.site_options()
     if args.title:
         options["title"] = args.title
@@ -687,7 +661,7 @@ def _prune(args) -> int:
             remove=args.remove,
             max_accuracy_drop=args.max_accuracy_drop,
             order=args.order,
-            memory_budget_bytes=_budget_bytes(args),
+            memory_budget_bytes=args.memory_budget_bytes,
             progress=not args.quiet,
         )
     if not heads:
@@ -720,69 +694,28 @@ def jax_backend() -> str:
 
 
 def _add_analysis_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("analysis options (defaults: see AnalysisSettings)")
-    g.add_argument(
-        "--chunk-images", type=POSITIVE_INT, help="images per resumable chunk (default 64)"
+    from jaxvit_interp.pipeline.settings import AnalysisSettings
+    from jaxvit_interp.setting import declared
+
+    g = p.add_argument_group(
+        "analysis options (the fields of AnalysisSettings; also the [analysis] table of --config)"
     )
-    g.add_argument(
-        "--batch-size",
-        type=POSITIVE_INT,
-        help="images per device pass (default: fit the memory budget)",
-    )
-    g.add_argument(
-        "--memory-budget-mb",
-        type=POSITIVE_FLOAT,
-        help=BUDGET_HELP,
-    )
-    g.add_argument(
-        "--partial-images",
-        type=COUNT,
-        help="images that get partial pruning of every head (default 64; 0: none)",
-    )
-    g.add_argument(
-        "--attention-images",
-        type=ALL_OR_COUNT,
-        help="images whose full attention is kept for the site: 'all' (the default) or a "
-        "count of images chosen at random (0: none)",
-    )
-    g.add_argument(
-        "--clusters",
-        type=POSITIVE_INT,
-        help="number of pattern clusters (default: chosen from the data)",
-    )
-    g.add_argument(
-        "--projection",
-        choices=("umap", "tsne"),
-        help="2-D projection of pattern latents (default umap)",
-    )
-    g.add_argument(
-        "--pattern-samples",
-        type=POSITIVE_INT,
-        help="most patterns each autoencoder trains on (default 20000, at least 32)",
-    )
-    g.add_argument(
-        "--thumbnail-size",
-        type=POSITIVE_INT,
-        help="longest thumbnail side in pixels (default 112)",
-    )
-    g.add_argument(
-        "--set-images",
-        type=COUNT,
-        help="images on which pairs and sets of heads are pruned together: interactions of "
-        "the top heads and pruning curves (default 32; 0: skip that stage)",
-    )
-    g.add_argument(
-        "--greedy-max-heads",
-        type=COUNT,
-        help="compute the greedy pruning curve only for models of at most this many heads "
-        "(default 48; it takes about (layers x heads)^2 / 2 set ablations)",
-    )
-    g.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
+    for how in declared(AnalysisSettings).values():
+        if how.flag_name:
+            _add_setting(g, how)
+
+
+def _budget_setting():
+    """``--memory-budget-mb`` of every command that runs the ablation engine."""
+    from jaxvit_interp.pipeline.settings import AnalysisSettings
+    from jaxvit_interp.setting import declared
+
+    return declared(AnalysisSettings)["memory_budget_bytes"]
 
 
 def _add_distributed_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
-        "several processes (start the same command in each; see the README's Scale section)"
+        "several processes (start the same command in each; see docs/scale.md)"
     )
     g.add_argument(
         "--distributed",
@@ -958,11 +891,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PX|HxW",
         help="load (and save) the model at this input size, its position table resampled",
     )
-    p.add_argument(
-        "--memory-budget-mb",
-        type=POSITIVE_FLOAT,
-        help=BUDGET_HELP,
-    )
+    _add_setting(p, _budget_setting())
     p.add_argument("--out", required=True, help="new folder for the pruned model and report")
     p.add_argument("--allow-pickle", action="store_true", help="allow PyTorch pickles")
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
@@ -1003,11 +932,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="heads the plain loop is timed on, scaled to all heads (default: 12)",
     )
-    p.add_argument(
-        "--memory-budget-mb",
-        type=POSITIVE_FLOAT,
-        help=BUDGET_HELP,
-    )
+    _add_setting(p, _budget_setting())
     p.add_argument("--json", metavar="FILE", help="write the figures there as JSON too")
     _add_distributed_options(p)
     p.set_defaults(func=_benchmark)

@@ -8,8 +8,10 @@ a title, a unit and which direction marks an important head (:data:`METRICS`).
 Where each quantity is computed:
 
 - ``importance``: :mod:`jaxvit_interp.importance` (the ablation engine per image; the over-images
-  means and per-class means in :mod:`~jaxvit_interp.importance.aggregate`; the image overview
-  layout in :mod:`~jaxvit_interp.importance.layout`);
+  means, per-class means, each class's specificity (its mean minus the mean over all images,
+  signed so that positive is more important for the class) and its :data:`CLASS_TOP_HEADS`
+  most specific heads in :mod:`~jaxvit_interp.importance.aggregate`; the image overview layout
+  in :mod:`~jaxvit_interp.importance.layout`);
 - ``partial``: :func:`jaxvit_interp.importance.partial_pruning`, its means in
   :mod:`~jaxvit_interp.importance.aggregate`;
 - ``strength``: :mod:`jaxvit_interp.strength` (per image in ``kernels``, over images in
@@ -41,8 +43,9 @@ Where each quantity is computed:
 
 Dimension letters: ``I`` images, ``C`` classes, ``L`` layers, ``H`` heads, ``N`` tokens,
 ``K`` hops, ``X`` special tokens (CLS, distillation, registers: the tokens before the patches),
-``M`` pruning modes, ``T`` top-k ranks, ``B`` entropy histogram bins, ``D`` density
-bins, ``S_partial`` / ``S_attention`` images of a subset, ``h w c`` thumbnail pixels and
+``M`` pruning modes, ``T`` top-k ranks, ``T_class`` the most specific heads of a class
+(:data:`CLASS_TOP_HEADS`, or every head of a smaller model), ``B`` entropy histogram bins,
+``D`` density bins, ``S_partial`` / ``S_attention`` images of a subset, ``h w c`` thumbnail pixels and
 channels, ``ih iw`` the model's input pixels, ``gh gw`` the patch grid, ``oh ow`` relative offsets on it, ``Kcls Kpatch`` clusters,
 ``xy`` the two coordinates of a 2-D position and ``extent`` a range ``(x0, x1, y0, y1)``.
 In ``head_sets``: ``S_sets`` images of its subset, ``J`` interacting heads (most important
@@ -59,6 +62,8 @@ from typing import Any
 
 __all__ = [
     "ABLATION_METRICS",
+    "CLASS_ARRAYS",
+    "CLASS_TOP_HEADS",
     "DENSITY_BINS",
     "ENTROPY_BINS",
     "METRICS",
@@ -215,6 +220,10 @@ ENTROPY_BINS = 30
 DENSITY_BINS = 48
 # Longest side, in pixels, of the thumbnails a bundle keeps and the page shows.
 THUMBNAIL_SIZE = 64
+# The most specific heads a bundle keeps per class and metric (the class map dots them).
+CLASS_TOP_HEADS = 3
+# A classifier's per-class arrays of each metric in the importance part: ``{metric}_class_{what}``.
+CLASS_ARRAYS = ("mean", "specificity", "top")
 
 _HEAD = ("L", "H")
 
@@ -249,6 +258,12 @@ SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
         **{f"{m}_mean": _HEAD for m in METRIC_NAMES},
         **{f"{m}_class_mean": ("C", *_HEAD) for m in METRIC_NAMES},
         "class_counts": ("C",),
+        # Class mean - mean over all images, signed (positive: more important for the class);
+        # NaN for a class without images.
+        **{f"{m}_class_specificity": ("C", *_HEAD) for m in METRIC_NAMES},
+        # Each class's most specific (layer, head) pairs, most specific first; -1 for a class
+        # without images.
+        **{f"{m}_class_top": ("C", "T_class", "lh") for m in METRIC_NAMES},
     },
     "partial": {
         "image_index": ("S_partial",),
@@ -354,7 +369,7 @@ OPTIONAL_ARRAYS: dict[str, set[str]] = {
     "importance": {
         *(m.name for m in METRICS if m.needs_logits),
         *(f"{m.name}_mean" for m in METRICS if m.needs_logits),
-        *(f"{m}_class_mean" for m in METRIC_NAMES),
+        *(f"{m}_class_{what}" for m in METRIC_NAMES for what in CLASS_ARRAYS),
         "class_counts",
     },
     "patterns": set(_pattern_arrays("cls")),

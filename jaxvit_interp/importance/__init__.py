@@ -16,7 +16,8 @@ there are no labels):
 - :func:`class_specific_heads`: per class, the heads that matter for it more than on average.
 - :func:`partial_pruning`: the paper's six partial-pruning modes with ``p'_y`` and the top 5.
 - :mod:`~jaxvit_interp.importance.aggregate`: the "global" views over all images (means, flip
-  fractions), per-class means, partial-pruning means, per-layer normalisation and rankings.
+  fractions), per-class means and specificity, partial-pruning means, per-layer normalisation
+  and rankings.
 - :func:`image_layout`: the image overview (view A), images placed by their importance vectors.
 - :func:`cumulative_pruning_accuracy`: accuracy as heads are pruned one after another in a ranking.
 """
@@ -28,6 +29,7 @@ from jaxvit_interp.importance.aggregate import (
     ClassImportance,
     GlobalImportance,
     class_specific_heads,
+    class_specificity,
     flip_fraction,
     global_importance,
     head_ranks,
@@ -64,6 +66,7 @@ __all__ = [
     "SetAblation",
     "ablate",
     "class_specific_heads",
+    "class_specificity",
     "pairwise_interactions",
     "pruning_curves",
     "BatchPlan",

@@ -4,13 +4,14 @@ every image and every head."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance import validate
 from jaxvit_interp.importance.engine import run_engine
 from jaxvit_interp.importance.metrics import ablation_metrics, backbone_metrics
@@ -73,6 +74,62 @@ class HeadImportance(Summarized):
                 f"metric {metric!r} was not computed; this result has {', '.join(self.metrics)}"
             )
         return value
+
+    @classmethod
+    def from_part(
+        cls,
+        part: Mapping[str, np.ndarray],
+        *,
+        probs: np.ndarray | None = None,
+        predictions: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        labels_are_predictions: bool,
+        metrics: Iterable[str] | None = None,
+    ) -> HeadImportance:
+        """The result that a results bundle's ``importance`` part (or a run's merged chunks)
+        holds; the inverse of :meth:`to_part`.
+
+        Args:
+          part: metric name -> ``[image, layer, head]`` (``flip`` as 0/1 or bool); other
+            arrays (the means over images) are left alone.
+          probs, predictions, labels: the bundle's ``images`` arrays ``[image, class]``,
+            ``[image]``, ``[image]``; None for a backbone without a classifier, which has no
+            classes (``[image, 0]``, -1, -1 as :func:`head_importance` gives it).
+          labels_are_predictions: as the bundle's meta says.
+          metrics: the metrics to take; default: every one ``part`` holds.
+        """
+        metrics = tuple(m for m in validate.METRICS if m in part) if metrics is None else metrics
+        metrics = validate.check_metrics(metrics)
+        missing = [m for m in metrics if m not in part]
+        if missing:
+            raise InputError(
+                f"the importance arrays lack metric(s) {missing}; they hold {sorted(part)}"
+            )
+        fields = {m: np.asarray(part[m]) if m in metrics else None for m in validate.METRICS}
+        if fields["flip"] is not None:
+            fields["flip"] = fields["flip"].astype(bool)
+        if probs is None:  # a backbone: no classes
+            images = len(fields[metrics[0]])
+            probs = np.zeros((images, 0), np.float32)
+            predictions = labels = np.full(images, -1, np.int32)
+        return cls(
+            **fields,
+            probs=np.asarray(probs),
+            predictions=np.asarray(predictions),
+            labels=np.asarray(labels),
+            labels_are_predictions=bool(labels_are_predictions),
+            metrics=metrics,
+        )
+
+    def to_part(self) -> dict[str, np.ndarray]:
+        """The results bundle's ``importance`` part: each computed metric per image
+        ``[image, layer, head]`` (float32; ``flip`` 0 or 1) and its reductions over the images
+        (:func:`~jaxvit_interp.importance.aggregate.importance_summary`: the means and, for a
+        classifier, each class's mean, specificity and most specific heads)."""
+        from jaxvit_interp.importance.aggregate import importance_summary
+
+        per_image = {m: np.asarray(self[m], np.float32) for m in self.metrics}
+        return {**per_image, **importance_summary(self, self.probs.shape[1])}
 
     @property
     def num_images(self) -> int:

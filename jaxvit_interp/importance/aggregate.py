@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance.ablation import HeadImportance
-from jaxvit_interp.quantities import METRICS
+from jaxvit_interp.quantities import CLASS_TOP_HEADS, METRICS
 from jaxvit_interp.summary import Summarized, listed, number, sizes, top_heads
 
 HIGHER_IS_MORE_IMPORTANT: dict[str, bool] = {m.name: m.important_high for m in METRICS}
@@ -137,6 +137,20 @@ class ClassHeads(Summarized):
         return f"{sizes(classes=classes, layers=layers, heads=heads)} by {self.metric}", rows
 
 
+def _specific_heads(
+    class_mean: np.ndarray, overall: np.ndarray, metric: str, count: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(specificity [k, layer, head], top [k, count, 2])`` of :class:`ClassHeads` from the
+    classes' means ``[k, layer, head]`` and the mean over all images ``[layer, head]``."""
+    sign = 1.0 if HIGHER_IS_MORE_IMPORTANT[metric] else -1.0
+    specificity = sign * (class_mean - overall[None])
+    count = min(int(count), specificity[0].size)
+    flat = np.nan_to_num(specificity.reshape(len(specificity), -1), nan=-np.inf)
+    best = np.argsort(-flat, axis=1, kind="stable")[:, :count]
+    top = np.stack(np.unravel_index(best, specificity.shape[1:]), axis=-1).astype(np.int32)
+    return specificity, top
+
+
 def class_specific_heads(result: HeadImportance, metric: str = "prob_drop", count: int = 5):
     """Per class, the heads whose importance for that class's images exceeds their mean most.
 
@@ -146,14 +160,46 @@ def class_specific_heads(result: HeadImportance, metric: str = "prob_drop", coun
     if metric not in result.metrics:
         raise InputError(f"metric {metric!r} was not computed; this result has {result.metrics}")
     by_class = per_class_importance(result)
-    sign = 1.0 if HIGHER_IS_MORE_IMPORTANT[metric] else -1.0
     overall = mean_over_images(result[metric])
-    specificity = sign * (by_class.mean[metric] - overall[None])
-    count = min(int(count), specificity[0].size)
-    flat = np.nan_to_num(specificity.reshape(len(specificity), -1), nan=-np.inf)
-    best = np.argsort(-flat, axis=1, kind="stable")[:, :count]
-    top = np.stack(np.unravel_index(best, specificity.shape[1:]), axis=-1).astype(np.int32)
+    specificity, top = _specific_heads(by_class.mean[metric], overall, metric, count)
     return ClassHeads(metric, by_class.classes, specificity, top)
+
+
+def class_specificity(
+    result: HeadImportance, num_classes: int, *, count: int = CLASS_TOP_HEADS
+) -> dict[str, np.ndarray]:
+    """:func:`class_specific_heads` of every computed metric, as the results bundle stores it.
+
+    Returns ``{metric}_class_specificity`` float32 ``[class, layer, head]`` (the class's mean
+    minus the mean over all images, signed so that positive is more important for the class;
+    NaN for a class without images) and ``{metric}_class_top`` int32 ``[class, count, 2]`` (the
+    class's ``count`` most specific ``(layer, head)`` pairs, most specific first, fewer for a
+    model with fewer heads; -1 for a class without images).
+    """
+    return _class_specificity(result, per_class_importance(result), num_classes, count)
+
+
+def _class_specificity(
+    result: HeadImportance, by_class: ClassImportance, num_classes: int, count: int
+) -> dict[str, np.ndarray]:
+    out = {}
+    for m in result.metrics:
+        overall = mean_over_images(result[m])
+        specificity, top = _specific_heads(by_class.mean[m], overall, m, count)
+        out[f"{m}_class_specificity"] = _every_class(specificity, by_class, num_classes, np.nan)
+        out[f"{m}_class_top"] = _every_class(top.astype(np.int32), by_class, num_classes, -1)
+    return out
+
+
+def _every_class(
+    values: np.ndarray, by_class: ClassImportance, num_classes: int, fill
+) -> np.ndarray:
+    """``[k, ...]`` values of the classes with images -> ``[num_classes, ...]`` (float32 for
+    float values), ``fill`` for the classes without images."""
+    dtype = np.float32 if values.dtype.kind == "f" else values.dtype
+    full = np.full((num_classes, *values.shape[1:]), fill, dtype)
+    full[by_class.classes] = values
+    return full
 
 
 def normalize_per_layer(scores: np.ndarray, exponent: float = 2.0) -> np.ndarray:
@@ -208,20 +254,21 @@ def rank_by_metric(
 def importance_summary(result: HeadImportance, num_classes: int) -> dict[str, np.ndarray]:
     """The over-images views of ``result`` as the results bundle stores them.
 
-    Returns float32 arrays: ``{metric}_mean`` ``[layer, head]`` (for ``flip``, the fraction of
-    images that flip), ``{metric}_class_mean`` ``[class, layer, head]`` over the images whose
-    label ``y`` is that class (NaN for a class without images), and ``class_counts`` ``[class]``.
+    Returns ``{metric}_mean`` float32 ``[layer, head]`` (for ``flip``, the fraction of images
+    that flip) and, for a classifier (``num_classes > 0``; a backbone has no classes),
+    ``{metric}_class_mean`` float32 ``[class, layer, head]`` over the images whose label ``y`` is
+    that class (NaN for a class without images), ``class_counts`` ``[class]`` and each class's
+    specificity and most specific heads (:func:`class_specificity`).
     """
     means = global_importance(result).mean
-    by_class = per_class_importance(result)
     out = {f"{m}_mean": v.astype(np.float32) for m, v in means.items()}
-    counts = np.zeros(num_classes, np.int64)
-    counts[by_class.classes] = by_class.counts
+    if not num_classes:
+        return out
+    by_class = per_class_importance(result)
     for m, v in by_class.mean.items():
-        full = np.full((num_classes, *v.shape[1:]), np.nan, np.float32)
-        full[by_class.classes] = v
-        out[f"{m}_class_mean"] = full
-    out["class_counts"] = counts
+        out[f"{m}_class_mean"] = _every_class(v, by_class, num_classes, np.nan)
+    out["class_counts"] = _every_class(by_class.counts.astype(np.int64), by_class, num_classes, 0)
+    out.update(_class_specificity(result, by_class, num_classes, CLASS_TOP_HEADS))
     return out
 
 

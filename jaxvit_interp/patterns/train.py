@@ -34,6 +34,7 @@ from jaxvit_interp.errors import InputError
 from jaxvit_interp.parallel import Batcher, to_host
 from jaxvit_interp.patterns.autoencoder import PatternAutoencoder
 from jaxvit_interp.progress import ProgressArg, start_progress
+from jaxvit_interp.setting import check_fields, from_table, setting
 from jaxvit_interp.storage import orbax_write
 from jaxvit_interp.summary import Summarized, listed, number
 
@@ -69,55 +70,36 @@ class AutoencoderSettings:
       seed: seeds initialisation, the split and the shuffling.
     """
 
-    latent_dim: int = 12
-    features: tuple[int, ...] = (16, 32)
-    learning_rate: float = 2e-3
-    batch_size: int = 128
-    max_epochs: int = 200
-    max_steps: int | None = MAX_STEPS
-    patience: int = 10
-    min_delta: float = 0.0
-    heldout_fraction: float = 0.2
-    seed: int = 0
+    latent_dim: int = setting(12, "width of the latent", least=1)
+    features: tuple[int, ...] = setting(
+        (16, 32), "channels of the stride-2 convolutions, outermost first", least=1, many=True
+    )
+    learning_rate: float = setting(2e-3, "Adam step size", type=float, more_than=0)
+    batch_size: int = setting(128, "patterns per step", least=1)
+    max_epochs: int = setting(200, "most passes over the training patterns", least=1)
+    max_steps: int | None = setting(
+        MAX_STEPS, "most optimiser steps in all", least=1, none="no such cap"
+    )
+    patience: int = setting(10, "epochs without a held-out improvement before stopping", least=1)
+    min_delta: float = setting(
+        0.0, "how much the held-out loss must fall to count as an improvement", type=float, least=0
+    )
+    heldout_fraction: float = setting(
+        0.2, "share of the patterns held out", type=float, more_than=0, less_than=1
+    )
+    seed: int = setting(0, "seeds initialisation, the split and the shuffling", least=0)
 
     def __post_init__(self):
-        try:
-            features = tuple(int(f) for f in self.features)
-        except (TypeError, ValueError):
-            raise InputError(
-                f"features must be a list of convolution widths, got {self.features!r}"
-            ) from None
-        object.__setattr__(self, "features", features)
-        if not features or min(features) < 1:
-            raise InputError(f"features must name at least one positive width, got {features}")
-        for name in ("latent_dim", "batch_size", "max_epochs", "max_steps", "patience", "seed"):
-            value = getattr(self, name)
-            if name == "max_steps" and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise InputError(f"autoencoder {name} must be an integer, got {value!r}")
-            if name != "seed" and value < 1:
-                raise InputError(f"autoencoder {name} must be at least 1, got {value}")
-        for name in ("learning_rate", "min_delta", "heldout_fraction"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise InputError(f"autoencoder {name} must be a number, got {value!r}")
-        if not 0.0 < self.heldout_fraction < 1.0:
-            raise InputError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
-        if not self.learning_rate > 0:
-            raise InputError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.min_delta < 0:
-            raise InputError(f"min_delta must be 0 or more, got {self.min_delta}")
+        check_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AutoencoderSettings:
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise InputError(f"unknown autoencoder setting(s): {', '.join(unknown)}")
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], prefix: str = "") -> AutoencoderSettings:
+        """The settings from a table of some of the fields, as
+        :meth:`~jaxvit_interp.pipeline.settings.AnalysisSettings.from_dict`."""
+        return from_table(cls, d, prefix)
 
 
 @dataclasses.dataclass(kw_only=True, repr=False)

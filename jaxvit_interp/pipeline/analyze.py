@@ -451,8 +451,8 @@ def _head_sets_stage(config, params, images, labels, merged, settings, out: Path
     if settings.set_images == 0 or not config.num_classes:
         return None
     index = subset(len(images), settings.set_images, settings.seed, HEAD_SETS_STREAM)
-    importance = HeadImportance(
-        **{m: merged[m] for m in METRIC_NAMES},
+    importance = HeadImportance.from_part(
+        merged,
         probs=merged["probs"],
         predictions=merged["predictions"],
         labels=merged["targets"],

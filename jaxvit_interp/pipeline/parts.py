@@ -12,7 +12,6 @@ import numpy as np
 
 from jaxvit_interp.quantities import (
     CLS_STRENGTH_FIELDS,
-    METRIC_NAMES,
     STRENGTH_FIELDS,
     STRENGTH_SUMMARY_FIELDS,
     model_metrics,
@@ -40,28 +39,22 @@ def importance_part(
     num_classes: int,
 ) -> dict[str, np.ndarray]:
     """Per-image metrics ``[image, layer, head]`` plus their means over all images and, for a
-    classifier, per class (:func:`~jaxvit_interp.importance.aggregate.importance_summary`).
+    classifier, per class with each class's specificity and most specific heads
+    (:meth:`~jaxvit_interp.importance.HeadImportance.to_part`).
 
     The metrics are those the model has (:func:`~jaxvit_interp.quantities.model_metrics`): a
     backbone without a classifier has ``layer`` and ``repr`` only, and no classes to group by.
     """
     from jaxvit_interp.importance import HeadImportance
-    from jaxvit_interp.importance.aggregate import global_importance, importance_summary
 
-    names = model_metrics(num_classes)
-    result = HeadImportance(
-        **{m: metrics[m] if m in names else None for m in METRIC_NAMES},
-        probs=probs,
-        predictions=predictions,
-        labels=targets,
+    classes = dict(probs=probs, predictions=predictions, labels=targets) if num_classes else {}
+    result = HeadImportance.from_part(
+        metrics,
+        **classes,
         labels_are_predictions=labels_are_predictions,
-        metrics=names,
+        metrics=model_metrics(num_classes),
     )
-    per_image = {m: np.asarray(metrics[m], np.float32) for m in names}
-    if not num_classes:
-        means = global_importance(result).mean
-        return {**per_image, **{f"{m}_mean": v.astype(np.float32) for m, v in means.items()}}
-    return {**per_image, **importance_summary(result, num_classes)}
+    return result.to_part()
 
 
 def strength_part(local: dict[str, np.ndarray], *, has_cls_token: bool) -> dict[str, np.ndarray]:

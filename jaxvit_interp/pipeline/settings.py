@@ -7,25 +7,32 @@ import hashlib
 import json
 from typing import Any
 
-import numpy as np
-
-from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance.pruning import GREEDY_MAX_HEADS
 from jaxvit_interp.patterns.train import MIN_PATTERNS, AutoencoderSettings
-from jaxvit_interp.quantities import THUMBNAIL_SIZE
+from jaxvit_interp.quantities import PATTERN_KINDS, THUMBNAIL_SIZE
+from jaxvit_interp.setting import check_fields, from_table, setting
 
 # attention_images: keep every image's attention.
 ALL_IMAGES = "all"
+# What a budget of None means (the engine's default_memory_budget).
+DEFAULT_BUDGET = (
+    "half the free memory of an accelerator; on a CPU a sixteenth of RAM, at most 1.25 GiB"
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AnalysisSettings:
     """What ``analyze`` computes and how.
 
+    Each field is declared once, with its help, bounds and flag (:mod:`jaxvit_interp.setting`):
+    the ``analyze`` flags, the ``[analysis]`` table of a ``--config`` file and of a site spec are
+    read and checked by those declarations.
+
     Attributes:
       chunk_images: images per resumable chunk; a chunk is written to disk as soon as it is done.
       batch_size: images per device pass inside a chunk (None: as the memory budget allows).
       memory_budget_bytes: per-device working-set budget of the ablation engine (None: default).
+        Its flag, ``--memory-budget-mb``, takes MiB.
       partial_images: images (chosen at random with ``seed``) that get partial pruning of every
         head in all six modes; 0 skips partial pruning.
       attention_images: ``"all"`` (every image's attention matrices are kept, as 8-bit codes
@@ -51,64 +58,76 @@ class AnalysisSettings:
       seed: seeds every random choice of the run.
     """
 
-    chunk_images: int = 64
-    batch_size: int | None = None
-    memory_budget_bytes: int | None = None
-    partial_images: int = 64
-    attention_images: int | str = ALL_IMAGES
-    thumbnail_size: int = THUMBNAIL_SIZE
-    pattern_kinds: tuple[str, ...] = ("cls", "patch")
-    pattern_samples: int = 20_000
-    clusters: int | None = None
-    projection: str = "umap"
-    autoencoder: AutoencoderSettings = AutoencoderSettings()
-    set_images: int = 32
-    interaction_heads: int = 16
-    random_orders: int = 3
-    greedy_max_heads: int = GREEDY_MAX_HEADS
-    seed: int = 0
+    chunk_images: int = setting(64, "images per resumable chunk", least=1)
+    batch_size: int | None = setting(
+        None, "images per device pass", least=1, none="fit the memory budget"
+    )
+    memory_budget_bytes: int | None = setting(
+        None,
+        "per-device working-set budget in MiB for the ablations",
+        least=1,
+        none=DEFAULT_BUDGET,
+        flag="--memory-budget-mb",
+        flag_unit=2**20,
+    )
+    partial_images: int = setting(
+        64, "images that get partial pruning of every head; 0: none", least=0
+    )
+    attention_images: int | str = setting(
+        ALL_IMAGES,
+        f"images whose full attention is kept for the site: {ALL_IMAGES!r}, or a count of "
+        "images chosen at random; 0: none",
+        least=0,
+        word=ALL_IMAGES,
+    )
+    thumbnail_size: int = setting(
+        THUMBNAIL_SIZE, "longest side of the thumbnails kept for the site, in pixels", least=1
+    )
+    pattern_kinds: tuple[str, ...] = setting(
+        PATTERN_KINDS,
+        "which patterns feed the autoencoders, separated by commas; cls needs a CLS token",
+        type=str,
+        choices=PATTERN_KINDS,
+        many=True,
+    )
+    pattern_samples: int = setting(
+        20_000, "most patterns each autoencoder trains on", least=MIN_PATTERNS
+    )
+    clusters: int | None = setting(
+        None, "number of pattern clusters", least=1, none="chosen from the data"
+    )
+    projection: str = setting(
+        "umap", "2-D projection of the pattern latents", type=str, choices=("umap", "tsne")
+    )
+    autoencoder: AutoencoderSettings = setting(
+        AutoencoderSettings(),
+        "how the pattern autoencoders are built and trained",
+        table=AutoencoderSettings,
+    )
+    set_images: int = setting(
+        32,
+        "images on which pairs and sets of heads are pruned together: interactions of the top "
+        "heads and pruning curves; 0 skips that stage",
+        least=0,
+    )
+    interaction_heads: int = setting(
+        16, "the most important heads whose pairs are measured for interactions", least=2
+    )
+    random_orders: int = setting(
+        3, "random pruning orders beside the importance and greedy ones", least=0
+    )
+    greedy_max_heads: int = setting(
+        GREEDY_MAX_HEADS,
+        "compute the greedy pruning curve only for models of at most this many heads; it "
+        "takes about (layers x heads)^2 / 2 set ablations; 0: never",
+        least=0,
+    )
+    seed: int = setting(0, "seed of every random choice", least=0)
 
     def __post_init__(self):
         # Every setting is checked here, before a run touches the disk: a mistake found after
         # hours of ablations (or after the run folder is made) costs the user the run.
-        if isinstance(self.pattern_kinds, str):
-            object.__setattr__(self, "pattern_kinds", (self.pattern_kinds,))
-        object.__setattr__(self, "pattern_kinds", tuple(self.pattern_kinds))
-        for name, least, optional in (
-            ("chunk_images", 1, False),
-            ("batch_size", 1, True),
-            ("memory_budget_bytes", 1, True),
-            ("partial_images", 0, False),
-            ("thumbnail_size", 1, False),
-            ("pattern_samples", MIN_PATTERNS, False),
-            ("clusters", 1, True),
-            ("set_images", 0, False),
-            ("interaction_heads", 2, False),
-            ("random_orders", 0, False),
-            ("greedy_max_heads", 0, False),
-            ("seed", None, False),
-        ):
-            _check_int(name, getattr(self, name), least, optional)
-        if self.attention_images != ALL_IMAGES:
-            try:
-                _check_int("attention_images", self.attention_images, 0, False)
-            except InputError:
-                raise InputError(
-                    f"attention_images must be {ALL_IMAGES!r} or a count of images, got "
-                    f"{self.attention_images!r}"
-                ) from None
-        unknown = set(self.pattern_kinds) - {"cls", "patch"}
-        if unknown or not self.pattern_kinds:
-            raise InputError(
-                f"pattern_kinds must be a non-empty subset of cls, patch; got {self.pattern_kinds}"
-            )
-        if self.projection not in ("umap", "tsne"):
-            raise InputError(f"projection must be 'umap' or 'tsne', got {self.projection!r}")
-        if not isinstance(self.autoencoder, AutoencoderSettings):
-            raise InputError(
-                f"autoencoder must be AutoencoderSettings (or a table of its fields), got "
-                f"{self.autoencoder!r}"
-            )
+        check_fields(self)
 
     def attention_count(self, num_images: int) -> int:
         """How many of ``num_images`` images keep their attention."""
@@ -122,25 +141,11 @@ class AnalysisSettings:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AnalysisSettings:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown analysis setting(s): {', '.join(unknown)}")
-        d = dict(d)
-        if isinstance(d.get("autoencoder"), dict):
-            d["autoencoder"] = AutoencoderSettings.from_dict(d["autoencoder"])
-        return cls(**d)
-
-
-def _check_int(name: str, value: Any, least: int | None, optional: bool) -> None:
-    """``value`` is an integer (not a bool) of at least ``least``; None only when optional."""
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise InputError(f"{name} must be an integer, got {value!r}")
-    if least is not None and value < least:
-        raise InputError(f"{name} must be at least {least}, got {value}")
+    def from_dict(cls, d: dict[str, Any], prefix: str = "") -> AnalysisSettings:
+        """The settings from a table of some of the fields (the rest keep their defaults): a
+        TOML ``[analysis]`` table, or ``to_dict``'s. An unknown key or a bad value is an
+        :class:`InputError` naming it with ``prefix`` (``"analysis."``)."""
+        return from_table(cls, d, prefix)
 
 
 def run_fingerprint(*, model_identity: dict, image_digest: str, settings: AnalysisSettings) -> str:

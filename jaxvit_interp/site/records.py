@@ -39,15 +39,16 @@ import numpy as np
 
 from jaxvit_interp.attention_codes import POWER
 from jaxvit_interp.bundle import ResultsBundle
-from jaxvit_interp.quantities import SCHEMA
+from jaxvit_interp.quantities import CLASS_ARRAYS, METRIC_NAMES, SCHEMA
 
 # The leading dimensions of arrays with one entry per image (or per image of a subset).
 IMAGE_DIMS = ("I", "S_partial", "S_attention")
 # Per-image arrays that stay in the page's tables: the images entity draws them all at once.
 IN_TABLES = {("images", "labels"), ("images", "predictions"), ("images", "overview")}
-# Arrays no view shows; a bundle keeps them for other readers (per-class importance is 7 x C x
-# L x H values, 4 MB for ImageNet's 1,000 classes and ViT-B). The subset indices become each
-# image's rows in the images table.
+# Arrays no view shows as they are; a bundle keeps them for other readers. The per-class arrays
+# (7 x C x L x H values each, 4 MB for ImageNet's 1,000 classes and ViT-B) reach the page only
+# as the rows of the classes view E's class map shows (site.views.head_sets.class_map_tables).
+# The subset indices become each image's rows in the images table.
 NOT_SHOWN = {
     ("images", "probs"),
     ("images", "thumbnails"),
@@ -59,7 +60,7 @@ NOT_SHOWN = {
     ("attention", "steps"),
     ("attention", "exponents"),
     ("attention", "special"),
-    *(("importance", name) for name in SCHEMA["importance"] if name.endswith("_class_mean")),
+    *(("importance", f"{m}_class_{what}") for m in METRIC_NAMES for what in CLASS_ARRAYS),
 }
 ATTENTION_DEFLATE_LEVEL = 6  # level 9 saves 4% more at eight times the build time
 # A record's attention is base64 in pieces of this many deflated bytes (a multiple of 3, so each

@@ -7,13 +7,12 @@ Example (``sites/digits.toml``)::
     images = "builtin:digits"         # or an image folder, relative to this file
     # labels = "labels.csv"           # optional CSV of image ids and labels
     max_images = 300                  # images analysed and shown in the overview
-    attention_images = 32             # images whose attention the page holds (default "all")
-    partial_images = 32               # images with partial pruning (default: attention_images,
-                                      # or 64 when that is "all")
 
-    [analysis]
-    seed = 0                          # which images are sampled, and the analysis's randomness
-    batch_size = 64                   # any other AnalysisSettings field may follow
+    [analysis]                        # AnalysisSettings: the keys, defaults and checks of
+    attention_images = 32             # `jaxvit-interp analyze`'s flags and --config
+    partial_images = 32
+    seed = 0
+    batch_size = 64
 
     [views]
     metrics = ["prob", "prob_drop", "kl", "layer", "repr", "flip", "taylor"]
@@ -23,6 +22,10 @@ Example (``sites/digits.toml``)::
     compression = 0                   # gzip level of the page's arrays (0: opens fastest)
 
 Every key is checked: an unknown key, a wrong type or a missing file is an error naming it.
+The ``[analysis]`` table is read by :class:`~jaxvit_interp.pipeline.settings.AnalysisSettings`
+itself: a spec's analysis is the one ``analyze`` runs with the same settings. Earlier specs
+gave ``attention_images`` and ``partial_images`` at the top level, with a default of their own;
+such a spec is refused with the ``[analysis]`` lines that keep its meaning.
 """
 
 from __future__ import annotations
@@ -33,13 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from jaxvit_interp.errors import InputError
-from jaxvit_interp.quantities import METRIC_NAMES, THUMBNAIL_SIZE
+from jaxvit_interp.pipeline.settings import ALL_IMAGES, AnalysisSettings
+from jaxvit_interp.quantities import METRIC_NAMES, PATTERN_KINDS
 
 BUILTINS = ("builtin:digits",)
-ALL_IMAGES = "all"
-# Images with partial pruning when the spec keeps every image's attention and names no count.
-DEFAULT_PARTIAL = 64
-PATTERN_KINDS = ("cls", "patch")
+# Top-level keys of earlier specs, now analysis settings.
+MOVED = ("attention_images", "partial_images")
 
 
 class SiteSpecError(InputError):
@@ -57,17 +59,14 @@ class SiteSpec:
       images: ``"builtin:digits"`` or the image folder.
       labels: the labels CSV, or ``None``.
       max_images: images analysed and shown.
-      attention_images: ``"all"``, or how many images' attention matrices the page holds.
-      partial_images: images with partial-pruning results.
-      seed: randomness of image sampling and of the analysis.
-      batch_size: images per model batch in the analysis.
-      analysis: the whole ``[analysis]`` table: keyword arguments of
-        :class:`~jaxvit_interp.pipeline.settings.AnalysisSettings`.
+      analysis: the :class:`~jaxvit_interp.pipeline.settings.AnalysisSettings` of the
+        ``[analysis]`` table (its ``attention_images`` is also how many images' attention
+        matrices the page holds).
       metrics: importance metrics listed in B's menu, in order.
       default_metric: the metric shown first; None: the first of ``metrics`` that the results
         have (a backbone without a classifier has ``layer`` and ``repr`` only).
       default_kind: the pattern kind D shows first.
-      thumbnail_size: largest thumbnail side in pixels.
+      thumbnail_size: largest thumbnail side in pixels on the page (default: the analysis's).
       compression: gzip level (0-9) of the page's arrays.
     """
 
@@ -77,11 +76,7 @@ class SiteSpec:
     images: str | Path
     labels: Path | None
     max_images: int
-    attention_images: int | str
-    partial_images: int
-    seed: int
-    batch_size: int
-    analysis: dict[str, Any]
+    analysis: AnalysisSettings
     metrics: tuple[str, ...]
     default_metric: str | None
     default_kind: str
@@ -90,11 +85,10 @@ class SiteSpec:
 
     def site_options(self) -> dict[str, Any]:
         """Keyword arguments of :func:`jaxvit_interp.site.build_site` this spec fixes."""
+        attention = self.analysis.attention_images
         return {
             "title": self.title,
-            "max_attention_images": (
-                None if self.attention_images == ALL_IMAGES else self.attention_images
-            ),
+            "max_attention_images": None if attention == ALL_IMAGES else attention,
             "metrics": list(self.metrics),
             "default_metric": self.default_metric,
             "default_kind": self.default_kind,
@@ -103,23 +97,21 @@ class SiteSpec:
         }
 
 
-# key -> (type, default); a default of ... marks a required key.
+# key -> (type, default); a default of ... marks a required key. [analysis] is AnalysisSettings.
 _TOP: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "title": (str, None),
     "model": (str, ...),
     "images": (str, ...),
     "labels": (str, None),
     "max_images": (int, 300),
-    "attention_images": ((int, str), "all"),
-    "partial_images": (int, None),
 }
 _TABLES: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
-    "analysis": {"seed": (int, 0), "batch_size": (int, 64)},
+    "analysis": {},
     "views": {
         "metrics": (list, list(METRIC_NAMES)),
         "default_metric": (str, None),
         "default_kind": (str, "cls"),
-        "thumbnail_size": (int, THUMBNAIL_SIZE),
+        "thumbnail_size": (int, None),
         "compression": (int, 0),
     },
 }
@@ -182,6 +174,27 @@ def _source(
     return path
 
 
+def _moved(where: Path, raw: dict) -> None:
+    """Refuse an earlier spec's top-level ``attention_images`` / ``partial_images``, with the
+    ``[analysis]`` lines that mean what they meant."""
+    given = [key for key in MOVED if key in raw]
+    if not given:
+        return
+    lines = {key: raw[key] for key in given}
+    if "partial_images" not in lines and raw["attention_images"] != ALL_IMAGES:
+        lines["partial_images"] = raw["attention_images"]  # it followed attention_images there
+    table = "\n".join(f"    {key} = {_toml(value)}" for key, value in lines.items())
+    raise SiteSpecError(
+        f"{where}: {' and '.join(given)} moved into the [analysis] table, where every analysis "
+        f"setting of `jaxvit-interp analyze` is read; for the same run write\n    [analysis]\n"
+        f"{table}"
+    )
+
+
+def _toml(value: Any) -> str:
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
 def load_site_spec(path: str | Path) -> SiteSpec:
     """Read and check a site spec; raises :class:`SiteSpecError` naming the bad key or file."""
     where = Path(path)
@@ -191,51 +204,34 @@ def load_site_spec(path: str | Path) -> SiteSpec:
         raw = tomllib.loads(where.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise SiteSpecError(f"{where}: not valid TOML: {err}") from None
+    _moved(where, raw)
     top = _read(where, raw, _TOP)
-    tables = {}
-    analysis_table = raw.get("analysis", {})
-    if isinstance(analysis_table, dict):
-        # Beyond the keys read here, [analysis] takes any AnalysisSettings field, checked there.
-        from jaxvit_interp.pipeline.settings import AnalysisSettings
-
-        extra = {k: v for k, v in analysis_table.items() if k not in _TABLES["analysis"]}
-        try:
-            AnalysisSettings.from_dict(extra)
-        except (TypeError, ValueError) as err:
-            message = str(err).replace("unknown analysis setting(s): ", "unknown key 'analysis.")
-            if message != str(err):
-                message += "'"
-            raise SiteSpecError(f"{where}: {message}") from None
-    for name, schema in _TABLES.items():
-        table = raw.get(name, {})
-        if not isinstance(table, dict):
-            raise SiteSpecError(f"{where}: {name} must be a table ([{name}]), got {table!r}")
-        if name == "analysis":
-            table = {k: v for k, v in table.items() if k in schema}
-        tables[name] = _read(where, table, schema, prefix=f"{name}.")
-    analysis, views = tables["analysis"], tables["views"]
+    for name in _TABLES:
+        if not isinstance(raw.get(name, {}), dict):
+            raise SiteSpecError(f"{where}: {name} must be a table ([{name}]), got {raw[name]!r}")
+    try:
+        analysis = AnalysisSettings.from_dict(raw.get("analysis", {}), "analysis.")
+    except InputError as err:
+        raise SiteSpecError(f"{where}: {err}") from None
+    views = _read(where, raw.get("views", {}), _TABLES["views"], prefix="views.")
 
     max_images = _positive(where, "max_images", top["max_images"])
-    attention_images = top["attention_images"]
-    if attention_images != ALL_IMAGES:
-        if isinstance(attention_images, str):
+    for key in ("attention_images", "partial_images"):  # asked for more images than are read
+        value = getattr(analysis, key)
+        if key in raw.get("analysis", {}) and value != ALL_IMAGES and value > max_images:
             raise SiteSpecError(
-                f"{where}: attention_images must be {ALL_IMAGES!r} or a count, got "
-                f"{attention_images!r}"
+                f"{where}: analysis.{key} = {value} exceeds max_images = {max_images}"
             )
-        _positive(where, "attention_images", attention_images)
-    partial_images = top["partial_images"]
-    if partial_images is None:
-        partial_images = min(
-            max_images, DEFAULT_PARTIAL if attention_images == ALL_IMAGES else attention_images
+    thumbnail_size = views["thumbnail_size"]
+    if thumbnail_size is None:
+        thumbnail_size = analysis.thumbnail_size
+    _positive(where, "views.thumbnail_size", thumbnail_size)
+    if thumbnail_size > analysis.thumbnail_size:
+        raise SiteSpecError(
+            f"{where}: views.thumbnail_size = {thumbnail_size} is larger than the thumbnails the "
+            f"run keeps, analysis.thumbnail_size = {analysis.thumbnail_size}; give [analysis] "
+            f"thumbnail_size = {thumbnail_size} too"
         )
-    partial_images = _positive(where, "partial_images", partial_images)
-    counts = (("attention_images", attention_images), ("partial_images", partial_images))
-    for key, value in counts:
-        if value != ALL_IMAGES and value > max_images:
-            raise SiteSpecError(f"{where}: {key} = {value} exceeds max_images = {max_images}")
-    _positive(where, "analysis.batch_size", analysis["batch_size"])
-    _positive(where, "views.thumbnail_size", views["thumbnail_size"])
     if not 0 <= views["compression"] <= 9:
         raise SiteSpecError(
             f"{where}: views.compression must be a gzip level 0..9, got {views['compression']}"
@@ -271,14 +267,10 @@ def load_site_spec(path: str | Path) -> SiteSpec:
             else None
         ),
         max_images=max_images,
-        attention_images=attention_images,
-        partial_images=partial_images,
-        seed=analysis["seed"],
-        batch_size=analysis["batch_size"],
-        analysis={**analysis_table, **analysis},
+        analysis=analysis,
         metrics=tuple(metrics),
         default_metric=default_metric,
         default_kind=views["default_kind"],
-        thumbnail_size=views["thumbnail_size"],
+        thumbnail_size=thumbnail_size,
         compression=views["compression"],
     )

@@ -5,11 +5,13 @@ import dataclasses
 import numpy as np
 import pytest
 
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.importance import (
     HIGHER_IS_MORE_IMPORTANT,
     HeadImportance,
     global_importance,
     head_ranks,
+    importance_summary,
     normalize_per_layer,
     per_class_importance,
     rank_by_metric,
@@ -114,3 +116,35 @@ def test_rank_by_metric_orientation():
     without = dataclasses.replace(r, taylor=None, metrics=r.metrics[:-1])
     with pytest.raises(KeyError, match="taylor"):
         rank_by_metric(without, "taylor")
+
+
+def test_a_result_round_trips_through_its_bundle_part(rng):
+    r = _random_result(int(rng.integers(2**32)), images=int(rng.integers(5, 30)))
+    part = r.to_part()
+    # The part: every metric per image as float32 (flip 0 or 1), with its reductions.
+    assert set(part) == set(r.metrics) | set(importance_summary(r, r.probs.shape[1]))
+    for m in r.metrics:
+        assert part[m].dtype == np.float32
+        np.testing.assert_array_equal(part[m], np.where(r[m], 1.0, 0.0) if m == "flip" else r[m])
+    images = dict(probs=r.probs, predictions=r.predictions, labels=r.labels)
+    back = HeadImportance.from_part(part, **images, labels_are_predictions=False)
+    for field in dataclasses.fields(HeadImportance):
+        want, got = getattr(r, field.name), getattr(back, field.name)
+        if isinstance(want, np.ndarray):
+            assert got.dtype == want.dtype, field.name
+            np.testing.assert_array_equal(got, want)
+        else:
+            assert got == want, field.name
+    # Some metrics, and a backbone's (no classes): no per-class arrays.
+    some = HeadImportance.from_part(part, **images, labels_are_predictions=True, metrics=["kl"])
+    assert some.metrics == ("kl",) and some.prob is None and some.labels_are_predictions
+    backbone = HeadImportance.from_part(
+        {m: part[m] for m in ("layer", "repr")}, labels_are_predictions=False
+    )
+    assert backbone.metrics == ("layer", "repr") and backbone.probs.shape == (r.num_images, 0)
+    assert (backbone.labels == -1).all() and (backbone.predictions == -1).all()
+    assert set(backbone.to_part()) == {"layer", "repr", "layer_mean", "repr_mean"}
+    with pytest.raises(InputError, match=r"lack metric\(s\) \['taylor'\]"):
+        HeadImportance.from_part(
+            {"kl": part["kl"]}, **images, labels_are_predictions=False, metrics=("kl", "taylor")
+        )

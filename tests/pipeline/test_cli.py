@@ -1,10 +1,12 @@
 """The installed ``jaxvit-interp`` command, driven in subprocesses as a new user would."""
 
 import csv
+import json
 import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,12 +152,40 @@ def test_analyze_sharded_over_four_devices_equals_one(reference_run, tmp_path):
 
 @pytest.fixture(scope="module")
 def wheel_venv(project_wheel, tmp_path_factory):
-    """A fresh virtual environment with the project installed from its wheel (its dependencies
-    come from the system site-packages, so nothing is downloaded)."""
+    """A fresh virtual environment with the project installed from its wheel.
+
+    Its dependencies are those of the environment running the tests, whether that is a virtual
+    environment or the system's Python: a ``.pth`` file in its site-packages names the running
+    interpreter's path entries that the new environment lacks (nothing is downloaded). The
+    checkout that holds the running ``jaxvit_interp`` is left off that list, so the command runs
+    from the wheel. (``--system-site-packages`` would give it the packages of the base
+    interpreter instead, which a virtual environment's tests do not use, and may not have.)
+    """
+    import jaxvit_interp
+
     venv = tmp_path_factory.mktemp("venv") / "env"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
-    install = [str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--quiet"]
+    own = subprocess.run(
+        [str(python), "-c", "import json, sys, sysconfig; "
+         "print(json.dumps([sysconfig.get_paths()['purelib'], sys.path]))"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    site_packages, own_path = json.loads(own.stdout)
+    checkout = Path(jaxvit_interp.__file__).resolve().parent.parent
+    lent = [
+        entry
+        for entry in sys.path
+        if entry
+        and Path(entry).is_dir()
+        and entry not in own_path
+        and Path(entry).resolve() != checkout
+    ]
+    (Path(site_packages) / "running-environment.pth").write_text("\n".join(lent) + "\n")
+    # --ignore-installed: the lent paths hold the running environment's own (editable) install of
+    # the project, which pip would otherwise count as already satisfied and skip the wheel.
+    install = [str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed"]
+    install += ["--quiet"]
     result = subprocess.run([*install, str(project_wheel)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return venv
@@ -183,6 +213,17 @@ def test_demo_from_a_wheel_writes_the_site_and_a_second_run_reuses_the_analysis(
     )
     assert where.returncode == 0, where.stderr
     assert where.stdout.startswith(str(wheel_venv)), where.stdout  # the wheel, not the checkout
+    # Its dependencies are the ones these tests run with, not another interpreter's.
+    import jax
+
+    theirs = subprocess.run(
+        [str(wheel_venv / "bin" / "python"), "-c", "import jax; print(jax.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        env=env,
+    )
+    assert theirs.stdout.strip() == jax.__file__, (theirs.stdout, theirs.stderr)
 
     def demo():
         return subprocess.run(

@@ -269,7 +269,11 @@ BAD_OPTIONS = {
     "more clusters than patterns": (["--clusters", "100000"], "100000 clusters"),
     "thumbnail size 0": (["--thumbnail-size", "0"], "--thumbnail-size"),
     "chunk images 0": (["--chunk-images", "0"], "--chunk-images"),
-    "too few pattern samples": (["--pattern-samples", "5"], "pattern_samples"),
+    "too few pattern samples": (
+        ["--pattern-samples", "5"],
+        "--pattern-samples: must be an integer of at least 32, got 5",
+    ),
+    "negative seed": (["--seed", "-1"], "--seed"),
     "not a number": (["--partial-images", "many"], "--partial-images"),
 }
 

@@ -1,5 +1,5 @@
 """Two processes of one distributed run on 127.0.0.1 (CPU devices, gloo collectives), started
-as the README's "Scale" section says: the same command in each, with the coordinator's address,
+as docs/scale.md says: the same command in each, with the coordinator's address,
 the process count and each one's id in JAX's environment variables, or with only the variables
 SLURM's ``srun`` gives each task, from which JAX finds the rest itself."""
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxvit_interp.pipeline.parts import importance_part, partial_part, pattern_part, strength_part
-from jaxvit_interp.quantities import ENTROPY_BINS, METRIC_NAMES
+from jaxvit_interp.quantities import CLASS_TOP_HEADS, ENTROPY_BINS, METRIC_NAMES
 
 
 def _mean_without_nan(values) -> float:
@@ -44,6 +44,31 @@ def test_importance_means_over_images_and_per_class(rng):
                     want = _mean_without_nan(metrics[m][targets == c, lay, h])
                     assert got == pytest.approx(want, rel=1e-5, nan_ok=True)
     assert math.isnan(part["kl_mean"][0, 0]) and np.isnan(part["prob_class_mean"][C - 1]).all()
+    # Each class's specificity: its mean minus the mean over all images, negated for prob
+    # (smaller is more important); its most specific heads by that, ties and heads without a
+    # value (NaN) last in layer-major order; nothing for the class without images.
+    top = min(CLASS_TOP_HEADS, L * H)
+    for m in METRIC_NAMES:
+        sign = -1.0 if m == "prob" else 1.0
+        assert part[f"{m}_class_top"].shape == (C, top, 2)
+        for c in np.unique(targets):
+            spec = []
+            for lay in range(L):
+                for h in range(H):
+                    overall = _mean_without_nan(metrics[m][:, lay, h])
+                    mine = _mean_without_nan(metrics[m][targets == c, lay, h])
+                    spec.append(sign * (mine - overall))
+                    got = part[f"{m}_class_specificity"][c, lay, h]
+                    assert got == pytest.approx(spec[-1], rel=1e-5, abs=1e-6, nan_ok=True)
+            no_value = [math.isnan(v) for v in spec]
+            order = sorted(
+                range(L * H), key=lambda k: (no_value[k], 0 if no_value[k] else -spec[k], k)
+            )
+            want = [[k // H, k % H] for k in order[:top]]
+            assert part[f"{m}_class_top"][c].tolist() == want, (m, c)
+        empty = np.setdiff1d(np.arange(C), targets)  # the last class, and any other
+        assert np.isnan(part[f"{m}_class_specificity"][empty]).all()
+        assert (part[f"{m}_class_top"][empty] == -1).all()
 
 
 def test_strength_summary_over_images(rng):

@@ -11,6 +11,11 @@ import pytest
 
 from jaxvit_interp.attention_codes import LINEAR, POWER, decode_stored
 from jaxvit_interp.bundle import BUNDLE_VERSION, INDEX_FILE, BundleError, load_bundle, save_bundle
+from jaxvit_interp.quantities import METRIC_NAMES
+from jaxvit_interp.site.views.head_sets import class_map_tables
+
+# The arrays of a classifier's importance part that a version 3 bundle lacks.
+CLASS_DERIVED = ("_class_specificity", "_class_top")
 
 sys.path.insert(0, os.path.dirname(__file__))
 from sitepage import make_bundle  # noqa: E402
@@ -69,7 +74,40 @@ def test_round_trip_keeps_every_array_and_the_meta(saved):
 def test_an_older_bundle_says_what_changed(saved):
     _, directory = saved
     _edit_index(directory, version=2)
-    with pytest.raises(BundleError, match=r"version 2;.*version 3 keeps every image's attention"):
+    with pytest.raises(
+        BundleError,
+        match=r"version 2;.*version 4 keeps the small attention weights.*each class's "
+        r"specificity.*version 3 keeps every image's attention",
+    ):
+        load_bundle(directory)
+
+
+def _as_version_3(directory) -> list[str]:
+    """Make a saved bundle one of version 3: no class specificity nor most specific heads."""
+    names = [n for n in np.load(directory / "importance.npz").files if n.endswith(CLASS_DERIVED)]
+    _rewrite_part(directory, "importance", **dict.fromkeys(names))
+    _edit_index(directory, version=3)
+    return names
+
+
+def test_a_version_3_bundle_gains_each_class_s_specific_heads(saved):
+    bundle, directory = saved
+    names = _as_version_3(directory)
+    assert len(names) == 2 * len(METRIC_NAMES)
+    loaded = load_bundle(directory)
+    # Computed from the per-image importance as the analysis computes them: the same arrays.
+    for name in names:
+        got, want = loaded["importance"][name], bundle["importance"][name]
+        assert got.dtype == want.dtype, name
+        np.testing.assert_array_equal(got, want)
+    # The class map (every metric's) shows what it showed from the bundle as written.
+    got, want = (class_map_tables(b, list(METRIC_NAMES)) for b in (loaded, bundle))
+    assert got["top"] == want["top"]
+    for key in (k for k in want["cells"] if k.startswith("spec_")):
+        np.testing.assert_array_equal(got["cells"][key], want["cells"][key])
+    # A version 3 bundle missing what they are computed from is refused, naming that array.
+    _rewrite_part(directory, "importance", kl=None)
+    with pytest.raises(BundleError, match="part 'importance' lacks array 'kl'"):
         load_bundle(directory)
 
 

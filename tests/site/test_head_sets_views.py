@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxvit_interp.bundle import load_bundle
+from jaxvit_interp.bundle import ResultsBundle, load_bundle
+from jaxvit_interp.quantities import CLASS_TOP_HEADS
 from jaxvit_interp.site.browser import FIND_VIEW_JS
 from jaxvit_interp.site.document import build_document, build_site
 from jaxvit_interp.site.views.head_sets import class_map_tables, class_rows
@@ -78,6 +79,12 @@ def test_class_map_is_class_specific_heads_and_old_bundles_have_no_head_sets(tin
         want = np.stack([values[labels == c].mean(0) - values.mean(0) for c in shown])
         got = tables["cells"][f"spec_{metric}"].reshape(len(shown), -1)
         np.testing.assert_allclose(got, want.reshape(len(shown), -1), atol=1e-5)
+        # Each row's dots: its class's most specific heads, most specific first.
+        dots = []
+        for row, spec in enumerate(want.reshape(len(shown), -1)):
+            ranked = sorted(range(spec.size), key=lambda k, spec=spec: (-spec[k], k))
+            dots += [(float(k), float(row)) for k in ranked[:CLASS_TOP_HEADS]]
+        assert list(zip(tables["top"][f"{metric}_x"], tables["top"][f"{metric}_y"])) == dots
     for metric in ("prob", "kl"):
         values = np.asarray(part[metric], np.float64)
         want = np.stack([values[labels == c].mean(0) for c in shown])
@@ -91,3 +98,24 @@ def test_many_classes_show_the_most_frequent():
     shown = class_rows(counts)
     assert len(shown) == 40 and list(shown) == sorted(shown)
     assert set(shown) == set(np.arange(0, 1000, 7)[-40:])
+
+
+def test_the_class_map_only_looks_the_bundle_up(tiny_bundle, rng):
+    # Whatever the bundle's class arrays hold, the map's cells and dots are those, row by row.
+    C, L, H = (tiny_bundle.dims()[d] for d in ("C", "L", "H"))
+    spec = rng.normal(size=(C, L, H)).astype(np.float32)
+    top = np.stack(
+        [rng.integers(0, L, (C, CLASS_TOP_HEADS)), rng.integers(0, H, (C, CLASS_TOP_HEADS))], -1
+    ).astype(np.int32)
+    importance = {
+        **tiny_bundle["importance"],
+        "prob_drop_class_specificity": spec,
+        "prob_drop_class_top": top,
+    }
+    bundle = ResultsBundle(tiny_bundle.meta, {**tiny_bundle.parts, "importance": importance})
+    bundle.validate()
+    tables = class_map_tables(bundle, ["prob"])
+    shown = class_rows(importance["class_counts"])
+    np.testing.assert_array_equal(tables["cells"]["spec_prob_drop"], spec[shown].reshape(-1))
+    want = [(float(a * H + b), float(row)) for row, c in enumerate(shown) for a, b in top[c]]
+    assert list(zip(tables["top"]["prob_drop_x"], tables["top"]["prob_drop_y"])) == want

@@ -16,6 +16,7 @@ import pytest
 from sitepage import CANVAS_TEXTS_JS, DEEP_TEXT_JS, FAMILIES, family_bundle
 
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.quantities import CLASS_TOP_HEADS
 from jaxvit_interp.site.browser import FIND_VIEW_JS, wait_drawn
 from jaxvit_interp.site.document import build_site
 from jaxvit_interp.site.sources import METRIC_INFO
@@ -133,7 +134,13 @@ def test_the_class_map_shows_heads_not_the_class_confidence(family_sites, open_p
     for menu, mapped in (("prob", "prob_drop"), ("kl", "kl"), ("prob", "prob_drop")):
         _choose_metric(site, menu)
         values = np.asarray(site.data("class_cells")["value"], np.float64)
-        np.testing.assert_allclose(values, specificity(mapped).reshape(-1), atol=1e-5)
+        want = specificity(mapped).reshape(len(shown), -1)
+        np.testing.assert_allclose(values, want.reshape(-1), atol=1e-5)
+        # Each row's dots: its class's most specific heads.
+        dots = site.data("class_top")
+        ranked = np.argsort(-want, axis=1, kind="stable")[:, :CLASS_TOP_HEADS]
+        assert dots["x"] == ranked.reshape(-1).astype(float).tolist()
+        assert dots["y"] == np.repeat(np.arange(len(shown)), CLASS_TOP_HEADS).astype(float).tolist()
         assert site.prop("class_map_title", "text").startswith(f"{mapped}: class mean")
         assert site.prop("importance_title", "text").startswith(f"{menu} (")
     assert "Under prob the map shows prob_drop" in site.text("class_map_note")

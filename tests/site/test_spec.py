@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
+from jaxvit_interp.pipeline.settings import AnalysisSettings
 from jaxvit_interp.quantities import METRIC_NAMES
 from jaxvit_interp.site.spec import SiteSpecError, load_site_spec
 
@@ -24,15 +26,21 @@ MINIMAL = 'model = "builtin:digits"\nimages = "builtin:digits"\n'
 def test_the_shipped_digits_spec():
     spec = load_site_spec(REPO / "sites" / "digits.toml")
     assert spec.model == "builtin:digits" and spec.images == "builtin:digits"
-    assert spec.max_images == 300 and spec.attention_images == 32
+    assert spec.max_images == 300 and spec.analysis.attention_images == 32
     assert spec.metrics == METRIC_NAMES
     assert spec.site_options()["max_attention_images"] == 32
+    # Its [analysis] table is the run's settings, nothing added: what `analyze --config` runs.
+    table = tomllib.loads((REPO / "sites" / "digits.toml").read_text())["analysis"]
+    assert spec.analysis == AnalysisSettings.from_dict(table)
+    # The package's copy (the demo's) is the same file.
+    shipped = REPO / "jaxvit_interp" / "data" / "builtin" / "digits.toml"
+    assert shipped.read_bytes() == (REPO / "sites" / "digits.toml").read_bytes()
 
 
 def test_defaults_of_a_minimal_spec(tmp_path):
     spec = load_site_spec(write(tmp_path, MINIMAL))
     assert spec.title is None and spec.labels is None
-    assert (spec.max_images, spec.attention_images, spec.partial_images) == (300, "all", 64)
+    assert spec.max_images == 300 and spec.analysis == AnalysisSettings()
     assert spec.site_options()["max_attention_images"] is None
     assert spec.default_metric is None and spec.default_kind == "cls"
     assert spec.compression == 0
@@ -48,13 +56,13 @@ def test_paths_resolve_against_the_spec_folder(tmp_path):
         write(
             sub,
             'model = "../model.npz"\nimages = "../images"\n'
-            'labels = "../labels.csv"\npartial_images = 7\n',
+            'labels = "../labels.csv"\n[analysis]\npartial_images = 7\n',
         )
     )
     assert spec.model == tmp_path / "model.npz"
     assert spec.images == tmp_path / "images"
     assert spec.labels == tmp_path / "labels.csv"
-    assert spec.partial_images == 7
+    assert spec.analysis.partial_images == 7
 
 
 @pytest.mark.parametrize(
@@ -67,8 +75,25 @@ def test_paths_resolve_against_the_spec_folder(tmp_path):
         (MINIMAL + 'max_images = "300"\n', "max_images must be of type int, got '300'"),
         (MINIMAL + "max_images = true\n", "max_images must be of type int, got True"),
         (MINIMAL + "max_images = 0\n", "max_images must be at least 1"),
-        (MINIMAL + "attention_images = 400\n", "attention_images = 400 exceeds max_images = 300"),
-        (MINIMAL + 'attention_images = "some"\n', "attention_images must be 'all' or a count"),
+        (
+            MINIMAL + "[analysis]\nattention_images = 400\n",
+            "analysis.attention_images = 400 exceeds max_images = 300",
+        ),
+        (
+            MINIMAL + "max_images = 10\n[analysis]\npartial_images = 11\n",
+            "analysis.partial_images = 11 exceeds max_images = 10",
+        ),
+        (
+            MINIMAL + '[analysis]\nattention_images = "some"\n',
+            "analysis.attention_images must be 'all' or an integer of at least 0, got 'some'",
+        ),
+        (MINIMAL + "[analysis]\nbatch_size = 0\n", "analysis.batch_size must be an integer of"),
+        (MINIMAL + "analysis = 3\n", "analysis must be a table"),
+        (
+            MINIMAL + "[views]\nthumbnail_size = 112\n",
+            "views.thumbnail_size = 112 is larger than the thumbnails the run keeps, "
+            "analysis.thumbnail_size = 64",
+        ),
         (MINIMAL + '[views]\nmetrics = ["kl", "fisher"]\n', "unknown metric 'fisher'"),
         (
             MINIMAL + '[views]\nmetrics = ["kl"]\ndefault_metric = "prob"\n',
@@ -117,7 +142,7 @@ def test_spec_options_build_a_site(tmp_path, rng):
     spec = load_site_spec(
         write(
             tmp_path,
-            MINIMAL + 'title = "T"\nattention_images = 1\n'
+            MINIMAL + 'title = "T"\n[analysis]\nattention_images = 1\n'
             '[views]\nmetrics = ["kl", "flip"]\ndefault_kind = "patch"\n',
         )
     )
@@ -132,3 +157,39 @@ def test_spec_options_build_a_site(tmp_path, rng):
     )
     page = build_site(bundle, tmp_path / "out", **spec.site_options()).read_text()
     assert "<title>T</title>" in page
+
+
+def test_a_spec_with_the_settings_at_the_top_level_is_told_where_they_moved(tmp_path):
+    # Earlier specs: partial_images followed attention_images when not given.
+    for given, lines in (
+        ("attention_images = 7\n", ["attention_images = 7", "partial_images = 7"]),
+        (
+            "attention_images = 7\npartial_images = 3\n",
+            ["attention_images = 7", "partial_images = 3"],
+        ),
+        ('attention_images = "all"\n', ['attention_images = "all"']),
+        ("partial_images = 5\n", ["partial_images = 5"]),
+    ):
+        path = write(tmp_path, MINIMAL + "max_images = 20\n" + given)
+        with pytest.raises(SiteSpecError, match="moved into the .analysis. table") as err:
+            load_site_spec(path)
+        message = str(err.value)
+        assert str(path) in message
+        told = [line.strip() for line in message.splitlines()[1:]]
+        assert told == ["[analysis]", *lines]
+        # Written as told, the spec loads, with the values the old spec meant.
+        fixed = write(tmp_path, MINIMAL + "max_images = 20\n" + "\n".join(told) + "\n", "new.toml")
+        analysis = load_site_spec(fixed).analysis
+        old = tomllib.loads(given)
+        assert analysis.attention_images == old.get("attention_images", "all")
+        expected_partial = old.get("partial_images", old.get("attention_images", 64))
+        assert analysis.partial_images == (64 if expected_partial == "all" else expected_partial)
+
+
+def test_the_page_thumbnails_follow_the_runs_unless_the_views_shrink_them(tmp_path):
+    spec = load_site_spec(write(tmp_path, MINIMAL + "[analysis]\nthumbnail_size = 96\n"))
+    assert spec.analysis.thumbnail_size == 96 and spec.site_options()["thumbnail_size"] == 96
+    spec = load_site_spec(
+        write(tmp_path, MINIMAL + "[analysis]\nthumbnail_size = 96\n[views]\nthumbnail_size = 40\n")
+    )
+    assert spec.analysis.thumbnail_size == 96 and spec.site_options()["thumbnail_size"] == 40

@@ -9,8 +9,9 @@
   another in importance order (least important first), greedily and in random orders (thin
   lines); the caption gives how many heads can go before accuracy falls 1 and 5 points.
 - E4: the class x head map: per class, each head's mean importance over the class's images minus
-  its mean over all images (:func:`~jaxvit_interp.importance.aggregate.class_specific_heads`,
-  signed so that red = more important for the class), the class's most specific heads dotted;
+  its mean over all images (the bundle's ``{metric}_class_specificity``, from
+  :func:`~jaxvit_interp.importance.aggregate.class_specificity`, signed so that red = more
+  important for the class), the class's most specific heads (``{metric}_class_top``) dotted;
   under the chosen metric, or the one it maps to (``Metric.class_map``: ``prob_drop`` for
   ``prob``, whose class means show how sure the model is of each class, the same on every head).
   Clicking a cell chooses the class and the head: B1 then shows the class's mean and A outlines
@@ -37,7 +38,7 @@ from bokeh.palettes import RdBu11
 
 from jaxvit_interp.bundle import ResultsBundle
 from jaxvit_interp.importance.pruning import CURVE_ORDERS
-from jaxvit_interp.quantities import METRIC_NAMES, metric
+from jaxvit_interp.quantities import CLASS_TOP_HEADS, metric
 from jaxvit_interp.site.sources import head_label, short_name
 from jaxvit_interp.site.views.common import (
     Context,
@@ -56,8 +57,6 @@ CLASS_MAP_ROW_PX = 14
 CLASS_MAP_MIN_PX = 440
 # Pixels a side of a cell of the interaction matrix (its heads are named on both axes).
 INTERACTION_CELL_PX = 22
-# The most specific heads dotted per class.
-CLASS_TOP_HEADS = 3
 # Low to high: blue (negative: redundant, or less important for the class) to red (positive).
 DIVERGING = list(RdBu11)
 ORDER_COLORS = {"importance": "#1f77b4", "greedy": "#2ca02c", "random": "#999999"}
@@ -79,17 +78,14 @@ def class_map_metrics(metrics: list[str]) -> list[str]:
 
 
 def class_map_tables(bundle: ResultsBundle, metrics: list[str]) -> dict[str, dict]:
-    """The class map's cells and dots, from the bundle's per-image importance through
-    :func:`~jaxvit_interp.importance.aggregate.class_specific_heads` (never recomputed on the
-    page): ``cells`` one row per (shown class, head) with ``mean_{metric}`` for each of
-    ``metrics`` (the class mean B1 shows) and ``spec_{metric}`` (the signed difference) for each
-    metric the map shows for them (:func:`class_map_metrics`); ``top`` per metric shown the cells
-    of each class's most specific heads."""
-    from jaxvit_interp.importance import HeadImportance
-    from jaxvit_interp.importance.aggregate import class_specific_heads
-
+    """The class map's cells and dots, looked up in the bundle's importance part (each class's
+    mean, specificity and most specific heads, computed by
+    :func:`~jaxvit_interp.importance.aggregate.importance_summary`): ``cells`` one row per
+    (shown class, head) with ``mean_{metric}`` for each of ``metrics`` (the class mean B1 shows)
+    and ``spec_{metric}`` (the signed difference) for each metric the map shows for them
+    (:func:`class_map_metrics`); ``top`` per metric shown the cells of each class's most
+    specific heads."""
     part = bundle["importance"]
-    images = bundle["images"]
     L, H = bundle.dims()["L"], bundle.dims()["H"]
     LH = L * H
     shown = class_rows(part["class_counts"])
@@ -108,26 +104,10 @@ def class_map_tables(bundle: ResultsBundle, metrics: list[str]) -> dict[str, dic
     for m in metrics:
         cells[f"mean_{m}"] = np.asarray(part[f"{m}_class_mean"])[shown].reshape(-1)
     for m in class_map_metrics(metrics):
-        # One metric at a time: the per-class means are computed for the result's metrics.
-        result = HeadImportance(
-            **{n: (np.asarray(part[n]) if n == m else None) for n in METRIC_NAMES},
-            probs=np.asarray(images["probs"]),
-            predictions=np.asarray(images["predictions"]),
-            labels=np.asarray(images["labels"]),
-            labels_are_predictions=bool(bundle.meta.get("labels_are_predictions", False)),
-            metrics=(m,),
-        )
-        heads = class_specific_heads(result, m, count=CLASS_TOP_HEADS)
-        where = {int(c): r for r, c in enumerate(heads.classes)}
-        spec = np.full((len(shown), LH), np.nan, np.float32)
-        xs, ys = [], []
-        for r, c in enumerate(shown):
-            spec[r] = heads.specificity[where[int(c)]].reshape(-1)
-            for layer, h in heads.top[where[int(c)]]:
-                xs.append(float(layer * H + h))
-                ys.append(float(r))
-        cells[f"spec_{m}"] = spec.reshape(-1)
-        top[f"{m}_x"], top[f"{m}_y"] = xs, ys
+        cells[f"spec_{m}"] = np.asarray(part[f"{m}_class_specificity"])[shown].reshape(-1)
+        heads = np.asarray(part[f"{m}_class_top"])[shown]  # [shown class, most specific, 2]
+        top[f"{m}_x"] = (heads[..., 0] * H + heads[..., 1]).reshape(-1).astype(float).tolist()
+        top[f"{m}_y"] = np.repeat(np.arange(len(shown)), heads.shape[1]).astype(float).tolist()
     return {"cells": cells, "top": top, "shown": shown}
 
 
