@@ -1,9 +1,9 @@
 """How many images one forward pass of the attention-reading stages takes.
 
-The hop strength, pattern and attention stages of ``analyze`` each run the model over a chunk's
+The chunk's attention pass (:mod:`jaxvit_interp.attention_pass`) runs the model over a chunk's
 images a batch at a time, and every layer's attention of a batch is live inside one compiled
-program: ViT-B/16 holds 42 MiB an image there, so a fixed batch of 32 images took 1.3 GiB on top of
-the rest of the process. The batch is therefore sized from the same per-device memory budget as
+program with every reducer's working arrays: ViT-B/16 holds 61 MiB an image there, so a fixed
+batch of 32 images would take 1.9 GiB on top of the rest of the process. The batch is therefore sized from the same per-device memory budget as
 the ablation engine, and never larger than the chunk (a padded image is work and memory for
 nothing).
 """
@@ -18,15 +18,16 @@ _F32 = 4
 
 
 def attention_pass_bytes(config: ViTConfig) -> int:
-    """Estimated live bytes per image of a forward pass that reads every layer's attention.
+    """Estimated live bytes per image of the attention pass with every analysis's reducer.
 
-    The ``[layer, head, N, N]`` float32 attention of every layer and one more array of that size
-    (a softmax's scores, or a reduction's input) that XLA keeps beside it; calibrated against
-    XLA's memory analysis of the hop strength, pattern and attention programs (42 MiB an image for
-    ViT-B/16, 2 x 21.3 MiB).
+    Four arrays of the ``[layer, head, N, N]`` float32 attention of every layer: the attention
+    itself and what XLA keeps beside it (a softmax's scores, rollout's products, the patterns'
+    and the kept attention's copies); calibrated against XLA's memory analysis of the whole pass,
+    kept attention included: 2.8 such arrays an image for ViT-B/16 (61 MiB), 3.3 for a
+    257-token model of 2 layers.
     """
     n = config.num_tokens
-    return 2 * _F32 * config.num_layers * config.num_heads * n * n
+    return 4 * _F32 * config.num_layers * config.num_heads * n * n
 
 
 def pass_images(
