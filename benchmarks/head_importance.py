@@ -51,7 +51,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvit_interp.benchmark import (
-    ABLATION_METRICS,
     executed_flops,
     fold_flops,
     full_flops,
@@ -69,6 +68,7 @@ from jaxvit_interp.importance import (
 )
 from jaxvit_interp.model import ViTConfig, init_params
 from jaxvit_interp.parallel import all_devices_mesh
+from jaxvit_interp.quantities import PRUNING_METRICS
 
 # ---------------------------------------------------------------------------------------------
 # Measurement helpers.
@@ -155,7 +155,7 @@ def prepare_engine(c, params, images, mesh=None):
     plan = engine_plan(c, params, len(images), mesh=mesh)
 
     def call(x):
-        return head_importance(c, params, x, metrics=ABLATION_METRICS, progress=False, mesh=mesh)
+        return head_importance(c, params, x, metrics=PRUNING_METRICS, progress=False, mesh=mesh)
 
     first = _timed(lambda: call(images[: plan.images_per_batch]))
     return first, plan, lambda: _timed(lambda: call(images))
@@ -343,7 +343,7 @@ def scaling(args):
     images = rng.uniform(-1, 1, (max(counts), *c.image_size, 3)).astype(np.float32)
 
     def run(x):
-        return head_importance(c, params, x, metrics=ABLATION_METRICS, progress=False, mesh=mesh)
+        return head_importance(c, params, x, metrics=PRUNING_METRICS, progress=False, mesh=mesh)
 
     compiled = set()  # chunk sizes whose programs exist already
     for n in counts:

@@ -1,12 +1,13 @@
 """How fast every single-head ablation runs here: the engine against a plain jitted loop.
 
 :func:`run_benchmark` times, in one process and on the same random images, (a) the batched
-engine (:func:`~jaxvit_interp.importance.head_importance`, every ablation metric but
-``taylor``) and (b) the loop people write today: one jitted forward pass per pruned head with a
-head mask. It reports heads x images per second, the floating-point operations each executed,
-the achieved TFLOP/s and, for devices whose vendor peak is listed in :data:`PEAK_TFLOPS`, its
-share of that peak. With ``precision`` other than ``"highest"`` the engine also runs at
-``"highest"`` and the largest difference of its scores is recorded.
+engine (:func:`~jaxvit_interp.importance.head_importance`, every metric of
+:data:`~jaxvit_interp.quantities.PRUNING_METRICS`: all but ``taylor``) and (b) the loop people
+write today: one jitted forward pass per pruned head with a head mask. It reports heads x
+images per second, the floating-point operations each executed, the achieved TFLOP/s and, for
+devices whose vendor peak is listed in :data:`PEAK_TFLOPS`, its share of that peak. With
+``precision`` other than ``"highest"`` the engine also runs at ``"highest"`` and the largest
+difference of its scores is recorded.
 
 FLOP counts (multiply-add = 2 FLOPs, per image): "needed" is one full pass plus, for each head
 of layer ``l``, layers ``l..L-1`` and the classifier (what an ablation must recompute when lower
@@ -26,6 +27,7 @@ import numpy as np
 
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.quantities import PRUNING_METRICS
 
 __all__ = [
     "PEAK_TFLOPS",
@@ -37,8 +39,6 @@ __all__ = [
     "run_benchmark",
 ]
 
-# The ablation metrics timed: every one but "taylor" (a gradient, not an ablation).
-ABLATION_METRICS = ("prob", "prob_drop", "kl", "layer", "repr", "flip")
 # --precision -> jax_default_matmul_precision: "default" lets GPUs and TPUs round matrix-product
 # inputs to TF32 or bfloat16 passes; CPUs compute float32 whatever is asked.
 PRECISIONS = {"highest": "highest", "default": "default", "bfloat16": "bfloat16"}
@@ -160,7 +160,7 @@ def prepare_engine(c, params, images, mesh=None, memory_budget_bytes=None):
             c,
             params,
             x,
-            metrics=ABLATION_METRICS,
+            metrics=PRUNING_METRICS,
             memory_budget_bytes=memory_budget_bytes,
             progress=False,
             mesh=mesh,
@@ -316,6 +316,6 @@ def run_benchmark(
                     np.abs(np.asarray(scores[m], np.float64) - np.asarray(reference[m], np.float64))
                 )
             )
-            for m in ABLATION_METRICS
+            for m in PRUNING_METRICS
         }
     return record

@@ -23,13 +23,14 @@ from jaxvit_interp.importance.metrics import ablation_metrics, backbone_metrics
 from jaxvit_interp.importance.set_engine import run_sets
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.progress import ProgressArg
+from jaxvit_interp.quantities import PRUNING_METRICS
 from jaxvit_interp.summary import Summarized, listed, number, sizes
 
 Array = jax.Array
 
 # What a set ablation measures: the single-head metrics that make sense for a set (``taylor`` is
 # a gradient at the unpruned model, not an ablation).
-SET_METRICS: tuple[str, ...] = tuple(m for m in validate.METRICS if m != "taylor")
+SET_METRICS: tuple[str, ...] = PRUNING_METRICS
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
