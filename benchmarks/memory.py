@@ -131,7 +131,7 @@ def _memo_key(name: str, args, kwargs) -> tuple:
             return (str(data.dtype), data.shape, hashlib.sha1(data.tobytes()).hexdigest())
         return repr(value)
 
-    ignored = {"mesh", "progress"}
+    ignored = {"execution"}  # how the work runs, not what it computes
     return (
         name,
         tuple(part(a) for a in args),

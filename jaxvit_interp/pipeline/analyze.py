@@ -32,6 +32,7 @@ from jaxvit_interp.data.images import ImageSet
 from jaxvit_interp.data.labels import display_class_names
 from jaxvit_interp.data.preprocess import thumbnails
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance.layout import image_layout, layout_metric
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
@@ -46,7 +47,6 @@ from jaxvit_interp.pipeline.parts import (
     special_part,
     strength_part,
 )
-from jaxvit_interp.pipeline.passes import pass_images
 from jaxvit_interp.pipeline.settings import AnalysisSettings, run_fingerprint
 from jaxvit_interp.progress import ProgressArg, start_progress
 from jaxvit_interp.quantities import METRIC_NAMES, STRENGTH_FIELDS, model_metrics
@@ -366,7 +366,7 @@ def _compute_chunk(
     from jaxvit_interp.patterns import collect_patterns
     from jaxvit_interp.strength import model_strength_over_images
 
-    batch = _pass_batch(config, params, len(images), settings, mesh)
+    execution = _execution(settings, mesh)
     metrics = model_metrics(config.num_classes)
     importance = head_importance(
         config,
@@ -374,10 +374,7 @@ def _compute_chunk(
         images,
         labels,
         metrics=metrics,
-        batch_size=settings.batch_size,
-        memory_budget_bytes=settings.memory_budget_bytes,
-        mesh=mesh,
-        progress=shares["importance"],
+        execution=execution.with_progress(shares["importance"]),
     )
     arrays = {m: np.asarray(importance[m], np.float32) for m in metrics}
     # A backbone's are [image, 0] and -1 (no classes); its bundle leaves them out.
@@ -385,21 +382,23 @@ def _compute_chunk(
     arrays["predictions"] = importance.predictions.astype(np.int32)
     arrays["targets"] = importance.labels.astype(np.int32)
     strength = model_strength_over_images(
-        config, params, images, batch_size=batch, mesh=mesh, progress=shares["strength"]
+        config, params, images, execution=execution.with_progress(shares["strength"])
     )
     arrays.update({f: np.asarray(getattr(strength.local, f), np.float32) for f in STRENGTH_FIELDS})
-    arrays.update(_special_arrays(config, params, images, batch, mesh, shares["special"]))
+    arrays.update(
+        _special_arrays(config, params, images, execution.with_progress(shares["special"]))
+    )
     patterns = collect_patterns(
         config,
         params,
         images,
         kinds=_kinds(config, settings),
-        batch_size=batch,
-        mesh=mesh,
-        progress=shares["patterns"],
+        execution=execution.with_progress(shares["patterns"]),
     )
     arrays.update({f"{kind}_pattern": value for kind, value in patterns.items()})
-    arrays.update(_rollout_arrays(config, params, images, batch, mesh, shares["rollout"]))
+    arrays.update(
+        _rollout_arrays(config, params, images, execution.with_progress(shares["rollout"]))
+    )
     if len(partial_local):
         partial = partial_pruning(
             config,
@@ -407,10 +406,7 @@ def _compute_chunk(
             images[partial_local],
             importance.labels[partial_local],
             top_k=min(5, config.num_classes),
-            batch_size=settings.batch_size,
-            memory_budget_bytes=settings.memory_budget_bytes,
-            mesh=mesh,
-            progress=shares["partial"],
+            execution=execution.with_progress(shares["partial"]),
         )
         # [image, head pair, mode, ...] -> [image, layer, head, mode, ...]
         L, H = config.num_layers, config.num_heads
@@ -425,9 +421,7 @@ def _compute_chunk(
         report = start_progress(shares["attention"], total=len(attention_local), desc="attention")
         for at in range(0, len(attention_local), ATTENTION_SLICE_IMAGES):
             pick = attention_local[at : at + ATTENTION_SLICE_IMAGES]
-            attention = attention_over_images(
-                config, params, images[pick], batch_size=min(batch, len(pick)), mesh=mesh
-            )
+            attention = attention_over_images(config, params, images[pick], execution=execution)
             encoded.append(encode_attention(attention))
             report.update(len(pick))
         report.close()
@@ -436,43 +430,26 @@ def _compute_chunk(
     return arrays
 
 
-def _pass_batch(config, params, num_images: int, settings: AnalysisSettings, mesh) -> int:
-    """Images per forward pass of the strength, pattern, rollout and attention passes: as many
-    as the engine's memory budget holds (:func:`~jaxvit_interp.pipeline.passes.pass_images`)."""
-    from jaxvit_interp.importance.engine import default_memory_budget, params_bytes
-
-    return settings.batch_size or pass_images(
-        config,
-        num_images=num_images,
-        memory_budget_bytes=settings.memory_budget_bytes or default_memory_budget(),
-        fixed_bytes=params_bytes(params),
-        num_devices=1 if mesh is None else mesh.size,
-    )
+def _execution(settings: AnalysisSettings, mesh, progress: ProgressArg = False) -> Execution:
+    """How the run's analyses run: its batch size and memory budget over ``mesh``'s devices."""
+    return Execution(settings.batch_size, settings.memory_budget_bytes, mesh, progress)
 
 
-def _rollout_arrays(
-    config, params, images, batch: int, mesh, progress: ProgressArg = False
-) -> dict[str, np.ndarray]:
+def _rollout_arrays(config, params, images, execution: Execution) -> dict[str, np.ndarray]:
     """Attention rollout of one chunk: each image's final map and per-layer contributions."""
     from jaxvit_interp.rollout import final_rollout_over_images
 
-    rollout = final_rollout_over_images(
-        config, params, images, batch_size=batch, mesh=mesh, progress=progress
-    )
+    rollout = final_rollout_over_images(config, params, images, execution=execution)
     return {"rollout_map": rollout.map, "rollout_contribution": rollout.contribution}
 
 
-def _special_arrays(
-    config, params, images, batch: int, mesh, progress: ProgressArg = False
-) -> dict[str, np.ndarray]:
+def _special_arrays(config, params, images, execution: Execution) -> dict[str, np.ndarray]:
     """Attention to and from each special token of one chunk (none without special tokens)."""
     from jaxvit_interp.strength import model_special_mass_over_images
 
     if not config.num_prefix_tokens:
         return {}
-    special = model_special_mass_over_images(
-        config, params, images, batch_size=batch, mesh=mesh, progress=progress
-    )
+    special = model_special_mass_over_images(config, params, images, execution=execution)
     return {
         "special_to": np.asarray(special.to_token, np.float32),
         "special_from": np.asarray(special.from_token, np.float32),
@@ -759,8 +736,8 @@ def analyze(
             arrays = load_npz(chunk_path(number))  # what process 0 found readable
             for key, compute in ADDED_LATER.items():
                 if key not in arrays:
-                    batch = _pass_batch(config, params, stop - start, settings, mesh)
-                    arrays = {**arrays, **compute(config, params, images[start:stop], batch, mesh)}
+                    execution = _execution(settings, mesh)
+                    arrays = {**arrays, **compute(config, params, images[start:stop], execution)}
             bar.update(stop - start)
         else:
             work = _chunk_work(config, stop - start, len(partial_local), len(attention_local))
@@ -894,9 +871,7 @@ def _head_sets_stage(config, params, images, labels, merged, settings, out: Path
             importance,
             index,
             seed=settings.seed,
-            batch_size=settings.batch_size,
-            memory_budget_bytes=settings.memory_budget_bytes,
-            progress=progress,
+            execution=_execution(settings, None, progress),
             **options,
         ),
     )
@@ -1031,11 +1006,7 @@ def _stream_attention(
 
 def _preflight(config: ViTConfig, params, settings: AnalysisSettings, num_images: int) -> None:
     """Refuse, before anything is written, what would fail only later in the run."""
-    from jaxvit_interp.importance.engine import (
-        default_step_tokens,
-        params_bytes,
-        plan_batches,
-    )
+    from jaxvit_interp.importance.engine import head_importance_plan
     from jaxvit_interp.patterns.train import MIN_PATTERNS
 
     if settings.pattern_kinds == ("cls",) and not config.has_cls_token:
@@ -1050,21 +1021,9 @@ def _preflight(config: ViTConfig, params, settings: AnalysisSettings, num_images
             + (" or ask for fewer --clusters" if settings.clusters else "")
         )
     # The ablation engine's largest working set (one image, one ablation at a time, Taylor
-    # scores on) must fit the budget; plan_batches raises the same error the run would.
-    mesh = all_devices_mesh()
-    plan_batches(
-        config,
-        num_images=num_images,
-        num_slots=config.num_heads,
-        spawn_layers=tuple(range(config.num_layers)),
-        with_taylor=True,
-        need_streams=True,
-        memory_budget_bytes=settings.memory_budget_bytes,
-        batch_size=settings.batch_size,
-        num_devices=1 if mesh is None else mesh.size,
-        fixed_bytes=params_bytes(params),
-        step_tokens=default_step_tokens(),
-    )
+    # scores on) must fit the budget; its planner raises the same error the run would.
+    execution = _execution(settings, all_devices_mesh())
+    head_importance_plan(config, params, execution, num_images=num_images, with_taylor=True)
 
 
 def run_is_complete(out: str | Path) -> bool:
