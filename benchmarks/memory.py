@@ -131,7 +131,8 @@ def _memo_key(name: str, args, kwargs) -> tuple:
             return (str(data.dtype), data.shape, hashlib.sha1(data.tobytes()).hexdigest())
         return repr(value)
 
-    ignored = {"mesh", "progress", "batcher"}
+    # How the work runs, not what it computes.
+    ignored = {"mesh", "progress", "batcher", "execution"}
     return (
         name,
         tuple(part(a) for a in args),

@@ -348,6 +348,8 @@ def _benchmark(args) -> int:
     import json
 
     from jaxvit_interp.benchmark import run_benchmark
+    from jaxvit_interp.execution import Execution
+    from jaxvit_interp.parallel import all_devices_mesh
 
     record = run_benchmark(
         args.variant,
@@ -356,7 +358,7 @@ def _benchmark(args) -> int:
         precision=args.precision,
         rounds=args.rounds,
         loop_heads=args.loop_heads,
-        memory_budget_bytes=args.memory_budget_bytes,
+        execution=Execution(memory_budget_bytes=args.memory_budget_bytes, mesh=all_devices_mesh()),
     )
     dev, eng, loop = record["device"], record["engine"], record["loop"]
     share = lambda side: (  # noqa: E731
@@ -478,7 +480,7 @@ def _why_this_budget(model: LoadedModel, args):
     """A memory budget refused inside says why the model is as large as it is: the size it is
     loaded at and why, its tokens per image, and how to load it at another size (where the
     command has ``--image-size``)."""
-    from jaxvit_interp.importance.engine import MemoryBudgetError
+    from jaxvit_interp.budget import MemoryBudgetError
 
     try:
         yield
@@ -624,6 +626,7 @@ def _prune(args) -> int:
 
     import numpy as np
 
+    from jaxvit_interp.execution import Execution
     from jaxvit_interp.model.checkpoint import save_checkpoint, save_safetensors
     from jaxvit_interp.pipeline.prune import choose_heads, prune_model
     from jaxvit_interp.storage import write_text
@@ -661,8 +664,9 @@ def _prune(args) -> int:
             remove=args.remove,
             max_accuracy_drop=args.max_accuracy_drop,
             order=args.order,
-            memory_budget_bytes=args.memory_budget_bytes,
-            progress=not args.quiet,
+            execution=Execution(
+                memory_budget_bytes=args.memory_budget_bytes, progress=not args.quiet
+            ),
         )
     if not heads:
         raise UsageError(

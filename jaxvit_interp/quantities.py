@@ -73,6 +73,7 @@ __all__ = [
     "METRIC_NAMES",
     "OPTIONAL_ARRAYS",
     "PATTERN_KINDS",
+    "PRUNING_METRICS",
     "SCHEMA",
     "SPECIAL_FIELDS",
     "STRENGTH_FIELDS",
@@ -177,7 +178,12 @@ METRICS: tuple[Metric, ...] = (
     ),
 )
 METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
+# The metrics that need the pruned forward passes (not only the unpruned one).
 ABLATION_METRICS = frozenset(m.name for m in METRICS if m.needs_ablation)
+# What pruning measures, in METRICS order: every metric but ``taylor``, a gradient at the
+# unpruned model rather than the effect of a pruning. A set ablation gives these, and
+# ``jaxvit-interp benchmark`` times the single-head sweep that gives them.
+PRUNING_METRICS: tuple[str, ...] = tuple(n for n in METRIC_NAMES if n != "taylor")
 LOGIT_METRICS = frozenset(m.name for m in METRICS if m.needs_logits)
 _BY_NAME = {m.name: m for m in METRICS}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +14,9 @@ from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import AttentionEdit
 from jaxvit_interp.model.vit import ModelOutput, VisionTransformer
+
+if TYPE_CHECKING:
+    from jaxvit_interp.execution import Execution
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -116,18 +119,28 @@ def _local(indices: np.ndarray, start: int, stop: int) -> np.ndarray:
 
 
 def attention_over_images(
-    config: ViTConfig, params: Any, images, *, batch_size: int = 16, mesh=None
+    config: ViTConfig, params: Any, images, *, execution: Execution | None = None
 ) -> np.ndarray:
     """Every head's attention on every image, ``[image, layer, head, N, N]`` float16 on the host.
 
     float16 keeps 11 significant bits (an absolute error below 2.5e-4 near 1, finer near 0),
-    which is what a picture of an attention matrix needs at half the bytes. ``batch_size``
-    images per pass over the devices of ``mesh`` (see :class:`~jaxvit_interp.parallel.Batcher`).
+    which is what a picture of an attention matrix needs at half the bytes. ``execution``:
+    images per pass, the devices that share them and the progress report
+    (:class:`~jaxvit_interp.execution.Execution`; None: the defaults).
     """
     from jaxvit_interp.attention_pass import run_pass
-    from jaxvit_interp.parallel import Batcher
+    from jaxvit_interp.execution import as_execution
 
-    batcher = Batcher(batch_size, mesh)
+    execution = as_execution(execution)
+    batcher = execution.pass_batcher(config, params, len(images))
     reducer = AttentionReducer()
-    outputs = run_pass(config, batcher.replicate(params), images, (reducer,), batcher=batcher)
+    outputs = run_pass(
+        config,
+        batcher.replicate(params),
+        images,
+        (reducer,),
+        batcher=batcher,
+        progress=execution.progress,
+        desc="attention",
+    )
     return outputs[reducer.name]["attention"]

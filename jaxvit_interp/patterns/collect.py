@@ -16,11 +16,10 @@ import numpy as np
 
 from jaxvit_interp.attention_pass import run_pass
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.execution import Execution, as_execution
 from jaxvit_interp.importance.validate import check_unpruned
 from jaxvit_interp.model.config import ViTConfig
-from jaxvit_interp.parallel import Batcher
 from jaxvit_interp.patterns.extract import cls_pattern, patch_pattern, pattern_shape
-from jaxvit_interp.progress import ProgressArg
 
 # How far a softmax row may sum from 1 (float32 rounding over a few hundred keys is ~1e-6).
 _ROW_TOLERANCE = 1e-3
@@ -69,9 +68,7 @@ def collect_patterns(
     images,
     *,
     kinds: tuple[str, ...] | None = None,
-    batch_size: int = 64,
-    mesh: jax.sharding.Mesh | None = None,
-    progress: ProgressArg = True,
+    execution: Execution | None = None,
 ) -> dict[str, np.ndarray]:
     """Raw (un-normalised) patterns of every head on every image.
 
@@ -81,10 +78,9 @@ def collect_patterns(
       images: ``[image, height, width, channels]`` preprocessed images.
       kinds: pattern kinds to collect; default ``("cls", "patch")``, or ``("patch",)`` for a model
         without a CLS token.
-      batch_size: images per forward pass, over all devices (the last batch is padded).
-      mesh: shard each batch's images over this mesh's devices; None: the default device.
-      progress: report the images as they are done
-        (:func:`~jaxvit_interp.progress.start_progress`).
+      execution: images per forward pass over all devices (default: as many as the memory
+        budget holds; the last batch is padded), the mesh that shards them and the progress
+        report (:class:`~jaxvit_interp.execution.Execution`); None: the defaults.
 
     Returns:
       ``{kind: [image, layer, head, h, w]}`` float32 arrays, ``(h, w)`` from
@@ -104,7 +100,8 @@ def collect_patterns(
             raise InputError(
                 "this model has no CLS token, so it has no CLS pattern; use kind='patch'"
             )
-    batcher = Batcher(batch_size, mesh)
+    execution = as_execution(execution)
+    batcher = execution.pass_batcher(config, params, len(images))
     reducer = PatternReducer(kinds)
     out = run_pass(
         config,
@@ -112,7 +109,7 @@ def collect_patterns(
         images,
         (reducer,),
         batcher=batcher,
-        progress=progress,
+        progress=execution.progress,
         desc="patterns",
     )[reducer.name]
     return {kind: out[kind].astype(np.float32) for kind in kinds}

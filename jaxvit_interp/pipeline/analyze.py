@@ -41,7 +41,7 @@ from jaxvit_interp.multihost import run_on_writer, share_from_writer
 from jaxvit_interp.parallel import all_devices_mesh
 from jaxvit_interp.pipeline.analyses import pattern_kinds
 from jaxvit_interp.pipeline.bundle_stage import build_bundle
-from jaxvit_interp.pipeline.chunk import chunk_work, complete_chunk, compute_chunk
+from jaxvit_interp.pipeline.chunk import chunk_work, complete_chunk, compute_chunk, run_execution
 from jaxvit_interp.pipeline.pattern_stage import train_pattern_models
 from jaxvit_interp.pipeline.run_folder import (
     CHUNK_DIR,
@@ -474,9 +474,7 @@ def _head_sets_stage(config, params, images, labels, merged, settings, out: Path
             importance,
             index,
             seed=settings.seed,
-            batch_size=settings.batch_size,
-            memory_budget_bytes=settings.memory_budget_bytes,
-            progress=progress,
+            execution=run_execution(settings, None, progress),
             **options,
         ),
     )
@@ -485,11 +483,7 @@ def _head_sets_stage(config, params, images, labels, merged, settings, out: Path
 
 def _preflight(config: ViTConfig, params, settings: AnalysisSettings, num_images: int) -> None:
     """Refuse, before anything is written, what would fail only later in the run."""
-    from jaxvit_interp.importance.engine import (
-        default_step_tokens,
-        params_bytes,
-        plan_batches,
-    )
+    from jaxvit_interp.importance.engine import head_importance_plan
     from jaxvit_interp.patterns.train import MIN_PATTERNS
 
     if settings.pattern_kinds == ("cls",) and not config.has_cls_token:
@@ -504,18 +498,6 @@ def _preflight(config: ViTConfig, params, settings: AnalysisSettings, num_images
             + (" or ask for fewer --clusters" if settings.clusters else "")
         )
     # The ablation engine's largest working set (one image, one ablation at a time, Taylor
-    # scores on) must fit the budget; plan_batches raises the same error the run would.
-    mesh = all_devices_mesh()
-    plan_batches(
-        config,
-        num_images=num_images,
-        num_slots=config.num_heads,
-        spawn_layers=tuple(range(config.num_layers)),
-        with_taylor=True,
-        need_streams=True,
-        memory_budget_bytes=settings.memory_budget_bytes,
-        batch_size=settings.batch_size,
-        num_devices=1 if mesh is None else mesh.size,
-        fixed_bytes=params_bytes(params),
-        step_tokens=default_step_tokens(),
-    )
+    # scores on) must fit the budget; its planner raises the same error the run would.
+    execution = run_execution(settings, all_devices_mesh())
+    head_importance_plan(config, params, execution, num_images=num_images, with_taylor=True)

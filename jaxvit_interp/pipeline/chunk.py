@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 
 from jaxvit_interp.attention_pass import run_pass
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.model.config import ViTConfig
-from jaxvit_interp.parallel import Batcher
 from jaxvit_interp.pipeline.analyses import PASS_ANALYSES, PassAnalysis
 from jaxvit_interp.progress import ProgressArg, start_progress
 from jaxvit_interp.quantities import CHUNK_KEYS, model_metrics
 
-__all__ = ["chunk_work", "complete_chunk", "compute_chunk", "pass_batch"]
+__all__ = ["chunk_work", "complete_chunk", "compute_chunk", "run_execution"]
 
 
 def chunk_work(config: ViTConfig, images: int, partial: int) -> dict[str, float]:
@@ -41,19 +41,10 @@ def chunk_work(config: ViTConfig, images: int, partial: int) -> dict[str, float]
     }
 
 
-def pass_batch(config: ViTConfig, params, num_images: int, settings, mesh) -> int:
-    """Images per batch of the attention pass: as many as the memory budget holds
-    (:func:`~jaxvit_interp.pipeline.passes.pass_images`), or the settings' batch size."""
-    from jaxvit_interp.importance.engine import default_memory_budget, params_bytes
-    from jaxvit_interp.pipeline.passes import pass_images
-
-    return settings.batch_size or pass_images(
-        config,
-        num_images=num_images,
-        memory_budget_bytes=settings.memory_budget_bytes or default_memory_budget(),
-        fixed_bytes=params_bytes(params),
-        num_devices=1 if mesh is None else mesh.size,
-    )
+def run_execution(settings, mesh, progress: ProgressArg = False) -> Execution:
+    """How a run's analyses run: the settings' batch size and memory budget over ``mesh``'s
+    devices."""
+    return Execution(settings.batch_size, settings.memory_budget_bytes, mesh, progress)
 
 
 def _pass_arrays(
@@ -61,24 +52,22 @@ def _pass_arrays(
     params: Any,
     images,
     analyses: list[tuple[PassAnalysis, Any]],
-    batch: int,
-    mesh,
-    progress: ProgressArg,
+    execution: Execution,
 ) -> dict[str, np.ndarray]:
     """The chunk arrays of ``analyses`` (each with its reducer) from one attention pass."""
     if not analyses:
-        report = start_progress(progress, total=1, desc="attention pass")
+        report = start_progress(execution.progress, total=1, desc="attention pass")
         report.update(1)
         report.close()
         return {}
-    batcher = Batcher(min(batch, len(images)), mesh)
+    batcher = execution.pass_batcher(config, params, len(images))
     outputs = run_pass(
         config,
         batcher.replicate(params),
         images,
         [reducer for _, reducer in analyses],
         batcher=batcher,
-        progress=progress,
+        progress=execution.progress,
     )
     arrays = {}
     for analysis, reducer in analyses:
@@ -119,6 +108,7 @@ def compute_chunk(
     """
     from jaxvit_interp.importance import head_importance, partial_pruning
 
+    execution = run_execution(settings, mesh)
     metrics = model_metrics(config.num_classes)
     importance = head_importance(
         config,
@@ -126,10 +116,7 @@ def compute_chunk(
         images,
         labels,
         metrics=metrics,
-        batch_size=settings.batch_size,
-        memory_budget_bytes=settings.memory_budget_bytes,
-        mesh=mesh,
-        progress=shares["importance"],
+        execution=execution.with_progress(shares["importance"]),
     )
     keys = CHUNK_KEYS["importance"]
     arrays = {keys[m]: np.asarray(importance[m], np.float32) for m in metrics}
@@ -137,9 +124,9 @@ def compute_chunk(
     arrays[keys["probs"]] = importance.probs.astype(np.float32)
     arrays[keys["predictions"]] = importance.predictions.astype(np.int32)
     arrays[keys["targets"]] = importance.labels.astype(np.int32)
-    batch = pass_batch(config, params, len(images), settings, mesh)
     analyses = _reducers(config, settings, attention_local, PASS_ANALYSES)
-    arrays.update(_pass_arrays(config, params, images, analyses, batch, mesh, shares["pass"]))
+    pass_execution = execution.with_progress(shares["pass"])
+    arrays.update(_pass_arrays(config, params, images, analyses, pass_execution))
     if len(partial_local):
         partial = partial_pruning(
             config,
@@ -147,10 +134,7 @@ def compute_chunk(
             images[partial_local],
             importance.labels[partial_local],
             top_k=min(5, config.num_classes),
-            batch_size=settings.batch_size,
-            memory_budget_bytes=settings.memory_budget_bytes,
-            mesh=mesh,
-            progress=shares["partial"],
+            execution=execution.with_progress(shares["partial"]),
         )
         # [image, head pair, mode, ...] -> [image, layer, head, mode, ...]
         L, H = config.num_layers, config.num_heads
@@ -181,5 +165,5 @@ def complete_chunk(
         return None
     replaced = {key for analysis, _ in analyses for key in CHUNK_KEYS[analysis.name].values()}
     kept = {k: v for k, v in arrays.items() if k not in replaced}
-    batch = pass_batch(config, params, len(images), settings, mesh)
-    return {**kept, **_pass_arrays(config, params, images, analyses, batch, mesh, False)}
+    execution = run_execution(settings, mesh)
+    return {**kept, **_pass_arrays(config, params, images, analyses, execution)}

@@ -9,10 +9,9 @@ import jax
 import numpy as np
 
 from jaxvit_interp.attention_pass import run_pass
+from jaxvit_interp.execution import Execution, as_execution
 from jaxvit_interp.importance.validate import check_unpruned
 from jaxvit_interp.model.config import ViTConfig
-from jaxvit_interp.parallel import Batcher
-from jaxvit_interp.progress import ProgressArg
 from jaxvit_interp.rollout.kernels import (
     RESIDUAL_WEIGHT,
     attention_rollout,
@@ -96,18 +95,18 @@ def model_rollout_over_images(
     params: Any,
     images,
     *,
-    batch_size: int = 16,
-    mesh: jax.sharding.Mesh | None = None,
     residual_weight: float = RESIDUAL_WEIGHT,
-    progress: ProgressArg = False,
+    execution: Execution | None = None,
 ) -> np.ndarray:
     """Rollout maps ``[image, layer, Gh, Gw]`` float32 of preprocessed ``images``.
 
     Only the maps leave each batch: the ``[layer, N, N]`` rollout lives inside one compiled
-    program per batch. ``batch_size`` images per pass over the devices of ``mesh``.
+    program per batch. ``execution``: images per pass, the devices that share them and the
+    progress report (:class:`~jaxvit_interp.execution.Execution`; None: the defaults).
     """
     check_unpruned(config, "model_rollout_over_images")
-    batcher = Batcher(batch_size, mesh)
+    execution = as_execution(execution)
+    batcher = execution.pass_batcher(config, params, len(images))
     reducer = RolloutMapsReducer(residual_weight)
     out = run_pass(
         config,
@@ -115,7 +114,7 @@ def model_rollout_over_images(
         images,
         (reducer,),
         batcher=batcher,
-        progress=progress,
+        progress=execution.progress,
         desc="rollout",
     )[reducer.name]
     return out["maps"].astype(np.float32)
@@ -126,18 +125,17 @@ def final_rollout_over_images(
     params: Any,
     images,
     *,
-    batch_size: int = 16,
-    mesh: jax.sharding.Mesh | None = None,
     residual_weight: float = RESIDUAL_WEIGHT,
-    progress: ProgressArg = False,
+    execution: Execution | None = None,
 ) -> FinalRollout:
     """The final rollout map and the per-layer contributions of preprocessed ``images``, float32.
 
-    One model pass per batch, as :func:`model_rollout_over_images`; only ``[Gh, Gw]`` and
-    ``[layer]`` values leave it for each image.
+    One model pass per batch, as :func:`model_rollout_over_images` (``execution`` too); only
+    ``[Gh, Gw]`` and ``[layer]`` values leave it for each image.
     """
     check_unpruned(config, "final_rollout_over_images")
-    batcher = Batcher(batch_size, mesh)
+    execution = as_execution(execution)
+    batcher = execution.pass_batcher(config, params, len(images))
     reducer = FinalRolloutReducer(residual_weight)
     out = run_pass(
         config,
@@ -145,7 +143,7 @@ def final_rollout_over_images(
         images,
         (reducer,),
         batcher=batcher,
-        progress=progress,
+        progress=execution.progress,
         desc="rollout",
     )[reducer.name]
     return FinalRollout.from_outputs(out)

@@ -17,9 +17,9 @@ import numpy as np
 
 from jaxvit_interp.attention_pass import run_pass
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.execution import Execution, as_execution
 from jaxvit_interp.importance.validate import check_unpruned
 from jaxvit_interp.model.config import ViTConfig
-from jaxvit_interp.parallel import Batcher
 from jaxvit_interp.progress import ProgressArg, start_progress
 from jaxvit_interp.quantities import ENTROPY_BINS, SPECIAL_FIELDS
 from jaxvit_interp.strength.hops import HopRings, hop_rings, rings_for
@@ -307,12 +307,10 @@ def model_strength_over_images(
     params,
     images,
     *,
-    batch_size: int = 16,
-    mesh: jax.sharding.Mesh | None = None,
     check_stochastic: bool = True,
     atol: float | None = None,
     num_bins: int = ENTROPY_BINS,
-    progress: ProgressArg = True,
+    execution: Execution | None = None,
 ) -> StrengthResults:
     """Run the model over ``images`` batch by batch and measure every head's hop strength.
 
@@ -322,17 +320,19 @@ def model_strength_over_images(
       params: its parameter tree.
       images: ``[image, height, width, channels]`` preprocessed images (a NumPy array, memmap or
         anything sliceable); each batch is copied to the device on its own.
-      batch_size: images per forward pass, over all devices. The last batch is padded to this
-        size, so the program compiles once; padded results are dropped.
-      mesh: shard each batch's images over this mesh's devices (see
-        :class:`~jaxvit_interp.parallel.Batcher`); None: the default device.
-      check_stochastic, atol, num_bins, progress: as in :func:`strength_over_images`.
+      check_stochastic, atol, num_bins: as in :func:`strength_over_images`.
+      execution: how the passes run (:class:`~jaxvit_interp.execution.Execution`): images per
+        forward pass over all devices (default: as many as its memory budget holds,
+        :meth:`~jaxvit_interp.execution.Execution.pass_batcher`; the last batch is padded to
+        that size, so the program compiles once), the mesh that shards them and the progress
+        report; None: the defaults.
 
     Returns:
       :class:`StrengthResults` with ``local`` ``[image, layer, head, ...]`` and the ``summary``.
     """
-    _check_images(config, images, "model_strength_over_images")
-    batcher = Batcher(batch_size, mesh)
+    num_images = _check_images(config, images, "model_strength_over_images")
+    execution = as_execution(execution)
+    batcher = execution.pass_batcher(config, params, num_images)
     reducer = HopStrengthReducer(check_stochastic=check_stochastic, atol=atol)
     outputs = run_pass(
         config,
@@ -340,7 +340,7 @@ def model_strength_over_images(
         images,
         (reducer,),
         batcher=batcher,
-        progress=progress,
+        progress=execution.progress,
         desc="hop strength",
     )
     local = reducer.result(outputs[reducer.name])
@@ -360,9 +360,7 @@ def model_special_mass_over_images(
     params,
     images,
     *,
-    batch_size: int = 16,
-    mesh: jax.sharding.Mesh | None = None,
-    progress: ProgressArg = True,
+    execution: Execution | None = None,
 ) -> SpecialTokenMass:
     """Run the model over ``images`` batch by batch and measure every head's attention to and
     from each special token (:func:`~jaxvit_interp.strength.special.special_token_mass`).
@@ -371,19 +369,20 @@ def model_special_mass_over_images(
       config, params: the model; it needs at least one special token (CLS, distillation or a
         register: ``config.num_prefix_tokens``), named in token order by
         :func:`~jaxvit_interp.strength.special.special_token_names`.
-      images, batch_size, mesh, progress: as in :func:`model_strength_over_images`.
+      images, execution: as in :func:`model_strength_over_images`.
 
     Returns:
       :class:`~jaxvit_interp.strength.special.SpecialTokenMass` of NumPy arrays with leading
       axes ``[image, layer, head]``.
     """
-    _check_images(config, images, "model_special_mass_over_images")
+    num_images = _check_images(config, images, "model_special_mass_over_images")
     if not config.num_prefix_tokens:
         raise InputError(
             "the model has no special tokens (no CLS, distillation or register token): there is "
             "no special-token mass to measure"
         )
-    batcher = Batcher(batch_size, mesh)
+    execution = as_execution(execution)
+    batcher = execution.pass_batcher(config, params, num_images)
     reducer = SpecialMassReducer()
     outputs = run_pass(
         config,
@@ -391,7 +390,7 @@ def model_special_mass_over_images(
         images,
         (reducer,),
         batcher=batcher,
-        progress=progress,
+        progress=execution.progress,
         desc="special-token mass",
     )
     return reducer.result(outputs[reducer.name])
