@@ -52,20 +52,20 @@ def _setup(args):
 
 def _calls(args, config, params, images):
     """The two timed calls, each a function of the budget in bytes."""
+    from jaxvit_interp.execution import Execution
     from jaxvit_interp.importance import head_importance, partial_pruning
 
     heads = [(layer, h) for layer in range(config.num_layers) for h in range(config.num_heads)]
     return {
         "head importance": lambda budget: head_importance(
-            config, params, images, progress=False, memory_budget_bytes=budget
+            config, params, images, execution=Execution(memory_budget_bytes=budget, progress=False)
         ),
         "partial pruning": lambda budget: partial_pruning(
             config,
             params,
             images[: args.partial_images],
             heads=heads,
-            progress=False,
-            memory_budget_bytes=budget,
+            execution=Execution(memory_budget_bytes=budget, progress=False),
         ),
     }
 

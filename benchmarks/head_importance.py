@@ -51,7 +51,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvit_interp.benchmark import (
-    ABLATION_METRICS,
     executed_flops,
     fold_flops,
     full_flops,
@@ -60,15 +59,19 @@ from jaxvit_interp.benchmark import (
     sample_heads,
 )
 from jaxvit_interp.benchmark import timed as _timed
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance import (
     cumulative_pruning_accuracy,
-    engine,
     head_importance,
     partial_pruning,
     rank_by_metric,
 )
+from jaxvit_interp.importance.engine import head_importance_plan
 from jaxvit_interp.model import ViTConfig, init_params
 from jaxvit_interp.parallel import all_devices_mesh
+from jaxvit_interp.quantities import PRUNING_METRICS
+
+QUIET = Execution(progress=False)
 
 # ---------------------------------------------------------------------------------------------
 # Measurement helpers.
@@ -129,19 +132,9 @@ def torch_matmul_rate(n: int = 3072, repeats: int = 5) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def engine_plan(c, params, num_images, num_heads=None, mesh=None):
+def engine_plan(c, params, num_images, mesh=None):
     """The chunk plan ``head_importance`` will use (without taylor)."""
-    return engine.plan_batches(
-        c,
-        num_images=num_images,
-        num_slots=num_heads or c.num_heads,
-        spawn_layers=tuple(range(c.num_layers)),
-        with_taylor=False,
-        need_streams=True,
-        fixed_bytes=engine.params_bytes(params),
-        step_tokens=engine.default_step_tokens(),
-        num_devices=1 if mesh is None else mesh.size,
-    )
+    return head_importance_plan(c, params, Execution(mesh=mesh), num_images=num_images)
 
 
 def prepare_engine(c, params, images, mesh=None):
@@ -155,7 +148,9 @@ def prepare_engine(c, params, images, mesh=None):
     plan = engine_plan(c, params, len(images), mesh=mesh)
 
     def call(x):
-        return head_importance(c, params, x, metrics=ABLATION_METRICS, progress=False, mesh=mesh)
+        return head_importance(
+            c, params, x, metrics=PRUNING_METRICS, execution=Execution(mesh=mesh, progress=False)
+        )
 
     first = _timed(lambda: call(images[: plan.images_per_batch]))
     return first, plan, lambda: _timed(lambda: call(images))
@@ -343,7 +338,9 @@ def scaling(args):
     images = rng.uniform(-1, 1, (max(counts), *c.image_size, 3)).astype(np.float32)
 
     def run(x):
-        return head_importance(c, params, x, metrics=ABLATION_METRICS, progress=False, mesh=mesh)
+        return head_importance(
+            c, params, x, metrics=PRUNING_METRICS, execution=Execution(mesh=mesh, progress=False)
+        )
 
     compiled = set()  # chunk sizes whose programs exist already
     for n in counts:
@@ -361,7 +358,7 @@ def scaling(args):
         heads = sample_heads(c, count)
 
         def run_heads(heads=heads):
-            return partial_pruning(c, params, few, heads=heads, modes=("head",), progress=False)
+            return partial_pruning(c, params, few, heads=heads, modes=("head",), execution=QUIET)
 
         run_heads()  # compile
         t = _timed(run_heads)
@@ -383,7 +380,7 @@ def digits_section():
 
     train_x, train_y = load_digits("train")
     test_x, test_y = load_digits("test")
-    result = head_importance(config, params, train_x, train_y, progress=False)
+    result = head_importance(config, params, train_x, train_y, execution=QUIET)
     heads = config.num_layers * config.num_heads
     print(
         f"\n## Digits model ({config.num_layers} layers x {config.num_heads} heads), importance on "

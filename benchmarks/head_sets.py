@@ -41,8 +41,9 @@ import numpy as np
 from head_importance import _timed, prepare_jax_loop, prepare_torch_loop
 
 from jaxvit_interp.benchmark import full_flops, last_layer_flops, layer_flops, readout_flops
+from jaxvit_interp.budget import params_bytes
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance import (
-    engine,
     head_importance,
     pairwise_interactions,
     pruning,
@@ -53,6 +54,8 @@ from jaxvit_interp.importance import (
 from jaxvit_interp.importance.sets import head_masks
 from jaxvit_interp.model import ViTConfig, init_params
 
+QUIET = Execution(progress=False)
+
 
 def digits_section(images_for_curves: int, random_orders: int) -> dict:
     from jaxvit_interp.data import digits
@@ -62,7 +65,7 @@ def digits_section(images_for_curves: int, random_orders: int) -> dict:
     test_x, test_y = digits.load_digits("test")
     pick = np.random.default_rng(0).choice(len(train_y), 256, replace=False)
     importance = head_importance(
-        config, params, train_x[pick], train_y[pick], metrics=("prob_drop",), progress=False
+        config, params, train_x[pick], train_y[pick], metrics=("prob_drop",), execution=QUIET
     )
     x, y = test_x[:images_for_curves], test_y[:images_for_curves]
     # The importance order comes from the training images' importance, applied to held-out ones.
@@ -74,7 +77,7 @@ def digits_section(images_for_curves: int, random_orders: int) -> dict:
         y,
         importance=importance,
         random_orders=random_orders,
-        progress=False,
+        execution=QUIET,
     )
     seconds = time.perf_counter() - start
     out = {"images": len(y), "heads": config.num_layers * config.num_heads, "seconds": seconds}
@@ -94,11 +97,12 @@ def interactions_section(num_images: int, loop_sets: int, torch_too: bool) -> di
     images = np.random.default_rng(0).normal(size=(num_images, *c.image_size, 3))
     images = images.astype(np.float32)
     ranked = rank_by_metric(
-        head_importance(c, params, images[:2], metrics=("prob_drop",), progress=False), "prob_drop"
+        head_importance(c, params, images[:2], metrics=("prob_drop",), execution=QUIET),
+        "prob_drop",
     )
     heads = [tuple(map(int, h)) for h in ranked[:16]]
     sets = [[h] for h in heads] + [[a, b] for i, a in enumerate(heads) for b in heads[i + 1 :]]
-    run = lambda: pairwise_interactions(c, params, images, heads, progress=False)  # noqa: E731
+    run = lambda: pairwise_interactions(c, params, images, heads, execution=QUIET)  # noqa: E731
     first = _timed(run)
     compiled = set_engine._layer_step._cache_size()
     # The engine and the two loops in turn, so that load from other jobs hits all of them.
@@ -114,7 +118,7 @@ def interactions_section(num_images: int, loop_sets: int, torch_too: bool) -> di
         rounds.append(row)
         print(json.dumps(row), flush=True)
     best = {k: min(r[k] for r in rounds) for k in rounds[0]}
-    flops = set_flops(c, head_masks(c, sets), num_images, engine.params_bytes(params))
+    flops = set_flops(c, head_masks(c, sets), num_images, params_bytes(params))
     out = {
         "model": "ViT-S/16 random weights",
         "images": num_images,
@@ -136,22 +140,19 @@ def interactions_section(num_images: int, loop_sets: int, torch_too: bool) -> di
     return out
 
 
-def default_plans(c, masks, num_images: int, params_bytes: int):
+def default_plans(c, masks, num_images: int, param_bytes: int):
     """The chunk plans ``jvi.ablate`` makes for ``masks`` on one device with default settings."""
     _, _, plans = set_engine.plan_sets(
         c,
         masks,
+        Execution(),
         num_images=num_images,
-        memory_budget_bytes=None,
-        batch_size=None,
-        num_devices=1,
-        fixed_bytes=params_bytes,
-        step_tokens=engine.default_step_tokens(),
+        fixed_bytes=param_bytes,
     )
     return plans
 
 
-def set_flops(c: ViTConfig, masks: np.ndarray, num_images: int, params_bytes: int) -> dict:
+def set_flops(c: ViTConfig, masks: np.ndarray, num_images: int, param_bytes: int) -> dict:
     """Needed, shared and executed FLOPs per image of ablating ``masks`` ``[set, L, H]`` (see
     the module docstring), with the layout ``jvi.ablate`` uses for ``num_images`` images.  The
     last block counts as the engine runs it (CLS query only) in all three."""
@@ -159,7 +160,7 @@ def set_flops(c: ViTConfig, masks: np.ndarray, num_images: int, params_bytes: in
     per_layer = [layer_flops(c)] * (L - 1) + [last_layer_flops(c)]
     from_layer = lambda low: sum(per_layer[low:]) + readout_flops(c)  # noqa: E731
     lowest = (masks.min(axis=2) == 0).argmax(axis=1)
-    plans = default_plans(c, masks, num_images, params_bytes)
+    plans = default_plans(c, masks, num_images, param_bytes)
     executed = shared = 0
     for plan in plans:
         executed += sum(n * f for n, f in zip(plan.capacity, per_layer))
@@ -181,7 +182,7 @@ def greedy_section(num_images: int, steps: int) -> dict:
     # Each greedy step is one ablate call: time each, and count the layer programs it compiles.
     step_seconds, step_compiled, flops = [], [], []
     ablate = pruning.ablate
-    size = engine.params_bytes(params)
+    size = params_bytes(params)
 
     def timed_ablate(config, params, images, sets, *args, **kwargs):
         before = set_engine._layer_step._cache_size()
@@ -202,7 +203,7 @@ def greedy_section(num_images: int, steps: int) -> dict:
     try:
         start = time.perf_counter()
         pruning_curves(
-            c, params, images, labels, orders=("greedy",), max_heads=steps, progress=False
+            c, params, images, labels, orders=("greedy",), max_heads=steps, execution=QUIET
         )
         seconds = time.perf_counter() - start
     finally:

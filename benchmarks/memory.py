@@ -3,8 +3,8 @@
 Runs the real :func:`jaxvit_interp.analyze` on a random-weight model (ViT-B/16 by default) over
 ``--images`` random images in a child process, and from this process samples the child's resident
 memory (``VmRSS``) every ``--interval`` seconds. The child names the stage it is in on stderr: it
-wraps the library functions ``analyze`` calls (head importance, partial pruning, hop strength,
-patterns, attention, autoencoder training, projection, the bundle) without changing them, and at
+wraps the library functions ``analyze`` calls (head importance, partial pruning, the attention
+pass, gathering, autoencoder training, projection, the bundle) without changing them, and at
 each stage's start resets the kernel's high-water mark (``/proc/self/clear_refs``), so the peak of
 every stage is exact (``VmHWM``) and not only as fine as the sampling.
 
@@ -19,8 +19,8 @@ own ``main``), which loads the folder itself.
 
 ``--distinct D`` shows what grows with the number of images without the hours a B/16 image's
 ablations take: the ``--images`` images are copies of ``D`` random ones, in order, and each
-per-image library function (the ablations, strength, patterns, rollout, special tokens,
-attention) returns its earlier result when called again on the same pixels and arguments, so
+per-image library function (the ablations, partial pruning, the attention pass) returns its
+earlier result when called again on the same pixels and arguments, so
 only the first chunks are computed (with ``--chunk-images`` a multiple of ``D``, only the first
 one). Everything ``analyze`` itself does with the results (holding, merging, gathering, the
 pattern stage, thumbnails, pixels, the bundle) runs on all of them; the per-image stages' peaks
@@ -131,7 +131,8 @@ def _memo_key(name: str, args, kwargs) -> tuple:
             return (str(data.dtype), data.shape, hashlib.sha1(data.tobytes()).hexdigest())
         return repr(value)
 
-    ignored = {"mesh", "progress"}
+    # How the work runs, not what it computes.
+    ignored = {"mesh", "progress", "batcher", "execution"}
     return (
         name,
         tuple(part(a) for a in args),
@@ -155,6 +156,9 @@ def child(args) -> None:
 
     # The package re-exports the function ``analyze`` under its module's name.
     analyze_module = sys.modules["jaxvit_interp.pipeline.analyze"]
+    chunk_module = sys.modules["jaxvit_interp.pipeline.chunk"]
+    bundle_stage_module = sys.modules["jaxvit_interp.pipeline.bundle_stage"]
+    run_folder_module = sys.modules["jaxvit_interp.pipeline.run_folder"]
 
     import jaxvit_interp.data.images
     import jaxvit_interp.rollout
@@ -166,16 +170,21 @@ def child(args) -> None:
         (jaxvit_interp.data.images, "load_image_folder", "image loading", False),
         (jaxvit_interp.importance, "head_importance", "head importance (ablations)", True),
         (jaxvit_interp.importance, "partial_pruning", "partial pruning", True),
-        (jaxvit_interp.strength, "model_strength_over_images", "hop strength", True),
-        (jaxvit_interp.strength, "model_special_mass_over_images", "special tokens", True),
-        (jaxvit_interp.patterns, "collect_patterns", "pattern collection", True),
-        (jaxvit_interp.rollout, "final_rollout_over_images", "rollout", True),
-        (jaxvit_interp.model.run, "attention_over_images", "attention pass", True),
-        (analyze_module, "encode_attention", "attention encoding", False),
-        (analyze_module, "_gather_patterns", "pattern gathering", False),
-        (jaxvit_interp.patterns.train, "train_autoencoder", "autoencoder training", False),
-        (analyze_module, "_bundle", "bundle (thumbnails, pixels, layouts)", False),
-        (analyze_module, "_pattern_part", "pattern encoding, projection, clustering", False),
+        (
+            chunk_module,
+            "run_pass",
+            "attention pass (strength, special tokens, patterns, rollout, attention)",
+            True,
+        ),
+        (run_folder_module.RunFolder, "gather", "gathering from the chunks", False),
+        (analyze_module, "train_pattern_models", "autoencoder training", False),
+        (analyze_module, "build_bundle", "bundle (thumbnails, pixels, layouts)", False),
+        (
+            bundle_stage_module,
+            "pattern_stage_part",
+            "pattern encoding, projection, clustering",
+            False,
+        ),
         (analyze_module, "save_bundle", "bundle writing", False),
     ):
         stages.wrap(module, name, stage, memo if per_image else None)

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from jaxvit_interp.data.digits import load_digits, load_digits_model
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.patterns import (
     AutoencoderSettings,
     collect_patterns,
@@ -125,7 +126,9 @@ def main() -> None:
     config, params = load_digits_model()
     images, _ = load_digits(split=args.split)
     start = time.perf_counter()
-    raw = collect_patterns(config, params, images, batch_size=128, progress=False)
+    raw = collect_patterns(
+        config, params, images, execution=Execution(batch_size=128, progress=False)
+    )
     seconds = time.perf_counter() - start
     print(
         f"{len(images)} {args.split} images, {config.num_layers} layers x "

@@ -109,22 +109,28 @@ def photo_crops(count: int, config) -> np.ndarray:
 def random_b16_attention(count: int) -> np.ndarray:
     import jax
 
+    from jaxvit_interp.execution import Execution
     from jaxvit_interp.model import VisionTransformer, ViTConfig
     from jaxvit_interp.model.run import attention_over_images
 
     config = ViTConfig.from_variant("B/16", image_size=224)
     images = photo_crops(count, config)
     params = VisionTransformer(config).init(jax.random.PRNGKey(0), images[:1])["params"]
-    return attention_over_images(config, params, images, batch_size=2)
+    return attention_over_images(
+        config, params, images, execution=Execution(batch_size=2, progress=False)
+    )
 
 
 def digits_attention(count: int) -> np.ndarray:
     from jaxvit_interp.data.digits import load_digits, load_digits_model
+    from jaxvit_interp.execution import Execution
     from jaxvit_interp.model.run import attention_over_images
 
     config, params = load_digits_model()
     images, _ = load_digits("test")
-    return attention_over_images(config, params, images[:count], batch_size=32)
+    return attention_over_images(
+        config, params, images[:count], execution=Execution(batch_size=32, progress=False)
+    )
 
 
 def registers_518_attention(count: int):

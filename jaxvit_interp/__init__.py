@@ -10,6 +10,8 @@ The public entry points are re-exported here; see each subpackage for the detail
 - :mod:`jaxvit_interp.patterns`: attention patterns, their autoencoder, projection and clusters.
 - :mod:`jaxvit_interp.strength`: attention strength per Chebyshev hop, head entropy, attention distance.
 - :mod:`jaxvit_interp.pipeline`: ``analyze``: every analysis, chunked and resumable, to a results bundle.
+- :class:`Execution` (:mod:`jaxvit_interp.execution`): how an analysis runs (batch size, memory
+  budget, devices, progress), the ``execution=`` every analysis over many images takes.
 - :mod:`jaxvit_interp.site`: ``build_site``: a results bundle as one offline HTML file.
 """
 
@@ -17,6 +19,7 @@ from jaxvit_interp.bundle import ResultsBundle, load_bundle
 from jaxvit_interp.data import ImageSet, load_image_folder
 from jaxvit_interp.data.labels import LabelError
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance import (
     HeadImportance,
     PartialPruning,
@@ -68,6 +71,7 @@ from jaxvit_interp.strength import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Execution",
     "ImageSet",
     "InputError",
     "LabelError",

@@ -1,12 +1,13 @@
 """How fast every single-head ablation runs here: the engine against a plain jitted loop.
 
 :func:`run_benchmark` times, in one process and on the same random images, (a) the batched
-engine (:func:`~jaxvit_interp.importance.head_importance`, every ablation metric but
-``taylor``) and (b) the loop people write today: one jitted forward pass per pruned head with a
-head mask. It reports heads x images per second, the floating-point operations each executed,
-the achieved TFLOP/s and, for devices whose vendor peak is listed in :data:`PEAK_TFLOPS`, its
-share of that peak. With ``precision`` other than ``"highest"`` the engine also runs at
-``"highest"`` and the largest difference of its scores is recorded.
+engine (:func:`~jaxvit_interp.importance.head_importance`, every metric of
+:data:`~jaxvit_interp.quantities.PRUNING_METRICS`: all but ``taylor``) and (b) the loop people
+write today: one jitted forward pass per pruned head with a head mask. It reports heads x
+images per second, the floating-point operations each executed, the achieved TFLOP/s and, for
+devices whose vendor peak is listed in :data:`PEAK_TFLOPS`, its share of that peak. With
+``precision`` other than ``"highest"`` the engine also runs at ``"highest"`` and the largest
+difference of its scores is recorded.
 
 FLOP counts (multiply-add = 2 FLOPs, per image): "needed" is one full pass plus, for each head
 of layer ``l``, layers ``l..L-1`` and the classifier (what an ablation must recompute when lower
@@ -25,7 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.execution import Execution, as_execution
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.quantities import PRUNING_METRICS
 
 __all__ = [
     "PEAK_TFLOPS",
@@ -37,8 +40,6 @@ __all__ = [
     "run_benchmark",
 ]
 
-# The ablation metrics timed: every one but "taylor" (a gradient, not an ablation).
-ABLATION_METRICS = ("prob", "prob_drop", "kl", "layer", "repr", "flip")
 # --precision -> jax_default_matmul_precision: "default" lets GPUs and TPUs round matrix-product
 # inputs to TF32 or bfloat16 passes; CPUs compute float32 whatever is asked.
 PRECISIONS = {"highest": "highest", "default": "default", "bfloat16": "bfloat16"}
@@ -133,38 +134,20 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t
 
 
-def prepare_engine(c, params, images, mesh=None, memory_budget_bytes=None):
+def prepare_engine(c, params, images, execution: Execution):
     """Compile the engine's programs; returns ``(first, run)``.
 
     ``first``: seconds of the first call on one device batch (compilation included); ``run()``:
     ``(seconds, scores)`` for every single-head ablation of every image, programs compiled.
-    ``memory_budget_bytes`` per device plans the batches (None: the engine's default).
+    ``execution``: the devices and the memory budget the batches are planned for.
     """
-    from jaxvit_interp.importance import engine, head_importance
+    from jaxvit_interp.importance import head_importance
+    from jaxvit_interp.importance.engine import head_importance_plan
 
-    plan = engine.plan_batches(
-        c,
-        num_images=len(images),
-        num_slots=c.num_heads,
-        spawn_layers=tuple(range(c.num_layers)),
-        with_taylor=False,
-        need_streams=True,
-        fixed_bytes=engine.params_bytes(params),
-        step_tokens=engine.default_step_tokens(),
-        num_devices=1 if mesh is None else mesh.size,
-        memory_budget_bytes=memory_budget_bytes,
-    )
+    plan = head_importance_plan(c, params, execution, num_images=len(images))
 
     def call(x):
-        return head_importance(
-            c,
-            params,
-            x,
-            metrics=ABLATION_METRICS,
-            memory_budget_bytes=memory_budget_bytes,
-            progress=False,
-            mesh=mesh,
-        )
+        return head_importance(c, params, x, metrics=PRUNING_METRICS, execution=execution)
 
     first = timed(lambda: call(images[: plan.images_per_batch]))
 
@@ -220,7 +203,7 @@ def run_benchmark(
     rounds: int = 2,
     loop_heads: int | None = 12,
     seed: int = 0,
-    memory_budget_bytes: int | None = None,
+    execution: Execution | None = None,
 ) -> dict:
     """Time the engine and the plain loop on ``num_images`` random images of a random ``variant``.
 
@@ -233,7 +216,8 @@ def run_benchmark(
       loop_heads: heads the loop is timed on, spread over the layers and scaled to all heads
         (None: every head); it runs a full pass per head, so every head is rarely worth it.
       seed: of the weights and the images.
-      memory_budget_bytes: the engine's per-device budget (None: its default).
+      execution: the engine's devices, memory budget and batch size; None: every device JAX
+        sees, the default budget. Its progress is not reported (it would be timed).
 
     Returns:
       A JSON-able record: the device, the model, each side's seconds, rates and FLOPs, and with a
@@ -259,9 +243,11 @@ def run_benchmark(
     )
     heads_total = c.num_layers * c.num_heads
     sample = sample_heads(c, loop_heads)
-    mesh = all_devices_mesh()
+    if execution is None:
+        execution = Execution(mesh=all_devices_mesh())
+    execution = as_execution(execution).with_progress(False)
     with jax.default_matmul_precision(PRECISIONS[precision]):
-        first, run_engine = prepare_engine(c, params, images, mesh, memory_budget_bytes)
+        first, run_engine = prepare_engine(c, params, images, execution)
         run_loop = prepare_jax_loop(c, params, images, sample)
         engine_times, loop_times, scores = [], [], None
         # Interleaved rounds expose both to the same load on a shared machine.
@@ -309,13 +295,13 @@ def run_benchmark(
     }
     if precision != "highest":
         with jax.default_matmul_precision("highest"):
-            _, reference = prepare_engine(c, params, images, mesh, memory_budget_bytes)[1]()
+            _, reference = prepare_engine(c, params, images, execution)[1]()
         record["error_vs_highest"] = {
             m: float(
                 np.max(
                     np.abs(np.asarray(scores[m], np.float64) - np.asarray(reference[m], np.float64))
                 )
             )
-            for m in ABLATION_METRICS
+            for m in PRUNING_METRICS
         }
     return record

@@ -348,6 +348,8 @@ def _benchmark(args) -> int:
     import json
 
     from jaxvit_interp.benchmark import run_benchmark
+    from jaxvit_interp.execution import Execution
+    from jaxvit_interp.parallel import all_devices_mesh
 
     record = run_benchmark(
         args.variant,
@@ -356,7 +358,7 @@ def _benchmark(args) -> int:
         precision=args.precision,
         rounds=args.rounds,
         loop_heads=args.loop_heads,
-        memory_budget_bytes=args.memory_budget_bytes,
+        execution=Execution(memory_budget_bytes=args.memory_budget_bytes, mesh=all_devices_mesh()),
     )
     dev, eng, loop = record["device"], record["engine"], record["loop"]
     share = lambda side: (  # noqa: E731
@@ -416,7 +418,7 @@ def _run_images_file(run: Path):
     """
     import jax
 
-    from jaxvit_interp.pipeline.analyze import INPUT_DIR, check_run_folder
+    from jaxvit_interp.pipeline.run_folder import INPUT_DIR, check_run_folder
 
     check_run_folder(run)  # another folder is refused before anything is written into it
     folder = run / INPUT_DIR
@@ -442,11 +444,18 @@ def _analyze_images(
     run: Path, source: str, labels_csv, max_images, model: LoadedModel, settings, args
 ) -> None:
     """``analyze`` of the images at ``source`` with ``model`` into ``run``; a folder's images
-    are decoded into the run folder's file for the run's duration."""
+    are decoded into the run folder's file for the run's duration. The run folder is held for
+    this command from the start (another command writing it is refused at once, naming it)."""
     from jaxvit_interp.pipeline.analyze import analyze
+    from jaxvit_interp.pipeline.run_folder import RunFolder, check_run_folder
 
     config = model.config
-    with _run_images_file(run) as store, _why_this_budget(model, args):
+    check_run_folder(run)  # another folder is refused before anything is written into it
+    with (
+        RunFolder(run).lock(),
+        _run_images_file(run) as store,
+        _why_this_budget(model, args),
+    ):
         images, labels, ids, class_names, matching = _load_images(
             source, config, labels_csv, max_images, args, store
         )
@@ -471,7 +480,7 @@ def _why_this_budget(model: LoadedModel, args):
     """A memory budget refused inside says why the model is as large as it is: the size it is
     loaded at and why, its tokens per image, and how to load it at another size (where the
     command has ``--image-size``)."""
-    from jaxvit_interp.importance.engine import MemoryBudgetError
+    from jaxvit_interp.budget import MemoryBudgetError
 
     try:
         yield
@@ -617,6 +626,7 @@ def _prune(args) -> int:
 
     import numpy as np
 
+    from jaxvit_interp.execution import Execution
     from jaxvit_interp.model.checkpoint import save_checkpoint, save_safetensors
     from jaxvit_interp.pipeline.prune import choose_heads, prune_model
     from jaxvit_interp.storage import write_text
@@ -654,8 +664,9 @@ def _prune(args) -> int:
             remove=args.remove,
             max_accuracy_drop=args.max_accuracy_drop,
             order=args.order,
-            memory_budget_bytes=args.memory_budget_bytes,
-            progress=not args.quiet,
+            execution=Execution(
+                memory_budget_bytes=args.memory_budget_bytes, progress=not args.quiet
+            ),
         )
     if not heads:
         raise UsageError(

@@ -1,11 +1,12 @@
 """Images over devices: the one place that cuts images into batches, pads the last one, shards each
 over the device mesh and gathers the results back to the host.
 
-Every analysis that runs the model over many images (head importance, hop strength, patterns,
-attention matrices) goes through a :class:`Batcher`, so the last batch compiles to the same
-program as the others, a batch is split along its image axis over every device of every host
-(``jax.sharding.NamedSharding`` on a 1-D ``Mesh``), and the next batch is copied to the devices
-while the previous one computes.
+Every analysis that runs the model over many images (the ablation engines, hop strength,
+patterns, attention matrices) goes through a :class:`Batcher` and its one loop,
+:meth:`Batcher.run`, so the last batch compiles to the same program as the others, a batch is
+split along its image axis over every device of every host (``jax.sharding.NamedSharding`` on a
+1-D ``Mesh``), the next batch is copied to the devices while the previous one computes, and
+progress moves as results come back.
 """
 
 from __future__ import annotations
@@ -111,6 +112,41 @@ class Batcher:
             placed = tuple(None if a is None else self.put(a[start:stop]) for a in arrays)
             yield Batch(start, stop - start, placed)
 
+    def run(
+        self,
+        fn: Callable[..., list[tuple[Callable[[Batch, Any], None], Any]]],
+        *arrays,
+        progress: ProgressArg = False,
+        desc: str = "",
+    ) -> None:
+        """The one batch loop: ``fn`` over every batch of ``arrays``, its results stored on the
+        host.
+
+        ``fn(*batch_arrays)`` dispatches a batch's work and returns its parts, a list of
+        ``(store, outputs)``: each ``outputs`` (a pytree of device arrays with a leading row
+        axis) is gathered to NumPy, its padding dropped, and handed to ``store(batch, host)``.
+        The next batch's images are placed (by :meth:`batches`) while a batch computes; its
+        results are fetched before the next one starts, so one batch's work is live at a time.
+        ``progress`` counts the images, a share of a batch as each of its parts comes back
+        (:func:`~jaxvit_interp.progress.start_progress`).
+        """
+        total = next(len(a) for a in arrays if a is not None)
+        bar = start_progress(progress, total=total, desc=desc, unit="img", leave=False)
+
+        def fetch(batch, parts):
+            for store, outputs in parts:
+                store(batch, jax.tree.map(lambda x: to_host(x)[: batch.valid], outputs))
+                bar.update(batch.valid / len(parts))
+
+        pending = None
+        for batch in self.batches(*arrays):
+            if pending is not None:
+                fetch(*pending)
+            pending = (batch, fn(*batch.arrays))
+        if pending is not None:
+            fetch(*pending)
+        bar.close()
+
     def map(
         self,
         fn: Callable[..., Any],
@@ -118,34 +154,22 @@ class Batcher:
         progress: ProgressArg = False,
         desc: str = "",
         check: Callable[[Any, Batch], None] | None = None,
+        finish: Callable[[Any, Batch], Any] | None = None,
     ) -> Any:
         """``fn`` over every batch of ``arrays``; its outputs (a pytree of arrays with a leading
-        row axis) gathered to NumPy, padding dropped, batches concatenated.
+        row axis) gathered to NumPy, padding dropped, batches concatenated (:meth:`run`).
 
-        ``check(host_outputs, batch)`` runs on each batch's fetched outputs (before padding is
-        dropped from the returned tree, after it is dropped from what ``check`` sees).
+        ``check(host_outputs, batch)`` runs on each batch's fetched outputs (padding dropped);
+        ``finish(host_outputs, batch)`` then gives what is kept of them (e.g. a compact encoding,
+        or the rows of a subset), so that no more than one batch's full outputs are held.
         ``progress`` counts the images fetched (:func:`~jaxvit_interp.progress.start_progress`).
         """
-        total = next(len(a) for a in arrays if a is not None)
         parts: list[Any] = []
-        bar = start_progress(progress, total=total, desc=desc, unit="img", leave=False)
 
-        def fetch(pending):
-            batch, outputs = pending
-            host = jax.tree.map(lambda x: to_host(x)[: batch.valid], outputs)
+        def store(batch, host):
             if check is not None:
                 check(host, batch)
-            parts.append(host)
-            bar.update(batch.valid)
+            parts.append(host if finish is None else finish(host, batch))
 
-        pending = None
-        # The next batch is placed (by the generator) while the previous one computes; the
-        # previous results are fetched before the next starts, so one batch's work is live.
-        for batch in self.batches(*arrays):
-            if pending is not None:
-                fetch(pending)
-            pending = (batch, fn(*batch.arrays))
-        if pending is not None:
-            fetch(pending)
-        bar.close()
+        self.run(lambda *xs: [(store, fn(*xs))], *arrays, progress=progress, desc=desc)
         return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *parts)

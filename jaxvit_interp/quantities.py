@@ -68,10 +68,12 @@ __all__ = [
     "ENTROPY_BINS",
     "METRICS",
     "LOGIT_METRICS",
+    "CHUNK_KEYS",
     "MAPPED_ARRAYS",
     "METRIC_NAMES",
     "OPTIONAL_ARRAYS",
     "PATTERN_KINDS",
+    "PRUNING_METRICS",
     "SCHEMA",
     "SPECIAL_FIELDS",
     "STRENGTH_FIELDS",
@@ -176,7 +178,12 @@ METRICS: tuple[Metric, ...] = (
     ),
 )
 METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
+# The metrics that need the pruned forward passes (not only the unpruned one).
 ABLATION_METRICS = frozenset(m.name for m in METRICS if m.needs_ablation)
+# What pruning measures, in METRICS order: every metric but ``taylor``, a gradient at the
+# unpruned model rather than the effect of a pruning. A set ablation gives these, and
+# ``jaxvit-interp benchmark`` times the single-head sweep that gives them.
+PRUNING_METRICS: tuple[str, ...] = tuple(n for n in METRIC_NAMES if n != "taylor")
 LOGIT_METRICS = frozenset(m.name for m in METRICS if m.needs_logits)
 _BY_NAME = {m.name: m for m in METRICS}
 
@@ -328,6 +335,30 @@ SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
         "contribution": ("I", "L"),
         "map_mean": ("gh", "gw"),
         "contribution_mean": ("L",),
+    },
+}
+# The per-image arrays of a run folder's chunk files (pipeline.analyses, pipeline.chunk): for each
+# analysis computed chunk by chunk, its results by the names its code gives them -> the chunk
+# file's key. The bundle's per-image arrays are made from them (each analysis's part function).
+CHUNK_KEYS: dict[str, dict[str, str]] = {
+    "importance": {
+        **{m: m for m in METRIC_NAMES},
+        "probs": "probs",
+        "predictions": "predictions",
+        "targets": "targets",
+    },
+    "partial": {name: f"partial_{name}" for name in ("prob", "top5_classes", "top5_probs")},
+    "strength": {field: field for field in STRENGTH_FIELDS},
+    "special": {
+        "to_token": "special_to",
+        "from_token": "special_from",
+        "between": "special_between",
+    },
+    "patterns": {kind: f"{kind}_pattern" for kind in PATTERN_KINDS},
+    "rollout": {"map": "rollout_map", "contribution": "rollout_contribution"},
+    "attention": {
+        name: f"attention_{name}"
+        for name in ("codes", "steps", "exponents", "special", "error", "relative_error")
     },
 }
 # Arrays too large to read into memory at once (gigabytes for thousands of ViT-B images): a

@@ -9,7 +9,9 @@ there are no labels):
   (``1 - cos(z, z')`` of the vector the classifier reads), ``flip`` (top-1 changes) and
   ``taylor`` (``|dLoss/dm|`` at head mask 1), computed by the batched ablation engine
   (:mod:`~jaxvit_interp.importance.engine`); titles and directions in
-  :data:`jaxvit_interp.quantities.METRICS`.
+  :data:`jaxvit_interp.quantities.METRICS`. What takes a pruned head's place is
+  ``ablation=`` (:class:`~jaxvit_interp.importance.ablation_kinds.Ablation`; ``"zero"``, the
+  paper's), and how the work runs is ``execution=`` (:class:`~jaxvit_interp.execution.Execution`).
 - :func:`ablate`: the same metrics for sets of heads pruned together, across layers.
 - :func:`pairwise_interactions`: ``drop(i and j) - drop(i) - drop(j)`` for pairs of heads.
 - :func:`pruning_curves`: accuracy as heads go in importance, greedy and random orders.
@@ -22,7 +24,9 @@ there are no labels):
 - :func:`cumulative_pruning_accuracy`: accuracy as heads are pruned one after another in a ranking.
 """
 
+from jaxvit_interp.budget import BatchPlan, MemoryBudgetError, default_memory_budget, plan_batches
 from jaxvit_interp.importance.ablation import HeadImportance, head_importance
+from jaxvit_interp.importance.ablation_kinds import ABLATION_KINDS, Ablation
 from jaxvit_interp.importance.aggregate import (
     HIGHER_IS_MORE_IMPORTANT,
     ClassHeads,
@@ -41,12 +45,6 @@ from jaxvit_interp.importance.aggregate import (
     rank_heads,
 )
 from jaxvit_interp.importance.curves import cumulative_pruning_accuracy
-from jaxvit_interp.importance.engine import (
-    BatchPlan,
-    MemoryBudgetError,
-    default_memory_budget,
-    plan_batches,
-)
 from jaxvit_interp.importance.interactions import HeadInteractions, pairwise_interactions
 from jaxvit_interp.importance.layout import image_layout
 from jaxvit_interp.importance.partial import PartialPruning, partial_pruning
@@ -56,6 +54,8 @@ from jaxvit_interp.importance.taylor import taylor_importance
 from jaxvit_interp.importance.validate import METRICS
 
 __all__ = [
+    "ABLATION_KINDS",
+    "Ablation",
     "HIGHER_IS_MORE_IMPORTANT",
     "METRICS",
     "CURVE_ORDERS",

@@ -12,11 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.execution import Execution, as_execution
 from jaxvit_interp.importance import validate
+from jaxvit_interp.importance.ablation_kinds import Ablation, as_ablation
 from jaxvit_interp.importance.engine import run_engine
 from jaxvit_interp.importance.metrics import ablation_metrics, backbone_metrics
 from jaxvit_interp.model.config import ViTConfig
-from jaxvit_interp.progress import ProgressArg
 from jaxvit_interp.quantities import ABLATION_METRICS
 from jaxvit_interp.quantities import metric as metric_info
 from jaxvit_interp.summary import Summarized, listed, number, sizes, top_heads
@@ -184,16 +185,15 @@ def head_importance(
     labels=None,
     *,
     metrics: Iterable[str] = validate.METRICS,
-    batch_size: int | None = None,
-    memory_budget_bytes: int | None = None,
-    mesh: jax.sharding.Mesh | None = None,
-    progress: ProgressArg = True,
+    ablation: str | Ablation = "zero",
+    execution: Execution | None = None,
 ) -> HeadImportance:
     """Prune every head of every layer, one at a time, on every image, and measure the effect.
 
     Pruning head ``h`` of layer ``l`` multiplies its output by 0 before the output projection
-    (``head_mask[l, h] = 0``).  The single-head ablations run batched on the device, reusing the
-    unpruned layers below each pruned head (see :mod:`jaxvit_interp.importance.engine`).
+    (``head_mask[l, h] = 0``: ``ablation="zero"``).  The single-head ablations run batched on the
+    device, reusing the unpruned layers below each pruned head (see
+    :mod:`jaxvit_interp.importance.engine`).
 
     Args:
       config, params: the model.
@@ -203,15 +203,13 @@ def head_importance(
         classifier (``num_classes == 0``) has ``layer`` and ``repr`` (the change of its pooled
         output), unless a linear probe gives it classes
         (:func:`~jaxvit_interp.model.probe.with_probe`).
-      batch_size: at most this many images per chunk (over all devices); default: as many as
-        the memory budget allows (on CPU, also about 4,096 tokens' worth per device, see
-        :func:`~jaxvit_interp.importance.engine.default_step_tokens`).
-      memory_budget_bytes: per-device working-set budget; default
-        :func:`~jaxvit_interp.importance.engine.default_memory_budget`.
-      mesh: a ``jax.sharding.Mesh`` to shard images over all its devices; None: default device.
-      progress: report each batch's ablations as they finish: ``True`` (a bar on a terminal,
-        lines on stderr elsewhere), ``False``, or a share of a caller's progress
-        (:func:`~jaxvit_interp.progress.start_progress`).
+      ablation: what takes a pruned head's place: ``"zero"`` (the paper's; the only kind so
+        far, :data:`~jaxvit_interp.importance.ablation_kinds.ABLATION_KINDS`) or an
+        :class:`~jaxvit_interp.importance.ablation_kinds.Ablation`.
+      execution: how the work runs (:class:`~jaxvit_interp.execution.Execution`: images per
+        batch, the per-device memory budget the batches are planned for, the mesh whose devices
+        share the images, and progress, reported as each batch's ablations finish); None: the
+        defaults.
 
     Returns:
       :class:`HeadImportance` with arrays ``[image, layer, head]``.
@@ -224,11 +222,10 @@ def head_importance(
     validate.check_unpruned(config, "head_importance")
     metrics = validate.check_metrics(metrics)
     validate.check_classifier(config, metrics, labels, "head_importance")
+    ablation = as_ablation(ablation)
+    execution = as_execution(execution)
     images = validate.check_images(config, images)
     labels = validate.check_labels(config, labels, images.shape[0])
-    batch_size = validate.check_positive("batch_size", batch_size)
-    memory_budget_bytes = validate.check_positive("memory_budget_bytes", memory_budget_bytes)
-    mesh = validate.check_mesh(mesh)
 
     wanted = set(metrics)
     need_streams = bool(wanted & ABLATION_METRICS)
@@ -244,10 +241,8 @@ def head_importance(
         reduce=_importance_reduce if need_streams else None,
         with_taylor="taylor" in wanted,
         need_streams=need_streams,
-        memory_budget_bytes=memory_budget_bytes,
-        batch_size=batch_size,
-        mesh=mesh,
-        progress=progress,
+        ablation=ablation,
+        execution=execution,
         desc="head importance",
     )
     probs, predictions, targets = unpruned_outputs(config, out)

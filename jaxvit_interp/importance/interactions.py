@@ -16,14 +16,14 @@ import dataclasses
 import itertools
 from typing import Any
 
-import jax
 import numpy as np
 
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance import validate
+from jaxvit_interp.importance.ablation_kinds import Ablation
 from jaxvit_interp.importance.sets import ablate
 from jaxvit_interp.model.config import ViTConfig
-from jaxvit_interp.progress import ProgressArg
 from jaxvit_interp.summary import Summarized, listed, number, sizes
 
 # The metrics an interaction is measured on: additive effects on the output.
@@ -90,17 +90,15 @@ def pairwise_interactions(
     heads,
     labels=None,
     *,
-    batch_size: int | None = None,
-    memory_budget_bytes: int | None = None,
-    mesh: jax.sharding.Mesh | None = None,
-    progress: ProgressArg = True,
+    ablation: str | Ablation = "zero",
+    execution: Execution | None = None,
 ) -> HeadInteractions:
     """Interactions of every pair of ``heads`` (e.g. the 16 most important: 120 pairs).
 
     Args:
       heads: ``[(layer, head), ...]``, at least two, no repeats.
       labels: ``[image]`` int, or None for the unpruned predictions.
-      batch_size, memory_budget_bytes, mesh, progress: as in :func:`ablate`.
+      ablation, execution: as in :func:`~jaxvit_interp.importance.ablate`.
     """
     validate.check_unpruned(config, "pairwise_interactions")
     heads = validate.check_heads(config, heads)
@@ -121,10 +119,8 @@ def pairwise_interactions(
         sets,
         labels,
         metrics=INTERACTION_METRICS,
-        batch_size=batch_size,
-        memory_budget_bytes=memory_budget_bytes,
-        mesh=mesh,
-        progress=progress,
+        ablation=ablation,
+        execution=execution,
     )
     single, pair, interaction = {}, {}, {}
     a, b = np.asarray(pairs).T

@@ -16,12 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.execution import Execution, as_execution
 from jaxvit_interp.importance import validate
+from jaxvit_interp.importance.ablation_kinds import Ablation, as_ablation
 from jaxvit_interp.importance.engine import run_engine
 from jaxvit_interp.importance.metrics import probability
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import keep_mask
-from jaxvit_interp.progress import ProgressArg
 from jaxvit_interp.summary import Summarized, listed, number, sizes
 
 Array = jax.Array
@@ -95,10 +96,8 @@ def partial_pruning(
     *,
     modes: Sequence[str] | None = None,
     top_k: int = 5,
-    batch_size: int | None = None,
-    memory_budget_bytes: int | None = None,
-    mesh: jax.sharding.Mesh | None = None,
-    progress: ProgressArg = True,
+    ablation: str | Ablation = "zero",
+    execution: Execution | None = None,
 ) -> PartialPruning:
     """Apply each partial-pruning mode to each chosen head, one (head, mode) at a time.
 
@@ -114,7 +113,9 @@ def partial_pruning(
       heads: ``[(layer, head), ...]``, or None for every head.
       modes: a subset of the modes; None for all that apply.
       top_k: how many top classes to keep (at most the number of classes).
-      batch_size, memory_budget_bytes, mesh, progress: as in :func:`head_importance`.
+      ablation, execution: as in :func:`~jaxvit_interp.importance.head_importance`; the
+        ablation says what takes the place of a head's zeroed attention entries' share of its
+        output.
 
     Returns:
       :class:`PartialPruning`.
@@ -128,9 +129,8 @@ def partial_pruning(
     top_k = validate.check_positive("top_k", top_k)
     if top_k > config.num_classes:
         raise InputError(f"top_k={top_k} exceeds the model's {config.num_classes} classes")
-    batch_size = validate.check_positive("batch_size", batch_size)
-    memory_budget_bytes = validate.check_positive("memory_budget_bytes", memory_budget_bytes)
-    mesh = validate.check_mesh(mesh)
+    ablation = as_ablation(ablation)
+    execution = as_execution(execution)
 
     pruned_modes = [m for m in modes if m != "none"]
     keep_table = np.stack(
@@ -166,10 +166,8 @@ def partial_pruning(
         slot_modes=slot_modes,
         keep_table=keep_table,
         reduce=_PartialReduce(top_k),
-        memory_budget_bytes=memory_budget_bytes,
-        batch_size=batch_size,
-        mesh=mesh,
-        progress=progress,
+        ablation=ablation,
+        execution=execution,
         desc="partial pruning",
     )
 

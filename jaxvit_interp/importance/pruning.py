@@ -22,16 +22,17 @@ import dataclasses
 import warnings
 from typing import Any
 
-import jax
 import numpy as np
 
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.execution import Execution, as_execution
 from jaxvit_interp.importance import validate
 from jaxvit_interp.importance.ablation import HeadImportance, head_importance
+from jaxvit_interp.importance.ablation_kinds import Ablation, as_ablation
 from jaxvit_interp.importance.aggregate import rank_heads
 from jaxvit_interp.importance.sets import SetAblation, ablate
 from jaxvit_interp.model.config import ViTConfig
-from jaxvit_interp.progress import ProgressArg, start_progress
+from jaxvit_interp.progress import start_progress
 from jaxvit_interp.quantities import metric as metric_info
 from jaxvit_interp.summary import Summarized, listed, number
 
@@ -144,10 +145,8 @@ def pruning_curves(
     random_orders: int = 5,
     seed: int = 0,
     max_heads: int | None = None,
-    batch_size: int | None = None,
-    memory_budget_bytes: int | None = None,
-    mesh: jax.sharding.Mesh | None = None,
-    progress: ProgressArg = True,
+    ablation: str | Ablation = "zero",
+    execution: Execution | None = None,
 ) -> dict[str, PruningCurve]:
     """Pruning curves of ``orders`` over the first ``max_heads`` removals (default: all heads).
 
@@ -163,8 +162,11 @@ def pruning_curves(
       random_orders: how many random orders (seeded by ``seed``).
       max_heads: stop each curve after this many removals (greedy costs ``K`` ablation batches
         of up to ``L * H`` sets each).
-      progress: one report over every set ablation of every curve
-        (:func:`~jaxvit_interp.progress.start_progress`).
+      ablation: what takes a removed head's place, as in
+        :func:`~jaxvit_interp.importance.head_importance` (the importance order too, when it is
+        computed here).
+      execution: as in :func:`~jaxvit_interp.importance.head_importance`; its progress is one
+        report over every set ablation of every curve.
 
     Returns:
       ``{order: PruningCurve}`` for each order computed.
@@ -196,6 +198,8 @@ def pruning_curves(
     info = metric_info(metric)
     if "random" in orders:
         random_orders = validate.check_positive("random_orders", random_orders)
+    ablation = as_ablation(ablation)
+    execution = as_execution(execution)
     images = validate.check_images(config, images)
     labels = validate.check_labels(config, labels, images.shape[0])
 
@@ -206,7 +210,10 @@ def pruning_curves(
         "greedy": greedy_set_ablations(total, count),
     }
     bar = start_progress(
-        progress, total=sum(sets_of[o] for o in set(orders)), desc="pruning curves", unit="set"
+        execution.progress,
+        total=sum(sets_of[o] for o in set(orders)),
+        desc="pruning curves",
+        unit="set",
     )
 
     def run_sets(sets):
@@ -217,10 +224,8 @@ def pruning_curves(
             sets,
             labels,
             metrics=("prob",),
-            batch_size=batch_size,
-            memory_budget_bytes=memory_budget_bytes,
-            mesh=mesh,
-            progress=bar.share(len(sets)),
+            ablation=ablation,
+            execution=execution.with_progress(bar.share(len(sets))),
         )
 
     curves: dict[str, PruningCurve] = {}
@@ -232,10 +237,8 @@ def pruning_curves(
                 images,
                 labels,
                 metrics=(metric,),
-                batch_size=batch_size,
-                memory_budget_bytes=memory_budget_bytes,
-                mesh=mesh,
-                progress=bar.share(total),
+                ablation=ablation,
+                execution=execution.with_progress(bar.share(total)),
             )
         mean = np.nanmean(np.asarray(importance[metric], np.float64), axis=0)
         least_first = rank_heads(mean, higher_is_more_important=info.important_high)[::-1]

@@ -30,31 +30,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
 
-from jaxvit_interp.importance.engine import (
-    BatchPlan,
-    _grouped,
-    _masked_block,
-    _prefix_block,
-    default_step_tokens,
-    full_pass,
-    params_bytes,
-    plan_batches,
-)
+from jaxvit_interp.budget import BatchPlan, params_bytes, plan_batches
+from jaxvit_interp.execution import Execution
+from jaxvit_interp.importance.ablation_kinds import ZERO, Ablation
+from jaxvit_interp.importance.driver import drive
+from jaxvit_interp.importance.kernels import Reduce, grouped, masked_block, prefix_block
 from jaxvit_interp.importance.metrics import layer_change
 from jaxvit_interp.model import blocks
 from jaxvit_interp.model.blocks import BlockParams
 from jaxvit_interp.model.config import ViTConfig
-from jaxvit_interp.model.vit import block_params, readout_params
-from jaxvit_interp.parallel import Batcher, to_host
-from jaxvit_interp.progress import ProgressArg, start_progress
+from jaxvit_interp.model.vit import ModelOutput, block_params, readout_params
 
 Array = jax.Array
 
@@ -168,7 +159,7 @@ def plan_streams(masks: np.ndarray, step: int = 1) -> StreamPlan:
 # --------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("config", "group", "read"))
+@functools.partial(jax.jit, static_argnames=("config", "group", "read", "ablation"))
 def _layer_step(
     config: ViTConfig,
     p: BlockParams,
@@ -178,6 +169,7 @@ def _layer_step(
     rows: Array,
     group: int | None,
     read: int | None,
+    ablation: Ablation = ZERO,
 ) -> Array:
     """One layer for every stream: the streams starting here join, then all run the block.
 
@@ -187,6 +179,7 @@ def _layer_step(
       sources: ``[new]`` each joining stream's source (a stream, or ``len(x)``: unpruned).
       rows: ``[stream + new, head]`` every stream's head mask at this layer.
       read: the last block of a token classifier: only its first ``read`` tokens are computed.
+      ablation: what takes the place of the heads a stream's mask zeroes.
     """
     if sources.shape[0]:
         if x.shape[0]:
@@ -197,13 +190,10 @@ def _layer_step(
             new = jnp.broadcast_to(unpruned[None], (sources.shape[0], *unpruned.shape))
         x = jnp.concatenate([x, new])
     if read:
-        block = functools.partial(_prefix_block, config, p, queries=read)
+        block = functools.partial(prefix_block, config, p, queries=read, ablation=ablation)
     else:
-        block = functools.partial(_masked_block, config, p)
-    return _grouped(lambda xs, m: block(xs, head_mask=m), (x, rows), group)
-
-
-Reduce = Callable[[Array, Array, Array, Array, Array], dict[str, Array]]
+        block = functools.partial(masked_block, config, p, ablation=ablation)
+    return grouped(lambda xs, m: block(xs, head_mask=m), (x, rows), group)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "reduce"))
@@ -227,6 +217,7 @@ def set_delta(
     residual: Array,
     attention: Array,
     pruned: Array,
+    ablation: Ablation = ZERO,
 ) -> Array:
     """Each set's pruned heads' summed term of the block output, ``O_l - O'_l``:
     ``[batch, set, token, hidden]``.
@@ -235,19 +226,23 @@ def set_delta(
       residual: ``[batch, token, hidden]`` stream entering the block (unpruned below it).
       attention: ``[batch, head, query, key]`` its unpruned attention probabilities.
       pruned: ``[set, head]`` 1 - head mask: 1 for each head a set prunes in this layer.
+      ablation: what takes a pruned head's place (its ``removed`` part of the mixed values is
+        what the term carries).
 
     The heads' terms of the output projection add up, so pruning several heads of one layer
     takes away the sum of their terms.
     """
     v = blocks.linear(p.value, blocks.layer_norm(config, p.ln1, residual))
     mixed = jnp.einsum("bhqk,bkhd->bhqd", attention, v)  # every head's mixed values
-    return jnp.einsum("bhqd,sh,hdo->bsqo", mixed, pruned, p.out.kernel)
+    return jnp.einsum("bhqd,sh,hdo->bsqo", ablation.removed(mixed), pruned, p.out.kernel)
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _layer_changes(config, p, residual, attention, block_output, pruned) -> Array:
+@functools.partial(jax.jit, static_argnames=("config", "ablation"))
+def _layer_changes(
+    config, p, residual, attention, block_output, pruned, ablation: Ablation = ZERO
+) -> Array:
     """``||O_l - O'_l|| / ||O_l||`` of each set's heads of this layer: ``[batch, set]``."""
-    delta = set_delta(config, p, residual, attention, pruned)
+    delta = set_delta(config, p, residual, attention, pruned, ablation)
     return jax.vmap(jax.vmap(layer_change, (None, 0)))(block_output, delta)
 
 
@@ -259,33 +254,29 @@ def _layer_changes(config, p, residual, attention, block_output, pruned) -> Arra
 def plan_sets(
     config: ViTConfig,
     masks: np.ndarray,
+    execution: Execution,
     *,
     num_images: int,
-    memory_budget_bytes: int | None,
-    batch_size: int | None,
-    num_devices: int,
     fixed_bytes: int,
-    step_tokens: int | None,
+    step_tokens: int | None | str = "auto",
 ) -> tuple[BatchPlan, list[np.ndarray], list[StreamPlan]]:
     """``(image batches, set chunks [set, layer, head], their layouts)`` for :func:`run_sets`.
 
-    :func:`~jaxvit_interp.importance.engine.plan_batches` with one stream per unique set sizes
-    the image batches and the number of streams a chunk may hold; the unique sets, in the
-    layout's order, are cut into chunks of that many and each is laid out by
-    :func:`plan_streams` with streams counted in steps of ``streams_per_step``.
+    :func:`~jaxvit_interp.budget.plan_batches` with one stream per unique set sizes the image
+    batches and the number of streams a chunk may hold; the unique sets, in the layout's order,
+    are cut into chunks of that many and each is laid out by :func:`plan_streams` with streams
+    counted in steps of ``streams_per_step``.
     """
     unique = np.unique(masks.reshape(len(masks), -1).astype(np.float32), axis=0)[::-1]
     unique = unique.reshape(-1, *masks.shape[1:])
     plan = plan_batches(
         config,
+        execution,
         num_images=num_images,
         num_slots=stream_bucket(len(unique)),
         spawn_layers=(0,),
         with_taylor=False,
         need_streams=True,
-        memory_budget_bytes=memory_budget_bytes,
-        batch_size=batch_size,
-        num_devices=num_devices,
         fixed_bytes=fixed_bytes,
         step_tokens=step_tokens,
     )
@@ -316,32 +307,29 @@ def run_sets(
     reduce: Reduce,
     *,
     with_layer: bool = True,
-    memory_budget_bytes: int | None = None,
-    batch_size: int | None = None,
-    mesh: Mesh | None = None,
-    progress: ProgressArg = True,
+    ablation: Ablation = ZERO,
+    execution: Execution,
     desc: str = "head sets",
     step_tokens: int | None | str = "auto",
 ) -> SetEngineOutput:
     """Ablate each head set ``masks`` ``[set, layer, head]`` on all images, batch by batch.
 
     Images are cut into batches and the sets, in the layout's order, into chunks whose streams
-    fit the memory budget (:func:`~jaxvit_interp.importance.engine.plan_batches` with one
-    stream per set); each chunk is laid out by :func:`plan_streams`. ``progress``: a step for
-    each batch of images through each chunk (:func:`~jaxvit_interp.progress.start_progress`).
+    fit the memory budget of ``execution`` (:func:`~jaxvit_interp.budget.plan_batches` with one
+    stream per set); each chunk is laid out by :func:`plan_streams`.  ``ablation``: what takes
+    a pruned head's place.  The batches run through the engines' shared driver
+    (:func:`~jaxvit_interp.importance.driver.drive`); ``execution.progress`` counts the images,
+    a share of a batch as each chunk comes back.
     """
     c = config
     num_images = images.shape[0]
-    devices = mesh.devices.size if mesh is not None else 1
     plan, chunks, plans = plan_sets(
         c,
         masks,
+        execution,
         num_images=num_images,
-        memory_budget_bytes=memory_budget_bytes,
-        batch_size=batch_size,
-        num_devices=devices,
         fixed_bytes=params_bytes(params),
-        step_tokens=default_step_tokens() if step_tokens == "auto" else step_tokens,
+        step_tokens=step_tokens,
     )
     group = plan.streams_per_step
     # Which chunk and position each input set's result comes from.
@@ -352,7 +340,7 @@ def run_sets(
     }
     where = np.asarray([key[m.tobytes()] for m in masks.astype(np.float32)])
 
-    batcher = Batcher(plan.images_per_batch, mesh)
+    batcher = execution.batcher(plan.images_per_batch)
     params = batcher.replicate(params)
     layers = [block_params(params, layer) for layer in range(c.num_layers)]
     rp = readout_params(params)
@@ -365,23 +353,34 @@ def run_sets(
         for pl in plans
     ]
     lowest = (masks != 1).any(axis=2).argmax(axis=1)
+    # The ``layer`` metric of each set is read at its lowest pruned layer: per such layer, its
+    # sets (padded to a bucket size, so few programs compile) and the heads they prune there.
+    changed = []
+    for layer in np.unique(lowest) if with_layer else ():
+        members = np.flatnonzero(lowest == layer)
+        padded = np.resize(members, stream_bucket(len(members)))
+        pruned = batcher.replicate(1.0 - masks[padded, layer].astype(np.float32))
+        changed.append((members, pruned, int(layer)))
 
-    logits_out = np.zeros((num_images, c.num_classes), np.float32)
-    targets_out = np.zeros((num_images,), np.int32)
     per_chunk_out: list[dict[str, list[np.ndarray]]] = [{} for _ in plans]
     layer_out = np.zeros((num_images, len(masks)), np.float32) if with_layer else None
-    bar = start_progress(
-        progress,
-        total=-(-num_images // plan.images_per_batch) * len(plans),
-        desc=desc,
-        leave=False,
-    )
-    for batch in batcher.batches(images, labels):
-        pixels, targets = batch.arrays
-        n = batch.rows.stop - batch.rows.start
-        full, y, _ = full_pass(c, params, pixels, targets, False)
-        results = []
-        for pl, (sources, rows) in zip(plans, tables):
+
+    def store_chunk(out: dict[str, list[np.ndarray]]):
+        def store(batch, result):
+            for name, value in result.items():
+                out.setdefault(name, []).append(value)
+
+        return store
+
+    def store_changes(members: np.ndarray):
+        def store(batch, change):
+            layer_out[batch.rows, members] = change[:, : len(members)]
+
+        return store
+
+    def work(full: ModelOutput, targets: Array):
+        parts = []
+        for out, pl, (sources, rows) in zip(per_chunk_out, plans, tables):
             x = jnp.zeros((0, *full.residual[:, 0].shape), full.residual.dtype)
             for layer in range(pl.first_layer, c.num_layers):
                 x = _layer_step(
@@ -393,29 +392,33 @@ def run_sets(
                     rows[layer],
                     group,
                     read if layer == c.num_layers - 1 else None,
+                    ablation,
                 )
-            results.append(_readout_reduce(c, rp, x, full.logits, full.pre_logits, y, reduce))
-        if with_layer:
-            for layer in np.unique(lowest):
-                members = np.flatnonzero(lowest == layer)
-                padded = np.resize(members, stream_bucket(len(members)))
-                pruned = batcher.replicate(1.0 - masks[padded, layer].astype(np.float32))
-                change = _layer_changes(
-                    c,
-                    layers[layer],
-                    full.residual[:, layer],
-                    full.attention[:, layer],
-                    full.block_outputs[:, layer],
-                    pruned,
-                )
-                layer_out[batch.rows, members] = to_host(change)[:n, : len(members)]
-        logits_out[batch.rows] = to_host(full.logits)[:n]
-        targets_out[batch.rows] = to_host(y)[:n]
-        for out, result in zip(per_chunk_out, results):
-            for name, value in result.items():
-                out.setdefault(name, []).append(to_host(value)[:n])
-            bar.update(1)
-    bar.close()
+            result = _readout_reduce(c, rp, x, full.logits, full.pre_logits, targets, reduce)
+            parts.append((store_chunk(out), result))
+        for members, pruned, layer in changed:
+            change = _layer_changes(
+                c,
+                layers[layer],
+                full.residual[:, layer],
+                full.attention[:, layer],
+                full.block_outputs[:, layer],
+                pruned,
+                ablation,
+            )
+            parts.append((store_changes(members), change))
+        return parts
+
+    unpruned = drive(
+        c,
+        params,
+        images,
+        labels,
+        batcher=batcher,
+        work=work,
+        progress=execution.progress,
+        desc=desc,
+    )
     gathered = [{name: np.concatenate(v) for name, v in out.items()} for out in per_chunk_out]
     per_set = {
         name: np.stack([gathered[ci][name][:, pos] for ci, pos in where], axis=1)
@@ -423,4 +426,4 @@ def run_sets(
     }
     if with_layer:
         per_set["layer"] = layer_out
-    return SetEngineOutput(logits_out, targets_out, per_set, plans)
+    return SetEngineOutput(unpruned.logits, unpruned.targets, per_set, plans)

@@ -17,19 +17,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.execution import Execution, as_execution
 from jaxvit_interp.importance import validate
 from jaxvit_interp.importance.ablation import unpruned_outputs
+from jaxvit_interp.importance.ablation_kinds import Ablation, as_ablation
 from jaxvit_interp.importance.metrics import ablation_metrics, backbone_metrics
 from jaxvit_interp.importance.set_engine import run_sets
 from jaxvit_interp.model.config import ViTConfig
-from jaxvit_interp.progress import ProgressArg
+from jaxvit_interp.quantities import PRUNING_METRICS
 from jaxvit_interp.summary import Summarized, listed, number, sizes
 
 Array = jax.Array
 
 # What a set ablation measures: the single-head metrics that make sense for a set (``taylor`` is
 # a gradient at the unpruned model, not an ablation).
-SET_METRICS: tuple[str, ...] = tuple(m for m in validate.METRICS if m != "taylor")
+SET_METRICS: tuple[str, ...] = PRUNING_METRICS
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -156,10 +158,8 @@ def ablate(
     labels=None,
     *,
     metrics: Iterable[str] = SET_METRICS,
-    batch_size: int | None = None,
-    memory_budget_bytes: int | None = None,
-    mesh: jax.sharding.Mesh | None = None,
-    progress: ProgressArg = True,
+    ablation: str | Ablation = "zero",
+    execution: Execution | None = None,
 ) -> SetAblation:
     """Prune each set of heads (all of its heads at once) on every image and measure the effect.
 
@@ -173,8 +173,7 @@ def ablate(
         masks (0 prunes).
       labels: ``[image]`` int class ids, or None to measure against the unpruned prediction.
       metrics: any of ``prob prob_drop kl layer repr flip`` (a backbone: ``layer repr``).
-      batch_size, memory_budget_bytes, mesh, progress: as in
-        :func:`~jaxvit_interp.importance.head_importance`.
+      ablation, execution: as in :func:`~jaxvit_interp.importance.head_importance`.
 
     Returns:
       :class:`SetAblation` with arrays ``[image, set]``.
@@ -189,11 +188,10 @@ def ablate(
     metrics = validate.check_metrics(metrics)
     validate.check_classifier(config, metrics, labels, "ablate")
     masks = head_masks(config, head_sets)
+    ablation = as_ablation(ablation)
+    execution = as_execution(execution)
     images = validate.check_images(config, images)
     labels = validate.check_labels(config, labels, images.shape[0])
-    batch_size = validate.check_positive("batch_size", batch_size)
-    memory_budget_bytes = validate.check_positive("memory_budget_bytes", memory_budget_bytes)
-    mesh = validate.check_mesh(mesh)
 
     out = run_sets(
         config,
@@ -203,10 +201,8 @@ def ablate(
         masks,
         _set_reduce,
         with_layer="layer" in metrics,
-        memory_budget_bytes=memory_budget_bytes,
-        batch_size=batch_size,
-        mesh=mesh,
-        progress=progress,
+        ablation=ablation,
+        execution=execution,
     )
     per_set = out.per_set
     probs, predictions, targets = unpruned_outputs(config, out)

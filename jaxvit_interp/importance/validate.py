@@ -9,10 +9,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.execution import check_positive
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
 from jaxvit_interp.quantities import LOGIT_METRICS, METRIC_NAMES
 from jaxvit_interp.storage import page_releaser
+
+__all__ = [
+    "METRICS",
+    "check_classifier",
+    "check_heads",
+    "check_images",
+    "check_labels",
+    "check_metrics",
+    "check_modes",
+    "check_positive",
+    "check_unpruned",
+]
 
 # The per-head metrics, in the order results list them: see jaxvit_interp.quantities.
 METRICS: tuple[str, ...] = METRIC_NAMES
@@ -190,20 +203,3 @@ def check_modes(config: ViTConfig, modes: Sequence[str] | None) -> tuple[str, ..
     if not modes:
         raise InputError("modes is empty")
     return tuple(m for m in PRUNING_MODES if m in modes)
-
-
-def check_positive(name: str, value, kind=int):
-    """``value`` as a positive ``kind``, None passed through."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InputError(f"{name} must be a positive number, got {value!r}")
-    if value <= 0 or (kind is int and int(value) != value):
-        raise InputError(f"{name} must be a positive {kind.__name__}, got {value!r}")
-    return kind(value)
-
-
-def check_mesh(mesh):
-    if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
-        raise InputError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
-    return mesh

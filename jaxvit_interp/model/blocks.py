@@ -1,8 +1,8 @@
 """The ViT forward pass as pure functions of parameter structs, shared by the model and the engine.
 
 :class:`~jaxvit_interp.model.vit.VisionTransformer` declares the parameter tree and runs
-:func:`~jaxvit_interp.model.vit.forward`, which is built from these pieces; the ablation engine
-(:mod:`~jaxvit_interp.importance.engine`) builds its exact shortcuts from the same pieces.
+:func:`~jaxvit_interp.model.vit.forward`, which is built from these pieces; the ablation engines'
+kernels (:mod:`~jaxvit_interp.importance.kernels`) build their exact shortcuts from the same pieces.
 Parameters arrive as structs (:class:`BlockParams`, :class:`EmbeddingParams`,
 :class:`ReadoutParams`), which :func:`~jaxvit_interp.model.vit.block_params` and its siblings read
 from the tree; nothing here knows the tree's names.
@@ -39,6 +39,8 @@ Axis names used in shapes: ``batch head query key token hidden head_dim mlp``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import flax.struct
 import jax
@@ -214,6 +216,7 @@ def attention(
     head_mask: Array | None = None,
     keep: Array | None = None,
     with_probs: bool = True,
+    ablate: Callable[[Array, Array], Array] | None = None,
 ) -> tuple[Array, Array | None]:
     """Multi-head self-attention of normalised tokens, through the output projection.
 
@@ -222,6 +225,9 @@ def attention(
       head_mask: ``[head]`` factors on each head's mixed values before the output projection (0
         prunes the head), or None for all ones.
       keep, with_probs: as in :func:`attend`.
+      ablate: how the mask applies, ``ablate(mixed [batch, head, token, head_dim], mask [head,
+        1, 1]) -> mixed`` (the set engine's ablation kind,
+        :meth:`~jaxvit_interp.importance.ablation_kinds.Ablation.masked`); None multiplies.
 
     Returns:
       ``(out [batch, token, hidden], probs [batch, head, query, key] or None)``.
@@ -232,7 +238,8 @@ def attention(
     q, k, v = (jnp.swapaxes(linear(w, y), 1, 2) for w in (p.query, p.key, p.value))
     mixed, probs = attend(q, k, v, keep, with_probs)
     if head_mask is not None:
-        mixed = mixed * head_mask[:, None, None]
+        mask = head_mask[:, None, None]
+        mixed = mixed * mask if ablate is None else ablate(mixed, mask)
     return linear(p.out, jnp.swapaxes(mixed, 1, 2), in_axes=2), probs
 
 
@@ -280,18 +287,19 @@ def block(
     head_mask: Array | None = None,
     keep: Array | None = None,
     with_probs: bool = True,
+    ablate: Callable[[Array, Array], Array] | None = None,
 ) -> tuple[Array, Array, Array | None]:
     """One encoder block.
 
     Args:
       x: ``[batch, token, hidden]``, the residual stream entering the block.
-      head_mask, keep, with_probs: as in :func:`attention`.
+      head_mask, keep, with_probs, ablate: as in :func:`attention`.
 
     Returns:
       ``(stream leaving the block [batch, token, hidden], attention output [batch, token,
       hidden] (before the residual add), probs [batch, head, query, key] or None)``.
     """
-    out, probs = attention(p, layer_norm(config, p.ln1, x), head_mask, keep, with_probs)
+    out, probs = attention(p, layer_norm(config, p.ln1, x), head_mask, keep, with_probs, ablate)
     return mlp_half(config, p, x + out), out, probs
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,9 @@ from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import AttentionEdit
 from jaxvit_interp.model.vit import ModelOutput, VisionTransformer
+
+if TYPE_CHECKING:
+    from jaxvit_interp.execution import Execution
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -64,23 +68,79 @@ def run_model(
     return _forward(config, params, images, head_mask, attention_edit)
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _attention_float16(config: ViTConfig, params, images):
-    out = VisionTransformer(config).apply({"params": params}, images.astype(jnp.float32))
-    return out.attention.astype(jnp.float16)
+@dataclasses.dataclass(frozen=True)
+class AttentionReducer:
+    """Every head's attention of a batch as float16, as a reducer of the attention pass
+    (:mod:`jaxvit_interp.attention_pass`): ``attention [batch, layer, head, N, N]``.
+
+    float16 keeps 11 significant bits (an absolute error below 2.5e-4 near 1, finer near 0),
+    which is what a picture of an attention matrix needs at half the bytes.
+    """
+
+    name: str = "attention"
+
+    def __call__(self, config: ViTConfig, out) -> dict[str, jax.Array]:
+        return {"attention": out.attention.astype(jnp.float16)}
+
+
+@dataclasses.dataclass(frozen=True)
+class KeptAttentionReducer:
+    """The attention of the images ``keep`` (indices among the pass's images), encoded as a
+    results bundle keeps it (:func:`~jaxvit_interp.attention_codes.encode_attention`) a batch
+    at a time on the host: ``{codes, steps, exponents, special, error, relative_error}`` of
+    those images only, so a batch's float attention is never held longer than its encoding.
+
+    Attributes:
+      num_special: the model's special tokens (``config.num_prefix_tokens``), whose columns
+        the code keeps apart.
+      keep: sorted image indices; read only on the host, so they take no part in the reducer's
+        equality (one compiled program serves every subset).
+    """
+
+    num_special: int
+    keep: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, int), compare=False)
+    name: str = "attention"
+
+    def __call__(self, config: ViTConfig, out) -> dict[str, jax.Array]:
+        return AttentionReducer()(config, out)
+
+    def finish(self, outputs: dict[str, np.ndarray], start: int) -> dict[str, np.ndarray]:
+        from jaxvit_interp.attention_codes import encode_attention
+
+        attention = outputs["attention"]
+        rows = _local(self.keep, start, start + len(attention))
+        return encode_attention(attention[rows], self.num_special)
+
+
+def _local(indices: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """The members of ``indices`` inside ``[start, stop)``, counted from ``start``."""
+    indices = np.asarray(indices)
+    return indices[(indices >= start) & (indices < stop)] - start
 
 
 def attention_over_images(
-    config: ViTConfig, params: Any, images, *, batch_size: int = 16, mesh=None
+    config: ViTConfig, params: Any, images, *, execution: Execution | None = None
 ) -> np.ndarray:
     """Every head's attention on every image, ``[image, layer, head, N, N]`` float16 on the host.
 
     float16 keeps 11 significant bits (an absolute error below 2.5e-4 near 1, finer near 0),
-    which is what a picture of an attention matrix needs at half the bytes. ``batch_size``
-    images per pass over the devices of ``mesh`` (see :class:`~jaxvit_interp.parallel.Batcher`).
+    which is what a picture of an attention matrix needs at half the bytes. ``execution``:
+    images per pass, the devices that share them and the progress report
+    (:class:`~jaxvit_interp.execution.Execution`; None: the defaults).
     """
-    from jaxvit_interp.parallel import Batcher
+    from jaxvit_interp.attention_pass import run_pass
+    from jaxvit_interp.execution import as_execution
 
-    batcher = Batcher(batch_size, mesh)
-    params = batcher.replicate(params)
-    return batcher.map(lambda x: _attention_float16(config, params, x), images)
+    execution = as_execution(execution)
+    batcher = execution.pass_batcher(config, params, len(images))
+    reducer = AttentionReducer()
+    outputs = run_pass(
+        config,
+        batcher.replicate(params),
+        images,
+        (reducer,),
+        batcher=batcher,
+        progress=execution.progress,
+        desc="attention",
+    )
+    return outputs[reducer.name]["attention"]

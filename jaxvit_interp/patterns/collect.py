@@ -7,38 +7,59 @@ so many images fit however large ``N`` is.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvit_interp.attention_pass import run_pass
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.execution import Execution, as_execution
 from jaxvit_interp.importance.validate import check_unpruned
 from jaxvit_interp.model.config import ViTConfig
-from jaxvit_interp.model.vit import VisionTransformer
-from jaxvit_interp.parallel import Batcher
 from jaxvit_interp.patterns.extract import cls_pattern, patch_pattern, pattern_shape
-from jaxvit_interp.progress import ProgressArg
 
 # How far a softmax row may sum from 1 (float32 rounding over a few hundred keys is ~1e-6).
 _ROW_TOLERANCE = 1e-3
 
 
-@functools.partial(jax.jit, static_argnames=("config", "kinds"))
-def _patterns_batch(config: ViTConfig, params, images, kinds: tuple[str, ...]):
-    attention = VisionTransformer(config).apply({"params": params}, images.astype(jnp.float32))
-    attention = attention.attention
-    out = {
-        kind: (cls_pattern if kind == "cls" else patch_pattern)(
-            attention, config.grid, config.has_cls_token, config.num_prefix_tokens
-        )
-        for kind in kinds
-    }
-    # Each image's worst row: softmax rows sum to 1, unless weights or pixels are not finite.
-    out["row_error"] = jnp.abs(attention.sum(-1) - 1.0).max(axis=(1, 2, 3))
-    return out
+@dataclasses.dataclass(frozen=True)
+class PatternReducer:
+    """The raw patterns of every head of a batch, as a reducer of the attention pass
+    (:mod:`jaxvit_interp.attention_pass`): ``{kind: [batch, layer, head, h, w]}`` plus each
+    image's worst ``|row sum - 1|`` (``row_error``), which :meth:`finish` checks on the host.
+
+    Attributes:
+      kinds: the pattern kinds, ``"cls"`` and/or ``"patch"``.
+    """
+
+    kinds: tuple[str, ...] = ("cls", "patch")
+    name: str = "patterns"
+
+    def __call__(self, config: ViTConfig, out) -> dict[str, jax.Array]:
+        attention = out.attention
+        result = {
+            kind: (cls_pattern if kind == "cls" else patch_pattern)(
+                attention, config.grid, config.has_cls_token, config.num_prefix_tokens
+            )
+            for kind in self.kinds
+        }
+        # Each image's worst row: softmax rows sum to 1, unless weights or pixels are not finite.
+        result["row_error"] = jnp.abs(attention.sum(-1) - 1.0).max(axis=(1, 2, 3))
+        return result
+
+    def finish(self, outputs: dict[str, np.ndarray], start: int) -> dict[str, np.ndarray]:
+        error = outputs["row_error"]
+        bad = np.flatnonzero(~(error <= _ROW_TOLERANCE))
+        if bad.size:
+            i = int(bad[0])
+            raise InputError(
+                f"the model's attention rows do not sum to 1 (off by {error[i]:.3g}) on image "
+                f"{start + i}: non-finite weights or pixels?"
+            )
+        return {k: v for k, v in outputs.items() if k != "row_error"}
 
 
 def collect_patterns(
@@ -47,9 +68,7 @@ def collect_patterns(
     images,
     *,
     kinds: tuple[str, ...] | None = None,
-    batch_size: int = 64,
-    mesh: jax.sharding.Mesh | None = None,
-    progress: ProgressArg = True,
+    execution: Execution | None = None,
 ) -> dict[str, np.ndarray]:
     """Raw (un-normalised) patterns of every head on every image.
 
@@ -59,10 +78,9 @@ def collect_patterns(
       images: ``[image, height, width, channels]`` preprocessed images.
       kinds: pattern kinds to collect; default ``("cls", "patch")``, or ``("patch",)`` for a model
         without a CLS token.
-      batch_size: images per forward pass, over all devices (the last batch is padded).
-      mesh: shard each batch's images over this mesh's devices; None: the default device.
-      progress: report the images as they are done
-        (:func:`~jaxvit_interp.progress.start_progress`).
+      execution: images per forward pass over all devices (default: as many as the memory
+        budget holds; the last batch is padded), the mesh that shards them and the progress
+        report (:class:`~jaxvit_interp.execution.Execution`); None: the defaults.
 
     Returns:
       ``{kind: [image, layer, head, h, w]}`` float32 arrays, ``(h, w)`` from
@@ -82,24 +100,16 @@ def collect_patterns(
             raise InputError(
                 "this model has no CLS token, so it has no CLS pattern; use kind='patch'"
             )
-    batcher = Batcher(batch_size, mesh)
-    params = batcher.replicate(params)
-
-    def check(outputs, batch):
-        error = outputs["row_error"]
-        bad = np.flatnonzero(~(error <= _ROW_TOLERANCE))
-        if bad.size:
-            i = int(bad[0])
-            raise InputError(
-                f"the model's attention rows do not sum to 1 (off by {error[i]:.3g}) on image "
-                f"{batch.start + i}: non-finite weights or pixels?"
-            )
-
-    out = batcher.map(
-        lambda x: _patterns_batch(config, params, x, kinds),
+    execution = as_execution(execution)
+    batcher = execution.pass_batcher(config, params, len(images))
+    reducer = PatternReducer(kinds)
+    out = run_pass(
+        config,
+        batcher.replicate(params),
         images,
-        check=check,
-        progress=progress,
+        (reducer,),
+        batcher=batcher,
+        progress=execution.progress,
         desc="patterns",
-    )
+    )[reducer.name]
     return {kind: out[kind].astype(np.float32) for kind in kinds}

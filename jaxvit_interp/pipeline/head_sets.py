@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from jaxvit_interp.execution import Execution, as_execution
 from jaxvit_interp.importance.pruning import CURVE_ORDERS, greedy_set_ablations
 from jaxvit_interp.model.config import ViTConfig
-from jaxvit_interp.progress import ProgressArg, start_progress
+from jaxvit_interp.progress import start_progress
 from jaxvit_interp.storage import UnreadableFileError, load_npz, save_npz
 
 HEAD_SETS_FILE = "head-sets-stage.npz"
@@ -31,8 +32,6 @@ HEAD_SETS_FILE = "head-sets-stage.npz"
 REMOVABLE_POINTS = (1.0, 5.0)
 # The importance metric that ranks the heads of the interactions and of the importance order.
 RANKING_METRIC = "prob_drop"
-# The subset of images is drawn from its own random stream (analyze's subsets use 0 and 1).
-SUBSET_STREAM = 2
 
 
 def greedy_plan(config: ViTConfig, greedy_max_heads: int) -> tuple[bool, str]:
@@ -67,9 +66,7 @@ def compute_head_sets(
     random_orders: int,
     greedy_max_heads: int,
     seed: int,
-    batch_size: int | None = None,
-    memory_budget_bytes: int | None = None,
-    progress: ProgressArg = False,
+    execution: Execution | None = None,
 ) -> dict[str, np.ndarray]:
     """The ``head_sets`` part for the images ``image_index`` of ``images``.
 
@@ -80,16 +77,17 @@ def compute_head_sets(
       interaction_heads: how many of the top heads interact pairwise (at most ``L * H``).
       random_orders: how many random pruning orders (0: none).
       greedy_max_heads: the greedy order runs only for a model of at most this many heads.
-      progress: one report over the stage's set ablations, moving with each batch of them (the
-        interactions, each pruning order and greedy step): for ViT-B/16 on a CPU the stage
-        takes tens of minutes (:func:`~jaxvit_interp.progress.start_progress`).
+      execution: how the set ablations run (:class:`~jaxvit_interp.execution.Execution`); its
+        progress is one report over the stage's set ablations, moving with each batch of them
+        (the interactions, each pruning order and greedy step): for ViT-B/16 on a CPU the stage
+        takes tens of minutes. None: the defaults.
     """
     from jaxvit_interp.importance import pairwise_interactions, pruning_curves
 
     total = config.num_layers * config.num_heads
     subset = images[image_index]
     sub_labels = None if labels is None else labels[image_index]
-    options = dict(batch_size=batch_size, memory_budget_bytes=memory_budget_bytes)
+    execution = as_execution(execution)
     part: dict[str, np.ndarray] = {"image_index": np.asarray(image_index, np.int32)}
     count = min(interaction_heads, total)
     run_greedy, _ = greedy_plan(config, greedy_max_heads)
@@ -101,7 +99,10 @@ def compute_head_sets(
         greedy_set_ablations(total) if run_greedy else 0
     )
     bar = start_progress(
-        progress, total=interaction_sets + curve_sets, desc="ablating head sets", unit="set"
+        execution.progress,
+        total=interaction_sets + curve_sets,
+        desc="ablating head sets",
+        unit="set",
     )
 
     if count >= 2:
@@ -112,8 +113,7 @@ def compute_head_sets(
             subset,
             heads,
             sub_labels,
-            progress=bar.share(interaction_sets),
-            **options,
+            execution=execution.with_progress(bar.share(interaction_sets)),
         )
         part["interaction_heads"] = inter.heads.astype(np.int32)
         for m in inter.interaction:
@@ -130,8 +130,7 @@ def compute_head_sets(
         orders=orders,
         random_orders=max(random_orders, 1),
         seed=seed,
-        progress=bar.share(curve_sets),
-        **options,
+        execution=execution.with_progress(bar.share(curve_sets)),
     )
     bar.close()
     part.update(curve_arrays([curves[o] for o in CURVE_ORDERS if o in curves]))

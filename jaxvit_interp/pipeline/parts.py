@@ -12,11 +12,12 @@ import numpy as np
 
 from jaxvit_interp.quantities import (
     CLS_STRENGTH_FIELDS,
-    SPECIAL_FIELDS,
     STRENGTH_FIELDS,
     STRENGTH_SUMMARY_FIELDS,
     model_metrics,
 )
+from jaxvit_interp.rollout.measure import rollout_part
+from jaxvit_interp.strength.aggregate import special_part
 
 __all__ = [
     "importance_part",
@@ -54,16 +55,6 @@ def importance_part(
         metrics=model_metrics(num_classes),
     )
     return result.to_part()
-
-
-def special_part(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-image attention mass to and from each special token ``[image, layer, head, token]``
-    (:mod:`~jaxvit_interp.strength.special`) plus the means over the images, with the mean
-    attention the special tokens pay each other ``[layer, head, token, token]``."""
-    part = {f: np.asarray(local[f], np.float32) for f in SPECIAL_FIELDS}
-    part.update({f"{f}_mean": v.mean(axis=0) for f, v in part.items()})
-    part["special_between_mean"] = np.asarray(local["special_between"], np.float32).mean(axis=0)
-    return part
 
 
 def strength_part(local: dict[str, np.ndarray], *, has_cls_token: bool) -> dict[str, np.ndarray]:
@@ -122,18 +113,4 @@ def partial_part(
         "top5_classes": np.asarray(top_classes, np.int32),
         "top5_probs": np.asarray(top_probs, np.float32),
         "prob_mean": partial_prob_mean(prob),
-    }
-
-
-def rollout_part(maps: np.ndarray, contributions: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-image rollout maps ``[image, Gh, Gw]`` and layer contributions ``[image, layer]``
-    (:func:`~jaxvit_interp.rollout.final_rollout_over_images`) plus their means over the images."""
-    maps = np.asarray(maps, np.float32)
-    contributions = np.asarray(contributions, np.float32)
-    return {
-        "map": maps,
-        "contribution": contributions,
-        # Summed in float64: thousands of images.
-        "map_mean": maps.mean(axis=0, dtype=np.float64).astype(np.float32),
-        "contribution_mean": contributions.mean(axis=0, dtype=np.float64).astype(np.float32),
     }

@@ -16,11 +16,12 @@ import jax
 import numpy as np
 
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance import pruning_curves
+from jaxvit_interp.importance.ablation_kinds import Ablation
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.prune import parameter_count, remove_heads
 from jaxvit_interp.model.vit import forward
-from jaxvit_interp.progress import ProgressArg
 
 PRUNE_ORDERS = ("importance", "greedy")
 
@@ -66,12 +67,13 @@ def choose_heads(
     remove: int | None = None,
     max_accuracy_drop: float | None = None,
     order: str = "importance",
-    memory_budget_bytes: int | None = None,
-    progress: ProgressArg = True,
+    ablation: str | Ablation = "zero",
+    execution: Execution | None = None,
 ) -> list[tuple[int, int]]:
     """The heads to remove: the first ``remove`` of ``order``'s pruning curve, or as many as
-    keep accuracy within ``max_accuracy_drop`` points (exactly one of the two); the ablations
-    plan their batches for ``memory_budget_bytes`` per device (None: the default)."""
+    keep accuracy within ``max_accuracy_drop`` points (exactly one of the two); ``ablation``
+    and ``execution`` (the memory budget the ablations plan their batches for, the devices,
+    progress) as in :func:`~jaxvit_interp.importance.pruning_curves`."""
     if (remove is None) == (max_accuracy_drop is None):
         raise InputError("give exactly one of remove (a head count) and max_accuracy_drop")
     if order not in PRUNE_ORDERS:
@@ -88,8 +90,8 @@ def choose_heads(
         labels,
         orders=(order,),
         max_heads=remove,
-        memory_budget_bytes=memory_budget_bytes,
-        progress=progress,
+        ablation=ablation,
+        execution=execution,
     )[order]
     count = remove if remove is not None else curve.removable(max_accuracy_drop)
     return [tuple(int(v) for v in h) for h in curve.heads[0, :count]]

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from jaxvit_interp.attention_pass import run_pass
+from jaxvit_interp.execution import Execution, as_execution
 from jaxvit_interp.importance.validate import check_unpruned
 from jaxvit_interp.model.config import ViTConfig
-from jaxvit_interp.model.vit import VisionTransformer
-from jaxvit_interp.parallel import Batcher
-from jaxvit_interp.progress import ProgressArg
 from jaxvit_interp.rollout.kernels import (
     RESIDUAL_WEIGHT,
     attention_rollout,
@@ -24,27 +22,37 @@ from jaxvit_interp.rollout.kernels import (
 from jaxvit_interp.summary import Summarized, listed, number, sizes
 
 
-def _rollout(config: ViTConfig, params, images, residual_weight: float):
-    attention = VisionTransformer(config).apply({"params": params}, images.astype(jnp.float32))
-    return attention_rollout(attention.attention, residual_weight=residual_weight)
+@dataclasses.dataclass(frozen=True)
+class RolloutMapsReducer:
+    """The rollout map after every layer, ``maps [batch, layer, Gh, Gw]``, as a reducer of the
+    attention pass (:mod:`jaxvit_interp.attention_pass`); only the maps leave the program."""
+
+    residual_weight: float = RESIDUAL_WEIGHT
+    name: str = "rollout_maps"
+
+    def __call__(self, config: ViTConfig, out) -> dict[str, jax.Array]:
+        rollout = attention_rollout(out.attention, residual_weight=self.residual_weight)
+        maps = rollout_maps(rollout, config.grid, config.num_prefix_tokens, config.has_cls_token)
+        return {"maps": maps}
 
 
-@functools.partial(jax.jit, static_argnames=("config", "residual_weight"))
-def _rollout_batch(config: ViTConfig, params, images, residual_weight: float):
-    rollout = _rollout(config, params, images, residual_weight)
-    return rollout_maps(rollout, config.grid, config.num_prefix_tokens, config.has_cls_token)
+@dataclasses.dataclass(frozen=True)
+class FinalRolloutReducer:
+    """The rollout map after the last layer and each layer's contribution
+    (:class:`FinalRollout`'s ``map [batch, Gh, Gw]`` and ``contribution [batch, layer]``), as a
+    reducer of the attention pass."""
 
+    residual_weight: float = RESIDUAL_WEIGHT
+    name: str = "rollout"
 
-@functools.partial(jax.jit, static_argnames=("config", "residual_weight"))
-def _final_batch(config: ViTConfig, params, images, residual_weight: float):
-    rows = read_rows(
-        _rollout(config, params, images, residual_weight),
-        config.num_prefix_tokens,
-        config.has_cls_token,
-    )  # [image, layer, N]
-    first = config.num_prefix_tokens
-    grid = rows[:, -1, first:].reshape(len(rows), *config.grid)
-    return grid, layer_contributions(rows, first, config.has_cls_token)
+    def __call__(self, config: ViTConfig, out) -> dict[str, jax.Array]:
+        rollout = attention_rollout(out.attention, residual_weight=self.residual_weight)
+        rows = read_rows(rollout, config.num_prefix_tokens, config.has_cls_token)  # [b, L, N]
+        first = config.num_prefix_tokens
+        return {
+            "map": rows[:, -1, first:].reshape(len(rows), *config.grid),
+            "contribution": layer_contributions(rows, first, config.has_cls_token),
+        }
 
 
 class FinalRollout(NamedTuple):
@@ -59,6 +67,13 @@ class FinalRollout(NamedTuple):
 
     map: np.ndarray
     contribution: np.ndarray
+
+    @classmethod
+    def from_outputs(cls, outputs: dict[str, np.ndarray]) -> FinalRollout:
+        """From :class:`FinalRolloutReducer`'s outputs, float32."""
+        return cls(
+            np.asarray(outputs["map"], np.float32), np.asarray(outputs["contribution"], np.float32)
+        )
 
     # A NamedTuple takes no other base class: Summarized's methods, named here.
     _rows = Summarized._rows
@@ -80,26 +95,29 @@ def model_rollout_over_images(
     params: Any,
     images,
     *,
-    batch_size: int = 16,
-    mesh: jax.sharding.Mesh | None = None,
     residual_weight: float = RESIDUAL_WEIGHT,
-    progress: ProgressArg = False,
+    execution: Execution | None = None,
 ) -> np.ndarray:
     """Rollout maps ``[image, layer, Gh, Gw]`` float32 of preprocessed ``images``.
 
     Only the maps leave each batch: the ``[layer, N, N]`` rollout lives inside one compiled
-    program per batch. ``batch_size`` images per pass over the devices of ``mesh``.
+    program per batch. ``execution``: images per pass, the devices that share them and the
+    progress report (:class:`~jaxvit_interp.execution.Execution`; None: the defaults).
     """
     check_unpruned(config, "model_rollout_over_images")
-    batcher = Batcher(batch_size, mesh)
-    params = batcher.replicate(params)
-    maps = batcher.map(
-        lambda x: _rollout_batch(config, params, x, residual_weight),
+    execution = as_execution(execution)
+    batcher = execution.pass_batcher(config, params, len(images))
+    reducer = RolloutMapsReducer(residual_weight)
+    out = run_pass(
+        config,
+        batcher.replicate(params),
         images,
-        progress=progress,
+        (reducer,),
+        batcher=batcher,
+        progress=execution.progress,
         desc="rollout",
-    )
-    return maps.astype(np.float32)
+    )[reducer.name]
+    return out["maps"].astype(np.float32)
 
 
 def final_rollout_over_images(
@@ -107,23 +125,39 @@ def final_rollout_over_images(
     params: Any,
     images,
     *,
-    batch_size: int = 16,
-    mesh: jax.sharding.Mesh | None = None,
     residual_weight: float = RESIDUAL_WEIGHT,
-    progress: ProgressArg = False,
+    execution: Execution | None = None,
 ) -> FinalRollout:
     """The final rollout map and the per-layer contributions of preprocessed ``images``, float32.
 
-    One model pass per batch, as :func:`model_rollout_over_images`; only ``[Gh, Gw]`` and
-    ``[layer]`` values leave it for each image.
+    One model pass per batch, as :func:`model_rollout_over_images` (``execution`` too); only
+    ``[Gh, Gw]`` and ``[layer]`` values leave it for each image.
     """
     check_unpruned(config, "final_rollout_over_images")
-    batcher = Batcher(batch_size, mesh)
-    params = batcher.replicate(params)
-    maps, contributions = batcher.map(
-        lambda x: _final_batch(config, params, x, residual_weight),
+    execution = as_execution(execution)
+    batcher = execution.pass_batcher(config, params, len(images))
+    reducer = FinalRolloutReducer(residual_weight)
+    out = run_pass(
+        config,
+        batcher.replicate(params),
         images,
-        progress=progress,
+        (reducer,),
+        batcher=batcher,
+        progress=execution.progress,
         desc="rollout",
-    )
-    return FinalRollout(maps.astype(np.float32), contributions.astype(np.float32))
+    )[reducer.name]
+    return FinalRollout.from_outputs(out)
+
+
+def rollout_part(maps: np.ndarray, contributions: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-image rollout maps ``[image, Gh, Gw]`` and layer contributions ``[image, layer]``
+    (:func:`~jaxvit_interp.rollout.final_rollout_over_images`) plus their means over the images."""
+    maps = np.asarray(maps, np.float32)
+    contributions = np.asarray(contributions, np.float32)
+    return {
+        "map": maps,
+        "contribution": contributions,
+        # Summed in float64: thousands of images.
+        "map_mean": maps.mean(axis=0, dtype=np.float64).astype(np.float32),
+        "contribution_mean": contributions.mean(axis=0, dtype=np.float64).astype(np.float32),
+    }

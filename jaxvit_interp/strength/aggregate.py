@@ -7,22 +7,21 @@ are kept, so ``[image, layer, head, N, N]`` for the whole image set never exists
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import flax.struct
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from jaxvit_interp.attention_pass import run_pass
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.execution import Execution, as_execution
 from jaxvit_interp.importance.validate import check_unpruned
 from jaxvit_interp.model.config import ViTConfig
-from jaxvit_interp.model.vit import VisionTransformer
-from jaxvit_interp.parallel import Batcher
 from jaxvit_interp.progress import ProgressArg, start_progress
-from jaxvit_interp.quantities import ENTROPY_BINS
+from jaxvit_interp.quantities import ENTROPY_BINS, SPECIAL_FIELDS
 from jaxvit_interp.strength.hops import HopRings, hop_rings, rings_for
 from jaxvit_interp.strength.kernels import (
     HopStrength,
@@ -241,13 +240,66 @@ def _check_images(config: ViTConfig, images, what: str) -> int:
     return num_images
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _model_strength_batch(config: ViTConfig, params, images, rings: HopRings):
-    # One compiled program from pixels to per-head results: the batch's attention lives only
-    # inside it, and the model outputs nobody reads (logits, residual stream) are pruned by XLA.
-    images = images.astype(jnp.float32)
-    attention = VisionTransformer(config).apply({"params": params}, images).attention
-    return hop_strength_kernel(attention, rings)
+@dataclasses.dataclass(frozen=True)
+class HopStrengthReducer:
+    """Hop strength of every head of a batch, as a reducer of the attention pass
+    (:mod:`jaxvit_interp.attention_pass`): :class:`~.kernels.HopStrength`'s fields
+    ``[batch, layer, head, ...]`` plus each row's sum and smallest entry, which :meth:`finish`
+    checks on the host (rows that are not distributions: non-finite pixels or weights).
+
+    Attributes:
+      check_stochastic, atol: as in :func:`strength_over_images` (None: float32's tolerance).
+    """
+
+    check_stochastic: bool = True
+    atol: float | None = None
+    name: str = "strength"
+
+    def __call__(self, config: ViTConfig, out) -> dict[str, jax.Array]:
+        result, row_sums, row_min = hop_strength_kernel(out.attention, rings_for(config))
+        return {**_fields(result), "row_sums": row_sums, "row_min": row_min}
+
+    def finish(self, outputs: dict[str, np.ndarray], start: int) -> dict[str, np.ndarray]:
+        row_sums = outputs["row_sums"]
+        check_rows(
+            row_sums,
+            outputs["row_min"],
+            (*row_sums.shape, row_sums.shape[-1]),
+            check_stochastic=self.check_stochastic,
+            atol=default_atol(np.float32) if self.atol is None else self.atol,
+            axis_names=_AXES,
+            index_offset=start,
+        )
+        # The row statistics were only for the check.
+        return {k: v for k, v in outputs.items() if k not in ("row_sums", "row_min")}
+
+    @staticmethod
+    def result(outputs: dict[str, np.ndarray]) -> HopStrength:
+        """The per-image :class:`~.kernels.HopStrength` from this reducer's outputs."""
+        return HopStrength(**{f.name: outputs[f.name] for f in dataclasses.fields(HopStrength)})
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialMassReducer:
+    """Attention to and from each special token of a batch, as a reducer of the attention pass:
+    :class:`~.special.SpecialTokenMass`'s fields ``[batch, layer, head, ...]``."""
+
+    name: str = "special"
+
+    def __call__(self, config: ViTConfig, out) -> dict[str, jax.Array]:
+        return _fields(special_token_mass_kernel(out.attention, config.num_prefix_tokens))
+
+    @staticmethod
+    def result(outputs: dict[str, np.ndarray]) -> SpecialTokenMass:
+        """The per-image :class:`~.special.SpecialTokenMass` from this reducer's outputs."""
+        return SpecialTokenMass(
+            **{f.name: outputs[f.name] for f in dataclasses.fields(SpecialTokenMass)}
+        )
+
+
+def _fields(struct) -> dict:
+    """A flax struct dataclass as ``{field: value}``."""
+    return {f.name: getattr(struct, f.name) for f in dataclasses.fields(struct)}
 
 
 def model_strength_over_images(
@@ -255,12 +307,10 @@ def model_strength_over_images(
     params,
     images,
     *,
-    batch_size: int = 16,
-    mesh: jax.sharding.Mesh | None = None,
     check_stochastic: bool = True,
     atol: float | None = None,
     num_bins: int = ENTROPY_BINS,
-    progress: ProgressArg = True,
+    execution: Execution | None = None,
 ) -> StrengthResults:
     """Run the model over ``images`` batch by batch and measure every head's hop strength.
 
@@ -270,41 +320,31 @@ def model_strength_over_images(
       params: its parameter tree.
       images: ``[image, height, width, channels]`` preprocessed images (a NumPy array, memmap or
         anything sliceable); each batch is copied to the device on its own.
-      batch_size: images per forward pass, over all devices. The last batch is padded to this
-        size, so the program compiles once; padded results are dropped.
-      mesh: shard each batch's images over this mesh's devices (see
-        :class:`~jaxvit_interp.parallel.Batcher`); None: the default device.
-      check_stochastic, atol, num_bins, progress: as in :func:`strength_over_images`.
+      check_stochastic, atol, num_bins: as in :func:`strength_over_images`.
+      execution: how the passes run (:class:`~jaxvit_interp.execution.Execution`): images per
+        forward pass over all devices (default: as many as its memory budget holds,
+        :meth:`~jaxvit_interp.execution.Execution.pass_batcher`; the last batch is padded to
+        that size, so the program compiles once), the mesh that shards them and the progress
+        report; None: the defaults.
 
     Returns:
       :class:`StrengthResults` with ``local`` ``[image, layer, head, ...]`` and the ``summary``.
     """
     num_images = _check_images(config, images, "model_strength_over_images")
-    batcher = Batcher(batch_size, mesh)
-    rings = rings_for(config)
-    n = rings.num_tokens
-    attention_shape = (num_images, config.num_layers, config.num_heads, n, n)
-    params = batcher.replicate(params)
-
-    def check(outputs, batch):
-        _, row_sums, row_min = outputs
-        check_rows(
-            row_sums,
-            row_min,
-            attention_shape,
-            check_stochastic=check_stochastic,
-            atol=default_atol(np.float32) if atol is None else atol,
-            axis_names=_AXES,
-            index_offset=batch.start,
-        )
-
-    local, _, _ = batcher.map(
-        lambda x: _model_strength_batch(config, params, x, rings),
+    execution = as_execution(execution)
+    batcher = execution.pass_batcher(config, params, num_images)
+    reducer = HopStrengthReducer(check_stochastic=check_stochastic, atol=atol)
+    outputs = run_pass(
+        config,
+        batcher.replicate(params),
         images,
-        check=check,
-        progress=progress,
+        (reducer,),
+        batcher=batcher,
+        progress=execution.progress,
         desc="hop strength",
     )
+    local = reducer.result(outputs[reducer.name])
+    rings = rings_for(config)
     return StrengthResults(
         local=local,
         summary=summarize(local, num_bins=num_bins),
@@ -315,22 +355,12 @@ def model_strength_over_images(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _model_special_batch(config: ViTConfig, params, images):
-    # As _model_strength_batch: the batch's attention lives only inside the compiled program.
-    images = images.astype(jnp.float32)
-    attention = VisionTransformer(config).apply({"params": params}, images).attention
-    return special_token_mass_kernel(attention, config.num_prefix_tokens)
-
-
 def model_special_mass_over_images(
     config: ViTConfig,
     params,
     images,
     *,
-    batch_size: int = 16,
-    mesh: jax.sharding.Mesh | None = None,
-    progress: ProgressArg = True,
+    execution: Execution | None = None,
 ) -> SpecialTokenMass:
     """Run the model over ``images`` batch by batch and measure every head's attention to and
     from each special token (:func:`~jaxvit_interp.strength.special.special_token_mass`).
@@ -339,23 +369,38 @@ def model_special_mass_over_images(
       config, params: the model; it needs at least one special token (CLS, distillation or a
         register: ``config.num_prefix_tokens``), named in token order by
         :func:`~jaxvit_interp.strength.special.special_token_names`.
-      images, batch_size, mesh, progress: as in :func:`model_strength_over_images`.
+      images, execution: as in :func:`model_strength_over_images`.
 
     Returns:
       :class:`~jaxvit_interp.strength.special.SpecialTokenMass` of NumPy arrays with leading
       axes ``[image, layer, head]``.
     """
-    _check_images(config, images, "model_special_mass_over_images")
+    num_images = _check_images(config, images, "model_special_mass_over_images")
     if not config.num_prefix_tokens:
         raise InputError(
             "the model has no special tokens (no CLS, distillation or register token): there is "
             "no special-token mass to measure"
         )
-    batcher = Batcher(batch_size, mesh)
-    params = batcher.replicate(params)
-    return batcher.map(
-        lambda x: _model_special_batch(config, params, x),
+    execution = as_execution(execution)
+    batcher = execution.pass_batcher(config, params, num_images)
+    reducer = SpecialMassReducer()
+    outputs = run_pass(
+        config,
+        batcher.replicate(params),
         images,
-        progress=progress,
+        (reducer,),
+        batcher=batcher,
+        progress=execution.progress,
         desc="special-token mass",
     )
+    return reducer.result(outputs[reducer.name])
+
+
+def special_part(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-image attention mass to and from each special token ``[image, layer, head, token]``
+    (:mod:`~jaxvit_interp.strength.special`) plus the means over the images, with the mean
+    attention the special tokens pay each other ``[layer, head, token, token]``."""
+    part = {f: np.asarray(local[f], np.float32) for f in SPECIAL_FIELDS}
+    part.update({f"{f}_mean": v.mean(axis=0) for f, v in part.items()})
+    part["special_between_mean"] = np.asarray(local["special_between"], np.float32).mean(axis=0)
+    return part

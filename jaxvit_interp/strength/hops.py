@@ -16,7 +16,6 @@ import functools
 
 import flax.struct
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxvit_interp.errors import InputError
@@ -142,10 +141,12 @@ def _hop_rings_cached(
     strength_weights = np.where(
         counts > 0, 1.0 / (np.maximum(counts, 1) * queries_with_hop[None, :]), 0.0
     ).astype(np.float32)
+    # NumPy leaves: the cached value may be first asked for inside a trace (a reducer of the
+    # attention pass), where a JAX array made here would be a tracer that outlives it.
     return HopRings(
-        weights=jnp.asarray(weights),
-        strength_weights=jnp.asarray(strength_weights),
-        counts=jnp.asarray(counts),
+        weights=weights,
+        strength_weights=strength_weights,
+        counts=np.asarray(counts),
         grid=grid,
         patch_size=patch_size,
         has_cls_token=has_cls_token,

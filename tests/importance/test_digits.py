@@ -4,6 +4,7 @@ keeps held-out accuracy up for longer than pruning in random orders."""
 import numpy as np
 import pytest
 
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance import cumulative_pruning_accuracy, head_importance, rank_by_metric
 
 digits = pytest.importorskip("jaxvit_interp.data.digits")
@@ -30,7 +31,7 @@ def test_importance_order_beats_random_orders(digits_model):
         train_images[pick],
         train_labels[pick],
         metrics=("prob_drop",),
-        progress=False,
+        execution=Execution(progress=False),
     )
     least_first = rank_by_metric(result, "prob_drop")[::-1]
     curve = cumulative_pruning_accuracy(config, params, test_images, test_labels, least_first)

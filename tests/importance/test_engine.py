@@ -1,10 +1,13 @@
-"""Chunk planning: balanced chunks, and compiled programs that really fit the memory budget."""
+"""Chunk planning: balanced chunks, and compiled programs that really fit the memory budget;
+the engines' shared kernels against the model's own block."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvit_interp.importance import engine
+from jaxvit_interp import budget
+from jaxvit_interp.execution import Execution
+from jaxvit_interp.importance import engine, kernels
 from jaxvit_interp.importance.ablation import _importance_reduce
 from jaxvit_interp.model import blocks
 from jaxvit_interp.model.vit import block_params
@@ -24,7 +27,7 @@ from jaxvit_interp.model.vit import block_params
     ],
 )
 def test_even_split(total, most, multiple, expected):
-    size, count = engine._even_split(total, most, multiple)
+    size, count = budget._even_split(total, most, multiple)
     assert (size, count) == expected
     assert size * count >= total and size % multiple == 0
 
@@ -52,25 +55,25 @@ def test_planned_batches_fit_the_budget(budget_mib, step_tokens, random_model):
         mlp_dim=128,
         num_classes=10,
     )
-    budget = int(budget_mib * (1 << 20))
+    given = int(budget_mib * (1 << 20))
     layers = tuple(range(config.num_layers))
-    plan = engine.plan_batches(
+    plan = budget.plan_batches(
         config,
+        Execution(memory_budget_bytes=given),
         num_images=64,
         num_slots=config.num_heads,
         spawn_layers=layers,
         with_taylor=True,
         need_streams=True,
-        memory_budget_bytes=budget,
-        fixed_bytes=engine.params_bytes(params),
+        fixed_bytes=budget.params_bytes(params),
         step_tokens=step_tokens,
     )
-    assert plan.estimated_bytes <= budget
+    assert plan.estimated_bytes <= given
     # The small budget fits one image with half of each layer's heads at a time.
     assert (plan.num_slot_groups > 1) == (budget_mib < 2)
     images = jnp.zeros((plan.images_per_batch, *config.image_size, config.channels))
-    full = engine.full_pass.lower(config, params, images, None, True).compile()
-    out, y, _ = engine.full_pass(config, params, images, None, False)
+    full = kernels.full_pass.lower(config, params, images, None, True).compile()
+    out, y, _ = kernels.full_pass(config, params, images, None, False)
     heads = jnp.zeros((config.num_layers, plan.slots_per_group), jnp.int32)
     sweep = engine.ablation_batch.lower(
         config,
@@ -78,7 +81,7 @@ def test_planned_batches_fit_the_budget(budget_mib, step_tokens, random_model):
         out,
         y,
         heads,
-        engine.fold_mlp_inputs(params, layers),
+        kernels.fold_mlp_inputs(params, layers),
         None,
         None,
         layers,
@@ -87,11 +90,11 @@ def test_planned_batches_fit_the_budget(budget_mib, step_tokens, random_model):
         plan.streams_per_step,
     ).compile()
     used = max(_compiled_bytes(full), _compiled_bytes(sweep))
-    assert used <= budget, (plan, used)
+    assert used <= given, (plan, used)
     # The plan is not wastefully cautious either: it uses a fair share of what it was given
     # (unless steps through a block, not memory, limit the chunk).
     if plan.num_batches > 1 and step_tokens is None:
-        assert used > budget / 8, (plan, used)
+        assert used > given / 8, (plan, used)
 
 
 def test_a_refused_budget_names_the_least_budget_that_fits(rng):
@@ -123,10 +126,10 @@ def test_a_refused_budget_names_the_least_budget_that_fits(rng):
             step_tokens=int(rng.choice([64, 4096])),
         )
 
-        def fits(budget, kwargs=kwargs, config=config):
+        def fits(size, kwargs=kwargs, config=config):
             try:
-                engine.plan_batches(config, memory_budget_bytes=budget, **kwargs)
-            except engine.MemoryBudgetError:
+                budget.plan_batches(config, Execution(memory_budget_bytes=size), **kwargs)
+            except budget.MemoryBudgetError:
                 return False
             return True
 
@@ -138,8 +141,8 @@ def test_a_refused_budget_names_the_least_budget_that_fits(rng):
             middle = (least + most) // 2
             least, most = (least, middle) if fits(middle << 20) else (middle + 1, most)
         refused_budget = (least - 1) << 20 or 1000
-        with pytest.raises(engine.MemoryBudgetError) as refused:
-            engine.plan_batches(config, memory_budget_bytes=refused_budget, **kwargs)
+        with pytest.raises(budget.MemoryBudgetError) as refused:
+            budget.plan_batches(config, Execution(memory_budget_bytes=refused_budget), **kwargs)
         assert refused.value.least_bytes == least << 20, config
         message = str(refused.value)
         assert f"--memory-budget-mb {least} " in message, message
@@ -176,9 +179,9 @@ def test_pruned_mlp_half_equals_the_plain_block_half(offset, gelu_approximate, r
     mixed = rng.normal(size=(2, config.num_tokens, config.head_dim)).astype(np.float32)
     w_out = p.out.kernel[head]
     delta = mixed @ w_out
-    folded = engine.fold_mlp_inputs(params, (layer,))[0, head]
-    got = engine._pruned_mlp_half(
-        config, p, u, engine._shared_mlp_input(p, u), delta, mixed, folded
+    folded = kernels.fold_mlp_inputs(params, (layer,))[0, head]
+    got = kernels.pruned_mlp_half(
+        config, p, u, kernels.shared_mlp_input(p, u), delta, mixed, folded
     )
     want = blocks.mlp_half(config, p, jnp.asarray(u - delta))
     scale = float(jnp.abs(want).max())
@@ -192,11 +195,11 @@ def test_prefix_block_equals_the_first_rows_of_the_full_block(queries, random_mo
         p = block_params(params, 1)
         shape = (3, config.num_tokens, config.hidden_size)
         x = np.random.default_rng().normal(size=shape).astype(np.float32)
-        got = engine._prefix_block(config, p, jnp.asarray(x), queries)
-        want = engine._masked_block(config, p, jnp.asarray(x))[:, :queries]
+        got = kernels.prefix_block(config, p, jnp.asarray(x), queries)
+        want = kernels.masked_block(config, p, jnp.asarray(x))[:, :queries]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
         # With a head mask (set ablations run the last block so): the same rows of the masked block.
         mask = jnp.asarray(np.random.default_rng().integers(0, 2, config.num_heads), jnp.float32)
-        got = engine._prefix_block(config, p, jnp.asarray(x), queries, head_mask=mask)
-        want = engine._masked_block(config, p, jnp.asarray(x), head_mask=mask)[:, :queries]
+        got = kernels.prefix_block(config, p, jnp.asarray(x), queries, head_mask=mask)
+        want = kernels.masked_block(config, p, jnp.asarray(x), head_mask=mask)[:, :queries]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

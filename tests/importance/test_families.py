@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance import engine, head_importance, partial_pruning
 from jaxvit_interp.model import PRUNING_MODES, AttentionEdit, LinearProbe, run_model, with_probe
+
+QUIET = Execution(progress=False)
 
 SMALL = dict(image_size=(8, 12), patch_size=(4, 4), hidden_size=16, num_layers=3, num_heads=2)
 CASES = {
@@ -61,7 +64,9 @@ def test_matches_one_forward_per_head(case, random_model, random_images, referen
     config, params = random_model(seed, **SMALL, **CASES[case])
     images = random_images(config, 5, seed)
     metrics = LABEL_METRICS if config.num_classes else ("layer", "repr")
-    result = head_importance(config, params, images, metrics=metrics, batch_size=3, progress=False)
+    result = head_importance(
+        config, params, images, metrics=metrics, execution=Execution(batch_size=3, progress=False)
+    )
     ref = reference_importance(config, params, images)
     _check(result, ref, metrics)
     if not config.num_classes:
@@ -85,7 +90,10 @@ def test_one_compiled_program_for_a_register_model(random_model, random_images):
     before = engine.ablation_batch._cache_size()
     for count in (5, 3):
         head_importance(
-            config, params, random_images(config, count, count), batch_size=2, progress=False
+            config,
+            params,
+            random_images(config, count, count),
+            execution=Execution(batch_size=2, progress=False),
         )
     assert engine.ablation_batch._cache_size() == before + 1
 
@@ -95,7 +103,7 @@ def test_partial_pruning_with_registers(random_model, random_images, softmax):
     images = random_images(config, 3, 4)
     labels = np.array([0, 3, 1])
     heads = [(1, 0), (2, 1)]
-    result = partial_pruning(config, params, images, labels, heads, top_k=2, progress=False)
+    result = partial_pruning(config, params, images, labels, heads, top_k=2, execution=QUIET)
     assert result.modes == PRUNING_MODES
     for i, (layer, head) in enumerate(heads):
         for j, mode in enumerate(PRUNING_MODES):
@@ -117,13 +125,19 @@ def test_backbone_refuses_logit_metrics_by_name(random_model, random_images, mon
     monkeypatch.setattr(ablation, "run_engine", no_work)
     monkeypatch.setattr(partial, "run_engine", no_work)
     with pytest.raises(InputError, match=r"'kl', 'taylor' need the model's logits.*backbone"):
-        head_importance(config, params, images, metrics=("kl", "repr", "taylor"), progress=False)
+        head_importance(
+            config,
+            params,
+            images,
+            metrics=("kl", "repr", "taylor"),
+            execution=QUIET,
+        )
     with pytest.raises(InputError, match="metric.*'prob'.*'layer' and 'repr' only"):
-        head_importance(config, params, images, progress=False)
+        head_importance(config, params, images, execution=QUIET)
     with pytest.raises(InputError, match="labels name classes"):
-        head_importance(config, params, images, [0, 1], metrics=("repr",), progress=False)
+        head_importance(config, params, images, [0, 1], metrics=("repr",), execution=QUIET)
     with pytest.raises(InputError, match="partial_pruning.*'prob'"):
-        partial_pruning(config, params, images, progress=False)
+        partial_pruning(config, params, images, execution=QUIET)
 
 
 def test_probe_turns_a_backbone_into_a_classifier(
@@ -143,7 +157,12 @@ def test_probe_turns_a_backbone_into_a_classifier(
     np.testing.assert_allclose(out.logits, pooled @ kernel + bias, rtol=1e-5, atol=1e-5)
     labels = np.array([0, 1, 2, 3])
     result = head_importance(
-        probed_config, probed, images, labels, metrics=LABEL_METRICS, progress=False
+        probed_config,
+        probed,
+        images,
+        labels,
+        metrics=LABEL_METRICS,
+        execution=QUIET,
     )
     _check(result, reference_importance(probed_config, probed, images, labels), LABEL_METRICS)
 

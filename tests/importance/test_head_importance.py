@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from jaxvit_interp.importance import engine, head_importance
+from jaxvit_interp import budget
+from jaxvit_interp.execution import Execution
+from jaxvit_interp.importance import engine, head_importance, kernels
 from jaxvit_interp.quantities import ABLATION_METRICS
 
 # Small configs covering both classifiers, a representation layer, exact GELU, no q/k/v bias,
@@ -46,31 +48,30 @@ CASES = {
 }
 
 
-_PLAN_CHUNKS = engine.plan_batches  # unpatched, for the budget search
+_PLAN_CHUNKS = budget.plan_batches  # unpatched, for the budget search
 
 
 def _budget_for_slots(config, params, slots, with_taylor=True):
     """The smallest memory budget (within 0.5%) under which the engine cuts each layer's heads into
     chunks of ``slots``."""
-    budget = engine.params_bytes(params)
+    least = budget.params_bytes(params)
     while True:
         try:
             plan = _PLAN_CHUNKS(
                 config,
+                Execution(memory_budget_bytes=least),
                 num_images=1,
                 num_slots=config.num_heads,
                 spawn_layers=tuple(range(config.num_layers)),
                 with_taylor=with_taylor,
                 need_streams=True,
-                memory_budget_bytes=budget,
-                fixed_bytes=engine.params_bytes(params),
-                step_tokens=engine.default_step_tokens(),
+                fixed_bytes=budget.params_bytes(params),
             )
             if plan.slots_per_group >= slots:
-                return budget
+                return least
         except ValueError:
             pass
-        budget = int(budget * 1.005) + 1
+        least = int(least * 1.005) + 1
 
 
 @pytest.fixture
@@ -107,7 +108,7 @@ def test_matches_one_forward_per_head(
     if case == "token_repr_deep":
         # Steps of 25 tokens (5 sequences of 5 tokens) through each block: with 2 images per
         # chunk, 1 or 2 streams per step, so the stepped (lax.map) path runs too.
-        monkeypatch.setattr(engine, "default_step_tokens", lambda: 25)
+        monkeypatch.setattr(budget, "default_step_tokens", lambda: 25)
     config, params = random_model(seed, **CASES[case])
     images = random_images(config, 7, seed)
     labels = np.random.default_rng(seed).integers(0, config.num_classes, 7)
@@ -120,16 +121,14 @@ def test_matches_one_forward_per_head(
     # never split their heads; only the case without a budget computes it.
     with_taylor = case == "token_repr_deep"
     metrics = ABLATION_METRICS | {"layer"} | ({"taylor"} if with_taylor else set())
-    budget = None if slots is None else _budget_for_slots(config, params, slots, with_taylor)
+    tight = None if slots is None else _budget_for_slots(config, params, slots, with_taylor)
     result = head_importance(
         config,
         params,
         images,
         labels if with_labels else None,
         metrics=metrics,
-        batch_size=3,
-        memory_budget_bytes=budget,
-        progress=False,
+        execution=Execution(batch_size=3, memory_budget_bytes=tight, progress=False),
     )
     (plan,) = plans
     padded_images = plan.images_per_batch * plan.num_batches
@@ -151,13 +150,17 @@ def test_metric_subsets_skip_work_and_agree(random_model, random_images, referen
     config, params = random_model(7, **CASES["token"])
     images = random_images(config, 5, 7)
     ref = reference_importance(config, params, images)
-    only_layer = head_importance(config, params, images, metrics=("layer",), progress=False)
+    only_layer = head_importance(
+        config, params, images, metrics=("layer",), execution=Execution(progress=False)
+    )
     assert only_layer.metrics == ("layer",)
     assert all(getattr(only_layer, m) is None for m in ABLATION_METRICS | {"taylor"})
     _check(only_layer, ref, ["layer"])
     with pytest.raises(KeyError, match="was not computed"):
         only_layer["kl"]
-    some = head_importance(config, params, images, metrics=("kl", "flip"), progress=False)
+    some = head_importance(
+        config, params, images, metrics=("kl", "flip"), execution=Execution(progress=False)
+    )
     _check(some, ref, ["kl", "flip"])
     assert some.layer is None and some.taylor is None
 
@@ -166,27 +169,23 @@ def test_one_compiled_program_for_every_chunk(random_model, random_images):
     """Heads are data: many head and image chunks reuse one trace of each program."""
     # num_classes differs from every other test's model, so nothing here is cached already.
     config, params = random_model(3, **{**CASES["gap_repr"], "num_classes": 4})
-    budget = _budget_for_slots(config, params, 2)
-    full_before = engine.full_pass._cache_size()
+    tight = _budget_for_slots(config, params, 2)
+    full_before = kernels.full_pass._cache_size()
     sweep_before = engine.ablation_batch._cache_size()
     head_importance(
         config,
         params,
         random_images(config, 5, 0),
-        batch_size=2,
-        memory_budget_bytes=budget,
-        progress=False,
+        execution=Execution(batch_size=2, memory_budget_bytes=tight, progress=False),
     )
-    assert engine.full_pass._cache_size() == full_before + 1
+    assert kernels.full_pass._cache_size() == full_before + 1
     assert engine.ablation_batch._cache_size() == sweep_before + 1
     # A different image count with the same chunk shapes compiles nothing new.
     head_importance(
         config,
         params,
         random_images(config, 3, 1),
-        batch_size=2,
-        memory_budget_bytes=budget,
-        progress=False,
+        execution=Execution(batch_size=2, memory_budget_bytes=tight, progress=False),
     )
-    assert engine.full_pass._cache_size() == full_before + 1
+    assert kernels.full_pass._cache_size() == full_before + 1
     assert engine.ablation_batch._cache_size() == sweep_before + 1

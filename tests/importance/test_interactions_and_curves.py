@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance import (
     PruningCurve,
     class_specific_heads,
@@ -18,6 +19,8 @@ from jaxvit_interp.importance import (
 from jaxvit_interp.importance.pruning import GREEDY_MAX_HEADS
 from jaxvit_interp.model import run_model
 from jaxvit_interp.pipeline.settings import AnalysisSettings
+
+QUIET = Execution(progress=False)
 
 SMALL = dict(
     image_size=(8, 8),
@@ -52,7 +55,7 @@ def test_interactions_equal_masked_passes(random_model, random_images, softmax):
     config, params = random_model(seed, **SMALL)
     images = random_images(config, 3, seed + 1)
     heads = [(1, 0), (0, 1), (1, 1)]
-    got = pairwise_interactions(config, params, images, heads, progress=False)
+    got = pairwise_interactions(config, params, images, heads, execution=QUIET)
     assert got.interaction["prob_drop"].shape == (3, 3, 3)
     for a, b in itertools.combinations(range(3), 2):
         want = (
@@ -89,7 +92,7 @@ def test_importance_and_random_curves_equal_the_plain_loop(random_model, random_
         orders=("importance", "random"),
         random_orders=2,
         seed=seed,
-        progress=False,
+        execution=QUIET,
     )
     for order in ("importance", "random"):
         curve = curves[order]
@@ -98,7 +101,7 @@ def test_importance_and_random_curves_equal_the_plain_loop(random_model, random_
             np.testing.assert_allclose(curve.accuracy[run], want, err_msg=f"{order} seed {seed}")
     # Least important first, by the mean prob_drop over these images.
     mean = head_importance(
-        config, params, images, labels, metrics=("prob_drop",), progress=False
+        config, params, images, labels, metrics=("prob_drop",), execution=QUIET
     ).prob_drop.mean(0)
     order = curves["importance"].heads[0]
     assert np.all(np.diff(mean[order[:, 0], order[:, 1]]) >= -1e-6)
@@ -110,7 +113,13 @@ def test_greedy_removes_the_least_harmful_head_each_step(random_model, random_im
     images = random_images(config, 5, seed + 1)
     labels = np.random.default_rng(seed).integers(0, 3, 5)
     curve = pruning_curves(
-        config, params, images, labels, orders=("greedy",), max_heads=3, progress=False
+        config,
+        params,
+        images,
+        labels,
+        orders=("greedy",),
+        max_heads=3,
+        execution=QUIET,
     )["greedy"]
     rows = np.arange(len(images))
     removed = []
@@ -170,7 +179,7 @@ def test_greedy_is_skipped_unasked_on_a_model_of_many_heads_and_runs_when_named(
     config, params = random_model(seed, **many)
     images = random_images(config, 2, seed + 1)
     with pytest.warns(UserWarning, match="greedy") as caught:
-        curves = pruning_curves(config, params, images, random_orders=1, progress=False)
+        curves = pruning_curves(config, params, images, random_orders=1, execution=QUIET)
     assert sorted(curves) == ["importance", "random"]
     message = str(caught[0].message)
     # Every step k of 49 ablates the 49 - k heads left: 49 + 48 + ... + 1 sets.
@@ -180,10 +189,22 @@ def test_greedy_is_skipped_unasked_on_a_model_of_many_heads_and_runs_when_named(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         named = pruning_curves(
-            config, params, images, orders=("greedy",), max_heads=2, progress=False
+            config,
+            params,
+            images,
+            orders=("greedy",),
+            max_heads=2,
+            execution=QUIET,
         )
         # Unasked but no dearer than a whole curve of 48 heads: it runs too.
-        cheap = pruning_curves(config, params, images, max_heads=2, random_orders=1, progress=False)
+        cheap = pruning_curves(
+            config,
+            params,
+            images,
+            max_heads=2,
+            random_orders=1,
+            execution=QUIET,
+        )
     assert named["greedy"].heads.shape == (1, 2, 2)
     assert sorted(cheap) == ["greedy", "importance", "random"]
     np.testing.assert_array_equal(cheap["greedy"].heads, named["greedy"].heads)

@@ -3,8 +3,11 @@
 import numpy as np
 import pytest
 
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance import head_importance, partial_pruning
 from jaxvit_interp.model import PRUNING_MODES, AttentionEdit, run_model
+
+QUIET = Execution(progress=False)
 
 
 def _reference(config, params, images, labels, heads, modes, softmax):
@@ -48,7 +51,9 @@ def test_matches_attention_edit_reference(classifier, random_model, random_image
     labels = np.random.default_rng(21).integers(0, 8, 5)
     # Heads from two layers, unevenly (two in layer 2, one in layer 0), out of order.
     heads = [(2, 1), (0, 0), (2, 0)]
-    result = partial_pruning(config, params, images, labels, heads, batch_size=2, progress=False)
+    result = partial_pruning(
+        config, params, images, labels, heads, execution=Execution(batch_size=2, progress=False)
+    )
     modes = PRUNING_MODES if classifier == "token" else ("none", "head", "patch_to_patch")
     assert result.modes == modes
     np.testing.assert_array_equal(result.heads, heads)
@@ -76,10 +81,10 @@ def test_whole_head_mode_equals_head_importance_prob(random_model, random_images
         num_classes=6,
     )
     images = random_images(config, 4, 22)
-    partial = partial_pruning(config, params, images, modes=("head", "cls_to_cls"), progress=False)
+    partial = partial_pruning(config, params, images, modes=("head", "cls_to_cls"), execution=QUIET)
     assert partial.labels_are_predictions
     assert partial.prob.shape == (4, config.num_layers * config.num_heads, 2)
-    full = head_importance(config, params, images, metrics=("prob",), progress=False)
+    full = head_importance(config, params, images, metrics=("prob",), execution=QUIET)
     per_head = partial.prob[:, :, 0].reshape(4, config.num_layers, config.num_heads)
     np.testing.assert_allclose(per_head, full.prob, rtol=1e-5, atol=1e-6)
     assert partial.head_index(1, 2) == config.num_heads + 2
@@ -99,10 +104,10 @@ def test_bad_partial_requests(random_model, random_images):
     )
     images = random_images(config, 2, 0)
     with pytest.raises(ValueError, match="needs a CLS token"):
-        partial_pruning(config, params, images, modes=("cls",), progress=False)
+        partial_pruning(config, params, images, modes=("cls",), execution=QUIET)
     with pytest.raises(ValueError, match="outside the model"):
-        partial_pruning(config, params, images, heads=[(2, 0)], progress=False)
+        partial_pruning(config, params, images, heads=[(2, 0)], execution=QUIET)
     with pytest.raises(ValueError, match="unknown pruning mode"):
-        partial_pruning(config, params, images, modes=("rows",), progress=False)
+        partial_pruning(config, params, images, modes=("rows",), execution=QUIET)
     with pytest.raises(ValueError, match="top_k=5 exceeds"):
-        partial_pruning(config, params, images, progress=False)
+        partial_pruning(config, params, images, execution=QUIET)

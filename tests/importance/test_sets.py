@@ -3,10 +3,14 @@
 import numpy as np
 import pytest
 
+from jaxvit_interp.budget import params_bytes
 from jaxvit_interp.errors import InputError
-from jaxvit_interp.importance import ablate, engine, set_engine
+from jaxvit_interp.execution import Execution
+from jaxvit_interp.importance import ablate, set_engine
 from jaxvit_interp.importance.sets import _set_reduce, head_masks
 from jaxvit_interp.model import ViTConfig, run_model
+
+QUIET = Execution(progress=False)
 
 CASES = {
     "token": dict(
@@ -104,7 +108,7 @@ def test_set_ablations_equal_a_forward_pass_with_the_mask(
     sets.append(list(sets[0]))  # a repeated set shares its stream
     ref = _reference(config, params, images, sets, softmax)
     # Batches of 2 images (a padded last batch) exercise the batch boundaries.
-    got = ablate(config, params, images, sets, batch_size=2, progress=False)
+    got = ablate(config, params, images, sets, execution=Execution(batch_size=2, progress=False))
     tol = dict(rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(got.prob, ref["prob"], **tol, err_msg=f"seed {seed}")
     np.testing.assert_allclose(
@@ -125,9 +129,9 @@ def test_set_chunks_under_a_small_budget_give_the_same_answer(random_model, rand
     config, params = random_model(3, **CASES["token"])
     images = random_images(config, 3, 4)
     sets = _random_sets(config, 12, np.random.default_rng(5))
-    whole = ablate(config, params, images, sets, progress=False)
+    whole = ablate(config, params, images, sets, execution=QUIET)
     masks = head_masks(config, sets)
-    budget = engine.params_bytes(params)
+    budget = params_bytes(params)
     while True:  # the smallest budget (within 2%) the planner accepts
         try:
             cut = set_engine.run_sets(
@@ -137,8 +141,7 @@ def test_set_chunks_under_a_small_budget_give_the_same_answer(random_model, rand
                 None,
                 masks,
                 _set_reduce,
-                memory_budget_bytes=budget,
-                progress=False,
+                execution=Execution(memory_budget_bytes=budget, progress=False),
             )
             break
         except InputError:
@@ -195,9 +198,9 @@ def test_a_repeated_layout_reuses_the_compiled_layers(random_model, random_image
     images = random_images(config, 2, 12)
     first = [[(1, 0)], [(1, 0), (3, 1)], [(2, 2)], [(0, 1), (2, 0)], [(3, 0)]]
     second = [[(1, 2)], [(1, 2), (3, 0)], [(2, 1)], [(0, 2), (2, 1)], [(3, 2)]]
-    ablate(config, params, images, first, progress=False)
+    ablate(config, params, images, first, execution=QUIET)
     compiled = set_engine._layer_step._cache_size()
-    got = ablate(config, params, images, second, metrics=("prob",), progress=False)
+    got = ablate(config, params, images, second, metrics=("prob",), execution=QUIET)
     assert set_engine._layer_step._cache_size() == compiled
     ref = _reference(config, params, images, second, softmax)
     np.testing.assert_allclose(got.prob, ref["prob"], rtol=2e-4, atol=2e-5)
@@ -209,8 +212,8 @@ def test_single_head_sets_match_head_importance(random_model, random_images):
     config, params = random_model(7, **CASES["token"])
     images = random_images(config, 4, 8)
     heads = [(layer, h) for layer in range(config.num_layers) for h in range(config.num_heads)]
-    sets = ablate(config, params, images, [[x] for x in heads], progress=False)
-    single = head_importance(config, params, images, metrics=("kl", "prob"), progress=False)
+    sets = ablate(config, params, images, [[x] for x in heads], execution=QUIET)
+    single = head_importance(config, params, images, metrics=("kl", "prob"), execution=QUIET)
     flat = single.kl.reshape(len(images), -1)
     np.testing.assert_allclose(sets.kl, flat, rtol=1e-4, atol=1e-6)
 
@@ -219,10 +222,17 @@ def test_bad_sets_are_refused_by_name(random_model, random_images):
     config, params = random_model(1, **CASES["token"])
     images = random_images(config, 2, 2)
     with pytest.raises(InputError, match="head set 1"):
-        ablate(config, params, images, [[(0, 0)], [(9, 0)]], progress=False)
+        ablate(config, params, images, [[(0, 0)], [(9, 0)]], execution=QUIET)
     with pytest.raises(InputError, match="prunes no head"):
-        ablate(config, params, images, np.ones((2, 4, 3)), progress=False)
+        ablate(config, params, images, np.ones((2, 4, 3)), execution=QUIET)
     with pytest.raises(InputError, match="empty"):
-        ablate(config, params, images, [], progress=False)
+        ablate(config, params, images, [], execution=QUIET)
     with pytest.raises(InputError, match="taylor"):
-        ablate(config, params, images, [[(0, 0)]], metrics=("taylor",), progress=False)
+        ablate(
+            config,
+            params,
+            images,
+            [[(0, 0)]],
+            metrics=("taylor",),
+            execution=QUIET,
+        )

@@ -10,7 +10,9 @@ SCRIPT = textwrap.dedent(
     import os
     import jax, numpy as np
     from jax.sharding import Mesh
-    from jaxvit_interp.importance import engine, head_importance, partial_pruning, plan_batches
+    from jaxvit_interp import budget
+    from jaxvit_interp.execution import Execution
+    from jaxvit_interp.importance import ablate, driver, head_importance, partial_pruning
     from jaxvit_interp.model import ViTConfig, init_params
 
     assert jax.device_count() == 4, jax.devices()
@@ -23,22 +25,22 @@ SCRIPT = textwrap.dedent(
     images = rng.normal(size=(6, 8, 8, 3)).astype(np.float32)
     labels = rng.integers(0, 5, 6)
     mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "replica"))
-    # Record how the engine's unpruned pass lays out its activations.
+    # Record how the engines' unpruned pass lays out its activations.
     shardings = []
-    full_pass = engine.full_pass
+    full_pass = driver.full_pass
     def spy(*args, **kwargs):
         out = full_pass(*args, **kwargs)
         shardings.append(out[0].residual.sharding)
         return out
-    engine.full_pass = spy
+    driver.full_pass = spy
     # Steps of two 5-token sequences: with one image per device, two streams per step.
-    engine.default_step_tokens = lambda: 10
+    budget.default_step_tokens = lambda: 10
     # 6 images in chunks of 4 over 4 devices: one image per device, the second chunk padded.
-    sharded = head_importance(
-        config, params, images, labels, mesh=mesh, batch_size=4, progress=False)
+    four = Execution(batch_size=4, mesh=mesh, progress=False)
+    sharded = head_importance(config, params, images, labels, execution=four)
     assert len(shardings) == 2
     assert all(len(s.device_set) == 4 and not s.is_fully_replicated for s in shardings), shardings
-    single = head_importance(config, params, images, labels, progress=False)
+    single = head_importance(config, params, images, labels, execution=Execution(progress=False))
     for m in single.metrics:
         a, b = sharded[m], single[m]
         if m == "flip":
@@ -46,16 +48,27 @@ SCRIPT = textwrap.dedent(
         else:
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=m)
     np.testing.assert_allclose(sharded.probs, single.probs, rtol=1e-6, atol=1e-7)
-    p_sharded = partial_pruning(config, params, images, labels, [(1, 0)], mesh=mesh, progress=False)
-    p_single = partial_pruning(config, params, images, labels, [(1, 0)], progress=False)
+    p_sharded = partial_pruning(
+        config, params, images, labels, [(1, 0)], execution=Execution(mesh=mesh, progress=False))
+    p_single = partial_pruning(
+        config, params, images, labels, [(1, 0)], execution=Execution(progress=False))
     np.testing.assert_allclose(p_sharded.prob, p_single.prob, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(p_sharded.top_probs, p_single.top_probs, rtol=1e-5, atol=1e-6)
-    plan = plan_batches(config, num_images=6, num_slots=2, spawn_layers=(0, 1), with_taylor=True,
-                       need_streams=True, batch_size=5, num_devices=4)
+    # The set engine runs its batches through the same driver, sharded alike.
+    sets = [[(0, 1)], [(0, 0), (1, 1)], [(1, 0)]]
+    del shardings[:]
+    s_sharded = ablate(config, params, images, sets, labels, execution=four)
+    assert len(shardings) == 2 and all(len(s.device_set) == 4 for s in shardings), shardings
+    s_single = ablate(config, params, images, sets, labels, execution=Execution(progress=False))
+    for m in ("prob", "kl", "layer", "repr"):
+        np.testing.assert_allclose(s_sharded[m], s_single[m], rtol=1e-5, atol=1e-6, err_msg=m)
+    plan = budget.plan_batches(config, Execution(batch_size=5, mesh=mesh), num_images=6,
+                               num_slots=2, spawn_layers=(0, 1), with_taylor=True,
+                               need_streams=True)
     assert plan.images_per_batch % 4 == 0, plan
     # The four CPU devices share the host's memory, so they share its default budget.
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    assert engine.default_memory_budget() == min(5 << 28, physical // 16) // 4
+    assert budget.default_memory_budget() == min(5 << 28, physical // 16) // 4
     print("SHARDED-OK")
     """
 )

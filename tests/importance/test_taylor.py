@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance import head_importance, taylor_importance
 from jaxvit_interp.model import VisionTransformer, run_model
 
@@ -28,7 +29,9 @@ def test_taylor_matches_finite_differences(random_model, random_images):
     config, params = random_model(11, **CONFIG)
     images = random_images(config, 3, 11)
     labels = np.array([0, 4, 5])
-    result = head_importance(config, params, images, labels, metrics=("taylor",), progress=False)
+    result = head_importance(
+        config, params, images, labels, metrics=("taylor",), execution=Execution(progress=False)
+    )
     assert result.metrics == ("taylor",) and result.prob is None
     eps = 1e-2
     L, H = config.num_layers, config.num_heads

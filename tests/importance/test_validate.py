@@ -3,8 +3,11 @@
 import numpy as np
 import pytest
 
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance import ablation, head_importance, partial_pruning
 from jaxvit_interp.importance import partial as partial_module
+
+QUIET = Execution(progress=False)
 
 CONFIG = dict(
     image_size=(8, 8),
@@ -48,7 +51,7 @@ def test_bad_images_and_labels(model, images, labels, match):
     config, params = model
     for run in (head_importance, partial_pruning):
         with pytest.raises(ValueError, match=match):
-            run(config, params, images, labels, progress=False)
+            run(config, params, images, labels, execution=QUIET)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -57,30 +60,30 @@ def test_non_finite_pixels(model, bad):
     images = _images(5)
     images[3, 2, 1, 0] = bad
     with pytest.raises(ValueError, match="NaN or infinite pixels, e.g. image index 3"):
-        head_importance(config, params, images, progress=False)
+        head_importance(config, params, images, execution=QUIET)
 
 
 def test_bad_options(model):
     config, params = model
     images = _images()
     with pytest.raises(ValueError, match="unknown metric"):
-        head_importance(config, params, images, metrics=("prob", "entropy"), progress=False)
+        head_importance(config, params, images, metrics=("prob", "entropy"), execution=QUIET)
     with pytest.raises(ValueError, match="no metrics"):
-        head_importance(config, params, images, metrics=(), progress=False)
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
-        head_importance(config, params, images, batch_size=0, progress=False)
-    with pytest.raises(ValueError, match="memory_budget_bytes"):
-        head_importance(config, params, images, memory_budget_bytes=-5, progress=False)
-    with pytest.raises(ValueError, match="jax.sharding.Mesh"):
-        head_importance(config, params, images, mesh="cpu", progress=False)
+        head_importance(config, params, images, metrics=(), execution=QUIET)
+    # How the work runs is one value, checked when it is made (tests/test_execution.py); what
+    # is not one is refused by name.
+    with pytest.raises(ValueError, match="execution must be a jaxvit_interp.Execution.*dict"):
+        head_importance(config, params, images, execution={"batch_size": 2})
     with pytest.raises(ValueError, match="duplicates"):
-        partial_pruning(config, params, images, heads=[(0, 1), (0, 1)], progress=False)
+        partial_pruning(config, params, images, heads=[(0, 1), (0, 1)], execution=QUIET)
 
 
 def test_budget_too_small_is_reported(random_model):
     config, params = random_model(0, **CONFIG)
     with pytest.raises(ValueError, match="memory budget of 1,000 bytes .* is too small"):
-        head_importance(config, params, _images(), memory_budget_bytes=1000, progress=False)
+        head_importance(
+            config, params, _images(), execution=Execution(memory_budget_bytes=1000, progress=False)
+        )
 
 
 def test_every_per_head_analysis_refuses_a_pruned_model_at_once(model, rng, tmp_path):
@@ -104,24 +107,24 @@ def test_every_per_head_analysis_refuses_a_pruned_model_at_once(model, rng, tmp_
     images = _images()
     labels = rng.integers(0, 4, len(images))
     calls = {
-        "head_importance": lambda: head_importance(pruned, small, images, progress=False),
-        "partial_pruning": lambda: partial_pruning(pruned, small, images, progress=False),
-        "ablate": lambda: ablate(pruned, small, images, [[(0, 0)]], progress=False),
+        "head_importance": lambda: head_importance(pruned, small, images, execution=QUIET),
+        "partial_pruning": lambda: partial_pruning(pruned, small, images, execution=QUIET),
+        "ablate": lambda: ablate(pruned, small, images, [[(0, 0)]], execution=QUIET),
         "pairwise_interactions": lambda: pairwise_interactions(
-            pruned, small, images, [(0, 0), (1, 0)], progress=False
+            pruned, small, images, [(0, 0), (1, 0)], execution=QUIET
         ),
-        "pruning_curves": lambda: pruning_curves(pruned, small, images, progress=False),
+        "pruning_curves": lambda: pruning_curves(pruned, small, images, execution=QUIET),
         "cumulative_pruning_accuracy": lambda: cumulative_pruning_accuracy(
             pruned, small, images, labels, [(0, 0)]
         ),
         "taylor_importance": lambda: taylor_importance(pruned, small, images),
         "model_strength_over_images": lambda: model_strength_over_images(
-            pruned, small, images, progress=False
+            pruned, small, images, execution=QUIET
         ),
         "model_special_mass_over_images": lambda: model_special_mass_over_images(
-            pruned, small, images, progress=False
+            pruned, small, images, execution=QUIET
         ),
-        "collect_patterns": lambda: collect_patterns(pruned, small, images, progress=False),
+        "collect_patterns": lambda: collect_patterns(pruned, small, images, execution=QUIET),
         "model_rollout_over_images": lambda: model_rollout_over_images(pruned, small, images),
         "final_rollout_over_images": lambda: final_rollout_over_images(pruned, small, images),
         "analyze": lambda: analyze(pruned, small, images, tmp_path / "run", progress=False),

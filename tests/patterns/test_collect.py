@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.model import ViTConfig, init_params, run_model
 from jaxvit_interp.patterns import collect_patterns, extract_patterns
 
@@ -14,7 +15,9 @@ def test_collect_matches_one_pass(classifier):
     )
     params = init_params(config, 0)
     images = np.random.default_rng(0).standard_normal((7, 12, 16, 3)).astype(np.float32)
-    got = collect_patterns(config, params, images, batch_size=3, progress=False)
+    got = collect_patterns(
+        config, params, images, execution=Execution(batch_size=3, progress=False)
+    )
     assert set(got) == ({"cls", "patch"} if classifier == "token" else {"patch"})
     attention = run_model(config, params, images).attention
     for kind, patterns in got.items():
@@ -23,4 +26,6 @@ def test_collect_matches_one_pass(classifier):
         np.testing.assert_allclose(patterns, want, rtol=1e-5, atol=1e-7)
     if classifier == "gap":
         with pytest.raises(ValueError, match="no CLS token"):
-            collect_patterns(config, params, images, kinds=("cls",), progress=False)
+            collect_patterns(
+                config, params, images, kinds=("cls",), execution=Execution(progress=False)
+            )

@@ -10,6 +10,7 @@ from jaxvit_interp import init_params, save_checkpoint
 from jaxvit_interp.bundle import load_bundle
 from jaxvit_interp.cli import main
 from jaxvit_interp.data.images import load_image_folder
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance import head_importance
 from jaxvit_interp.model import run_model
 
@@ -46,7 +47,9 @@ def test_the_bundle_holds_the_metrics_a_backbone_has(run):
     assert sorted(bundle["importance"]) == ["layer", "layer_mean", "repr", "repr_mean"]
     assert not {"labels", "predictions", "probs"} & set(bundle["images"])
     assert "partial" not in bundle.parts
-    want = head_importance(BACKBONE, params, images, metrics=("layer", "repr"), progress=False)
+    want = head_importance(
+        BACKBONE, params, images, metrics=("layer", "repr"), execution=Execution(progress=False)
+    )
     for m in ("layer", "repr"):
         np.testing.assert_allclose(bundle["importance"][m], want[m], rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxvit_interp.bundle import load_bundle
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance import (
     CURVE_ORDERS,
     head_importance,
@@ -16,6 +17,8 @@ from jaxvit_interp.importance import (
 )
 from jaxvit_interp.pipeline.head_sets import HEAD_SETS_FILE, greedy_plan, load_or_compute
 from jaxvit_interp.pipeline.settings import AnalysisSettings
+
+QUIET = Execution(progress=False)
 
 
 @pytest.mark.slow
@@ -28,11 +31,13 @@ def test_stage_equals_the_library_on_the_same_images(digits_head_sets_run):
     assert not meta["greedy"] and "24 heads" in meta["greedy_note"]
 
     # The ranking: the highest prob_drop over all 24 images, from a fresh importance pass.
-    whole = head_importance(config, params, images, labels, metrics=("prob_drop",), progress=False)
+    whole = head_importance(config, params, images, labels, metrics=("prob_drop",), execution=QUIET)
     mean = whole.prob_drop.mean(axis=0)
     top = rank_heads(mean)[: settings.interaction_heads]
     np.testing.assert_array_equal(part["interaction_heads"], top)
-    inter = pairwise_interactions(config, params, images[index], top, labels[index], progress=False)
+    inter = pairwise_interactions(
+        config, params, images[index], top, labels[index], execution=QUIET
+    )
     for m in ("prob_drop", "kl"):
         np.testing.assert_allclose(part[f"interaction_{m}"], inter.mean(m), atol=2e-6)
         np.testing.assert_allclose(part[f"single_{m}"], inter.single[m].mean(0), atol=2e-6)
@@ -46,7 +51,7 @@ def test_stage_equals_the_library_on_the_same_images(digits_head_sets_run):
         orders=("importance", "random"),
         random_orders=settings.random_orders,
         seed=settings.seed,
-        progress=False,
+        execution=QUIET,
     )
     order = part["curve_order"]
     assert [CURVE_ORDERS[o] for o in order] == ["importance", "random"]

@@ -7,6 +7,7 @@ patterns must start the patch grid after them, and the bundle and the site must 
 import numpy as np
 
 from jaxvit_interp.bundle import ResultsBundle
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.model import ViTConfig, init_params, run_model
 from jaxvit_interp.patterns import collect_patterns
 from jaxvit_interp.strength import model_strength_over_images
@@ -20,8 +21,12 @@ CONFIG = ViTConfig(image_size=(8, 12), patch_size=4, hidden_size=16, num_layers=
 def test_strength_and_patterns_start_the_grid_after_every_special_token():
     params = init_params(CONFIG, 0)
     images = np.random.default_rng(0).normal(size=(3, 8, 12, 3)).astype(np.float32)
-    strength = model_strength_over_images(CONFIG, params, images, batch_size=2, progress=False)
-    patterns = collect_patterns(CONFIG, params, images, batch_size=2, progress=False)
+    strength = model_strength_over_images(
+        CONFIG, params, images, execution=Execution(batch_size=2, progress=False)
+    )
+    patterns = collect_patterns(
+        CONFIG, params, images, execution=Execution(batch_size=2, progress=False)
+    )
     attention = np.asarray(run_model(CONFIG, params, images).attention, np.float64)
     assert attention.shape[-1] == 4 + 2 * 3
     for i in range(3):

@@ -35,6 +35,9 @@ assert "max_epochs = 3, batch_size = 16, latent_dim = 4, features = [8]" in AE_F
 FAST_AE = AutoencoderSettings(max_epochs=3, batch_size=16, latent_dim=4, features=(8,))
 # The module (the package's ``analyze`` is the function).
 analyze_module = importlib.import_module("jaxvit_interp.pipeline.analyze")
+bundle_stage = importlib.import_module("jaxvit_interp.pipeline.bundle_stage")
+pattern_stage = importlib.import_module("jaxvit_interp.pipeline.pattern_stage")
+run_folder = importlib.import_module("jaxvit_interp.pipeline.run_folder")
 
 
 @pytest.mark.filterwarnings("ignore:skipped 2 file")
@@ -85,16 +88,16 @@ def test_mapped_images_are_read_a_slice_at_a_time(tmp_path, monkeypatch):
     data = np.random.default_rng(0).standard_normal((64, 224, 224, 3), np.float32)
     np.save(path, data)
     images = np.load(path, mmap_mode="r")
-    monkeypatch.setattr(analyze_module, "IMAGE_STEP", 4)
+    monkeypatch.setattr(run_folder, "IMAGE_STEP", 4)
     monkeypatch.setattr(validate, "_CHECK_BLOCK", 4)
     tracemalloc.start()
     try:
         rows = analyze_module._Images(
             np.asarray(validate.check_images(config, images)), storage.page_releaser(images)
         )
-        digest = analyze_module.image_digest(rows, ["x"] * len(rows))
-        small = analyze_module._thumbnails(rows, config, 112)
-        pixels = analyze_module._stream_pixels(rows, config, tmp_path, 4)
+        digest = run_folder.image_digest(rows, ["x"] * len(rows))
+        small = bundle_stage.thumbnails_of(rows, config, 112, step=4)
+        pixels = bundle_stage.stream_pixels(rows, config, run_folder.RunFolder(tmp_path), 4)
         chunks = [rows[at : at + 8].sum() for at in range(0, len(rows), 8)]
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -104,7 +107,7 @@ def test_mapped_images_are_read_a_slice_at_a_time(tmp_path, monkeypatch):
     # images' float intermediates come to 10 MB.
     assert peak < images.nbytes / 3, (peak, images.nbytes)
     # The same results as from the whole set in memory.
-    assert digest == analyze_module.image_digest(data, ["x"] * len(data))
+    assert digest == run_folder.image_digest(data, ["x"] * len(data))
     np.testing.assert_array_equal(small, thumbnails(data, config, 112))
     np.testing.assert_array_equal(pixels, thumbnails(data, config, 224))
     np.testing.assert_allclose(sum(chunks), data.sum(dtype=np.float64), rtol=1e-5)
@@ -118,26 +121,26 @@ def test_patterns_come_from_a_file_and_are_not_merged(tmp_path, monkeypatch):
     images = np.load(path, mmap_mode="r")
     seen = {}
 
-    def spy(name):
-        inner = getattr(analyze_module, name)
+    def spy(module, name):
+        inner = getattr(module, name)
 
         def wrapped(*args, **kwargs):
             seen[name] = args
             return inner(*args, **kwargs)
 
-        monkeypatch.setattr(analyze_module, name, wrapped)
+        monkeypatch.setattr(module, name, wrapped)
 
-    spy("_bundle")
-    spy("_pattern_part")
+    spy(analyze_module, "build_bundle")
+    spy(bundle_stage, "pattern_stage_part")
     out = tmp_path / "run"
     settings = AnalysisSettings(**FAST_SETTINGS, autoencoder=FAST_AE)
     bundle = analyze(config, params, images, out, settings=settings, progress=False)
 
     # The merged per-image results hold no patterns: the pattern stage read them from files
     # of the chunk folder, removed once the bundle was written.
-    merged = seen["_bundle"][1]
+    merged = seen["build_bundle"][1]
     assert not [k for k in merged if k.endswith("_pattern")]
-    _, patterns, models, _, _ = seen["_pattern_part"]
+    _, patterns, models, _, _ = seen["pattern_stage_part"]
     assert sorted(patterns) == ["cls", "patch"]
     assert not list((out / CHUNK_DIR).glob("*.npy"))
     chunks = sorted((out / CHUNK_DIR).glob("chunk-*.npz"))
@@ -152,8 +155,8 @@ def test_patterns_come_from_a_file_and_are_not_merged(tmp_path, monkeypatch):
         latents = models[kind].encode(np.asarray(normalize_patterns(flat, config.num_patches)))
         # In blocks of 7 patterns (the last padded), the same latents to float32 rounding.
         with monkeypatch.context() as patch:
-            patch.setattr(analyze_module, "ENCODE_BATCH", 7)
-            blocks = analyze_module._encode_patterns(
+            patch.setattr(pattern_stage, "ENCODE_BATCH", 7)
+            blocks = pattern_stage.encode_patterns(
                 models[kind], stored.reshape(flat.shape), config.num_patches
             )
         np.testing.assert_allclose(blocks, latents, rtol=1e-5, atol=1e-6)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from jaxvit_interp import ViTConfig, init_params, run_model
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.rollout import (
     attention_rollout,
     final_rollout_over_images,
@@ -53,7 +54,9 @@ def test_model_rollout_over_images_matches_the_models_attention(rng, classifier)
     config = ViTConfig.from_variant("mu/4", image_size=(12, 8), classifier=classifier)
     params = init_params(config, int(rng.integers(1 << 30)))
     images = rng.normal(size=(5, 12, 8, 3)).astype(np.float32)
-    maps = model_rollout_over_images(config, params, images, batch_size=2)
+    maps = model_rollout_over_images(
+        config, params, images, execution=Execution(batch_size=2, progress=False)
+    )
     attention = np.asarray(run_model(config, params, images).attention, np.float64)
     first = int(config.has_cls_token)
     for i in range(5):
@@ -72,7 +75,9 @@ def test_final_rollout_skips_every_special_token(rng):
     )
     params = init_params(config, int(rng.integers(1 << 30)))
     images = rng.normal(size=(3, 8, 12, 3)).astype(np.float32)
-    got = final_rollout_over_images(config, params, images, batch_size=2)
+    got = final_rollout_over_images(
+        config, params, images, execution=Execution(batch_size=2, progress=False)
+    )
     attention = np.asarray(run_model(config, params, images).attention, np.float64)
     first, n = config.num_prefix_tokens, config.num_tokens
     assert first == 3 and not config.has_cls_token

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.model import ViTConfig, init_params, run_model
 from jaxvit_interp.strength import (
     HopStrength,
@@ -137,7 +138,9 @@ def test_model_path_matches_run_model(mu_model):
     config, params = mu_model
     # 5 images in batches of 2: the last batch is padded and its padding dropped.
     images = np.random.default_rng(3).normal(size=(5, 8, 18, 3)).astype(np.float32)
-    results = model_strength_over_images(config, params, images, batch_size=2, progress=False)
+    results = model_strength_over_images(
+        config, params, images, execution=Execution(batch_size=2, progress=False)
+    )
     attention = run_model(config, params, images).attention
     expected = hop_strength(
         attention, config.grid, has_cls_token=config.has_cls_token, patch_size=config.patch_size
@@ -159,6 +162,10 @@ def test_model_path_matches_run_model(mu_model):
 def test_model_path_rejects_bad_images(mu_model):
     config, params = mu_model
     with pytest.raises(ValueError, match=r"shape \(2, 8, 9, 3\); expected \[image, 8, 18, 3\]"):
-        model_strength_over_images(config, params, np.zeros((2, 8, 9, 3)), progress=False)
+        model_strength_over_images(
+            config, params, np.zeros((2, 8, 9, 3)), execution=Execution(progress=False)
+        )
     with pytest.raises(ValueError, match="batch_size"):
-        model_strength_over_images(config, params, np.zeros((2, 8, 18, 3)), batch_size=0)
+        model_strength_over_images(
+            config, params, np.zeros((2, 8, 18, 3)), execution=Execution(batch_size=0)
+        )

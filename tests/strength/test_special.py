@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.model import ViTConfig, init_params, run_model
 from jaxvit_interp.strength import (
     hop_strength,
@@ -62,7 +63,9 @@ def test_model_with_registers_through_strength():
     )
     params = init_params(config, 0)
     images = np.random.default_rng(0).normal(size=(3, 8, 12, 3)).astype(np.float32)
-    results = model_strength_over_images(config, params, images, batch_size=2, progress=False)
+    results = model_strength_over_images(
+        config, params, images, execution=Execution(batch_size=2, progress=False)
+    )
     attention = run_model(config, params, images).attention
     expected = hop_strength(
         attention, config.grid, patch_size=config.patch_size, num_prefix_tokens=5

@@ -1,0 +1,77 @@
+"""What ablating a head does to its output: a value the ablation engines take and consult.
+
+A head's output before the output projection, its mixed values ``m_h = A_h V_h`` ``[token,
+head_dim]``, is what an ablation changes.  Whatever takes its place, the block output changes by
+one low-rank term, ``O_l - O'_l = (m_h - r_h) W_out,h`` with ``r_h`` the replacement, so both
+engines stay exact and batched for any kind:
+
+- the single-head engine takes that term off the unpruned block output
+  (:func:`~jaxvit_interp.importance.engine.ablation_sweep`): :meth:`Ablation.removed` gives
+  ``m_h - r_h``;
+- the set engine runs every block with a head mask
+  (:func:`~jaxvit_interp.importance.kernels.masked_block`): :meth:`Ablation.masked` gives the
+  heads' mixed values with the masked ones ablated.
+
+The two agree: ``masked(m, keep) == m - (1 - keep) * removed(m)``.
+
+Kinds (:data:`ABLATION_KINDS`): ``"zero"``, the paper's, ``r_h = 0`` (the head's output times
+0).  The engines and their drivers take the value as it is; a new kind is its two methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from jaxvit_interp.errors import InputError
+
+__all__ = ["ABLATION_KINDS", "ZERO", "Ablation", "as_ablation"]
+
+Array = jax.Array
+
+ABLATION_KINDS: tuple[str, ...] = ("zero",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ablation:
+    """How a head is ablated (see the module docstring); frozen, so compiled programs are cached
+    on its value.
+
+    Attributes:
+      kind: one of :data:`ABLATION_KINDS`.
+    """
+
+    kind: str = "zero"
+
+    def __post_init__(self):
+        if self.kind not in ABLATION_KINDS:
+            raise InputError(
+                f"unknown ablation {self.kind!r}; expected one of {', '.join(ABLATION_KINDS)}"
+            )
+
+    def removed(self, mixed: Array) -> Array:
+        """What ablating takes away from each ablated head's mixed values ``m_h - r_h``:
+        ``mixed`` ``[..., token, head_dim]`` -> same.  Zero: all of it."""
+        return mixed
+
+    def masked(self, mixed: Array, keep: Array) -> Array:
+        """The heads' mixed values with those where ``keep`` is 0 ablated: ``mixed``
+        ``[..., head, ...]`` and ``keep`` (the head mask, broadcast to ``mixed``) -> ``mixed``'s
+        shape.  Zero: ``mixed * keep``."""
+        return mixed * keep
+
+
+ZERO = Ablation()
+
+
+def as_ablation(ablation: str | Ablation) -> Ablation:
+    """An :class:`Ablation` from its kind's name (or itself); anything else refused by name."""
+    if isinstance(ablation, Ablation):
+        return ablation
+    if isinstance(ablation, str):
+        return Ablation(ablation)
+    raise InputError(
+        f"ablation must be the name of a kind ({', '.join(ABLATION_KINDS)}) or an Ablation, got "
+        f"{ablation!r}"
+    )
