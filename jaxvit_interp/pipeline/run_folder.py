@@ -389,16 +389,16 @@ def _in_use_message(path: Path) -> str:
 
 
 def _release(fd: int, path: Path, made: list[Path]) -> None:
-    """Let go of the lock; remove the lock file and the folders made for it when nothing else
-    came into them (a refused command leaves nothing behind)."""
+    """Let go of the lock: the lock file is removed while still held (a command that opened it
+    meanwhile finds it gone and takes the one at the path, see :func:`_acquire`), and so are the
+    folders made for it when nothing else came into them; a refused or finished command leaves
+    the folder as it found it, plus what it wrote."""
     try:
-        folder = path.parent
-        if not any(entry.name != LOCK_FILE for entry in folder.iterdir()):
-            with contextlib.suppress(OSError):
-                path.unlink()
-            for parent in made:  # innermost first
-                with contextlib.suppress(OSError):  # not empty
-                    parent.rmdir()
+        with contextlib.suppress(OSError):
+            path.unlink()
+        for parent in made:  # innermost first
+            with contextlib.suppress(OSError):  # not empty
+                parent.rmdir()
     finally:
         os.close(fd)  # releases the flock
 

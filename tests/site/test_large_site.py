@@ -51,8 +51,11 @@ def _attention(bundle, image: int, layer: int, head: int) -> np.ndarray:
 
 
 def _sig(v: float) -> str:
-    """The page's three significant figures (js/update.js: sig)."""
-    return f"{v:.1e}".replace("e-0", "e-") if v != 0 and abs(v) < 0.01 else f"{v:.3g}"
+    """The page's three significant figures (js/update.js: sig): JavaScript's toExponential(1)
+    below 0.01 and from 1000, else toPrecision(3), which keeps trailing zeros (5 -> "5.00")."""
+    if v != 0 and (abs(v) >= 1000 or abs(v) < 0.01):
+        return f"{v:.1e}".replace("e-0", "e-").replace("e+0", "e+")
+    return f"{v:#.3g}".rstrip(".")
 
 
 def _choose(site, image: int) -> None:
