@@ -39,7 +39,7 @@ from jaxvit_interp.model.vit import ModelOutput, VisionTransformer
 
 Array = jax.Array
 
-__all__ = ["Reducer", "finish_outputs", "reduce_output", "run_pass"]
+__all__ = ["Reducer", "finish_outputs", "reduce_output", "reduce_over_images", "run_pass"]
 
 
 class Reducer(Protocol):
@@ -111,3 +111,25 @@ def run_pass(
         progress=progress,
         desc=desc,
     )
+
+
+def reduce_over_images(
+    config: ViTConfig, params: Any, images, reducer: Reducer, execution=None, *, desc: str
+) -> dict[str, np.ndarray]:
+    """``reducer``'s outputs over ``images`` from a pass of its own, batched as ``execution``
+    (:class:`~jaxvit_interp.execution.Execution`; None: the defaults) says: what each public
+    ``*_over_images`` function is, over the same reducer the chunk's shared pass carries."""
+    from jaxvit_interp.execution import as_execution
+
+    execution = as_execution(execution)
+    batcher = execution.pass_batcher(config, params, len(images))
+    outputs = run_pass(
+        config,
+        batcher.replicate(params),
+        images,
+        (reducer,),
+        batcher=batcher,
+        progress=execution.progress,
+        desc=desc,
+    )
+    return outputs[reducer.name]

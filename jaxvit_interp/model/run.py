@@ -128,19 +128,8 @@ def attention_over_images(
     images per pass, the devices that share them and the progress report
     (:class:`~jaxvit_interp.execution.Execution`; None: the defaults).
     """
-    from jaxvit_interp.attention_pass import run_pass
-    from jaxvit_interp.execution import as_execution
+    from jaxvit_interp.attention_pass import reduce_over_images
 
-    execution = as_execution(execution)
-    batcher = execution.pass_batcher(config, params, len(images))
     reducer = AttentionReducer()
-    outputs = run_pass(
-        config,
-        batcher.replicate(params),
-        images,
-        (reducer,),
-        batcher=batcher,
-        progress=execution.progress,
-        desc="attention",
-    )
-    return outputs[reducer.name]["attention"]
+    outputs = reduce_over_images(config, params, images, reducer, execution, desc="attention")
+    return outputs["attention"]

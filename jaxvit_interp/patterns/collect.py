@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvit_interp.attention_pass import run_pass
+from jaxvit_interp.attention_pass import reduce_over_images
 from jaxvit_interp.errors import InputError
-from jaxvit_interp.execution import Execution, as_execution
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance.validate import check_unpruned
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.patterns.extract import cls_pattern, patch_pattern, pattern_shape
@@ -100,16 +100,6 @@ def collect_patterns(
             raise InputError(
                 "this model has no CLS token, so it has no CLS pattern; use kind='patch'"
             )
-    execution = as_execution(execution)
-    batcher = execution.pass_batcher(config, params, len(images))
     reducer = PatternReducer(kinds)
-    out = run_pass(
-        config,
-        batcher.replicate(params),
-        images,
-        (reducer,),
-        batcher=batcher,
-        progress=execution.progress,
-        desc="patterns",
-    )[reducer.name]
+    out = reduce_over_images(config, params, images, reducer, execution, desc="patterns")
     return {kind: out[kind].astype(np.float32) for kind in kinds}

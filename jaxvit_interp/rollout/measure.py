@@ -8,8 +8,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jaxvit_interp.attention_pass import run_pass
-from jaxvit_interp.execution import Execution, as_execution
+from jaxvit_interp.attention_pass import reduce_over_images
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance.validate import check_unpruned
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.rollout.kernels import (
@@ -105,18 +105,8 @@ def model_rollout_over_images(
     progress report (:class:`~jaxvit_interp.execution.Execution`; None: the defaults).
     """
     check_unpruned(config, "model_rollout_over_images")
-    execution = as_execution(execution)
-    batcher = execution.pass_batcher(config, params, len(images))
     reducer = RolloutMapsReducer(residual_weight)
-    out = run_pass(
-        config,
-        batcher.replicate(params),
-        images,
-        (reducer,),
-        batcher=batcher,
-        progress=execution.progress,
-        desc="rollout",
-    )[reducer.name]
+    out = reduce_over_images(config, params, images, reducer, execution, desc="rollout")
     return out["maps"].astype(np.float32)
 
 
@@ -134,18 +124,8 @@ def final_rollout_over_images(
     ``[Gh, Gw]`` and ``[layer]`` values leave it for each image.
     """
     check_unpruned(config, "final_rollout_over_images")
-    execution = as_execution(execution)
-    batcher = execution.pass_batcher(config, params, len(images))
     reducer = FinalRolloutReducer(residual_weight)
-    out = run_pass(
-        config,
-        batcher.replicate(params),
-        images,
-        (reducer,),
-        batcher=batcher,
-        progress=execution.progress,
-        desc="rollout",
-    )[reducer.name]
+    out = reduce_over_images(config, params, images, reducer, execution, desc="rollout")
     return FinalRollout.from_outputs(out)
 
 

@@ -15,9 +15,9 @@ import flax.struct
 import jax
 import numpy as np
 
-from jaxvit_interp.attention_pass import run_pass
+from jaxvit_interp.attention_pass import reduce_over_images
 from jaxvit_interp.errors import InputError
-from jaxvit_interp.execution import Execution, as_execution
+from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance.validate import check_unpruned
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.progress import ProgressArg, start_progress
@@ -330,20 +330,10 @@ def model_strength_over_images(
     Returns:
       :class:`StrengthResults` with ``local`` ``[image, layer, head, ...]`` and the ``summary``.
     """
-    num_images = _check_images(config, images, "model_strength_over_images")
-    execution = as_execution(execution)
-    batcher = execution.pass_batcher(config, params, num_images)
+    _check_images(config, images, "model_strength_over_images")
     reducer = HopStrengthReducer(check_stochastic=check_stochastic, atol=atol)
-    outputs = run_pass(
-        config,
-        batcher.replicate(params),
-        images,
-        (reducer,),
-        batcher=batcher,
-        progress=execution.progress,
-        desc="hop strength",
-    )
-    local = reducer.result(outputs[reducer.name])
+    outputs = reduce_over_images(config, params, images, reducer, execution, desc="hop strength")
+    local = reducer.result(outputs)
     rings = rings_for(config)
     return StrengthResults(
         local=local,
@@ -375,25 +365,17 @@ def model_special_mass_over_images(
       :class:`~jaxvit_interp.strength.special.SpecialTokenMass` of NumPy arrays with leading
       axes ``[image, layer, head]``.
     """
-    num_images = _check_images(config, images, "model_special_mass_over_images")
+    _check_images(config, images, "model_special_mass_over_images")
     if not config.num_prefix_tokens:
         raise InputError(
             "the model has no special tokens (no CLS, distillation or register token): there is "
             "no special-token mass to measure"
         )
-    execution = as_execution(execution)
-    batcher = execution.pass_batcher(config, params, num_images)
     reducer = SpecialMassReducer()
-    outputs = run_pass(
-        config,
-        batcher.replicate(params),
-        images,
-        (reducer,),
-        batcher=batcher,
-        progress=execution.progress,
-        desc="special-token mass",
+    outputs = reduce_over_images(
+        config, params, images, reducer, execution, desc="special-token mass"
     )
-    return reducer.result(outputs[reducer.name])
+    return reducer.result(outputs)
 
 
 def special_part(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
