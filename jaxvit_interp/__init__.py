@@ -6,7 +6,8 @@ The public entry points are re-exported here; see each subpackage for the detail
 - :mod:`jaxvit_interp.data`: image folders (``load_image_folder`` -> an ``ImageSet`` that
   ``analyze`` takes), labels matched to the model's classes, preprocessing, the bundled digits
   set and model.
-- :mod:`jaxvit_interp.importance`: pruning-based head importance, partial pruning, Taylor scores.
+- :mod:`jaxvit_interp.importance`: pruning-based head importance, partial pruning, Taylor scores,
+  direct logit attribution.
 - :mod:`jaxvit_interp.patterns`: attention patterns, their autoencoder, projection and clusters.
 - :mod:`jaxvit_interp.strength`: attention strength per Chebyshev hop, head entropy, attention distance.
 - :mod:`jaxvit_interp.pipeline`: ``analyze``: every analysis, chunked and resumable, to a results bundle.
@@ -21,11 +22,13 @@ from jaxvit_interp.data.labels import LabelError
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance import (
+    DirectLogitAttribution,
     HeadImportance,
     PartialPruning,
     SetAblation,
     ablate,
     class_specific_heads,
+    direct_logit_attribution,
     global_importance,
     head_importance,
     pairwise_interactions,
@@ -77,11 +80,13 @@ __all__ = [
     "LabelError",
     "load_image_folder",
     "AutoencoderSettings",
+    "DirectLogitAttribution",
     "HeadImportance",
     "PartialPruning",
     "SetAblation",
     "ablate",
     "class_specific_heads",
+    "direct_logit_attribution",
     "pairwise_interactions",
     "pruning_curves",
     "embed_patterns",

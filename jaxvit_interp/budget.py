@@ -11,7 +11,9 @@ come off the rest.  What is left is shared out by the estimated bytes an image c
   streams per step through a block (:class:`BatchPlan`), from :func:`full_pass_bytes` and
   :func:`sweep_bytes`;
 - :func:`pass_images`: a forward pass that reads every layer's attention (hop strength,
-  patterns, rollout, the kept attention), from :func:`attention_pass_bytes`.
+  patterns, rollout, the kept attention), from :func:`attention_pass_bytes`, or the pass of
+  the direct logit attribution (:mod:`jaxvit_interp.importance.direct`), from
+  :func:`direct_attribution_bytes`.
 
 A budget too small for one image is refused with :class:`MemoryBudgetError`, which names the
 command line's flag and the Python setting with the least budget that fits.
@@ -30,6 +32,7 @@ import jax
 import numpy as np
 
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.model.blocks import readout_tokens
 from jaxvit_interp.model.config import ViTConfig
 
 if TYPE_CHECKING:
@@ -42,6 +45,7 @@ __all__ = [
     "MemoryBudgetError",
     "attention_pass_bytes",
     "default_memory_budget",
+    "direct_attribution_bytes",
     "default_step_tokens",
     "pass_images",
     "plan_batches",
@@ -192,6 +196,24 @@ def attention_pass_bytes(config: ViTConfig) -> int:
     """
     n = config.num_tokens
     return 4 * _F32 * config.num_layers * config.num_heads * n * n
+
+
+def direct_attribution_bytes(config: ViTConfig) -> int:
+    """Estimated live bytes per image of the direct logit attribution's pass
+    (:func:`~jaxvit_interp.importance.direct.direct_terms` on a forward pass).
+
+    One block's working set while the forward runs (activations, twice the ``[head, N, N]``
+    scores, the MLP's hidden activations), and what each layer keeps for the terms: its stream,
+    block output and values ``[N, hidden]`` and the attention rows of the tokens the readout
+    reads; calibrated against XLA's memory analysis of the whole pass
+    (``tests/importance/test_direct.py``): 1.4x to 2.5x what XLA allocates, the most where the
+    attention dominates.
+    """
+    n, d, h = config.num_tokens, config.hidden_size, config.num_heads
+    block = 8 * n * d + 2 * h * n * n + 2 * n * config.mlp_in_dim
+    leading = readout_tokens(config)
+    read = config.num_patches if leading is None else leading
+    return _F32 * (block + config.num_layers * (3 * n * d + h * read * n))
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,15 +367,19 @@ def pass_images(
     num_images: int,
     fixed_bytes: int = 0,
     most: int = DEFAULT_PASS_IMAGES,
+    image_bytes: int | None = None,
 ) -> int:
     """Images per attention-reading forward pass over the devices of ``execution``.
 
     As many as fit each device's budget by :func:`usable_bytes` (``fixed_bytes``: the
-    parameters every device holds) at :func:`attention_pass_bytes` an image, at least one per
-    device, at most ``most`` and at most ``num_images`` rounded up to whole devices.
+    parameters every device holds) at ``image_bytes`` an image (None:
+    :func:`attention_pass_bytes`), at least one per device, at most ``most`` and at most
+    ``num_images`` rounded up to whole devices.
     """
     devices = execution.num_devices
     budget = usable_bytes(execution.budget_bytes(), fixed_bytes)
-    per_device = max(1, budget // attention_pass_bytes(config))
+    if image_bytes is None:
+        image_bytes = attention_pass_bytes(config)
+    per_device = max(1, budget // image_bytes)
     images = min(per_device * devices, most, num_images)
     return max(devices, -(-images // devices) * devices)

@@ -102,14 +102,21 @@ class Execution:
         """Batches of ``batch_size`` images over this execution's devices."""
         return Batcher(batch_size, self.mesh)
 
-    def pass_batcher(self, config: ViTConfig, params: Any, num_images: int) -> Batcher:
+    def pass_batcher(
+        self, config: ViTConfig, params: Any, num_images: int, image_bytes: int | None = None
+    ) -> Batcher:
         """Batches for a forward pass over ``num_images`` images that reads every layer's
-        attention: ``batch_size`` images, else as many as the memory budget holds
-        (:func:`~jaxvit_interp.budget.pass_images`); never more than ``num_images`` rounded
-        up to whole devices (a padded image is work and memory for nothing)."""
+        attention: ``batch_size`` images, else as many as the memory budget holds at
+        ``image_bytes`` an image (:func:`~jaxvit_interp.budget.pass_images`; None: the
+        attention pass's estimate); never more than ``num_images`` rounded up to whole devices
+        (a padded image is work and memory for nothing)."""
         if self.batch_size is None:
             size = pass_images(
-                config, self, num_images=num_images, fixed_bytes=params_bytes(params)
+                config,
+                self,
+                num_images=num_images,
+                fixed_bytes=params_bytes(params),
+                image_bytes=image_bytes,
             )
         else:
             whole = max(1, -(-num_images // self.num_devices)) * self.num_devices

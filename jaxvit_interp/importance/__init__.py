@@ -14,6 +14,9 @@ there are no labels):
   paper's), and how the work runs is ``execution=`` (:class:`~jaxvit_interp.execution.Execution`).
 - :func:`ablate`: the same metrics for sets of heads pruned together, across layers.
 - :func:`pairwise_interactions`: ``drop(i and j) - drop(i) - drop(j)`` for pairs of heads.
+- :func:`direct_logit_attribution`: each head's direct contribution to the label logit through
+  the final norm with its scale frozen, the stream's other terms, and the gap to the head's
+  ablation effect (what flows through later layers).
 - :func:`pruning_curves`: accuracy as heads go in importance, greedy and random orders.
 - :func:`class_specific_heads`: per class, the heads that matter for it more than on average.
 - :func:`partial_pruning`: the paper's six partial-pruning modes with ``p'_y`` and the top 5.
@@ -45,6 +48,7 @@ from jaxvit_interp.importance.aggregate import (
     rank_heads,
 )
 from jaxvit_interp.importance.curves import cumulative_pruning_accuracy
+from jaxvit_interp.importance.direct import DirectLogitAttribution, direct_logit_attribution
 from jaxvit_interp.importance.interactions import HeadInteractions, pairwise_interactions
 from jaxvit_interp.importance.layout import image_layout
 from jaxvit_interp.importance.partial import PartialPruning, partial_pruning
@@ -61,12 +65,14 @@ __all__ = [
     "CURVE_ORDERS",
     "SET_METRICS",
     "ClassHeads",
+    "DirectLogitAttribution",
     "HeadInteractions",
     "PruningCurve",
     "SetAblation",
     "ablate",
     "class_specific_heads",
     "class_specificity",
+    "direct_logit_attribution",
     "pairwise_interactions",
     "pruning_curves",
     "BatchPlan",

@@ -164,17 +164,27 @@ def linear(p: LinearParams, x: Array, in_axes: int = 1) -> Array:
     return y if p.bias is None else y + p.bias
 
 
-def layer_norm(config: ViTConfig, p: LayerNormParams, x: Array) -> Array:
-    """Normalise each token over ``hidden``. x ``[..., hidden]`` -> same.
+def layer_norm_moments(config: ViTConfig, x: Array) -> tuple[Array, Array]:
+    """What :func:`layer_norm` takes from each token: ``(mean [..., 1], 1 / sqrt(var + eps)
+    [..., 1])`` of x ``[..., hidden]``.
 
     Both moments come from one pass over ``x`` (``E[x^2] - E[x]^2``, clipped at 0), as in Flax's
-    LayerNorm, so the published checkpoints see the numerics they were trained with.  The steps
-    follow Flax's order too, so that gradients (the ``taylor`` metric) round the same way.
+    LayerNorm, so the published checkpoints see the numerics they were trained with.
     """
     mean, mean_sq = (jnp.mean(a, axis=-1) for a in (x, lax.square(x)))
     var = jnp.maximum(0.0, mean_sq - lax.square(mean))
     mean, var = jnp.expand_dims(mean, -1), jnp.expand_dims(var, -1)
-    return (x - mean) * (lax.rsqrt(var + config.layer_norm_eps) * p.scale) + p.bias
+    return mean, lax.rsqrt(var + config.layer_norm_eps)
+
+
+def layer_norm(config: ViTConfig, p: LayerNormParams, x: Array) -> Array:
+    """Normalise each token over ``hidden``. x ``[..., hidden]`` -> same.
+
+    The moments are :func:`layer_norm_moments`; the steps follow Flax's order, so that
+    gradients (the ``taylor`` metric) round the same way.
+    """
+    mean, inverse_std = layer_norm_moments(config, x)
+    return (x - mean) * (inverse_std * p.scale) + p.bias
 
 
 def score_scale(head_dim: int, dtype) -> Array:
