@@ -12,6 +12,37 @@ import pytest
 # Reference implementations shared by tests live beside them.
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "model"))
 
+# One JAX compilation cache for the whole test session, shared by the xdist workers and by every
+# command the tests start in a subprocess: the command-line tests run the same small models'
+# programs again and again, and compiling them is most of their time on CPU. The cache is made
+# fresh for each session and removed at its end, so a session never reads another's programs.
+# A size limit makes JAX lock the folder, so concurrent processes never read a half-written entry.
+_JIT_CACHE = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+    if os.environ.get(_JIT_CACHE):
+        return  # a worker (it inherits the controller's), or a cache the caller chose
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="jaxvit-test-jit-cache-")
+    config._jaxvit_jit_cache = folder
+    os.environ[_JIT_CACHE] = folder
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"
+    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 << 30)
+    if "jax" in sys.modules:  # too late for the environment to be read: set it directly
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", folder)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+        jax.config.update("jax_compilation_cache_max_size", 8 << 30)
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_jaxvit_jit_cache", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+
 
 @pytest.fixture
 def rng(request):

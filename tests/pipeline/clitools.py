@@ -61,6 +61,25 @@ def cli(*args, timeout=600, env=None, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
+def run_main(capsys, *args) -> subprocess.CompletedProcess:
+    """The command's ``main`` in this process, read like :func:`cli`'s subprocess.
+
+    For requests refused before any work: each takes a moment here against a JAX start-up in a
+    subprocess, which is most of the time such a case takes. What the installed script adds on
+    top of ``main`` (its exit status, a closed pipe) is tested through :func:`cli` elsewhere.
+    """
+    from jaxvit_interp.cli import main
+
+    args = [str(a) for a in args]
+    capsys.readouterr()  # what earlier steps printed is not this command's
+    try:
+        status = main(args)
+    except SystemExit as exit:  # argparse ends a bad command line this way, as in the script
+        status = exit.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, status, out, err)
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
     """Exit status 2, no traceback, and the error told in one line (plus indented detail).
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clitools import assert_one_line_error, cli
+from clitools import assert_one_line_error, cli, run_main
 from PIL import Image
 
 from jaxvit_interp.bundle import load_bundle
@@ -83,12 +83,13 @@ def test_a_bad_progress_interval_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_bad_arguments_end_with_one_clear_line(tiny_checkpoint, tmp_path):
+def test_bad_arguments_end_with_one_clear_line(tiny_checkpoint, tmp_path, capsys):
     image_folder = tmp_path / "images"
     (image_folder / "cat").mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image_folder / "cat" / "a.png")
     assert_one_line_error(
-        cli(
+        run_main(
+            capsys,
             "analyze",
             "--checkpoint",
             tmp_path / "nope.npz",
@@ -101,7 +102,8 @@ def test_bad_arguments_end_with_one_clear_line(tiny_checkpoint, tmp_path):
     )
     (tmp_path / "empty").mkdir()
     assert_one_line_error(
-        cli(
+        run_main(
+            capsys,
             "analyze",
             "--checkpoint",
             tiny_checkpoint,
@@ -119,7 +121,7 @@ def test_bad_arguments_end_with_one_clear_line(tiny_checkpoint, tmp_path):
 
     def analyze_flat():
         args = ["--checkpoint", tiny_checkpoint, "--images", flat, "--labels", labels]
-        return cli("analyze", *args, "--out", tmp_path / "r")
+        return run_main(capsys, "analyze", *args, "--out", tmp_path / "r")
 
     with open(labels, "w", newline="") as f:
         csv.writer(f).writerows([["file", "label"], ["a.png", "0"], ["ghost.png", "1"]])

@@ -29,6 +29,7 @@ from clitools import (
     assert_one_line_error,
     cli,
     command,
+    run_main,
     write_digit_folders,
 )
 from flax import traverse_util
@@ -83,8 +84,11 @@ def fast_config(tmp_path_factory):
     return path
 
 
-def analyze(checkpoint, images, out, fast_config, *extra):
-    return cli(
+def analyze(capsys, checkpoint, images, out, fast_config, *extra):
+    """The whole command on a small request, in this process (its programs compile once per
+    test worker, not once per case)."""
+    return run_main(
+        capsys,
         "analyze",
         "--checkpoint",
         checkpoint,
@@ -104,14 +108,14 @@ def analyze(checkpoint, images, out, fast_config, *extra):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_digit_folders_are_the_digits_the_model_knows(tmp_path, fast_config):
+def test_digit_folders_are_the_digits_the_model_knows(tmp_path, fast_config, capsys):
     """Folders 3/ and 7/ are classes 3 and 7 of the built-in model, not 0 and 1.
 
     The trained model itself is the independent check: it predicts the digits it is shown, so
     its predictions agree with the labels only if the labels are the digits.
     """
     write_digit_folders(tmp_path / "digits", {"3": 3, "7": 7}, per_class=8)
-    result = analyze("builtin:digits", tmp_path / "digits", tmp_path / "run", fast_config)
+    result = analyze(capsys, "builtin:digits", tmp_path / "digits", tmp_path / "run", fast_config)
     assert result.returncode == 0, result.stderr
     bundle = load_bundle(tmp_path / "run")
     images = bundle["images"]
@@ -126,7 +130,7 @@ def test_digit_folders_are_the_digits_the_model_knows(tmp_path, fast_config):
     assert matching["labels"]["7"] == {"class": 7, "name": "7", "by": "name"}
 
 
-def test_imagenet_folder_names_in_every_spelling(tmp_path, fast_config, rng):
+def test_imagenet_folder_names_in_every_spelling(tmp_path, fast_config, rng, capsys):
     """A 1,000-class checkpoint without names gets ImageNet-1k's; synset ids, curated names,
     synonyms and underscores all find their class. Broken files and a decompression bomb in the
     folder are skipped by name."""
@@ -144,7 +148,7 @@ def test_imagenet_folder_names_in_every_spelling(tmp_path, fast_config, rng):
     write_bomb(root / "goldfish" / "bomb.png")
     (root / "goldfish" / "notes.txt").write_text("not an image")
 
-    result = analyze(checkpoint, root, tmp_path / "run", fast_config)
+    result = analyze(capsys, checkpoint, root, tmp_path / "run", fast_config)
     assert result.returncode == 0, result.stderr
     for name in ("cut.png", "bomb.png", "notes.txt"):
         assert f"skipped goldfish/{name}" in result.stderr
@@ -164,14 +168,15 @@ def test_imagenet_folder_names_in_every_spelling(tmp_path, fast_config, rng):
     }
 
 
-def test_label_of_no_class_is_refused_before_anything_is_written(tmp_path, fast_config):
+def test_label_of_no_class_is_refused_before_anything_is_written(tmp_path, fast_config, capsys):
     write_digit_folders(tmp_path / "flat", {"all": 3}, per_class=3)
     files = sorted(p.name for p in (tmp_path / "flat" / "all").iterdir())
     labels = tmp_path / "labels.csv"
     rows = [f"all/{f},{label}" for f, label in zip(files, ["3", "7", "banana"], strict=True)]
     labels.write_text("file,label\n" + "\n".join(rows) + "\n")
     out = tmp_path / "run"
-    result = cli(
+    result = run_main(
+        capsys,
         "analyze",
         "--checkpoint",
         "builtin:digits",
@@ -187,18 +192,18 @@ def test_label_of_no_class_is_refused_before_anything_is_written(tmp_path, fast_
 
 
 def test_model_without_names_takes_sorted_folders_only_when_they_are_its_classes(
-    tmp_path, tiny_checkpoint, fast_config, rng
+    tmp_path, tiny_checkpoint, fast_config, rng, capsys
 ):
     for name in ("cat", "dog"):  # two folders for a model of three classes
         _write_png(tmp_path / "two" / name / "0.png", rng)
     out = tmp_path / "run"
-    result = analyze(tiny_checkpoint, tmp_path / "two", out, fast_config)
+    result = analyze(capsys, tiny_checkpoint, tmp_path / "two", out, fast_config)
     assert_one_line_error(result, "'cat'", "--class-names", "no class names")
     assert not out.exists()
 
 
 def test_class_names_file_names_the_classes_and_the_page_shows_them_as_text(
-    tmp_path, tiny_checkpoint, fast_config, rng
+    tmp_path, tiny_checkpoint, fast_config, rng, capsys
 ):
     """--class-names gives a nameless model its names; CSV labels are matched to them (a near
     miss is refused with the nearest name); a name written to break out of HTML stays text."""
@@ -216,7 +221,8 @@ def test_class_names_file_names_the_classes_and_the_page_shows_them_as_text(
     near_miss.write_text("file,label\n0.png,dgo\n")
 
     base = ["--images", root, "--class-names", names]
-    refused = cli(
+    refused = run_main(
+        capsys,
         "analyze",
         "--checkpoint",
         tiny_checkpoint,
@@ -230,13 +236,13 @@ def test_class_names_file_names_the_classes_and_the_page_shows_them_as_text(
     assert not (tmp_path / "refused").exists()
 
     result = analyze(
-        tiny_checkpoint, root, tmp_path / "run", fast_config, *base[2:], "--labels", labels
+        capsys, tiny_checkpoint, root, tmp_path / "run", fast_config, *base[2:], "--labels", labels
     )
     assert result.returncode == 0, result.stderr
     bundle = load_bundle(tmp_path / "run")
     assert bundle.meta["class_names"] == ["dog", evil, "owl"]
     np.testing.assert_array_equal(bundle["images"]["labels"], [0, 1, 2, 1] * 2)
-    site = cli("site", tmp_path / "run", "--out", tmp_path / "site")
+    site = run_main(capsys, "site", tmp_path / "run", "--out", tmp_path / "site")
     assert site.returncode == 0, site.stderr
 
     from jaxvit_interp.site.browser import BrowserUnavailable, chromium, open_site
@@ -279,11 +285,13 @@ BAD_OPTIONS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_OPTIONS))
-def test_bad_option_is_refused_before_the_run_folder_exists(case, tmp_path, tiny_checkpoint, pics):
+def test_bad_option_is_refused_before_the_run_folder_exists(
+    case, tmp_path, tiny_checkpoint, pics, capsys
+):
     flags, needle = BAD_OPTIONS[case]
     out = tmp_path / "out" / "run"
     args = ["analyze", "--checkpoint", tiny_checkpoint, "--images", pics]
-    result = cli(*args, "--out", out, *FAST, *flags)  # later flags win
+    result = run_main(capsys, *args, "--out", out, *FAST, *flags)  # later flags win
     assert_one_line_error(result, needle)
     assert not (tmp_path / "out").exists()
 
@@ -300,12 +308,13 @@ def test_bad_option_is_refused_before_the_run_folder_exists(case, tmp_path, tiny
     ],
 )
 def test_bad_config_file_is_refused_before_the_run_folder_exists(
-    toml, needle, tmp_path, tiny_checkpoint, pics
+    toml, needle, tmp_path, tiny_checkpoint, pics, capsys
 ):
     config = tmp_path / "run.toml"
     config.write_text(toml)
     out = tmp_path / "run"
-    result = cli(
+    result = run_main(
+        capsys,
         "analyze",
         "--checkpoint",
         tiny_checkpoint,
@@ -358,17 +367,20 @@ def _checkpoints(tmp_path: Path, tiny_checkpoint: Path) -> dict[str, Path]:
     return out
 
 
-def test_corrupt_checkpoints_of_every_format_are_one_line_errors(tmp_path, tiny_checkpoint, pics):
+def test_corrupt_checkpoints_of_every_format_are_one_line_errors(
+    tmp_path, tiny_checkpoint, pics, capsys
+):
     for kind, path in _checkpoints(tmp_path, tiny_checkpoint).items():
         extra = ["--allow-pickle"] if kind == "pth" else []
-        assert_one_line_error(cli("inspect", path, *extra), path.name)
+        assert_one_line_error(run_main(capsys, "inspect", path, *extra), path.name)
         out = tmp_path / f"run-{kind}"
-        result = cli("analyze", "--checkpoint", path, "--images", pics, "--out", out, *extra)
+        args = ["--checkpoint", path, "--images", pics, "--out", out, *extra]
+        result = run_main(capsys, "analyze", *args)
         assert_one_line_error(result, path.name)
         assert not out.exists()
 
 
-def test_pickle_is_refused_without_running_it(tmp_path, pics):
+def test_pickle_is_refused_without_running_it(tmp_path, pics, capsys):
     marker = tmp_path / "pwned"
 
     class Payload:
@@ -381,7 +393,7 @@ def test_pickle_is_refused_without_running_it(tmp_path, pics):
         ["inspect", path],
         ["analyze", "--checkpoint", path, "--images", pics, "--out", tmp_path / "run"],
     ):
-        assert_one_line_error(cli(*args), "pickle", "model.pth")
+        assert_one_line_error(run_main(capsys, *args), "pickle", "model.pth")
     assert not marker.exists()
 
 
@@ -419,7 +431,9 @@ def mounts():
         subprocess.run(["umount", "-l", str(point)], capture_output=True)
 
 
-def test_unwritable_output_folders_are_one_line_errors(tmp_path, tiny_checkpoint, pics, mounts):
+def test_unwritable_output_folders_are_one_line_errors(
+    tmp_path, tiny_checkpoint, pics, mounts, capsys
+):
     args = ["analyze", "--checkpoint", tiny_checkpoint, "--images", pics]
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -429,7 +443,7 @@ def test_unwritable_output_folders_are_one_line_errors(tmp_path, tiny_checkpoint
             "without write permission, which root would ignore)"
         )
     try:
-        result = cli(*args, "--out", locked / "run", *FAST)
+        result = run_main(capsys, *args, "--out", locked / "run", *FAST)
     finally:
         subprocess.run(["chattr", "-i", str(locked)], capture_output=True)
     assert_one_line_error(result, "Operation not permitted", str(locked / "run"))
@@ -437,7 +451,7 @@ def test_unwritable_output_folders_are_one_line_errors(tmp_path, tiny_checkpoint
     readonly = tmp_path / "readonly"
     _mount_tmpfs(readonly, "ro,size=1m")
     mounts.append(readonly)
-    result = cli(*args, "--out", readonly / "run", *FAST)
+    result = run_main(capsys, *args, "--out", readonly / "run", *FAST)
     assert_one_line_error(result, "Read-only file system", str(readonly / "run"))
 
 
@@ -510,14 +524,22 @@ def test_resume_after_kill_equals_uninterrupted_run(reference_run, tmp_path):
             np.testing.assert_array_equal(b[part][name], value, err_msg=f"{part}/{name}")
 
 
-def test_another_runs_folder_is_refused_untouched(tiny_checkpoint, class_folders, tmp_path):
+def test_another_runs_folder_is_refused_untouched(tiny_checkpoint, class_folders, tmp_path, capsys):
     other = tmp_path / "other"
     other.mkdir()
     (other / "run.json").write_text('{"fingerprint": "0123456789abcdef"}')
     (other / "mine.txt").write_text("keep me")
     before = sorted(os.listdir(other))
-    result = cli(
-        "analyze", "--checkpoint", tiny_checkpoint, "--images", class_folders, "--out", other, *FAST
+    result = run_main(
+        capsys,
+        "analyze",
+        "--checkpoint",
+        tiny_checkpoint,
+        "--images",
+        class_folders,
+        "--out",
+        other,
+        *FAST,
     )
     assert_one_line_error(result, "another run")
     assert sorted(os.listdir(other)) == before
