@@ -24,8 +24,6 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.metrics import silhouette_score
 
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.patterns.train import TrainedAutoencoder
@@ -239,6 +237,10 @@ def kmeans(
     With more than ``fit_size`` points, the best of four starts is found on a seeded sample of
     that size, then Lloyd's iterations from its centres run on all points.
     """
+    # scikit-learn is imported where it is used: it takes seconds to import, and a command
+    # that fails or only inspects a checkpoint should not wait for it.
+    from sklearn.cluster import KMeans
+
     x = np.asarray(x, np.float64)
     fit = sample_index(len(x), fit_size, seed, stream=2)
     km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(x[fit])
@@ -261,6 +263,8 @@ def choose_k(
     is computed on at most ``sample_size`` of those (it is quadratic in the number of points).
     Returns ``(k, {k: score})``.
     """
+    from sklearn.metrics import silhouette_score
+
     x = np.asarray(x, np.float64)
     lo, hi = k_range
     hi = min(hi, len(x) - 1)
