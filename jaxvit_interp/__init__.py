@@ -6,7 +6,8 @@ The public entry points are re-exported here; see each subpackage for the detail
 - :mod:`jaxvit_interp.data`: image folders (``load_image_folder`` -> an ``ImageSet`` that
   ``analyze`` takes), labels matched to the model's classes, preprocessing, the bundled digits
   set and model.
-- :mod:`jaxvit_interp.importance`: pruning-based head importance, partial pruning, Taylor scores.
+- :mod:`jaxvit_interp.importance`: pruning-based head importance (zero, mean or resample
+  ablation), partial pruning, Taylor scores.
 - :mod:`jaxvit_interp.patterns`: attention patterns, their autoencoder, projection and clusters.
 - :mod:`jaxvit_interp.strength`: attention strength per Chebyshev hop, head entropy, attention distance.
 - :mod:`jaxvit_interp.pipeline`: ``analyze``: every analysis, chunked and resumable, to a results bundle.
@@ -21,6 +22,7 @@ from jaxvit_interp.data.labels import LabelError
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance import (
+    ABLATION_KINDS,
     HeadImportance,
     PartialPruning,
     SetAblation,
@@ -77,6 +79,7 @@ __all__ = [
     "LabelError",
     "load_image_folder",
     "AutoencoderSettings",
+    "ABLATION_KINDS",
     "HeadImportance",
     "PartialPruning",
     "SetAblation",

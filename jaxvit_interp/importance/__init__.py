@@ -10,8 +10,9 @@ there are no labels):
   ``taylor`` (``|dLoss/dm|`` at head mask 1), computed by the batched ablation engine
   (:mod:`~jaxvit_interp.importance.engine`); titles and directions in
   :data:`jaxvit_interp.quantities.METRICS`. What takes a pruned head's place is
-  ``ablation=`` (:class:`~jaxvit_interp.importance.ablation_kinds.Ablation`; ``"zero"``, the
-  paper's), and how the work runs is ``execution=`` (:class:`~jaxvit_interp.execution.Execution`).
+  ``ablation=`` (:class:`~jaxvit_interp.importance.ablation_kinds.Ablation`: ``"zero"``, the
+  paper's; ``"mean"`` or ``"resample"``, from the ``reference=`` images), and how the work runs
+  is ``execution=`` (:class:`~jaxvit_interp.execution.Execution`).
 - :func:`ablate`: the same metrics for sets of heads pruned together, across layers.
 - :func:`pairwise_interactions`: ``drop(i and j) - drop(i) - drop(j)`` for pairs of heads.
 - :func:`pruning_curves`: accuracy as heads go in importance, greedy and random orders.
