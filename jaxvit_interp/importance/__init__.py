@@ -23,6 +23,8 @@ there are no labels):
   and rankings.
 - :func:`image_layout`: the image overview (view A), images placed by their importance vectors.
 - :func:`cumulative_pruning_accuracy`: accuracy as heads are pruned one after another in a ranking.
+- :func:`activation_patching`: each head's output carried between a clean and a corrupted image
+  (a resample ablation), and the normalised patching score.
 """
 
 from jaxvit_interp.budget import BatchPlan, MemoryBudgetError, default_memory_budget, plan_batches
@@ -49,6 +51,11 @@ from jaxvit_interp.importance.curves import cumulative_pruning_accuracy
 from jaxvit_interp.importance.interactions import HeadInteractions, pairwise_interactions
 from jaxvit_interp.importance.layout import image_layout
 from jaxvit_interp.importance.partial import PartialPruning, partial_pruning
+from jaxvit_interp.importance.patching import (
+    PATCHING_DIRECTIONS,
+    ActivationPatching,
+    activation_patching,
+)
 from jaxvit_interp.importance.pruning import CURVE_ORDERS, PruningCurve, pruning_curves
 from jaxvit_interp.importance.sets import SET_METRICS, SetAblation, ablate
 from jaxvit_interp.importance.taylor import taylor_importance
@@ -57,6 +64,9 @@ from jaxvit_interp.importance.validate import METRICS
 __all__ = [
     "ABLATION_KINDS",
     "Ablation",
+    "ActivationPatching",
+    "PATCHING_DIRECTIONS",
+    "activation_patching",
     "HIGHER_IS_MORE_IMPORTANT",
     "METRICS",
     "CURVE_ORDERS",
