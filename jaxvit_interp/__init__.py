@@ -6,8 +6,8 @@ The public entry points are re-exported here; see each subpackage for the detail
 - :mod:`jaxvit_interp.data`: image folders (``load_image_folder`` -> an ``ImageSet`` that
   ``analyze`` takes), labels matched to the model's classes, preprocessing, the bundled digits
   set and model.
-- :mod:`jaxvit_interp.importance`: pruning-based head importance, partial pruning, Taylor scores,
-  direct logit attribution.
+- :mod:`jaxvit_interp.importance`: pruning-based head importance (zero, mean or resample
+  ablation), partial pruning, Taylor scores, activation patching, direct logit attribution.
 - :mod:`jaxvit_interp.patterns`: attention patterns, their autoencoder, projection and clusters.
 - :mod:`jaxvit_interp.strength`: attention strength per Chebyshev hop, head entropy, attention distance.
 - :mod:`jaxvit_interp.pipeline`: ``analyze``: every analysis, chunked and resumable, to a results bundle.
@@ -17,16 +17,19 @@ The public entry points are re-exported here; see each subpackage for the detail
 """
 
 from jaxvit_interp.bundle import ResultsBundle, load_bundle
-from jaxvit_interp.data import ImageSet, load_image_folder
+from jaxvit_interp.data import ImagePairs, ImageSet, load_image_folder, load_image_pairs
 from jaxvit_interp.data.labels import LabelError
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance import (
+    ABLATION_KINDS,
+    ActivationPatching,
     DirectLogitAttribution,
     HeadImportance,
     PartialPruning,
     SetAblation,
     ablate,
+    activation_patching,
     class_specific_heads,
     direct_logit_attribution,
     global_importance,
@@ -75,16 +78,21 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Execution",
+    "ImagePairs",
     "ImageSet",
     "InputError",
     "LabelError",
     "load_image_folder",
+    "load_image_pairs",
     "AutoencoderSettings",
+    "ABLATION_KINDS",
+    "ActivationPatching",
     "DirectLogitAttribution",
     "HeadImportance",
     "PartialPruning",
     "SetAblation",
     "ablate",
+    "activation_patching",
     "class_specific_heads",
     "direct_logit_attribution",
     "pairwise_interactions",

@@ -9,7 +9,9 @@ come off the rest.  What is left is shared out by the estimated bytes an image c
 - :func:`plan_batches`: the ablation engines (:mod:`jaxvit_interp.importance.engine`,
   :mod:`jaxvit_interp.importance.set_engine`): images per batch, spawn slots per group and
   streams per step through a block (:class:`BatchPlan`), from :func:`full_pass_bytes` and
-  :func:`sweep_bytes`;
+  :func:`sweep_bytes`, plus the table of ablated head outputs that a mean or resample ablation
+  puts in their place (:func:`replacement_bytes`: one table on every device for a mean, one
+  per image for resample);
 - :func:`pass_images`: a forward pass that reads every layer's attention (hop strength,
   patterns, rollout, the kept attention), from :func:`attention_pass_bytes`, or the pass of
   the direct logit attribution (:mod:`jaxvit_interp.importance.direct`), from
@@ -49,6 +51,7 @@ __all__ = [
     "default_step_tokens",
     "pass_images",
     "plan_batches",
+    "replacement_bytes",
     "usable_bytes",
 ]
 
@@ -185,6 +188,13 @@ def folded_bytes(config: ViTConfig, spawn_layers: tuple[int, ...]) -> int:
     return _F32 * len(spawn_layers) * config.hidden_size * config.mlp_in_dim
 
 
+def replacement_bytes(config: ViTConfig, heads: int) -> int:
+    """Bytes of a replacement table of ``heads`` ablated head outputs, ``[head, token,
+    head_dim]`` float32 (:mod:`jaxvit_interp.importance.replacement`): a mean ablation's whole
+    table, which every device holds, or a resample ablation's for one image."""
+    return _F32 * heads * config.num_tokens * config.head_dim
+
+
 def attention_pass_bytes(config: ViTConfig) -> int:
     """Estimated live bytes per image of the attention pass with every analysis's reducer.
 
@@ -285,6 +295,8 @@ def plan_batches(
     need_streams: bool,
     fixed_bytes: int = 0,
     step_tokens: int | None | str = "auto",
+    replacement: str | None = None,
+    replaced_heads: int = 0,
 ) -> BatchPlan:
     """Largest batches and slot groups whose estimated per-device working set fits the budget of
     ``execution`` (over its devices, at most its ``batch_size`` images a batch); a
@@ -292,7 +304,11 @@ def plan_batches(
 
     ``fixed_bytes`` (the parameters) and, with streams, the
     :func:`~jaxvit_interp.importance.kernels.fold_mlp_inputs` matrices are taken off the budget
-    first (:func:`usable_bytes`).  All spawn slots of a layer in one group is preferred (the most
+    first (:func:`usable_bytes`).  ``replacement``
+    (:attr:`~jaxvit_interp.importance.ablation_kinds.Ablation.replacement`) says where the
+    table of ``replaced_heads`` ablated head outputs (:func:`replacement_bytes`) goes: ``"shared"``
+    (mean) is one table every device holds, taken off the budget with the fixed costs;
+    ``"per_image"`` (resample) costs one table per image for the whole of the batch's work.  All spawn slots of a layer in one group is preferred (the most
     work per program launch); slots are split only when a single image per device would not fit
     otherwise.  With ``step_tokens`` ("auto": :func:`default_step_tokens`) streams pass through
     each block in steps of about that many tokens, and a batch holds at most that many tokens'
@@ -308,12 +324,16 @@ def plan_batches(
         budget -= folded_bytes(config, spawn_layers)
     if step_images is not None and need_streams and num_slots:
         budget -= step_images * _stream_work_bytes(config)
-    per_image = lambda k: max(  # noqa: E731
-        full_pass_bytes(config, with_taylor),
-        sweep_bytes(config, spawn_layers, k, need_streams, step_images is not None)
-        if num_slots
-        else 0,
-    )
+    table = replacement_bytes(config, replaced_heads) if replacement else 0
+    if replacement == "shared":
+        budget -= table
+    held = table if replacement == "per_image" else 0  # an image's table, the whole batch long
+
+    def per_image(k: int) -> int:
+        stepped = step_images is not None
+        sweep = sweep_bytes(config, spawn_layers, k, need_streams, stepped) if num_slots else 0
+        return max(full_pass_bytes(config, with_taylor), sweep) + held
+
     slots = num_slots
     while slots > 1 and per_image(slots) > budget:
         slots = -(-slots // 2)
@@ -352,7 +372,8 @@ def _refuse_budget(
     raise MemoryBudgetError(
         f"{given} of {total:,} bytes ({total / 2**20:,.1f} MiB) per device is too small for one "
         f"image of this model ({config.num_tokens:,} tokens at {height}x{width} px): the "
-        f"parameters and one step through a block take {fixed:,} bytes and one image with one "
+        f"parameters, one step through a block and any shared table take {fixed:,} bytes and "
+        f"one image with one "
         f"ablation at a time needs about {per_image:,} more (a tenth of the budget is held "
         f"back)\na budget of {mib:,} MiB fits: --memory-budget-mb {mib} on the command line, "
         f"memory_budget_bytes={mib * 2**20} in Python",

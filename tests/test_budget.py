@@ -18,9 +18,11 @@ from jaxvit_interp.budget import (
     params_bytes,
     pass_images,
     plan_batches,
+    replacement_bytes,
     usable_bytes,
 )
 from jaxvit_interp.execution import Execution
+from jaxvit_interp.importance.kernels import clean_slot_mixed
 from jaxvit_interp.pipeline.analyses import PASS_ANALYSES
 
 B16 = ViTConfig.from_variant("B/16", num_classes=1000)
@@ -136,3 +138,53 @@ def test_estimate_covers_xla_memory_analysis():
 
     per_image = (allocated(4) - allocated(2)) / 2
     assert 0.5 * attention_pass_bytes(config) <= per_image <= attention_pass_bytes(config)
+
+
+def test_a_replacement_table_is_counted(rng):
+    """A mean ablation's table of head outputs comes off every device's budget once, a resample
+    ablation's costs one table an image: at the least budget that holds four images a batch
+    without a table, either table leaves fewer; and the table is what XLA allocates an image for
+    the program that makes it (the slope between two batch sizes)."""
+    config = ViTConfig.from_variant(
+        "mu/2", image_size=(16, 24), num_layers=3, num_heads=4, num_classes=3
+    )
+    L, H = config.num_layers, config.num_heads
+    params = jax.eval_shape(lambda: init_params(config, 0))
+    heads = jnp.tile(jnp.arange(H, dtype=jnp.int32), (L, 1))
+
+    def allocated(batch):
+        images = jax.ShapeDtypeStruct((batch, *config.image_size, config.channels), jnp.float32)
+        program = clean_slot_mixed.lower(config, params, images, tuple(range(L)), heads)
+        return program.compile().memory_analysis().output_size_in_bytes
+
+    table = replacement_bytes(config, L * H)
+    assert table == 4 * L * H * config.num_tokens * config.head_dim
+    assert (allocated(4) - allocated(2)) / 2 == table
+
+    sweep = dict(
+        num_images=64,
+        num_slots=H,
+        spawn_layers=tuple(range(L)),
+        with_taylor=False,
+        need_streams=True,
+        fixed_bytes=int(rng.integers(0, 1 << 20)),
+        step_tokens=None,
+    )
+
+    def images(budget, replacement=None):
+        execution = Execution(memory_budget_bytes=budget)
+        plan = plan_batches(
+            config, execution, **sweep, replacement=replacement, replaced_heads=L * H
+        )
+        return plan.images_per_batch
+
+    low, high = 1 << 20, 1 << 30  # the least budget for four images a batch, by bisection
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if images(middle) < 4 else (low, middle)
+    assert images(high) == 4
+    assert images(high, "shared") < 4 and images(high, "per_image") < 4
+    # What the table costs, and no more: four images with their four tables (or one shared),
+    # the budget raised by that much over the nine tenths of it the work may use.
+    assert images(high + -(-10 * 4 * table // 9) + 2, "per_image") == 4
+    assert images(high + -(-10 * table // 9) + 2, "shared") == 4

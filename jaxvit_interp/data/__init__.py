@@ -1,12 +1,21 @@
-"""Images in: the bundled digits set and model, image folders, per-family preprocessing."""
+"""Images in: the bundled digits set and model, image folders, image pairs for activation
+patching, per-family preprocessing."""
 
-from jaxvit_interp.data.images import IMAGE_EXTENSIONS, ImageSet, load_image_folder
+from jaxvit_interp.data.images import (
+    IMAGE_EXTENSIONS,
+    ImagePairs,
+    ImageSet,
+    load_image_folder,
+    load_image_pairs,
+)
 from jaxvit_interp.data.preprocess import UnsupportedImageError, preprocess_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "ImagePairs",
     "ImageSet",
     "UnsupportedImageError",
     "load_image_folder",
+    "load_image_pairs",
     "preprocess_image",
 ]

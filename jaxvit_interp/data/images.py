@@ -13,6 +13,11 @@ an error. With neither, ``root`` holds the images directly and there are no labe
 A file that is not an image, or an image that fails to decode, is reported in
 :attr:`ImageSet.skipped` (and by a warning) and the rest load. Mistakes in the request itself (a
 missing folder, a CSV naming files that do not exist) raise :class:`~jaxvit_interp.errors.InputError`.
+
+Pairs of images for activation patching (:func:`load_image_pairs`) come from a CSV with a header
+row ``clean,corrupted``, each further row one pair of paths relative to the folder; there a
+file that is missing or fails to decode is an error naming the CSV's line, since the pairs
+would no longer line up without it.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from jaxvit_interp.progress import ProgressArg, start_progress
 from jaxvit_interp.storage import atomic_npy, load_npy, page_releaser
 from jaxvit_interp.summary import Summarized, listed
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageSet", "load_image_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "ImagePairs", "ImageSet", "load_image_folder", "load_image_pairs"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,56 +136,91 @@ def _walk_files(top: Path, root: Path) -> list[str]:
     return found
 
 
-def _read_labels_csv(csv_path: Path, root: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """Parse ``file,label`` rows -> ``({relative path: label text}, {label text: "file:line"})``."""
+def _check_folder(root: Path) -> None:
+    """Refuse an image folder that is missing or not a folder."""
+    if not root.exists():
+        raise InputError(f"image folder {root} does not exist")
+    if not root.is_dir():
+        raise InputError(f"image folder {root} is not a folder")
+
+
+def _read_csv(csv_path: Path, columns: tuple[str, ...], what: str) -> list[tuple[int, list[str]]]:
+    """The rows of a CSV whose header row names ``columns`` (in any order, among others):
+    ``[(line, [value of each column])]``, values stripped, blank rows left out; ``what`` (e.g.
+    ``"labels CSV"``) names the file in errors, which name its line."""
     if not csv_path.is_file():
-        raise InputError(f"labels CSV {csv_path} does not exist")
-    labels: dict[str, str] = {}
-    origins: dict[str, str] = {}
-    first_line: dict[str, int] = {}
-    # utf-8-sig: spreadsheets often save a byte-order mark that would otherwise end up in "file".
+        raise InputError(f"{what} {csv_path} does not exist")
+    header_row = ",".join(columns)
+    rows = []
+    # utf-8-sig: spreadsheets often save a byte-order mark that would otherwise end up in a name.
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
-            columns = [c.strip().lower() for c in header] if header else []
-            if "file" not in columns or "label" not in columns:
+            if header is None:
                 raise InputError(
-                    f"labels CSV {csv_path} must start with a header row 'file,label'; "
+                    f"{what} {csv_path} is empty; it must start with a header row '{header_row}'"
+                )
+            names = [c.strip().lower() for c in header]
+            if any(c not in names for c in columns):
+                raise InputError(
+                    f"{what} {csv_path} must start with a header row '{header_row}'; "
                     f"its first row is {header!r}"
                 )
-            file_col, label_col = columns.index("file"), columns.index("label")
+            index = [names.index(c) for c in columns]
             for row in reader:
                 line = reader.line_num
                 if not any(cell.strip() for cell in row):
                     continue
-                if len(row) <= max(file_col, label_col):
-                    raise InputError(f"{csv_path}:{line}: expected columns file,label, got {row!r}")
-                name, label = row[file_col].strip(), row[label_col].strip()
-                if not name or not label:
-                    raise InputError(f"{csv_path}:{line}: empty file or label in {row!r}")
-                rel = posixpath.normpath(name.replace("\\", "/"))
-                if posixpath.isabs(rel) or rel == ".." or rel.startswith("../"):
-                    raise InputError(f"{csv_path}:{line}: file {name!r} is not inside {root}")
-                if rel in first_line:
+                if len(row) <= max(index):
                     raise InputError(
-                        f"{csv_path}:{line}: file {name!r} is listed twice "
-                        f"(first on line {first_line[rel]})"
+                        f"{csv_path}:{line}: expected columns {header_row}, got {row!r}"
                     )
-                first_line[rel] = line
-                labels[rel] = label
-                origins.setdefault(label, f"{csv_path}:{line}")
+                values = [row[i].strip() for i in index]
+                if not all(values):
+                    raise InputError(f"{csv_path}:{line}: empty {' or '.join(columns)} in {row!r}")
+                rows.append((line, values))
     except (UnicodeDecodeError, csv.Error) as err:
-        raise InputError(f"labels CSV {csv_path} is not a readable UTF-8 CSV file: {err}") from None
+        raise InputError(f"{what} {csv_path} is not a readable UTF-8 CSV file: {err}") from None
+    return rows
 
-    missing = [(first_line[rel], rel) for rel in labels if not (root / rel).is_file()]
+
+def _inside(name: str, root: Path, csv_path: Path, line: int) -> str:
+    """A CSV's file ``name`` as a ``/``-path relative to ``root``; refused when it leaves it."""
+    rel = posixpath.normpath(name.replace("\\", "/"))
+    if posixpath.isabs(rel) or rel == ".." or rel.startswith("../"):
+        raise InputError(f"{csv_path}:{line}: file {name!r} is not inside {root}")
+    return rel
+
+
+def _refuse_missing(named: list[tuple[int, str]], root: Path, csv_path: Path, what: str) -> None:
+    """Refuse the CSV's ``(line, relative path)`` entries that are no file under ``root``, naming
+    each with its line."""
+    missing = [(line, rel) for line, rel in named if not (root / rel).is_file()]
     if missing:
         shown = ", ".join(f"{rel!r} (line {line})" for line, rel in missing[:_SHOWN])
         more = f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
         raise InputError(
-            f"labels CSV {csv_path} names {len(missing)} file(s) not found under {root}: "
-            f"{shown}{more}"
+            f"{what} {csv_path} names {len(missing)} file(s) not found under {root}: {shown}{more}"
         )
+
+
+def _read_labels_csv(csv_path: Path, root: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Parse ``file,label`` rows -> ``({relative path: label text}, {label text: "file:line"})``."""
+    labels: dict[str, str] = {}
+    origins: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for line, (name, label) in _read_csv(csv_path, ("file", "label"), "labels CSV"):
+        rel = _inside(name, root, csv_path, line)
+        if rel in first_line:
+            raise InputError(
+                f"{csv_path}:{line}: file {name!r} is listed twice "
+                f"(first on line {first_line[rel]})"
+            )
+        first_line[rel] = line
+        labels[rel] = label
+        origins.setdefault(label, f"{csv_path}:{line}")
+    _refuse_missing([(first_line[rel], rel) for rel in labels], root, csv_path, "labels CSV")
     return labels, origins
 
 
@@ -231,10 +271,7 @@ def load_image_folder(
       LabelError: a label is none of the model's classes (see :func:`match_labels`).
     """
     root = Path(root)
-    if not root.exists():
-        raise InputError(f"image folder {root} does not exist")
-    if not root.is_dir():
-        raise InputError(f"image folder {root} is not a folder")
+    _check_folder(root)
     check_preprocessing(config)
     if class_names is None:
         class_names = config.class_names
@@ -366,6 +403,102 @@ def load_image_folder(
         class_names=display_class_names(class_names, config.num_classes, matching),
         skipped=skipped,
         label_matching=matching,
+    )
+
+
+@dataclasses.dataclass(repr=False)
+class ImagePairs(Summarized):
+    """Clean and corrupted images paired by the rows of a CSV (:func:`load_image_pairs`).
+
+    Attributes:
+      clean: ``[pair, H, W, C]`` float32 model inputs.
+      corrupted: ``[pair, H, W, C]`` float32 model inputs, ``corrupted[i]`` paired with
+        ``clean[i]``.
+      clean_ids, corrupted_ids: each pair's paths relative to the folder, ``/``-separated, in
+        the CSV's order.
+    """
+
+    clean: np.ndarray
+    corrupted: np.ndarray
+    clean_ids: list[str]
+    corrupted_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.clean_ids)
+
+    def _summary(self):
+        height, width, channels = self.clean.shape[1:]
+        shown = lambda ids: listed(ids[:3]) + (", ..." if len(ids) > 3 else "")  # noqa: E731
+        rows = [("clean", shown(self.clean_ids)), ("corrupted", shown(self.corrupted_ids))]
+        return f"{len(self):,} pairs of {height}x{width}x{channels} images", rows
+
+
+def load_image_pairs(
+    root: str | os.PathLike,
+    config: ViTConfig,
+    pairs_csv: str | os.PathLike,
+    *,
+    progress: ProgressArg = True,
+) -> ImagePairs:
+    """Load and preprocess the image pairs a CSV names, for activation patching
+    (:func:`~jaxvit_interp.importance.activation_patching`).
+
+    Args:
+      root: the folder the CSV's paths are relative to.
+      config: gives ``image_size``, ``channels`` and ``preprocessing``.
+      pairs_csv: a CSV whose header row names the columns ``clean`` and ``corrupted`` (other
+        columns are ignored); each further row is one pair of image files under ``root``. A
+        file may appear in several pairs.
+      progress: report the images as they are decoded
+        (:func:`~jaxvit_interp.progress.start_progress`).
+
+    Returns:
+      :class:`ImagePairs`, the pairs in the CSV's order.
+
+    Raises:
+      InputError: before any image is decoded, for a missing folder or CSV, a CSV that is empty,
+        lacks a column, names no pair, has a short or empty row or a path outside ``root``
+        (naming the line), or names files that do not exist (naming each with its line), or
+        preprocessing that cannot give ``config.image_size``; while decoding, for an image
+        that cannot be read (naming it and its line).
+    """
+    root = Path(root)
+    _check_folder(root)
+    check_preprocessing(config)
+    csv_path = Path(pairs_csv)
+    rows = _read_csv(csv_path, ("clean", "corrupted"), "pairs CSV")
+    if not rows:
+        raise InputError(f"pairs CSV {csv_path} names no pairs: it has no row below its header")
+    pairs = [
+        (line, [_inside(name, root, csv_path, line) for name in names]) for line, names in rows
+    ]
+    _refuse_missing(
+        [(line, rel) for line, rels in pairs for rel in rels], root, csv_path, "pairs CSV"
+    )
+
+    shape = (len(pairs), *config.image_size, config.channels)
+    images = {"clean": np.empty(shape, np.float32), "corrupted": np.empty(shape, np.float32)}
+    with start_progress(
+        progress,
+        total=2 * len(pairs),
+        desc=f"loading image pairs in {root.name or root}",
+        unit="img",
+    ) as bar:
+        for k, (line, rels) in enumerate(pairs):
+            for (column, array), rel in zip(images.items(), rels, strict=True):
+                try:
+                    array[k] = _decode(root / rel, config)
+                except _DECODE_ERRORS as e:
+                    raise InputError(
+                        f"{csv_path}:{line}: the {column} image {rel!r} under {root} cannot be "
+                        f"read: {type(e).__name__}: {e}"
+                    ) from None
+                bar.update(1)
+    return ImagePairs(
+        clean=images["clean"],
+        corrupted=images["corrupted"],
+        clean_ids=[rels[0] for _, rels in pairs],
+        corrupted_ids=[rels[1] for _, rels in pairs],
     )
 
 

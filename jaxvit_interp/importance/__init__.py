@@ -10,8 +10,9 @@ there are no labels):
   ``taylor`` (``|dLoss/dm|`` at head mask 1), computed by the batched ablation engine
   (:mod:`~jaxvit_interp.importance.engine`); titles and directions in
   :data:`jaxvit_interp.quantities.METRICS`. What takes a pruned head's place is
-  ``ablation=`` (:class:`~jaxvit_interp.importance.ablation_kinds.Ablation`; ``"zero"``, the
-  paper's), and how the work runs is ``execution=`` (:class:`~jaxvit_interp.execution.Execution`).
+  ``ablation=`` (:class:`~jaxvit_interp.importance.ablation_kinds.Ablation`: ``"zero"``, the
+  paper's; ``"mean"`` or ``"resample"``, from the ``reference=`` images), and how the work runs
+  is ``execution=`` (:class:`~jaxvit_interp.execution.Execution`).
 - :func:`ablate`: the same metrics for sets of heads pruned together, across layers.
 - :func:`pairwise_interactions`: ``drop(i and j) - drop(i) - drop(j)`` for pairs of heads.
 - :func:`direct_logit_attribution`: each head's direct contribution to the label logit through
@@ -25,6 +26,8 @@ there are no labels):
   and rankings.
 - :func:`image_layout`: the image overview (view A), images placed by their importance vectors.
 - :func:`cumulative_pruning_accuracy`: accuracy as heads are pruned one after another in a ranking.
+- :func:`activation_patching`: each head's output carried between a clean and a corrupted image
+  (a resample ablation), and the normalised patching score.
 """
 
 from jaxvit_interp.budget import BatchPlan, MemoryBudgetError, default_memory_budget, plan_batches
@@ -52,6 +55,11 @@ from jaxvit_interp.importance.direct import DirectLogitAttribution, direct_logit
 from jaxvit_interp.importance.interactions import HeadInteractions, pairwise_interactions
 from jaxvit_interp.importance.layout import image_layout
 from jaxvit_interp.importance.partial import PartialPruning, partial_pruning
+from jaxvit_interp.importance.patching import (
+    PATCHING_DIRECTIONS,
+    ActivationPatching,
+    activation_patching,
+)
 from jaxvit_interp.importance.pruning import CURVE_ORDERS, PruningCurve, pruning_curves
 from jaxvit_interp.importance.sets import SET_METRICS, SetAblation, ablate
 from jaxvit_interp.importance.taylor import taylor_importance
@@ -60,6 +68,9 @@ from jaxvit_interp.importance.validate import METRICS
 __all__ = [
     "ABLATION_KINDS",
     "Ablation",
+    "ActivationPatching",
+    "PATCHING_DIRECTIONS",
+    "activation_patching",
     "HIGHER_IS_MORE_IMPORTANT",
     "METRICS",
     "CURVE_ORDERS",

@@ -186,14 +186,19 @@ def head_importance(
     *,
     metrics: Iterable[str] = validate.METRICS,
     ablation: str | Ablation = "zero",
+    reference=None,
     execution: Execution | None = None,
 ) -> HeadImportance:
     """Prune every head of every layer, one at a time, on every image, and measure the effect.
 
-    Pruning head ``h`` of layer ``l`` multiplies its output by 0 before the output projection
-    (``head_mask[l, h] = 0``: ``ablation="zero"``).  The single-head ablations run batched on the
-    device, reusing the unpruned layers below each pruned head (see
-    :mod:`jaxvit_interp.importance.engine`).
+    Pruning head ``h`` of layer ``l`` replaces its output before the output projection, its
+    mixed values ``m_h`` ``[token, head_dim]``: by 0 (``head_mask[l, h] = 0``:
+    ``ablation="zero"``, the paper's), by their mean per token position over ``reference``
+    images (``"mean"``), or on image ``i`` by the same head's output on ``reference[i]``
+    (``"resample"``); each replacement comes from clean forward passes of the reference images.
+    Every metric is that of one plain forward pass with that replacement, to float32 rounding.
+    The single-head ablations run batched on the device, reusing the unpruned layers below each
+    pruned head (see :mod:`jaxvit_interp.importance.engine`).
 
     Args:
       config, params: the model.
@@ -203,9 +208,14 @@ def head_importance(
         classifier (``num_classes == 0``) has ``layer`` and ``repr`` (the change of its pooled
         output), unless a linear probe gives it classes
         (:func:`~jaxvit_interp.model.probe.with_probe`).
-      ablation: what takes a pruned head's place: ``"zero"`` (the paper's; the only kind so
-        far, :data:`~jaxvit_interp.importance.ablation_kinds.ABLATION_KINDS`) or an
-        :class:`~jaxvit_interp.importance.ablation_kinds.Ablation`.
+      ablation: what takes a pruned head's place: ``"zero"`` (the default), ``"mean"`` or
+        ``"resample"`` (:data:`~jaxvit_interp.importance.ablation_kinds.ABLATION_KINDS`), or an
+        :class:`~jaxvit_interp.importance.ablation_kinds.Ablation`.  ``taylor`` is a gradient at
+        the unpruned model and the same for every kind.
+      reference: ``[image, height, width, channels]`` preprocessed images the replacement comes
+        from: for ``"mean"`` any number (None: the analysed images themselves); for
+        ``"resample"`` exactly one per analysed image, paired by position (required; a larger
+        set is refused, pass its first images). Refused with ``"zero"``, which reads none.
       execution: how the work runs (:class:`~jaxvit_interp.execution.Execution`: images per
         batch, the per-device memory budget the batches are planned for, the mesh whose devices
         share the images, and progress, reported as each batch's ablations finish); None: the
@@ -215,9 +225,10 @@ def head_importance(
       :class:`HeadImportance` with arrays ``[image, layer, head]``.
 
     Raises:
-      ValueError: before any model work, for labels outside the class range, images of the
-        wrong size or channel count, NaN or infinite pixels, an empty image set, bad options, or
-        metrics that need logits (or labels) on a backbone without a classifier.
+      ValueError: before any model work, for labels outside the class range, images (or
+        reference images) of the wrong size or channel count, NaN or infinite pixels, an empty
+        image set, a reference the ablation cannot take, bad options, or metrics that need
+        logits (or labels) on a backbone without a classifier.
     """
     validate.check_unpruned(config, "head_importance")
     metrics = validate.check_metrics(metrics)
@@ -226,6 +237,7 @@ def head_importance(
     execution = as_execution(execution)
     images = validate.check_images(config, images)
     labels = validate.check_labels(config, labels, images.shape[0])
+    reference = validate.check_reference(config, ablation, reference, images)
 
     wanted = set(metrics)
     need_streams = bool(wanted & ABLATION_METRICS)
@@ -242,6 +254,7 @@ def head_importance(
         with_taylor="taylor" in wanted,
         need_streams=need_streams,
         ablation=ablation,
+        reference=reference,
         execution=execution,
         desc="head importance",
     )

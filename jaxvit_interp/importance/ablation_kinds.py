@@ -12,10 +12,20 @@ engines stay exact and batched for any kind:
   (:func:`~jaxvit_interp.importance.kernels.masked_block`): :meth:`Ablation.masked` gives the
   heads' mixed values with the masked ones ablated.
 
-The two agree: ``masked(m, keep) == m - (1 - keep) * removed(m)``.
+The two agree: ``masked(m, keep, r) == m - (1 - keep) * removed(m, r)``.
 
-Kinds (:data:`ABLATION_KINDS`): ``"zero"``, the paper's, ``r_h = 0`` (the head's output times
-0).  The engines and their drivers take the value as it is; a new kind is its two methods.
+Kinds (:data:`ABLATION_KINDS`):
+
+- ``"zero"``, the paper's: ``r_h = 0`` (the head's output times 0); it reads no other image.
+- ``"mean"``: ``r_h`` is the head's output per token position averaged over reference images
+  (by default the analysed images themselves), each from a clean forward pass: one
+  ``[layer, head, token, head_dim]`` table shared by every image.
+- ``"resample"``: image ``i``'s ``r_h`` is the same head's output on reference image ``i`` (its
+  clean forward pass): a table per image, computed batch by batch beside the images.
+
+The kind is hashable and static (compiled programs are cached on it); the replacement ``r`` is
+data that travels with each batch (:mod:`jaxvit_interp.importance.replacement`), so a new
+reference set compiles nothing new.
 """
 
 from __future__ import annotations
@@ -30,7 +40,10 @@ __all__ = ["ABLATION_KINDS", "ZERO", "Ablation", "as_ablation"]
 
 Array = jax.Array
 
-ABLATION_KINDS: tuple[str, ...] = ("zero",)
+ABLATION_KINDS: tuple[str, ...] = ("zero", "mean", "resample")
+
+# Where each kind's replacement comes from (see Ablation.replacement).
+_REPLACEMENTS = {"zero": None, "mean": "shared", "resample": "per_image"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,16 +63,26 @@ class Ablation:
                 f"unknown ablation {self.kind!r}; expected one of {', '.join(ABLATION_KINDS)}"
             )
 
-    def removed(self, mixed: Array) -> Array:
-        """What ablating takes away from each ablated head's mixed values ``m_h - r_h``:
-        ``mixed`` ``[..., token, head_dim]`` -> same.  Zero: all of it."""
-        return mixed
+    @property
+    def replacement(self) -> str | None:
+        """What the replacement ``r`` is, as data: None (zero: nothing), ``"shared"`` (mean:
+        one table for every image) or ``"per_image"`` (resample: a table per image)."""
+        return _REPLACEMENTS.get(self.kind)
 
-    def masked(self, mixed: Array, keep: Array) -> Array:
+    def removed(self, mixed: Array, replacement: Array | None = None) -> Array:
+        """What ablating takes away from each ablated head's mixed values ``m_h - r_h``:
+        ``mixed`` ``[..., token, head_dim]`` and ``replacement`` ``r`` (broadcast to it; None
+        for zero) -> ``mixed``'s shape.  Zero: all of it."""
+        return mixed if replacement is None else mixed - replacement
+
+    def masked(self, mixed: Array, keep: Array, replacement: Array | None = None) -> Array:
         """The heads' mixed values with those where ``keep`` is 0 ablated: ``mixed``
-        ``[..., head, ...]`` and ``keep`` (the head mask, broadcast to ``mixed``) -> ``mixed``'s
-        shape.  Zero: ``mixed * keep``."""
-        return mixed * keep
+        ``[..., head, ...]``, ``keep`` (the head mask) and ``replacement`` (None for zero), both
+        broadcast to ``mixed`` -> ``mixed``'s shape.  Zero: ``mixed * keep``; otherwise
+        ``mixed * keep + replacement * (1 - keep)``."""
+        if replacement is None:
+            return mixed * keep
+        return mixed * keep + replacement * (1 - keep)
 
 
 ZERO = Ablation()

@@ -23,9 +23,11 @@ from jaxvit_interp.model.vit import ModelOutput
 from jaxvit_interp.parallel import Batch, Batcher
 from jaxvit_interp.progress import ProgressArg
 
-# A batch's work, given its unpruned pass and targets: parts ``(store, device outputs)`` as
-# :meth:`~jaxvit_interp.parallel.Batcher.run` takes them.
-Work = Callable[[ModelOutput, jax.Array], list[tuple[Callable[[Batch, Any], None], Any]]]
+# A batch's work, given its unpruned pass, targets and reference images (None without):
+# parts ``(store, device outputs)`` as :meth:`~jaxvit_interp.parallel.Batcher.run` takes them.
+Work = Callable[
+    [ModelOutput, jax.Array, jax.Array | None], list[tuple[Callable[[Batch, Any], None], Any]]
+]
 
 
 @dataclasses.dataclass
@@ -52,13 +54,19 @@ def drive(
     *,
     batcher: Batcher,
     work: Work,
+    reference=None,
     with_taylor: bool = False,
     progress: ProgressArg = True,
     desc: str,
 ) -> Unpruned:
     """The unpruned pass and ``work`` on every batch of ``images`` (``params`` already placed by
     ``batcher``); ``work``'s parts are stored as they come back, and the unpruned pass's
-    outputs are returned."""
+    outputs are returned.
+
+    ``reference``: images ``[image, ...]`` paired one to one with ``images`` (a resample
+    ablation's), cut, padded and sharded over the devices with them, each batch's handed to
+    ``work``; None hands it None.
+    """
     num_images = images.shape[0]
     out = Unpruned(
         logits=np.zeros((num_images, config.num_classes), np.float32),
@@ -75,11 +83,11 @@ def drive(
         if taylor is not None:
             out.taylor[batch.rows] = taylor
 
-    def one_batch(pixels, targets):
+    def one_batch(pixels, targets, paired):
         full, y, taylor = full_pass(config, params, pixels, targets, with_taylor)
         # Only what is fetched stays referenced: the rest of the pass is freed once the
         # batch's work has read it.
-        return [(store, (full.logits, y, taylor)), *work(full, y)]
+        return [(store, (full.logits, y, taylor)), *work(full, y, paired)]
 
-    batcher.run(one_batch, images, labels, progress=progress, desc=desc)
+    batcher.run(one_batch, images, labels, reference, progress=progress, desc=desc)
     return out

@@ -33,7 +33,9 @@ How the work is laid out, and why it stays exact:
   shared kernels (:mod:`~jaxvit_interp.importance.kernels`).
 * What ablating a head leaves in its place is a value the engine takes
   (:class:`~jaxvit_interp.importance.ablation_kinds.Ablation`): ``delta`` is what it takes from
-  ``A_lh V_lh``, times ``W_out[h]``.
+  ``A_lh V_lh``, times ``W_out[h]``.  A mean or resample ablation's replacement is a table per
+  spawn slot, data beside the batch (:mod:`~jaxvit_interp.importance.replacement`): ``delta``
+  is then ``(A_lh V_lh - r) W_out[h]``, the same rank.
 
 Axis names in shapes: ``batch layer head slot stream token hidden class``.
 """
@@ -63,6 +65,7 @@ from jaxvit_interp.importance.kernels import (
     spawn_mixed,
 )
 from jaxvit_interp.importance.metrics import layer_change
+from jaxvit_interp.importance.replacement import replacements
 from jaxvit_interp.model import blocks
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.vit import ModelOutput, block_params, readout_params
@@ -86,6 +89,7 @@ def ablation_sweep(
     need_streams: bool = True,
     group: int | None = None,
     ablation: Ablation = ZERO,
+    replacement: Array | None = None,
 ) -> tuple[Array | None, Array | None, Array]:
     """Run every spawned ablation of a batch of images to the logits, reusing the unpruned pass.
 
@@ -102,6 +106,9 @@ def ablation_sweep(
         for one step per layer.
       ablation: static, what takes an ablated head's place (its ``removed`` part of the mixed
         values is what ``delta`` carries).
+      replacement: ``[batch or 1, len(spawn_layers), slot, token, head_dim]`` what takes each
+        slot's ablated mixed values' place
+        (:func:`~jaxvit_interp.importance.kernels.clean_slot_mixed`), or None for zero.
 
     Returns:
       ``(logits [batch, spawn_layer, slot, class], pre_logits [batch, spawn_layer, slot, hidden],
@@ -131,7 +138,8 @@ def ablation_sweep(
         mixed = ablation.removed(
             spawn_mixed(
                 c, p, full.residual[:, layer], full.attention[:, layer], slot_heads[i], keep
-            )
+            ),
+            None if replacement is None else replacement[:, i],
         )
         delta = jnp.einsum("bsqd,sdo->bsqo", mixed, p.out.kernel[slot_heads[i]])  # O_l - O'_l
         block_out = full.block_outputs[:, layer]
@@ -185,15 +193,22 @@ def ablation_batch(
     need_streams: bool,
     group: int | None = None,
     ablation: Ablation = ZERO,
+    replacement: Array | None = None,
+    slot_start: Array | int = 0,
 ) -> dict[str, Array]:
     """One group of spawn slots on one batch of images, reduced to per-ablation outputs.
 
     ``reduce`` (:data:`~jaxvit_interp.importance.kernels.Reduce`) maps the pruned outputs to
     arrays ``[b, s, k, ...]`` on the device, so only those come back.  ``folded``:
     :func:`~jaxvit_interp.importance.kernels.fold_mlp_inputs` of ``spawn_layers`` (None without
-    streams).
+    streams).  ``replacement``: the table of every slot of the run ``[batch or 1, spawn_layer,
+    slot, token, head_dim]`` (None for zero), of which this group's slots start at
+    ``slot_start`` (data: one program serves every group).
     Returns its dict plus ``"layer"`` ``[batch, spawn_layer, slot]``.
     """
+    if replacement is not None:
+        slots = slot_heads.shape[1]
+        replacement = jax.lax.dynamic_slice_in_dim(replacement, slot_start, slots, axis=2)
     keep = None if keep_table is None else keep_table[slot_modes]
     logits, z, changes = ablation_sweep(
         config,
@@ -206,6 +221,7 @@ def ablation_batch(
         need_streams,
         group,
         ablation,
+        replacement,
     )
     result = {"layer": changes}
     if need_streams and reduce is not None:
@@ -225,10 +241,12 @@ def head_importance_plan(
     *,
     num_images: int,
     with_taylor: bool = False,
+    ablation: Ablation = ZERO,
 ) -> BatchPlan:
     """The plan of :func:`~jaxvit_interp.importance.head_importance`'s sweep (every head of
-    every layer, all ablation metrics): what it will cut ``num_images`` images into, or the
-    :class:`~jaxvit_interp.budget.MemoryBudgetError` it would raise."""
+    every layer, all ablation metrics, ``ablation``'s replacement): what it will cut
+    ``num_images`` images into, or the :class:`~jaxvit_interp.budget.MemoryBudgetError` it
+    would raise."""
     return plan_batches(
         config,
         execution,
@@ -238,6 +256,8 @@ def head_importance_plan(
         with_taylor=with_taylor,
         need_streams=True,
         fixed_bytes=params_bytes(params),
+        replacement=ablation.replacement,
+        replaced_heads=config.num_layers * config.num_heads,
     )
 
 
@@ -281,6 +301,7 @@ def run_engine(
     with_taylor: bool = False,
     need_streams: bool = True,
     ablation: Ablation = ZERO,
+    reference=None,
     execution: Execution,
     desc: str = "ablations",
     step_tokens: int | None | str = "auto",
@@ -297,6 +318,9 @@ def run_engine(
         heads.
       reduce: maps pruned logits to per-slot outputs on the device (see :func:`ablation_batch`).
       ablation: what takes an ablated head's place.
+      reference: the checked images its replacement comes from
+        (:func:`~jaxvit_interp.importance.validate.check_reference`): a mean's, averaged before
+        the batches run, or resample's, one per image and batched with them; None for zero.
       execution: batch size, memory budget, devices (images sharded over the mesh's batch axis)
         and progress (the images, a share of a batch as each slot group comes back).
       step_tokens: tokens per step through a block; "auto" for
@@ -314,6 +338,8 @@ def run_engine(
         need_streams=need_streams,
         fixed_bytes=params_bytes(params),
         step_tokens=step_tokens,
+        replacement=ablation.replacement if num_slots else None,
+        replaced_heads=len(spawn_layers) * num_slots,
     )
     batcher = execution.batcher(plan.images_per_batch)
     params = batcher.replicate(params)
@@ -322,11 +348,23 @@ def run_engine(
     # Slot groups: pad every layer's slot list to a whole number of equal groups.
     table = None if keep_table is None else batcher.replicate(np.asarray(keep_table, np.float32))
     slot_groups = []
+    replace = None  # no slots: nothing is ablated, so nothing is replaced
     if num_slots:
         padded = plan.slots_per_group * plan.num_slot_groups
         slots_all = _pad_slots(np.asarray(slot_heads, np.int32), padded)
         modes_all = (
             None if slot_modes is None else _pad_slots(np.asarray(slot_modes, np.int32), padded)
+        )
+        replace = replacements(
+            config,
+            params,
+            ablation,
+            reference,
+            batcher=batcher,
+            spawn_layers=spawn_layers,
+            slot_heads=batcher.replicate(slots_all),
+            slot_modes=None if modes_all is None else batcher.replicate(modes_all),
+            keep_table=table,
         )
         for k in range(plan.num_slot_groups):
             part = slice(k * plan.slots_per_group, (k + 1) * plan.slots_per_group)
@@ -352,7 +390,8 @@ def run_engine(
 
         return store
 
-    def work(full: ModelOutput, targets: Array):
+    def work(full: ModelOutput, targets: Array, paired: Array | None):
+        replacement = None if replace is None else replace(paired)
         return [
             (
                 store_group(part),
@@ -370,6 +409,8 @@ def run_engine(
                     need_streams,
                     plan.streams_per_step,
                     ablation,
+                    replacement,
+                    part.start,
                 ),
             )
             for part, part_slots, modes in slot_groups
@@ -382,6 +423,7 @@ def run_engine(
         labels,
         batcher=batcher,
         work=work,
+        reference=reference if ablation.replacement == "per_image" and num_slots else None,
         with_taylor=with_taylor,
         progress=execution.progress,
         desc=desc,

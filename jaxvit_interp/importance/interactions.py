@@ -91,6 +91,7 @@ def pairwise_interactions(
     labels=None,
     *,
     ablation: str | Ablation = "zero",
+    reference=None,
     execution: Execution | None = None,
 ) -> HeadInteractions:
     """Interactions of every pair of ``heads`` (e.g. the 16 most important: 120 pairs).
@@ -98,7 +99,8 @@ def pairwise_interactions(
     Args:
       heads: ``[(layer, head), ...]``, at least two, no repeats.
       labels: ``[image]`` int, or None for the unpruned predictions.
-      ablation, execution: as in :func:`~jaxvit_interp.importance.ablate`.
+      ablation, reference, execution: as in :func:`~jaxvit_interp.importance.ablate`: the
+        singles and the pairs replace their heads alike.
     """
     validate.check_unpruned(config, "pairwise_interactions")
     heads = validate.check_heads(config, heads)
@@ -120,6 +122,7 @@ def pairwise_interactions(
         labels,
         metrics=INTERACTION_METRICS,
         ablation=ablation,
+        reference=reference,
         execution=execution,
     )
     single, pair, interaction = {}, {}, {}

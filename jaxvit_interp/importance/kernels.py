@@ -38,12 +38,13 @@ def masked_block(
     x: Array,
     head_mask: Array | None = None,
     ablation: Ablation = ZERO,
+    replacement: Array | None = None,
 ) -> Array:
     """The model's block, unpruned or with the heads a ``[head]`` mask zeroes ablated as
-    ``ablation`` says. x ``[batch, token, hidden]`` -> same."""
-    return blocks.block(
-        config, p, x, head_mask=head_mask, with_probs=False, ablate=ablation.masked
-    )[0]
+    ``ablation`` says. x ``[batch, token, hidden]`` -> same; ``replacement`` ``[batch or 1,
+    head, token, head_dim]`` what takes the ablated heads' place (None for zero)."""
+    ablate = functools.partial(ablation.masked, replacement=replacement)
+    return blocks.block(config, p, x, head_mask=head_mask, with_probs=False, ablate=ablate)[0]
 
 
 def prefix_block(
@@ -53,10 +54,11 @@ def prefix_block(
     queries: int,
     head_mask: Array | None = None,
     ablation: Ablation = ZERO,
+    replacement: Array | None = None,
 ) -> Array:
     """The block for the first ``queries`` tokens only: ``[batch, token, hidden] ->
-    [batch, queries, hidden]``; ``head_mask`` ``[head]`` and ``ablation`` as in
-    :func:`masked_block` (None: unpruned).
+    [batch, queries, hidden]``; ``head_mask`` ``[head]``, ``ablation`` and ``replacement`` (all
+    tokens) as in :func:`masked_block` (None: unpruned).
 
     Exact for those rows, and without projecting any other token to queries, keys or values:
     with ``y`` the normalised tokens, the scores are ``q_h . (W_k,h y_j + b_k,h)``, and the bias
@@ -74,7 +76,9 @@ def prefix_block(
     if p.value.bias is not None:
         heads = heads + p.value.bias
     if head_mask is not None:
-        heads = ablation.masked(heads, head_mask[:, None])
+        if replacement is not None:  # its first rows, heads after tokens as ``heads`` has them
+            replacement = jnp.swapaxes(replacement[..., :queries, :], -3, -2)
+        heads = ablation.masked(heads, head_mask[:, None], replacement)
     out = blocks.linear(p.out, heads, in_axes=2)
     return blocks.mlp_half(config, p, x[:, :queries] + out)
 
@@ -165,6 +169,36 @@ def spawn_mixed(
     if keep is not None:
         probs = probs * (1.0 - keep)  # the zeroed entries are what the pruning takes away
     return jnp.einsum("bsqk,bskd->bsqd", probs, jnp.swapaxes(v[:, :, heads], 1, 2))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "spawn_layers"))
+def clean_slot_mixed(
+    config: ViTConfig,
+    params,
+    images: Array,
+    spawn_layers: tuple[int, ...],
+    slot_heads: Array,
+    slot_modes: Array | None = None,
+    keep_table: Array | None = None,
+) -> Array:
+    """What each spawn slot ablates, on a clean (unpruned) pass of ``images``: ``[batch,
+    spawn_layer, slot, token, head_dim]``, the replacement table of a mean or resample ablation
+    (:mod:`~jaxvit_interp.importance.replacement`).
+
+    ``slot_heads`` ``[spawn_layer, slot]``; ``slot_modes`` ``[spawn_layer, slot]`` into
+    ``keep_table`` ``[mode, query, key]`` for partial pruning (both None for whole heads).  Each
+    slot's entry is :func:`spawn_mixed` of the clean pass: the whole head's mixed values, or the
+    share of them that the slot's zeroed attention entries carry.  Only the table leaves the
+    program, so no image's attention is kept.
+    """
+    out = VisionTransformer(config).apply({"params": params}, images)
+    tables = []
+    for i, layer in enumerate(spawn_layers):
+        keep = None if keep_table is None else keep_table[slot_modes[i]]
+        p = block_params(params, layer)
+        residual, attention = out.residual[:, layer], out.attention[:, layer]
+        tables.append(spawn_mixed(config, p, residual, attention, slot_heads[i], keep))
+    return jnp.stack(tables, axis=1)
 
 
 def grouped(fn, xs, group: int | None) -> Array:

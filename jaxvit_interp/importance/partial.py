@@ -2,7 +2,12 @@
 
 Each (head, mode) pair is one spawn slot of the ablation engine: the zeroed entries' contribution
 ``((A_lh * (1 - keep)) V_lh) W_out[h]`` is taken off the block output and only the layers from the
-head's own MLP up run again.  The ``none`` mode is the unpruned model and costs nothing.
+head's own MLP up run again.  The ``none`` mode is the unpruned model and costs nothing.  With a
+mean or resample ablation the zeroed entries' share of the head's output,
+``(A_lh * (1 - keep)) V_lh``, is replaced by that same share on the reference images (the
+reference's own attention entries in that part times its own values), averaged or image by
+image; for the ``head`` mode that is the whole head's output, as
+:func:`~jaxvit_interp.importance.head_importance` replaces it.
 """
 
 from __future__ import annotations
@@ -97,6 +102,7 @@ def partial_pruning(
     modes: Sequence[str] | None = None,
     top_k: int = 5,
     ablation: str | Ablation = "zero",
+    reference=None,
     execution: Execution | None = None,
 ) -> PartialPruning:
     """Apply each partial-pruning mode to each chosen head, one (head, mode) at a time.
@@ -113,9 +119,13 @@ def partial_pruning(
       heads: ``[(layer, head), ...]``, or None for every head.
       modes: a subset of the modes; None for all that apply.
       top_k: how many top classes to keep (at most the number of classes).
-      ablation, execution: as in :func:`~jaxvit_interp.importance.head_importance`; the
-        ablation says what takes the place of a head's zeroed attention entries' share of its
-        output.
+      ablation, reference, execution: as in
+        :func:`~jaxvit_interp.importance.head_importance`; the ablation says what takes the
+        place of a head's zeroed attention entries' share of its output
+        ``(A * (1 - keep)) V``: nothing (``"zero"``), that share's mean per token position over
+        the reference images (``"mean"``: the reference's own attention entries in the mode's
+        part times its own values), or that share on ``reference[i]`` (``"resample"``).  For the
+        ``head`` mode this is the whole head's output, as ``head_importance`` replaces it.
 
     Returns:
       :class:`PartialPruning`.
@@ -131,6 +141,7 @@ def partial_pruning(
         raise InputError(f"top_k={top_k} exceeds the model's {config.num_classes} classes")
     ablation = as_ablation(ablation)
     execution = as_execution(execution)
+    reference = validate.check_reference(config, ablation, reference, images)
 
     pruned_modes = [m for m in modes if m != "none"]
     keep_table = np.stack(
@@ -167,6 +178,7 @@ def partial_pruning(
         keep_table=keep_table,
         reduce=_PartialReduce(top_k),
         ablation=ablation,
+        reference=reference,
         execution=execution,
         desc="partial pruning",
     )

@@ -146,6 +146,7 @@ def pruning_curves(
     seed: int = 0,
     max_heads: int | None = None,
     ablation: str | Ablation = "zero",
+    reference=None,
     execution: Execution | None = None,
 ) -> dict[str, PruningCurve]:
     """Pruning curves of ``orders`` over the first ``max_heads`` removals (default: all heads).
@@ -162,9 +163,9 @@ def pruning_curves(
       random_orders: how many random orders (seeded by ``seed``).
       max_heads: stop each curve after this many removals (greedy costs ``K`` ablation batches
         of up to ``L * H`` sets each).
-      ablation: what takes a removed head's place, as in
-        :func:`~jaxvit_interp.importance.head_importance` (the importance order too, when it is
-        computed here).
+      ablation, reference: what takes a removed head's place and the images it comes from, as
+        in :func:`~jaxvit_interp.importance.head_importance` (the importance order too, when it
+        is computed here).
       execution: as in :func:`~jaxvit_interp.importance.head_importance`; its progress is one
         report over every set ablation of every curve.
 
@@ -202,6 +203,7 @@ def pruning_curves(
     execution = as_execution(execution)
     images = validate.check_images(config, images)
     labels = validate.check_labels(config, labels, images.shape[0])
+    validate.check_reference(config, ablation, reference, images)
 
     # Every curve's set ablations in one report: a greedy curve is most of them.
     sets_of = {
@@ -225,6 +227,7 @@ def pruning_curves(
             labels,
             metrics=("prob",),
             ablation=ablation,
+            reference=reference,
             execution=execution.with_progress(bar.share(len(sets))),
         )
 
@@ -238,6 +241,7 @@ def pruning_curves(
                 labels,
                 metrics=(metric,),
                 ablation=ablation,
+                reference=reference,
                 execution=execution.with_progress(bar.share(total)),
             )
         mean = np.nanmean(np.asarray(importance[metric], np.float64), axis=0)

@@ -23,7 +23,12 @@ layer ``b``.  So the sets are laid out as a tree of streams:
   its source's) and, at the top, by unpruned dummies whose results are discarded.
 
 Nothing is approximated: every stream is the plain masked forward pass of its set from the
-layer it starts at, and its input there is that pass's input.
+layer it starts at, and its input there is that pass's input.  A mean or resample ablation puts
+each masked head's replacement in its place (:meth:`Ablation.masked
+<jaxvit_interp.importance.ablation_kinds.Ablation.masked>`): one table ``[batch or 1, layer,
+head, token, head_dim]`` of clean head outputs per batch
+(:mod:`~jaxvit_interp.importance.replacement`), the same for every stream, of which each
+layer's program reads its layer (an index that is data, so the programs stay one per shape).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from jaxvit_interp.importance.ablation_kinds import ZERO, Ablation
 from jaxvit_interp.importance.driver import drive
 from jaxvit_interp.importance.kernels import Reduce, grouped, masked_block, prefix_block
 from jaxvit_interp.importance.metrics import layer_change
+from jaxvit_interp.importance.replacement import replacements
 from jaxvit_interp.model import blocks
 from jaxvit_interp.model.blocks import BlockParams
 from jaxvit_interp.model.config import ViTConfig
@@ -159,6 +165,14 @@ def plan_streams(masks: np.ndarray, step: int = 1) -> StreamPlan:
 # --------------------------------------------------------------------------------------------
 
 
+def _layer_of(replacement: Array | None, layer: Array | int) -> Array | None:
+    """Layer ``layer`` of a replacement table ``[batch or 1, layer, head, token, head_dim]``
+    (``layer`` may be traced), or None for zero."""
+    if replacement is None:
+        return None
+    return jax.lax.dynamic_index_in_dim(replacement, layer, axis=1, keepdims=False)
+
+
 @functools.partial(jax.jit, static_argnames=("config", "group", "read", "ablation"))
 def _layer_step(
     config: ViTConfig,
@@ -170,6 +184,8 @@ def _layer_step(
     group: int | None,
     read: int | None,
     ablation: Ablation = ZERO,
+    replacement: Array | None = None,
+    layer: Array | int = 0,
 ) -> Array:
     """One layer for every stream: the streams starting here join, then all run the block.
 
@@ -180,6 +196,8 @@ def _layer_step(
       rows: ``[stream + new, head]`` every stream's head mask at this layer.
       read: the last block of a token classifier: only its first ``read`` tokens are computed.
       ablation: what takes the place of the heads a stream's mask zeroes.
+      replacement: ``[batch or 1, layer, head, token, head_dim]`` their replacement at every
+        layer, of which ``layer``'s is read (None for zero).
     """
     if sources.shape[0]:
         if x.shape[0]:
@@ -189,10 +207,11 @@ def _layer_step(
         else:
             new = jnp.broadcast_to(unpruned[None], (sources.shape[0], *unpruned.shape))
         x = jnp.concatenate([x, new])
+    kind = dict(ablation=ablation, replacement=_layer_of(replacement, layer))
     if read:
-        block = functools.partial(prefix_block, config, p, queries=read, ablation=ablation)
+        block = functools.partial(prefix_block, config, p, queries=read, **kind)
     else:
-        block = functools.partial(masked_block, config, p, ablation=ablation)
+        block = functools.partial(masked_block, config, p, **kind)
     return grouped(lambda xs, m: block(xs, head_mask=m), (x, rows), group)
 
 
@@ -218,6 +237,7 @@ def set_delta(
     attention: Array,
     pruned: Array,
     ablation: Ablation = ZERO,
+    replacement: Array | None = None,
 ) -> Array:
     """Each set's pruned heads' summed term of the block output, ``O_l - O'_l``:
     ``[batch, set, token, hidden]``.
@@ -228,21 +248,34 @@ def set_delta(
       pruned: ``[set, head]`` 1 - head mask: 1 for each head a set prunes in this layer.
       ablation: what takes a pruned head's place (its ``removed`` part of the mixed values is
         what the term carries).
+      replacement: ``[batch or 1, head, token, head_dim]`` that place's content at this layer
+        (None for zero).
 
     The heads' terms of the output projection add up, so pruning several heads of one layer
     takes away the sum of their terms.
     """
     v = blocks.linear(p.value, blocks.layer_norm(config, p.ln1, residual))
     mixed = jnp.einsum("bhqk,bkhd->bhqd", attention, v)  # every head's mixed values
-    return jnp.einsum("bhqd,sh,hdo->bsqo", ablation.removed(mixed), pruned, p.out.kernel)
+    removed = ablation.removed(mixed, replacement)
+    return jnp.einsum("bhqd,sh,hdo->bsqo", removed, pruned, p.out.kernel)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "ablation"))
 def _layer_changes(
-    config, p, residual, attention, block_output, pruned, ablation: Ablation = ZERO
+    config,
+    p,
+    residual,
+    attention,
+    block_output,
+    pruned,
+    ablation: Ablation = ZERO,
+    replacement: Array | None = None,
+    layer: Array | int = 0,
 ) -> Array:
-    """``||O_l - O'_l|| / ||O_l||`` of each set's heads of this layer: ``[batch, set]``."""
-    delta = set_delta(config, p, residual, attention, pruned, ablation)
+    """``||O_l - O'_l|| / ||O_l||`` of each set's heads of this layer: ``[batch, set]``;
+    ``replacement`` as :func:`_layer_step` takes it."""
+    replaced = _layer_of(replacement, layer)
+    delta = set_delta(config, p, residual, attention, pruned, ablation, replaced)
     return jax.vmap(jax.vmap(layer_change, (None, 0)))(block_output, delta)
 
 
@@ -259,10 +292,12 @@ def plan_sets(
     num_images: int,
     fixed_bytes: int,
     step_tokens: int | None | str = "auto",
+    ablation: Ablation = ZERO,
 ) -> tuple[BatchPlan, list[np.ndarray], list[StreamPlan]]:
     """``(image batches, set chunks [set, layer, head], their layouts)`` for :func:`run_sets`.
 
-    :func:`~jaxvit_interp.budget.plan_batches` with one stream per unique set sizes the image
+    :func:`~jaxvit_interp.budget.plan_batches` with one stream per unique set (and
+    ``ablation``'s replacement table, every head of every layer) sizes the image
     batches and the number of streams a chunk may hold; the unique sets, in the layout's order,
     are cut into chunks of that many and each is laid out by :func:`plan_streams` with streams
     counted in steps of ``streams_per_step``.
@@ -279,6 +314,8 @@ def plan_sets(
         need_streams=True,
         fixed_bytes=fixed_bytes,
         step_tokens=step_tokens,
+        replacement=ablation.replacement,
+        replaced_heads=config.num_layers * config.num_heads,
     )
     # The budget holds ``slots_per_group`` streams; padding adds up to a quarter.
     per_chunk = max(1, (plan.slots_per_group * 4) // 5)
@@ -308,6 +345,7 @@ def run_sets(
     *,
     with_layer: bool = True,
     ablation: Ablation = ZERO,
+    reference=None,
     execution: Execution,
     desc: str = "head sets",
     step_tokens: int | None | str = "auto",
@@ -317,7 +355,8 @@ def run_sets(
     Images are cut into batches and the sets, in the layout's order, into chunks whose streams
     fit the memory budget of ``execution`` (:func:`~jaxvit_interp.budget.plan_batches` with one
     stream per set); each chunk is laid out by :func:`plan_streams`.  ``ablation``: what takes
-    a pruned head's place.  The batches run through the engines' shared driver
+    a pruned head's place; ``reference``: the checked images its replacement comes from
+    (:func:`~jaxvit_interp.importance.validate.check_reference`; None for zero).  The batches run through the engines' shared driver
     (:func:`~jaxvit_interp.importance.driver.drive`); ``execution.progress`` counts the images,
     a share of a batch as each chunk comes back.
     """
@@ -330,6 +369,7 @@ def run_sets(
         num_images=num_images,
         fixed_bytes=params_bytes(params),
         step_tokens=step_tokens,
+        ablation=ablation,
     )
     group = plan.streams_per_step
     # Which chunk and position each input set's result comes from.
@@ -345,6 +385,16 @@ def run_sets(
     layers = [block_params(params, layer) for layer in range(c.num_layers)]
     rp = readout_params(params)
     read = blocks.readout_tokens(c)
+    every_head = np.tile(np.arange(c.num_heads, dtype=np.int32), (c.num_layers, 1))
+    replace = replacements(
+        c,
+        params,
+        ablation,
+        reference,
+        batcher=batcher,
+        spawn_layers=tuple(range(c.num_layers)),
+        slot_heads=batcher.replicate(every_head),
+    )
     tables = [
         (
             [batcher.replicate(s) for s in pl.sources],
@@ -378,7 +428,8 @@ def run_sets(
 
         return store
 
-    def work(full: ModelOutput, targets: Array):
+    def work(full: ModelOutput, targets: Array, paired: Array | None):
+        replacement = replace(paired)
         parts = []
         for out, pl, (sources, rows) in zip(per_chunk_out, plans, tables):
             x = jnp.zeros((0, *full.residual[:, 0].shape), full.residual.dtype)
@@ -393,6 +444,8 @@ def run_sets(
                     group,
                     read if layer == c.num_layers - 1 else None,
                     ablation,
+                    replacement,
+                    layer,
                 )
             result = _readout_reduce(c, rp, x, full.logits, full.pre_logits, targets, reduce)
             parts.append((store_chunk(out), result))
@@ -405,6 +458,8 @@ def run_sets(
                 full.block_outputs[:, layer],
                 pruned,
                 ablation,
+                replacement,
+                layer,
             )
             parts.append((store_changes(members), change))
         return parts
@@ -416,6 +471,7 @@ def run_sets(
         labels,
         batcher=batcher,
         work=work,
+        reference=reference if ablation.replacement == "per_image" else None,
         progress=execution.progress,
         desc=desc,
     )

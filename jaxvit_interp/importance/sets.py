@@ -159,12 +159,14 @@ def ablate(
     *,
     metrics: Iterable[str] = SET_METRICS,
     ablation: str | Ablation = "zero",
+    reference=None,
     execution: Execution | None = None,
 ) -> SetAblation:
     """Prune each set of heads (all of its heads at once) on every image and measure the effect.
 
-    Exact: each set's result is that of one plain forward pass with the set's head mask, to
-    float32 rounding.
+    Exact: each set's result is that of one plain forward pass with the set's head mask (every
+    pruned head's output replaced as ``ablation`` says, in every layer from clean passes of the
+    reference images), to float32 rounding.
 
     Args:
       config, params: the model.
@@ -173,7 +175,8 @@ def ablate(
         masks (0 prunes).
       labels: ``[image]`` int class ids, or None to measure against the unpruned prediction.
       metrics: any of ``prob prob_drop kl layer repr flip`` (a backbone: ``layer repr``).
-      ablation, execution: as in :func:`~jaxvit_interp.importance.head_importance`.
+      ablation, reference, execution: as in
+        :func:`~jaxvit_interp.importance.head_importance`.
 
     Returns:
       :class:`SetAblation` with arrays ``[image, set]``.
@@ -192,6 +195,7 @@ def ablate(
     execution = as_execution(execution)
     images = validate.check_images(config, images)
     labels = validate.check_labels(config, labels, images.shape[0])
+    reference = validate.check_reference(config, ablation, reference, images)
 
     out = run_sets(
         config,
@@ -202,6 +206,7 @@ def ablate(
         _set_reduce,
         with_layer="layer" in metrics,
         ablation=ablation,
+        reference=reference,
         execution=execution,
     )
     per_set = out.per_set

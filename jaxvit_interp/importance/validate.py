@@ -10,6 +10,7 @@ import numpy as np
 
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.execution import check_positive
+from jaxvit_interp.importance.ablation_kinds import Ablation
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
 from jaxvit_interp.quantities import LOGIT_METRICS, METRIC_NAMES
@@ -24,6 +25,7 @@ __all__ = [
     "check_metrics",
     "check_modes",
     "check_positive",
+    "check_reference",
     "check_unpruned",
 ]
 
@@ -71,8 +73,9 @@ def check_classifier(config: ViTConfig, metrics: Iterable[str], labels, what: st
         )
 
 
-def check_images(config: ViTConfig, images) -> jax.Array | np.ndarray:
-    """``images`` ``[batch, height, width, channels]`` as float32, or a ValueError saying why.
+def check_images(config: ViTConfig, images, name: str = "images") -> jax.Array | np.ndarray:
+    """``images`` ``[batch, height, width, channels]`` as float32, or a ValueError saying why,
+    naming the argument ``name`` (``"images"``, ``"reference"``).
 
     A float32 NumPy array (a memory-mapped one too) is returned as it is, not copied, and is
     checked a block of images at a time.
@@ -82,22 +85,22 @@ def check_images(config: ViTConfig, images) -> jax.Array | np.ndarray:
         release = page_releaser(images)
         images = np.asarray(images)
         if images.dtype == object:
-            raise InputError("images must be a numeric array [batch, height, width, channels]")
+            raise InputError(f"{name} must be a numeric array [batch, height, width, channels]")
         images = images.astype(np.float32, copy=False)
     else:
         images = images.astype(jnp.float32)
     expected = (*config.image_size, config.channels)
     if images.ndim != 4:
         raise InputError(
-            f"images have shape {tuple(images.shape)}; expected 4 axes "
+            f"{name} have shape {tuple(images.shape)}; expected 4 axes "
             f"[batch, {expected[0]}, {expected[1]}, {expected[2]}]"
         )
     if images.shape[0] == 0:
-        raise InputError("the image set is empty: images have 0 entries along the batch axis")
+        raise InputError(f"the image set is empty: {name} have 0 entries along the batch axis")
     if images.shape[1:] != expected:
         what = "channel count" if images.shape[1:3] == expected[:2] else "size"
         raise InputError(
-            f"images have the wrong {what}: shape {tuple(images.shape)}, but this model takes "
+            f"{name} have the wrong {what}: shape {tuple(images.shape)}, but this model takes "
             f"[batch, {expected[0]}, {expected[1]}, {expected[2]}] "
             f"(image_size={config.image_size}, channels={config.channels})"
         )
@@ -115,11 +118,50 @@ def check_images(config: ViTConfig, images) -> jax.Array | np.ndarray:
                 release()
     if not finite.all():
         bad = np.flatnonzero(~finite)
+        whose = "" if name == "images" else f" of {name}"
         raise InputError(
-            f"{bad.size} image(s) contain NaN or infinite pixels, e.g. image index "
+            f"{bad.size} image(s){whose} contain NaN or infinite pixels, e.g. image index "
             f"{', '.join(str(i) for i in bad[:5])}"
         )
     return images
+
+
+def check_reference(config: ViTConfig, ablation: Ablation, reference, images):
+    """The images an ablation's replacement comes from, checked: ``reference`` as
+    :func:`check_images` gives it, the analysed ``images`` for a mean without one, None for
+    zero; an :class:`InputError` for a reference the kind cannot take.
+
+    ``zero`` reads no other image, so a reference is refused rather than ignored.  ``resample``
+    pairs image ``i`` with ``reference[i]``, so it needs exactly one reference image per
+    analysed image: a longer reference is refused too (a pairing that is off by some images
+    would go unnoticed), with how to take its first images.  ``mean`` takes any number.
+    """
+    if ablation.replacement is None:
+        if reference is not None:
+            raise InputError(
+                f"reference images were given with ablation={ablation.kind!r}, which replaces "
+                "an ablated head's output by 0 and reads no reference; ask for "
+                "ablation='mean' or 'resample', or leave reference out"
+            )
+        return None
+    if reference is None:
+        if ablation.replacement == "per_image":
+            raise InputError(
+                f"ablation={ablation.kind!r} replaces image i's head output with the same "
+                f"head's output on reference[i]; pass reference=, one image per analysed image "
+                f"({len(images)})"
+            )
+        return images  # the mean over the analysed images themselves
+    reference = check_images(config, reference, "reference")
+    if ablation.replacement == "per_image" and len(reference) != len(images):
+        few = len(reference) < len(images)
+        raise InputError(
+            f"reference has {len(reference)} images and there are {len(images)} to analyse: "
+            f"ablation={ablation.kind!r} pairs image i with reference[i], so it needs exactly "
+            f"{len(images)}"
+            + ("" if few else f" (to use the first {len(images)}, pass reference[:{len(images)}])")
+        )
+    return reference
 
 
 def check_labels(config: ViTConfig, labels, num_images: int) -> np.ndarray | None:

@@ -4,6 +4,12 @@ the smaller model and report what it costs and gains.
 The heads go in pruning-curve order (:func:`~jaxvit_interp.importance.pruning_curves`): least
 important first by mean ``prob_drop``, or greedily.  Either a fixed number of heads goes, or as
 many as keep accuracy within ``max_accuracy_drop`` points of the full model's on these images.
+
+A removed head contributes nothing, which is the zero ablation, so that is the only kind the
+curves are measured with (:data:`PRUNE_ABLATIONS`).  A mean ablation would have to leave each
+removed head's mean output behind, a ``[token, hidden]`` constant per layer that no checkpoint
+format the model is saved in has a parameter for (and that would not fit another image size);
+a resample ablation has no one output to leave.  Both are refused before any work.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ import numpy as np
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance import pruning_curves
-from jaxvit_interp.importance.ablation_kinds import Ablation
+from jaxvit_interp.importance.ablation_kinds import Ablation, as_ablation
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.model.prune import parameter_count, remove_heads
 from jaxvit_interp.model.vit import forward
 
 PRUNE_ORDERS = ("importance", "greedy")
+# The ablation kinds a pruned model can carry: a removed head is a zeroed one.
+PRUNE_ABLATIONS = ("zero",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +81,17 @@ def choose_heads(
     """The heads to remove: the first ``remove`` of ``order``'s pruning curve, or as many as
     keep accuracy within ``max_accuracy_drop`` points (exactly one of the two); ``ablation``
     and ``execution`` (the memory budget the ablations plan their batches for, the devices,
-    progress) as in :func:`~jaxvit_interp.importance.pruning_curves`."""
+    progress) as in :func:`~jaxvit_interp.importance.pruning_curves`; the ablation must be one
+    of :data:`PRUNE_ABLATIONS` (see the module docstring)."""
+    kind = as_ablation(ablation).kind
+    if kind not in PRUNE_ABLATIONS:
+        raise InputError(
+            f"prune removes heads, which is ablation='zero'; ablation={kind!r} cannot be baked "
+            "into the pruned model (a mean ablation would leave each removed head's mean output, "
+            "a [token, hidden] constant per layer that its checkpoint has no parameter for, and a "
+            "resample ablation leaves a different output on every image): prune can bake in "
+            f"{', '.join(PRUNE_ABLATIONS)} only"
+        )
     if (remove is None) == (max_accuracy_drop is None):
         raise InputError("give exactly one of remove (a head count) and max_accuracy_drop")
     if order not in PRUNE_ORDERS:

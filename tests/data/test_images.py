@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxvit_interp.data.images import ImageSet, load_image_folder
+from jaxvit_interp.data import images as images_module
+from jaxvit_interp.data.images import ImagePairs, ImageSet, load_image_folder, load_image_pairs
 from jaxvit_interp.data.labels import LabelError
 from jaxvit_interp.model.config import Preprocessing, ViTConfig
 
@@ -315,6 +316,9 @@ def test_csv_without_header_or_missing(two_images):
         load_image_folder(two_images, make_config(), labels_csv=csv_path)
     with pytest.raises(ValueError, match=r"labels CSV .*nope.csv does not exist"):
         load_image_folder(two_images, make_config(), labels_csv=two_images / "nope.csv")
+    (two_images / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match=r"labels CSV .*empty.csv is empty; it must start with"):
+        load_image_folder(two_images, make_config(), labels_csv=two_images / "empty.csv")
 
 
 def test_class_folder_that_is_no_class_of_the_model(rng, tmp_path):
@@ -323,3 +327,75 @@ def test_class_folder_that_is_no_class_of_the_model(rng, tmp_path):
         load_image_folder(tmp_path, make_config(class_names=("cat", "cow")))
     with pytest.raises(ValueError, match="1 names for a model with 2 classes"):
         load_image_folder(tmp_path, make_config(), class_names=["cat"])
+
+
+# --------------------------------------------------------------------------------------------
+# Image pairs for activation patching.
+# --------------------------------------------------------------------------------------------
+
+
+def test_image_pairs_follow_the_csv(rng, tmp_path):
+    """Each row is a pair, in the CSV's order; columns in any order among others; a file may be
+    in several pairs."""
+    root = tmp_path / "images"
+    pixels = {
+        name: write_rgb(root / name, rand_u8(rng, *SIZE, 3))
+        for name in ("a.png", "sub/b.png", "c.bmp")
+    }
+    pairs = [("a.png", "sub/b.png"), ("c.bmp", "a.png"), ("sub/b.png", "sub/b.png")]
+    csv_path = write_csv(
+        tmp_path / "pairs.csv",
+        [(corrupted, "note", clean) for clean, corrupted in pairs],
+        header=(" Corrupted", "why", "clean"),
+    )
+    got = load_image_pairs(root, make_config(), csv_path, progress=False)
+    assert isinstance(got, ImagePairs) and len(got) == 3
+    assert got.clean_ids == [c for c, _ in pairs]
+    assert got.corrupted_ids == [k for _, k in pairs]
+    for i, (clean, corrupted) in enumerate(pairs):
+        np.testing.assert_allclose(got.clean[i], pixels[clean] / 255.0, atol=1e-6)
+        np.testing.assert_allclose(got.corrupted[i], pixels[corrupted] / 255.0, atol=1e-6)
+    assert repr(got).startswith("ImagePairs: 3 pairs of 8x12x3 images")
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (
+            "clean,corrupted\na.png,gone.png\nnope.png,a.png\n",
+            r"pairs CSV .*p.csv names 2 file\(s\) not found under .*: 'gone.png' \(line 2\), "
+            r"'nope.png' \(line 3\)",
+        ),
+        (
+            "clean,other\na.png,a.png\n",
+            r"pairs CSV .*p.csv must start with a header row 'clean,corrupted'; its first row is "
+            r"\['clean', 'other'\]",
+        ),
+        ("", r"pairs CSV .*p.csv is empty; it must start with a header row 'clean,corrupted'"),
+        ("clean,corrupted\n\n", r"pairs CSV .*p.csv names no pairs"),
+        ("clean,corrupted\na.png,a.png\nsub/b.png\n", r"p.csv:3: expected columns clean,corrupted"),
+        ("clean,corrupted\n,a.png\n", r"p.csv:2: empty clean or corrupted in \['', 'a.png'\]"),
+        ("clean,corrupted\n../a.png,a.png\n", r"p.csv:2: file '../a.png' is not inside"),
+    ],
+)
+def test_bad_pairs_csv_names_the_file_and_line_before_decoding(
+    two_images, monkeypatch, content, match
+):
+    def no_decoding(*args):
+        raise AssertionError("an image was decoded before the CSV was checked")
+
+    monkeypatch.setattr(images_module, "_decode", no_decoding)
+    (two_images / "p.csv").write_text(content)
+    with pytest.raises(ValueError, match=match):
+        load_image_pairs(two_images, make_config(), two_images / "p.csv", progress=False)
+
+
+def test_pairs_csv_missing_or_naming_an_unreadable_image(two_images):
+    with pytest.raises(ValueError, match=r"pairs CSV .*nope.csv does not exist"):
+        load_image_pairs(two_images, make_config(), two_images / "nope.csv", progress=False)
+    with pytest.raises(ValueError, match=r"image folder .*nowhere does not exist"):
+        load_image_pairs(two_images / "nowhere", make_config(), two_images / "p.csv")
+    (two_images / "bad.png").write_text("not an image")
+    (two_images / "p.csv").write_text("clean,corrupted\na.png,sub/b.png\nsub/b.png,bad.png\n")
+    with pytest.raises(ValueError, match=r"p.csv:3: the corrupted image 'bad.png' under .* cannot"):
+        load_image_pairs(two_images, make_config(), two_images / "p.csv", progress=False)

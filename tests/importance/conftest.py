@@ -94,6 +94,20 @@ def random_model():
 
 
 @pytest.fixture
+def no_model_work(monkeypatch):
+    """The engines refuse to start: a test of bad input shows it is refused before any work."""
+    from jaxvit_interp.importance import ablation, partial, sets
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("model work started before the input was checked")
+
+    monkeypatch.setattr(ablation, "run_engine", refuse)
+    monkeypatch.setattr(partial, "run_engine", refuse)
+    monkeypatch.setattr(sets, "run_sets", refuse)
+    return refuse
+
+
+@pytest.fixture
 def random_images():
     return _random_images
 

@@ -1,5 +1,5 @@
-"""The ablation as a value the engines take: "zero" today, refused otherwise, and consulted by
-the kernels of both engines where a head's output is removed."""
+"""The ablation as a value the engines take: its kinds ("zero" the default), anything else
+refused, and consulted by the kernels of both engines where a head's output is removed."""
 
 from __future__ import annotations
 
@@ -49,10 +49,10 @@ class _Halved(Ablation):
     def __post_init__(self):
         pass  # not one of ABLATION_KINDS: the package's own check would refuse it
 
-    def removed(self, mixed):
+    def removed(self, mixed, replacement=None):
         return 0.5 * mixed
 
-    def masked(self, mixed, keep):
+    def masked(self, mixed, keep, replacement=None):
         return mixed * (0.5 + 0.5 * keep)
 
 
@@ -71,8 +71,8 @@ def _layer_change(full: np.ndarray, masked: np.ndarray, layer: int) -> np.ndarra
     return np.linalg.norm(flat(full - masked), axis=1) / np.linalg.norm(flat(full), axis=1)
 
 
-def test_only_zero_exists_and_it_is_the_default(random_model, random_images):
-    assert ABLATION_KINDS == ("zero",)
+def test_zero_is_the_default(random_model, random_images):
+    assert ABLATION_KINDS == ("zero", "mean", "resample")
     assert Ablation() == Ablation("zero")
     config, params = random_model(int(np.random.default_rng().integers(1 << 30)), **SMALL)
     images = random_images(config, 2, 1)
@@ -113,9 +113,13 @@ def test_another_kind_is_refused_by_name_before_any_work(random_model, random_im
         ),
     }
     for call in calls.values():  # a failure shows which call it was
-        with pytest.raises(InputError, match=r"unknown ablation 'mean'; expected one of zero"):
-            call("mean")
-        with pytest.raises(InputError, match=r"ablation must be the name of a kind \(zero\).*3"):
+        with pytest.raises(
+            InputError, match=r"unknown ablation 'median'; expected one of zero, mean, resample"
+        ):
+            call("median")
+        with pytest.raises(
+            InputError, match=r"ablation must be the name of a kind \(zero, mean, resample\).*3"
+        ):
             call(3)
 
 
@@ -155,3 +159,18 @@ def test_both_engines_carry_the_kind_to_their_kernels(random_model, random_image
         np.testing.assert_allclose(got.prob[:, i], q[rows, pred], rtol=1e-4, atol=2e-6)
         change = _layer_change(blocks_full, blocks, min(layer for layer, _ in heads))
         np.testing.assert_allclose(got.layer[:, i], change, rtol=1e-4, atol=1e-6)
+
+
+def test_the_two_methods_agree_for_every_kind(rng):
+    """``masked(m, keep, r) == m - (1 - keep) * removed(m, r)``: the single-head engine's term
+    and the set engine's masked heads are one replacement; ``r`` is None for zero."""
+    mixed = rng.normal(size=(3, 4, 5, 6))  # [batch, head, token, head_dim]
+    keep = (rng.uniform(size=(4, 1, 1)) > 0.5).astype(float)
+    for kind in ABLATION_KINDS:
+        a = Ablation(kind)
+        r = None if a.replacement is None else rng.normal(size=(1, 4, 5, 6))
+        want = mixed * keep + (0.0 if r is None else r * (1 - keep))
+        np.testing.assert_allclose(a.masked(mixed, keep, r), want, rtol=1e-12)
+        np.testing.assert_allclose(
+            a.masked(mixed, keep, r), mixed - (1 - keep) * a.removed(mixed, r), rtol=1e-12
+        )

@@ -1,4 +1,5 @@
-"""Images sharded over 4 (host-platform) devices give the single-device results."""
+"""Images sharded over 4 (host-platform) devices give the single-device results, for every
+ablation kind (a resample ablation's reference images sharded with them)."""
 
 import os
 import subprocess
@@ -62,6 +63,34 @@ SCRIPT = textwrap.dedent(
     s_single = ablate(config, params, images, sets, labels, execution=Execution(progress=False))
     for m in ("prob", "kl", "layer", "repr"):
         np.testing.assert_allclose(s_sharded[m], s_single[m], rtol=1e-5, atol=1e-6, err_msg=m)
+    # Resample: each image's reference is sharded with it, and so is the table of clean head
+    # outputs made from it; a mean's table is on every device.
+    from jaxvit_interp.importance import replacement
+    tables = []
+    clean_slot_mixed = replacement.clean_slot_mixed
+    def spy_table(*args, **kwargs):
+        out = clean_slot_mixed(*args, **kwargs)
+        tables.append(out.sharding)
+        return out
+    replacement.clean_slot_mixed = spy_table
+    reference = rng.normal(size=(6, 8, 8, 3)).astype(np.float32)
+    for kind in ("resample", "mean"):
+        del tables[:]
+        options = dict(ablation=kind, reference=reference)
+        h_sharded = head_importance(config, params, images, labels, **options, execution=four)
+        if kind == "resample":
+            assert len(tables) == 2, tables
+            assert all(len(t.device_set) == 4 and not t.is_fully_replicated for t in tables)
+        h_single = head_importance(config, params, images, labels, **options,
+                                   execution=Execution(progress=False))
+        s_sharded = ablate(config, params, images, sets, labels, **options, execution=four)
+        s_single = ablate(config, params, images, sets, labels, **options,
+                          execution=Execution(progress=False))
+        for m in ("prob", "kl", "layer", "repr"):
+            np.testing.assert_allclose(h_sharded[m], h_single[m], rtol=1e-5, atol=1e-6,
+                                       err_msg=kind + m)
+            np.testing.assert_allclose(s_sharded[m], s_single[m], rtol=1e-5, atol=1e-6,
+                                       err_msg=kind + m)
     plan = budget.plan_batches(config, Execution(batch_size=5, mesh=mesh), num_images=6,
                                num_slots=2, spawn_layers=(0, 1), with_taylor=True,
                                need_streams=True)

@@ -65,12 +65,16 @@ def sincos_table(grid, width):
     return np.stack(rows)
 
 
-def reference_forward(config, params, image, head_mask=None, keep=None, details=False):
+def reference_forward(config, params, image, head_mask=None, keep=None, details=False, add=None):
     """One image ``[H, W, C]`` -> (logits, attention [L, heads, N, N]) in float64.
 
-    ``keep`` is ``[L, heads, N, N]`` multipliers on the attention probabilities.  With
-    ``details`` a third value is returned: ``{"pooled": [pooled], "pool_attention": [heads, 1,
-    patch] or None}``.
+    ``keep`` is ``[L, heads, N, N]`` multipliers on the attention probabilities.  ``add`` maps
+    ``(layer, head)`` to an array ``[N, head_dim]`` added to that head's output (its
+    probabilities times its values, after ``keep`` and ``head_mask``) before the output
+    projection.  With ``details`` a third value is returned: ``{"pooled": [pooled],
+    "pool_attention": [heads, 1, patch] or None, "mixed": [L, heads, N, head_dim] each head's
+    output after ``keep``, before ``head_mask`` and ``add``, "block_outputs": [L, N, hidden]
+    each attention block's output, before the residual add}``.
     """
     p = params
     c = config
@@ -106,6 +110,8 @@ def reference_forward(config, params, image, head_mask=None, keep=None, details=
 
     L, H, hd = c.num_layers, c.num_heads, c.head_dim
     attentions = np.zeros((L, H, len(x), len(x)))
+    mixed = np.zeros((L, H, len(x), hd))
+    block_outputs = np.zeros((L, *x.shape))
     for layer in range(L):
         blk = enc[f"encoderblock_{layer}"]
         y = _layer_norm(x, blk["LayerNorm_0"], c.layer_norm_eps)
@@ -117,12 +123,16 @@ def reference_forward(config, params, image, head_mask=None, keep=None, details=
                 probs = probs * keep[layer, h]
             attentions[layer, h] = probs
             head_out = probs @ values
+            mixed[layer, h] = head_out
             if head_mask is not None:
                 head_out = head_out * head_mask[layer, h]
+            if add is not None and (layer, h) in add:
+                head_out = head_out + _f64(add[(layer, h)])
             out += head_out @ _f64(mha["out"]["kernel"])[h]
         out = out + _f64(mha["out"]["bias"])
         if "LayerScale_1" in blk:
             out = out * _f64(blk["LayerScale_1"]["scale"])
+        block_outputs[layer] = out
         x = x + out
         y = _mlp(c, blk["MlpBlock_3"], _layer_norm(x, blk["LayerNorm_2"], c.layer_norm_eps))
         if "LayerScale_3" in blk:
@@ -166,5 +176,11 @@ def reference_forward(config, params, image, head_mask=None, keep=None, details=
         logits = (logits + dist_logits) / 2
         pooled = (pooled + x[1]) / 2
     if details:
-        return logits, attentions, {"pooled": pooled, "pool_attention": pool_attention}
+        more = {
+            "pooled": pooled,
+            "pool_attention": pool_attention,
+            "mixed": mixed,
+            "block_outputs": block_outputs,
+        }
+        return logits, attentions, more
     return logits, attentions
