@@ -15,6 +15,8 @@ there are no labels):
 - :func:`ablate`: the same metrics for sets of heads pruned together, across layers.
 - :func:`pairwise_interactions`: ``drop(i and j) - drop(i) - drop(j)`` for pairs of heads.
 - :func:`pruning_curves`: accuracy as heads go in importance, greedy and random orders.
+- :func:`head_shapley`: Shapley values of heads for the game of ablating sets of them, exact or
+  by permutation sampling with a standard error per head.
 - :func:`class_specific_heads`: per class, the heads that matter for it more than on average.
 - :func:`partial_pruning`: the paper's six partial-pruning modes with ``p'_y`` and the top 5.
 - :mod:`~jaxvit_interp.importance.aggregate`: the "global" views over all images (means, flip
@@ -50,6 +52,7 @@ from jaxvit_interp.importance.layout import image_layout
 from jaxvit_interp.importance.partial import PartialPruning, partial_pruning
 from jaxvit_interp.importance.pruning import CURVE_ORDERS, PruningCurve, pruning_curves
 from jaxvit_interp.importance.sets import SET_METRICS, SetAblation, ablate
+from jaxvit_interp.importance.shapley import SHAPLEY_METRICS, HeadShapley, head_shapley
 from jaxvit_interp.importance.taylor import taylor_importance
 from jaxvit_interp.importance.validate import METRICS
 
@@ -60,8 +63,10 @@ __all__ = [
     "METRICS",
     "CURVE_ORDERS",
     "SET_METRICS",
+    "SHAPLEY_METRICS",
     "ClassHeads",
     "HeadInteractions",
+    "HeadShapley",
     "PruningCurve",
     "SetAblation",
     "ablate",
@@ -81,6 +86,7 @@ __all__ = [
     "global_importance",
     "head_importance",
     "head_ranks",
+    "head_shapley",
     "image_layout",
     "importance_summary",
     "partial_prob_mean",
