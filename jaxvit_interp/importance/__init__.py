@@ -19,6 +19,8 @@ there are no labels):
   the final norm with its scale frozen, the stream's other terms, and the gap to the head's
   ablation effect (what flows through later layers).
 - :func:`pruning_curves`: accuracy as heads go in importance, greedy and random orders.
+- :func:`head_shapley`: Shapley values of heads for the game of ablating sets of them, exact or
+  by permutation sampling with a standard error per head.
 - :func:`class_specific_heads`: per class, the heads that matter for it more than on average.
 - :func:`partial_pruning`: the paper's six partial-pruning modes with ``p'_y`` and the top 5.
 - :mod:`~jaxvit_interp.importance.aggregate`: the "global" views over all images (means, flip
@@ -62,6 +64,7 @@ from jaxvit_interp.importance.patching import (
 )
 from jaxvit_interp.importance.pruning import CURVE_ORDERS, PruningCurve, pruning_curves
 from jaxvit_interp.importance.sets import SET_METRICS, SetAblation, ablate
+from jaxvit_interp.importance.shapley import SHAPLEY_METRICS, HeadShapley, head_shapley
 from jaxvit_interp.importance.taylor import taylor_importance
 from jaxvit_interp.importance.validate import METRICS
 
@@ -75,9 +78,11 @@ __all__ = [
     "METRICS",
     "CURVE_ORDERS",
     "SET_METRICS",
+    "SHAPLEY_METRICS",
     "ClassHeads",
     "DirectLogitAttribution",
     "HeadInteractions",
+    "HeadShapley",
     "PruningCurve",
     "SetAblation",
     "ablate",
@@ -98,6 +103,7 @@ __all__ = [
     "global_importance",
     "head_importance",
     "head_ranks",
+    "head_shapley",
     "image_layout",
     "importance_summary",
     "partial_prob_mean",
