@@ -309,6 +309,7 @@ def direct_logit_attribution(
     labels=None,
     *,
     ablation: str | Ablation | None = "zero",
+    reference=None,
     execution: Execution | None = None,
 ) -> DirectLogitAttribution:
     """Each head's direct contribution to the label logit, per image, beside its zero-ablation
@@ -333,6 +334,8 @@ def direct_logit_attribution(
         :func:`~jaxvit_interp.importance.head_importance` (``"zero"``, the paper's); None skips
         the ablations (``L * H`` of them, most of the work), leaving ``ablation_drop`` and
         ``indirect`` None.
+      reference: the reference images of a ``"mean"`` or ``"resample"`` ablation, as in
+        :func:`~jaxvit_interp.importance.head_importance`.
       execution: how the work runs (:class:`~jaxvit_interp.execution.Execution`); its progress
         is one report over the ablations and the pass of the direct terms.
 
@@ -352,6 +355,8 @@ def direct_logit_attribution(
     execution = as_execution(execution)
     images = validate.check_images(config, images)
     labels = validate.check_labels(config, labels, images.shape[0])
+    if ablation is not None:
+        reference = validate.check_reference(config, ablation, reference, images)
     if ablation is not None:  # a budget too small for the ablations is refused before any work
         head_importance_plan(config, params, execution, num_images=len(images))
 
@@ -382,6 +387,7 @@ def direct_logit_attribution(
             slot_heads=np.tile(np.arange(H, dtype=np.int32), (L, 1)),
             reduce=_label_logit_drop,
             ablation=ablation,
+            reference=reference,
             execution=execution.with_progress(bar.share(sweep)),
             desc="ablations",
         )

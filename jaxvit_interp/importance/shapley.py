@@ -277,9 +277,8 @@ def head_shapley(
     images = validate.check_images(config, images)
     labels = validate.check_labels(config, labels, images.shape[0])
 
-    options = {"ablation": ablation}
-    if reference is not None:  # the reference images of a kind that takes them
-        options["reference"] = reference
+    reference = validate.check_reference(config, as_ablation(ablation), reference, images)
+    options = {"ablation": ablation, "reference": reference}
     game = _Game(config, params, images, labels, players, metric, options, execution)
     if exact:
         with start_progress(

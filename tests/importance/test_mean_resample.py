@@ -14,8 +14,10 @@ from jaxvit_interp.errors import InputError
 from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance import (
     ablate,
+    direct_logit_attribution,
     engine,
     head_importance,
+    head_shapley,
     kernels,
     pairwise_interactions,
     partial_pruning,
@@ -335,3 +337,52 @@ def test_prune_refuses_kinds_it_cannot_bake_in(no_model_work, random_model, rand
     for kind in KINDS:
         with pytest.raises(InputError, match=rf"ablation='{kind}' cannot be baked.*zero only"):
             choose_heads(config, params, images, None, remove=1, ablation=kind, execution=TWO)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_direct_attribution_and_shapley_take_the_reference(kind, rng, random_model, random_images):
+    """The analyses built on the engines pass the reference on: direct logit attribution's
+    ablation drop and an exact Shapley game over two heads, against the reference passes."""
+    config, params, images, reference = _model(
+        "dinov2_registers_swiglu", rng, random_model, random_images, kind
+    )
+    ref = Reference(config, params, images, kind, reference)
+    L, H = config.num_layers, config.num_heads
+    direct = direct_logit_attribution(
+        config, params, images, ablation=kind, reference=reference, execution=TWO
+    )
+    for i in range(len(images)):
+        y = ref.labels[i]
+        for layer in range(L):
+            for head in range(H):
+                mask = np.ones((L, H))
+                mask[layer, head] = 0.0
+                add = {(layer, head): ref.replacement(i, layer, head)}
+                logits = ref.run(images[i], head_mask=mask, add=add)[0]
+                _close(
+                    direct.ablation_drop[i, layer, head],
+                    ref.logits[i, y] - logits[y],
+                    f"logit drop image {i} head {(layer, head)}",
+                )
+    players = [(0, 0), (L - 1, H - 1)]
+    shapley = head_shapley(
+        config,
+        params,
+        images,
+        heads=players,
+        exact=True,
+        ablation=kind,
+        reference=reference,
+        execution=TWO,
+    )
+    clean = np.array([_softmax(ref.logits[i])[ref.labels[i]] for i in range(len(images))])
+    alone = [
+        np.array([ref.ablated(i, [p])[0][ref.labels[i]] for i in range(len(images))])
+        for p in players
+    ]
+    both = np.array([ref.ablated(i, players)[0][ref.labels[i]] for i in range(len(images))])
+    # Two players: phi_a = (v(a) + v(ab) - v(b)) / 2, with v(S) = mean(p_clean - p_S).
+    v = lambda probs: float(np.mean(clean - probs))  # noqa: E731
+    want = [(v(alone[0]) + v(both) - v(alone[1])) / 2, (v(alone[1]) + v(both) - v(alone[0])) / 2]
+    got = [shapley.values[p] for p in players]
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
