@@ -64,6 +64,7 @@ ANALYSES = {
     "ablate": jvi.ablate,
     "pairwise_interactions": jvi.pairwise_interactions,
     "pruning_curves": jvi.pruning_curves,
+    "head_shapley": jvi.head_shapley,
     "model_strength_over_images": jvi.model_strength_over_images,
     "model_special_mass_over_images": jvi.strength.model_special_mass_over_images,
     "collect_patterns": jvi.patterns.collect_patterns,

@@ -250,14 +250,13 @@ def head_shapley(
     """
     validate.check_unpruned(config, "head_shapley")
     if metric not in SHAPLEY_METRICS:
-        why = (
-            " (a set's layer change is read at its own lowest pruned layer, so it is no game)"
+        what = (
+            "metric 'layer' makes no game: a set's layer change is read at its own lowest "
+            "pruned layer, so two sets' values are changes of different blocks"
             if metric == "layer"
-            else ""
+            else f"unknown Shapley metric {metric!r}"
         )
-        raise InputError(
-            f"unknown Shapley metric {metric!r}{why}; expected one of {', '.join(SHAPLEY_METRICS)}"
-        )
+        raise InputError(f"{what}; expected one of {', '.join(SHAPLEY_METRICS)}")
     validate.check_classifier(config, (metric,), labels, "head_shapley")
     players = validate.check_heads(config, heads)
     n = len(players)
