@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
 import shutil
 
 import numpy as np
@@ -32,7 +30,6 @@ from jaxvit_interp.importance import (
     head_importance,
     pairwise_interactions,
 )
-from jaxvit_interp.patterns.train import AutoencoderSettings
 from jaxvit_interp.pipeline.analyze import CHUNK_DIR, analyze
 from jaxvit_interp.pipeline.settings import AnalysisSettings, run_fingerprint
 from jaxvit_interp.pipeline.subsets import REFERENCE_STREAM, derangement, subset
@@ -40,38 +37,7 @@ from jaxvit_interp.quantities import KIND_METRICS, ablation_array
 from jaxvit_interp.storage import load_npz, save_npz
 
 QUIET = Execution(progress=False)
-KINDS = ("mean", "zero", "resample")
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """The tiny model analysed on 9 random images in three chunks with every ablation kind,
-    mean first, and the head-set stage on 4 of them."""
-    seed = int(os.environ.get("JAXVIT_TEST_SEED", secrets.randbits(32)))
-    print(f"ablation kinds run: JAXVIT_TEST_SEED={seed}")
-    rng = np.random.default_rng(seed)
-    params = init_params(TINY, int(rng.integers(1 << 30)))
-    images = rng.normal(0, 1, (9, *TINY.image_size, TINY.channels)).astype(np.float32)
-    labels = rng.integers(0, TINY.num_classes, 9)
-    settings = AnalysisSettings(
-        chunk_images=4,  # three chunks, the last one short
-        partial_images=0,
-        attention_images=0,
-        pattern_samples=64,
-        clusters=3,
-        projection="tsne",
-        autoencoder=AutoencoderSettings(max_epochs=2, batch_size=16, latent_dim=4, features=(8,)),
-        set_images=4,
-        interaction_heads=3,
-        random_orders=1,
-        greedy_max_heads=0,
-        ablations=KINDS,
-        reference_images=5,
-        seed=int(rng.integers(1000)),
-    )
-    out = tmp_path_factory.mktemp("kinds") / "run"
-    analyze(TINY, params, images, out, labels=labels, settings=settings, progress=False)
-    return params, images, labels, settings, out
+KINDS = ("mean", "zero", "resample")  # as tests/conftest.py kinds_run asks
 
 
 def _reference(kind, images, settings):
@@ -84,8 +50,8 @@ def _reference(kind, images, settings):
     return None
 
 
-def test_each_kind_and_the_direct_attribution_equal_the_library(run):
-    params, images, labels, settings, out = run
+def test_each_kind_and_the_direct_attribution_equal_the_library(kinds_run):
+    params, images, labels, settings, out = kinds_run
     bundle = load_bundle(out)
     part = bundle["importance"]
     assert bundle.meta["settings"]["ablations"] == list(KINDS)
@@ -116,8 +82,8 @@ def test_each_kind_and_the_direct_attribution_equal_the_library(run):
     np.testing.assert_allclose(part["direct_mean"], direct.direct.mean(0), rtol=1e-5, atol=2e-6)
 
 
-def test_the_head_set_stage_ablates_with_the_first_kind(run):
-    params, images, labels, settings, out = run
+def test_the_head_set_stage_ablates_with_the_first_kind(kinds_run):
+    params, images, labels, settings, out = kinds_run
     part = load_bundle(out)["head_sets"]
     index = part["image_index"]
     sample = images[subset(len(images), settings.reference_images, settings.seed, REFERENCE_STREAM)]
@@ -138,10 +104,10 @@ def test_the_head_set_stage_ablates_with_the_first_kind(run):
     assert not np.allclose(part["single_prob_drop"], zero.single["prob_drop"].mean(0))
 
 
-def test_a_resumed_run_equals_the_uninterrupted_one(run, tmp_path):
+def test_a_resumed_run_equals_the_uninterrupted_one(kinds_run, tmp_path):
     """The bundle gone, one chunk lost and one written before the direct attribution existed:
     the run again gives the uninterrupted run's arrays."""
-    params, images, labels, settings, out = run
+    params, images, labels, settings, out = kinds_run
     bundle = load_bundle(out)
     old = tmp_path / "old"
     shutil.copytree(out, old)
