@@ -41,6 +41,15 @@ Where each quantity is computed:
   their means over the images (``map_mean``, ``contribution_mean``) in
   :func:`jaxvit_interp.pipeline.parts.rollout_part`. Bundles written before it lack the part.
 
+The ``importance`` part's metrics are those of the run's first ablation kind (the settings'
+``ablations``; ``zero``, the paper's, by default). Each further kind's arrays sit beside them
+under :func:`ablation_array`'s names, ``{metric}_{kind}_ablation`` (``prob_drop_mean_ablation``
+``[I, L, H]``, its ``_mean``, ``_class_mean``, ``_class_specificity`` and ``_class_top``), for
+every metric but ``taylor`` (a gradient at the unpruned model, the same for every kind); and
+``direct`` is each head's direct logit attribution
+(:func:`jaxvit_interp.importance.direct_logit_attribution`) with the same reductions over
+images, for a classifier whose readout is linear. Bundles written before them lack them.
+
 Dimension letters: ``I`` images, ``C`` classes, ``L`` layers, ``H`` heads, ``N`` tokens,
 ``K`` hops, ``X`` special tokens (CLS, distillation, registers: the tokens before the patches),
 ``M`` pruning modes, ``T`` top-k ranks, ``T_class`` the most specific heads of a class
@@ -61,6 +70,7 @@ import dataclasses
 from typing import Any
 
 __all__ = [
+    "ABLATION_KINDS",
     "ABLATION_METRICS",
     "CLASS_ARRAYS",
     "CLASS_TOP_HEADS",
@@ -69,6 +79,8 @@ __all__ = [
     "METRICS",
     "LOGIT_METRICS",
     "CHUNK_KEYS",
+    "DIRECT",
+    "KIND_METRICS",
     "MAPPED_ARRAYS",
     "METRIC_NAMES",
     "OPTIONAL_ARRAYS",
@@ -80,8 +92,10 @@ __all__ = [
     "STRENGTH_SUMMARY_FIELDS",
     "THUMBNAIL_SIZE",
     "Metric",
+    "ablation_array",
     "metric",
     "model_metrics",
+    "summary_dims",
     "registry_json",
 ]
 
@@ -230,8 +244,35 @@ THUMBNAIL_SIZE = 64
 CLASS_TOP_HEADS = 3
 # A classifier's per-class arrays of each metric in the importance part: ``{metric}_class_{what}``.
 CLASS_ARRAYS = ("mean", "specificity", "top")
-
 _HEAD = ("L", "H")
+# The reductions over images of a per-head importance array ``{name}`` ``[I, L, H]``: the
+# importance part's ``{name}{suffix}`` (a classifier's per-class ones included).
+SUMMARY_SUFFIXES = ("", "_mean", *(f"_class_{what}" for what in CLASS_ARRAYS))
+# What takes an ablated head's place (jaxvit_interp.importance.ablation_kinds): its output times
+# 0, its mean over reference images, or its output on a paired reference image.
+ABLATION_KINDS: tuple[str, ...] = ("zero", "mean", "resample")
+# The metrics each further ablation kind of a run has: all but taylor, whose gradient at the
+# unpruned model is the same for every kind.
+KIND_METRICS: tuple[str, ...] = PRUNING_METRICS
+# Each head's direct logit attribution per image, in the importance part with its reductions.
+DIRECT = "direct"
+
+
+def ablation_array(metric: str, kind: str) -> str:
+    """The importance part's name of ``metric`` under a further ablation ``kind`` than the run's
+    first: ``prob_drop_mean_ablation``."""
+    return f"{metric}_{kind}_ablation"
+
+
+def summary_dims(name: str) -> dict[str, tuple[str | int, ...]]:
+    """The importance part's arrays of one per-head array ``name`` and its reductions."""
+    return {
+        name: ("I", *_HEAD),
+        f"{name}_mean": _HEAD,
+        f"{name}_class_mean": ("C", *_HEAD),
+        f"{name}_class_specificity": ("C", *_HEAD),
+        f"{name}_class_top": ("C", "T_class", "lh"),
+    }
 
 
 def _pattern_arrays(kind: str) -> dict[str, tuple[str | int, ...]]:
@@ -270,6 +311,14 @@ SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
         # Each class's most specific (layer, head) pairs, most specific first; -1 for a class
         # without images.
         **{f"{m}_class_top": ("C", "T_class", "lh") for m in METRIC_NAMES},
+        # Further ablation kinds than the run's first, and direct logit attribution.
+        **{
+            name: dims
+            for kind in ABLATION_KINDS
+            for m in KIND_METRICS
+            for name, dims in summary_dims(ablation_array(m, kind)).items()
+        },
+        **summary_dims(DIRECT),
     },
     "partial": {
         "image_index": ("S_partial",),
@@ -343,6 +392,12 @@ SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
 CHUNK_KEYS: dict[str, dict[str, str]] = {
     "importance": {
         **{m: m for m in METRIC_NAMES},
+        **{
+            ablation_array(m, kind): ablation_array(m, kind)
+            for kind in ABLATION_KINDS
+            for m in KIND_METRICS
+        },
+        DIRECT: DIRECT,
         "probs": "probs",
         "predictions": "predictions",
         "targets": "targets",
@@ -377,6 +432,13 @@ OPTIONAL_ARRAYS: dict[str, set[str]] = {
         *(f"{m.name}_mean" for m in METRICS if m.needs_logits),
         *(f"{m}_class_{what}" for m in METRIC_NAMES for what in CLASS_ARRAYS),
         "class_counts",
+        *(
+            name
+            for kind in ABLATION_KINDS
+            for m in KIND_METRICS
+            for name in summary_dims(ablation_array(m, kind))
+        ),
+        *summary_dims(DIRECT),
     },
     "patterns": set(_pattern_arrays("cls")),
     "strength": {

@@ -39,6 +39,7 @@ class Setting:
       choices: the allowed values of a ``str`` setting.
       many: the value is a non-empty tuple of items (a TOML list; on a command line, items
         separated by commas); a single item is taken as a tuple of one.
+      distinct: with ``many``, no item may be listed twice (each item is work to do once).
       word: a word allowed besides the numbers (``"all"``).
       none: what None means, for a setting that may be None (None: it may not).
       table: the settings dataclass of a nested table (no flag; a dict of its fields is read
@@ -55,6 +56,7 @@ class Setting:
     less_than: float | None = None
     choices: tuple[str, ...] | None = None
     many: bool = False
+    distinct: bool = False
     word: str | None = None
     none: str | None = None
     table: type | None = None
@@ -83,6 +85,8 @@ class Setting:
                 or any(self._item_problem(item) for item in items)
             ):
                 return f"must be a non-empty list, each {self.described()}, got {value!r}"
+            if self.distinct and len(set(items)) != len(items):
+                return f"must be a list naming each item once, got {value!r}"
             return None
         problem = self._item_problem(value)
         if problem is not None and self.word is not None:

@@ -118,3 +118,44 @@ def digits_head_sets_run(tmp_path_factory):
         env.setenv("JAXVIT_PROGRESS_SECONDS", "0")
         analyze(config, params, images, out, labels=labels, settings=settings, progress=True)
     return config, params, images, labels, settings, out
+
+
+@pytest.fixture(scope="session")
+def kinds_run(tmp_path_factory):
+    """The tiny model analysed on 9 random images in three chunks with every ablation kind,
+    mean first, and the head-set stage on 4 of them: ``(params, images, labels, settings, run
+    folder)``. Shared by the tests of the kinds in the run (tests/pipeline) and on the page
+    (tests/site)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "pipeline"))
+    from clitools import TINY
+
+    from jaxvit_interp import init_params
+    from jaxvit_interp.patterns.train import AutoencoderSettings
+    from jaxvit_interp.pipeline.analyze import analyze
+    from jaxvit_interp.pipeline.settings import AnalysisSettings
+
+    seed = int(os.environ.get("JAXVIT_TEST_SEED", secrets.randbits(32)))
+    print(f"ablation kinds run: JAXVIT_TEST_SEED={seed}")
+    rng = np.random.default_rng(seed)
+    params = init_params(TINY, int(rng.integers(1 << 30)))
+    images = rng.normal(0, 1, (9, *TINY.image_size, TINY.channels)).astype(np.float32)
+    labels = rng.integers(0, TINY.num_classes, 9)
+    settings = AnalysisSettings(
+        chunk_images=4,  # three chunks, the last one short
+        partial_images=0,
+        attention_images=0,
+        pattern_samples=64,
+        clusters=3,
+        projection="tsne",
+        autoencoder=AutoencoderSettings(max_epochs=2, batch_size=16, latent_dim=4, features=(8,)),
+        set_images=4,
+        interaction_heads=3,
+        random_orders=1,
+        greedy_max_heads=0,
+        ablations=("mean", "zero", "resample"),
+        reference_images=5,
+        seed=int(rng.integers(1000)),
+    )
+    out = tmp_path_factory.mktemp("kinds") / "run"
+    analyze(TINY, params, images, out, labels=labels, settings=settings, progress=False)
+    return params, images, labels, settings, out

@@ -35,12 +35,12 @@ import dataclasses
 import jax
 
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.quantities import ABLATION_KINDS
 
 __all__ = ["ABLATION_KINDS", "ZERO", "Ablation", "as_ablation"]
 
 Array = jax.Array
 
-ABLATION_KINDS: tuple[str, ...] = ("zero", "mean", "resample")
 
 # Where each kind's replacement comes from (see Ablation.replacement).
 _REPLACEMENTS = {"zero": None, "mean": "shared", "resample": "per_image"}

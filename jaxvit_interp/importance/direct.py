@@ -52,7 +52,12 @@ from jaxvit_interp.summary import Summarized, number, sizes, top_heads
 
 Array = jax.Array
 
-__all__ = ["DirectLogitAttribution", "direct_logit_attribution", "direct_terms"]
+__all__ = [
+    "DirectLogitAttribution",
+    "direct_logit_attribution",
+    "direct_terms",
+    "has_linear_readout",
+]
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -185,6 +190,16 @@ def _check_linear_readout(config: ViTConfig) -> None:
             "direct terms would not add up to the logit; analyse a checkpoint fine-tuned "
             "without it"
         )
+
+
+def has_linear_readout(config: ViTConfig) -> bool:
+    """Whether :func:`direct_logit_attribution` takes the model: a classifier whose logits are a
+    linear map of the stream once the final norm's scale is frozen."""
+    try:
+        _check_linear_readout(config)
+    except InputError:
+        return False
+    return True
 
 
 def _readout_map(

@@ -60,6 +60,8 @@ from jaxvit_interp.pipeline.subsets import (
     ATTENTION_STREAM,
     HEAD_SETS_STREAM,
     PARTIAL_STREAM,
+    REFERENCE_STREAM,
+    derangement,
     local_indices,
     subset,
 )
@@ -159,6 +161,25 @@ class _Run:
         size = self.settings.attention_count(self.num_images)
         return subset(self.num_images, size, self.settings.seed, ATTENTION_STREAM)
 
+    def reference(self, kind: str, index) -> Any:
+        """The reference images of ablation ``kind`` for the images ``index`` (a slice or
+        indices of the analysed images), as :func:`~jaxvit_interp.importance.head_importance`
+        takes them: None for zero; for mean the run's seeded sample of ``reference_images``
+        (the same for every chunk, so every chunk's replacement is the same table); for
+        resample each image's partner in the run's seeded derangement
+        (:func:`~.subsets.derangement`)."""
+        settings = self.settings
+        if kind == "mean":
+            size = settings.reference_images
+            return self.images[subset(self.num_images, size, settings.seed, REFERENCE_STREAM)]
+        if kind == "resample":
+            return self.images[derangement(self.num_images, settings.seed)[index]]
+        return None
+
+    def references(self, index) -> dict[str, Any]:
+        """Each ablation kind of the run -> :meth:`reference` of the images ``index``."""
+        return {kind: self.reference(kind, index) for kind in self.settings.ablations}
+
 
 def analyze(
     config: ViTConfig,
@@ -239,16 +260,7 @@ def analyze(
         models = train_pattern_models(config, patterns, inputs.settings, run.path, mesh, progress)
 
         def finish() -> ResultsBundle:
-            head_sets = _head_sets_stage(
-                config,
-                params,
-                inputs.images,
-                inputs.labels,
-                merged,
-                inputs.settings,
-                run.path,
-                progress,
-            )
+            head_sets = _head_sets_stage(inputs, merged, run.path, progress)
             bundle = build_bundle(
                 config,
                 merged,
@@ -375,7 +387,7 @@ def _chunk_stage(
                 run.write_chunk(number, arrays)
             bar.update(stop - start)
         else:
-            work = chunk_work(config, stop - start, len(partial_local))
+            work = chunk_work(config, stop - start, len(partial_local), len(settings.ablations) - 1)
             scale = (stop - start) / sum(work.values())
             arrays = compute_chunk(
                 config,
@@ -387,6 +399,7 @@ def _chunk_stage(
                 settings,
                 mesh,
                 {step: bar.share(cost * scale) for step, cost in work.items()},
+                inputs.references(slice(start, stop)),
             )
             run.write_chunk(number, arrays)
         for key, kind in pattern_keys.items():
@@ -439,12 +452,16 @@ def _meta(inputs: _Run) -> dict[str, Any]:
     }
 
 
-def _head_sets_stage(config, params, images, labels, merged, settings, out: Path, progress):
+def _head_sets_stage(inputs: _Run, merged, out: Path, progress):
     """The ``head_sets`` part and its meta (:mod:`jaxvit_interp.pipeline.head_sets`) on a
-    seeded subset of the images, or None when ``set_images`` is 0. Computed once, on the
-    writing process, and kept in the run folder, so a resumed run reads it back."""
+    seeded subset of the images, with the run's first ablation kind, or None when
+    ``set_images`` is 0. Computed once, on the writing process, and kept in the run folder, so
+    a resumed run reads it back."""
     from jaxvit_interp.importance import HeadImportance
     from jaxvit_interp.pipeline import head_sets
+
+    config, params, images = inputs.config, inputs.params, inputs.images
+    labels, settings = inputs.labels, inputs.settings
 
     # Interactions and pruning curves are measured in p(label), KL and accuracy: a backbone
     # without a classifier has none of them.
@@ -464,6 +481,7 @@ def _head_sets_stage(config, params, images, labels, merged, settings, out: Path
         random_orders=settings.random_orders,
         greedy_max_heads=settings.greedy_max_heads,
     )
+    kind = settings.ablations[0]
     part = head_sets.load_or_compute(
         out / head_sets.HEAD_SETS_FILE,
         lambda: head_sets.compute_head_sets(
@@ -475,6 +493,8 @@ def _head_sets_stage(config, params, images, labels, merged, settings, out: Path
             index,
             seed=settings.seed,
             execution=run_execution(settings, None, progress),
+            ablation=kind,
+            reference=inputs.reference(kind, index),
             **options,
         ),
     )
@@ -483,11 +503,18 @@ def _head_sets_stage(config, params, images, labels, merged, settings, out: Path
 
 def _preflight(config: ViTConfig, params, settings: AnalysisSettings, num_images: int) -> None:
     """Refuse, before anything is written, what would fail only later in the run."""
+    from jaxvit_interp.importance.ablation_kinds import Ablation
     from jaxvit_interp.importance.engine import head_importance_plan
     from jaxvit_interp.patterns.train import MIN_PATTERNS
 
     if settings.pattern_kinds == ("cls",) and not config.has_cls_token:
         raise InputError("pattern_kinds=('cls',) needs a model with a CLS token")
+    if "resample" in settings.ablations and num_images < 2:
+        raise InputError(
+            f"ablations={list(settings.ablations)}: a resample ablation puts each image's head "
+            f"output from another analysed image in its place, and this run has {num_images} "
+            "image; analyse two or more, or leave resample out"
+        )
     patterns = num_images * config.num_layers * config.num_heads
     needed = max(MIN_PATTERNS, settings.clusters or 0)
     if patterns < needed:
@@ -500,4 +527,12 @@ def _preflight(config: ViTConfig, params, settings: AnalysisSettings, num_images
     # The ablation engine's largest working set (one image, one ablation at a time, Taylor
     # scores on) must fit the budget; its planner raises the same error the run would.
     execution = run_execution(settings, all_devices_mesh())
-    head_importance_plan(config, params, execution, num_images=num_images, with_taylor=True)
+    for kind in settings.ablations:
+        head_importance_plan(
+            config,
+            params,
+            execution,
+            num_images=num_images,
+            with_taylor=kind == settings.ablations[0],
+            ablation=Ablation(kind),
+        )

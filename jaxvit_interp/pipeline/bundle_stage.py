@@ -19,7 +19,7 @@ from jaxvit_interp.importance.layout import image_layout, layout_metric
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.multihost import is_writer
 from jaxvit_interp.pipeline.analyses import PASS_ANALYSES
-from jaxvit_interp.pipeline.parts import importance_part, partial_part
+from jaxvit_interp.pipeline.parts import further_importance, importance_part, partial_part
 from jaxvit_interp.pipeline.pattern_stage import pattern_stage_part
 from jaxvit_interp.pipeline.run_folder import IMAGE_STEP, RunFolder
 from jaxvit_interp.quantities import CHUNK_KEYS, MAPPED_ARRAYS
@@ -79,6 +79,15 @@ def build_bundle(
         ),
         "patterns": pattern_stage_part(config, patterns, models, settings, progress),
     }
+    parts["importance"].update(
+        further_importance(
+            merged,
+            kinds=settings.ablations[1:],
+            num_classes=config.num_classes,
+            **unpruned,
+            labels_are_predictions=not labels_given,
+        )
+    )
     for analysis in PASS_ANALYSES:
         if analysis.bundle is not None:
             parts.setdefault(analysis.part, {}).update(analysis.bundle(config, merged))

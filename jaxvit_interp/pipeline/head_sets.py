@@ -67,6 +67,8 @@ def compute_head_sets(
     greedy_max_heads: int,
     seed: int,
     execution: Execution | None = None,
+    ablation: str = "zero",
+    reference=None,
 ) -> dict[str, np.ndarray]:
     """The ``head_sets`` part for the images ``image_index`` of ``images``.
 
@@ -81,6 +83,8 @@ def compute_head_sets(
         progress is one report over the stage's set ablations, moving with each batch of them
         (the interactions, each pruning order and greedy step): for ViT-B/16 on a CPU the stage
         takes tens of minutes. None: the defaults.
+      ablation, reference: what takes a removed head's place, and the reference images of the
+        subset's images it comes from, as :func:`~jaxvit_interp.importance.ablate` takes them.
     """
     from jaxvit_interp.importance import pairwise_interactions, pruning_curves
 
@@ -113,6 +117,8 @@ def compute_head_sets(
             subset,
             heads,
             sub_labels,
+            ablation=ablation,
+            reference=reference,
             execution=execution.with_progress(bar.share(interaction_sets)),
         )
         part["interaction_heads"] = inter.heads.astype(np.int32)
@@ -130,6 +136,8 @@ def compute_head_sets(
         orders=orders,
         random_orders=max(random_orders, 1),
         seed=seed,
+        ablation=ablation,
+        reference=reference,
         execution=execution.with_progress(bar.share(curve_sets)),
     )
     bar.close()

@@ -12,14 +12,19 @@ import numpy as np
 
 from jaxvit_interp.quantities import (
     CLS_STRENGTH_FIELDS,
+    DIRECT,
+    KIND_METRICS,
     STRENGTH_FIELDS,
     STRENGTH_SUMMARY_FIELDS,
+    SUMMARY_SUFFIXES,
+    ablation_array,
     model_metrics,
 )
 from jaxvit_interp.rollout.measure import rollout_part
 from jaxvit_interp.strength.aggregate import special_part
 
 __all__ = [
+    "further_importance",
     "importance_part",
     "partial_part",
     "pattern_part",
@@ -37,13 +42,15 @@ def importance_part(
     targets: np.ndarray,
     labels_are_predictions: bool,
     num_classes: int,
+    names: tuple[str, ...] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-image metrics ``[image, layer, head]`` plus their means over all images and, for a
     classifier, per class with each class's specificity and most specific heads
     (:meth:`~jaxvit_interp.importance.HeadImportance.to_part`).
 
-    The metrics are those the model has (:func:`~jaxvit_interp.quantities.model_metrics`): a
-    backbone without a classifier has ``layer`` and ``repr`` only, and no classes to group by.
+    The metrics are ``names``, by default those the model has
+    (:func:`~jaxvit_interp.quantities.model_metrics`): a backbone without a classifier has
+    ``layer`` and ``repr`` only, and no classes to group by.
     """
     from jaxvit_interp.importance import HeadImportance
 
@@ -52,9 +59,41 @@ def importance_part(
         metrics,
         **classes,
         labels_are_predictions=labels_are_predictions,
-        metrics=model_metrics(num_classes),
+        metrics=names or model_metrics(num_classes),
     )
     return result.to_part()
+
+
+def further_importance(
+    merged: dict[str, np.ndarray], *, kinds: tuple[str, ...], num_classes: int, **unpruned
+) -> dict[str, np.ndarray]:
+    """The importance part's arrays beside the run's first ablation kind's: each further kind's
+    metrics (:data:`~jaxvit_interp.quantities.KIND_METRICS` the model has) and each head's direct
+    logit attribution where ``merged`` has it, under their own names
+    (:func:`~jaxvit_interp.quantities.ablation_array`, :data:`~jaxvit_interp.quantities.DIRECT`),
+    each with the reductions over images of :func:`importance_part` (``unpruned``: its
+    ``probs``, ``predictions``, ``targets`` and ``labels_are_predictions``).
+
+    The direct attribution's reductions are ``prob_drop``'s, a metric whose larger values mark
+    the more important head as a larger direct share of the label logit does: its means over
+    all images and per class, each class's specificity and most specific heads."""
+    out: dict[str, np.ndarray] = {}
+    metrics = tuple(m for m in model_metrics(num_classes) if m in KIND_METRICS)
+    named = [{m: ablation_array(m, kind) for m in metrics} for kind in kinds]
+    if DIRECT in merged:
+        named.append({"prob_drop": DIRECT})
+    for names in named:
+        part = importance_part(
+            {m: merged[name] for m, name in names.items()},
+            num_classes=num_classes,
+            names=tuple(names),
+            **unpruned,
+        )
+        for m, name in names.items():
+            for suffix in SUMMARY_SUFFIXES:
+                if m + suffix in part:
+                    out[name + suffix] = part[m + suffix]
+    return out
 
 
 def strength_part(local: dict[str, np.ndarray], *, has_cls_token: bool) -> dict[str, np.ndarray]:

@@ -9,8 +9,8 @@ from typing import Any
 
 from jaxvit_interp.importance.pruning import GREEDY_MAX_HEADS
 from jaxvit_interp.patterns.train import MIN_PATTERNS, AutoencoderSettings
-from jaxvit_interp.quantities import PATTERN_KINDS, THUMBNAIL_SIZE
-from jaxvit_interp.setting import check_fields, from_table, setting
+from jaxvit_interp.quantities import ABLATION_KINDS, PATTERN_KINDS, THUMBNAIL_SIZE
+from jaxvit_interp.setting import check_fields, declared, from_table, setting
 
 # attention_images: keep every image's attention.
 ALL_IMAGES = "all"
@@ -55,6 +55,15 @@ class AnalysisSettings:
       greedy_max_heads: the greedy pruning curve runs only for a model of at most this many
         heads in all (it takes about ``(L*H)^2 / 2`` set ablations); 0 never runs it. The
         default is the library's own cap, :data:`~jaxvit_interp.importance.pruning.GREEDY_MAX_HEADS`.
+      ablations: the ablation kinds (:data:`~jaxvit_interp.quantities.ABLATION_KINDS`) whose
+        single-head importance the run computes on every image; the first is the run's kind
+        for everything else (the ``importance`` metrics the views rank heads by, the head-set
+        stage), each further one's metrics sit beside them in the bundle
+        (:func:`~jaxvit_interp.quantities.ablation_array`).
+      reference_images: images (chosen at random with ``seed``, independently of the other
+        subsets) whose mean head outputs a ``mean`` ablation puts in a head's place: the same
+        sample for every chunk. A ``resample`` ablation pairs each image with another analysed
+        image, a seeded derangement (no image with itself), so it needs two images or more.
       seed: seeds every random choice of the run.
     """
 
@@ -123,6 +132,23 @@ class AnalysisSettings:
         least=0,
     )
     seed: int = setting(0, "seed of every random choice", least=0)
+    ablations: tuple[str, ...] = setting(
+        ("zero",),
+        "ablation kinds whose single-head importance is computed, separated by commas: zero "
+        "(a head's output times 0), mean (its mean over --reference-images images) or resample "
+        "(its output on another analysed image, paired by a seeded derangement); the first is "
+        "the run's kind for rankings and head sets",
+        type=str,
+        choices=ABLATION_KINDS,
+        many=True,
+        distinct=True,
+    )
+    reference_images: int = setting(
+        256,
+        "images, chosen at random, whose mean head outputs a mean ablation puts in an ablated "
+        "head's place",
+        least=1,
+    )
 
     def __post_init__(self):
         # Every setting is checked here, before a run touches the disk: a mistake found after
@@ -148,10 +174,34 @@ class AnalysisSettings:
         return from_table(cls, d, prefix)
 
 
+# Settings added after run folders were first written: left out of the fingerprint at their
+# defaults, so a folder analysed before they existed (with what their defaults compute) is
+# resumed, not refused as another run.
+LATER_SETTINGS = ("ablations", "reference_images")
+
+
+def fingerprint_settings(settings: AnalysisSettings) -> dict[str, Any]:
+    """The settings a run's fingerprint hashes: every one, but :data:`LATER_SETTINGS` only
+    where they differ from their defaults (``reference_images`` only where a ``mean`` ablation
+    reads it)."""
+    d = settings.to_dict()
+    defaults = declared(AnalysisSettings)
+    for name in LATER_SETTINGS:
+        if d[name] == defaults[name].default:
+            del d[name]
+    if "mean" not in settings.ablations:
+        d.pop("reference_images", None)
+    return d
+
+
 def run_fingerprint(*, model_identity: dict, image_digest: str, settings: AnalysisSettings) -> str:
     """A hash of everything that decides a run's results (but not of where it is written)."""
     blob = json.dumps(
-        {"model": model_identity, "images": image_digest, "settings": settings.to_dict()},
+        {
+            "model": model_identity,
+            "images": image_digest,
+            "settings": fingerprint_settings(settings),
+        },
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,5 +1,6 @@
-"""Seeded subsets of a run's images: which get partial pruning, keep their attention, or go into
-the head-set stage, each drawn from its own random stream so the subsets are independent."""
+"""Seeded subsets of a run's images: which get partial pruning, keep their attention, go into
+the head-set stage or make a mean ablation's reference, each drawn from its own random stream so
+the subsets are independent; and the seeded pairing of a resample ablation."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import numpy as np
 PARTIAL_STREAM = 0
 ATTENTION_STREAM = 1
 HEAD_SETS_STREAM = 2
+REFERENCE_STREAM = 3
+RESAMPLE_STREAM = 4
 
 
 def subset(num_images: int, size: int, seed: int, stream: int = 0) -> np.ndarray:
@@ -25,3 +28,15 @@ def subset(num_images: int, size: int, seed: int, stream: int = 0) -> np.ndarray
 def local_indices(indices: np.ndarray, start: int, stop: int) -> np.ndarray:
     """The members of ``indices`` inside ``[start, stop)``, counted from ``start``."""
     return indices[(indices >= start) & (indices < stop)] - start
+
+
+def derangement(num_images: int, seed: int, stream: int = RESAMPLE_STREAM) -> np.ndarray:
+    """``[num_images]`` a seeded pairing of the images with each other that pairs none with
+    itself (``partner[i] != i``; at least 2 images): a random order of the images, each paired
+    with the next in it, the last with the first (one cycle through every image)."""
+    if num_images < 2:
+        raise ValueError(f"a derangement needs at least 2 images, got {num_images}")
+    order = np.random.default_rng([seed, stream]).permutation(num_images)
+    partner = np.empty(num_images, np.int64)
+    partner[order] = np.roll(order, -1)
+    return partner

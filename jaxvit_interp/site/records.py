@@ -61,6 +61,8 @@ NOT_SHOWN = {
     ("attention", "exponents"),
     ("attention", "special"),
     *(("importance", f"{m}_class_{what}") for m in METRIC_NAMES for what in CLASS_ARRAYS),
+    # The same of each further ablation kind's metrics and of the direct attribution.
+    *(("importance", name) for name in SCHEMA["importance"] if "_class_" in name),
 }
 ATTENTION_DEFLATE_LEVEL = 6  # level 9 saves 4% more at eight times the build time
 # A record's attention is base64 in pieces of this many deflated bytes (a multiple of 3, so each

@@ -33,7 +33,17 @@ import numpy as np
 
 from jaxvit_interp.attention_codes import RELATIVE_FLOOR
 from jaxvit_interp.bundle import BundleError, ResultsBundle, special_tokens
-from jaxvit_interp.quantities import METRICS, PATTERN_KINDS, SCHEMA, registry_json
+from jaxvit_interp.quantities import (
+    ABLATION_KINDS,
+    DIRECT,
+    KIND_METRICS,
+    METRICS,
+    PATTERN_KINDS,
+    SCHEMA,
+    ablation_array,
+    metric,
+    registry_json,
+)
 from jaxvit_interp.site.records import NOT_SHOWN, record_arrays, record_layout
 
 # Parts without which there is no site; the others leave a note in their view when absent.
@@ -51,15 +61,70 @@ ENCODED = {
     *(("patterns", f"{k}_{n}") for k in PATTERN_KINDS for n in ("density", "extent")),
 }
 # Which direction marks an important head, the title of each metric, as the menu shows them,
-# and the metric the class x head map shows when it is chosen.
+# and the metric the class x head map shows when it is chosen; the same for each metric under a
+# further ablation kind than the run's first, and for the direct logit attribution (whose
+# larger values mark the more important head).
 METRIC_INFO: dict[str, dict[str, Any]] = {
-    m.name: {
-        "title": m.title,
-        "important_high": m.important_high,
-        "class_map": m.class_map or m.name,
-    }
-    for m in METRICS
+    **{
+        m.name: {
+            "title": m.title,
+            "important_high": m.important_high,
+            "class_map": m.class_map or m.name,
+        }
+        for m in METRICS
+    },
+    **{
+        ablation_array(name, kind): {
+            "title": f"{metric(name).title} ({kind} ablation)",
+            "important_high": metric(name).important_high,
+            "class_map": ablation_array(metric(name).class_map or name, kind),
+        }
+        for kind in ABLATION_KINDS
+        for name in KIND_METRICS
+    },
+    DIRECT: {
+        "title": "direct logit attribution (the head's direct share of logit_y)",
+        "important_high": True,
+        "class_map": DIRECT,
+    },
 }
+
+
+def run_ablations(bundle: ResultsBundle) -> list[str]:
+    """The ablation kinds of the run that made ``bundle``, its first kind first (a bundle from
+    before the setting: zero)."""
+    return list(bundle.meta.get("settings", {}).get("ablations") or ("zero",))
+
+
+def importance_menu(info: dict[str, Any], metrics: list[str]) -> list[str]:
+    """B's menu entries for the chosen ``metrics``: each metric (of the run's first ablation
+    kind), beside it the same metric under each further kind the bundle holds, and the direct
+    logit attribution where the bundle holds it; each entry names the importance array the page
+    shows (``{entry}`` per image, ``{entry}_mean`` over all images)."""
+    entries = []
+    for m in metrics:
+        entries.append(m)
+        entries += [
+            ablation_array(m, kind)
+            for kind in info["ablations"][1:]
+            if ablation_array(m, kind) in info["importance_arrays"]
+        ]
+    if DIRECT in info["importance_arrays"]:
+        entries.append(DIRECT)
+    return entries
+
+
+def menu_title(info: dict[str, Any], entry: str) -> str:
+    """An entry's title in B's menu: the metric's, and the run's kind where it computed more
+    than one or another than zero (``prob_drop: probability drop (p_y - p'_y) (mean
+    ablation)``)."""
+    title = METRIC_INFO[entry]["title"]
+    first = info["ablations"][0]
+    if entry in info["metrics"] and info["ablations"] != ["zero"]:
+        title = f"{title} ({first} ablation)"
+    return f"{entry}: {title}"
+
+
 # Cluster representatives a row of D's strip holds (more go on further rows), and the room left
 # under each for its two-line caption, as a share of its height.
 REPRESENTATIVES_PER_ROW = 6
@@ -414,6 +479,13 @@ def prepare_site_data(
         # Which metrics the model has (a backbone: layer and repr), and its special tokens.
         "has_classifier": classifier,
         "metrics": list(bundle.metrics),
+        # The run's ablation kinds (its first made the metrics above), and the importance
+        # arrays the bundle holds: B's menu lists each kind's metrics and the direct
+        # attribution where they are there (importance_menu).
+        "ablations": run_ablations(bundle),
+        "importance_arrays": sorted(
+            n for n in bundle["importance"] if n in METRIC_INFO or n == DIRECT
+        ),
         # (a bundle from before their names has at most CLS)
         "special_tokens": [str(t) for t in meta.get("special_tokens") or (["cls"] * has_cls)],
         "has_special": "special_to" in bundle.parts.get("strength", {}),

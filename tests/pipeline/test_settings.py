@@ -35,6 +35,7 @@ def obviously_allowed(how, value) -> bool:
             isinstance(items, list | tuple)
             and len(items) > 0
             and all(obviously_allowed(one, item) for item in items)
+            and not (how.distinct and any(items.count(item) > 1 for item in items))
         )
     if how.choices is not None:
         return isinstance(value, str) and value in how.choices

@@ -445,7 +445,9 @@ function drawHeads({info, heads, value_mapper, value_palette, importance_title, 
                 value_text: shown.map(sig), metric: repeat(LH, metric)};
   setText(importance_title, "text",
           fill("importance_title", {metric, scope: s.classScope || s.scope}));
-  setText(value_colorbar, "title", metric);
+  // A further kind's or the direct attribution's name is longer than a short grid's colour
+  // bar: the plot's title names it.
+  setText(value_colorbar, "title", info.metrics.includes(metric) ? metric : "");
 }
 
 // B2: p(label) after each partial-pruning mode of the chosen head; B3: the chosen mode's top-5.

@@ -38,8 +38,8 @@ from bokeh.palettes import RdBu11
 
 from jaxvit_interp.bundle import ResultsBundle
 from jaxvit_interp.importance.pruning import CURVE_ORDERS
-from jaxvit_interp.quantities import CLASS_TOP_HEADS, metric
-from jaxvit_interp.site.sources import head_label, short_name
+from jaxvit_interp.quantities import CLASS_TOP_HEADS
+from jaxvit_interp.site.sources import METRIC_INFO, head_label, importance_menu, short_name
 from jaxvit_interp.site.views.common import (
     Context,
     outside_legend,
@@ -74,7 +74,7 @@ def class_rows(class_counts: np.ndarray) -> np.ndarray:
 
 def class_map_metrics(metrics: list[str]) -> list[str]:
     """The metrics the class map shows for the menu's ``metrics`` (each one's ``class_map``)."""
-    return list(dict.fromkeys(metric(m).class_map or m for m in metrics))
+    return list(dict.fromkeys(METRIC_INFO[m]["class_map"] for m in metrics))
 
 
 def class_map_tables(bundle: ResultsBundle, metrics: list[str]) -> dict[str, dict]:
@@ -115,7 +115,7 @@ def _class_map(ctx: Context, bundle: ResultsBundle):
     info = ctx.info
     L, H = info["num_layers"], info["num_heads"]
     LH = L * H
-    metrics = [m for m in (ctx.options.get("metrics") or list(info["metric_info"]))]
+    metrics = importance_menu(info, ctx.options.get("metrics") or list(info["metrics"]))
     tables = class_map_tables(bundle, metrics)
     shown = tables["shown"]
     cells = ctx.add("class_cells", ColumnDataSource(data=tables["cells"]))

@@ -23,6 +23,7 @@ from bokeh.models import (
 )
 from bokeh.palettes import Viridis256
 
+from jaxvit_interp.site.sources import importance_menu, menu_title
 from jaxvit_interp.site.views.common import (
     Context,
     integer_ticks,
@@ -50,7 +51,7 @@ def build(ctx: Context):
     info = ctx.info
     heads = ctx.sources["heads"]
     L, H = info["num_layers"], info["num_heads"]
-    metrics = ctx.options.get("metrics") or list(info["metric_info"])
+    metrics = importance_menu(info, ctx.options.get("metrics") or list(info["metrics"]))
     default = ctx.options.get("default_metric") or metrics[0]
     has_labels = info["has_classifier"]
     select = ctx.add(
@@ -59,7 +60,7 @@ def build(ctx: Context):
             title="Metric",
             value=default,
             width=260,
-            options=[(m, f"{m}: {info['metric_info'][m]['title']}") for m in metrics],
+            options=[(m, menu_title(info, m)) for m in metrics],
         ),
     )
 
