@@ -15,6 +15,10 @@ A bundle is a folder::
                        head's mean position, most common cluster and the embedding's density
     head_sets.npz      pairwise interactions of the top heads and pruning curves on a subset
                        of images (absent from older bundles and with ``set_images = 0``)
+    shapley.npz        each head's Shapley value of prob_drop on a subset of images, its standard
+                       error and single-ablation drop beside it (only with ``shapley_images``)
+    patching.npz       activation patching of every head between given pairs of images, both
+                       directions, per pair and its mean (only with ``patching_pairs``)
     attention.npz      which images have stored attention (all by default), each matrix's worst
                        absolute and relative error and each head's worst over the images
     attention-codes.npy, attention-steps.npy, attention-exponents.npy,

@@ -314,6 +314,7 @@ def _read_config_file(path: str | None) -> dict:
         "checkpoint",
         "images",
         "labels",
+        "patching_pairs",
         "class_names",
         "out",
         "max_images",
@@ -441,11 +442,22 @@ def _run_images_file(run: Path):
 
 
 def _analyze_images(
-    run: Path, source: str, labels_csv, max_images, model: LoadedModel, settings, args
+    run: Path,
+    source: str,
+    labels_csv,
+    max_images,
+    model: LoadedModel,
+    settings,
+    args,
+    pairs_csv: str | None = None,
 ) -> None:
     """``analyze`` of the images at ``source`` with ``model`` into ``run``; a folder's images
     are decoded into the run folder's file for the run's duration. The run folder is held for
-    this command from the start (another command writing it is refused at once, naming it)."""
+    this command from the start (another command writing it is refused at once, naming it).
+    ``pairs_csv``: the patching pairs' CSV, its files under ``source`` (:func:`_patching_pairs`
+    checked them); each must be among the analysed images, or the run is refused before any
+    model work."""
+    from jaxvit_interp.data.images import pair_positions, read_pairs_csv
     from jaxvit_interp.pipeline.analyze import analyze
     from jaxvit_interp.pipeline.run_folder import RunFolder, check_run_folder
 
@@ -459,6 +471,15 @@ def _analyze_images(
         images, labels, ids, class_names, matching = _load_images(
             source, config, labels_csv, max_images, args, store
         )
+        pairs = None
+        if pairs_csv:
+            pairs = pair_positions(
+                read_pairs_csv(source, pairs_csv),
+                ids,
+                pairs_csv,
+                f"the {len(ids)} analysed images of {source} (files that could not be read, "
+                "and those past --max-images, are not)",
+            )
         analyze(
             config,
             model.params,
@@ -470,6 +491,7 @@ def _analyze_images(
             label_matching=matching,
             model_identity=model.identity,
             settings=settings,
+            patching_pairs=pairs,
             progress=not args.quiet,
         )
         del images  # the mapping of the file, closed before the file goes
@@ -511,6 +533,7 @@ def _analyze(args) -> int:
     # Every setting is checked before the model or the images are read, and all of them before
     # the run folder is made: a rejected option never leaves a folder behind.
     settings = _settings_from(args, file_cfg.get("analysis"))
+    pairs_csv = _patching_pairs(args.patching_pairs or file_cfg.get("patching_pairs"), images_src)
     _maybe_distributed(args)
     image_size = args.image_size or _image_size_value(file_cfg.get("image_size"), args.config)
     model = _load_model(
@@ -541,9 +564,26 @@ def _analyze(args) -> int:
         model,
         settings,
         args,
+        pairs_csv,
     )
     print(f"results bundle written to {out}")
     return 0
+
+
+def _patching_pairs(pairs_csv: str | None, images_src: str) -> str | None:
+    """The patching pairs' CSV, its rows and files checked before the model is read (the files
+    under the images folder, as ``--labels`` names them); None when not given."""
+    if not pairs_csv:
+        return None
+    if images_src == BUILTIN_DIGITS:
+        raise UsageError(
+            f"--patching-pairs names image files, and {BUILTIN_DIGITS} has none: give an image "
+            "folder"
+        )
+    from jaxvit_interp.data.images import read_pairs_csv
+
+    read_pairs_csv(images_src, pairs_csv)
+    return str(pairs_csv)
 
 
 def _site(args) -> int:
@@ -795,6 +835,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="the model's class names, one per line in class-index order (or a JSON list); "
         "replaces the names the checkpoint carries",
+    )
+    p.add_argument(
+        "--patching-pairs",
+        metavar="PAIRS.csv",
+        help="CSV with columns clean,corrupted (files under --images, among the analysed "
+        "images): every head patched between each pair's images, in both directions",
     )
     p.add_argument("--out", help="run folder to write (resumed if it holds this run)")
     p.add_argument(

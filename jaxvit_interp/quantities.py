@@ -25,6 +25,21 @@ Where each quantity is computed:
   (:func:`jaxvit_interp.importance.pairwise_interactions`) and pruning curves in importance,
   greedy and random orders (:func:`jaxvit_interp.importance.pruning_curves`); a bundle from
   before it, or from a run with ``set_images = 0``, has no such part;
+- ``shapley``: each head's Shapley value of ``prob_drop`` on a subset of images
+  (:mod:`jaxvit_interp.pipeline.shapley_stage`, :func:`jaxvit_interp.importance.head_shapley`
+  with the run's first ablation kind), its standard error, the single-ablation ``prob_drop``
+  mean on the same images, ``v_all`` (the drop with every head ablated, which the values add up
+  to), the permutations sampled (0: exact values) and ``disagree``, the heads whose value and
+  single drop differ by more than the rule of
+  :func:`jaxvit_interp.importance.shapley.disagreement` allows; a run with
+  ``shapley_images = 0`` (the default) has no such part;
+- ``patching``: activation patching of every head between the images of given pairs
+  (:mod:`jaxvit_interp.pipeline.patching_stage`, :func:`jaxvit_interp.importance.activation_patching`)
+  in both directions: per pair and head the normalised score and the patched ``p(y)``
+  (``denoising_*``: the corrupted image with one head restored from the clean one;
+  ``noising_*``: the clean image with one head from the corrupted one), each score's mean over
+  the pairs that have one, and per pair the unpatched ``p(y)`` of both images, whether it is
+  scored and its class ``y``; a run without ``patching_pairs`` has no such part;
 - ``attention``: the model's own attention (:func:`jaxvit_interp.model.run.attention_over_images`),
   kept as the special tokens' columns in float16 (``special``) and 8-bit codes of a root of
   each patch weight (square, cube or fourth) with a step and an exponent per row (``codes``,
@@ -62,6 +77,8 @@ first), ``lh`` a ``(layer, head)`` pair, ``V`` pruning curves (one row per order
 of the random order; ``curve_order`` indexes
 :data:`jaxvit_interp.importance.pruning.CURVE_ORDERS`), ``R`` heads removed one after another
 and ``R+1`` the points ``k = 0 .. R`` removed, ``Q`` accuracy drops (percentage points).
+In ``shapley``: ``S_shapley`` images of its subset; ``()`` a single number. In ``patching``:
+``P`` pairs, and ``2`` a pair's clean and corrupted image (their positions among the images).
 """
 
 from __future__ import annotations
@@ -367,6 +384,31 @@ SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
         "curve_area": ("V",),
         "curve_removable": ("V", "Q"),
         "removable_points": ("Q",),
+    },
+    "shapley": {
+        "image_index": ("S_shapley",),
+        "values": _HEAD,
+        "stderr": _HEAD,
+        "single_drop": _HEAD,
+        "disagree": _HEAD,
+        "v_all": (),
+        "permutations": (),
+    },
+    "patching": {
+        "pairs": ("P", 2),
+        **{
+            name: dims
+            for direction in ("denoising", "noising")
+            for name, dims in (
+                (f"{direction}_score", ("P", *_HEAD)),
+                (f"{direction}_score_mean", _HEAD),
+                (f"{direction}_prob", ("P", *_HEAD)),
+            )
+        },
+        "prob_clean": ("P",),
+        "prob_corrupt": ("P",),
+        "defined": ("P",),
+        "labels": ("P",),
     },
     "attention": {
         "image_index": ("S_attention",),

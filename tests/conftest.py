@@ -123,7 +123,8 @@ def digits_head_sets_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def kinds_run(tmp_path_factory):
     """The tiny model analysed on 9 random images in three chunks with every ablation kind,
-    mean first, and the head-set stage on 4 of them: ``(params, images, labels, settings, run
+    mean first, the head-set and Shapley stages on 4 of them and the patching stage on 3 pairs
+    of them: ``(params, images, labels, settings, run
     folder)``. Shared by the tests of the kinds in the run (tests/pipeline) and on the page
     (tests/site)."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "pipeline"))
@@ -154,8 +155,15 @@ def kinds_run(tmp_path_factory):
         greedy_max_heads=0,
         ablations=("mean", "zero", "resample"),
         reference_images=5,
+        shapley_images=4,
+        shapley_permutations=8,
         seed=int(rng.integers(1000)),
     )
     out = tmp_path_factory.mktemp("kinds") / "run"
-    analyze(TINY, params, images, out, labels=labels, settings=settings, progress=False)
+    # Clean and corrupted images of the patching stage (the bundle's patching/pairs).
+    pairs = rng.permutation(9)[:6].reshape(3, 2)
+    analyze(
+        TINY, params, images, out, labels=labels, settings=settings, patching_pairs=pairs,
+        progress=False,
+    )  # fmt: skip
     return params, images, labels, settings, out

@@ -44,7 +44,15 @@ from jaxvit_interp.progress import ProgressArg, start_progress
 from jaxvit_interp.storage import atomic_npy, load_npy, page_releaser
 from jaxvit_interp.summary import Summarized, listed
 
-__all__ = ["IMAGE_EXTENSIONS", "ImagePairs", "ImageSet", "load_image_folder", "load_image_pairs"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImagePairs",
+    "ImageSet",
+    "load_image_folder",
+    "load_image_pairs",
+    "pair_positions",
+    "read_pairs_csv",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -433,6 +441,55 @@ class ImagePairs(Summarized):
         return f"{len(self):,} pairs of {height}x{width}x{channels} images", rows
 
 
+def read_pairs_csv(root: str | os.PathLike, pairs_csv: str | os.PathLike) -> list[tuple]:
+    """The pairs a CSV names, checked without decoding an image: ``[(line, clean, corrupted)]``
+    with each file as a ``/``-path relative to ``root``, in the CSV's order.
+
+    Raises:
+      InputError: for a missing folder or CSV, a CSV that is empty, lacks a column, names no
+        pair, has a short or empty row or a path outside ``root`` (naming the line), or names
+        files that do not exist (naming each with its line).
+    """
+    root, csv_path = Path(root), Path(pairs_csv)
+    _check_folder(root)
+    rows = _read_csv(csv_path, ("clean", "corrupted"), "pairs CSV")
+    if not rows:
+        raise InputError(f"pairs CSV {csv_path} names no pairs: it has no row below its header")
+    pairs = [
+        (line, *(_inside(name, root, csv_path, line) for name in names)) for line, names in rows
+    ]
+    _refuse_missing(
+        [(line, rel) for line, *rels in pairs for rel in rels], root, csv_path, "pairs CSV"
+    )
+    return pairs
+
+
+def pair_positions(pairs: list[tuple], image_ids: list[str], pairs_csv, why: str) -> np.ndarray:
+    """``[pair, 2]`` the positions among ``image_ids`` of each pair's clean and corrupted image
+    (``pairs`` as :func:`read_pairs_csv` gives them, ids as :func:`load_image_folder` gives
+    them: paths relative to its folder).
+
+    Raises:
+      InputError: naming the CSV's line and file of each image that is not among
+        ``image_ids``; ``why`` says which images those are (``"the 16 analysed images"``).
+    """
+    position = {image_id: at for at, image_id in enumerate(image_ids)}
+    absent = [
+        f"{rel!r} ({column}, line {line})"
+        for line, *rels in pairs
+        for column, rel in zip(("clean", "corrupted"), rels, strict=True)
+        if rel not in position
+    ]
+    if absent:
+        shown = ", ".join(absent[:_SHOWN]) + (
+            f" and {len(absent) - _SHOWN} more" if len(absent) > _SHOWN else ""
+        )
+        raise InputError(
+            f"pairs CSV {pairs_csv} names {len(absent)} file(s) that are not among {why}: {shown}"
+        )
+    return np.asarray([[position[c], position[k]] for _, c, k in pairs], np.int64)
+
+
 def load_image_pairs(
     root: str | os.PathLike,
     config: ViTConfig,
@@ -463,18 +520,11 @@ def load_image_pairs(
         that cannot be read (naming it and its line).
     """
     root = Path(root)
-    _check_folder(root)
     check_preprocessing(config)
     csv_path = Path(pairs_csv)
-    rows = _read_csv(csv_path, ("clean", "corrupted"), "pairs CSV")
-    if not rows:
-        raise InputError(f"pairs CSV {csv_path} names no pairs: it has no row below its header")
     pairs = [
-        (line, [_inside(name, root, csv_path, line) for name in names]) for line, names in rows
+        (line, [clean, corrupted]) for line, clean, corrupted in read_pairs_csv(root, csv_path)
     ]
-    _refuse_missing(
-        [(line, rel) for line, rels in pairs for rel in rels], root, csv_path, "pairs CSV"
-    )
 
     shape = (len(pairs), *config.image_size, config.channels)
     images = {"clean": np.empty(shape, np.float32), "corrupted": np.empty(shape, np.float32)}

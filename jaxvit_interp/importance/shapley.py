@@ -54,6 +54,7 @@ __all__ = [
     "SHAPLEY_METRICS",
     "SHAPLEY_SAMPLINGS",
     "HeadShapley",
+    "disagreement",
     "head_shapley",
     "shapley_from_subsets",
 ]
@@ -72,6 +73,13 @@ ROUND_PERMUTATIONS = 8
 # The stopping rule waits for this many permutations: a standard error from fewer is too rough
 # to stop on.
 MIN_PERMUTATIONS_TO_STOP = 16
+# A head's Shapley value and its single-ablation effect disagree when they differ by more than
+# this many of the value's standard errors (sampling noise: about 95% of sampled values lie
+# within 2 of the exact one) ...
+DISAGREE_STDERRS = 2.0
+# ... plus this share of the largest of either over the heads: a nonlinear model never makes
+# them equal, and a difference too small to see beside the largest head is not worth reading.
+DISAGREE_SHARE = 0.1
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -427,3 +435,30 @@ def _sampled(game: _Game, bar, sampling, permutations, target_stderr, seed):
             break
     converged = target_stderr is not None and bool(stderr.max() < target_stderr)
     return np.stack(units).mean(axis=0), stderr, len(units) * pair, converged
+
+
+def disagreement(values, stderr, single) -> np.ndarray:
+    """``[layer, head]`` bool: the heads whose Shapley value and single-ablation effect disagree.
+
+    A head's single ablation is its marginal with no other head removed, ``v({h})``; its Shapley
+    value averages its marginals over every set of others removed first. They differ where the
+    head interacts: a head that others back up has a small single drop and a larger value, one
+    that matters only beside heads that are already gone the other way round. A head disagrees
+    when
+
+        |value - single| > DISAGREE_STDERRS * stderr + DISAGREE_SHARE * max(|value|, |single|)
+
+    with the maximum over every head of both: beyond the value's sampling noise, and large
+    enough to see at the scale of the most important head. NaN (a head that is no player) never
+    disagrees.
+
+    Args:
+      values, stderr: ``[layer, head]`` :attr:`HeadShapley.values` and ``stderr``.
+      single: ``[layer, head]`` the same game's single-head values, ``v({h})``: the mean over
+        the same images of the metric with that head alone ablated.
+    """
+    values, stderr, single = (np.asarray(a, np.float64) for a in (values, stderr, single))
+    scale = np.nanmax(np.abs(np.concatenate([values.ravel(), single.ravel()])), initial=0.0)
+    gap = np.abs(values - single)
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(gap - DISAGREE_STDERRS * stderr - DISAGREE_SHARE * scale) > 0

@@ -10,10 +10,16 @@ fingerprint, chunks and resume):
 3. the pattern stage (:mod:`.pattern_stage`): the patterns gathered from the chunks, an
    autoencoder per kind trained data-parallel over every process;
 4. the head-set stage (:mod:`.head_sets`) on a seeded subset of the images;
-5. the bundle (:mod:`.bundle_stage`), written by process 0, which the others then read.
+5. the Shapley stage (:mod:`.shapley_stage`) on another, when ``shapley_images`` asks for it,
+   and the patching stage (:mod:`.patching_stage`) on the pairs ``patching_pairs`` names;
+6. the bundle (:mod:`.bundle_stage`), written by process 0, which the others then read.
 
 Run the same command again after an interruption and only the missing chunks are computed;
-every random choice is seeded, so the result equals an uninterrupted run's. Memory does not grow
+every random choice is seeded, so the result equals an uninterrupted run's. The head-set,
+Shapley and patching stages keep their results in files of their own, so a resumed run does not
+redo them; the Shapley stage's settings and the patching pairs are not part of the run's
+fingerprint (:mod:`.kept_stage`), and a run asked for other ones (a complete run too) computes
+that stage again and nothing else. Memory does not grow
 with the number of images beyond a few kB of results per image: the images may be a
 memory-mapped array (the command line maps the images it loads from a folder), read a chunk at a
 time; patterns, pixels and attention go from the chunk files to files of their own a chunk at a
@@ -39,6 +45,7 @@ from jaxvit_interp.model.edits import CLS_MODES, PRUNING_MODES
 from jaxvit_interp.model.identity import model_identity as identify_model
 from jaxvit_interp.multihost import run_on_writer, share_from_writer
 from jaxvit_interp.parallel import all_devices_mesh
+from jaxvit_interp.pipeline import kept_stage
 from jaxvit_interp.pipeline.analyses import pattern_kinds
 from jaxvit_interp.pipeline.bundle_stage import build_bundle
 from jaxvit_interp.pipeline.chunk import chunk_work, complete_chunk, compute_chunk, run_execution
@@ -61,6 +68,7 @@ from jaxvit_interp.pipeline.subsets import (
     HEAD_SETS_STREAM,
     PARTIAL_STREAM,
     REFERENCE_STREAM,
+    SHAPLEY_STREAM,
     derangement,
     local_indices,
     subset,
@@ -139,6 +147,7 @@ class _Run:
     settings: AnalysisSettings
     fingerprint: str
     record: dict[str, Any]
+    patching_pairs: np.ndarray | None = None
 
     @property
     def num_images(self) -> int:
@@ -193,6 +202,7 @@ def analyze(
     label_matching: dict[str, Any] | None = None,
     model_identity: dict[str, Any] | None = None,
     settings: AnalysisSettings | None = None,
+    patching_pairs=None,
     progress: bool = True,
 ) -> ResultsBundle:
     """Run every analysis on ``images`` and write the results bundle into ``out``.
@@ -216,6 +226,9 @@ def analyze(
         :func:`~jaxvit_interp.model.identity.model_identity`: the config in words and the
         parameters' sha256.
       settings: :class:`AnalysisSettings`.
+      patching_pairs: ``[pair, 2]`` the positions among ``images`` of a clean and a corrupted
+        image per pair, whose heads the patching stage patches (:mod:`.patching_stage`); None:
+        no patching.
       progress: report each stage (:func:`~jaxvit_interp.progress.start_progress`): on a
         terminal a bar, elsewhere (a log file, a pipe) a line on stderr when it starts and ends
         and every few percent with the time taken and an estimate of what is left.
@@ -242,6 +255,7 @@ def analyze(
         label_matching=label_matching,
         model_identity=model_identity,
         settings=settings or AnalysisSettings(),
+        patching_pairs=patching_pairs,
     )
     with run.lock():
         # Process 0 prepares the folder and tells the others which chunks are done, so that
@@ -251,8 +265,12 @@ def analyze(
             f"prepare the run folder {run.path}",
         )
         state = RunState.from_dict(state)
-        if state.complete:
-            return load_bundle(run.path)  # this very run finished before: nothing to redo
+        if state.complete:  # this very run finished before: at most a kept stage to redo
+            bundle = run_on_writer(
+                lambda: _refresh_kept_stages(inputs, run.path, progress),
+                f"update the Shapley and patching stages in {run.path}",
+            )
+            return load_bundle(run.path) if bundle is None else bundle
         mesh = all_devices_mesh()
         merged, patterns = _chunk_stage(run, inputs, state.done, mesh, progress)
         # Training is data-parallel over every process; the rest of the run (the layouts, the
@@ -278,6 +296,9 @@ def analyze(
             )
             if head_sets is not None:
                 bundle.parts["head_sets"], bundle.meta["head_sets"] = head_sets
+            for name, stage in _kept_stages(inputs, merged, run.path, progress).items():
+                if stage is not None:
+                    bundle.parts[name], bundle.meta[name] = stage
             save_bundle(bundle, run.path)
             # The run is complete: nothing reads the gathered patterns again (the chunks keep
             # them).
@@ -300,6 +321,7 @@ def _check_inputs(
     label_matching,
     model_identity,
     settings: AnalysisSettings,
+    patching_pairs=None,
 ) -> _Run:
     """The run's inputs checked, before anything is written, and its fingerprint."""
     from jaxvit_interp.importance.validate import check_images, check_labels, check_unpruned
@@ -334,6 +356,7 @@ def _check_inputs(
             f"{len(class_names)} class names for a model with {config.num_classes} classes"
         )
     _preflight(config, params, settings, num_images)
+    patching_pairs = _check_pairs(config, patching_pairs, num_images)
     model_identity = model_identity or identify_model(config, params)
     digest, pixel_digest = image_digests(images, image_ids)
     fingerprint = run_fingerprint(
@@ -353,6 +376,7 @@ def _check_inputs(
         settings=settings,
         fingerprint=fingerprint,
         record=run_record(config, model_identity, image_ids, pixel_digest, settings),
+        patching_pairs=patching_pairs,
     )
 
 
@@ -499,6 +523,145 @@ def _head_sets_stage(inputs: _Run, merged, out: Path, progress):
         ),
     )
     return part, head_sets.head_sets_meta(config, images=len(index), **options)
+
+
+def _shapley_stage(inputs: _Run, importance, out: Path, progress):
+    """The ``shapley`` part and its meta (:mod:`jaxvit_interp.pipeline.shapley_stage`) on a
+    seeded subset of the images, with the run's first ablation kind, or None when
+    ``shapley_images`` is 0 or the model has no classifier (the game is ``prob_drop``).
+    Computed once, on the writing process, and kept in the run folder with its settings, so a
+    resumed run reads it back and a run with other Shapley settings computes it again.
+    ``importance``: the first kind's single-ablation metrics per image (the merged chunks', or
+    a bundle's importance part)."""
+    from jaxvit_interp.pipeline import shapley_stage
+
+    config, settings, images = inputs.config, inputs.settings, inputs.images
+    if not _shapley_wanted(inputs):
+        return None
+    index = subset(len(images), settings.shapley_images, settings.seed, SHAPLEY_STREAM)
+    kind = settings.ablations[0]
+    return kept_stage.load_or_compute(
+        out / shapley_stage.SHAPLEY_FILE,
+        shapley_stage.stage_settings(settings),
+        lambda: shapley_stage.compute_shapley(
+            config,
+            inputs.params,
+            images,
+            inputs.labels,
+            importance[shapley_stage.SHAPLEY_METRIC],
+            index,
+            # Pairs of a permutation and its reverse (antithetic sampling): an even number.
+            permutations=settings.shapley_permutations // 2 * 2,
+            target_stderr=settings.shapley_stderr,
+            seed=settings.seed,
+            ablation=kind,
+            reference=inputs.reference(kind, index),
+            execution=run_execution(settings, None, progress),
+        ),
+    )
+
+
+def _shapley_wanted(inputs: _Run) -> bool:
+    """Whether the run has a Shapley stage: asked for, and a classifier (the game is
+    ``prob_drop``)."""
+    return inputs.settings.shapley_images > 0 and bool(inputs.config.num_classes)
+
+
+def _patching_stage(inputs: _Run, out: Path, progress):
+    """The ``patching`` part and its meta (:mod:`jaxvit_interp.pipeline.patching_stage`), or
+    None without pairs. Computed once, on the writing process, and kept in the run folder with
+    its pairs, so a resumed run reads it back and a run with other pairs computes it again."""
+    from jaxvit_interp.pipeline import patching_stage
+
+    pairs = inputs.patching_pairs
+    if pairs is None:
+        return None
+    return kept_stage.load_or_compute(
+        out / patching_stage.PATCHING_FILE,
+        patching_stage.pairs_key(pairs, inputs.image_ids),
+        lambda: patching_stage.compute_patching(
+            inputs.config,
+            inputs.params,
+            inputs.images,
+            inputs.labels,
+            pairs,
+            execution=run_execution(inputs.settings, None, progress),
+        ),
+    )
+
+
+def _kept_stages(inputs: _Run, importance, out: Path, progress) -> dict[str, Any]:
+    """Each kept stage's bundle part name -> its ``(part, meta)``, or None where the run has
+    none. ``importance``: the first kind's per-image metrics (the merged chunks', or a
+    bundle's importance part)."""
+    return {
+        "shapley": _shapley_stage(inputs, importance, out, progress),
+        "patching": _patching_stage(inputs, out, progress),
+    }
+
+
+def _kept_keys(inputs: _Run) -> dict[str, Any]:
+    """Each kept stage's key as the run asks for it, None where the run has none."""
+    from jaxvit_interp.pipeline import patching_stage, shapley_stage
+
+    pairs = inputs.patching_pairs
+    return {
+        "shapley": shapley_stage.stage_settings(inputs.settings)
+        if _shapley_wanted(inputs)
+        else None,
+        "patching": None if pairs is None else patching_stage.pairs_key(pairs, inputs.image_ids),
+    }
+
+
+def _refresh_kept_stages(inputs: _Run, out: Path, progress) -> ResultsBundle:
+    """A complete run's bundle with the Shapley and patching stages as the run asks for them:
+    as it is when it holds them already, else with them computed again (from the bundle's
+    single-ablation drops) or taken out, and the bundle rewritten."""
+    bundle = load_bundle(out)
+    keys = _kept_keys(inputs)
+    if all(
+        kept_stage.is_current(bundle.meta, name, name in bundle.parts, key)
+        for name, key in keys.items()
+    ):
+        return bundle
+    for name, stage in _kept_stages(inputs, bundle["importance"], out, progress).items():
+        bundle.parts.pop(name, None)
+        bundle.meta.pop(name, None)
+        if stage is not None:
+            bundle.parts[name], bundle.meta[name] = stage
+        else:
+            (out / f"{name}.npz").unlink(missing_ok=True)
+    bundle.meta["settings"] = inputs.settings.to_dict()
+    save_bundle(bundle, out)
+    return bundle
+
+
+def _check_pairs(config: ViTConfig, pairs, num_images: int) -> np.ndarray | None:
+    """``patching_pairs`` as ``[pair, 2]`` int64 positions among the images, or None; refused
+    (naming the pair at fault) before any work when they are not."""
+    if pairs is None:
+        return None
+    if not config.num_classes:
+        raise InputError(
+            "patching_pairs were given for a backbone without a classifier: the patching "
+            "score reads p(label)"
+        )
+    array = np.asarray(pairs)
+    if array.ndim != 2 or array.shape[1] != 2 or len(array) == 0:
+        raise InputError(
+            f"patching_pairs must be [pair, 2] (a clean and a corrupted image per pair), got "
+            f"shape {array.shape}"
+        )
+    if array.dtype.kind not in "iu":
+        raise InputError(f"patching_pairs must be image positions (integers), got {array.dtype}")
+    bad = (array < 0) | (array >= num_images)
+    if bad.any():
+        row = int(np.argmax(bad.any(axis=1)))
+        raise InputError(
+            f"patching_pairs[{row}] = {array[row].tolist()} names an image outside "
+            f"0..{num_images - 1}"
+        )
+    return array.astype(np.int64)
 
 
 def _preflight(config: ViTConfig, params, settings: AnalysisSettings, num_images: int) -> None:

@@ -432,9 +432,12 @@ def run_record(
     settings: AnalysisSettings,
 ) -> dict[str, Any]:
     """What ``run.json`` records of a run besides its fingerprint: every input of the
-    fingerprint, or its digest (the pixels'), so that :func:`run_differences` can name them."""
+    fingerprint, or its digest (the pixels'), so that :func:`run_differences` can name them
+    (the stage settings, which a run may change, left out)."""
+    from jaxvit_interp.pipeline.settings import STAGE_SETTINGS
+
     return {
-        "settings": settings.to_dict(),
+        "settings": {k: v for k, v in settings.to_dict().items() if k not in STAGE_SETTINGS},
         "model": model_identity,
         "config": config.to_dict(),
         "images": len(image_ids),

@@ -64,6 +64,14 @@ class AnalysisSettings:
         subsets) whose mean head outputs a ``mean`` ablation puts in a head's place: the same
         sample for every chunk. A ``resample`` ablation pairs each image with another analysed
         image, a seeded derangement (no image with itself), so it needs two images or more.
+      shapley_images: images (chosen at random with ``seed``, independently of the other
+        subsets) on which the Shapley stage (:mod:`jaxvit_interp.pipeline.shapley_stage`)
+        shares out ``prob_drop`` among the heads with the run's first ablation kind; 0 (the
+        default: it takes minutes) skips it. A change of it, ``shapley_permutations`` or
+        ``shapley_stderr`` recomputes that stage only (:data:`STAGE_SETTINGS`).
+      shapley_permutations: the most permutations the Shapley stage samples, at least 4; it
+        samples pairs of a permutation and its reverse, so an odd number counts one less.
+      shapley_stderr: the Shapley stage stops once every head's standard error is below this.
       seed: seeds every random choice of the run.
     """
 
@@ -131,6 +139,24 @@ class AnalysisSettings:
         "takes about (layers x heads)^2 / 2 set ablations; 0: never",
         least=0,
     )
+    shapley_images: int = setting(
+        0,
+        "images on which each head's Shapley value of prob_drop is sampled; 0 skips that "
+        "stage, which takes minutes (the digits model: about 3 on a CPU)",
+        least=0,
+    )
+    shapley_permutations: int = setting(
+        128,
+        "the most permutations of the heads the Shapley stage samples, in pairs of one and its "
+        "reverse (an odd number counts one less)",
+        least=4,
+    )
+    shapley_stderr: float = setting(
+        0.01,
+        "the Shapley stage stops once every head's standard error is below this",
+        type=float,
+        more_than=0,
+    )
     seed: int = setting(0, "seed of every random choice", least=0)
     ablations: tuple[str, ...] = setting(
         ("zero",),
@@ -178,13 +204,17 @@ class AnalysisSettings:
 # defaults, so a folder analysed before they existed (with what their defaults compute) is
 # resumed, not refused as another run.
 LATER_SETTINGS = ("ablations", "reference_images")
+# Settings of a stage that keeps its result in the run folder with the settings it was computed
+# with (:mod:`jaxvit_interp.pipeline.shapley_stage`): left out of the fingerprint, so a change
+# of them recomputes that stage alone, in a complete run too, rather than refusing the folder.
+STAGE_SETTINGS = ("shapley_images", "shapley_permutations", "shapley_stderr")
 
 
 def fingerprint_settings(settings: AnalysisSettings) -> dict[str, Any]:
-    """The settings a run's fingerprint hashes: every one, but :data:`LATER_SETTINGS` only
-    where they differ from their defaults (``reference_images`` only where a ``mean`` ablation
-    reads it)."""
-    d = settings.to_dict()
+    """The settings a run's fingerprint hashes: every one but :data:`STAGE_SETTINGS`, and
+    :data:`LATER_SETTINGS` only where they differ from their defaults (``reference_images`` only
+    where a ``mean`` ablation reads it)."""
+    d = {k: v for k, v in settings.to_dict().items() if k not in STAGE_SETTINGS}
     defaults = declared(AnalysisSettings)
     for name in LATER_SETTINGS:
         if d[name] == defaults[name].default:

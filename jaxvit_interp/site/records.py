@@ -60,6 +60,12 @@ NOT_SHOWN = {
     ("attention", "steps"),
     ("attention", "exponents"),
     ("attention", "special"),
+    # The Shapley stage's subset and its two numbers, which B4's note states (info["shapley"]).
+    ("shapley", "image_index"),
+    ("shapley", "v_all"),
+    ("shapley", "permutations"),
+    # The patching stage's per-pair arrays: the page shows the means over the pairs (B5).
+    *(("patching", name) for name in SCHEMA["patching"] if not name.endswith("_mean")),
     *(("importance", f"{m}_class_{what}") for m in METRIC_NAMES for what in CLASS_ARRAYS),
     # The same of each further ablation kind's metrics and of the direct attribution.
     *(("importance", name) for name in SCHEMA["importance"] if "_class_" in name),
@@ -88,7 +94,8 @@ def record_arrays(bundle: ResultsBundle) -> list[tuple[str, str]]:
     for part, arrays in bundle.parts.items():
         for name in arrays:
             dims = SCHEMA[part][name]
-            if dims[0] in IMAGE_DIMS and (part, name) not in IN_TABLES | NOT_SHOWN:
+            per_image = bool(dims) and dims[0] in IMAGE_DIMS  # a single number has no dims
+            if per_image and (part, name) not in IN_TABLES | NOT_SHOWN:
                 keys.append((part, name))
     return keys
 

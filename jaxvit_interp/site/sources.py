@@ -498,6 +498,11 @@ def prepare_site_data(
         "has_partial": "partial" in bundle.parts,
         # D's rollout map and per-layer contributions; hidden for bundles without the part.
         "has_rollout": "rollout" in bundle.parts,
+        # B4's note: how the Shapley stage ran, v(all) and the permutations it sampled (None
+        # for a bundle without the part).
+        "shapley": shapley_facts(bundle),
+        # B5's note: the patching stage's pairs, how many are scored and the least gap.
+        "patching": patching_facts(bundle),
         # Top-k kept after partial pruning: 5, or the class count when smaller.
         "top_k": (
             int(bundle["partial"]["top5_classes"].shape[-1])
@@ -530,6 +535,33 @@ def prepare_site_data(
         partial_row=partial_row,
         attention_row=attention_row,
     )
+
+
+def shapley_facts(bundle: ResultsBundle) -> dict[str, Any] | None:
+    """What the bundle says of its Shapley stage (its meta, ``v_all`` and the permutations
+    sampled), or None without the ``shapley`` part."""
+    part = bundle.parts.get("shapley")
+    if part is None:
+        return None
+    return {
+        **(bundle.meta.get("shapley") or {}),
+        "images": int(len(part["image_index"])),
+        "v_all": float(part["v_all"]),
+        "permutations": int(part["permutations"]),
+    }
+
+
+def patching_facts(bundle: ResultsBundle) -> dict[str, Any] | None:
+    """What the bundle says of its patching stage (its meta, the pairs and how many are
+    scored), or None without the ``patching`` part."""
+    part = bundle.parts.get("patching")
+    if part is None:
+        return None
+    return {
+        **(bundle.meta.get("patching") or {}),
+        "pairs": int(len(part["pairs"])),
+        "scored": int(np.count_nonzero(part["defined"])),
+    }
 
 
 def embedding_sample(num_images: int) -> np.ndarray:

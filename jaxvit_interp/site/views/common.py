@@ -142,3 +142,59 @@ def plot(
     p.axis.major_label_text_font_size = "10px"
     p.min_border_left = 40
     return p
+
+
+# A per-head plot with every head along x: its least width, and the pixels a head takes at most
+# and at least.
+HEADS_PLOT_MIN_PX = 440
+HEAD_PX = (6, 22)
+
+
+def heads_along_x(name: str, title: str, y_label: str, info, y_range: tuple[float, float]):
+    """A plot with every head along the x axis, layer-major (``L0`` where each layer starts, as
+    the class map lays them out), for points drawn from the shared ``heads`` source."""
+    from bokeh.models import Range1d
+
+    L, H = info["num_layers"], info["num_heads"]
+    LH = L * H
+    cell = max(HEAD_PX[0], min(HEAD_PX[1], 900 // max(LH, 1)))
+    p = plot(
+        title,
+        None,
+        None,
+        name=name,
+        frame_width=max(HEADS_PLOT_MIN_PX, cell * LH),
+        frame_height=220,
+        x_range=Range1d(-0.5, LH - 0.5),
+        y_range=Range1d(*y_range),
+    )
+    p.xaxis.axis_label = "head (layer-major)"
+    p.yaxis.axis_label = y_label
+    p.xaxis.ticker = [k * H for k in range(L)]
+    p.xaxis.major_label_overrides = {k * H: f"L{k}" for k in range(L)}
+    return p
+
+
+def head_points(p, heads, field: str, offset: float, color: str, marker: str, name: str):
+    """Each head's ``field`` of the shared ``heads`` source as a point beside its x (``offset``),
+    the chosen head outlined in red as in every view; clicking a point chooses its head (with
+    the plot's tap tool, which the caller adds over all its point renderers)."""
+    from bokeh.transform import dodge
+
+    points = p.scatter(
+        dodge("index", offset), field, source=heads, size=7, marker=marker, fill_color=color,
+        line_color=color, name=name,
+    )  # fmt: skip
+    points.selection_glyph = points.glyph.clone(line_color="#d62728", line_width=3, size=11)
+    points.nonselection_glyph = points.glyph.clone()
+    return points
+
+
+def padded(values, share: float = 0.08) -> tuple[float, float]:
+    """A y range over the finite ``values`` and 0, with ``share`` of its height either side."""
+    import numpy as np
+
+    values = np.asarray(values, np.float64)
+    low, high = float(np.nanmin(values, initial=0.0)), float(np.nanmax(values, initial=0.0))
+    pad = share * (high - low or 1.0)
+    return low - pad, high + pad

@@ -6,6 +6,10 @@
 - B2: the label's probability after each partial-pruning mode of the chosen head; clicking a
   bar chooses the mode whose top-5 predictions B3 lists.
 - B3: the top-5 predictions after that pruning.
+- B4: Shapley values of the heads beside their single-ablation drops, when the bundle has the
+  Shapley stage's part (:mod:`.shapley`).
+- B5: activation patching's mean score per head in both directions, when the bundle has the
+  patching stage's part (:mod:`.patching`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from bokeh.models import (
 from bokeh.palettes import Viridis256
 
 from jaxvit_interp.site.sources import importance_menu, menu_title
+from jaxvit_interp.site.views import patching, shapley
 from jaxvit_interp.site.views.common import (
     Context,
     integer_ticks,
@@ -239,6 +244,8 @@ def build(ctx: Context):
         text_color="#222",
     )
     q.visible = t.visible = partial_note.visible = has_labels
+    # B4 and B5, with the bundle's Shapley and patching parts only.
+    extra = [view for view in (shapley.build(ctx), patching.build(ctx)) if view is not None]
     return panel(
         "B",
         "Head Importance",
@@ -248,5 +255,6 @@ def build(ctx: Context):
             # Partial pruning measures p(label): a backbone without a classifier has none.
             wrap(p, column(q), column(t)),
             partial_note,
+            *extra,
         ],
     )
