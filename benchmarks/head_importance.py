@@ -21,6 +21,10 @@ that layer's first MLP product, and in the last layer computes the CLS row only,
 projecting any other token).  GFLOP/s figures divide those counts by the engine's time with
 compiled programs; the first call, compilation included, is reported next to it.
 
+With ``--ablations zero mean resample`` the engine's whole sweep with each further ablation kind
+(its reference: the analysed images for a mean, each image's neighbour for resample) runs in the
+same rounds as (a) and is given as a ratio to the zero sweep.
+
 With ``--cpu-devices N`` (N > 1) the host CPU is shown to JAX as N devices, (a) shards the images
 over them (as ``analyze`` does over every device) and the same engine on one device is timed beside
 it, in the same rounds.
@@ -137,19 +141,35 @@ def engine_plan(c, params, num_images, mesh=None):
     return head_importance_plan(c, params, Execution(mesh=mesh), num_images=num_images)
 
 
-def prepare_engine(c, params, images, mesh=None):
+def ablation_reference(kind, images):
+    """The reference a kind's replacement comes from, as ``analyze`` takes it: the analysed
+    images themselves for a mean, each image's neighbour (a shift by one, so no image is its
+    own) for resample; None for zero."""
+    if kind == "zero":
+        return None
+    return images if kind == "mean" else np.roll(images, 1, axis=0)
+
+
+def prepare_engine(c, params, images, mesh=None, ablation="zero"):
     """Compile the engine's programs; returns ``(first, plan, run)``.
 
     ``first``: seconds of the first call on one chunk of images (compilation included);
     ``plan``: the engine's chunk plan; ``run()``: seconds for all single-head ablations of every
     image with the programs compiled (the chunk shape is the same, so nothing recompiles).
-    ``mesh``: shard the images over its devices; None: one device.
+    ``mesh``: shard the images over its devices; None: one device.  ``ablation``: the kind
+    (``zero``, ``mean``, ``resample``), its reference from :func:`ablation_reference`.
     """
     plan = engine_plan(c, params, len(images), mesh=mesh)
 
     def call(x):
         return head_importance(
-            c, params, x, metrics=PRUNING_METRICS, execution=Execution(mesh=mesh, progress=False)
+            c,
+            params,
+            x,
+            metrics=PRUNING_METRICS,
+            ablation=ablation,
+            reference=ablation_reference(ablation, x),
+            execution=Execution(mesh=mesh, progress=False),
         )
 
     first = _timed(lambda: call(images[: plan.images_per_batch]))
@@ -246,6 +266,10 @@ def compare(variant, num_images, baseline_heads, args, matmul_gflops):
     if mesh is not None:
         # The same engine on one device, in the same rounds: what sharding over the mesh gains.
         runs["a1"] = prepare_engine(c, params, images)[2]
+    kinds = [k for k in args.ablations if k != "zero"]
+    for kind in kinds:
+        # The same sweep with another ablation kind, in the same rounds as the zero sweep (a).
+        runs[kind] = prepare_engine(c, params, images, mesh, ablation=kind)[2]
     run_b = prepare_jax_loop(c, params, images, sample)
     runs["b"] = lambda: run_b() * heads_total
     if not args.no_torch:
@@ -293,6 +317,11 @@ def compare(variant, num_images, baseline_heads, args, matmul_gflops):
             f"    the same engine on one device: {best['a1']:.1f} s, rounds {rounds('a1')} s  "
             f"-> {best['a1'] / a:.2f}x slower (per round {per_round('a1')})"
         )
+    for kind in kinds:
+        print(
+            f"    the same sweep with {kind} ablation: {best[kind]:.1f} s, rounds {rounds(kind)} s"
+            f"  -> {best[kind] / a:.2f}x the zero sweep (per round {per_round(kind)})"
+        )
     loop_flops = heads_total * full_flops(c) * num_images
     print(
         f"    (b) and (c) run {heads_total} full passes = {loop_flops / 1e12:.2f} TFLOP, "
@@ -313,6 +342,7 @@ def compare(variant, num_images, baseline_heads, args, matmul_gflops):
         "first": first,
         "devices": 1 if mesh is None else mesh.size,
     }
+    row.update({kind: best[kind] for kind in kinds})
     if "a1" in runs:
         row["a1"] = best["a1"]
     if "c" in runs:
@@ -442,6 +472,14 @@ def main():
     )
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument(
+        "--ablations",
+        nargs="+",
+        default=["zero"],
+        choices=["zero", "mean", "resample"],
+        help="ablation kinds to time: each kind's whole sweep runs in the same rounds as the zero "
+        "sweep (a), and its time is given as a ratio to it (target: within 1.2x)",
+    )
+    parser.add_argument(
         "--rounds", type=int, default=3, help="timing rounds of (a), (b), (c) in turn"
     )
     parser.add_argument(
@@ -508,6 +546,9 @@ def main():
         )
         if "a1" in r:
             line += f", vs itself on one device {r['a1'] / r['a']:.2f}x"
+        for kind in ("mean", "resample"):
+            if kind in r:
+                line += f", {kind} sweep {r[kind] / r['a']:.2f}x zero's"
         if "c" in r:
             line += f", vs (c) {r['c'] / r['a']:.2f}x"
         line += (
