@@ -4,8 +4,8 @@ The public entry points are re-exported here; see each subpackage for the detail
 
 - :mod:`jaxvit_interp.model`: the Flax ViT, head masks, attention edits and checkpoint import.
 - :mod:`jaxvit_interp.data`: image folders (``load_image_folder`` -> an ``ImageSet`` that
-  ``analyze`` takes), labels matched to the model's classes, preprocessing, the bundled digits
-  set and model.
+  ``analyze`` takes), labels matched to the model's classes, preprocessing, the built-in
+  models and their images (digits; shapes, whose rules are planted).
 - :mod:`jaxvit_interp.importance`: pruning-based head importance (zero, mean or resample
   ablation), partial pruning, Taylor scores, activation patching, direct logit attribution.
 - :mod:`jaxvit_interp.patterns`: attention patterns, their autoencoder, projection and clusters.

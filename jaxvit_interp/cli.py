@@ -19,9 +19,7 @@ from typing import Any, NamedTuple
 
 from jaxvit_interp.errors import InputError, environment_error_message
 
-BUILTIN_DIGITS = "builtin:digits"
 DEFAULT_DEMO_OUT = "demo-site"
-BUILTIN_DIR = "builtin"
 DEMO_SPEC = "digits.toml"
 # The settings of a distributed run that flags can give (else their environment variables).
 DISTRIBUTED_OPTIONS = ("coordinator", "num_processes", "process_id")
@@ -137,7 +135,7 @@ def _load_model(
     probe_file: str | None = None,
     image_size: tuple[int, int] | None = None,
 ) -> LoadedModel:
-    """A checkpoint path or ``builtin:digits``, loaded.
+    """A checkpoint path or a built-in model (``builtin:digits``, ``builtin:shapes``), loaded.
 
     ``probe_file`` (an ``.npz`` with ``kernel`` [pooled width, classes] and ``bias``) becomes
     the model's classifier; one that does not read the pooled width is refused here, before any
@@ -148,14 +146,15 @@ def _load_model(
     """
     import hashlib
 
-    if checkpoint == BUILTIN_DIGITS:
-        from jaxvit_interp.data.digits import WEIGHTS_FILE, builtin_path, load_digits_model
+    from jaxvit_interp.data import builtin_models
 
+    if builtin_models.is_builtin(checkpoint):
+        builtin = builtin_models.find_builtin(checkpoint, "--checkpoint ")
         if image_size is not None:
-            raise UsageError(f"--image-size: {BUILTIN_DIGITS} takes its 8x8 digits only")
-        config, params = load_digits_model()
-        identity = {"path": BUILTIN_DIGITS, "sha256": _sha256(builtin_path(WEIGHTS_FILE))}
-        size = "it is the built-in digits model"
+            raise UsageError(f"--image-size: {checkpoint} takes its own images' size only")
+        config, params = builtin.load_model()
+        identity = {"path": builtin.source, "sha256": _sha256(builtin.weights_path)}
+        size = f"it is {builtin.about}"
     else:
         from jaxvit_interp.model.checkpoint.load import convert, make_plan
 
@@ -228,7 +227,8 @@ def _sha256(path: Path) -> str:
 def _load_images(
     source: str, config, labels_csv: str | None, max_images: int | None, args, store=None
 ):
-    """``(images, labels, ids, class_names, label_matching)`` from a folder or ``builtin:digits``.
+    """``(images, labels, ids, class_names, label_matching)`` from a folder or a built-in's
+    held-out images (``builtin:digits``, ``builtin:shapes``).
 
     Labels are the model's class indices (:mod:`jaxvit_interp.data.labels`); ``label_matching``
     records how they were matched, for the results bundle. With ``store`` (a ``.npy`` path), a
@@ -237,21 +237,30 @@ def _load_images(
     from jaxvit_interp.data.labels import display_class_names, match_labels
 
     names = display_class_names(config.class_names, config.num_classes)
-    if source == BUILTIN_DIGITS:
-        from jaxvit_interp.data.digits import load_digits
+    from jaxvit_interp.data import builtin_models
 
+    if builtin_models.is_builtin(source):
+        builtin = builtin_models.find_builtin(source, "--images ")
         if labels_csv:
-            raise UsageError("--labels cannot be combined with the built-in digits images")
-        images, digits = load_digits("test")
-        ids = [f"test-{i:03d}" for i in range(len(images))]
+            raise UsageError(f"--labels cannot be combined with the built-in images {source}")
+        images, indices = builtin.load_images("test")
+        shape = images.shape[1:]
+        wanted = (*config.image_size, config.channels)
+        if shape != wanted:  # before any work: another built-in's images do not fit this model
+            raise UsageError(
+                f"--images {source}: its images are {'x'.join(map(str, shape))} (HxWxC) but the "
+                f"model takes {'x'.join(map(str, wanted))}; give the built-in model's own images"
+            )
+        width = max(3, len(str(len(images) - 1)))
+        ids = [f"test-{i:0{width}d}" for i in range(len(images))]
         if max_images:
-            images, digits, ids = images[:max_images], digits[:max_images], ids[:max_images]
-        texts = [str(d) for d in digits]
+            images, indices, ids = images[:max_images], indices[:max_images], ids[:max_images]
+        texts = [builtin.class_names[i] for i in indices]
         matching = match_labels(
             texts,
             class_names=config.class_names,
             num_classes=config.num_classes,
-            origins={t: f"built-in digit {t}" for t in texts},
+            origins={t: f"built-in {builtin.name} image of class {t}" for t in texts},
             source="builtin",
         )
         labels = [matching.index[t] for t in texts]
@@ -513,7 +522,9 @@ def _why_this_budget(model: LoadedModel, args):
             f"the model is loaded at {height}x{width} px because {model.size}: "
             f"{model.config.num_tokens:,} tokens per image"
         )
-        if hasattr(args, "image_size") and model.identity.get("path") != BUILTIN_DIGITS:
+        from jaxvit_interp.data.builtin_models import is_builtin
+
+        if hasattr(args, "image_size") and not is_builtin(model.identity.get("path", "")):
             why += (
                 "; --image-size PX (or HxW) loads it at another size, its position table resampled"
             )
@@ -625,6 +636,8 @@ def _site_from_spec(args, spec_path: str) -> int:
 
 def _demo(args) -> int:
     from importlib import resources
+
+    from jaxvit_interp.data.builtin_models import BUILTIN_DIR
 
     # The demo's site spec ships inside the package (data/builtin/digits.toml is the file
     # sites/digits.toml), so the demo runs from a wheel installed anywhere.
@@ -795,6 +808,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from jaxvit_interp.data.builtin_models import BUILTIN_MODELS
+
+    builtins = " or ".join(BUILTIN_MODELS)
     parser = _Parser(
         prog="jaxvit-interp",
         description="How attention works in Vision Transformers: head importance, attention strength "
@@ -821,10 +837,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--checkpoint",
-        help=f"checkpoint file or folder (.npz, .safetensors, Hugging Face folder, own orbax folder) or {BUILTIN_DIGITS}",
+        help=f"checkpoint file or folder (.npz, .safetensors, Hugging Face folder, own orbax folder) or {builtins}",
     )
     p.add_argument(
-        "--images", help=f"image folder (class subfolders or --labels CSV) or {BUILTIN_DIGITS}"
+        "--images", help=f"image folder (class subfolders or --labels CSV) or {builtins}"
     )
     p.add_argument(
         "--labels",
@@ -909,11 +925,11 @@ def build_parser() -> argparse.ArgumentParser:
         "remove them from the query/key/value/output matrices, save the model (own format and "
         "safetensors) and report accuracy, parameters and forward time before and after.",
     )
-    p.add_argument("--checkpoint", required=True, help=f"checkpoint or {BUILTIN_DIGITS}")
+    p.add_argument("--checkpoint", required=True, help=f"checkpoint or {builtins}")
     p.add_argument(
         "--images",
         required=True,
-        help=f"image folder (class subfolders or --labels CSV) or {BUILTIN_DIGITS}",
+        help=f"image folder (class subfolders or --labels CSV) or {builtins}",
     )
     p.add_argument("--labels", help="CSV with columns file,label")
     p.add_argument("--class-names", metavar="FILE", help="the model's class names, one per line")

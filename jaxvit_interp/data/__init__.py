@@ -1,5 +1,5 @@
-"""Images in: the bundled digits set and model, image folders, image pairs for activation
-patching, per-family preprocessing."""
+"""Images in: the built-in models and their images (digits, shapes), image folders, image
+pairs for activation patching, per-family preprocessing."""
 
 from jaxvit_interp.data.images import (
     IMAGE_EXTENSIONS,

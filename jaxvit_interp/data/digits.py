@@ -7,14 +7,12 @@ k-hop analysis (hops 0..7) while the model stays small enough to train and analy
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from jaxvit_interp.data import builtin_models
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.config import Preprocessing, ViTConfig
 from jaxvit_interp.progress import ProgressArg
@@ -43,10 +41,6 @@ DIGITS_CONFIG = ViTConfig(
     class_names=tuple(CLASS_NAMES),
 )
 
-BUILTIN_DIR = "builtin"
-WEIGHTS_FILE = "digits_vit.npz"
-CONFIG_FILE = "digits_vit.json"
-
 
 def load_digits(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     """Preprocessed digits ``[B, 8, 8, 1]`` float32 in [-1, 1] and labels ``[B]``.
@@ -71,42 +65,14 @@ def load_digits(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     return images[idx], labels[idx]
 
 
-def builtin_path(name: str) -> Path:
-    return Path(str(resources.files("jaxvit_interp.data").joinpath(BUILTIN_DIR, name)))
-
-
-def save_digits_model(config: ViTConfig, params: Any, directory: Path, metadata: dict) -> None:
-    """Write the weights as a flat ``vit_jax``-layout ``.npz`` and the config plus metadata as JSON."""
-    from flax.traverse_util import flatten_dict
-
-    directory.mkdir(parents=True, exist_ok=True)
-    flat = {k: np.asarray(v) for k, v in flatten_dict(params, sep="/").items()}
-    np.savez(directory / WEIGHTS_FILE, **flat)
-    (directory / CONFIG_FILE).write_text(
-        json.dumps({"config": config.to_dict(), **metadata}, indent=2, sort_keys=True) + "\n"
-    )
-
-
 def load_digits_model() -> tuple[ViTConfig, Any]:
     """The shipped digits ViT: ``(config, params)``."""
-    import jax.numpy as jnp
-    from flax.traverse_util import unflatten_dict
-
-    weights, meta = builtin_path(WEIGHTS_FILE), builtin_path(CONFIG_FILE)
-    if not weights.exists() or not meta.exists():
-        raise FileNotFoundError(
-            f"the built-in digits model is missing ({weights}); recreate it with "
-            "`jaxvit-interp train-digits`"
-        )
-    config = ViTConfig.from_dict(json.loads(meta.read_text())["config"])
-    with np.load(weights) as flat:
-        params = unflatten_dict({k: jnp.asarray(flat[k]) for k in flat.files}, sep="/")
-    return config, params
+    return builtin_models.DIGITS.load_model()
 
 
 def digits_model_info() -> dict:
     """The metadata recorded when the shipped model was trained (accuracy, settings, time)."""
-    return json.loads(builtin_path(CONFIG_FILE).read_text())
+    return builtin_models.DIGITS.info()
 
 
 def train_digits_model(
@@ -116,31 +82,14 @@ def train_digits_model(
 
     Returns the metadata written beside the weights: held-out accuracy, settings, loss history.
     """
-    import time
+    from jaxvit_interp.model.train import TrainConfig
 
-    from jaxvit_interp.model.train import TrainConfig, evaluate, train_classifier
-
-    train_config = train_config or TrainConfig()
-    train_images, train_labels = load_digits("train")
-    test_images, test_labels = load_digits("test")
-    start = time.perf_counter()
-    params, history = train_classifier(
+    return builtin_models.train_and_save(
+        builtin_models.DIGITS,
         DIGITS_CONFIG,
-        train_config,
-        train_images,
-        train_labels,
+        train_config or TrainConfig(),
+        load_digits,
         background=BACKGROUND,
+        directory=directory,
         progress=progress,
     )
-    seconds = time.perf_counter() - start
-    metadata = {
-        "test_accuracy": evaluate(DIGITS_CONFIG, params, test_images, test_labels),
-        "train_accuracy": evaluate(DIGITS_CONFIG, params, train_images, train_labels),
-        "test_images": int(len(test_labels)),
-        "train_images": int(len(train_labels)),
-        "train_seconds": round(seconds, 1),
-        "train_config": dataclasses.asdict(train_config),
-        "history": history,
-    }
-    save_digits_model(DIGITS_CONFIG, params, directory or builtin_path(""), metadata)
-    return metadata

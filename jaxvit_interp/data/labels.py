@@ -58,7 +58,7 @@ class LabelMatching:
 
     Attributes:
       source: where the texts came from: ``"folders"`` (class subfolders), ``"csv"``, or
-        ``"builtin"`` (the bundled digits, labelled by index).
+        ``"builtin"`` (a built-in model's images, labelled by its class names).
       classes: ``"model"`` when the model names its classes, ``"none"`` when it does not.
       index: label text -> class index.
       how: label text -> how it was matched: ``"name"``, ``"alias"``, ``"index"`` or

@@ -3,8 +3,8 @@
 Example (``sites/digits.toml``)::
 
     title = "How attention works in a ViT trained on handwritten digits"
-    model = "builtin:digits"          # or a checkpoint path, relative to this file
-    images = "builtin:digits"         # or an image folder, relative to this file
+    model = "builtin:digits"          # or "builtin:shapes", or a checkpoint path relative to this file
+    images = "builtin:digits"         # the built-in's held-out images, or an image folder
     # labels = "labels.csv"           # optional CSV of image ids and labels
     max_images = 300                  # images analysed and shown in the overview
 
@@ -35,11 +35,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from jaxvit_interp.data.builtin_models import BUILTIN_MODELS
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.pipeline.settings import ALL_IMAGES, AnalysisSettings
 from jaxvit_interp.quantities import METRIC_NAMES, PATTERN_KINDS
 
-BUILTINS = ("builtin:digits",)
 # Top-level keys of earlier specs, now analysis settings.
 MOVED = ("attention_images", "partial_images")
 
@@ -55,8 +55,8 @@ class SiteSpec:
     Attributes:
       path: the spec file.
       title: the page title (``None``: derived from the model).
-      model: ``"builtin:digits"`` or the checkpoint path.
-      images: ``"builtin:digits"`` or the image folder.
+      model: a built-in (``"builtin:digits"``, ``"builtin:shapes"``) or the checkpoint path.
+      images: a built-in's held-out images (as ``model``) or the image folder.
       labels: the labels CSV, or ``None``.
       max_images: images analysed and shown.
       analysis: the :class:`~jaxvit_interp.pipeline.settings.AnalysisSettings` of the
@@ -159,10 +159,9 @@ def _source(
 ) -> str | Path:
     """A ``builtin:`` name as is, or a path resolved against the spec's folder that exists."""
     if value.startswith("builtin:") and builtin_ok:
-        if value not in BUILTINS:
-            raise SiteSpecError(
-                f"{where}: {key} = {value!r} is not a built-in (known: {', '.join(BUILTINS)})"
-            )
+        if value not in BUILTIN_MODELS:
+            known = ", ".join(BUILTIN_MODELS)
+            raise SiteSpecError(f"{where}: {key} = {value!r} is not a built-in (known: {known})")
         return value
     path = (where.parent / value).resolve()
     if not path.exists():
