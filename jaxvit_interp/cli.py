@@ -586,12 +586,13 @@ def _patching_pairs(pairs_csv: str | None, images_src: str) -> str | None:
     under the images folder, as ``--labels`` names them); None when not given."""
     if not pairs_csv:
         return None
-    if images_src == BUILTIN_DIGITS:
-        raise UsageError(
-            f"--patching-pairs names image files, and {BUILTIN_DIGITS} has none: give an image "
-            "folder"
-        )
+    from jaxvit_interp.data import builtin_models
     from jaxvit_interp.data.images import read_pairs_csv
+
+    if builtin_models.is_builtin(images_src):
+        raise UsageError(
+            f"--patching-pairs names image files, and {images_src} has none: give an image folder"
+        )
 
     read_pairs_csv(images_src, pairs_csv)
     return str(pairs_csv)
