@@ -122,6 +122,7 @@ class ResultsBundle(Summarized):
             "ow": 2 * grid[1] - 1,
             "xy": 2,
             "extent": 4,
+            "cc": 2,
         }
 
     def _summary(self):

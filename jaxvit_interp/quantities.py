@@ -78,7 +78,7 @@ of the random order; ``curve_order`` indexes
 :data:`jaxvit_interp.importance.pruning.CURVE_ORDERS`), ``R`` heads removed one after another
 and ``R+1`` the points ``k = 0 .. R`` removed, ``Q`` accuracy drops (percentage points).
 In ``shapley``: ``S_shapley`` images of its subset; ``()`` a single number. In ``patching``:
-``P`` pairs, and ``2`` a pair's clean and corrupted image (their positions among the images).
+``P`` pairs, and ``cc`` a pair's clean and corrupted image (their positions among the images).
 """
 
 from __future__ import annotations
@@ -395,7 +395,7 @@ SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
         "permutations": (),
     },
     "patching": {
-        "pairs": ("P", 2),
+        "pairs": ("P", "cc"),
         **{
             name: dims
             for direction in ("denoising", "noising")
