@@ -58,7 +58,7 @@ MARKERS = {
 TRAIN_IMAGES = 6000
 TEST_IMAGES = 1200
 TRAIN_SEED = 0
-SHAPES_TRAIN_STEPS = 1200
+SHAPES_TRAIN_STEPS = 3000
 TEST_SEED = 1
 BACKGROUND = -1.0  # a blank pixel after preprocessing
 
@@ -178,7 +178,7 @@ def shapes_train_config(seed: int = 0):
     """
     from jaxvit_interp.model.train import TrainConfig
 
-    return TrainConfig(steps=SHAPES_TRAIN_STEPS, warmup_steps=120, max_shift=0, seed=seed)
+    return TrainConfig(steps=SHAPES_TRAIN_STEPS, warmup_steps=200, max_shift=0, seed=seed)
 
 
 def train_shapes_model(
