@@ -49,6 +49,7 @@ from jaxvit_interp.pipeline import kept_stage
 from jaxvit_interp.pipeline.analyses import pattern_kinds
 from jaxvit_interp.pipeline.bundle_stage import build_bundle
 from jaxvit_interp.pipeline.chunk import chunk_work, complete_chunk, compute_chunk, run_execution
+from jaxvit_interp.pipeline.patching_stage import check_pairs
 from jaxvit_interp.pipeline.pattern_stage import train_pattern_models
 from jaxvit_interp.pipeline.run_folder import (
     CHUNK_DIR,
@@ -68,7 +69,6 @@ from jaxvit_interp.pipeline.subsets import (
     HEAD_SETS_STREAM,
     PARTIAL_STREAM,
     REFERENCE_STREAM,
-    SHAPLEY_STREAM,
     derangement,
     local_indices,
     subset,
@@ -356,7 +356,7 @@ def _check_inputs(
             f"{len(class_names)} class names for a model with {config.num_classes} classes"
         )
     _preflight(config, params, settings, num_images)
-    patching_pairs = _check_pairs(config, patching_pairs, num_images)
+    patching_pairs = check_pairs(config, patching_pairs, num_images)
     model_identity = model_identity or identify_model(config, params)
     digest, pixel_digest = image_digests(images, image_ids)
     fingerprint = run_fingerprint(
@@ -525,78 +525,15 @@ def _head_sets_stage(inputs: _Run, merged, out: Path, progress):
     return part, head_sets.head_sets_meta(config, images=len(index), **options)
 
 
-def _shapley_stage(inputs: _Run, importance, out: Path, progress):
-    """The ``shapley`` part and its meta (:mod:`jaxvit_interp.pipeline.shapley_stage`) on a
-    seeded subset of the images, with the run's first ablation kind, or None when
-    ``shapley_images`` is 0 or the model has no classifier (the game is ``prob_drop``).
-    Computed once, on the writing process, and kept in the run folder with its settings, so a
-    resumed run reads it back and a run with other Shapley settings computes it again.
-    ``importance``: the first kind's single-ablation metrics per image (the merged chunks', or
-    a bundle's importance part)."""
-    from jaxvit_interp.pipeline import shapley_stage
-
-    config, settings, images = inputs.config, inputs.settings, inputs.images
-    if not _shapley_wanted(inputs):
-        return None
-    index = subset(len(images), settings.shapley_images, settings.seed, SHAPLEY_STREAM)
-    kind = settings.ablations[0]
-    return kept_stage.load_or_compute(
-        out / shapley_stage.SHAPLEY_FILE,
-        shapley_stage.stage_settings(settings),
-        lambda: shapley_stage.compute_shapley(
-            config,
-            inputs.params,
-            images,
-            inputs.labels,
-            importance[shapley_stage.SHAPLEY_METRIC],
-            index,
-            # Pairs of a permutation and its reverse (antithetic sampling): an even number.
-            permutations=settings.shapley_permutations // 2 * 2,
-            target_stderr=settings.shapley_stderr,
-            seed=settings.seed,
-            ablation=kind,
-            reference=inputs.reference(kind, index),
-            execution=run_execution(settings, None, progress),
-        ),
-    )
-
-
-def _shapley_wanted(inputs: _Run) -> bool:
-    """Whether the run has a Shapley stage: asked for, and a classifier (the game is
-    ``prob_drop``)."""
-    return inputs.settings.shapley_images > 0 and bool(inputs.config.num_classes)
-
-
-def _patching_stage(inputs: _Run, out: Path, progress):
-    """The ``patching`` part and its meta (:mod:`jaxvit_interp.pipeline.patching_stage`), or
-    None without pairs. Computed once, on the writing process, and kept in the run folder with
-    its pairs, so a resumed run reads it back and a run with other pairs computes it again."""
-    from jaxvit_interp.pipeline import patching_stage
-
-    pairs = inputs.patching_pairs
-    if pairs is None:
-        return None
-    return kept_stage.load_or_compute(
-        out / patching_stage.PATCHING_FILE,
-        patching_stage.pairs_key(pairs, inputs.image_ids),
-        lambda: patching_stage.compute_patching(
-            inputs.config,
-            inputs.params,
-            inputs.images,
-            inputs.labels,
-            pairs,
-            execution=run_execution(inputs.settings, None, progress),
-        ),
-    )
-
-
 def _kept_stages(inputs: _Run, importance, out: Path, progress) -> dict[str, Any]:
     """Each kept stage's bundle part name -> its ``(part, meta)``, or None where the run has
     none. ``importance``: the first kind's per-image metrics (the merged chunks', or a
     bundle's importance part)."""
+    from jaxvit_interp.pipeline import patching_stage, shapley_stage
+
     return {
-        "shapley": _shapley_stage(inputs, importance, out, progress),
-        "patching": _patching_stage(inputs, out, progress),
+        "shapley": shapley_stage.run_stage(inputs, importance, out, progress),
+        "patching": patching_stage.run_stage(inputs, out, progress),
     }
 
 
@@ -604,12 +541,9 @@ def _kept_keys(inputs: _Run) -> dict[str, Any]:
     """Each kept stage's key as the run asks for it, None where the run has none."""
     from jaxvit_interp.pipeline import patching_stage, shapley_stage
 
-    pairs = inputs.patching_pairs
     return {
-        "shapley": shapley_stage.stage_settings(inputs.settings)
-        if _shapley_wanted(inputs)
-        else None,
-        "patching": None if pairs is None else patching_stage.pairs_key(pairs, inputs.image_ids),
+        "shapley": shapley_stage.stage_key(inputs),
+        "patching": patching_stage.stage_key(inputs),
     }
 
 
@@ -634,34 +568,6 @@ def _refresh_kept_stages(inputs: _Run, out: Path, progress) -> ResultsBundle:
     bundle.meta["settings"] = inputs.settings.to_dict()
     save_bundle(bundle, out)
     return bundle
-
-
-def _check_pairs(config: ViTConfig, pairs, num_images: int) -> np.ndarray | None:
-    """``patching_pairs`` as ``[pair, 2]`` int64 positions among the images, or None; refused
-    (naming the pair at fault) before any work when they are not."""
-    if pairs is None:
-        return None
-    if not config.num_classes:
-        raise InputError(
-            "patching_pairs were given for a backbone without a classifier: the patching "
-            "score reads p(label)"
-        )
-    array = np.asarray(pairs)
-    if array.ndim != 2 or array.shape[1] != 2 or len(array) == 0:
-        raise InputError(
-            f"patching_pairs must be [pair, 2] (a clean and a corrupted image per pair), got "
-            f"shape {array.shape}"
-        )
-    if array.dtype.kind not in "iu":
-        raise InputError(f"patching_pairs must be image positions (integers), got {array.dtype}")
-    bad = (array < 0) | (array >= num_images)
-    if bad.any():
-        row = int(np.argmax(bad.any(axis=1)))
-        raise InputError(
-            f"patching_pairs[{row}] = {array[row].tolist()} names an image outside "
-            f"0..{num_images - 1}"
-        )
-    return array.astype(np.int64)
 
 
 def _preflight(config: ViTConfig, params, settings: AnalysisSettings, num_images: int) -> None:

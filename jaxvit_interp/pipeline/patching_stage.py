@@ -17,13 +17,16 @@ nothing else.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from jaxvit_interp.errors import InputError
 from jaxvit_interp.execution import Execution
 from jaxvit_interp.importance.patching import PATCHING_DIRECTIONS
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.pipeline import kept_stage
 
 PATCHING_FILE = "patching-stage.npz"
 
@@ -78,3 +81,67 @@ def compute_patching(
         "labels_are_predictions": result.labels_are_predictions,
     }
     return part, meta
+
+
+def check_pairs(config: ViTConfig, pairs, num_images: int) -> np.ndarray | None:
+    """``patching_pairs`` as ``[pair, 2]`` int64 positions among the images, or None; refused
+    (naming the pair at fault) before any work when they are not."""
+    if pairs is None:
+        return None
+    if not config.num_classes:
+        raise InputError(
+            "patching_pairs were given for a backbone without a classifier: the patching "
+            "score reads p(label)"
+        )
+    array = np.asarray(pairs)
+    if array.ndim != 2 or array.shape[1] != 2 or len(array) == 0:
+        raise InputError(
+            f"patching_pairs must be [pair, 2] (a clean and a corrupted image per pair), got "
+            f"shape {array.shape}"
+        )
+    if array.dtype.kind not in "iu":
+        raise InputError(f"patching_pairs must be image positions (integers), got {array.dtype}")
+    bad = (array < 0) | (array >= num_images)
+    if bad.any():
+        row = int(np.argmax(bad.any(axis=1)))
+        raise InputError(
+            f"patching_pairs[{row}] = {array[row].tolist()} names an image outside "
+            f"0..{num_images - 1}"
+        )
+    return array.astype(np.int64)
+
+
+def stage_key(inputs) -> dict[str, Any] | None:
+    """The stage's key as the run asks for it (its pairs' image ids), None without pairs.
+    ``inputs``: the run's checked inputs (``analyze``'s)."""
+    pairs = inputs.patching_pairs
+    return None if pairs is None else pairs_key(pairs, inputs.image_ids)
+
+
+def run_stage(inputs, out: Path, progress) -> tuple[dict, dict] | None:
+    """The ``patching`` part and its meta, or None without pairs. Computed once, on the writing
+    process, and kept in the run folder with its pairs, so a resumed run reads it back and a
+    run with other pairs computes it again.
+
+    Args:
+      inputs: the run's checked inputs (``analyze``'s): model, images, labels, settings, pairs.
+      out: the run folder.
+      progress: as ``analyze`` takes it.
+    """
+    from jaxvit_interp.pipeline.chunk import run_execution
+
+    key = stage_key(inputs)
+    if key is None:
+        return None
+    return kept_stage.load_or_compute(
+        out / PATCHING_FILE,
+        key,
+        lambda: compute_patching(
+            inputs.config,
+            inputs.params,
+            inputs.images,
+            inputs.labels,
+            inputs.patching_pairs,
+            execution=run_execution(inputs.settings, None, progress),
+        ),
+    )

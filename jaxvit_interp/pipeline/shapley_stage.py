@@ -16,13 +16,16 @@ the run folder as :data:`SHAPLEY_FILE` with the settings it was computed with
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from jaxvit_interp.execution import Execution
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.pipeline import kept_stage
 from jaxvit_interp.pipeline.settings import STAGE_SETTINGS, AnalysisSettings
+from jaxvit_interp.pipeline.subsets import SHAPLEY_STREAM, subset
 
 SHAPLEY_FILE = "shapley-stage.npz"
 # The game: the set-ablation metric whose Shapley values the stage computes.
@@ -98,3 +101,56 @@ def compute_shapley(
         "converged": result.converged,
     }
     return part, meta
+
+
+def wanted(inputs) -> bool:
+    """Whether the run has a Shapley stage: asked for, and a classifier (the game is
+    ``prob_drop``). ``inputs``: the run's checked inputs (``analyze``'s)."""
+    return inputs.settings.shapley_images > 0 and bool(inputs.config.num_classes)
+
+
+def stage_key(inputs) -> dict[str, Any] | None:
+    """The stage's key as the run asks for it (its settings), None where it has none."""
+    return stage_settings(inputs.settings) if wanted(inputs) else None
+
+
+def run_stage(inputs, importance, out: Path, progress) -> tuple[dict, dict] | None:
+    """The ``shapley`` part and its meta on the run's seeded subset of the images, with its
+    first ablation kind, or None where the run has no Shapley stage (:func:`wanted`).
+    Computed once, on the writing process, and kept in the run folder with its settings, so a
+    resumed run reads it back and a run with other Shapley settings computes it again.
+
+    Args:
+      inputs: the run's checked inputs (``analyze``'s): model, images, labels, settings and the
+        reference of each ablation kind.
+      importance: the first kind's single-ablation metrics per image (the merged chunks', or a
+        bundle's importance part).
+      out: the run folder.
+      progress: as ``analyze`` takes it.
+    """
+    from jaxvit_interp.pipeline.chunk import run_execution
+
+    if not wanted(inputs):
+        return None
+    settings, images = inputs.settings, inputs.images
+    index = subset(len(images), settings.shapley_images, settings.seed, SHAPLEY_STREAM)
+    kind = settings.ablations[0]
+    return kept_stage.load_or_compute(
+        out / SHAPLEY_FILE,
+        stage_settings(settings),
+        lambda: compute_shapley(
+            inputs.config,
+            inputs.params,
+            images,
+            inputs.labels,
+            importance[SHAPLEY_METRIC],
+            index,
+            # Pairs of a permutation and its reverse (antithetic sampling): an even number.
+            permutations=settings.shapley_permutations // 2 * 2,
+            target_stderr=settings.shapley_stderr,
+            seed=settings.seed,
+            ablation=kind,
+            reference=inputs.reference(kind, index),
+            execution=run_execution(settings, None, progress),
+        ),
+    )
