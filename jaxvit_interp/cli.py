@@ -29,6 +29,10 @@ QUIET_HELP = (
     "and an estimate of what is left (at most one every JAXVIT_PROGRESS_SECONDS seconds, "
     "default 10)"
 )
+SPEC_MAX_IMAGES_HELP = (
+    "analyse only the first N of the spec's images (default: the spec's max_images; the demo's "
+    "is 300), for a quicker first look; a run folder keeps one image count, so use a new --out"
+)
 
 
 class UsageError(InputError):
@@ -626,7 +630,8 @@ def _site_from_spec(args, spec_path: str) -> int:
     run = out / "run"
     model = _load_model(str(spec.model))
     labels_csv = str(spec.labels) if spec.labels else None
-    _analyze_images(run, str(spec.images), labels_csv, spec.max_images, model, spec.analysis, args)
+    max_images = args.max_images if args.max_images is not None else spec.max_images
+    _analyze_images(run, str(spec.images), labels_csv, max_images, model, spec.analysis, args)
     options = spec.site_options()
     if args.title:
         options["title"] = args.title
@@ -827,6 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help=f"output folder (default: {DEFAULT_DEMO_OUT})")
     p.add_argument("--title", help="page title")
+    p.add_argument("--max-images", type=POSITIVE_INT, metavar="N", help=SPEC_MAX_IMAGES_HELP)
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=_demo)
 
@@ -909,6 +915,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="folder for index.html")
     p.add_argument("--title", help="page title")
+    p.add_argument("--max-images", type=POSITIVE_INT, metavar="N", help=SPEC_MAX_IMAGES_HELP)
     p.add_argument(
         "--layout",
         choices=("auto", "single", "folder"),

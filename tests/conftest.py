@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# Reference implementations shared by tests live beside them.
+# Reference implementations shared by tests live beside them; helpers of the whole suite here.
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "model"))
+sys.path.insert(0, os.path.dirname(__file__))
+from sessionfolders import made_once  # noqa: E402
 
 # One JAX compilation cache for the whole test session, shared by the xdist workers and by every
 # command the tests start in a subprocess: the command-line tests run the same small models'
@@ -20,7 +22,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "model"))
 _JIT_CACHE = "JAX_COMPILATION_CACHE_DIR"
 
 
+# The tests' models are tiny: compiling their programs takes far longer than running them, and
+# most of a compile on CPU is LLVM optimising machine code. The tests ask it for none (XLA's own
+# graph passes, which decide what is computed and in which order, still run): this halves the
+# suite's time. Set for the whole session, so the commands the tests start inherit it too.
+_COMPILE_FAST = "--xla_backend_optimization_level=0"
+
+
 def pytest_configure(config):
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {_COMPILE_FAST}".strip()
     if os.environ.get(_JIT_CACHE):
         return  # a worker (it inherits the controller's), or a cache the caller chose
     import tempfile
@@ -82,9 +94,10 @@ def digits_head_sets_run(tmp_path_factory):
     """The shipped digits model (6 layers x 4 heads) analysed on 24 held-out digits (one chunk)
     with the head-set stage on 6 of them: ``(config, params, images, labels, settings, run
     folder)``. Shared by the stage's test, the site test of its views and the test of what the
-    run logs: its stderr went to ``stderr.txt`` beside the run folder, as a batch job's would,
-    with a progress line at every few percent (no wait between them). The greedy order (24
-    ablation batches, a compile each) is left out here: the library's tests cover it."""
+    run logs (made once for all the session's workers): its stderr went to ``stderr.txt``
+    beside the run folder, as a batch job's would, with a progress line at every few percent
+    (no wait between them). The greedy order (24 ablation batches, a compile each) is left out
+    here: the library's tests cover it."""
     from jaxvit_interp.patterns.train import AutoencoderSettings
     from jaxvit_interp.pipeline.analyze import analyze
     from jaxvit_interp.pipeline.settings import AnalysisSettings
@@ -109,14 +122,20 @@ def digits_head_sets_run(tmp_path_factory):
         random_orders=1,
         greedy_max_heads=0,
     )
-    out = tmp_path_factory.mktemp("digits_head_sets") / "run"
-    with (
-        open(out.parent / "stderr.txt", "w") as log,
-        contextlib.redirect_stderr(log),
-        pytest.MonkeyPatch.context() as env,
-    ):
-        env.setenv("JAXVIT_PROGRESS_SECONDS", "0")
-        analyze(config, params, images, out, labels=labels, settings=settings, progress=True)
+
+    def make(folder: Path) -> None:
+        with (
+            open(folder / "stderr.txt", "w") as log,
+            contextlib.redirect_stderr(log),
+            pytest.MonkeyPatch.context() as env,
+        ):
+            env.setenv("JAXVIT_PROGRESS_SECONDS", "0")
+            analyze(
+                config, params, images, folder / "run", labels=labels, settings=settings,
+                progress=True,
+            )  # fmt: skip
+
+    out = made_once(tmp_path_factory, "digits-head-sets", make) / "run"
     return config, params, images, labels, settings, out
 
 
@@ -124,9 +143,9 @@ def digits_head_sets_run(tmp_path_factory):
 def kinds_run(tmp_path_factory):
     """The tiny model analysed on 9 random images in three chunks with every ablation kind,
     mean first, the head-set and Shapley stages on 4 of them and the patching stage on 3 pairs
-    of them: ``(params, images, labels, settings, run
-    folder)``. Shared by the tests of the kinds in the run (tests/pipeline) and on the page
-    (tests/site)."""
+    of them: ``(params, images, labels, settings, run folder)``. Shared by the tests of the
+    kinds in the run (tests/pipeline) and on the page (tests/site), and made once for all the
+    session's workers: the first draws the seed and keeps it beside the run."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "pipeline"))
     from clitools import TINY
 
@@ -135,35 +154,46 @@ def kinds_run(tmp_path_factory):
     from jaxvit_interp.pipeline.analyze import analyze
     from jaxvit_interp.pipeline.settings import AnalysisSettings
 
-    seed = int(os.environ.get("JAXVIT_TEST_SEED", secrets.randbits(32)))
+    def inputs(seed: int):
+        rng = np.random.default_rng(seed)
+        params = init_params(TINY, int(rng.integers(1 << 30)))
+        images = rng.normal(0, 1, (9, *TINY.image_size, TINY.channels)).astype(np.float32)
+        labels = rng.integers(0, TINY.num_classes, 9)
+        settings = AnalysisSettings(
+            chunk_images=4,  # three chunks, the last one short
+            partial_images=0,
+            attention_images=0,
+            pattern_samples=64,
+            clusters=3,
+            projection="tsne",
+            autoencoder=AutoencoderSettings(
+                max_epochs=2, batch_size=16, latent_dim=4, features=(8,)
+            ),
+            set_images=4,
+            interaction_heads=3,
+            random_orders=1,
+            greedy_max_heads=0,
+            ablations=("mean", "zero", "resample"),
+            reference_images=5,
+            shapley_images=4,
+            shapley_permutations=8,
+            seed=int(rng.integers(1000)),
+        )
+        # Clean and corrupted images of the patching stage (the bundle's patching/pairs).
+        pairs = rng.permutation(9)[:6].reshape(3, 2)
+        return params, images, labels, settings, pairs
+
+    def make(folder: Path) -> None:
+        seed = int(os.environ.get("JAXVIT_TEST_SEED", secrets.randbits(32)))
+        (folder / "seed.txt").write_text(str(seed))
+        params, images, labels, settings, pairs = inputs(seed)
+        analyze(
+            TINY, params, images, folder / "run", labels=labels, settings=settings,
+            patching_pairs=pairs, progress=False,
+        )  # fmt: skip
+
+    folder = made_once(tmp_path_factory, "ablation-kinds", make)
+    seed = int((folder / "seed.txt").read_text())
     print(f"ablation kinds run: JAXVIT_TEST_SEED={seed}")
-    rng = np.random.default_rng(seed)
-    params = init_params(TINY, int(rng.integers(1 << 30)))
-    images = rng.normal(0, 1, (9, *TINY.image_size, TINY.channels)).astype(np.float32)
-    labels = rng.integers(0, TINY.num_classes, 9)
-    settings = AnalysisSettings(
-        chunk_images=4,  # three chunks, the last one short
-        partial_images=0,
-        attention_images=0,
-        pattern_samples=64,
-        clusters=3,
-        projection="tsne",
-        autoencoder=AutoencoderSettings(max_epochs=2, batch_size=16, latent_dim=4, features=(8,)),
-        set_images=4,
-        interaction_heads=3,
-        random_orders=1,
-        greedy_max_heads=0,
-        ablations=("mean", "zero", "resample"),
-        reference_images=5,
-        shapley_images=4,
-        shapley_permutations=8,
-        seed=int(rng.integers(1000)),
-    )
-    out = tmp_path_factory.mktemp("kinds") / "run"
-    # Clean and corrupted images of the patching stage (the bundle's patching/pairs).
-    pairs = rng.permutation(9)[:6].reshape(3, 2)
-    analyze(
-        TINY, params, images, out, labels=labels, settings=settings, patching_pairs=pairs,
-        progress=False,
-    )  # fmt: skip
-    return params, images, labels, settings, out
+    params, images, labels, settings, _ = inputs(seed)
+    return params, images, labels, settings, folder / "run"

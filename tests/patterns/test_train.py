@@ -173,7 +173,10 @@ def test_data_parallel_training_equals_one_device(tmp_path):
     )
 
     def latents(devices: int) -> np.ndarray:
-        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        flags = (
+            f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+        )
+        env = {**os.environ, "XLA_FLAGS": flags.strip()}
         out = tmp_path / f"latents-{devices}.npy"
         run = subprocess.run(
             [sys.executable, script, out], env=env, capture_output=True, text=True, timeout=300

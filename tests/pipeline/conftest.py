@@ -1,6 +1,4 @@
-import fcntl
 import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +10,7 @@ from PIL import Image
 # The helpers module beside this file (tests are imported with importlib, not as a package).
 sys.path.insert(0, os.path.dirname(__file__))
 from clitools import AE_FAST, FAST, TINY, cli  # noqa: E402
+from sessionfolders import made_once  # noqa: E402
 
 from jaxvit_interp import init_params, save_checkpoint  # noqa: E402
 
@@ -22,31 +21,6 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
     save_checkpoint(path, TINY, init_params(TINY, 1))
     return path
-
-
-def made_once(tmp_path_factory, name: str, make) -> Path:
-    """The folder ``name``, filled by ``make(folder)`` once in the whole test session.
-
-    With pytest-xdist every worker has its own temporary folder; their common parent holds the
-    shared folder, and a file lock lets the first worker that asks make it while any other waits
-    for it. A folder left unfinished by a failed ``make`` is made again by the next caller.
-    """
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent
-    folder = root / name
-    done = folder / ".made"
-    with open(root / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not done.is_file():
-                shutil.rmtree(folder, ignore_errors=True)
-                folder.mkdir()
-                make(folder)
-                done.touch()
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return folder
 
 
 @dataclass(frozen=True)
