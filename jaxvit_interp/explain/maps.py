@@ -30,6 +30,7 @@ from jaxvit_interp.explain.gradients import (
 from jaxvit_interp.explain.occlusion import occlusion_batch
 from jaxvit_interp.importance.validate import check_images, check_labels, check_unpruned
 from jaxvit_interp.model.config import ViTConfig
+from jaxvit_interp.progress import Share
 from jaxvit_interp.rollout.measure import FinalRolloutReducer
 from jaxvit_interp.summary import Summarized, number, sizes
 
@@ -249,6 +250,15 @@ class _PredictionReducer:
         return {"label": jnp.argmax(out.logits, axis=-1).astype(jnp.int32)}
 
 
+def _progress_part(execution: Execution, parts: int) -> Execution:
+    """``execution`` reporting one of ``parts`` equal passes: a caller's :class:`Share` is cut
+    into as many shares, so that the passes together move it by its size once."""
+    progress = execution.progress
+    if not isinstance(progress, Share):
+        return execution
+    return execution.with_progress(Share(progress.parent, progress.steps / parts))
+
+
 def explain(
     config: ViTConfig,
     params: Any,
@@ -304,9 +314,12 @@ def explain(
             config, occlusion_baseline, len(images), "occlusion_baseline"
         ),
     )
-    if needs_label and labels is None:
+    predict = bool(needs_label) and labels is None
+    execution = _progress_part(run.execution, len(resolved) + predict)
+    run = dataclasses.replace(run, execution=execution)
+    if predict:
         predicted = reduce_over_images(
-            config, params, images, _PredictionReducer(), run.execution, desc="predictions"
+            config, params, images, _PredictionReducer(), execution, desc="predictions"
         )
         run = dataclasses.replace(run, labels=predicted["label"])
     maps, extras = {}, {}

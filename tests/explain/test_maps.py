@@ -141,3 +141,14 @@ def test_the_summary_names_where_each_mean_map_peaks_and_the_gap(rng):
     assert "occlusion" in lines[1] and "(row 1, col 2)" in lines[1]
     assert "gradcam" in lines[2] and "(row 1, col 2)" not in lines[2]
     assert lines[3].split()[:4] == ["integrated_gradients_gap", "mean", "|gap|", "0.001"]
+
+
+def test_a_callers_progress_share_moves_by_its_size_once(rng):
+    from jaxvit_interp.progress import Progress
+
+    config, params = _jittered_model(rng, **SMALL, **CASES["deit_distilled"])
+    images = rng.normal(size=(3, *config.image_size, 3)).astype(np.float32)
+    stage = Progress(total=10)
+    execution = Execution(batch_size=2, progress=stage.share(4))
+    explain(config, params, images, methods=("rollout", "gradcam"), execution=execution)
+    assert stage.done == pytest.approx(4)  # predictions, rollout, gradcam: a third each
