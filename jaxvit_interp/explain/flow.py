@@ -53,6 +53,8 @@ __all__ = ["RESOLUTION", "AttentionFlowReducer", "attention_flow", "flow_maps"]
 RESOLUTION = 2.0**-20
 # The most scipy's int32 flow arithmetic may carry in one call (the total over the images).
 _MOST_FLOW = 2**31 - 1
+# The most edges one solve's graph holds (about 50 MB with its flows): some ViT-B/16 images.
+_MOST_EDGES = 1 << 22
 
 
 def layer_steps(attention: jax.Array, residual_weight: float) -> jax.Array:
@@ -63,24 +65,6 @@ def layer_steps(attention: jax.Array, residual_weight: float) -> jax.Array:
     return residual_weight * jnp.eye(n, dtype=mixed.dtype) + (1.0 - residual_weight) * mixed
 
 
-def _image_graph(steps: np.ndarray, sink_tokens: np.ndarray):
-    """One image's graph as COO ``(rows, cols, capacities)`` in resolution units, nodes
-    ``level * N + token``, plus the edges from the read nodes at level ``L`` to the sink, node
-    ``(L + 1) * N`` (each read node's in-capacity: never the bottleneck)."""
-    layers, n, _ = steps.shape
-    units = np.rint(steps.astype(np.float64) / RESOLUTION).astype(np.int64)  # [L, i, j]
-    level, i, j = np.nonzero(units)
-    rows = level * n + j
-    cols = (level + 1) * n + i
-    caps = units[level, i, j]
-    into = units[-1].sum(axis=1)[sink_tokens]  # in-capacity of each read node at level L
-    sink = (layers + 1) * n
-    rows = np.concatenate([rows, layers * n + sink_tokens])
-    cols = np.concatenate([cols, np.full(len(sink_tokens), sink)])
-    caps = np.concatenate([caps, into])
-    return rows, cols, caps, units[0].sum(axis=0)  # last: out-capacity of each input node
-
-
 def flow_maps(
     steps: np.ndarray, grid: tuple[int, int], num_prefix: int, has_cls_token: bool
 ) -> np.ndarray:
@@ -89,62 +73,78 @@ def flow_maps(
     ``num_prefix`` special tokens come before the patches; the read node is CLS (token 0) when
     ``has_cls_token``, else a super-sink fed by every patch, its flow divided by ``P``.
     """
-    images, layers, n, _ = steps.shape
+    images, _, n, _ = steps.shape
     patches = n - num_prefix
-    sink_tokens = np.array([0]) if has_cls_token else np.arange(num_prefix, n)
-    nodes = (layers + 1) * n + 1  # per image, its sink last
-    graphs = [_image_graph(s, sink_tokens) for s in steps]
+    units = np.rint(np.asarray(steps, np.float64) / RESOLUTION).astype(np.int64)  # [b, L, i, j]
+    # Out-capacity of each input patch node (a column sum of the first step): its flow's bound.
+    feeds = units[:, 0].sum(axis=1)[:, num_prefix:]
+    edges = np.count_nonzero(units.reshape(images, -1), axis=1)
     out = np.zeros((images, patches), np.float64)
-    # Images share one call while their flows' bounds (an input node's out-capacity) fit int32.
-    bounds = np.array([g[3][num_prefix:].max() for g in graphs])
+    # Images share one solve while the flows fit scipy's int32 and the graph a modest size.
     start = 0
     while start < images:
         stop = start + 1
-        while stop < images and bounds[start : stop + 1].sum() <= _MOST_FLOW:
+        while (
+            stop < images
+            and feeds[start : stop + 1].max(axis=1).sum() <= _MOST_FLOW
+            and edges[start : stop + 1].sum() <= _MOST_EDGES
+        ):
             stop += 1
-        out[start:stop] = _flows_of_group(graphs[start:stop], nodes, n, num_prefix, patches)
+        out[start:stop] = _flows_of_group(
+            units[start:stop], feeds[start:stop], num_prefix, has_cls_token
+        )
         start = stop
     scale = RESOLUTION / (1 if has_cls_token else patches)
     return (out * scale).reshape(images, *grid).astype(np.float32)
 
 
-def _flows_of_group(graphs, nodes: int, n: int, num_prefix: int, patches: int) -> np.ndarray:
-    """Max-flow of every patch of a few images' graphs, ``[image, patch]`` in resolution units:
-    one ``maximum_flow`` per patch over the disjoint union of the graphs, a super-source feeding
-    that patch's input node in each."""
+def _flows_of_group(
+    units: np.ndarray, feeds: np.ndarray, num_prefix: int, has_cls_token: bool
+) -> np.ndarray:
+    """Max-flow of every patch of a few images, ``[image, patch]`` in resolution units, from
+    their integer capacities ``units`` ``[image, L, N, N]`` and input patch out-capacities
+    ``feeds`` ``[image, patch]``.
+
+    The images' graphs are disjoint parts of one graph, nodes ``image * (L + 1) N + level N +
+    token``, then a super-source and a super-sink. The sink is fed by each image's read nodes
+    at level ``L`` (CLS, or every patch) with their in-capacity (never the bottleneck); the
+    source feeds each image's input patch node, and one ``maximum_flow`` per patch ``p`` opens
+    only the edges to patch ``p``, with its out-capacity.
+    """
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import maximum_flow
 
-    count = len(graphs)
+    count, layers, n, _ = units.shape
+    patches = n - num_prefix
+    nodes = (layers + 1) * n
     source, sink = count * nodes, count * nodes + 1
-    rows, cols, caps = [], [], []
-    for k, (r, c, cap, _) in enumerate(graphs):
-        offset = k * nodes
-        sink_edges = c == nodes - 1
-        rows.append(r + offset)
-        cols.append(np.where(sink_edges, sink, c + offset))
-        caps.append(cap)
-    # The super-source's edges come last, one per (image, patch); all but patch p's are 0.
-    feeds = (np.arange(count)[:, None] * nodes + num_prefix + np.arange(patches)).ravel()
-    rows.append(np.full(feeds.size, source))
-    cols.append(feeds)
-    caps.append(np.zeros(feeds.size, np.int64))
+    image, level, i, j = np.nonzero(units)  # an edge (level, j) -> (level + 1, i)
+    first_node = np.arange(count)[:, None] * nodes
+    read = np.array([0]) if has_cls_token else np.arange(num_prefix, n)
+    read_nodes = first_node + layers * n + read  # [image, read]
+    feed_nodes = first_node + num_prefix + np.arange(patches)  # [image, patch]
+    rows = [image * nodes + level * n + j, read_nodes.ravel(), np.full(feed_nodes.size, source)]
+    cols = [image * nodes + (level + 1) * n + i, np.full(read_nodes.size, sink), feed_nodes.ravel()]
+    caps = [
+        units[image, level, i, j],
+        units[:, -1].sum(axis=2)[:, read].ravel(),
+        np.zeros(feed_nodes.size, np.int64),  # opened one patch at a time below
+    ]
     graph = csr_matrix(
         (np.concatenate(caps).astype(np.int32), (np.concatenate(rows), np.concatenate(cols))),
-        shape=(count * nodes + 2, count * nodes + 2),
+        shape=(sink + 1, sink + 1),
     )
-    graph.sum_duplicates()
     graph.sort_indices()
-    # The source's row in CSR order: its columns ascend, image-major then patch.
-    first, last = graph.indptr[source], graph.indptr[source + 1]
-    feed_caps = np.stack([g[3][num_prefix:] for g in graphs])  # [image, patch]
+    # The source's row: its columns ascend, so image-major then patch, as feed_nodes.
+    opened = graph.data[graph.indptr[source] : graph.indptr[source + 1]]
+    if opened.size != feed_nodes.size:
+        raise AssertionError("the super-source's edges were merged or dropped")
     out = np.zeros((count, patches), np.float64)
     for p in range(patches):
-        data = np.zeros((count, patches), np.int32)
-        data[:, p] = feed_caps[:, p]  # the input node's out-capacity: never the bottleneck
-        graph.data[first:last] = data.ravel()
+        opened[:] = 0
+        opened.reshape(count, patches)[:, p] = feeds[:, p]
         flow = maximum_flow(graph, source, sink).flow
-        out[:, p] = flow[source, feeds.reshape(count, patches)[:, p]].toarray().ravel()
+        out[:, p] = flow[source, feed_nodes[:, p]].toarray().ravel()
     return out
 
 
