@@ -3,9 +3,10 @@ patch's place.
 
 - ``"zero"``: every pixel 0 (the preprocessed mean colour for most checkpoints' normalisation).
 - ``"mean"``: each image's own mean per channel, a flat image of its average colour.
-- ``"blur"``: each image blurred by a Gaussian of standard deviation half a patch's longer side
-  (truncated at 3 standard deviations, each pixel's weights renormalised at the borders): the
-  patch's detail removed, its colour kept.
+- ``"blur"``: each image blurred by a Gaussian of standard deviation half a patch side along
+  each axis (ViT-B/16: 8 pixels), truncated at 3 standard deviations, samples beyond an edge
+  reflected (``scipy.ndimage``'s ``mode="reflect"``): the patch's detail removed, its colours
+  kept.
 - an array: one image ``[height, width, channels]`` for every image, or one per image
   ``[image, height, width, channels]``.
 """
@@ -53,11 +54,29 @@ def check_baseline(config: ViTConfig, baseline, num_images: int, name: str):
     return array.astype(np.float32, copy=False)
 
 
-def blur_matrix(size: int, sigma: float) -> np.ndarray:
-    """``[size, size]`` Gaussian weights along one axis, each row summing to 1."""
-    offsets = np.arange(size)[:, None] - np.arange(size)[None, :]
-    weights = np.exp(-0.5 * (offsets / sigma) ** 2) * (np.abs(offsets) <= 3 * sigma)
-    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+# The blur's standard deviation in patch sides, and where its kernel is cut (in deviations).
+BLUR_SIGMA_PATCHES = 0.5
+BLUR_TRUNCATE = 3.0
+
+
+def blur_matrix(size: int, sigma: float, truncate: float = BLUR_TRUNCATE) -> np.ndarray:
+    """``[size, size]`` matrix ``B`` with ``B @ x`` the 1-D Gaussian blur of ``x`` along its
+    first axis: weights ``exp(-t^2 / (2 sigma^2))`` for offsets ``|t| <= int(truncate * sigma
+    + 0.5)``, normalised to sum 1, samples beyond an edge reflected (``d c b a | a b c d``)."""
+    radius = int(truncate * sigma + 0.5)
+    offsets = np.arange(-radius, radius + 1)
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+    weights /= weights.sum()
+    matrix = np.zeros((size, size))
+    for row in range(size):
+        source = row + offsets
+        # Reflect into [0, size) until every index lands (a kernel wider than the image folds
+        # more than once).
+        while ((source < 0) | (source >= size)).any():
+            source = np.where(source < 0, -source - 1, source)
+            source = np.where(source >= size, 2 * size - source - 1, source)
+        np.add.at(matrix[row], source, weights)
+    return matrix.astype(np.float32)
 
 
 def baseline_images(config: ViTConfig, kind: str, images: Array) -> Array:
@@ -67,8 +86,8 @@ def baseline_images(config: ViTConfig, kind: str, images: Array) -> Array:
     if kind == "mean":
         return jnp.broadcast_to(jnp.mean(images, axis=(1, 2), keepdims=True), images.shape)
     if kind == "blur":
-        sigma = max(config.patch_size) / 2
-        rows = jnp.asarray(blur_matrix(images.shape[1], sigma))
-        cols = jnp.asarray(blur_matrix(images.shape[2], sigma))
+        sigma_h, sigma_w = (BLUR_SIGMA_PATCHES * side for side in config.patch_size)
+        rows = jnp.asarray(blur_matrix(images.shape[1], sigma_h))
+        cols = jnp.asarray(blur_matrix(images.shape[2], sigma_w))
         return jnp.einsum("hi,bijc,wj->bhwc", rows, images, cols, precision="highest")
     raise ValueError(f"unknown baseline kind {kind!r}")

@@ -22,11 +22,13 @@ from jaxvit_interp.budget import default_step_tokens, full_pass_bytes
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.execution import Execution, as_execution, check_positive
 from jaxvit_interp.explain.baselines import check_baseline
+from jaxvit_interp.explain.flow import attention_flow
 from jaxvit_interp.explain.gradients import (
     grad_rollout_batch,
     gradcam_batch,
     integrated_gradients_batch,
 )
+from jaxvit_interp.explain.heads import head_attention_maps
 from jaxvit_interp.explain.occlusion import occlusion_batch
 from jaxvit_interp.importance.validate import check_images, check_labels, check_unpruned
 from jaxvit_interp.model.config import ViTConfig
@@ -172,10 +174,41 @@ def _occlusion(run: _Run):
     return maps, {}
 
 
+def _attention_flow(run: _Run):
+    return attention_flow(run.config, run.params, run.images, execution=run.execution), {}
+
+
+def _head_method(config: ViTConfig, name: str) -> Method:
+    """``head:L.H``: head ``H`` of layer ``L``'s own attention, its read row over the patches
+    (:func:`~jaxvit_interp.explain.heads.head_attention_maps`)."""
+    spec = name[len(HEAD_METHOD_PREFIX) :]
+    layer, _, head = spec.partition(".")
+    if not (layer.isdigit() and head.isdigit()):
+        raise InputError(
+            f"explanation method {name!r} does not name a head; write head:LAYER.HEAD, e.g. "
+            "head:0.1 (layers and heads counted from 0)"
+        )
+    layer, head = int(layer), int(head)
+    if layer >= config.num_layers or head >= config.num_heads:
+        raise InputError(
+            f"explanation method {name!r} names head {layer}.{head}, outside the model's "
+            f"{config.num_layers} layers x {config.num_heads} heads"
+        )
+
+    def compute(run: _Run):
+        maps = head_attention_maps(run.config, run.params, run.images, execution=run.execution)
+        return maps[:, layer, head], {}
+
+    return Method(compute, False, f"head {layer}.{head}'s own attention, its read row")
+
+
 # The methods by name, in the order results list them. A head's own attention map ("head:L.H")
 # is parsed by HEAD_METHOD_PREFIX's entry of PREFIXED_METHODS.
 METHODS: dict[str, Method] = {
     "rollout": Method(_rollout, False, "attention rollout, the read row after the last layer"),
+    "attention_flow": Method(
+        _attention_flow, False, "Abnar & Zuidema's attention flow (max-flow, on the host)"
+    ),
     "grad_rollout": Method(_grad_rollout, True, "Chefer et al.'s gradient-weighted rollout"),
     "gradcam": Method(_gradcam, True, "Grad-CAM on the tokens entering the last block"),
     "integrated_gradients": Method(
@@ -185,8 +218,10 @@ METHODS: dict[str, Method] = {
 }
 HEAD_METHOD_PREFIX = "head:"
 # Methods named by a prefix and a parameter ("head:3.1"): prefix -> (config, name) -> Method.
-PREFIXED_METHODS: dict[str, Callable[[ViTConfig, str], Method]] = {}
-DEFAULT_METHODS: tuple[str, ...] = tuple(METHODS)
+PREFIXED_METHODS: dict[str, Callable[[ViTConfig, str], Method]] = {HEAD_METHOD_PREFIX: _head_method}
+# Attention flow is exact but slow past small models (seconds an image at 65 tokens x 12 layers,
+# half a minute at ViT-B/16's size, benchmarks/RESULTS.md): asked for by name only.
+DEFAULT_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "attention_flow")
 
 
 def _resolve_methods(config: ViTConfig, methods) -> dict[str, Method]:
@@ -278,8 +313,10 @@ def explain(
         takes a linear probe first, :mod:`jaxvit_interp.model.probe`).
       images: ``[image, height, width, channels]`` preprocessed.
       labels: ``[image]`` the class to explain per image; None: the model's prediction.
-      methods: names from :data:`METHODS`: ``rollout``, ``grad_rollout``, ``gradcam``,
-        ``integrated_gradients``, ``occlusion`` (see :mod:`jaxvit_interp.explain`).
+      methods: names from :data:`METHODS`: ``rollout``, ``attention_flow``, ``grad_rollout``,
+        ``gradcam``, ``integrated_gradients``, ``occlusion``, or ``head:L.H`` (head ``H`` of
+        layer ``L``'s own attention); see :mod:`jaxvit_interp.explain`. Default: all but
+        ``attention_flow`` (exact, but slow past small models) and the heads.
       execution: batch size, memory budget, devices and progress
         (:class:`~jaxvit_interp.execution.Execution`; None: the defaults).
       ig_steps: integrated gradients' Riemann midpoints along the path.
