@@ -10,6 +10,8 @@ The public entry points are re-exported here; see each subpackage for the detail
   ablation), partial pruning, Taylor scores, activation patching, direct logit attribution.
 - :mod:`jaxvit_interp.patterns`: attention patterns, their autoencoder, projection and clusters.
 - :mod:`jaxvit_interp.strength`: attention strength per Chebyshev hop, head entropy, attention distance.
+- :mod:`jaxvit_interp.explain`: input-level maps (rollout, attention flow, gradient rollout,
+  Grad-CAM, integrated gradients, occlusion, each head's attention) and their faithfulness.
 - :mod:`jaxvit_interp.pipeline`: ``analyze``: every analysis, chunked and resumable, to a results bundle.
 - :class:`Execution` (:mod:`jaxvit_interp.execution`): how an analysis runs (batch size, memory
   budget, devices, progress), the ``execution=`` every analysis over many images takes.
@@ -21,6 +23,16 @@ from jaxvit_interp.data import ImagePairs, ImageSet, load_image_folder, load_ima
 from jaxvit_interp.data.labels import LabelError
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.execution import Execution
+from jaxvit_interp.explain import (
+    Explanation,
+    Faithfulness,
+    HeadFaithfulness,
+    attention_flow,
+    explain,
+    faithfulness,
+    head_attention_maps,
+    head_faithfulness,
+)
 from jaxvit_interp.importance import (
     ABLATION_KINDS,
     ActivationPatching,
@@ -110,6 +122,14 @@ __all__ = [
     "rank_heads",
     "attention_rollout",
     "model_rollout_over_images",
+    "Explanation",
+    "Faithfulness",
+    "HeadFaithfulness",
+    "attention_flow",
+    "explain",
+    "faithfulness",
+    "head_attention_maps",
+    "head_faithfulness",
     "train_autoencoder",
     "AnalysisSettings",
     "ResultsBundle",

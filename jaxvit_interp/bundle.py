@@ -123,6 +123,7 @@ class ResultsBundle(Summarized):
             "xy": 2,
             "extent": 4,
             "cc": 2,
+            "di": 2,
         }
 
     def _summary(self):

@@ -40,6 +40,13 @@ Where each quantity is computed:
   ``noising_*``: the clean image with one head from the corrupted one), each score's mean over
   the pairs that have one, and per pair the unpatched ``p(y)`` of both images, whether it is
   scored and its class ``y``; a run without ``patching_pairs`` has no such part;
+- ``explanations``: explanation maps of a subset of images and how faithful they are
+  (:mod:`jaxvit_interp.pipeline.explain_stage`, :func:`jaxvit_interp.explain.explain`): per image
+  the label followed, each method's map (float16; the methods named in the part's meta), the
+  deletion and insertion curves of each map (:func:`jaxvit_interp.explain.faithfulness`) and
+  their areas, those of a seeded random patch order, and the area of every head's attention
+  map's curves (:func:`jaxvit_interp.explain.head_faithfulness`), with its mean over the images;
+  a run with ``explain_images = 0`` (the default) has no such part;
 - ``attention``: the model's own attention (:func:`jaxvit_interp.model.run.attention_over_images`),
   kept as the special tokens' columns in float16 (``special``) and 8-bit codes of a root of
   each patch weight (square, cube or fourth) with a step and an exponent per row (``codes``,
@@ -79,6 +86,8 @@ of the random order; ``curve_order`` indexes
 and ``R+1`` the points ``k = 0 .. R`` removed, ``Q`` accuracy drops (percentage points).
 In ``shapley``: ``S_shapley`` images of its subset; ``()`` a single number. In ``patching``:
 ``P`` pairs, and ``cc`` a pair's clean and corrupted image (their positions among the images).
+In ``explanations``: ``S_explain`` images of its subset, ``method`` the explanation methods (the
+part's meta lists them), ``di`` deletion and insertion, and ``steps+1`` a curve's points.
 """
 
 from __future__ import annotations
@@ -409,6 +418,17 @@ SCHEMA: dict[str, dict[str, tuple[str | int, ...]]] = {
         "prob_corrupt": ("P",),
         "defined": ("P",),
         "labels": ("P",),
+    },
+    "explanations": {
+        "image_index": ("S_explain",),
+        "labels": ("S_explain",),
+        "maps": ("S_explain", "method", "gh", "gw"),
+        "curves": ("S_explain", "method", "di", "steps+1"),
+        "area": ("S_explain", "method", "di"),
+        "random_curves": ("S_explain", "di", "steps+1"),
+        "random_area": ("S_explain", "di"),
+        "head_area": ("S_explain", *_HEAD, "di"),
+        "head_area_mean": (*_HEAD, "di"),
     },
     "attention": {
         "image_index": ("S_attention",),

@@ -142,10 +142,11 @@ def digits_head_sets_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def kinds_run(tmp_path_factory):
     """The tiny model analysed on 9 random images in three chunks with every ablation kind,
-    mean first, the head-set and Shapley stages on 4 of them and the patching stage on 3 pairs
-    of them: ``(params, images, labels, settings, run folder)``. Shared by the tests of the
-    kinds in the run (tests/pipeline) and on the page (tests/site), and made once for all the
-    session's workers: the first draws the seed and keeps it beside the run."""
+    mean first, the head-set and Shapley stages on 4 of them, the explanations stage on 3 and
+    the patching stage on 3 pairs of them: ``(params, images, labels, settings, run folder)``.
+    Shared by the tests of the kinds and kept stages in the run (tests/pipeline) and on the page
+    (tests/site), and made once for all the session's workers: the first draws the seed and
+    keeps it beside the run."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "pipeline"))
     from clitools import TINY
 
@@ -177,6 +178,9 @@ def kinds_run(tmp_path_factory):
             reference_images=5,
             shapley_images=4,
             shapley_permutations=8,
+            explain_images=3,
+            explain_steps=4,
+            explain_baseline="mean",  # not the default: the stage must pass it on
             seed=int(rng.integers(1000)),
         )
         # Clean and corrupted images of the patching stage (the bundle's patching/pairs).

@@ -11,15 +11,16 @@ fingerprint, chunks and resume):
    autoencoder per kind trained data-parallel over every process;
 4. the head-set stage (:mod:`.head_sets`) on a seeded subset of the images;
 5. the Shapley stage (:mod:`.shapley_stage`) on another, when ``shapley_images`` asks for it,
-   and the patching stage (:mod:`.patching_stage`) on the pairs ``patching_pairs`` names;
+   the explanations stage (:mod:`.explain_stage`) on another, when ``explain_images`` asks for
+   it, and the patching stage (:mod:`.patching_stage`) on the pairs ``patching_pairs`` names;
 6. the bundle (:mod:`.bundle_stage`), written by process 0, which the others then read.
 
 Run the same command again after an interruption and only the missing chunks are computed;
 every random choice is seeded, so the result equals an uninterrupted run's. The head-set,
-Shapley and patching stages keep their results in files of their own, so a resumed run does not
-redo them; the Shapley stage's settings and the patching pairs are not part of the run's
-fingerprint (:mod:`.kept_stage`), and a run asked for other ones (a complete run too) computes
-that stage again and nothing else. Memory does not grow
+Shapley, explanations and patching stages keep their results in files of their own, so a resumed
+run does not redo them; the Shapley and explanations stages' settings and the patching pairs are
+not part of the run's fingerprint (:mod:`.kept_stage`), and a run asked for other ones (a
+complete run too) computes that stage again and nothing else. Memory does not grow
 with the number of images beyond a few kB of results per image: the images may be a
 memory-mapped array (the command line maps the images it loads from a folder), read a chunk at a
 time; patterns, pixels and attention go from the chunk files to files of their own a chunk at a
@@ -268,7 +269,7 @@ def analyze(
         if state.complete:  # this very run finished before: at most a kept stage to redo
             bundle = run_on_writer(
                 lambda: _refresh_kept_stages(inputs, run.path, progress),
-                f"update the Shapley and patching stages in {run.path}",
+                f"update the kept stages (Shapley, explanations, patching) in {run.path}",
             )
             return load_bundle(run.path) if bundle is None else bundle
         mesh = all_devices_mesh()
@@ -529,28 +530,31 @@ def _kept_stages(inputs: _Run, importance, out: Path, progress) -> dict[str, Any
     """Each kept stage's bundle part name -> its ``(part, meta)``, or None where the run has
     none. ``importance``: the first kind's per-image metrics (the merged chunks', or a
     bundle's importance part)."""
-    from jaxvit_interp.pipeline import patching_stage, shapley_stage
+    from jaxvit_interp.pipeline import explain_stage, patching_stage, shapley_stage
 
     return {
         "shapley": shapley_stage.run_stage(inputs, importance, out, progress),
+        "explanations": explain_stage.run_stage(inputs, out, progress),
         "patching": patching_stage.run_stage(inputs, out, progress),
     }
 
 
 def _kept_keys(inputs: _Run) -> dict[str, Any]:
     """Each kept stage's key as the run asks for it, None where the run has none."""
-    from jaxvit_interp.pipeline import patching_stage, shapley_stage
+    from jaxvit_interp.pipeline import explain_stage, patching_stage, shapley_stage
 
     return {
         "shapley": shapley_stage.stage_key(inputs),
+        "explanations": explain_stage.stage_key(inputs),
         "patching": patching_stage.stage_key(inputs),
     }
 
 
 def _refresh_kept_stages(inputs: _Run, out: Path, progress) -> ResultsBundle:
-    """A complete run's bundle with the Shapley and patching stages as the run asks for them:
-    as it is when it holds them already, else with them computed again (from the bundle's
-    single-ablation drops) or taken out, and the bundle rewritten."""
+    """A complete run's bundle with the kept stages (Shapley, explanations, patching) as the
+    run asks for them: as it is when it holds them already, else with them computed again (the
+    Shapley stage from the bundle's single-ablation drops) or taken out, and the bundle
+    rewritten."""
     bundle = load_bundle(out)
     keys = _kept_keys(inputs)
     if all(

@@ -7,6 +7,7 @@ import hashlib
 import json
 from typing import Any
 
+from jaxvit_interp.explain.baselines import BASELINE_KINDS
 from jaxvit_interp.importance.pruning import GREEDY_MAX_HEADS
 from jaxvit_interp.patterns.train import MIN_PATTERNS, AutoencoderSettings
 from jaxvit_interp.quantities import ABLATION_KINDS, PATTERN_KINDS, THUMBNAIL_SIZE
@@ -72,6 +73,15 @@ class AnalysisSettings:
       shapley_permutations: the most permutations the Shapley stage samples, at least 4; it
         samples pairs of a permutation and its reverse, so an odd number counts one less.
       shapley_stderr: the Shapley stage stops once every head's standard error is below this.
+      explain_images: images (chosen at random with ``seed``, independently of the other
+        subsets) on which the explanations stage (:mod:`jaxvit_interp.pipeline.explain_stage`)
+        maps what each image's label rests on with every default explanation method, and
+        measures the deletion and insertion curves of those maps and of every head's attention;
+        0 (the default) skips it. A change of it, ``explain_steps`` or ``explain_baseline``
+        recomputes that stage only (:data:`STAGE_SETTINGS`).
+      explain_steps: the points of each deletion or insertion curve after its start.
+      explain_baseline: what replaces a patch (:data:`~jaxvit_interp.explain.BASELINE_KINDS`):
+        the curves' baseline, occlusion's and integrated gradients' path start.
       seed: seeds every random choice of the run.
     """
 
@@ -157,6 +167,22 @@ class AnalysisSettings:
         type=float,
         more_than=0,
     )
+    explain_images: int = setting(
+        0,
+        "images whose explanation maps and their deletion and insertion curves are computed, "
+        "with every head's attention map's curves; 0 skips that stage",
+        least=0,
+    )
+    explain_steps: int = setting(
+        10, "points of each deletion or insertion curve after its start", least=1
+    )
+    explain_baseline: str = setting(
+        "zero",
+        "what replaces a patch in the explanations stage: zero, mean (the image's mean colour) "
+        "or blur (the image blurred by half a patch side)",
+        type=str,
+        choices=BASELINE_KINDS,
+    )
     seed: int = setting(0, "seed of every random choice", least=0)
     ablations: tuple[str, ...] = setting(
         ("zero",),
@@ -205,9 +231,12 @@ class AnalysisSettings:
 # resumed, not refused as another run.
 LATER_SETTINGS = ("ablations", "reference_images")
 # Settings of a stage that keeps its result in the run folder with the settings it was computed
-# with (:mod:`jaxvit_interp.pipeline.shapley_stage`): left out of the fingerprint, so a change
-# of them recomputes that stage alone, in a complete run too, rather than refusing the folder.
-STAGE_SETTINGS = ("shapley_images", "shapley_permutations", "shapley_stderr")
+# with (:mod:`jaxvit_interp.pipeline.shapley_stage`, :mod:`~jaxvit_interp.pipeline.explain_stage`):
+# left out of the fingerprint, so a change of them recomputes that stage alone, in a complete run
+# too, rather than refusing the folder. Each stage is keyed by its own.
+SHAPLEY_SETTINGS = ("shapley_images", "shapley_permutations", "shapley_stderr")
+EXPLAIN_SETTINGS = ("explain_images", "explain_steps", "explain_baseline")
+STAGE_SETTINGS = (*SHAPLEY_SETTINGS, *EXPLAIN_SETTINGS)
 
 
 def fingerprint_settings(settings: AnalysisSettings) -> dict[str, Any]:

@@ -11,7 +11,7 @@ every head's standard error is below ``shapley_stderr`` or ``shapley_permutation
 The result is the bundle's ``shapley`` part (:data:`jaxvit_interp.quantities.SCHEMA`), kept in
 the run folder as :data:`SHAPLEY_FILE` with the settings it was computed with
 (:mod:`.kept_stage`): a resumed run reads it back, and a run asked for other Shapley settings
-(:data:`~.settings.STAGE_SETTINGS`) computes this stage again and nothing else.
+(:data:`~.settings.SHAPLEY_SETTINGS`) computes this stage again and nothing else.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 from jaxvit_interp.execution import Execution
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.pipeline import kept_stage
-from jaxvit_interp.pipeline.settings import STAGE_SETTINGS, AnalysisSettings
+from jaxvit_interp.pipeline.settings import SHAPLEY_SETTINGS, AnalysisSettings
 from jaxvit_interp.pipeline.subsets import SHAPLEY_STREAM, subset
 
 SHAPLEY_FILE = "shapley-stage.npz"
@@ -34,7 +34,7 @@ SHAPLEY_METRIC = "prob_drop"
 
 def stage_settings(settings: AnalysisSettings) -> dict[str, Any]:
     """The settings the stage's result depends on and the fingerprint leaves out: its key."""
-    return {name: getattr(settings, name) for name in STAGE_SETTINGS}
+    return {name: getattr(settings, name) for name in SHAPLEY_SETTINGS}
 
 
 def compute_shapley(

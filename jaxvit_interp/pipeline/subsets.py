@@ -1,6 +1,7 @@
 """Seeded subsets of a run's images: which get partial pruning, keep their attention, go into
-the head-set or Shapley stage or make a mean ablation's reference, each drawn from its own random stream so
-the subsets are independent; and the seeded pairing of a resample ablation."""
+the head-set, Shapley or explanations stage or make a mean ablation's reference, each drawn from
+its own random stream so the subsets are independent; and the seeded pairing of a resample
+ablation."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ HEAD_SETS_STREAM = 2
 REFERENCE_STREAM = 3
 RESAMPLE_STREAM = 4
 SHAPLEY_STREAM = 5
+EXPLAIN_STREAM = 6
 
 
 def subset(num_images: int, size: int, seed: int, stream: int = 0) -> np.ndarray:
