@@ -5,6 +5,7 @@ import fcntl
 import os
 import pty
 import re
+import select
 import struct
 import sys
 import tempfile
@@ -162,6 +163,15 @@ def _report() -> None:
             bar.update(0.5)
 
 
+def _read_terminal(leader: int) -> str:
+    """Everything written to the pseudo-terminal so far. The kernel moves what was written to
+    the reading side in pieces, later under load: read until nothing more comes for a while."""
+    chunks = []
+    while select.select([leader], [], [], 1.0)[0]:
+        chunks.append(os.read(leader, 1 << 16))
+    return b"".join(chunks).decode()
+
+
 def test_a_terminal_gets_a_bar_and_a_pipe_gets_lines(monkeypatch):
     monkeypatch.setenv(LOG_SECONDS_VARIABLE, "0")
     # stderr a pseudo-terminal of 100 columns: what tqdm draws there is read back from it.
@@ -171,7 +181,7 @@ def test_a_terminal_gets_a_bar_and_a_pipe_gets_lines(monkeypatch):
         monkeypatch.setattr(sys, "stderr", terminal)
         _report()
         terminal.flush()
-        shown = os.read(leader, 1 << 16).decode()
+        shown = _read_terminal(leader)
     os.close(leader)
     assert "demo stage: 100%|" in shown and "| 4/4 [" in shown, shown
     assert re.search(r"\| \d\.5/4 \[", shown), shown  # a share's half steps move it too
