@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from jaxvit_interp.execution import Execution
 
 __all__ = [
+    "block_work_bytes",
     "CPU_MEMORY_BUDGET",
     "DEFAULT_PASS_IMAGES",
     "BatchPlan",
@@ -119,7 +120,7 @@ def params_bytes(params) -> int:
     )
 
 
-def _block_work_bytes(config: ViTConfig) -> int:
+def block_work_bytes(config: ViTConfig) -> int:
     """Live bytes of one sequence inside one block (activations, scores, MLP hidden)."""
     n, d, h, f = config.num_tokens, config.hidden_size, config.num_heads, config.mlp_in_dim
     return _F32 * (8 * n * d + 3 * h * n * n + 2 * n * f)
@@ -139,11 +140,9 @@ def full_pass_bytes(config: ViTConfig, with_taylor: bool) -> int:
     if with_taylor:
         # Reverse mode keeps each block's activations for the backward pass.
         return (
-            outputs
-            + _F32 * L * (10 * n * d + 3 * h * n * n + 3 * n * f)
-            + _block_work_bytes(config)
+            outputs + _F32 * L * (10 * n * d + 3 * h * n * n + 3 * n * f) + block_work_bytes(config)
         )
-    return outputs + _block_work_bytes(config)
+    return outputs + block_work_bytes(config)
 
 
 def _stream_state_bytes(config: ViTConfig) -> int:

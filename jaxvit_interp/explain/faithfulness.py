@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvit_interp.budget import _block_work_bytes, params_bytes, usable_bytes
+from jaxvit_interp.budget import block_work_bytes, params_bytes, usable_bytes
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.execution import Execution, as_execution, check_positive
 from jaxvit_interp.explain.baselines import BASELINE_KINDS, baseline_images
@@ -188,7 +188,7 @@ def forward_bytes(config: ViTConfig) -> int:
     steps): 1.04x what it allocates for ViT-S/16, 2-3x for a 65-token toy model.
     """
     pixels = 4 * config.image_size[0] * config.image_size[1] * config.channels
-    return 2 * pixels + _block_work_bytes(config)
+    return 2 * pixels + block_work_bytes(config)
 
 
 def curves_over_images(
