@@ -18,7 +18,9 @@ come off the rest.  What is left is shared out by the estimated bytes an image c
   :func:`direct_attribution_bytes`.
 
 A budget too small for one image is refused with :class:`MemoryBudgetError`, which names the
-command line's flag and the Python setting with the least budget that fits.
+command line's flag and the Python setting with the least budget that fits.  The default
+budget is not refused while the machine can spare more: it grows to the least budget that fits
+one image (:func:`spare_host_bytes`), with a :class:`BudgetGrownWarning` saying so.
 
 The estimates are calibrated against XLA's memory analysis of the compiled programs
 (``tests/importance/test_engine.py``, ``tests/test_budget.py``).
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from typing import TYPE_CHECKING
 
 import jax
@@ -45,6 +48,7 @@ __all__ = [
     "CPU_MEMORY_BUDGET",
     "DEFAULT_PASS_IMAGES",
     "BatchPlan",
+    "BudgetGrownWarning",
     "MemoryBudgetError",
     "attention_pass_bytes",
     "default_memory_budget",
@@ -53,6 +57,7 @@ __all__ = [
     "pass_images",
     "plan_batches",
     "replacement_bytes",
+    "spare_host_bytes",
     "usable_bytes",
 ]
 
@@ -89,6 +94,36 @@ def default_memory_budget() -> int:
         physical = 8 << 30
     host_devices = max(1, len(jax.local_devices(backend="cpu")))
     return int(min(CPU_MEMORY_BUDGET, physical // 16)) // host_devices
+
+
+def spare_host_bytes() -> int:
+    """Bytes per device the default budget may grow to when one image needs more than it: on
+    CPU, half of what the kernel reports available (``MemAvailable``; elsewhere a quarter of
+    physical memory), split between the process's CPU devices; on an accelerator the default
+    already is half its free memory, so there it does not grow.
+
+    A large model (DINOv2 at its native 518 px: 1,374 tokens) needs more for one image than the
+    small CPU default; refusing it on a machine with memory to spare would only make the user
+    look for a flag.
+    """
+    if "bytes_limit" in (jax.local_devices()[0].memory_stats() or {}):
+        return default_memory_budget()
+    available = None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+        except (ValueError, OSError, AttributeError):
+            available = 0
+    host_devices = max(1, len(jax.local_devices(backend="cpu")))
+    return available // 2 // host_devices
 
 
 def default_step_tokens() -> int | None:
@@ -252,6 +287,10 @@ class BatchPlan:
     estimated_bytes: int
 
 
+class BudgetGrownWarning(UserWarning):
+    """The default memory budget was too small for one image and grew to the least that fits."""
+
+
 class MemoryBudgetError(InputError):
     """A per-device memory budget too small for one image with one ablation at a time.
 
@@ -333,13 +372,24 @@ def plan_batches(
         sweep = sweep_bytes(config, spawn_layers, k, need_streams, stepped) if num_slots else 0
         return max(full_pass_bytes(config, with_taylor), sweep) + held
 
-    slots = num_slots
-    while slots > 1 and per_image(slots) > budget:
-        slots = -(-slots // 2)
+    def most_slots(budget: int) -> int:
+        slots = num_slots
+        while slots > 1 and per_image(slots) > budget:
+            slots = -(-slots // 2)
+        return slots
+
+    slots = most_slots(budget)
     if per_image(slots) > budget:
-        _refuse_budget(
-            config, total_budget, execution.memory_budget_bytes is None, budget, per_image(slots)
-        )
+        fixed = int(0.9 * total_budget) - budget  # costs that do not depend on the budget
+        least = _least_budget(fixed, per_image(slots))
+        is_default = execution.memory_budget_bytes is None
+        spare = spare_host_bytes() if is_default else 0
+        if least > spare:
+            _refuse_budget(config, total_budget, is_default, fixed, per_image(slots), spare)
+        _warn_grown(config, total_budget, least, spare)
+        total_budget = least
+        budget = int(0.9 * least) - fixed
+        slots = most_slots(budget)
     slot_size, slot_count = _even_split(num_slots, slots) if num_slots else (0, 0)
     per_device = max(1, budget // per_image(slot_size or 1))
     if step_images is not None:
@@ -355,19 +405,43 @@ def plan_batches(
     return BatchPlan(image_size, image_count, slot_size, slot_count, group, int(estimate))
 
 
-def _refuse_budget(
-    config: ViTConfig, total: int, is_default: bool, left: int, per_image: int
-) -> None:
-    """Raise :class:`MemoryBudgetError` for a budget of ``total`` bytes that leaves ``left``
-    after its fixed costs where one image needs ``per_image``: naming the model's tokens per
-    image, and the least budget that fits (the fixed costs do not depend on the budget)."""
-    fixed = int(0.9 * total) - left
+def _least_budget(fixed: int, per_image: int) -> int:
+    """The least budget in whole MiB (as ``--memory-budget-mb`` takes it) that leaves
+    ``per_image`` bytes after ``fixed`` and the tenth held back."""
     least = -(-10 * (fixed + per_image) // 9)
     while usable_bytes(least, fixed) < per_image:  # the tenth held back, as int() rounds it
         least += 1
-    mib = -(-least // 2**20)
+    return -(-least // 2**20) * 2**20
+
+
+def _warn_grown(config: ViTConfig, total: int, least: int, spare: int) -> None:
+    warnings.warn(
+        f"the default memory budget of {total / 2**20:,.0f} MiB per device is too small for one "
+        f"image of this model ({config.num_tokens:,} tokens); using {least // 2**20:,} MiB, "
+        f"the least that fits (this machine can spare about {spare / 2**20:,.0f} MiB); "
+        "--memory-budget-mb (memory_budget_bytes in Python) sets it",
+        BudgetGrownWarning,
+        stacklevel=3,
+    )
+
+
+def _refuse_budget(
+    config: ViTConfig, total: int, is_default: bool, fixed: int, per_image: int, spare: int
+) -> None:
+    """Raise :class:`MemoryBudgetError` for a budget of ``total`` bytes whose fixed costs take
+    ``fixed`` where one image needs ``per_image`` more: naming the model's tokens per image, the
+    least budget that fits (the fixed costs do not depend on the budget) and, for the default
+    budget, what this machine could spare."""
+    least = _least_budget(fixed, per_image)
+    mib = least // 2**20
     given = "the default memory budget" if is_default else "the memory budget"
     height, width = config.image_size
+    spare_note = (
+        f"; this machine can spare only about {spare / 2**20:,.0f} MiB (half its free "
+        "memory), so a smaller image size or a machine with more memory is needed"
+        if is_default
+        else ""
+    )
     raise MemoryBudgetError(
         f"{given} of {total:,} bytes ({total / 2**20:,.1f} MiB) per device is too small for one "
         f"image of this model ({config.num_tokens:,} tokens at {height}x{width} px): the "
@@ -375,7 +449,7 @@ def _refuse_budget(
         f"one image with one "
         f"ablation at a time needs about {per_image:,} more (a tenth of the budget is held "
         f"back)\na budget of {mib:,} MiB fits: --memory-budget-mb {mib} on the command line, "
-        f"memory_budget_bytes={mib * 2**20} in Python",
+        f"memory_budget_bytes={mib * 2**20} in Python{spare_note}",
         mib * 2**20,
     )
 

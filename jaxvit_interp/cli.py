@@ -1074,13 +1074,36 @@ def _leave(status: int) -> None:
     os._exit(status)
 
 
+@contextlib.contextmanager
+def _notes_as_lines():
+    """The library's notices meant for the user (a default memory budget grown to fit the
+    model) as one ``jaxvit-interp: note:`` line each, once, rather than Python's warning format."""
+    import warnings
+
+    from jaxvit_interp.budget import BudgetGrownWarning
+
+    shown = warnings.showwarning
+
+    def show(message, category, *rest, **kwargs):
+        if issubclass(category, BudgetGrownWarning):
+            print(f"jaxvit-interp: note: {message}", file=sys.stderr)
+        else:
+            shown(message, category, *rest, **kwargs)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("once", BudgetGrownWarning)
+        warnings.showwarning = show
+        yield
+
+
 def _run(args, debug: bool) -> int:
     try:
         if not getattr(args, "quiet", False):
             from jaxvit_interp.progress import log_seconds
 
             log_seconds()  # a bad JAXVIT_PROGRESS_SECONDS is refused before any work
-        status = args.func(args)
+        with _notes_as_lines():
+            status = args.func(args)
         sys.stdout.flush()  # a closed pipe shows up here, inside the handlers below
         return status
     except KeyboardInterrupt:

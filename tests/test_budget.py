@@ -10,15 +10,18 @@ import pytest
 from jax.sharding import Mesh
 
 from jaxvit_interp import AnalysisSettings, ViTConfig, init_params
+from jaxvit_interp import budget as budget_module
 from jaxvit_interp.attention_pass import _pass_batch
 from jaxvit_interp.budget import (
     DEFAULT_PASS_IMAGES,
+    BudgetGrownWarning,
     MemoryBudgetError,
     attention_pass_bytes,
     params_bytes,
     pass_images,
     plan_batches,
     replacement_bytes,
+    spare_host_bytes,
     usable_bytes,
 )
 from jaxvit_interp.execution import Execution
@@ -111,6 +114,54 @@ def test_both_planners_leave_the_same_share_of_a_budget(rng):
     assert f"--memory-budget-mb {least >> 20} " in str(refused.value)
     assert f"memory_budget_bytes={least} in Python" in str(refused.value)
     plan_batches(config, Execution(memory_budget_bytes=least), **sweep)
+
+
+DINOV2_NATIVE = ViTConfig.from_variant("S/14", image_size=(518, 518), num_classes=1000)
+NATIVE_SWEEP = dict(
+    num_images=4, num_slots=6, spawn_layers=(0,), with_taylor=False, need_streams=False
+)
+
+
+def test_the_default_budget_grows_to_what_one_image_needs(monkeypatch):
+    """A default budget too small for one image (DINOv2 at its native 518 px) grows, with a
+    warning, to the least budget that fits: the one an explicit budget's refusal names, whose
+    plan it then equals. An explicit budget never grows."""
+    small = 64 << 20
+    monkeypatch.setattr("jaxvit_interp.execution.default_memory_budget", lambda: small)
+    monkeypatch.setattr(budget_module, "spare_host_bytes", lambda: 64 * GIB)
+    with pytest.raises(MemoryBudgetError) as refused:
+        plan_batches(DINOV2_NATIVE, Execution(memory_budget_bytes=small), **NATIVE_SWEEP)
+    least = refused.value.least_bytes
+    assert least > small
+    with pytest.warns(BudgetGrownWarning, match=f"using {least >> 20:,} MiB"):
+        grown = plan_batches(DINOV2_NATIVE, Execution(), **NATIVE_SWEEP)
+    assert grown == plan_batches(
+        DINOV2_NATIVE, Execution(memory_budget_bytes=least), **NATIVE_SWEEP
+    )
+
+
+def test_the_default_budget_is_refused_beyond_what_the_machine_spares(monkeypatch):
+    monkeypatch.setattr("jaxvit_interp.execution.default_memory_budget", lambda: 64 << 20)
+    monkeypatch.setattr(budget_module, "spare_host_bytes", lambda: 100 << 20)
+    with pytest.raises(MemoryBudgetError, match="can spare only about 100 MiB") as refused:
+        plan_batches(DINOV2_NATIVE, Execution(), **NATIVE_SWEEP)
+    assert f"--memory-budget-mb {refused.value.least_bytes >> 20} " in str(refused.value)
+
+
+def test_spare_host_bytes_is_half_of_the_available_memory():
+    """Against the kernel's own count (``free``'s "available" column, in bytes)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("free") is None:
+        pytest.skip("no free(1) here")
+    available = int(
+        subprocess.run(["free", "-b"], capture_output=True, text=True)
+        .stdout.split("\n")[1]
+        .split()[6]
+    )
+    devices = max(1, len(jax.local_devices(backend="cpu")))
+    assert spare_host_bytes() == pytest.approx(available / 2 / devices, rel=0.05)
 
 
 def test_estimate_covers_xla_memory_analysis():
