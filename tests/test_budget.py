@@ -239,3 +239,15 @@ def test_a_replacement_table_is_counted(rng):
     # the budget raised by that much over the nine tenths of it the work may use.
     assert images(high + -(-10 * 4 * table // 9) + 2, "per_image") == 4
     assert images(high + -(-10 * table // 9) + 2, "shared") == 4
+
+
+def test_the_command_line_tells_a_grown_budget_once_in_one_line(monkeypatch, capsys):
+    from jaxvit_interp.cli import _notes_as_lines
+
+    monkeypatch.setattr("jaxvit_interp.execution.default_memory_budget", lambda: 64 << 20)
+    monkeypatch.setattr(budget_module, "spare_host_bytes", lambda: 64 * GIB)
+    with _notes_as_lines():
+        for _ in range(3):  # every chunk plans its batches again
+            plan_batches(DINOV2_NATIVE, Execution(), **NATIVE_SWEEP)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jaxvit-interp: note: the default memory budget")
