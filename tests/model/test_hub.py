@@ -213,6 +213,26 @@ def test_an_unsupported_architecture_is_refused_from_its_config_alone(
     assert str(caught.value).startswith("hf-hub:org/other: ") and named in str(caught.value)
 
 
+# The timm architectures test_parity_families loads (and checks against timm itself), with
+# hub tags: none may be refused by its name.
+TIMM_READ = ["vit_base_patch16_224.augreg2_in21k_ft_in1k", "deit_tiny_distilled_patch16_224",
+             "vit_small_patch14_dinov2.lvd142m", "vit_giant_patch14_dinov2",
+             "vit_small_patch14_reg4_dinov2", "vit_base_patch16_clip_224.openai",
+             "vit_base_patch16_clip_quickgelu_224", "vit_base_patch16_siglip_224.webli"]  # fmt: skip
+
+
+def test_the_timm_vits_the_loader_reads_are_not_refused_by_name(cache):
+    for i, architecture in enumerate(TIMM_READ):
+        lay_out(
+            cache,
+            f"timm/m{i}",
+            {"config.json": json.dumps({"architecture": architecture}).encode()},
+        )
+        # Past the names, to the weights, which this cache does not hold.
+        with pytest.raises(CheckpointError, match="cache holds no weights"):
+            load_checkpoint(f"hf-hub:timm/m{i}")
+
+
 def test_a_repository_of_pickles_needs_allow_pickle(cache):
     files = {"config.json": json.dumps(HF_CONFIG).encode(), "pytorch_model.bin": b"never read"}
     commit = lay_out(cache, "org/old", files)

@@ -42,7 +42,7 @@ HANDED_AS_FILE = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 _REPO_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 # timm architectures by their first word: VisionTransformer's entry points are read; the
 # others are named with what this model lacks.
-TIMM_VIT_WORDS = ("vit", "deit", "deit3")
+TIMM_VIT_WORDS = ("vit", "deit", "deit3", "flexivit")
 TIMM_REFUSED_WORDS = {
     "swin": "windowed attention, a relative position bias and patch merging",
     "swinv2": "windowed cosine attention, a relative position bias and patch merging",
@@ -57,6 +57,7 @@ TIMM_REFUSED_VIT_WORDS = {
     "relpos": "a relative position bias in every attention",
     "srelpos": "a relative position bias in every attention",
     "rope": "rotary position embeddings",
+    "samvit": "windowed attention with a relative position bias",
 }
 
 
