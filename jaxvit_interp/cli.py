@@ -29,6 +29,10 @@ QUIET_HELP = (
     "and an estimate of what is left (at most one every JAXVIT_PROGRESS_SECONDS seconds, "
     "default 10)"
 )
+HUB_HELP = (
+    "hf-hub:ORG/NAME[@REVISION] (a Hugging Face, timm or OpenCLIP repository, fetched into "
+    "huggingface_hub's cache: HF_HOME, HF_HUB_OFFLINE, HF_TOKEN apply)"
+)
 SPEC_MAX_IMAGES_HELP = (
     "analyse only the first N of the spec's images (default: the spec's max_images; the demo's "
     "is 300), for a quicker first look; a run folder keeps one image count, so use a new --out"
@@ -139,7 +143,8 @@ def _load_model(
     probe_file: str | None = None,
     image_size: tuple[int, int] | None = None,
 ) -> LoadedModel:
-    """A checkpoint path or a built-in model (``builtin:digits``, ``builtin:shapes``), loaded.
+    """A checkpoint path, a hub name (``hf-hub:ORG/NAME[@REVISION]``) or a built-in model
+    (``builtin:digits``, ``builtin:shapes``), loaded.
 
     ``probe_file`` (an ``.npz`` with ``kernel`` [pooled width, classes] and ``bias``) becomes
     the model's classifier; one that does not read the pooled width is refused here, before any
@@ -160,21 +165,28 @@ def _load_model(
         identity = {"path": builtin.source, "sha256": _sha256(builtin.weights_path)}
         size = f"it is {builtin.about}"
     else:
+        from jaxvit_interp.model.checkpoint.hub import fetch_snapshot, is_hub_name
         from jaxvit_interp.model.checkpoint.load import convert, make_plan
+        from jaxvit_interp.model.identity import hub_identity
 
-        path = Path(checkpoint)
-        if not path.exists():
-            raise UsageError(f"checkpoint {checkpoint} does not exist")
+        if is_hub_name(checkpoint):
+            quiet = getattr(args, "quiet", False)
+            hub = fetch_snapshot(checkpoint, allow_pickle=allow_pickle, progress=not quiet)
+            path, identity = hub.local_path, hub_identity(hub.name.repo_id, hub.commit)
+        else:
+            path = Path(checkpoint)
+            if not path.exists():
+                raise UsageError(f"checkpoint {checkpoint} does not exist")
+            digest = (
+                _sha256(path)
+                if path.is_file()
+                else hashlib.sha256(str(path.resolve()).encode()).hexdigest()
+            )
+            identity = {"path": str(path), "sha256": digest}
         plan = make_plan(path, image_size=image_size, allow_pickle=allow_pickle)
         config, params, size = plan.config, convert(plan), plan.size_source
         for warning in plan.warnings:  # a guess that changes results if wrong: never --quiet
             print(f"jaxvit-interp: warning: {plan.where}: {warning}", file=sys.stderr)
-        digest = (
-            _sha256(path)
-            if path.is_file()
-            else hashlib.sha256(str(path.resolve()).encode()).hexdigest()
-        )
-        identity = {"path": str(path), "sha256": digest}
     if probe_file:
         from jaxvit_interp.model.probe import LinearProbe, with_probe
 
@@ -844,7 +856,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--checkpoint",
-        help=f"checkpoint file or folder (.npz, .safetensors, Hugging Face folder, own orbax folder) or {builtins}",
+        help="checkpoint file or folder (.npz, .safetensors, Hugging Face folder, own orbax "
+        f"folder), {HUB_HELP} or {builtins}",
     )
     p.add_argument(
         "--images", help=f"image folder (class subfolders or --labels CSV) or {builtins}"
@@ -933,7 +946,9 @@ def build_parser() -> argparse.ArgumentParser:
         "remove them from the query/key/value/output matrices, save the model (own format and "
         "safetensors) and report accuracy, parameters and forward time before and after.",
     )
-    p.add_argument("--checkpoint", required=True, help=f"checkpoint or {builtins}")
+    p.add_argument(
+        "--checkpoint", required=True, help=f"checkpoint file or folder, {HUB_HELP} or {builtins}"
+    )
     p.add_argument(
         "--images",
         required=True,
@@ -1012,7 +1027,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_benchmark)
 
     p = sub.add_parser("inspect", help="list a checkpoint's tensors against what the model needs")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help=f"checkpoint file or folder, or {HUB_HELP}")
     p.add_argument("--allow-pickle", action="store_true", help="allow PyTorch pickles (.bin/.pth)")
     p.set_defaults(func=_inspect)
 

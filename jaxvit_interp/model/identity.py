@@ -2,7 +2,8 @@
 given as arrays, its configuration in words and a digest of its parameters.
 
 An identity is a JSON dict: from a checkpoint file (the command line) ``path`` and ``sha256`` of
-the file; from arrays (:func:`model_identity`) ``description`` and ``sha256`` of the
+the file; from a hub repository (:func:`hub_identity`) the repository and the commit its
+revision resolved to; from arrays (:func:`model_identity`) ``description`` and ``sha256`` of the
 parameters. Either way the run's fingerprint includes it, so a run folder analysed with other
 weights is refused rather than resumed.
 """
@@ -64,6 +65,19 @@ def model_identity(config: ViTConfig, params: Any) -> dict[str, Any]:
             f"{digest[:SHOWN_DIGITS]})"
         ),
         "sha256": digest,
+    }
+
+
+def hub_identity(repo_id: str, commit: str) -> dict[str, Any]:
+    """The identity of a hub model: ``repo_id`` at ``commit``. A commit fixes every file of the
+    repository, so it stands for the weights' digest, wherever the local cache is; a branch
+    that has moved on since names another model, and a run of the old one is not resumed."""
+    name = f"hf-hub:{repo_id}@{commit}"
+    return {
+        "path": name,
+        "repo_id": repo_id,
+        "revision": commit,
+        "sha256": hashlib.sha256(name.encode()).hexdigest(),
     }
 
 

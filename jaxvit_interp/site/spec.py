@@ -3,7 +3,8 @@
 Example (``sites/digits.toml``)::
 
     title = "How attention works in a ViT trained on handwritten digits"
-    model = "builtin:digits"          # or "builtin:shapes", or a checkpoint path relative to this file
+    model = "builtin:digits"          # or "builtin:shapes", "hf-hub:ORG/NAME", or a checkpoint path
+                                      # relative to this file
     images = "builtin:digits"         # the built-in's held-out images, or an image folder
     # labels = "labels.csv"           # optional CSV of image ids and labels
     max_images = 300                  # images analysed and shown in the overview
@@ -37,6 +38,8 @@ from typing import Any
 
 from jaxvit_interp.data.builtin_models import BUILTIN_MODELS
 from jaxvit_interp.errors import InputError
+from jaxvit_interp.model.checkpoint.errors import CheckpointError
+from jaxvit_interp.model.checkpoint.hub import is_hub_name, parse_hub_name
 from jaxvit_interp.pipeline.settings import ALL_IMAGES, AnalysisSettings
 from jaxvit_interp.quantities import METRIC_NAMES, PATTERN_KINDS
 
@@ -157,7 +160,14 @@ def _positive(where: Path, key: str, value: int) -> int:
 def _source(
     where: Path, key: str, value: str, *, folder: bool | None, builtin_ok: bool = True
 ) -> str | Path:
-    """A ``builtin:`` name as is, or a path resolved against the spec's folder that exists."""
+    """A ``builtin:`` name as is, a model's hub name (``hf-hub:ORG/NAME``) as is, or a path
+    resolved against the spec's folder that exists."""
+    if key == "model" and is_hub_name(value):
+        try:
+            parse_hub_name(value)
+        except CheckpointError as e:
+            raise SiteSpecError(f"{where}: {key} = {value!r}: {e}") from None
+        return value
     if value.startswith("builtin:") and builtin_ok:
         if value not in BUILTIN_MODELS:
             known = ", ".join(BUILTIN_MODELS)

@@ -9,6 +9,7 @@ ACCEPTED_FORMATS: tuple[str, ...] = (
     ".safetensors: timm, OpenCLIP or Hugging Face (ViT, DeiT, DINOv2, CLIP, SigLIP) names, or "
     "this project's own (the config in its header, as save_safetensors and prune write it)",
     "a Hugging Face folder: config.json + model.safetensors (+ preprocessor_config.json)",
+    "hf-hub:ORG/NAME[@REVISION]: a Hugging Face, timm or OpenCLIP repository on the hub",
     "a jaxvit-interp folder written by save_checkpoint: vit_config.json + params/",
     ".bin / .pth / .pt: PyTorch pickles, only with allow_pickle=True",
 )

@@ -82,15 +82,8 @@ def _read_folder(path: Path, allow_pickle: bool) -> RawCheckpoint:
     side = _side_files(path)
     index = path / "model.safetensors.index.json"
     if index.exists():
-        # Sharded: the index maps each tensor to the shard holding it.
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(
-                f"{str(index)!r} is not a safetensors index (JSON with a 'weight_map'): {e}"
-            ) from None
         tensors = {}
-        for shard in shards:
+        for shard in safetensors_shards(index):
             tensors.update(_read_safetensors(path / shard)[0])
         return RawCheckpoint(path, "safetensors", tensors, side)
     for name in ("pytorch_model.bin", "model.pth", "model.pt"):
@@ -103,6 +96,17 @@ def _read_folder(path: Path, allow_pickle: bool) -> RawCheckpoint:
         f"folder {str(path)!r} holds no checkpoint this loader knows (found: "
         f"{', '.join(present) or 'nothing'}); accepted:\n" + accepted_formats()
     )
+
+
+def safetensors_shards(index: Path) -> list[str]:
+    """The shard files a sharded checkpoint's ``model.safetensors.index.json`` names (its
+    ``weight_map`` maps each tensor to the shard holding it)."""
+    try:
+        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(
+            f"{str(index)!r} is not a safetensors index (JSON with a 'weight_map'): {e}"
+        ) from None
 
 
 def _side_files(folder: Path) -> SideFiles:

@@ -75,7 +75,8 @@ def inspect_checkpoint(
 ) -> CheckpointReport:
     """List a checkpoint's keys and shapes against what the model needs; never converts.
 
-    Takes the same arguments as :func:`load_checkpoint`. Mismatched tensors and contradicting
+    Takes the same arguments as :func:`load_checkpoint`, a hub name (``"hf-hub:ORG/NAME"``)
+    too, of which only the files read are fetched. Mismatched tensors and contradicting
     config fields are reported rather than raised; ``print(report)`` shows a table and
     ``report.ok`` says whether loading would succeed. Unreadable files and unknown formats
     still raise :class:`CheckpointError`.

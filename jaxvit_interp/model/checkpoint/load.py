@@ -32,6 +32,7 @@ from jaxvit_interp.model.checkpoint.facts import (
     square_grid,
 )
 from jaxvit_interp.model.checkpoint.files import RawCheckpoint, read_checkpoint
+from jaxvit_interp.model.checkpoint.hub import fetch_snapshot, is_hub_name
 from jaxvit_interp.model.checkpoint.orbax_io import OwnFamily
 from jaxvit_interp.model.checkpoint.posemb import resample_posemb
 from jaxvit_interp.model.checkpoint.rules import (
@@ -294,8 +295,11 @@ def make_plan(
     image_size=None,
     allow_pickle: bool = False,
 ) -> Plan:
-    """Read ``path`` and work out the config and key-by-key comparison, converting nothing."""
+    """Read ``path`` (a hub name fetched first) and work out the config and key-by-key
+    comparison, converting nothing."""
     size = _image_size(image_size, config)
+    if is_hub_name(path):
+        path = fetch_snapshot(path, allow_pickle=allow_pickle).local_path
     raw = read_checkpoint(path, allow_pickle=allow_pickle)
     family = detect_family(raw)
     plan = Plan(raw=raw, family=family, facts=family.facts(raw.tensors))
@@ -370,7 +374,11 @@ def load_checkpoint(
         SigLIP's ``params/img/`` tower), a ``.safetensors`` (timm, Hugging Face or OpenCLIP
         names; a ``config.json`` / ``preprocessor_config.json`` / ``open_clip_config.json``
         beside it is read), a Hugging Face folder, a folder written by
-        :func:`save_checkpoint`, or with ``allow_pickle`` a PyTorch ``.bin`` / ``.pth``.
+        :func:`save_checkpoint`, or with ``allow_pickle`` a PyTorch ``.bin`` / ``.pth``. Or a
+        hub name, ``"hf-hub:ORG/NAME"`` or ``"hf-hub:ORG/NAME@REVISION"``: a Hugging Face,
+        timm or OpenCLIP repository, of which only the files read are fetched into
+        huggingface_hub's cache (which ``HF_HOME`` / ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE`` and
+        ``HF_TOKEN`` steer; :mod:`.hub`), then loaded as that folder.
       config: the architecture, if known. It wins for what tensors cannot show (LayerNorm
         epsilon, GELU form, preprocessing, the number of heads of a timm file) and may ask for
         another image size, which resamples the learned position table's patch rows as the
@@ -409,7 +417,9 @@ def load_checkpoint(
     Raises:
       CheckpointError: unknown format or naming, refused pickle, missing / extra / mis-shaped
         tensors (listed by key with expected and found shapes, in the file's layout), or a
-        ``config`` that contradicts the tensors. ``inspect_checkpoint`` shows the same
+        ``config`` that contradicts the tensors; for a hub name also a repository not found,
+        gated or offline and not cached, or an unsupported architecture (told from its
+        ``config.json`` before the weights are downloaded). ``inspect_checkpoint`` shows the same
         comparison without raising.
       FileNotFoundError: ``path`` does not exist.
     """
