@@ -1,4 +1,5 @@
-"""Sessions: ``nox -s tests``, ``nox -s compare``, ``nox -s lint``, ``nox -s benchmarks``."""
+"""Sessions: ``nox -s tests``, ``nox -s compare``, ``nox -s lint``, ``nox -s docs``,
+``nox -s benchmarks``."""
 
 from pathlib import Path
 
@@ -34,6 +35,13 @@ def lint(session):
     session.run("ruff", "format", "--check", *paths)
     for module in JS_MODULES:
         session.run("node", "--check", str(module), external=True)
+
+
+@nox.session
+def docs(session):
+    """The manual as a site in docs-site/ (MkDocs; every warning an error)."""
+    session.install("-e", ".[test]")
+    session.run("mkdocs", "build", "--strict")
 
 
 @nox.session

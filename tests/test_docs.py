@@ -4,8 +4,10 @@ command line really has, and the README stays a front door that starts with the 
 """
 
 import argparse
+import ast
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -227,3 +229,142 @@ def test_every_documented_site_spec_is_one_the_loader_accepts(tmp_path):
         path = tmp_path / f"spec-{number}.toml"
         path.write_text(body)
         load_site_spec(path)  # raises, naming the key, on a spec it refuses
+
+
+def python_names(body: str) -> list[tuple[str, str]]:
+    """What a Python block uses of the package, unresolved: ``(what, dotted path)`` for each
+    imported name and each ``jvi.X.Y`` attribute chain (``jvi`` is the package unless the block
+    binds it otherwise), and ``(what, "path(keyword=)")`` for each keyword of a call to one."""
+    tree = ast.parse(body)
+    aliases = {"jvi": "jaxvit_interp"}
+    used: list[tuple[str, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for name in node.names:
+                if name.name.split(".")[0] == "jaxvit_interp":
+                    aliases[name.asname or name.name.split(".")[0]] = (
+                        name.name if name.asname else "jaxvit_interp"
+                    )
+                    used.append(("import", name.name))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jaxvit_interp"):
+            for name in node.names:
+                aliases[name.asname or name.name] = f"{node.module}.{name.name}"
+                used.append(("import", f"{node.module}.{name.name}"))
+
+    def dotted(node) -> str | None:
+        if isinstance(node, ast.Name):
+            return aliases.get(node.id)
+        if isinstance(node, ast.Attribute):
+            base = dotted(node.value)
+            return None if base is None else f"{base}.{node.attr}"
+        return None
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and dotted(node):
+            used.append(("attribute", dotted(node)))
+        if isinstance(node, ast.Call) and dotted(node.func):
+            used += [("keyword", f"{dotted(node.func)}({k.arg}=)") for k in node.keywords if k.arg]
+    return used
+
+
+def resolve(path: str):
+    """The object a dotted path names: the longest prefix that is a module, imported, then
+    attributes (``jaxvit_interp.pipeline.analyze.analyze`` is the function in the module, which
+    the package's own ``analyze`` attribute hides); AttributeError if there is none."""
+    import importlib
+
+    parts = path.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for part in parts[cut:]:
+            obj = getattr(obj, part)
+        return obj
+    raise AttributeError(path)
+
+
+def unresolved(body: str) -> list[str]:
+    """The names and keywords of a Python block that the package does not have."""
+    import inspect
+
+    missing = []
+    for what, path in python_names(body):
+        target, _, keyword = path.partition("(")
+        try:
+            obj = resolve(target)
+        except (AttributeError, ImportError):
+            if what != "keyword":
+                missing.append(f"{what} {target}")
+            continue
+        if what == "keyword":
+            keyword = keyword.rstrip("=)")
+            try:
+                parameters = inspect.signature(obj).parameters
+            except (TypeError, ValueError):
+                continue
+            if keyword not in parameters and not any(
+                p.kind is p.VAR_KEYWORD for p in parameters.values()
+            ):
+                missing.append(f"keyword {keyword}= of {target}")
+    return missing
+
+
+def test_every_python_block_parses_and_uses_names_the_package_has():
+    """Each ```python block of the README and the manual: valid Python whose imports from the
+    package, ``jvi.`` attributes (methods of results included, where the chain starts at the
+    package) and call keywords exist."""
+    blocks = [
+        (page.relative_to(ROOT), body)
+        for page in PAGES
+        for language, body in _blocks(page.read_text())[1]
+        if language == "python"
+    ]
+    assert len(blocks) >= 10, len(blocks)
+    problems = {f"{page} block {n}": unresolved(body) for n, (page, body) in enumerate(blocks)}
+    assert problems == dict.fromkeys(problems, [])
+
+
+def test_a_python_block_with_a_missing_name_or_keyword_is_found():
+    body = (
+        "import jaxvit_interp as jvi\nfrom jaxvit_interp.explain import explain, no_such_thing\n"
+        "jvi.head_importance(c, p, x, y, ablation='mean', no_such_keyword=1)\n"
+        "jvi.ViTConfig.from_variant('B/16').grid\njvi.nope.deeper\nexplain(c, p, x, y, methods=())\n"
+    )
+    assert sorted(unresolved(body)) == [
+        "attribute jaxvit_interp.nope",
+        "attribute jaxvit_interp.nope.deeper",
+        "import jaxvit_interp.explain.no_such_thing",
+        "keyword no_such_keyword= of jaxvit_interp.head_importance",
+    ]
+
+
+@pytest.mark.slow
+def test_the_documentation_site_builds_with_warnings_as_errors(tmp_path):
+    """`mkdocs build` (strict: every warning fails it, links and anchors between pages included)
+    and its API page documents every name the package exports."""
+    import subprocess
+
+    import jaxvit_interp
+
+    out = tmp_path / "docs-site"
+    built = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    api = (ROOT / "docs" / "api.md").read_text()
+    entries = {id(resolve(path)) for path in re.findall(r"^::: (\S+)$", api, re.M)}
+    undocumented = [
+        name
+        for name in jaxvit_interp.__all__
+        if id(getattr(jaxvit_interp, name)) not in entries and f"`jvi.{name}`" not in api
+    ]
+    assert undocumented == []
+    page = (out / "api" / "index.html").read_text()
+    assert 'id="jaxvit_interp.head_importance"' in page and "prob_drop" in page
+    assert (out / "getting-started" / "index.html").is_file()
+    assert (out / "results" / "index.html").is_file()
