@@ -208,6 +208,21 @@ def test_another_image_size_resamples_as_the_library_does(tmp_path, seed):
     assert_matches_module(*live, lambda m, x: m(x), model, seed)
 
 
+def test_an_image_processor_gives_the_preprocessing_and_dinov2s_size(tmp_path, seed):
+    config = transformers.Dinov2Config(**{**SMALL_HF, "image_size": 64}, mlp_ratio=2)
+    model = randomize(transformers.Dinov2Model(config), seed)
+    processor = transformers.BitImageProcessor(
+        size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}, do_center_crop=True
+    )
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    live = jvi.from_torch(model, processor=processor)
+    assert live[0].image_size == (32, 32) and live[0].preprocessing.resize == 40
+    assert_same_load(live, load_checkpoint(tmp_path))
+    with pytest.raises(CheckpointError, match="processor= is for transformers models"):
+        jvi.from_torch(timm_vit("vit_small_patch16_224")(), processor=processor)
+
+
 def test_bfloat16_weights_and_wrappers(seed):
     model = randomize(FAMILIES["hf_siglip_vision"][0](), seed).to(torch.bfloat16)
     expected = jvi.from_torch(randomize(FAMILIES["hf_siglip_vision"][0](), seed)

@@ -10,6 +10,7 @@ weights, a custom head count or another image size load exactly as their saved f
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -35,7 +36,7 @@ OPENCLIP_PREFIX = "visual."  # OpenCLIP's files hold the whole CLIP model, the t
 
 
 def from_torch(
-    model, *, config: ViTConfig | None = None, image_size=None
+    model, *, config: ViTConfig | None = None, image_size=None, processor=None
 ) -> tuple[ViTConfig, dict[str, Any]]:
     """A live PyTorch vision transformer as ``(config, params)``, as its saved files would load.
 
@@ -50,6 +51,10 @@ def from_torch(
         what tensors cannot show and must agree with them on the rest.
       image_size: a side or ``(height, width)``: load at this size instead of the module's own,
         the position table resampled as the family's library does it.
+      processor: a transformers model's image processor (``AutoImageProcessor``), read as its
+        ``preprocessor_config.json`` is: its mean, std, resize and crop, and for DINOv2 the
+        crop size it loads at. Without one, the model type's published processor. timm and
+        OpenCLIP modules carry their preprocessing themselves and take none.
 
     Returns:
       ``(config, params)`` equal to what ``load_checkpoint`` gives for the same model saved by
@@ -62,16 +67,22 @@ def from_torch(
         contradicts it.
     """
     size = image_size_pair(image_size, config)  # a bad size fails before any tensor is copied
-    return load_raw(torch_checkpoint(model), config=config, image_size=size)
+    return load_raw(torch_checkpoint(model, processor), config=config, image_size=size)
 
 
-def torch_checkpoint(model) -> RawCheckpoint:
-    """``model``'s state dict and side files, as its library would save them."""
+def torch_checkpoint(model, processor=None) -> RawCheckpoint:
+    """``model``'s state dict and side files, as its library would save them (with
+    ``processor``'s ``preprocessor_config.json`` for a transformers model)."""
     model = _unwrapped(model)
     name = f"{type(model).__module__}.{type(model).__qualname__}"
     transformers = sys.modules.get("transformers")
     if transformers is not None and isinstance(model, transformers.PreTrainedModel):
-        state, side = _transformers_side(model, name)
+        state, side = _transformers_side(model, name, processor)
+    elif processor is not None:
+        raise CheckpointError(
+            f"from_torch: processor= is for transformers models; {name} carries its "
+            "preprocessing itself"
+        )
     elif (timm := _timm_vit(model)) is not None:
         state, side = model.state_dict(), SideFiles(config_json=timm)
     elif (tower := _openclip_tower(model)) is not None:
@@ -120,8 +131,9 @@ def _prefixed(state, prefix: str) -> dict:
 # ---- transformers -----------------------------------------------------------------------------
 
 
-def _transformers_side(model, name: str) -> tuple[dict, SideFiles]:
-    """The state dict (``save_pretrained``'s keys) and ``config.json`` of a supported model."""
+def _transformers_side(model, name: str, processor) -> tuple[dict, SideFiles]:
+    """The state dict (``save_pretrained``'s keys), ``config.json`` and, given ``processor``,
+    ``preprocessor_config.json`` of a supported model."""
     model_type = model.config.model_type
     if model_type not in hf_names.SUPPORTED_MODEL_TYPES:
         lacks = torch_names.REFUSED_MODEL_TYPES.get(model_type)
@@ -130,7 +142,16 @@ def _transformers_side(model, name: str) -> tuple[dict, SideFiles]:
             f"from_torch: {name} (model_type {model_type!r}) is not supported{needs}; "
             + _accepted()
         )
-    return model.state_dict(), SideFiles(config_json=model.config.to_dict())
+    preprocessor = None
+    if processor is not None:
+        if not hasattr(processor, "to_json_string"):
+            raise CheckpointError(
+                f"from_torch: processor= takes a transformers image processor, got "
+                f"{type(processor).__name__}"
+            )
+        # The JSON save_pretrained writes: Pillow filters as their integer codes.
+        preprocessor = json.loads(processor.to_json_string())
+    return model.state_dict(), SideFiles(model.config.to_dict(), preprocessor)
 
 
 # ---- timm -------------------------------------------------------------------------------------
