@@ -85,7 +85,8 @@ def save_timm_hub(model, folder):
 
 
 def save_openclip(model, folder):
-    """The whole CLIP model's state dict and the open_clip_config.json OpenCLIP writes."""
+    """The whole CLIP model's state dict, and an open_clip_config.json with the model config
+    OpenCLIP's hub folders hold (as test_parity_families writes it)."""
     import json
 
     folder.mkdir()
@@ -99,15 +100,15 @@ def save_openclip(model, folder):
     return folder / "open_clip_model.safetensors"
 
 
+def hf_output(field):
+    return lambda model, images: getattr(model(pixel_values=images), field)
+
+
 # name: (build the module, save it as users get it, what the module outputs: (module, images) ->
 # the array our logits, or our pooled features for a backbone, must equal). Each forward pass
 # compiles a program, seconds on the CPU: one per lineage here (the outputs of HF ViT and timm's
 # CLS, mean-pooling and register models are checked by the tests below it), None for the rest,
 # whose equality with the file importer carries test_parity_families' parity over.
-def hf_output(field):
-    return lambda model, images: getattr(model(pixel_values=images), field)
-
-
 FAMILIES = {
     "hf_vit": (hf("ViTForImageClassification", "ViTConfig", intermediate_size=64, num_labels=5),
                save_hf, None),
@@ -129,6 +130,10 @@ FAMILIES = {
     "timm_reg4_gap_no_cls": (timm_vit("vit_little_patch16_reg4_gap_256", num_classes=3),
                              save_timm_hub, None),
     "timm_siglip": (timm_vit("vit_base_patch16_siglip_224", num_classes=0), save_timm_hub, None),
+    "timm_clip_quickgelu": (timm_vit("vit_base_patch16_clip_quickgelu_224", num_classes=0),
+                            save_timm_hub, None),
+    "timm_dinov2_swiglu": (timm_vit("vit_giant_patch14_dinov2", num_classes=0), save_timm_hub,
+                           None),
     "openclip": (lambda: openclip_model(NATIVE, 0.5), save_openclip,
                  lambda model, images: model.encode_image(images)),
 }  # fmt: skip
