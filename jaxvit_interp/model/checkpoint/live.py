@@ -119,8 +119,8 @@ def _numpy_state(state) -> dict[str, np.ndarray]:
         tensor = tensor.detach().cpu()
         if tensor.is_floating_point():
             tensor = tensor.float()  # numpy has no bfloat16; float32 holds it and float16 exactly
-        # Shares the module's memory until the conversion's jnp.asarray copies it (so that the
-        # module training on leaves the parameters alone; the tests check it): no third copy.
+        # Shares the module's memory, not copied twice: the conversion's jnp.asarray copies it,
+        # so the module training on leaves the parameters alone (the tests check it).
         out[key] = tensor.numpy()
     return out
 
