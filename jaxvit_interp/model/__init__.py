@@ -2,6 +2,7 @@
 
 from jaxvit_interp.model.checkpoint import (
     CheckpointError,
+    from_torch,
     inspect_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -15,6 +16,7 @@ from jaxvit_interp.model.vit import ModelOutput, VisionTransformer, init_params
 
 __all__ = [
     "CheckpointError",
+    "from_torch",
     "inspect_checkpoint",
     "load_checkpoint",
     "save_checkpoint",

@@ -30,18 +30,21 @@ STATE_DICT_WRAPPERS = ("state_dict", "model", "model_state", "module")
 
 @dataclasses.dataclass
 class RawCheckpoint:
-    """A checkpoint read from disk, before any renaming.
+    """A checkpoint read from disk (or a live module's state dict), before any renaming.
 
     Attributes:
-      path: what was opened.
-      container: ``"npz"``, ``"safetensors"``, ``"pickle"`` or ``"jaxvit"`` (own orbax format).
+      path: what was opened; for a live PyTorch module (:func:`.live.from_torch`) its class in
+        words.
+      container: ``"npz"``, ``"safetensors"``, ``"pickle"``, ``"jaxvit"`` (own orbax format) or
+        ``"torch module"`` (a live module).
       tensors: file key -> array, as stored.
-      side: JSON side files (Hugging Face / timm ``config.json``, ``preprocessor_config.json``).
+      side: JSON side files (Hugging Face / timm ``config.json``, ``preprocessor_config.json``),
+        or for a live module what its library would write into them.
       stored_config: the :class:`ViTConfig` saved with an own-format checkpoint (an orbax folder,
         or a ``.safetensors`` file with the config in its header), else None.
     """
 
-    path: Path
+    path: Path | str
     container: str
     tensors: dict[str, np.ndarray]
     side: SideFiles = SideFiles()

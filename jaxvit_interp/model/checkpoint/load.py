@@ -267,7 +267,7 @@ def check_keys(plan: Plan) -> None:
     plan.checks = checks
 
 
-def _image_size(image_size, config: ViTConfig | None) -> tuple[int, int] | None:
+def image_size_pair(image_size, config: ViTConfig | None) -> tuple[int, int] | None:
     """``image_size`` (a side, or ``(height, width)``) as a pair of positive ints, or None."""
     if image_size is None:
         return None
@@ -288,6 +288,13 @@ def _image_size(image_size, config: ViTConfig | None) -> tuple[int, int] | None:
     return pair
 
 
+def read_path_or_hub_name(path, allow_pickle: bool) -> RawCheckpoint:
+    """Step 1 for a file or folder, or a hub name fetched into the hub's cache first."""
+    if is_hub_name(path):
+        path = fetch_snapshot(path, allow_pickle=allow_pickle).local_path
+    return read_checkpoint(path, allow_pickle=allow_pickle)
+
+
 def make_plan(
     path,
     *,
@@ -297,16 +304,37 @@ def make_plan(
 ) -> Plan:
     """Read ``path`` (a hub name fetched first) and work out the config and key-by-key
     comparison, converting nothing."""
-    size = _image_size(image_size, config)
-    if is_hub_name(path):
-        path = fetch_snapshot(path, allow_pickle=allow_pickle).local_path
-    raw = read_checkpoint(path, allow_pickle=allow_pickle)
+    size = image_size_pair(image_size, config)
+    raw = read_path_or_hub_name(path, allow_pickle)
+    return plan_raw(raw, config=config, image_size=size)
+
+
+def plan_raw(raw: RawCheckpoint, *, config: ViTConfig | None = None, image_size=None) -> Plan:
+    """Steps 2-5 for a checkpoint already in memory: family, config and key comparison.
+
+    The one plan a file (:func:`make_plan`) and a live PyTorch module
+    (:func:`~jaxvit_interp.model.checkpoint.live.from_torch`) both go through.
+    """
+    size = image_size_pair(image_size, config)
     family = detect_family(raw)
     plan = Plan(raw=raw, family=family, facts=family.facts(raw.tensors))
     settle_config(plan, config, size)
     if not plan.contradictions:
         check_keys(plan)
     return plan
+
+
+def load_raw(
+    raw: RawCheckpoint, *, config: ViTConfig | None = None, image_size=None
+) -> tuple[ViTConfig, dict[str, Any]]:
+    """:func:`load_checkpoint` (its ``config`` and ``image_size``) of a checkpoint already read:
+    a file's, or a live PyTorch module's (:func:`~.live.from_torch`)."""
+    plan = plan_raw(raw, config=config, image_size=image_size)
+    params = convert(plan)
+    for warning in plan.warnings:
+        # stacklevel 3: the user's call of load_checkpoint or from_torch, not this function.
+        warnings.warn(f"{plan.where}: {warning}", UserWarning, stacklevel=3)
+    return plan.config, params
 
 
 def _listing(title: str, checks: list[KeyCheck], line) -> list[str]:
@@ -423,8 +451,6 @@ def load_checkpoint(
         comparison without raising.
       FileNotFoundError: ``path`` does not exist.
     """
-    plan = make_plan(path, config=config, image_size=image_size, allow_pickle=allow_pickle)
-    params = convert(plan)
-    for warning in plan.warnings:
-        warnings.warn(f"{plan.where}: {warning}", UserWarning, stacklevel=2)
-    return plan.config, params
+    size = image_size_pair(image_size, config)  # before reading: a bad size fails at once
+    raw = read_path_or_hub_name(path, allow_pickle)
+    return load_raw(raw, config=config, image_size=size)
