@@ -1,0 +1,77 @@
+"""The manual's screenshots: each view of the demo's site, as a reader sees it at 1,920 px.
+
+Runs ``jaxvit-interp demo --max-images 48`` into a temporary folder (or takes ``--run``, a run
+folder of the demo's spec), chooses an image and the head the importance view opens on (the most
+important by ``prob_drop``), and writes ``docs/images/view-<letter>.png`` through
+:func:`jaxvit_interp.export_figures` (headless Chromium). The pages link those files; rerun this
+after a change to a view.
+
+Run:  python docs/make_screenshots.py                   (about 3 minutes on a 2-core CPU)
+      python docs/make_screenshots.py --run demo/run
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import jaxvit_interp as jvi
+from jaxvit_interp.site.export import VIEWS
+
+IMAGES = Path(__file__).resolve().parent / "images"
+
+
+def first_image_with_everything(bundle) -> int:
+    """The first image that every per-image subset of the run holds (partial pruning, kept
+    attention, explanations: whichever the run has), so each view shows all it can."""
+    rows = set(range(len(bundle.meta["image_ids"])))
+    for part in ("partial", "attention", "explanations"):
+        if part in bundle.parts:
+            rows &= {int(i) for i in bundle[part]["image_index"]}
+    return min(rows) if rows else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, help="a run folder of the demo's spec")
+    parser.add_argument(
+        "--image",
+        type=int,
+        help="row of the image shown (default: the first with partial pruning and explanations)",
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        run = args.run
+        if run is None:
+            demo = [sys.executable, "-m", "jaxvit_interp.cli", "demo", "--max-images", "48"]
+            subprocess.run([*demo, "--out", tmp, "--quiet"], check=True)
+            run = Path(tmp) / "run"
+        bundle = jvi.load_bundle(run)
+        image = args.image if args.image is not None else first_image_with_everything(bundle)
+        drop = np.asarray(bundle["importance"]["prob_drop"]).mean(axis=0)
+        layer, head = np.unravel_index(int(np.argmax(drop)), drop.shape)
+        written = jvi.export_figures(
+            bundle,
+            tmp,
+            image,
+            int(layer),
+            int(head),
+            ("png",),
+            views=tuple(VIEWS),
+            scale=1,
+            default_metric="prob_drop",
+        )
+        IMAGES.mkdir(exist_ok=True)
+        for path, letter in zip(written, VIEWS):
+            target = IMAGES / f"view-{letter}.png"
+            target.write_bytes(path.read_bytes())
+            print(target)
+
+
+if __name__ == "__main__":
+    main()
