@@ -112,6 +112,8 @@ class _Linear(nn.Module):
             # LeCun normal over the flattened [in, out] matrix, as nn.DenseGeneral: the fan-in is
             # the whole input width, not the last input axis.
             flat = (math.prod(self.in_shape), math.prod(self.out_shape))
+            if 0 in flat:  # a layer whose heads were all removed: nothing to draw
+                return jnp.zeros(shape, dtype)
             return nn.initializers.lecun_normal()(rng, flat, dtype).reshape(shape)
 
         self.param("kernel", kernel_init, self.in_shape + self.out_shape)

@@ -75,6 +75,29 @@ def test_removed_heads_equal_masked_heads(case, tmp_path):
         )
 
 
+def test_a_layer_with_every_head_removed_runs_saves_and_loads(tmp_path):
+    """Greedy pruning may empty a layer: its attention adds nothing (the masked model's output),
+    and both saved forms hold it (orbax stores no empty array: the config gives it back)."""
+    rng = np.random.default_rng()
+    config, params, images, _ = _random("registers_layer_scale_swiglu", int(rng.integers(1 << 30)))
+    empty = int(rng.integers(3))
+    heads = [(empty, h) for h in range(4)] + [((empty + 1) % 3, int(rng.integers(4)))]
+    small_config, small = remove_heads(config, params, heads)
+    assert small_config.heads_per_layer[empty] == 0
+    want = np.asarray(run_model(config, params, images, head_mask=_mask(config, heads)).logits)
+    got = np.asarray(run_model(small_config, small, images).logits)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for path in (
+        save_checkpoint(tmp_path / "own", small_config, small),
+        save_safetensors(tmp_path / "m.safetensors", small_config, small),
+    ):
+        loaded_config, loaded = load_checkpoint(path)
+        assert loaded_config == small_config
+        np.testing.assert_array_equal(
+            np.asarray(run_model(loaded_config, loaded, images).logits), got, err_msg=str(path)
+        )
+
+
 def test_pruned_models_refuse_head_masks_and_second_pruning():
     config, params, images, heads = _random("plain", 0)
     small_config, small = remove_heads(config, params, heads)

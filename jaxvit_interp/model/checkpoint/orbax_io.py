@@ -28,7 +28,13 @@ import orbax.checkpoint as ocp
 
 from jaxvit_interp.model.checkpoint.errors import CheckpointError, shape_str
 from jaxvit_interp.model.checkpoint.facts import SHAPE_FIELDS, Facts
-from jaxvit_interp.model.checkpoint.rules import Rule, expected_targets, flatten, identity_rules
+from jaxvit_interp.model.checkpoint.rules import (
+    Rule,
+    expected_targets,
+    flatten,
+    identity_rules,
+    unflatten,
+)
 from jaxvit_interp.model.config import ViTConfig
 from jaxvit_interp.storage import atomic_write, orbax_write, write_text
 
@@ -56,13 +62,15 @@ def save_checkpoint(path, config: ViTConfig, params: Any, *, overwrite: bool = F
     float32, which every parameter of this model is).
     """
     path = Path(path).absolute()  # orbax wants absolute paths
-    _check_fits(config, params, "save_checkpoint")
+    flat = _check_fits(config, params, "save_checkpoint")  # before anything is written
     if path.is_file() or (path.exists() and any(path.iterdir()) and not overwrite):
         raise FileExistsError(f"{str(path)!r} exists and is not empty; pass overwrite=True")
     path.mkdir(parents=True, exist_ok=True)
     (path / CONFIG_FILE).unlink(missing_ok=True)
     # Host numpy arrays carry no device placement, so the checkpoint restores on any machine.
-    host = jax.tree.map(np.asarray, params)
+    # Orbax cannot store an empty array (a layer whose heads were all removed); the config
+    # gives its shape, and read_params puts it back.
+    host = unflatten({k: v for k, v in flat.items() if v.size})
     array_bytes = sum(a.nbytes for a in jax.tree.leaves(host))
     with orbax_write(path / PARAMS_DIR, array_bytes), ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(path / PARAMS_DIR, host, force=overwrite)
@@ -106,7 +114,11 @@ def read_params(path) -> tuple[ViTConfig, dict[str, np.ndarray]]:
             f"{str(params_dir)!r} is not a readable orbax checkpoint (truncated or corrupt?): "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         ) from None
-    return config, {k: np.asarray(v) for k, v in flatten(params).items()}
+    flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+    for key, shape in expected_targets(config).items():  # the empty arrays save_checkpoint left out
+        if key not in flat and 0 in shape:
+            flat[key] = np.zeros(shape, np.float32)
+    return config, flat
 
 
 def _check_fits(config: ViTConfig, params: Any, caller: str) -> dict[str, np.ndarray]:
