@@ -16,6 +16,8 @@ from mkdocs.structure.files import File
 ROOT = Path(__file__).resolve().parent.parent
 # page in the site -> the repository file it is made from
 GENERATED = {"getting-started.md": "README.md", "results.md": "benchmarks/RESULTS.md"}
+# Repository files the README links to, served as they are (a download) at the same path.
+SERVED = ("examples/explore.ipynb",)
 # A link written for GitHub -> the same target in the site, by the page the link sits in.
 FROM_DOCS = {
     "../README.md": "getting-started.md",
@@ -43,6 +45,8 @@ def on_files(files, config):
         text = (ROOT / source).read_text(encoding="utf-8")
         table = FROM_README if source == "README.md" else FROM_RESULTS
         files.append(File.generated(config, page, content=_relink(text, table)))
+    for path in SERVED:
+        files.append(File.generated(config, path, content=(ROOT / path).read_bytes()))
     return files
 
 

@@ -16,6 +16,8 @@ The public entry points are re-exported here; see each subpackage for the detail
 - :class:`Execution` (:mod:`jaxvit_interp.execution`): how an analysis runs (batch size, memory
   budget, devices, progress), the ``execution=`` every analysis over many images takes.
 - :mod:`jaxvit_interp.site`: ``build_site``: a results bundle as one offline HTML file.
+- :mod:`jaxvit_interp.notebook`: ``show`` (the site), ``show_head``, ``show_image`` and
+  ``show_pruning_curves``: a results bundle's views inline in a notebook.
 """
 
 from jaxvit_interp.bundle import ResultsBundle, load_bundle
@@ -72,6 +74,7 @@ from jaxvit_interp.model import (
     save_safetensors,
     with_probe,
 )
+from jaxvit_interp.notebook import show, show_head, show_image, show_pruning_curves
 from jaxvit_interp.patterns import (
     AutoencoderSettings,
     embed_patterns,
@@ -138,6 +141,10 @@ __all__ = [
     "build_site",
     "export_figures",
     "load_bundle",
+    "show",
+    "show_head",
+    "show_image",
+    "show_pruning_curves",
     "CheckpointError",
     "from_torch",
     "inspect_checkpoint",

@@ -66,6 +66,21 @@ def rng(request):
 
 
 @pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Playwright's Browser), shared by the session's browser tests; they are
+    skipped with the reason where Chromium or Playwright is missing."""
+    from jaxvit_interp.site.browser import BrowserUnavailable, chromium, find_chromium
+
+    try:
+        find_chromium()
+    except BrowserUnavailable as err:
+        pytest.skip(f"browser tests need Chromium: {err}")
+    pytest.importorskip("playwright", reason="browser tests need the 'playwright' package")
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
 def project_wheel(tmp_path_factory) -> Path:
     """A wheel built from this checkout's sources, as `pip install .` would build it."""
     import jaxvit_interp

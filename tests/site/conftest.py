@@ -1,4 +1,5 @@
-"""Fixtures of the site tests: synthetic bundles with fresh randomness, built sites, a browser."""
+"""Fixtures of the site tests: synthetic bundles with fresh randomness, built sites, opened pages
+(the browser is the whole suite's, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxvit_interp.site.browser import BrowserUnavailable, chromium, find_chromium, open_site
+from jaxvit_interp.site.browser import open_site
 from jaxvit_interp.site.document import build_site
 
 # The helpers module beside this file (tests are imported with importlib, not as a package).
@@ -41,17 +42,6 @@ def tiny_bundle(site_seed):
 @pytest.fixture(scope="session")
 def tiny_site(tiny_bundle, tmp_path_factory):
     return build_site(tiny_bundle, tmp_path_factory.mktemp("tiny_site"))
-
-
-@pytest.fixture(scope="session")
-def browser():
-    try:
-        find_chromium()
-    except BrowserUnavailable as err:
-        pytest.skip(f"browser tests need Chromium: {err}")
-    pytest.importorskip("playwright", reason="browser tests need the 'playwright' package")
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture
