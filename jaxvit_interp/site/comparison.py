@@ -31,6 +31,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from bokeh.document import Document
 from bokeh.embed import file_html
 from bokeh.layouts import column, row
@@ -216,7 +217,8 @@ def _table(names, bundles, summaries: list[RunSummary], colours) -> Div:
         config = bundle.meta["config"]
         heads = summary.num_layers * summary.num_heads
         half = "-"
-        if summary.spread is not None and summary.spread["share"][-1] == 1:
+        if summary.spread is not None and np.isfinite(summary.spread["share"]).all():
+            # The share grows with k: the first k that reaches 1/2 is how many stay below it.
             carrying = int((summary.spread["share"] < 0.5).sum())
             half = f"{carrying} of {heads} ({summary.metric})"
         removable = "-"

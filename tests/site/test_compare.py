@@ -16,7 +16,11 @@ from jaxvit_interp.cli import main
 from jaxvit_interp.compare import match_images, summarize_run
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.site.browser import FIND_VIEW_JS
-from jaxvit_interp.site.comparison import MODELS_DIR, build_comparison_site
+from jaxvit_interp.site.comparison import (
+    MODELS_DIR,
+    build_comparison_document,
+    build_comparison_site,
+)
 from jaxvit_interp.site.synthetic import synthetic_bundle
 
 
@@ -90,6 +94,18 @@ def test_summaries_match_a_slow_reference(runs):
             assert math.isclose(summary.special[kind], mass, rel_tol=1e-6), (name, kind)
     assert summarize_run(runs["dino"]).metric == "repr"
     assert set(summarize_run(runs["dino"]).special) == {"registers"}
+
+
+def test_the_table_counts_the_heads_carrying_half_the_importance(runs):
+    names = list(runs)
+    doc = build_comparison_document(list(runs.values()), names, names)
+    table = doc.get_model_by_name("compare_table").text
+    for name, bundle in runs.items():
+        share = _reference(bundle)["share"]
+        heads = len(share) - 1
+        carrying = next(k for k, v in enumerate(share) if v >= 0.5)
+        metric = "repr" if name == "dino" else "prob_drop"
+        assert f"{carrying} of {heads} ({metric})" in table, name
 
 
 def test_removable_heads_come_from_the_head_set_curves(runs):
