@@ -197,9 +197,9 @@ def _special_figure(names, labels, summaries: list[RunSummary], colours):
     fig = figure(
         width=PLOT_WIDTH,
         height=PLOT_HEIGHT,
-        title="attention a patch pays special tokens (mean over layers and heads)",
+        title="attention a patch pays special tokens",
         x_range=FactorRange(*factors) if factors else FactorRange("none"),
-        y_axis_label="attention mass",
+        y_axis_label="mean over layers and heads",
         name="compare_special",
         tools="save,hover",
         tooltips=[("run", "@run"), ("mass", "@mass{0.000}")],
