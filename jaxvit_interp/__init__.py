@@ -15,7 +15,8 @@ The public entry points are re-exported here; see each subpackage for the detail
 - :mod:`jaxvit_interp.pipeline`: ``analyze``: every analysis, chunked and resumable, to a results bundle.
 - :class:`Execution` (:mod:`jaxvit_interp.execution`): how an analysis runs (batch size, memory
   budget, devices, progress), the ``execution=`` every analysis over many images takes.
-- :mod:`jaxvit_interp.site`: ``build_site``: a results bundle as one offline HTML file.
+- :mod:`jaxvit_interp.site`: ``build_site``: a results bundle as one offline HTML file;
+  ``build_comparison_site``: several runs compared on one page, with each run's own site.
 - :mod:`jaxvit_interp.notebook`: ``show`` (the site), ``show_head``, ``show_image`` and
   ``show_pruning_curves``: a results bundle's views inline in a notebook.
 """
@@ -83,7 +84,7 @@ from jaxvit_interp.patterns import (
 )
 from jaxvit_interp.pipeline import AnalysisSettings, analyze
 from jaxvit_interp.rollout import attention_rollout, model_rollout_over_images
-from jaxvit_interp.site import build_site, export_figures
+from jaxvit_interp.site import build_comparison_site, build_site, export_figures
 from jaxvit_interp.strength import (
     HopStrength,
     StrengthResults,
@@ -139,6 +140,7 @@ __all__ = [
     "ResultsBundle",
     "analyze",
     "build_site",
+    "build_comparison_site",
     "export_figures",
     "load_bundle",
     "show",

@@ -620,15 +620,26 @@ def _site(args) -> int:
 
     if len(args.target) == 2 and args.target[0] == "build":
         return _site_from_spec(args, args.target[1])
-    if len(args.target) != 1:
-        raise UsageError(
-            "usage: jaxvit-interp site RUN --out DIR, or site build SPEC.toml --out DIR"
-        )
+    if len(args.target) > 1:
+        return _site_comparison(args)
     run = Path(args.target[0])
     if not run.exists():
         raise UsageError(f"run folder {run} does not exist")
     html = build_site(load_bundle(run), args.out, title=args.title, layout=args.layout)
     print(f"site written to {html}")
+    return 0
+
+
+def _site_comparison(args) -> int:
+    """``site RUN_A RUN_B ... --out DIR``: every run is read and checked before anything is
+    written (:func:`~jaxvit_interp.site.comparison.load_runs`)."""
+    from jaxvit_interp.site.comparison import build_comparison_site, load_runs
+
+    names, bundles = load_runs(args.target)
+    html = build_comparison_site(
+        bundles, args.out, names=names, title=args.title, layout=args.layout
+    )
+    print(f"comparison site of {len(bundles)} runs written to {html}")
     return 0
 
 
@@ -916,15 +927,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "site",
-        help="write the site of a run folder, or build one from a site spec",
-        description="`site RUN --out DIR` renders a finished run; `site build SPEC.toml --out DIR` runs "
-        "the analysis a site spec describes and renders it.",
+        help="write the site of a run folder, compare several, or build one from a site spec",
+        description="`site RUN --out DIR` renders a finished run; `site RUN_A RUN_B ... --out DIR` "
+        "writes a comparison page of the runs with each run's own site under DIR/models/; "
+        "`site build SPEC.toml --out DIR` runs the analysis a site spec describes and renders it.",
     )
     p.add_argument(
         "target",
         nargs="+",
-        metavar="RUN | build SPEC",
-        help="a run folder, or `build` and a site spec",
+        metavar="RUN [RUN ...] | build SPEC",
+        help="a run folder, several to compare, or `build` and a site spec",
     )
     p.add_argument("--out", required=True, help="folder for index.html")
     p.add_argument("--title", help="page title")

@@ -1,10 +1,12 @@
 """The published site: a results bundle rendered as one offline HTML file with four linked views.
 
 - :func:`build_site`: bundle -> ``out_dir/index.html`` (BokehJS inline, CustomJS only).
+- :func:`build_comparison_site`: several bundles -> a comparison page and each run's own site.
 - :func:`export_figures`: each view as PNG and SVG for a chosen image and head (headless Chromium).
 - :func:`load_site_spec`: a ``sites/*.toml`` spec, parsed and checked.
 """
 
+from jaxvit_interp.site.comparison import build_comparison_site
 from jaxvit_interp.site.document import build_document, build_site
 from jaxvit_interp.site.export import export_figures
 from jaxvit_interp.site.sources import SiteData, prepare_site_data
@@ -14,6 +16,7 @@ __all__ = [
     "SiteData",
     "SiteSpec",
     "SiteSpecError",
+    "build_comparison_site",
     "build_document",
     "build_site",
     "export_figures",
