@@ -22,6 +22,7 @@ from jaxvit_interp.budget import default_step_tokens, full_pass_bytes
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.execution import Execution, as_execution, check_positive
 from jaxvit_interp.explain.baselines import check_baseline
+from jaxvit_interp.explain.faithfulness import check_classifier_for
 from jaxvit_interp.explain.flow import attention_flow
 from jaxvit_interp.explain.gradients import (
     grad_rollout_batch,
@@ -330,12 +331,14 @@ def explain(
     check_unpruned(config, "explain")
     resolved = _resolve_methods(config, methods)
     needs_label = [name for name, m in resolved.items() if m.needs_label]
-    if not config.num_classes and (needs_label or labels is not None):
+    if needs_label or labels is not None:
         what = f"methods {', '.join(needs_label)} explain" if needs_label else "labels name"
-        raise InputError(
-            f"explain: {what} a class's logit, and this model is a backbone without a "
-            "classifier (num_classes=0); attach a linear probe first (jaxvit_interp.model.probe: "
-            "LinearProbe, with_probe), or ask for methods=('rollout',) only"
+        label_free = [n for n, m in METHODS.items() if not m.needs_label]
+        label_free.append(f"{HEAD_METHOD_PREFIX}L.H")
+        check_classifier_for(
+            config,
+            f"explain: {what}",
+            otherwise=f", or ask only for methods that read no label ({', '.join(label_free)})",
         )
     images = check_images(config, images)
     labels = check_labels(config, labels, len(images))
