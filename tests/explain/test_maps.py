@@ -19,19 +19,10 @@ from jaxvit_interp.rollout import final_rollout_over_images
 QUIET = Execution(progress=False)
 
 
-def _jittered_model(rng, **fields):
-    config = ViTConfig(**fields)
-    params = jax.tree.map(
-        lambda p: np.asarray(p) + 0.2 * rng.normal(size=p.shape).astype(np.float32),
-        init_params(config, int(rng.integers(1 << 30))),
-    )
-    return config, params
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(CASES))
-def test_every_family_gets_every_map_or_the_backbone_refusal(family, rng):
-    config, params = _jittered_model(rng, **SMALL, **CASES[family])
+def test_every_family_gets_every_map_or_the_backbone_refusal(jittered_model, family, rng):
+    config, params = jittered_model(**SMALL, **CASES[family])
     images = rng.normal(size=(3, *config.image_size, 3)).astype(np.float32)
     rollout = final_rollout_over_images(config, params, images, execution=QUIET).map
     if not config.num_classes:
@@ -143,10 +134,10 @@ def test_the_summary_names_where_each_mean_map_peaks_and_the_gap(rng):
     assert lines[3].split()[:4] == ["integrated_gradients_gap", "mean", "|gap|", "0.001"]
 
 
-def test_a_callers_progress_share_moves_by_its_size_once(rng):
+def test_a_callers_progress_share_moves_by_its_size_once(jittered_model, rng):
     from jaxvit_interp.progress import Progress
 
-    config, params = _jittered_model(rng, **SMALL, **CASES["deit_distilled"])
+    config, params = jittered_model(**SMALL, **CASES["deit_distilled"])
     images = rng.normal(size=(3, *config.image_size, 3)).astype(np.float32)
     stage = Progress(total=10)
     execution = Execution(batch_size=2, progress=stage.share(4))
