@@ -14,6 +14,7 @@ from jaxvit_interp.errors import InputError
 from jaxvit_interp.execution import Execution
 from jaxvit_interp.explain import DEFAULT_METHODS, Explanation, explain
 from jaxvit_interp.explain import maps as maps_module
+from jaxvit_interp.explain.heads import head_attention_maps
 from jaxvit_interp.rollout import final_rollout_over_images
 
 QUIET = Execution(progress=False)
@@ -143,3 +144,29 @@ def test_a_callers_progress_share_moves_by_its_size_once(jittered_model, rng):
     execution = Execution(batch_size=2, progress=stage.share(4))
     explain(config, params, images, methods=("rollout", "gradcam"), execution=execution)
     assert stage.done == pytest.approx(4)  # predictions, rollout, gradcam: a third each
+
+
+def test_several_heads_come_from_one_pass_equal_to_each_head_alone(
+    jittered_model, rng, monkeypatch
+):
+    config, params = jittered_model(**SMALL, **CASES["deit_distilled"])
+    images = rng.normal(size=(3, *config.image_size, 3)).astype(np.float32)
+    layers, heads = rng.integers(config.num_layers, size=3), rng.integers(config.num_heads, size=3)
+    names = [f"head:{layer}.{head}" for layer, head in zip(layers, heads, strict=True)]
+    names = list(dict.fromkeys(names + ["head:0.0"]))
+    alone = {
+        name: explain(config, params, images, methods=(name,), execution=QUIET).maps[name]
+        for name in names
+    }
+    passes = []
+
+    def counted(*args, **kwargs):
+        passes.append(args)
+        return head_attention_maps(*args, **kwargs)
+
+    monkeypatch.setattr(maps_module, "head_attention_maps", counted)
+    together = explain(config, params, images, methods=("rollout", *names), execution=QUIET)
+    assert len(passes) == 1
+    assert list(together.maps) == ["rollout", *names]
+    for name in names:
+        np.testing.assert_array_equal(together.maps[name], alone[name], err_msg=name)
