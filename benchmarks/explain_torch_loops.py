@@ -40,8 +40,10 @@ uses (all the process may run on), unless ``--torch-threads`` says otherwise: on
 jobs keep busy, PyTorch's OpenMP threads wait on each other at every parallel region, and one
 thread can run faster than two.
 
-Run:  python benchmarks/explain_torch_loops.py --variant S/16 --images 8
-      python benchmarks/explain_torch_loops.py --variant B/16 --images 4
+Run:  python benchmarks/explain_torch_loops.py --variant S/16 --images 2 --rounds 1 --ig-steps 8 \
+        --parts grad_rollout gradcam integrated_gradients deletion+insertion
+      python benchmarks/explain_torch_loops.py --variant S/16 --images 1 --rounds 1 --parts occlusion
+(``--variant B/16`` for ViT-B/16; on a 2-core CPU a full run takes tens of minutes.)
 """
 
 from __future__ import annotations
