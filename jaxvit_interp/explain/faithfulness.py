@@ -130,14 +130,20 @@ def _curves_batch(
     return {"curves": jnp.moveaxis(curves, 0, 1), "labels": labels}
 
 
-def check_classifier_for(config: ViTConfig, what: str) -> None:
-    """Refuse a backbone (``num_classes == 0``): it has no label to follow."""
+def check_classifier_for(config: ViTConfig, what: str, otherwise: str = "") -> None:
+    """Refuse a backbone (``num_classes == 0``): it has no class logit to follow.
+
+    The one wording of this refusal in :mod:`jaxvit_interp.explain`: ``what`` names the call
+    and what it asked, ending in a verb of which "a class's logit" is the object (``"explain:
+    methods gradcam explain"``); ``otherwise`` adds what the caller could ask instead.
+    """
     if config.num_classes:
         return
     raise InputError(
-        f"{what}: p(label) needs the model's logits, and this model is a backbone without a "
-        "classifier (num_classes=0); make it a classifier with a linear probe first "
+        f"{what} a class's logit, and this model is a backbone without a classifier "
+        "(num_classes=0); make it a classifier with a linear probe first "
         "(jaxvit_interp.model.probe: with_probe(config, params, LinearProbe.load(path)))"
+        + otherwise
     )
 
 
@@ -247,7 +253,7 @@ def curves_over_images(
 
 def check_curve_options(config: ViTConfig, mode, steps, baseline, what: str) -> int:
     """Mode, baseline and steps checked (steps as an int), and a backbone refused."""
-    check_classifier_for(config, what)
+    check_classifier_for(config, f"{what}: the curves follow the softmax of")
     check_choice("mode", mode, MODES)
     check_choice("baseline", baseline, BASELINE_KINDS)
     steps = check_positive("steps", steps)

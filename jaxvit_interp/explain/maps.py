@@ -22,6 +22,7 @@ from jaxvit_interp.budget import default_step_tokens, full_pass_bytes
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.execution import Execution, as_execution, check_positive
 from jaxvit_interp.explain.baselines import check_baseline
+from jaxvit_interp.explain.faithfulness import check_classifier_for
 from jaxvit_interp.explain.flow import attention_flow
 from jaxvit_interp.explain.gradients import (
     grad_rollout_batch,
@@ -56,6 +57,15 @@ class _Run:
     ig_steps: int
     ig_baseline: str | np.ndarray
     occlusion_baseline: str | np.ndarray
+    # Outputs of passes that several methods read (every head's attention maps), by name: each
+    # is computed by the first method that reads it and reused by the rest (see shared_pass).
+    shared: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def shared_pass(self, name: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` the first time ``name`` is asked for in this call, its result after."""
+        if name not in self.shared:
+            self.shared[name] = compute()
+        return self.shared[name]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +76,14 @@ class Method:
       compute: ``compute(run) -> (maps [image, Gh, Gw], extras {name: [image]})``.
       needs_label: it explains the label's logit or probability (refused on a backbone).
       summary: one line for :class:`Explanation`'s repr.
+      pass_name: the name of the pass it reads through :meth:`_Run.shared_pass`, when methods
+        share one (every ``head:L.H`` reads the one of all heads); None: a pass of its own.
     """
 
     compute: Callable[[_Run], tuple[np.ndarray, dict[str, np.ndarray]]]
     needs_label: bool
     summary: str
+    pass_name: str | None = None
 
 
 def _gradient_bytes(config: ViTConfig) -> int:
@@ -178,6 +191,11 @@ def _attention_flow(run: _Run):
     return attention_flow(run.config, run.params, run.images, execution=run.execution), {}
 
 
+# Every head's maps [image, layer, head, Gh, Gw] come from one attention pass: the head:L.H
+# methods of a call share it.
+_HEAD_MAPS_PASS = "head attention maps"
+
+
 def _head_method(config: ViTConfig, name: str) -> Method:
     """``head:L.H``: head ``H`` of layer ``L``'s own attention, its read row over the patches
     (:func:`~jaxvit_interp.explain.heads.head_attention_maps`)."""
@@ -196,10 +214,16 @@ def _head_method(config: ViTConfig, name: str) -> Method:
         )
 
     def compute(run: _Run):
-        maps = head_attention_maps(run.config, run.params, run.images, execution=run.execution)
+        maps = run.shared_pass(
+            _HEAD_MAPS_PASS,
+            lambda: head_attention_maps(
+                run.config, run.params, run.images, execution=run.execution
+            ),
+        )
         return maps[:, layer, head], {}
 
-    return Method(compute, False, f"head {layer}.{head}'s own attention, its read row")
+    summary = f"head {layer}.{head}'s own attention, its read row"
+    return Method(compute, False, summary, pass_name=_HEAD_MAPS_PASS)
 
 
 # The methods by name, in the order results list them. A head's own attention map ("head:L.H")
@@ -330,12 +354,14 @@ def explain(
     check_unpruned(config, "explain")
     resolved = _resolve_methods(config, methods)
     needs_label = [name for name, m in resolved.items() if m.needs_label]
-    if not config.num_classes and (needs_label or labels is not None):
+    if needs_label or labels is not None:
         what = f"methods {', '.join(needs_label)} explain" if needs_label else "labels name"
-        raise InputError(
-            f"explain: {what} a class's logit, and this model is a backbone without a "
-            "classifier (num_classes=0); attach a linear probe first (jaxvit_interp.model.probe: "
-            "LinearProbe, with_probe), or ask for methods=('rollout',) only"
+        label_free = [n for n, m in METHODS.items() if not m.needs_label]
+        label_free.append(f"{HEAD_METHOD_PREFIX}L.H")
+        check_classifier_for(
+            config,
+            f"explain: {what}",
+            otherwise=f", or ask only for methods that read no label ({', '.join(label_free)})",
         )
     images = check_images(config, images)
     labels = check_labels(config, labels, len(images))
@@ -352,7 +378,8 @@ def explain(
         ),
     )
     predict = bool(needs_label) and labels is None
-    execution = _progress_part(run.execution, len(resolved) + predict)
+    passes = {method.pass_name or name for name, method in resolved.items()}
+    execution = _progress_part(run.execution, len(passes) + predict)
     run = dataclasses.replace(run, execution=execution)
     if predict:
         predicted = reduce_over_images(

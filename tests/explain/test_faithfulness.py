@@ -2,7 +2,6 @@
 by hand in NumPy, the random reference, the area, the sanity check that a true occlusion ranking
 beats chance on the digits model, every model family and the refusals."""
 
-import jax
 import numpy as np
 import pytest
 from families import CASES, SMALL  # noqa: I001  (tests/model is on sys.path via conftest)
@@ -12,26 +11,9 @@ from jaxvit_interp.data.digits import load_digits, load_digits_model
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.execution import Execution
 from jaxvit_interp.explain.faithfulness import curve_area, faithfulness
-from jaxvit_interp.model import ViTConfig, init_params, run_model
+from jaxvit_interp.model import run_model
 
 QUIET = Execution(progress=False, batch_size=2)
-
-
-def random_model(rng, **fields):
-    """``ViTConfig(**fields)`` and random parameters of its shapes, drawn in NumPy (every leaf
-    random, biases and norms too); ``jax.eval_shape`` gives the shapes without compiling the
-    initialiser, which takes seconds per configuration."""
-    config = ViTConfig(**fields)
-    shapes = jax.eval_shape(lambda: init_params(config, 0))
-
-    def draw(path, leaf):
-        if leaf.ndim < 2:  # biases, norms, tokens: around 1 for scales, 0 otherwise
-            base = 1.0 if "scale" in jax.tree_util.keystr(path) else 0.0
-            return (base + 0.2 * rng.normal(size=leaf.shape)).astype(np.float32)
-        fan_in = np.prod(leaf.shape[:-1])
-        return (rng.normal(size=leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
-
-    return config, jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def _softmax(logits):
@@ -73,10 +55,6 @@ def reference_curves(config, params, images, labels, maps, mode, steps, baseline
     return curves
 
 
-def _model(rng, **fields):
-    return random_model(rng, **{**SMALL, "mlp_dim": 24, "num_classes": 5, **fields})
-
-
 def _images(rng, config, count):
     return rng.normal(size=(count, *config.image_size, config.channels)).astype(np.float32)
 
@@ -85,8 +63,10 @@ def _images(rng, config, count):
     "mode,baseline,with_labels",
     [("deletion", "zero", True), ("insertion", "mean", False), ("deletion", "blur", False)],
 )
-def test_curves_equal_single_forwards_on_masked_images(rng, mode, baseline, with_labels):
-    config, params = _model(rng, patch_size=(2, 4))  # a 4x3 grid, 12 patches
+def test_curves_equal_single_forwards_on_masked_images(
+    rng, small_classifier, mode, baseline, with_labels
+):
+    config, params = small_classifier(patch_size=(2, 4))  # a 4x3 grid, 12 patches
     images = _images(rng, config, 3)
     labels = rng.integers(0, config.num_classes, 3) if with_labels else None
     # Few distinct values: ties, which go to the lower patch index first.
@@ -110,8 +90,8 @@ def test_curves_equal_single_forwards_on_masked_images(rng, mode, baseline, with
     np.testing.assert_allclose(got.random_curves[:, [0, -1]], want[:, [0, -1]], rtol=2e-5)
 
 
-def test_a_constant_map_replaces_patches_in_index_order(rng):
-    config, params = _model(rng)
+def test_a_constant_map_replaces_patches_in_index_order(rng, small_classifier):
+    config, params = small_classifier()
     images = _images(rng, config, 2)
     steps = config.num_patches  # one patch a step
     constant = faithfulness(
@@ -134,8 +114,8 @@ def test_a_constant_map_replaces_patches_in_index_order(rng):
     assert not np.allclose(constant.curves[:, 1:-1], reversed_order.curves[:, 1:-1])
 
 
-def test_the_random_reference_is_seeded(rng):
-    config, params = _model(rng)
+def test_the_random_reference_is_seeded(rng, small_classifier):
+    config, params = small_classifier()
     images = _images(rng, config, 3)
     maps = rng.normal(size=(3, *config.grid))
     seed = int(rng.integers(1 << 30))
@@ -184,8 +164,8 @@ def test_occlusion_ranking_beats_a_random_order_on_the_digits_model():
 
 
 @pytest.mark.parametrize("family", sorted(CASES))
-def test_every_family(rng, family):
-    config, params = random_model(rng, **SMALL, **CASES[family])
+def test_every_family(rng, random_model, family):
+    config, params = random_model(**SMALL, **CASES[family])
     images = _images(rng, config, 2)
     maps = rng.normal(size=(2, *config.grid))
     if not config.num_classes:
@@ -215,8 +195,8 @@ def test_every_family(rng, family):
         (dict(steps=0), "steps must be a positive int"),
     ],
 )
-def test_bad_input_is_refused(rng, change, message):
-    config, params = _model(rng)  # a 2x3 grid, 5 classes
+def test_bad_input_is_refused(rng, small_classifier, change, message):
+    config, params = small_classifier()  # a 2x3 grid, 5 classes
     args = dict(
         labels=None, maps=np.zeros((2, *config.grid)), mode="deletion", baseline="zero", steps=4
     )

@@ -1,9 +1,6 @@
 """Attention flow against networkx's max-flow on the same graph built independently from a plain
 forward pass's attention, on a graph small enough to check by hand, and on every family."""
 
-import os
-import sys
-
 import networkx as nx
 import numpy as np
 import pytest
@@ -12,11 +9,6 @@ from families import CASES, SMALL  # noqa: I001  (tests/model is on sys.path via
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.execution import Execution
 from jaxvit_interp.explain.flow import attention_flow, flow_maps
-
-# The random models of test_faithfulness (the suite imports test files by path, not by name).
-sys.path.insert(0, os.path.dirname(__file__))
-from test_faithfulness import random_model  # noqa: E402
-
 from jaxvit_interp.model import run_model
 
 QUIET = Execution(progress=False, batch_size=2)
@@ -58,9 +50,8 @@ def test_a_graph_checked_by_hand(rng):
 
 
 @pytest.mark.parametrize("classifier", ["token", "gap"])
-def test_flow_equals_networkx_on_the_models_attention(rng, classifier):
+def test_flow_equals_networkx_on_the_models_attention(rng, random_model, classifier):
     config, params = random_model(
-        rng,
         **{
             **SMALL,
             "num_layers": int(rng.integers(2, 4)),
@@ -81,16 +72,16 @@ def test_flow_equals_networkx_on_the_models_attention(rng, classifier):
 
 
 @pytest.mark.parametrize("family", sorted(CASES))
-def test_every_family(rng, family):
-    config, params = random_model(rng, **SMALL, **CASES[family])
+def test_every_family(rng, random_model, family):
+    config, params = random_model(**SMALL, **CASES[family])
     images = rng.normal(size=(2, *config.image_size, config.channels)).astype(np.float32)
     got = attention_flow(config, params, images, execution=QUIET)
     assert got.shape == (2, *config.grid)
     assert np.isfinite(got).all() and (got >= 0).all() and (got <= 1 + ATOL).all()
 
 
-def test_bad_input_is_refused(rng):
-    config, params = random_model(rng, **{**SMALL, "mlp_dim": 24, "num_classes": 3})
+def test_bad_input_is_refused(rng, random_model):
+    config, params = random_model(**{**SMALL, "mlp_dim": 24, "num_classes": 3})
     images = rng.normal(size=(2, *config.image_size, 3)).astype(np.float32)
     with pytest.raises(InputError, match=r"residual_weight must lie in \[0, 1\], got 1.5"):
         attention_flow(config, params, images, residual_weight=1.5)

@@ -1,9 +1,6 @@
 """Head attention maps against the read row of a plain forward pass's attention, and head
 faithfulness against the faithfulness of each head's map alone."""
 
-import os
-import sys
-
 import numpy as np
 import pytest
 from families import CASES, SMALL  # noqa: I001  (tests/model is on sys.path via conftest)
@@ -12,23 +9,16 @@ from jaxvit_interp.errors import InputError
 from jaxvit_interp.execution import Execution
 from jaxvit_interp.explain.faithfulness import faithfulness
 from jaxvit_interp.explain.heads import head_attention_maps, head_faithfulness
-
-# The random models of test_faithfulness (the suite imports test files by path, not by name).
-sys.path.insert(0, os.path.dirname(__file__))
-from test_faithfulness import random_model  # noqa: E402
-
 from jaxvit_interp.model import run_model
 
 QUIET = Execution(progress=False, batch_size=2)
 
 
-def _model(rng, **fields):
-    return random_model(rng, **{**SMALL, "mlp_dim": 24, "num_classes": 4, **fields})
-
-
 @pytest.mark.parametrize("classifier", ["token", "gap"])
-def test_head_maps_read_the_cls_row_or_the_mean_of_the_patch_rows(rng, classifier):
-    config, params = _model(rng, classifier=classifier, num_register_tokens=1)
+def test_head_maps_read_the_cls_row_or_the_mean_of_the_patch_rows(
+    rng, small_classifier, classifier
+):
+    config, params = small_classifier(num_classes=4, classifier=classifier, num_register_tokens=1)
     images = rng.normal(size=(3, *config.image_size, 3)).astype(np.float32)
     got = head_attention_maps(config, params, images, QUIET)
     attention = np.asarray(run_model(config, params, images).attention, np.float64)
@@ -41,8 +31,8 @@ def test_head_maps_read_the_cls_row_or_the_mean_of_the_patch_rows(rng, classifie
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
-def test_head_faithfulness_is_each_head_maps_faithfulness(rng):
-    config, params = _model(rng)
+def test_head_faithfulness_is_each_head_maps_faithfulness(rng, small_classifier):
+    config, params = small_classifier(num_classes=4)
     images = rng.normal(size=(3, *config.image_size, 3)).astype(np.float32)
     labels = rng.integers(0, config.num_classes, 3)
     got = head_faithfulness(
@@ -68,8 +58,8 @@ def test_head_faithfulness_is_each_head_maps_faithfulness(rng):
 
 
 @pytest.mark.parametrize("family", sorted(CASES))
-def test_every_family(rng, family):
-    config, params = random_model(rng, **SMALL, **CASES[family])
+def test_every_family(rng, random_model, family):
+    config, params = random_model(**SMALL, **CASES[family])
     images = rng.normal(size=(2, *config.image_size, config.channels)).astype(np.float32)
     maps = head_attention_maps(config, params, images, QUIET)
     assert maps.shape == (2, config.num_layers, config.num_heads, *config.grid)

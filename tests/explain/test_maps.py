@@ -14,24 +14,16 @@ from jaxvit_interp.errors import InputError
 from jaxvit_interp.execution import Execution
 from jaxvit_interp.explain import DEFAULT_METHODS, Explanation, explain
 from jaxvit_interp.explain import maps as maps_module
+from jaxvit_interp.explain.heads import head_attention_maps
 from jaxvit_interp.rollout import final_rollout_over_images
 
 QUIET = Execution(progress=False)
 
 
-def _jittered_model(rng, **fields):
-    config = ViTConfig(**fields)
-    params = jax.tree.map(
-        lambda p: np.asarray(p) + 0.2 * rng.normal(size=p.shape).astype(np.float32),
-        init_params(config, int(rng.integers(1 << 30))),
-    )
-    return config, params
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(CASES))
-def test_every_family_gets_every_map_or_the_backbone_refusal(family, rng):
-    config, params = _jittered_model(rng, **SMALL, **CASES[family])
+def test_every_family_gets_every_map_or_the_backbone_refusal(jittered_model, family, rng):
+    config, params = jittered_model(**SMALL, **CASES[family])
     images = rng.normal(size=(3, *config.image_size, 3)).astype(np.float32)
     rollout = final_rollout_over_images(config, params, images, execution=QUIET).map
     if not config.num_classes:
@@ -143,12 +135,38 @@ def test_the_summary_names_where_each_mean_map_peaks_and_the_gap(rng):
     assert lines[3].split()[:4] == ["integrated_gradients_gap", "mean", "|gap|", "0.001"]
 
 
-def test_a_callers_progress_share_moves_by_its_size_once(rng):
+def test_a_callers_progress_share_moves_by_its_size_once(jittered_model, rng):
     from jaxvit_interp.progress import Progress
 
-    config, params = _jittered_model(rng, **SMALL, **CASES["deit_distilled"])
+    config, params = jittered_model(**SMALL, **CASES["deit_distilled"])
     images = rng.normal(size=(3, *config.image_size, 3)).astype(np.float32)
     stage = Progress(total=10)
     execution = Execution(batch_size=2, progress=stage.share(4))
     explain(config, params, images, methods=("rollout", "gradcam"), execution=execution)
     assert stage.done == pytest.approx(4)  # predictions, rollout, gradcam: a third each
+
+
+def test_several_heads_come_from_one_pass_equal_to_each_head_alone(
+    jittered_model, rng, monkeypatch
+):
+    config, params = jittered_model(**SMALL, **CASES["deit_distilled"])
+    images = rng.normal(size=(3, *config.image_size, 3)).astype(np.float32)
+    layers, heads = rng.integers(config.num_layers, size=3), rng.integers(config.num_heads, size=3)
+    names = [f"head:{layer}.{head}" for layer, head in zip(layers, heads, strict=True)]
+    names = list(dict.fromkeys(names + ["head:0.0"]))
+    alone = {
+        name: explain(config, params, images, methods=(name,), execution=QUIET).maps[name]
+        for name in names
+    }
+    passes = []
+
+    def counted(*args, **kwargs):
+        passes.append(args)
+        return head_attention_maps(*args, **kwargs)
+
+    monkeypatch.setattr(maps_module, "head_attention_maps", counted)
+    together = explain(config, params, images, methods=("rollout", *names), execution=QUIET)
+    assert len(passes) == 1
+    assert list(together.maps) == ["rollout", *names]
+    for name in names:
+        np.testing.assert_array_equal(together.maps[name], alone[name], err_msg=name)

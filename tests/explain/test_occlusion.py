@@ -9,20 +9,9 @@ import pytest
 from families import CASES, SMALL
 from scipy.ndimage import gaussian_filter
 
-from jaxvit_interp import ViTConfig, init_params, run_model
+from jaxvit_interp import ViTConfig, run_model
 from jaxvit_interp.execution import Execution
 from jaxvit_interp.explain import baseline_images, explain
-
-
-def _jittered_model(rng, **fields):
-    """A small model with every parameter moved off its initial value (biases, norms and special
-    tokens too, which initialisation leaves at 0 or 1)."""
-    config = ViTConfig(**fields)
-    params = jax.tree.map(
-        lambda p: np.asarray(p) + 0.2 * rng.normal(size=p.shape).astype(np.float32),
-        init_params(config, int(rng.integers(1 << 30))),
-    )
-    return config, params
 
 
 def _looped_occlusion(config, params, images, labels, baselines) -> np.ndarray:
@@ -41,8 +30,8 @@ def _looped_occlusion(config, params, images, labels, baselines) -> np.ndarray:
 
 
 @pytest.mark.parametrize("baseline", ["mean", "given"])
-def test_occlusion_equals_one_forward_pass_per_patch(baseline, rng):
-    config, params = _jittered_model(rng, **SMALL, **CASES["deit_distilled"])
+def test_occlusion_equals_one_forward_pass_per_patch(jittered_model, baseline, rng):
+    config, params = jittered_model(**SMALL, **CASES["deit_distilled"])
     images = rng.normal(size=(3, *config.image_size, 3)).astype(np.float32)
     labels = rng.integers(0, config.num_classes, size=3)
     if baseline == "mean":
