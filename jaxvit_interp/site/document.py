@@ -47,7 +47,14 @@ from jaxvit_interp.site.sources import (
     make_sources,
     prepare_site_data,
 )
-from jaxvit_interp.site.views import head_sets, importance, overview, pattern, strength
+from jaxvit_interp.site.views import (
+    explanations,
+    head_sets,
+    importance,
+    overview,
+    pattern,
+    strength,
+)
 from jaxvit_interp.site.views.common import FONT, Context, text_box, wrap
 from jaxvit_interp.storage import write_text
 
@@ -197,9 +204,11 @@ def _document(bundle, data: SiteData, title, metrics, default_metric, default_ki
     view_c = strength.build(ctx)
     view_d = pattern.build(ctx)
     view_e = head_sets.build(ctx, bundle)
+    view_f = explanations.build(ctx)  # E and F with the bundle's parts only
+    optional = [view for view in (view_e, view_f) if view is not None]
     layout = column(
         _header(ctx, title, bundle),
-        wrap(view_a, column(view_b, view_c), view_d, *([view_e] if view_e is not None else [])),
+        wrap(view_a, column(view_b, view_c), view_d, *optional),
         name="site",
     )
 

@@ -64,6 +64,11 @@ NOT_SHOWN = {
     ("shapley", "image_index"),
     ("shapley", "v_all"),
     ("shapley", "permutations"),
+    # The explanations stage's subset and the labels it followed, which view F's facts carry
+    # (info["explanations"]), and every head's area per image: F shows their mean.
+    ("explanations", "image_index"),
+    ("explanations", "labels"),
+    ("explanations", "head_area"),
     # The patching stage's per-pair arrays: the page shows the means over the pairs (B5).
     *(("patching", name) for name in SCHEMA["patching"] if not name.endswith("_mean")),
     *(("importance", f"{m}_class_{what}") for m in METRIC_NAMES for what in CLASS_ARRAYS),

@@ -268,6 +268,7 @@ def prepare_site_data(
                 f"the site needs the {part!r} part, and this results bundle has only "
                 f"{sorted(bundle.parts)}"
             )
+    explained = explanation_facts(bundle)  # checked before any work
     sizes = bundle.dims()
     n_img, L, H, N = sizes["I"], sizes["L"], sizes["H"], sizes["N"]
     LH = L * H
@@ -503,6 +504,9 @@ def prepare_site_data(
         "shapley": shapley_facts(bundle),
         # B5's note: the patching stage's pairs, how many are scored and the least gap.
         "patching": patching_facts(bundle),
+        # View F: the explanations stage's images, methods, modes and how it ran (None for a
+        # bundle without the part).
+        "explanations": explained,
         # Top-k kept after partial pruning: 5, or the class count when smaller.
         "top_k": (
             int(bundle["partial"]["top5_classes"].shape[-1])
@@ -561,6 +565,35 @@ def patching_facts(bundle: ResultsBundle) -> dict[str, Any] | None:
         **(bundle.meta.get("patching") or {}),
         "pairs": int(len(part["pairs"])),
         "scored": int(np.count_nonzero(part["defined"])),
+    }
+
+
+def explanation_facts(bundle: ResultsBundle) -> dict[str, Any] | None:
+    """What view F needs of the explanations stage: its images (``image_index``) and the labels
+    their maps explain, the names of its methods and modes and its meta, or None without the
+    ``explanations`` part. Raises :class:`BundleError` where the part and its meta disagree."""
+    part = bundle.parts.get("explanations")
+    if part is None:
+        return None
+    meta = dict(bundle.meta.get("explanations") or {})
+    index = np.asarray(part["image_index"], np.int64)
+    n_img = len(bundle["images"]["labels"])
+    if ((index < 0) | (index >= n_img)).any():
+        raise BundleError(f"explanations/image_index refers to images outside 0..{n_img - 1}")
+    names = {"methods": part["maps"].shape[1], "modes": part["curves"].shape[2]}
+    for key, count in names.items():
+        listed = meta.get(key)
+        if not isinstance(listed, list) or len(listed) != count:
+            raise BundleError(
+                f"the bundle's meta 'explanations' must list {count} {key} (the explanations "
+                f"part has {count}), and it has {listed!r}"
+            )
+    return {
+        **meta,
+        "methods": [str(m) for m in meta["methods"]],
+        "modes": [str(m) for m in meta["modes"]],
+        "image_index": index.tolist(),
+        "labels": np.asarray(part["labels"], np.int64).tolist(),
     }
 
 

@@ -13,7 +13,8 @@ the same functions an analysis uses (:mod:`jaxvit_interp.pipeline.parts`).
 The model families the site meets are a keyword away: a distillation token (DeiT), register
 tokens (DINOv2), a backbone without a classifier (``num_classes=0``: no labels, probabilities,
 partial pruning nor classes, the metrics ``layer`` and ``repr``) and an unsure classifier (a low
-``confidence``, as a linear probe on a CLIP tower); ``set_images`` adds the head-set stage's part.
+``confidence``, as a linear probe on a CLIP tower); ``set_images`` adds the head-set stage's part
+and ``explain_images`` the explanations stage's.
 """
 
 from __future__ import annotations
@@ -110,6 +111,51 @@ def _head_sets(rng, config: ViTConfig, prob_drop, p_y, correct, images: int):
     return part, meta
 
 
+def _explanations(rng, config: ViTConfig, labels, p_y, blob, images: int, steps: int = 10):
+    """The explanations stage's part and meta (:mod:`jaxvit_interp.pipeline.explain_stage`):
+    each method's map a noisy copy of the image's blob (signed for the gradient and occlusion
+    methods), p(label) falling as patches go (faster for a map than for the random order) and
+    rising as they come back, and the areas of those curves as the stage computes them."""
+    from jaxvit_interp.explain.faithfulness import MODES, curve_area
+    from jaxvit_interp.pipeline.explain_stage import stage_methods
+
+    L, H = config.num_layers, config.num_heads
+    methods = list(stage_methods(config))
+    index = np.sort(rng.permutation(len(p_y))[:images])
+    E, M = len(index), len(methods)
+    noise = rng.normal(0, 0.3, (E, M, *blob.shape[1:]))
+    maps = blob[index][:, None] + noise
+
+    def curves(*shape, fast):
+        # Deletion: each step keeps a random share of what is left of p(label); insertion
+        # climbs from 0 by what deletion took away.
+        keep = rng.uniform(0.55 if fast else 0.8, 1.0, (*shape, steps))
+        fall = np.concatenate([np.ones((*shape, 1)), np.cumprod(keep, -1)], -1)
+        start = p_y[index].reshape(E, *([1] * (len(shape) - 1)), 1)
+        return np.stack([start * fall, start * (1 - fall)], axis=-2)
+
+    method_curves = curves(E, M, fast=True)  # [E, method, mode, steps + 1]
+    random_curves = curves(E, fast=False)  # [E, mode, steps + 1]
+    head_curves = curves(E, L, H, fast=False)
+    head_area = curve_area(head_curves)
+    part = {
+        "image_index": index.astype(np.int32),
+        "labels": np.asarray(labels)[index].astype(np.int32),
+        "maps": maps.astype(np.float16),
+        "curves": method_curves.astype(np.float32),
+        "area": curve_area(method_curves),
+        "random_curves": random_curves.astype(np.float32),
+        "random_area": curve_area(random_curves),
+        "head_area": head_area,
+        "head_area_mean": head_area.mean(axis=0, dtype=np.float64).astype(np.float32),
+    }
+    meta = {
+        "images": E, "methods": methods, "modes": list(MODES), "baseline": "zero",
+        "steps": steps, "random_seed": 0, "labels_are_predictions": False,
+    }  # fmt: skip
+    return part, meta
+
+
 def synthetic_bundle(
     rng: np.random.Generator,
     *,
@@ -127,6 +173,7 @@ def synthetic_bundle(
     partial_images: int = 8,
     attention_images: int = 6,
     set_images: int = 0,
+    explain_images: int = 0,
     clusters: int = 4,
     class_names: list[str] | None = None,
     image_ids: list[str] | None = None,
@@ -146,6 +193,8 @@ def synthetic_bundle(
         a confident classifier, 0 an unsure one.
       set_images: with more than 0, the ``head_sets`` part of that many images (classifiers
         only): interactions of the top 16 heads, curves in importance and random orders.
+      explain_images: with more than 0, the ``explanations`` part of that many images
+        (classifiers only): each method's map, its deletion and insertion curves and areas.
       class_names / image_ids: override the generated names (e.g. to test escaping).
       directory: write the bundle there and return it loaded, its large arrays memory-mapped;
         their contents are generated a few images at a time, as an analysis writes them, so
@@ -349,6 +398,10 @@ def synthetic_bundle(
     if C and set_images > 0:
         parts["head_sets"], meta["head_sets"] = _head_sets(
             rng, config, importance["prob_drop"], p_y, predictions == labels, min(set_images, n_img)
+        )
+    if C and explain_images > 0:
+        parts["explanations"], meta["explanations"] = _explanations(
+            rng, config, labels, p_y, blob, min(explain_images, n_img)
         )
     stored = parts["attention"]
     if directory is None:

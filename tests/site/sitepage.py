@@ -31,8 +31,11 @@ def make_bundle(rng: np.random.Generator, **kwargs):
 
 # The model families the page meets (issue 22's), as synthetic bundles with their shapes.
 FAMILIES = {
-    # timm ViT-S/16: CLS, 12 x 6 heads, 14 x 14 patches, with the most clusters analysis finds.
-    "vit": dict(num_layers=12, num_heads=6, grid=(14, 14), clusters=12, set_images=16),
+    # timm ViT-S/16: CLS, 12 x 6 heads, 14 x 14 patches, with the most clusters analysis finds
+    # and the explanations stage's part (view F).
+    "vit": dict(
+        num_layers=12, num_heads=6, grid=(14, 14), clusters=12, set_images=16, explain_images=6
+    ),
     # Hugging Face DeiT-tiny distilled: CLS and the distillation token, 12 x 3 heads.
     "deit": dict(num_layers=12, num_heads=3, grid=(14, 14), distillation_token=True, set_images=16),
     # DINOv2-small with 4 registers and no probe (no classes) at 224 px, and at 518 px: 37 x 37

@@ -62,6 +62,9 @@ def test_nothing_is_off_screen_cut_or_run_together(family_sites, open_page, fami
     states = {"opening": lambda: None}
     image = _stored_image(bundle)
     states["an image"] = lambda: site.set_selected("images", [image])
+    if "explanations" in bundle.parts:  # view F: an explained image's maps and curves
+        explained = int(bundle["explanations"]["image_index"][-1])
+        states["an explained image"] = lambda: site.set_selected("images", [explained])
     # Every metric's values in B1's cells (its cells' size does not depend on the window's);
     # the last head, whose name is the longest.
     L, H = bundle.dims()["L"], bundle.dims()["H"]

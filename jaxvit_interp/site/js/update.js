@@ -73,7 +73,19 @@ export const TEXTS = {
   class_map_title: "{metric}: class mean - mean over all images{chosen}",
   class_map_chosen: "; chosen: {name}",
   top5_row: "{name}: {prob}",
+  explain_local: "Image {id}: each method's map of what its label ({label}) rests on, over its " +
+    "pixels (each map's heat scaled to its own range), and its curves.",
+  explain_global: "{n} images were explained: {ids}. Choose one of them (click it in A or " +
+    "search its id) for its maps; the curves are their means.",
+  explain_not_explained: "Image {id} was not explained; the {n} explained images are {ids}. " +
+    "Choose one of them (click it in A or search its id) for its maps; the curves are their means.",
+  explain_curves_local: "{mode}: image {id}",
+  explain_curves_global: "{mode}: mean over {n} explained images",
+  explain_more_ids: "{ids} and {more} more",
+  explain_heads_x: "importance: {metric} ({scope})",
 };
+// The explained images' ids F's note lists at most; a count says how many more there are.
+const EXPLAIN_IDS = 12;
 const KIND_NAMES = {cls: "CLS", patch: "patch"};
 
 // ---- text and array helpers ------------------------------------------------------------------
@@ -740,6 +752,67 @@ function drawHeadSets(page, s) {
   }
 }
 
+// F: the chosen image's explanation maps over its pixels (the thumb source D2 draws, in D4's
+// overlay style) and its deletion and insertion curves when it is one of the explained images;
+// else no maps and the mean curves over the explained images (built with the page), and a note
+// naming those images. The head panels' x axis names B1's metric and scope, whose values
+// (the heads source's `value`) they draw. Absent when the bundle has no explanations part.
+function drawExplanations(page, s) {
+  const {info, images, thumb} = page;
+  const facts = info.explanations;
+  if (!facts) return;
+  // F's models exist only with the bundle's explanations part: read as optional members.
+  const explain_photo = page.explain_photo, explain_cells = page.explain_cells;
+  const explain_curves = page.explain_curves, explain_mean_curves = page.explain_mean_curves;
+  const explain_note = page.explain_note;
+  const {methods, modes} = facts, n = facts.image_index.length;
+  const row = s.image >= 0 ? facts.image_index.indexOf(s.image) : -1;
+  const [, GW] = info.grid, P = info.grid[0] * GW;
+  explain_photo.data = row >= 0 ? {...thumb.data} : {image: [], x: [], y: [], dw: [], dh: []};
+  const cells = {...explain_cells.data};
+  methods.forEach((_, m) => {
+    const heat = Array.from({length: P}, (_, p) => row < 0 ? NaN : value(page, "explanations",
+      "maps", {S_explain: row, method: m, gh: Math.floor(p / GW), gw: p % GW}));
+    const finite = heat.filter(Number.isFinite);
+    const lo = finite.length ? Math.min(...finite) : 0, hi = finite.length ? Math.max(...finite) : 1;
+    const mapper = page[`explain_mapper_${m}`];
+    mapper.low = lo; mapper.high = hi > lo ? hi : lo + 1;
+    cells[`heat_${m}`] = heat;
+    cells[`alpha_${m}`] = heat.map((v) => !Number.isFinite(v) ? 0
+      : hi > lo ? 0.1 + 0.75 * (v - lo) / (hi - lo) : 0.1);
+  });
+  explain_cells.data = cells;
+  const id = s.image >= 0 ? images.data.id[s.image] : "";
+  if (row >= 0) {
+    const steps = explain_mean_curves.data.x.length, curves = {x: explain_mean_curves.data.x};
+    modes.forEach((mode, d) => {
+      const at = (t) => ({S_explain: row, di: d, "steps+1": t});
+      methods.forEach((method, m) => {
+        curves[`${mode}/${method}`] = Array.from({length: steps},
+          (_, t) => value(page, "explanations", "curves", {...at(t), method: m}));
+      });
+      curves[`${mode}/random`] = Array.from({length: steps},
+        (_, t) => value(page, "explanations", "random_curves", at(t)));
+    });
+    explain_curves.data = curves;
+  } else {
+    explain_curves.data = {...explain_mean_curves.data};
+  }
+  for (const mode of modes) {
+    setText(page[`explain_curves_title_${mode}`], "text", row >= 0
+      ? fill("explain_curves_local", {mode, id: shortId(info, id)})
+      : fill("explain_curves_global", {mode, n}));
+    page[`explain_heads_x_axis_${mode}`].axis_label =
+      fill("explain_heads_x", {metric: s.metric, scope: s.classScope || s.scope});
+  }
+  const listed = facts.image_index.slice(0, EXPLAIN_IDS).map((i) => images.data.id[i]).join(", ");
+  const ids = n > EXPLAIN_IDS ? fill("explain_more_ids", {ids: listed, more: n - EXPLAIN_IDS})
+    : listed;
+  const label = row >= 0 ? info.class_names[facts.labels[row]] : "";
+  setText(explain_note, "text", row >= 0 ? fill("explain_local", {id, label})
+    : s.image >= 0 ? fill("explain_not_explained", {id, n, ids}) : fill("explain_global", {n, ids}));
+}
+
 export default function update(page) {
   const s = readState(page);
   if (s === null) return;
@@ -751,6 +824,7 @@ export default function update(page) {
   drawAttention(page, s);
   drawRollout(page, s);
   drawHeadSets(page, s);
+  drawExplanations(page, s);
   page.state.data = {image: [s.image], head: [s.k], mode: [s.mode], query: [s.query],
                      metric: [s.metric], kind: [s.kind || ""], class_cell: [s.classCell],
                      pair_cell: [s.pairCell]};

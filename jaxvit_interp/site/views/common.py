@@ -175,26 +175,46 @@ def heads_along_x(name: str, title: str, y_label: str, info, y_range: tuple[floa
     return p
 
 
-def head_points(p, heads, field: str, offset: float, color: str, marker: str, name: str):
-    """Each head's ``field`` of the shared ``heads`` source as a point beside its x (``offset``),
-    the chosen head outlined in red as in every view; clicking a point chooses its head (with
-    the plot's tap tool, which the caller adds over all its point renderers)."""
+def head_points(
+    p, heads, field: str, offset: float, color: str, marker: str, name: str, *, x: str | None = None
+):
+    """Each head's ``field`` of the shared ``heads`` source as a point beside its x (``offset``;
+    or at the column ``x`` of the source, for a scatter of two of its values), the chosen head
+    outlined in red as in every view; clicking a point chooses its head (with the plot's tap
+    tool, which the caller adds over all its point renderers)."""
     from bokeh.transform import dodge
 
     points = p.scatter(
-        dodge("index", offset), field, source=heads, size=7, marker=marker, fill_color=color,
-        line_color=color, name=name,
+        x if x is not None else dodge("index", offset), field, source=heads, size=7,
+        marker=marker, fill_color=color, line_color=color, name=name,
     )  # fmt: skip
     points.selection_glyph = points.glyph.clone(line_color="#d62728", line_width=3, size=11)
     points.nonselection_glyph = points.glyph.clone()
     return points
 
 
-def padded(values, share: float = 0.08) -> tuple[float, float]:
-    """A y range over the finite ``values`` and 0, with ``share`` of its height either side."""
+def patch_cells(gh: int, gw: int, **columns) -> dict[str, list]:
+    """The columns of a ``gh x gw`` patch grid drawn over an image (row-major, row 0 at the
+    top, each cell a unit square), with ``columns`` (their start values) beside them."""
+    return {
+        "row": [r for r in range(gh) for _ in range(gw)],
+        "col": [c for _ in range(gh) for c in range(gw)],
+        "x": [c + 0.5 for _ in range(gh) for c in range(gw)],
+        "y": [gh - r - 0.5 for r in range(gh) for _ in range(gw)],
+        **columns,
+    }
+
+
+def padded(values, share: float = 0.08, *, zero: bool = True) -> tuple[float, float]:
+    """A y range over the finite ``values`` and 0 (unless not ``zero``), with ``share`` of its
+    height either side."""
     import numpy as np
 
     values = np.asarray(values, np.float64)
-    low, high = float(np.nanmin(values, initial=0.0)), float(np.nanmax(values, initial=0.0))
+    values = values[np.isfinite(values)]
+    if not zero and not len(values):
+        return -share, 1.0 + share
+    start = 0.0 if zero else values[0]
+    low, high = float(np.min(values, initial=start)), float(np.max(values, initial=start))
     pad = share * (high - low or 1.0)
     return low - pad, high + pad

@@ -34,7 +34,15 @@ from bokeh.models import (
 )
 from bokeh.palettes import Greys256, Oranges9, interp_palette
 
-from jaxvit_interp.site.views.common import Context, integer_ticks, panel, plot, text_box, wrap
+from jaxvit_interp.site.views.common import (
+    Context,
+    integer_ticks,
+    panel,
+    patch_cells,
+    plot,
+    text_box,
+    wrap,
+)
 
 HEAT_PALETTE = list(interp_palette(Oranges9[::-1], 256))
 KIND_LABELS = {"cls": "CLS patterns", "patch": "patch patterns"}
@@ -165,15 +173,9 @@ def _image(ctx: Context):
     patches = ctx.add(
         "patches",
         ColumnDataSource(
-            data={
-                "row": [r for r in range(gh) for _ in range(gw)],
-                "col": [c for _ in range(gh) for c in range(gw)],
-                "x": [c + 0.5 for _ in range(gh) for c in range(gw)],
-                "y": [gh - r - 0.5 for r in range(gh) for _ in range(gw)],
-                "heat": [0.0] * (gh * gw),
-                "alpha": [0.0] * (gh * gw),
-                "head": [""] * (gh * gw),
-            }
+            data=patch_cells(
+                gh, gw, heat=[0.0] * (gh * gw), alpha=[0.0] * (gh * gw), head=[""] * (gh * gw)
+            )
         ),
     )
     heat = ctx.add("heat_mapper", LinearColorMapper(palette=HEAT_PALETTE, low=0, high=1))
@@ -243,16 +245,7 @@ def _rollout(ctx: Context) -> Column | None:
     )
     cells = ctx.add(
         "rollout_cells",
-        ColumnDataSource(
-            data={
-                "row": [r for r in range(gh) for _ in range(gw)],
-                "col": [c for _ in range(gh) for c in range(gw)],
-                "x": [c + 0.5 for _ in range(gh) for c in range(gw)],
-                "y": [gh - r - 0.5 for r in range(gh) for _ in range(gw)],
-                "heat": [0.0] * (gh * gw),
-                "alpha": [0.0] * (gh * gw),
-            }
-        ),
+        ColumnDataSource(data=patch_cells(gh, gw, heat=[0.0] * (gh * gw), alpha=[0.0] * (gh * gw))),
     )
     mapper = ctx.add("rollout_mapper", LinearColorMapper(palette=HEAT_PALETTE, low=0, high=1))
     r = p.rect(
