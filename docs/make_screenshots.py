@@ -1,12 +1,12 @@
 """The manual's screenshots: each view of the demo's site, as a reader sees it at 1,920 px.
 
-Runs ``jaxvit-interp demo --max-images 48`` into a temporary folder (or takes ``--run``, a run
-folder of the demo's spec), chooses an image and the head the importance view opens on (the most
+Runs the demo's spec on its first 48 images with the explanations stage on 16 of them (so view F
+is drawn too) into a temporary folder (or takes ``--run``, a run folder of such a spec), chooses an image and the head the importance view opens on (the most
 important by ``prob_drop``), and writes ``docs/images/view-<letter>.png`` through
 :func:`jaxvit_interp.export_figures` (headless Chromium). The pages link those files; rerun this
 after a change to a view.
 
-Run:  python docs/make_screenshots.py                   (about 3 minutes on a 2-core CPU)
+Run:  python docs/make_screenshots.py                   (about 5 minutes on a 2-core CPU)
       python docs/make_screenshots.py --run demo/run
 """
 
@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 import jaxvit_interp as jvi
-from jaxvit_interp.site.export import VIEWS
 
 IMAGES = Path(__file__).resolve().parent / "images"
 
@@ -48,8 +47,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run
         if run is None:
-            demo = [sys.executable, "-m", "jaxvit_interp.cli", "demo", "--max-images", "48"]
-            subprocess.run([*demo, "--out", tmp, "--quiet"], check=True)
+            spec = Path(tmp) / "digits.toml"
+            demo = (Path(jvi.__file__).parent / "data" / "builtin" / "digits.toml").read_text()
+            spec.write_text(demo.replace("[analysis]\n", "[analysis]\nexplain_images = 16\n", 1))
+            build = [sys.executable, "-m", "jaxvit_interp.cli", "site", "build", str(spec)]
+            subprocess.run([*build, "--max-images", "48", "--out", tmp, "--quiet"], check=True)
             run = Path(tmp) / "run"
         bundle = jvi.load_bundle(run)
         image = args.image if args.image is not None else first_image_with_everything(bundle)
@@ -62,13 +64,12 @@ def main() -> None:
             int(layer),
             int(head),
             ("png",),
-            views=tuple(VIEWS),
             scale=1,
             default_metric="prob_drop",
         )
         IMAGES.mkdir(exist_ok=True)
-        for path, letter in zip(written, VIEWS):
-            target = IMAGES / f"view-{letter}.png"
+        for path in written:  # A_overview_<image>_l0h1.png -> view-A.png
+            target = IMAGES / f"view-{path.name[0]}.png"
             target.write_bytes(path.read_bytes())
             print(target)
 

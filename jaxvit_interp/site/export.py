@@ -38,6 +38,9 @@ VIEWS = {
     "B": ("view_B", "B_importance", "Head Importance"),
     "C": ("view_C", "C_strength", "Head Attention Strength"),
     "D": ("view_D", "D_pattern", "Head Attention Pattern"),
+    # Only on pages whose bundle has head sets (E) or explanations (F).
+    "E": ("view_E", "E_heads_together", "Heads Together and per Class"),
+    "F": ("view_F", "F_explanations", "Explanations"),
 }
 FORMATS = ("png", "svg")
 
@@ -110,7 +113,7 @@ def export_figures(
     head: int,
     formats: tuple[str, ...] = FORMATS,
     *,
-    views: tuple[str, ...] = tuple(VIEWS),
+    views: tuple[str, ...] | None = None,
     scale: float = 2.0,
     chromium_path: str | Path | None = None,
     browser: Any = None,
@@ -125,6 +128,8 @@ def export_figures(
         view).
       image_index: row of the image in the bundle, or ``None`` for values over all images.
       formats: any of ``"png"``, ``"svg"``.
+      views: letters of :data:`VIEWS`; None: every view the page has (E and F only where the
+        bundle holds their parts). A view asked for by name that the page lacks is an error.
       scale: device pixels per CSS pixel of the PNGs.
       chromium_path: the Chromium binary (default: as :func:`browser.find_chromium`).
       browser: a running Playwright browser to use instead of starting Chromium (one
@@ -138,6 +143,8 @@ def export_figures(
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise InputError(f"unknown figure format(s) {bad}; expected some of {FORMATS}")
+    asked = views is not None
+    views = tuple(VIEWS) if views is None else views
     bad = [v for v in views if v not in VIEWS]
     if bad or not views:
         raise InputError(f"unknown view(s) {bad}; expected some of {tuple(VIEWS)}")
@@ -168,10 +175,12 @@ def export_figures(
         for letter in views:
             name, stem, title = VIEWS[letter]
             base = f"{stem}_{safe_image}_l{layer}h{head}"
+            element = page.evaluate_handle(_ELEMENT_JS, name).as_element()
+            if element is None and not asked:
+                continue  # a view this bundle has no part for
+            if element is None:
+                raise InputError(f"view {letter} ({name}) is not on this bundle's page")
             if "png" in formats:
-                element = page.evaluate_handle(_ELEMENT_JS, name).as_element()
-                if element is None:
-                    raise RuntimeError(f"view {letter} ({name}) is not on the page")
                 path = out_dir / f"{base}.png"
                 element.screenshot(path=str(path))
                 written.append(path)

@@ -26,7 +26,7 @@ def test_arguments_are_checked(tiny_bundle, tmp_path):
     with pytest.raises(ValueError, match=r"\(layer 3, head 0\) is outside 3 layers x 2 heads"):
         export_figures(tiny_bundle, tmp_path, 0, 3, 0)
     with pytest.raises(ValueError, match="unknown view"):
-        export_figures(tiny_bundle, tmp_path, 0, 0, 0, views=("E",))
+        export_figures(tiny_bundle, tmp_path, 0, 0, 0, views=("G",))
 
 
 @pytest.mark.slow
@@ -36,6 +36,10 @@ def test_views_as_png_and_svg(tiny_bundle, tmp_path, browser):
         tiny_bundle, tmp_path, image, 2, 1, views=("B", "D"), scale=2, browser=browser
     )
     names = sorted(p.name for p in files)
+    # A view asked for by name must be on the page: this bundle has no explanations.
+    assert "explanations" not in tiny_bundle.parts
+    with pytest.raises(ValueError, match=r"view F \(view_F\) is not on this bundle's page"):
+        export_figures(tiny_bundle, tmp_path / "f", image, 2, 1, views=("F",), browser=browser)
     assert names == [
         "B_importance_img_src_x_onerror_window_xss_1_l2h1.png",
         "B_importance_img_src_x_onerror_window_xss_1_l2h1.svg",
