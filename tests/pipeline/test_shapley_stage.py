@@ -100,7 +100,9 @@ def test_sampled_values_equal_the_library(rng):
     assert not meta["exact"] and int(part["permutations"]) == 8
     np.testing.assert_allclose(part["values"], want.values, atol=2e-6)
     np.testing.assert_allclose(part["stderr"], want.stderr, atol=2e-6)
-    assert (part["stderr"] > 0).all()
+    # Sampled, so errors are reported; a head whose marginal is the same in every permutation
+    # (p(label) saturated in float32) has none.
+    assert (part["stderr"] > 0).any()
     np.testing.assert_allclose(part["single_drop"], single[index].mean(0), atol=1e-6)
     np.testing.assert_array_equal(
         part["disagree"], _disagree_by_loop(want.values, want.stderr, single[index].mean(0))

@@ -136,6 +136,6 @@ def test_the_page_shows_each_explained_image(explained, open_page):
     assert (np.abs(near.astype(int) - [214, 39, 40]).sum(axis=-1) < 60).any()
     # Its x axis names B1's metric, whose values it draws.
     label = site.prop("explain_heads_x_axis_insertion", "axis_label")
-    assert label.startswith(f"importance: {site.prop('metric_select', 'value')} (")
+    assert label.startswith(f"importance: {site.prop('metric_select', 'value')}\n")
     assert _layout_problems(site) == []
     assert site.problems == []

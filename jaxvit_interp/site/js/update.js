@@ -82,7 +82,8 @@ export const TEXTS = {
   explain_curves_local: "{mode}: image {id}",
   explain_curves_global: "{mode}: mean over {n} explained images",
   explain_more_ids: "{ids} and {more} more",
-  explain_heads_x: "importance: {metric} ({scope})",
+  // Two lines: a metric of an ablation kind and a class scope are too long for one.
+  explain_heads_x: "importance: {metric}\n{scope}",
 };
 // The explained images' ids F's note lists at most; a count says how many more there are.
 const EXPLAIN_IDS = 12;
