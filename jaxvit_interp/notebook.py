@@ -440,7 +440,7 @@ def _curves_layout(bundle: ResultsBundle):
 
     # View E's own figures: their context only registers the models it makes.
     context = Context(data=None, sources={})
-    figures, caption = head_sets._curves(
+    figures, caption = head_sets.pruning_curve_figures(
         context, bundle["head_sets"], bundle.meta.get("head_sets") or {}
     )
     return column(row(*figures), text_box(None, None, caption, width=680))

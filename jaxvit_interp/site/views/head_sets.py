@@ -238,7 +238,9 @@ def _interactions(ctx: Context, part, head_names: list[str], H: int):
     return p
 
 
-def _curves(ctx: Context, part, meta: dict):
+def pruning_curve_figures(ctx: Context, part, meta: dict):
+    """View E's pruning curves (accuracy and mean p(label) as heads are removed) and their
+    caption of removable heads; also shown on their own in a notebook (:mod:`jaxvit_interp.notebook`)."""
     orders = np.asarray(part["curve_order"])
     acc = np.asarray(part["curve_accuracy"], np.float64)
     prob = np.asarray(part["curve_mean_prob"], np.float64)
@@ -314,7 +316,7 @@ def build(ctx: Context, bundle: ResultsBundle):
         plots = []
         if "interaction_heads" in part:
             plots.append(_interactions(ctx, part, head_names, H))
-        figures, caption = _curves(ctx, part, meta)
+        figures, caption = pruning_curve_figures(ctx, part, meta)
         plots.extend(figures)
         inter_note = (
             f"Interactions of the {len(part.get('interaction_heads', []))} heads with the "
