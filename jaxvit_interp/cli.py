@@ -981,7 +981,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the site of a run folder, compare several, or build one from a site spec",
         description="`site RUN --out DIR` renders a finished run; `site RUN_A RUN_B ... --out DIR` "
         "writes a comparison page of the runs with each run's own site under DIR/models/; "
-        "`site build SPEC.toml --out DIR` runs the analysis a site spec describes and renders it.",
+        "`site build SPEC.toml --out DIR` runs the analysis a site spec describes and renders it "
+        "(a spec of several [[model]] tables: one analysis each into DIR/runs/NAME, and their "
+        "comparison site).",
     )
     p.add_argument(
         "target",
