@@ -112,6 +112,7 @@ def _initial_head(data, metric: str) -> int:
 
 
 def _check_back_link(back_link) -> tuple[str, str] | None:
+    """``(href, text)`` checked before any work: both are written into the page's header."""
     if back_link is None:
         return None
     if (
