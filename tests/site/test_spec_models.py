@@ -94,6 +94,14 @@ def test_the_shipped_comparison_spec():
     assert all(m.max_images <= 64 for m in spec.models)  # a few minutes, not a demo's five
 
 
+def test_every_spec_in_sites_loads():
+    """Parsing only: the specs' analyses take minutes (the demo's test runs digits.toml's)."""
+    specs = sorted((REPO / "sites").glob("*.toml"))
+    assert len(specs) >= 2
+    for path in specs:
+        load_site_spec(path)  # raises, naming the key, on a spec it refuses
+
+
 ONE_TABLE = 'images = "builtin:digits"\n[[model]]\nname = "a"\nmodel = "builtin:digits"\n'
 B = '[[model]]\nname = "b"\nmodel = "builtin:digits"\n'
 
