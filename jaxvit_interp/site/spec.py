@@ -326,7 +326,8 @@ def _thumbnails(where: Path, views_size: int | None, analysis: AnalysisSettings,
         raise SiteSpecError(
             f"{where}: views.thumbnail_size = {size} is larger than the thumbnails the "
             f"run keeps, {prefix}analysis.thumbnail_size = {analysis.thumbnail_size}; give "
-            f"[{prefix}analysis] thumbnail_size = {size} too"
+            f"[analysis] thumbnail_size = {size} too"
+            + (" (or in that table's [model.analysis])" if prefix else "")
         )
     return size
 
@@ -401,7 +402,7 @@ def _model_tables(where: Path, raw: dict, top: dict, views: dict) -> tuple[SiteM
                         folder=False,
                         builtin_ok=False,
                         prefix=in_table["labels"],
-                    )  # fmt: skip
+                    )
                     if labels is not None
                     else None
                 ),
