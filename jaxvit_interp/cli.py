@@ -33,9 +33,12 @@ HUB_HELP = (
     "hf-hub:ORG/NAME[@REVISION] (a Hugging Face, timm or OpenCLIP repository, fetched into "
     "huggingface_hub's cache: HF_HOME, HF_HUB_OFFLINE, HF_TOKEN apply)"
 )
+# The run folders of a comparison spec's models, under `site build`'s --out.
+RUNS_DIR = "runs"
 SPEC_MAX_IMAGES_HELP = (
     "analyse only the first N of the spec's images (default: the spec's max_images; the demo's "
-    "is 300), for a quicker first look; a run folder keeps one image count, so use a new --out"
+    "is 300; with [[model]] tables, at most N of each model's), for a quicker first look; a run "
+    "folder keeps one image count, so use a new --out"
 )
 
 
@@ -649,6 +652,8 @@ def _site_from_spec(args, spec_path: str) -> int:
     from jaxvit_interp.site.spec import load_site_spec
 
     spec = load_site_spec(spec_path)
+    if spec.models:
+        return _site_comparison_from_spec(args, spec)
     out = Path(args.out)
     run = out / "run"
     model = _load_model(str(spec.model))
@@ -660,6 +665,52 @@ def _site_from_spec(args, spec_path: str) -> int:
         options["title"] = args.title
     html = build_site(load_bundle(run), out, layout=getattr(args, "layout", "auto"), **options)
     print(f"site written to {html}")
+    return 0
+
+
+def _site_comparison_from_spec(args, spec) -> int:
+    """``site build`` of a spec with ``[[model]]`` tables: each model's analysis into
+    ``DIR/runs/<name>`` (resumable: a finished run is read back, not computed again), then the
+    comparison site over them into ``DIR``. Every run folder is checked before the first
+    analysis starts; ``--max-images`` caps every table's ``max_images``."""
+    from jaxvit_interp.bundle import load_bundle
+    from jaxvit_interp.pipeline.run_folder import check_run_folder
+    from jaxvit_interp.site.comparison import build_comparison_site
+
+    out = Path(args.out)
+    runs = [out / RUNS_DIR / model.name for model in spec.models]
+    for run in runs:
+        check_run_folder(run)  # a folder holding something else, refused before any analysis
+    for number, (model, run) in enumerate(zip(spec.models, runs), 1):
+        if not args.quiet:
+            print(
+                f"jaxvit-interp: model {number} of {len(runs)}: {model.name} ({model.model} on "
+                f"{model.images}) into {run}",
+                file=sys.stderr,
+            )
+        loaded = _load_model(str(model.model))
+        labels_csv = str(model.labels) if model.labels else None
+        max_images = model.max_images
+        if args.max_images is not None:
+            max_images = min(max_images, args.max_images)
+        _analyze_images(
+            run, str(model.images), labels_csv, max_images, loaded, model.analysis, args
+        )
+        del loaded
+    options = spec.site_options()
+    title = options.pop("title")  # the comparison page's; each model's site titles itself
+    if args.title:
+        title = args.title
+    bundles = [load_bundle(run) for run in runs]
+    html = build_comparison_site(
+        bundles,
+        out,
+        names=[model.name for model in spec.models],
+        title=title,
+        layout=getattr(args, "layout", "auto"),
+        **options,
+    )
+    print(f"comparison site of {len(bundles)} models written to {html}")
     return 0
 
 
@@ -930,7 +981,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the site of a run folder, compare several, or build one from a site spec",
         description="`site RUN --out DIR` renders a finished run; `site RUN_A RUN_B ... --out DIR` "
         "writes a comparison page of the runs with each run's own site under DIR/models/; "
-        "`site build SPEC.toml --out DIR` runs the analysis a site spec describes and renders it.",
+        "`site build SPEC.toml --out DIR` runs the analysis a site spec describes and renders it "
+        "(a spec of several [[model]] tables: one analysis each into DIR/runs/NAME, and their "
+        "comparison site).",
     )
     p.add_argument(
         "target",

@@ -10,8 +10,9 @@ Layout of ``out_dir``:
   colour per run; every legend names the run and its checkpoint. Everything drawn is a summary
   of values the bundles hold (:mod:`jaxvit_interp.compare`), computed here once.
 - ``models/<name>/``: each run's full single-model site, written by
-  :func:`~jaxvit_interp.site.document.build_site` unchanged; the page's model menu (the
-  switcher) and its links open them. ``<name>`` is the run's name made safe for a folder.
+  :func:`~jaxvit_interp.site.document.build_site` unchanged but for a link above its title back
+  to the comparison (``back_link``); the page's model menu (the switcher) and its links open
+  them. ``<name>`` is the run's name made safe for a folder.
 
 Every run is checked before anything is written: fewer than two runs, a folder that is not a
 results bundle or one of a version this package does not read is refused with an error naming
@@ -362,7 +363,9 @@ def build_comparison_site(
     folders = [_folder_name(n, taken) for n in names]
     doc = build_comparison_document(bundles, names, folders, title=title)
     out_dir = Path(out_dir)
+    # Each model's site sits two folders below the page: its link back leads there.
+    back = (f"../../{INDEX_FILE}", f"back to the comparison of {len(bundles)} models")
     for bundle, folder in zip(bundles, folders):
-        build_site(bundle, out_dir / MODELS_DIR / folder, **site_options)
+        build_site(bundle, out_dir / MODELS_DIR / folder, back_link=back, **site_options)
     page = file_html(doc, resources=INLINE, title=doc.title)
     return write_text(out_dir / INDEX_FILE, page)

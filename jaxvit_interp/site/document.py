@@ -18,6 +18,7 @@ that folder) is then renamed over the old one, and only then are the old records
 from __future__ import annotations
 
 import contextlib
+import html
 import os
 import secrets
 import shutil
@@ -110,7 +111,32 @@ def _initial_head(data, metric: str) -> int:
     return int(np.nanargmin(values))
 
 
-def _header(ctx: Context, title: str, bundle: ResultsBundle):
+def _check_back_link(back_link) -> tuple[str, str] | None:
+    """``(href, text)`` checked before any work: both are written into the page's header."""
+    if back_link is None:
+        return None
+    if (
+        not isinstance(back_link, (tuple, list))
+        or len(back_link) != 2
+        or not all(isinstance(part, str) and part for part in back_link)
+    ):
+        raise InputError(
+            f"back_link must be (href, text), two non-empty strings; got {back_link!r}"
+        )
+    return back_link[0], back_link[1]
+
+
+def _back_link(href: str, text: str) -> Div:
+    """The link above the title back to the page that holds this site (a comparison's)."""
+    return Div(
+        text=f'<a href="{html.escape(href)}" style="font:12px {FONT};color:#0969da">'
+        f"&larr; {html.escape(text)}</a>",
+        styles={"margin": "4px 8px 0 8px"},
+        name="back_link",
+    )
+
+
+def _header(ctx: Context, title: str, bundle: ResultsBundle, back_link=None):
     info = ctx.info
     where = identity_label(bundle.meta.get("checkpoint"))
     classes = (
@@ -153,7 +179,9 @@ def _header(ctx: Context, title: str, bundle: ResultsBundle):
             "or a pair of heads to choose it. Hover any mark for its values.</div>"
         )
     )
-    return column(heading, sub, guide)
+    if back_link is None:
+        return column(heading, sub, guide)
+    return column(_back_link(*back_link), heading, sub, guide)
 
 
 def build_document(
@@ -165,6 +193,7 @@ def build_document(
     default_metric: str | None = None,
     default_kind: str | None = None,
     thumbnail_size: int | None = THUMBNAIL_SIZE,
+    back_link: tuple[str, str] | None = None,
 ) -> Document:
     """The site as a validated Bokeh ``Document`` (all behaviour in CustomJS).
 
@@ -176,15 +205,21 @@ def build_document(
       metrics / default_metric: the importance metrics the menu lists, and the one shown first.
       default_kind: ``"cls"`` or ``"patch"``: the pattern kind D shows first.
       thumbnail_size: shrink thumbnails to at most this many pixels a side.
+      back_link: ``(href, text)`` of a link drawn above the title, back to the page this site
+        belongs to (a comparison's model sites link to the comparison page); None: no link, the
+        page of ``site RUN``.
     """
     metrics, default_metric = _check_options(metrics, default_metric, default_kind, bundle.metrics)
+    back_link = _check_back_link(back_link)
     data = prepare_site_data(
         bundle, max_attention_images=max_attention_images, thumbnail_size=thumbnail_size
     )
-    return _document(bundle, data, title, metrics, default_metric, default_kind)
+    return _document(bundle, data, title, metrics, default_metric, default_kind, back_link)
 
 
-def _document(bundle, data: SiteData, title, metrics, default_metric, default_kind) -> Document:
+def _document(
+    bundle, data: SiteData, title, metrics, default_metric, default_kind, back_link=None
+) -> Document:
     sources = make_sources(data)
     ctx = Context(
         data=data,
@@ -207,7 +242,7 @@ def _document(bundle, data: SiteData, title, metrics, default_metric, default_ki
     view_f = explanations.build(ctx)  # E and F with the bundle's parts only
     optional = [view for view in (view_e, view_f) if view is not None]
     layout = column(
-        _header(ctx, title, bundle),
+        _header(ctx, title, bundle, back_link),
         wrap(view_a, column(view_b, view_c), view_d, *optional),
         name="site",
     )
@@ -274,6 +309,7 @@ def build_site(
     max_attention_images: int | None = None,
     compression: int = DEFAULT_COMPRESSION,
     layout: str = "auto",
+    back_link: tuple[str, str] | None = None,
     **options: Any,
 ) -> Path:
     """Write the site into ``out_dir`` (``index.html``, plus its records folder when ``folder``).
@@ -282,8 +318,9 @@ def build_site(
     ``"auto"`` (one file up to :data:`SINGLE_FILE_LIMIT` bytes). ``compression`` is the gzip
     level (0-9) of the page's tables: 0 opens fastest. Other ``options`` go to
     :func:`build_document` (``metrics``, ``default_metric``, ``default_kind``,
-    ``thumbnail_size``). Other files in ``out_dir`` are left alone. Returns the path of
-    ``index.html``.
+    ``thumbnail_size``). ``back_link``: ``(href, text)`` of a link above the title back to
+    the page the site belongs to (:func:`build_document`). Other files in ``out_dir`` are left
+    alone. Returns the path of ``index.html``.
     """
     if layout not in LAYOUTS:
         raise InputError(f"site layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -297,6 +334,7 @@ def build_site(
         raise InputError(f"unknown site option(s): {', '.join(sorted(options))}")
     if not 0 <= compression <= 9:
         raise InputError(f"compression level must be 0..9 (gzip levels), got {compression}")
+    back_link = _check_back_link(back_link)
     data = prepare_site_data(
         bundle, max_attention_images=max_attention_images, thumbnail_size=thumbnail_size
     )
@@ -315,7 +353,7 @@ def build_site(
             data_dir = out_dir / f"{DATA_PREFIX}{build}"
             staging.rename(data_dir)  # complete before index.html names it
             data.info["records"].update(inline=False, folder=f"{data_dir.name}/{RECORDS_DIR}")
-        doc = _document(bundle, data, title, metrics, default_metric, default_kind)
+        doc = _document(bundle, data, title, metrics, default_metric, default_kind, back_link)
         with _compression(compression):
             page = file_html(doc, resources=INLINE, title=doc.title)
         # First in <head>, before BokehJS (whose inline code may spell "</head>" itself).
