@@ -637,7 +637,14 @@ def _site_comparison(args) -> int:
 
     names, bundles = load_runs(args.target)
     html = build_comparison_site(
-        bundles, args.out, names=names, title=args.title, layout=args.layout
+        bundles,
+        args.out,
+        names=names,
+        title=args.title,
+        layout=args.layout,
+        shared_patterns=not args.no_shared_patterns,
+        progress=not args.quiet,
+        note=None if args.quiet else lambda line: print(f"jaxvit-interp: {line}", file=sys.stderr),
     )
     print(f"comparison site of {len(bundles)} runs written to {html}")
     return 0
@@ -947,6 +954,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="one index.html, or index.html with a record file per image loaded on demand "
         "(default auto: one file while it stays under 30 MB)",
+    )
+    p.add_argument(
+        "--no-shared-patterns",
+        action="store_true",
+        help="comparing runs: leave out the shared pattern space (one autoencoder trained on "
+        "every run's attention patterns; kept in DIR/shared-patterns/ and reused)",
     )
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=_site)
