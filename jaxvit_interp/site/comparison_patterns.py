@@ -36,26 +36,29 @@ from jaxvit_interp.site.views.common import FONT
 CELL = 16
 MAP_SIZE = 420
 
-# On a selection in one grid: the nearest heads in the others, and all of them in the map. The
-# guard keeps the selections this sets from setting others in turn.
+# On a selection in one grid: the nearest heads in the others, and all of them in the map. A
+# selection this code sets is recorded, so that its own change event (which Bokeh may deliver
+# after this returns) is recognised and passed over rather than setting the others in turn.
 _SELECT_JS = """
-if (window.__jviSharedSelecting) { return; }
-window.__jviSharedSelecting = true;
-try {
-  const picked = grids[me].selected.indices;
-  const inMap = picked.map((h) => offsets[me] + h);
-  for (let other = 0; other < grids.length; other++) {
-    if (other === me) { continue; }
-    const near = new Set();
-    for (const h of picked) { for (const n of nearest[me][other][h]) { near.add(n); } }
-    const chosen = Array.from(near).sort((a, b) => a - b);
+const pending = (window.__jviSharedPending ??= {});
+const picked = Array.from(grids[me].selected.indices);
+const tag = `${kind}:${me}`;
+const said = pending[tag];
+delete pending[tag];
+if (said === JSON.stringify(picked)) { return; }
+const inMap = picked.map((h) => offsets[me] + h);
+for (let other = 0; other < grids.length; other++) {
+  if (other === me) { continue; }
+  const near = new Set();
+  for (const h of picked) { for (const n of nearest[me][other][h]) { near.add(n); } }
+  const chosen = Array.from(near).sort((a, b) => a - b);
+  for (const n of chosen) { inMap.push(offsets[other] + n); }
+  if (JSON.stringify(Array.from(grids[other].selected.indices)) !== JSON.stringify(chosen)) {
+    pending[`${kind}:${other}`] = JSON.stringify(chosen);
     grids[other].selected.indices = chosen;
-    for (const n of chosen) { inMap.push(offsets[other] + n); }
   }
-  heads.selected.indices = inMap;
-} finally {
-  window.__jviSharedSelecting = false;
 }
+heads.selected.indices = inMap;
 """
 
 
@@ -234,7 +237,9 @@ def _kind_panel(space: SharedPatternSpace, kind: str, labels, colours):
         source.selected.js_on_change(
             "indices",
             CustomJS(
-                args=dict(grids=grids, heads=heads, nearest=nearest, offsets=offsets, me=at),
+                args=dict(
+                    grids=grids, heads=heads, nearest=nearest, offsets=offsets, me=at, kind=kind
+                ),
                 code=_SELECT_JS,
             ),
         )
