@@ -26,14 +26,14 @@ import html
 import numpy as np
 from bokeh.layouts import column, row
 from bokeh.models import ColumnDataSource, CustomJS, Div, Legend, LegendItem, TapTool
-from bokeh.palettes import Category20_20
+from bokeh.palettes import Set3_12
 from bokeh.plotting import figure
 
 from jaxvit_interp.patterns.shared import SharedPatternSpace
 from jaxvit_interp.site.views.common import FONT
 
 # Side of one head's cell in a run's grid, in pixels.
-CELL = 16
+CELL = 22
 MAP_SIZE = 420
 
 # On a selection in one grid: the nearest heads in the others, and all of them in the map. A
@@ -63,7 +63,8 @@ heads.selected.indices = inMap;
 
 
 def _cluster_colour(c: int) -> str:
-    return Category20_20[c % len(Category20_20)]
+    """A cluster's colour: pastels, apart from the runs' Category10 colours."""
+    return Set3_12[c % len(Set3_12)]
 
 
 def _note(space: SharedPatternSpace) -> Div:
@@ -121,7 +122,7 @@ def _clusters(space: SharedPatternSpace, kind: str):
     fig = figure(
         width=max(200, min(1200, 70 * s.k)),
         height=110,
-        title=f"each cluster's representative {kind} pattern (normalised, common grid)",
+        title="each cluster's representative",
         x_range=(0, s.k * (w + gap)),
         y_range=(0, h + 2),
         tools="save",
@@ -139,6 +140,10 @@ def _clusters(space: SharedPatternSpace, kind: str):
             level="image",
         )
         fig.rect(x=c * (w + gap) + w / 2, y=h + 1, width=w, height=0.8, color=_cluster_colour(c))
+        fig.text(
+            x=[c * (w + gap) + w / 2], y=[h + 1], text=[str(c)], text_align="center",
+            text_baseline="middle", text_font_size="10px",
+        )  # fmt: skip
     fig.axis.visible = False
     fig.grid.visible = False
     return fig
@@ -213,8 +218,8 @@ def _kind_panel(space: SharedPatternSpace, kind: str, labels, colours):
     for at, r in enumerate(runs):
         L, H = space.dims[r]
         fig = figure(
-            width=max(120, 40 + CELL * H),
-            height=max(110, 60 + CELL * L),
+            width=max(130, 60 + CELL * H),
+            height=max(120, 70 + CELL * L),
             title=labels[r],
             x_range=(-0.5, H - 0.5),
             y_range=(L - 0.5, -0.5),
@@ -229,6 +234,9 @@ def _kind_panel(space: SharedPatternSpace, kind: str, labels, colours):
             "x", "y", 0.92, 0.92, source=grids[at], fill_color="fill", line_color=None,
             selection_line_color="black", selection_line_width=2, nonselection_fill_alpha=0.35,
         )  # fmt: skip
+        fig.xaxis.ticker = list(range(H))
+        fig.yaxis.ticker = list(range(L))
+        fig.grid.visible = False
         fig.title.text_font_size = "10px"
         fig.title.text_color = colours[r]
         fig.select_one(TapTool).mode = "replace"
