@@ -46,7 +46,7 @@ from jaxvit_interp.attention_codes import decode_stored
 from jaxvit_interp.bundle import ResultsBundle, special_tokens
 from jaxvit_interp.compare import relative_depth
 from jaxvit_interp.errors import InputError
-from jaxvit_interp.patterns.embed import embed_latents, majority_cluster
+from jaxvit_interp.patterns.embed import embed_latents
 from jaxvit_interp.patterns.extract import (
     PATTERN_KINDS,
     extract_patterns,
@@ -351,15 +351,13 @@ class SharedKind:
         return self._heads(run, self.latent, dims)
 
     def head_clusters(self, run: int, dims) -> np.ndarray:
-        """``[L, H]`` each head's most common cluster over its images (ties: the lowest)."""
+        """``[L, H]`` each head's most common cluster over its images (ties: the lowest; -1: a
+        head without patterns)."""
         L, H = dims
         mine = self.run == run
-        images = int(self.image[mine].max()) + 1 if mine.any() else 0
-        labels = np.full((images, L, H), -1, np.int64)
-        labels[self.image[mine], self.layer[mine], self.head[mine]] = self.cluster[mine]
-        if not images:
-            return np.full((L, H), -1, np.int32)
-        return majority_cluster(labels, self.k).astype(np.int32)
+        counts = np.zeros((L * H, self.k), np.int64)
+        np.add.at(counts, (self.layer[mine] * H + self.head[mine], self.cluster[mine]), 1)
+        return np.where(counts.any(1), counts.argmax(1), -1).reshape(L, H).astype(np.int32)
 
 
 @dataclasses.dataclass(kw_only=True, repr=False)
@@ -394,10 +392,13 @@ class SharedPatternSpace(Summarized):
 
     def _summary(self):
         rows = [
-            (kind, f"{len(s.cluster):,} patterns of {listed(self.names[r] for r in s.runs)} in "
-             f"{s.k} clusters")
+            (
+                kind,
+                f"{len(s.cluster):,} patterns of {listed(self.names[r] for r in s.runs)} in "
+                f"{s.k} clusters",
+            )
             for kind, s in self.kinds.items()
-        ]  # fmt: skip
+        ]
         for what, names in self.missing.items():
             rows.append((f"no {what}", listed(names)))
         rows.extend(("note", n) for n in self.notes)
@@ -516,9 +517,10 @@ def shared_pattern_space(
     names = list(names)
     dims = [(b.meta["config"]["num_layers"], b.meta["config"]["num_heads"]) for b in bundles]
     with_attention = [
-        i for i, b in enumerate(bundles)
+        i
+        for i, b in enumerate(bundles)
         if "attention" in b.parts and len(b["attention"]["image_index"])
-    ]  # fmt: skip
+    ]
     missing: dict[str, list[str]] = {}
     if len(with_attention) < len(bundles):
         missing["attention"] = [n for i, n in enumerate(names) if i not in with_attention]
@@ -527,18 +529,26 @@ def shared_pattern_space(
         tuple(settings.grid) if settings.grid else min(grids or [(1, 1)], key=lambda g: g[0] * g[1])
     )
     common_patches = grid[0] * grid[1]
-    rows = choose_attention_rows(
-        [_attention_ids(bundles[i]) for i in with_attention], settings.images_per_run
-    ) if with_attention else []  # fmt: skip
+    rows = (
+        choose_attention_rows(
+            [_attention_ids(bundles[i]) for i in with_attention], settings.images_per_run
+        )
+        if with_attention
+        else []
+    )
     image_ids = [[] for _ in bundles]
     for i, r in zip(with_attention, rows):
         ids = _attention_ids(bundles[i])
         image_ids[i] = [ids[int(x)] for x in r]
 
     members = {
-        kind: [i for i in with_attention if kind != "cls" or special_tokens(bundles[i].meta["config"])[0]]
+        kind: [
+            i
+            for i in with_attention
+            if kind != "cls" or special_tokens(bundles[i].meta["config"])[0]
+        ]
         for kind in settings.kinds
-    }  # fmt: skip
+    }
     for kind, runs in members.items():
         left = [names[i] for i in with_attention if i not in runs]
         if left:
@@ -589,8 +599,9 @@ def _embed_kind(kind, runs, patterns, settings, workdir, mesh, progress) -> Shar
     index = []
     for run, p in zip(runs, patterns):
         image, layer, head = np.meshgrid(*map(np.arange, p.shape[:3]), indexing="ij")
-        index.append(np.stack([np.full(image.size, run), image.ravel(), layer.ravel(),
-                               head.ravel()], 1))  # fmt: skip
+        index.append(
+            np.stack([np.full(image.size, run), image.ravel(), layer.ravel(), head.ravel()], 1)
+        )
     index = np.concatenate(index)
     flat = np.concatenate([p.reshape(-1, *p.shape[-2:]) for p in patterns])
     pick = subset(len(flat), settings.pattern_samples, settings.seed)
@@ -631,9 +642,17 @@ def _embed_kind(kind, runs, patterns, settings, workdir, mesh, progress) -> Shar
 # --- storage ------------------------------------------------------------------------------------
 
 _KIND_ARRAYS = (
-    "run", "image", "layer", "head", "xy", "cluster", "latent", "representative",
-    "decoded_centre", "centres",
-)  # fmt: skip
+    "run",
+    "image",
+    "layer",
+    "head",
+    "xy",
+    "cluster",
+    "latent",
+    "representative",
+    "decoded_centre",
+    "centres",
+)
 
 
 def _key(identities: list[dict], settings: SharedPatternSettings) -> dict[str, Any]:
@@ -674,9 +693,11 @@ def _check(condition: bool, path: Path, what: str) -> None:
 
 
 def load_shared_space(
-    directory: str | Path, names: Sequence[str], identities: list[dict],
+    directory: str | Path,
+    names: Sequence[str],
+    identities: list[dict],
     settings: SharedPatternSettings,
-) -> SharedPatternSpace | None:  # fmt: skip
+) -> SharedPatternSpace | None:
     """The space stored in ``directory`` for these runs and settings; None when there is none
     or it was computed for other runs or settings. Raises :class:`InputError` naming the file
     when the stored files do not hold what their index says."""
@@ -707,24 +728,39 @@ def load_shared_space(
         M, k, shape = info["patterns"], info["k"], tuple(info["shape"])
         d = arrays["latent"].shape[-1] if arrays["latent"].ndim == 2 else -1
         want = {
-            "run": (M,), "image": (M,), "layer": (M,), "head": (M,), "cluster": (M,),
-            "xy": (M, 2), "latent": (M, d), "representative": (k, *shape),
-            "decoded_centre": (k, *shape), "centres": (k, d),
-        }  # fmt: skip
+            "run": (M,),
+            "image": (M,),
+            "layer": (M,),
+            "head": (M,),
+            "cluster": (M,),
+            "xy": (M, 2),
+            "latent": (M, d),
+            "representative": (k, *shape),
+            "decoded_centre": (k, *shape),
+            "centres": (k, d),
+        }
         for name, expected in want.items():
-            _check(arrays[name].shape == expected, path,
-                   f"{name} has shape {arrays[name].shape}, expected {expected}")  # fmt: skip
+            _check(
+                arrays[name].shape == expected,
+                path,
+                f"{name} has shape {arrays[name].shape}, expected {expected}",
+            )
         runs = [int(r) for r in info["runs"]]
         _check(set(np.unique(arrays["run"]).tolist()) <= set(runs), path, "run out of range")
         for r in runs:
             mine = arrays["run"] == r
             L, H = dims[r]
             _check(
-                arrays["layer"][mine].max(initial=0) < L and arrays["head"][mine].max(initial=0) < H,
-                path, f"a layer or head outside run {names[r]}'s {L}x{H}",
-            )  # fmt: skip
-        _check(arrays["cluster"].min(initial=0) >= 0 and arrays["cluster"].max(initial=0) < k,
-               path, "a cluster outside 0 .. k-1")  # fmt: skip
+                arrays["layer"][mine].max(initial=0) < L
+                and arrays["head"][mine].max(initial=0) < H,
+                path,
+                f"a layer or head outside run {names[r]}'s {L}x{H}",
+            )
+        _check(
+            arrays["cluster"].min(initial=0) >= 0 and arrays["cluster"].max(initial=0) < k,
+            path,
+            "a cluster outside 0 .. k-1",
+        )
         kinds[kind] = SharedKind(kind=kind, runs=runs, shape=shape, **arrays)
     return SharedPatternSpace(
         names=list(names),
@@ -745,12 +781,17 @@ def run_identities(
 ) -> list[dict]:
     """Each run's identity (see the module's docstring) under ``settings``."""
     with_attention = [
-        i for i, b in enumerate(bundles)
+        i
+        for i, b in enumerate(bundles)
         if "attention" in b.parts and len(b["attention"]["image_index"])
-    ]  # fmt: skip
-    rows = choose_attention_rows(
-        [_attention_ids(bundles[i]) for i in with_attention], settings.images_per_run
-    ) if with_attention else []  # fmt: skip
+    ]
+    rows = (
+        choose_attention_rows(
+            [_attention_ids(bundles[i]) for i in with_attention], settings.images_per_run
+        )
+        if with_attention
+        else []
+    )
     chosen = dict(zip(with_attention, rows))
     out = []
     for i, (name, bundle) in enumerate(zip(names, bundles)):

@@ -12,16 +12,15 @@ Layout of ``out_dir``:
 - ``models/<name>/``: each run's full single-model site, written by
   :func:`~jaxvit_interp.site.document.build_site` unchanged; the page's model menu (the
   switcher) and its links open them. ``<name>`` is the run's name made safe for a folder.
+- ``shared-patterns/``: the runs' shared pattern space
+  (:mod:`jaxvit_interp.patterns.shared`), drawn by the page's last panel
+  (:mod:`~jaxvit_interp.site.comparison_patterns`); built again for the same runs and settings,
+  the site reads it back instead of training again.
 
 Every run is checked before anything is written: fewer than two runs, a folder that is not a
 results bundle or one of a version this package does not read is refused with an error naming
 the run. The model sites are written first and ``index.html`` last, so a reader never finds a
 comparison page whose model links lead nowhere.
-
-- ``shared-patterns/``: the runs' shared pattern space
-  (:mod:`jaxvit_interp.patterns.shared`), drawn by the page's last panel
-  (:mod:`~jaxvit_interp.site.comparison_patterns`); built again for the same runs and settings,
-  the site reads it back instead of training again.
 
 Left for later (issue 27's second half): the per-image side-by-side view of each run's rollout
 and prediction, a further panel of :func:`build_comparison_document`, fed by further fields of
@@ -49,6 +48,7 @@ from jaxvit_interp.bundle import BundleError, ResultsBundle, load_bundle
 from jaxvit_interp.compare import SPECIAL_KINDS, RunSummary, match_images, summarize_run
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.identity import identity_label
+from jaxvit_interp.parallel import all_devices_mesh
 from jaxvit_interp.patterns.shared import (
     SHARED_DIR,
     SharedPatternSettings,
@@ -398,7 +398,13 @@ def build_comparison_site(
     shared = None
     if shared_patterns:
         shared = load_or_compute(
-            bundles, names, out_dir / SHARED_DIR, pattern_settings, progress=progress, note=note
+            bundles,
+            names,
+            out_dir / SHARED_DIR,
+            pattern_settings,
+            mesh=all_devices_mesh(),
+            progress=progress,
+            note=note,
         )
     doc = build_comparison_document(bundles, names, folders, title=title, shared_patterns=shared)
     for bundle, folder in zip(bundles, folders):

@@ -141,9 +141,13 @@ def _clusters(space: SharedPatternSpace, kind: str):
         )
         fig.rect(x=c * (w + gap) + w / 2, y=h + 1, width=w, height=0.8, color=_cluster_colour(c))
         fig.text(
-            x=[c * (w + gap) + w / 2], y=[h + 1], text=[str(c)], text_align="center",
-            text_baseline="middle", text_font_size="10px",
-        )  # fmt: skip
+            x=[c * (w + gap) + w / 2],
+            y=[h + 1],
+            text=[str(c)],
+            text_align="center",
+            text_baseline="middle",
+            text_font_size="10px",
+        )
     fig.axis.visible = False
     fig.grid.visible = False
     return fig
@@ -152,8 +156,9 @@ def _clusters(space: SharedPatternSpace, kind: str):
 def _kind_panel(space: SharedPatternSpace, kind: str, labels, colours):
     s = space.kinds[kind]
     runs = s.runs
-    heads_data: dict[str, list] = {k: [] for k in ("x", "y", "run", "layer", "head", "cluster",
-                                                    "colour")}  # fmt: skip
+    heads_data: dict[str, list] = {
+        k: [] for k in ("x", "y", "run", "layer", "head", "cluster", "colour")
+    }
     offsets, grids = [], []
     head_clusters = space.head_clusters(kind)
     for at, r in enumerate(runs):
@@ -196,14 +201,20 @@ def _kind_panel(space: SharedPatternSpace, kind: str, labels, colours):
             ("layer", "@layer"),
             ("head", "@head"),
             ("cluster", "@cluster"),
-        ],  # fmt: skip
+        ],
         name=f"shared_{kind}_map",
     )
     dots = emb.scatter(
-        "x", "y", source=heads, color="colour", size=8, alpha=0.8,
-        selection_line_color="black", selection_line_width=2,
+        "x",
+        "y",
+        source=heads,
+        color="colour",
+        size=8,
+        alpha=0.8,
+        selection_line_color="black",
+        selection_line_width=2,
         nonselection_alpha=0.25,
-    )  # fmt: skip
+    )
     emb.add_layout(
         Legend(
             items=[
@@ -231,9 +242,17 @@ def _kind_panel(space: SharedPatternSpace, kind: str, labels, colours):
             name=f"shared_{kind}_gridfig_{r}",
         )
         fig.rect(
-            "x", "y", 0.92, 0.92, source=grids[at], fill_color="fill", line_color=None,
-            selection_line_color="black", selection_line_width=2, nonselection_fill_alpha=0.35,
-        )  # fmt: skip
+            "x",
+            "y",
+            0.92,
+            0.92,
+            source=grids[at],
+            fill_color="fill",
+            line_color=None,
+            selection_line_color="black",
+            selection_line_width=2,
+            nonselection_fill_alpha=0.35,
+        )
         fig.xaxis.ticker = list(range(H))
         fig.yaxis.ticker = list(range(L))
         fig.grid.visible = False

@@ -52,10 +52,20 @@ def _supersampled(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("src", "dst"), [((4, 4), (6, 6)), ((6, 6), (4, 4)), ((7, 7), (11, 11)), ((3, 5), (4, 2))]
+    ("src", "dst", "lead"),
+    [
+        ((4, 4), (6, 6), (2, 3)),
+        ((6, 6), (4, 4), (2, 3)),
+        ((7, 7), (11, 11), (2, 3)),
+        ((3, 5), (4, 2), (2, 3)),
+        # Patch patterns of ViT-B/16 (16x16 grid) and of patch 14 at 518 px (37x37) on the
+        # 14x14 grid of patch 14 at 224 px.
+        ((31, 31), (27, 27), (2,)),
+        ((73, 73), (27, 27), (1,)),
+    ],
 )
-def test_resampling_is_the_area_mean_of_a_supersampled_grid(src, dst):
-    x = np.random.default_rng().uniform(0, 1, (2, 3, *src)).astype(np.float32)
+def test_resampling_is_the_area_mean_of_a_supersampled_grid(src, dst, lead):
+    x = np.random.default_rng().uniform(0, 1, (*lead, *src)).astype(np.float32)
     got = np.asarray(resample_patterns(x, dst))
     np.testing.assert_allclose(got, _supersampled(x, dst), rtol=1e-5, atol=1e-6)
     # The mean of a map over its area is kept.
