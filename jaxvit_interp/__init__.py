@@ -78,8 +78,11 @@ from jaxvit_interp.model import (
 from jaxvit_interp.notebook import show, show_head, show_image, show_pruning_curves
 from jaxvit_interp.patterns import (
     AutoencoderSettings,
+    SharedPatternSettings,
+    SharedPatternSpace,
     embed_patterns,
     extract_patterns,
+    shared_pattern_space,
     train_autoencoder,
 )
 from jaxvit_interp.pipeline import AnalysisSettings, analyze
@@ -136,6 +139,9 @@ __all__ = [
     "head_attention_maps",
     "head_faithfulness",
     "train_autoencoder",
+    "SharedPatternSettings",
+    "SharedPatternSpace",
+    "shared_pattern_space",
     "AnalysisSettings",
     "ResultsBundle",
     "analyze",

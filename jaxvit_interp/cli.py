@@ -640,10 +640,25 @@ def _site_comparison(args) -> int:
 
     names, bundles = load_runs(args.target)
     html = build_comparison_site(
-        bundles, args.out, names=names, title=args.title, layout=args.layout
+        bundles,
+        args.out,
+        names=names,
+        title=args.title,
+        layout=args.layout,
+        **_shared_pattern_options(args),
     )
     print(f"comparison site of {len(bundles)} runs written to {html}")
     return 0
+
+
+def _shared_pattern_options(args) -> dict:
+    """build_comparison_site's shared pattern space options from ``site``'s flags: computed
+    unless ``--no-shared-patterns``, its progress and notes on stderr unless ``--quiet``."""
+    return dict(
+        shared_patterns=not args.no_shared_patterns,
+        progress=not args.quiet,
+        note=None if args.quiet else lambda line: print(f"jaxvit-interp: {line}", file=sys.stderr),
+    )
 
 
 def _site_from_spec(args, spec_path: str) -> int:
@@ -708,6 +723,7 @@ def _site_comparison_from_spec(args, spec) -> int:
         names=[model.name for model in spec.models],
         title=title,
         layout=getattr(args, "layout", "auto"),
+        **_shared_pattern_options(args),
         **options,
     )
     print(f"comparison site of {len(bundles)} models written to {html}")
@@ -1000,6 +1016,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="one index.html, or index.html with a record file per image loaded on demand "
         "(default auto: one file while it stays under 30 MB)",
+    )
+    p.add_argument(
+        "--no-shared-patterns",
+        action="store_true",
+        help="comparing runs: leave out the shared pattern space (one autoencoder trained on "
+        "every run's attention patterns; kept in DIR/shared-patterns/ and reused)",
     )
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=_site)

@@ -140,7 +140,7 @@ class Setting:
         problem = self.problem(value)
         if problem is not None:
             raise InputError(f"{key} {problem}")
-        if self.many:
+        if self.many and value is not None:
             return tuple(_plain(v) for v in ((value,) if isinstance(value, str) else value))
         return _plain(value)
 

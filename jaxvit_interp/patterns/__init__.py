@@ -11,6 +11,11 @@ Pipeline, one pattern kind at a time (``"cls"`` or ``"patch"``; see :mod:`.extra
 5. :func:`embedding_summary` gives each head's view over the images: its mean position, its most
    common cluster, the cluster sizes and the embedding's density map.
 
+:func:`shared_pattern_space` (:mod:`.shared`) does the same for several runs at once, from their
+results bundles' stored attention: their patterns on one common grid, one autoencoder per kind,
+clustered once, so a cluster means the same pattern in every model (the comparison site's
+shared pattern space).
+
 :mod:`.synthetic` plants known patterns in attention maps, the ground truth the tests check the
 pipeline against.
 """
@@ -39,6 +44,14 @@ from jaxvit_interp.patterns.extract import (
     patch_pattern,
     pattern_shape,
 )
+from jaxvit_interp.patterns.shared import (
+    SharedPatternSettings,
+    SharedPatternSpace,
+    kind_table,
+    nearest_heads,
+    resample_patterns,
+    shared_pattern_space,
+)
 from jaxvit_interp.patterns.synthetic import PLANTED_KINDS, planted_attention, planted_masks
 from jaxvit_interp.patterns.train import (
     MIN_PATTERNS,
@@ -57,6 +70,8 @@ __all__ = [
     "AutoencoderSettings",
     "PatternAutoencoder",
     "PatternEmbedding",
+    "SharedPatternSettings",
+    "SharedPatternSpace",
     "TrainedAutoencoder",
     "check_attention",
     "choose_k",
@@ -66,8 +81,10 @@ __all__ = [
     "embed_patterns",
     "embedding_summary",
     "extract_patterns",
+    "kind_table",
     "kmeans",
     "majority_cluster",
+    "nearest_heads",
     "nearest_members",
     "normalize_patterns",
     "offset_counts",
@@ -76,7 +93,9 @@ __all__ = [
     "planted_attention",
     "planted_masks",
     "project",
+    "resample_patterns",
     "restore_autoencoder",
     "save_autoencoder",
+    "shared_pattern_space",
     "train_autoencoder",
 ]

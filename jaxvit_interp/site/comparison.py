@@ -13,15 +13,18 @@ Layout of ``out_dir``:
   :func:`~jaxvit_interp.site.document.build_site` unchanged but for a link above its title back
   to the comparison (``back_link``); the page's model menu (the switcher) and its links open
   them. ``<name>`` is the run's name made safe for a folder.
+- ``shared-patterns/``: the runs' shared pattern space
+  (:mod:`jaxvit_interp.patterns.shared`), drawn by the page's last panel
+  (:mod:`~jaxvit_interp.site.comparison_patterns`); built again for the same runs and settings,
+  the site reads it back instead of training again.
 
 Every run is checked before anything is written: fewer than two runs, a folder that is not a
 results bundle or one of a version this package does not read is refused with an error naming
 the run. The model sites are written first and ``index.html`` last, so a reader never finds a
 comparison page whose model links lead nowhere.
 
-Left for later (issue 27's second half): a pattern space shared by every run's heads, and the
-per-image side-by-side view of each run's rollout and prediction; both would be further panels
-of :func:`build_comparison_document`, fed by further fields of
+Left for later (issue 27's second half): the per-image side-by-side view of each run's rollout
+and prediction, a further panel of :func:`build_comparison_document`, fed by further fields of
 :class:`~jaxvit_interp.compare.RunSummary`.
 """
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,15 @@ from jaxvit_interp.bundle import BundleError, ResultsBundle, load_bundle
 from jaxvit_interp.compare import SPECIAL_KINDS, RunSummary, match_images, summarize_run
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.identity import identity_label
+from jaxvit_interp.parallel import all_devices_mesh
+from jaxvit_interp.patterns.shared import (
+    SHARED_DIR,
+    SharedPatternSettings,
+    SharedPatternSpace,
+    load_or_compute,
+)
+from jaxvit_interp.progress import ProgressArg
+from jaxvit_interp.site.comparison_patterns import shared_patterns_panel
 from jaxvit_interp.site.document import INDEX_FILE, build_site
 from jaxvit_interp.site.views.common import FONT
 from jaxvit_interp.storage import write_text
@@ -294,6 +307,7 @@ def build_comparison_document(
     folders: list[str],
     *,
     title: str | None = None,
+    shared_patterns: SharedPatternSpace | None = None,
 ) -> Document:
     """The comparison page as a validated Bokeh ``Document``.
 
@@ -302,6 +316,8 @@ def build_comparison_document(
       names: each run's name (legends, table, menu).
       folders: each run's folder under ``models/`` (the menu's links).
       title: the page's title; by default, the runs' names.
+      shared_patterns: the runs' shared pattern space, drawn as the page's last panel; None:
+        no such panel.
     """
     summaries = [summarize_run(b) for b in bundles]
     colours = [Category10_10[i % len(Category10_10)] for i in range(len(bundles))]
@@ -327,6 +343,11 @@ def build_comparison_document(
             _spread_figure(labels, summaries, colours),
             _special_figure(names, labels, summaries, colours),
         ),
+        *(
+            []
+            if shared_patterns is None
+            else [shared_patterns_panel(shared_patterns, labels, colours)]
+        ),
         name="comparison",
     )
     doc = Document()
@@ -342,6 +363,10 @@ def build_comparison_site(
     *,
     names: list[str] | None = None,
     title: str | None = None,
+    shared_patterns: bool = True,
+    pattern_settings: SharedPatternSettings | None = None,
+    progress: ProgressArg = False,
+    note: Callable[[str], None] | None = None,
     **site_options: Any,
 ) -> Path:
     """Write the comparison site of several runs into ``out_dir`` (see the module's docstring).
@@ -352,6 +377,15 @@ def build_comparison_site(
       names: each run's name, distinct (default ``run-1``, ``run-2``, ...; the command names
         them after their folders, :func:`run_names`).
       title: the comparison page's title.
+      shared_patterns: compute the runs' shared pattern space (or read it back from
+        ``out_dir/shared-patterns/`` when it was computed there for the same runs and
+        ``pattern_settings``) and draw it; False: no such panel.
+      pattern_settings: how the shared pattern space is built
+        (:class:`~jaxvit_interp.patterns.shared.SharedPatternSettings`; None: the defaults).
+      progress: reports the shared pattern space's work
+        (:func:`~jaxvit_interp.progress.start_progress`).
+      note: told a line when the shared pattern space is reused, computed or left without a
+        kind.
       site_options: given to :func:`~jaxvit_interp.site.document.build_site` for every run's
         own site (``layout``, ``max_attention_images``, ``compression``, ``thumbnail_size``).
 
@@ -361,8 +395,19 @@ def build_comparison_site(
     names = _check_runs(bundles, names)
     taken: set[str] = set()
     folders = [_folder_name(n, taken) for n in names]
-    doc = build_comparison_document(bundles, names, folders, title=title)
     out_dir = Path(out_dir)
+    shared = None
+    if shared_patterns:
+        shared = load_or_compute(
+            bundles,
+            names,
+            out_dir / SHARED_DIR,
+            pattern_settings,
+            mesh=all_devices_mesh(),
+            progress=progress,
+            note=note,
+        )
+    doc = build_comparison_document(bundles, names, folders, title=title, shared_patterns=shared)
     # Each model's site sits two folders below the page: its link back leads there.
     back = (f"../../{INDEX_FILE}", f"back to the comparison of {len(bundles)} models")
     for bundle, folder in zip(bundles, folders):

@@ -155,7 +155,9 @@ def _source(page, name: str) -> dict:
 @pytest.mark.slow
 def test_a_run_compared_with_itself_draws_identical_curves(runs, browser, tmp_path):
     bundle = runs["vit"]
-    index = build_comparison_site([bundle, bundle], tmp_path / "site", names=["a", "a<b>"])
+    index = build_comparison_site(
+        [bundle, bundle], tmp_path / "site", names=["a", "a<b>"], shared_patterns=False
+    )  # the shared pattern space: tests/site/test_compare_shared.py
     page = _open(browser, index)
     try:
         want = _reference(bundle)
@@ -181,7 +183,8 @@ def test_the_command_compares_unlike_runs_and_links_each_models_site(runs, brows
     for name, bundle in runs.items():
         folders.append(str(save_bundle(bundle, tmp_path / "runs" / name)))
     out = tmp_path / "site"
-    assert main(["site", *folders, "--out", str(out), "--layout", "single"]) == 0
+    command = ["site", *folders, "--out", str(out), "--layout", "single", "--no-shared-patterns"]
+    assert main(command) == 0
     page = _open(browser, out / "index.html")
     try:
         assert page.problems == []

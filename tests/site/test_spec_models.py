@@ -240,7 +240,7 @@ def test_site_build_runs_each_table_into_its_folder_and_links_each_site_back(
     )
     out = tmp_path / "site"
     run_main = _run_main()
-    result = run_main(capsys, "site", "build", spec, "--out", out, "--max-images", "8")
+    result = run_main(capsys, "site", "build", spec, "--out", out, "--max-images", "8", "--no-shared-patterns")
     assert result.returncode == 0, result.stderr
     # --max-images caps every table: a's 12 to 8; b keeps its own 6. Each its own settings.
     assert asked == [
@@ -323,7 +323,8 @@ def test_site_build_analyses_each_model_once(tmp_path, capsys, rng):
         '[[model]]\nname = "b"\nmodel = "tiny"\n[model.analysis]\nseed = 1\n',
     )
     out = tmp_path / "site"
-    command = ["site", "build", spec, "--out", out, "--max-images", "8", "--layout", "single"]
+    command = ["site", "build", spec, "--out", out, "--max-images", "8", "--layout", "single",
+               "--no-shared-patterns"]  # fmt: skip
     first = run_main(capsys, *command)
     assert first.returncode == 0, first.stderr
     for name, seed in (("a", 0), ("b", 1)):
