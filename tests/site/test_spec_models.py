@@ -240,7 +240,9 @@ def test_site_build_runs_each_table_into_its_folder_and_links_each_site_back(
     )
     out = tmp_path / "site"
     run_main = _run_main()
-    result = run_main(capsys, "site", "build", spec, "--out", out, "--max-images", "8", "--no-shared-patterns")
+    result = run_main(
+        capsys, "site", "build", spec, "--out", out, "--max-images", "8", "--no-shared-patterns"
+    )
     assert result.returncode == 0, result.stderr
     # --max-images caps every table: a's 12 to 8; b keeps its own 6. Each its own settings.
     assert asked == [
