@@ -44,6 +44,7 @@ from jaxvit_interp.bundle import BundleError, ResultsBundle, load_bundle
 from jaxvit_interp.compare import SPECIAL_KINDS, RunSummary, match_images, summarize_run
 from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.identity import identity_label
+from jaxvit_interp.site.comparison_images import image_panel
 from jaxvit_interp.site.document import INDEX_FILE, build_site
 from jaxvit_interp.site.views.common import FONT
 from jaxvit_interp.storage import write_text
@@ -326,6 +327,7 @@ def build_comparison_document(
             _spread_figure(labels, summaries, colours),
             _special_figure(names, labels, summaries, colours),
         ),
+        image_panel(bundles, names, colours),
         name="comparison",
     )
     doc = Document()
