@@ -13,7 +13,8 @@ share no image, each column shows its own run's first images, and the panel says
 Everything the page needs for every image is stored once, compactly, in named
 ``ColumnDataSource`` columns (BokehJS decodes NumPy arrays of these types as typed arrays):
 
-- ``images_choice``: a row per image shown (``id``: its id, or each run's own in ``text``);
+- the menu ``images_select``: an entry per image shown, its id (runs sharing no image: its
+  place, and each run's own id in ``text``);
 - ``images_run_{r}``: a row per image for run ``r``: its row in the run (``image``), its
   prediction in words (``text``), the rollout map's range (``rollout_lo``, ``rollout_hi``), its
   row among the explained images shown (``explain_row``, -1: not explained) and its photo's row
@@ -49,19 +50,22 @@ from bokeh.models import (
     Range1d,
     Select,
 )
+from bokeh.transform import dodge
 
 from jaxvit_interp.bundle import ResultsBundle
 from jaxvit_interp.compare import ImageComparison, RunImages, compare_images
 from jaxvit_interp.site.callbacks import js_code
-from jaxvit_interp.site.sources import pack_thumbnails, short_name
-from jaxvit_interp.site.views.common import FONT, patch_cells, plot, text_box, wrap
+from jaxvit_interp.site.sources import pack_thumbnails
+from jaxvit_interp.site.views.common import FONT, patch_cells, plot, text_box
 from jaxvit_interp.site.views.pattern import HEAT_PALETTE
 
 # The photos' longest side in pixels: 9,216 bytes an image (RGBA), stored once for all runs.
 PHOTO_SIZE = 48
-# A run's rollout panel, and each explanation map's, in pixels a side (the grid's longer side).
+# A run's rollout panel in pixels a side (the grid's longer side).
 ROLLOUT_PX = 200
-EXPLAIN_PX = 64
+# Explanation maps a row, under the rollout and as wide; the pixels a letter of their names takes.
+EXPLAIN_ACROSS = 3
+LABEL_CHAR_PX = 5.5
 LEVELS = 255
 NO_EXPLANATIONS = "no explanations part in this run"
 
@@ -114,18 +118,19 @@ def _photos(bundle: ResultsBundle, index: np.ndarray, size: int) -> np.ndarray:
 
 def panel_tables(
     bundles: list[ResultsBundle], comparison: ImageComparison, *, photo_size: int = PHOTO_SIZE
-) -> dict[str, dict[str, Any]]:
-    """The panel's stored tables (source name -> columns; see the module's docstring)."""
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The menu's entries and the panel's stored tables (source name -> columns; see the
+    module's docstring)."""
     tables: dict[str, dict[str, Any]] = {}
     first = comparison.runs[0]
     if comparison.shared:
-        tables["images_choice"] = {"id": list(first.ids)}
+        menu = list(first.ids)
         photos = _photos(bundles[0], first.index, photo_size)
         tables["images_photos"] = {"rgba": photos.reshape(-1)}
     else:
         count = max(len(run.index) for run in comparison.runs)
-        tables["images_choice"] = {"id": [f"image {j + 1} of each run" for j in range(count)]}
-    count = len(tables["images_choice"]["id"])
+        menu = [f"image {j + 1} of each run" for j in range(count)]
+    count = len(menu)
     for r, (bundle, run) in enumerate(zip(bundles, comparison.runs, strict=True)):
         n = len(run.index)
         # A run with fewer images than the menu (runs sharing none) repeats its last one.
@@ -154,7 +159,7 @@ def panel_tables(
         tables[f"images_explain_{r}"] = {"code": codes.reshape(-1)}
         tables[f"images_explain_range_{r}"] = {"lo": lo.reshape(-1), "hi": hi.reshape(-1)}
         tables[f"images_run_{r}"] = table
-    return tables
+    return menu, tables
 
 
 def _cells(tables: dict, r: int, run: RunImages, j: int) -> dict[str, list]:
@@ -216,6 +221,66 @@ def _photo_data(tables: dict, r: int, shared: bool, shape, grid, j: int) -> dict
     }
 
 
+def _explain_plot(r: int, run: RunImages, tables: dict, photo, cells):
+    """Run ``r``'s explanation maps, :data:`EXPLAIN_ACROSS` a row in one plot (one plot per run
+    rather than per method: a page of several runs opens faster with fewer plots), each over the
+    photo in F1's style with its own colour mapper; ``(None, [])`` for a run without them."""
+    if not run.methods:
+        return None, []
+    gh, gw = run.grid
+    M = len(run.methods)
+    across, rows = min(M, EXPLAIN_ACROSS), -(-M // EXPLAIN_ACROSS)
+    gap, label = 0.2 * max(gh, gw), 0.3 * max(gh, gw)
+    x_end, y_start = across * (gw + gap) - gap, -(rows - 1) * (gh + label)
+    # As wide as the run's rollout plot; a method's name cut to what fits above its map.
+    px = ROLLOUT_PX / max(gh, gw) * gw / x_end
+    chars = max(4, int((gw + gap) * px / LABEL_CHAR_PX))
+    q = plot(
+        "explanation maps",
+        None,
+        None,
+        name=f"images_explain_plot_{r}",
+        frame_width=int(x_end * px),
+        frame_height=int((gh + label - y_start) * px),
+        x_range=Range1d(0, x_end),
+        y_range=Range1d(y_start, gh + label),
+    )
+    q.min_border_right = 4
+    q.xaxis.visible = q.yaxis.visible = False
+    q.grid.visible = False
+    table, ranges = tables[f"images_run_{r}"], tables[f"images_explain_range_{r}"]
+    row_ = int(table["explain_row"][0])
+    mappers, names = [], {"x": [], "y": [], "text": []}
+    for m, method in enumerate(run.methods):
+        x0, y0 = (m % EXPLAIN_ACROSS) * (gw + gap), -(m // EXPLAIN_ACROSS) * (gh + label)
+        q.image_rgba(image="image", x=x0, y=y0, dw="dw", dh="dh", source=photo, origin="top_left")
+        lo = float(ranges["lo"][row_ * M + m]) if row_ >= 0 else 0.0
+        hi = float(ranges["hi"][row_ * M + m]) if row_ >= 0 else 1.0
+        mapper = LinearColorMapper(palette=HEAT_PALETTE, low=lo, high=hi if hi > lo else lo + 1)
+        g = q.rect(
+            dodge("x", x0), dodge("y", y0), 1, 1, source=cells,
+            fill_color={"field": f"heat_{m}", "transform": mapper},
+            fill_alpha=f"alpha_{m}", line_color="#ffffff", line_alpha=0.35,
+        )  # fmt: skip
+        q.add_tools(
+            HoverTool(
+                renderers=[g],
+                tooltips=[
+                    ("method", method),
+                    ("patch (row, col)", "(@row, @col)"),
+                    ("map", f"@heat_{m}{{0.0000}}"),
+                ],
+            )
+        )
+        mappers.append(mapper)
+        names["x"].append(x0)
+        names["y"].append(y0 + gh + 0.05 * label)
+        names["text"].append(method if len(method) <= chars else method[: chars - 1] + "…")
+    q.text("x", "y", "text", source=ColumnDataSource(names), text_font_size="10px",
+           text_color="#555", text_baseline="bottom")  # fmt: skip
+    return q, mappers
+
+
 def _text(name: str, text: str, width: int) -> Div:
     """A named Div that shows ``text`` literally (labels and ids from a bundle are never HTML)."""
     div = text_box(None, None, text, width=width)
@@ -232,13 +297,12 @@ def image_panel(
 ) -> Column:
     """The per-image panel of the comparison page (see the module's docstring)."""
     comparison = compare_images(bundles)
-    tables = panel_tables(bundles, comparison, photo_size=photo_size)
+    ids, tables = panel_tables(bundles, comparison, photo_size=photo_size)
     stored = {name: ColumnDataSource(cols, name=name) for name, cols in tables.items()}
-    ids = tables["images_choice"]["id"]
     choice = Select(
         title="Image:",
         value="0",
-        options=[(str(j), short_name(i)) for j, i in enumerate(ids)],
+        options=[(str(j), i) for j, i in enumerate(ids)],
         name="images_select",
         width=260,
     )
@@ -287,48 +351,8 @@ def image_panel(
                 tooltips=[("patch (row, col)", "(@row, @col)"), ("rollout", "@heat{0.0000}")],
             )
         )
-        mappers, maps = [], []
-        ranges = tables[f"images_explain_range_{r}"]
-        for m, method in enumerate(run.methods):
-            small = EXPLAIN_PX / max(gh, gw)
-            q = plot(
-                short_name(method),
-                None,
-                None,
-                name=f"images_explain_plot_{r}_{m}",
-                frame_width=int(gw * small),
-                frame_height=int(gh * small),
-                x_range=Range1d(0, gw),
-                y_range=Range1d(0, gh),
-            )
-            q.min_border_left = q.min_border_right = 4
-            q.xaxis.visible = q.yaxis.visible = False
-            q.grid.visible = False
-            q.image_rgba(image="image", x="x", y="y", dw="dw", dh="dh", source=photo,
-                         origin="top_left")  # fmt: skip
-            row_ = int(tables[f"images_run_{r}"]["explain_row"][0])
-            lo = float(ranges["lo"][row_ * len(run.methods) + m]) if row_ >= 0 else 0.0
-            hi = float(ranges["hi"][row_ * len(run.methods) + m]) if row_ >= 0 else 1.0
-            explain_mapper = LinearColorMapper(
-                palette=HEAT_PALETTE, low=lo, high=hi if hi > lo else lo + 1
-            )
-            g = q.rect(
-                "x", "y", 1, 1, source=cells,
-                fill_color={"field": f"heat_{m}", "transform": explain_mapper},
-                fill_alpha=f"alpha_{m}", line_color="#ffffff", line_alpha=0.35,
-            )  # fmt: skip
-            q.add_tools(
-                HoverTool(
-                    renderers=[g],
-                    tooltips=[
-                        ("patch (row, col)", "(@row, @col)"),
-                        ("map", f"@heat_{m}{{0.0000}}"),
-                    ],
-                )
-            )
-            mappers.append(explain_mapper)
-            maps.append(q)
         width = int(gw * scale) + 50
+        maps, mappers = _explain_plot(r, run, tables, photo, cells)
         text = _text(f"images_text_{r}", tables[f"images_run_{r}"]["text"][0], width)
         explained = int(tables[f"images_run_{r}"]["explain_row"][0]) >= 0
         count = explained_count(bundle)
@@ -338,7 +362,7 @@ def image_panel(
             f"{html.escape(name)}</span>",
             width=width,
         )
-        parts = [title, text, p, note] + ([wrap(*maps, width=width)] if maps else [])
+        parts = [title, text, p, note] + ([maps] if maps is not None else [])
         columns.append(column(*parts, width=width))
         runs_js.append(
             {
