@@ -49,6 +49,7 @@ from bokeh.models import (
     LinearColorMapper,
     Range1d,
     Select,
+    TapTool,
 )
 from bokeh.transform import dodge
 
@@ -63,6 +64,10 @@ from jaxvit_interp.site.views.pattern import HEAT_PALETTE
 PHOTO_SIZE = 48
 # A run's rollout panel in pixels a side (the grid's longer side).
 ROLLOUT_PX = 200
+# The chooser's strip: photos a page, their side in pixels, and the gap between them (a share).
+STRIP = 12
+STRIP_PX = 56
+STRIP_GAP = 0.12
 # Explanation maps a row, under the rollout and as wide; the pixels a letter of their names takes.
 EXPLAIN_ACROSS = 3
 LABEL_CHAR_PX = 5.5
@@ -281,6 +286,72 @@ def _explain_plot(r: int, run: RunImages, tables: dict, photo, cells):
     return q, mappers
 
 
+def strip_data(photos: np.ndarray, shape, count: int, j: int) -> dict[str, list]:
+    """The strip's columns while image ``j`` is chosen: the :data:`STRIP` images of its page,
+    side by side (``slot``: each one's place in the menu; ``line``: the chosen one's outline)."""
+    th, tw = shape
+    start = (j // STRIP) * STRIP
+    slots = list(range(start, min(start + STRIP, count)))
+    width = tw / max(th, tw)
+    return {
+        "image": [photos[k * th * tw : (k + 1) * th * tw].reshape(th, tw) for k in slots],
+        "x": [i * (1 + STRIP_GAP) for i in range(len(slots))],
+        "y": [0.0] * len(slots),
+        "dw": [width] * len(slots),
+        "dh": [th / max(th, tw)] * len(slots),
+        "cx": [i * (1 + STRIP_GAP) + width / 2 for i in range(len(slots))],
+        "slot": slots,
+        "line": [2.5 if k == j else 0.0 for k in slots],
+    }
+
+
+def _strip(choice: Select, stored: dict, shape, count: int, shared: bool):
+    """The chooser's strip of the shared images' photos, a page of :data:`STRIP` at a time (the
+    chosen image's page, outlined); clicking a photo chooses it. None when the runs share no
+    image (each column then shows its own run's photos)."""
+    if not shared:
+        return None, {}
+    source = ColumnDataSource(
+        strip_data(np.asarray(stored["images_photos"].data["rgba"]), shape, count, 0),
+        name="images_strip",
+    )
+    side = STRIP_PX
+    p = plot(
+        f"the {count} shared images, {STRIP} a page: click one to choose it",
+        None,
+        None,
+        name="images_strip_plot",
+        frame_width=int(STRIP * (1 + STRIP_GAP) * side),
+        frame_height=side,
+        x_range=Range1d(-STRIP_GAP / 2, STRIP * (1 + STRIP_GAP) - STRIP_GAP / 2),
+        y_range=Range1d(0, 1),
+    )
+    p.xaxis.visible = p.yaxis.visible = False
+    p.grid.visible = False
+    photos = p.image_rgba(
+        image="image", x="x", y="y", dw="dw", dh="dh", source=source, origin="top_left"
+    )
+    # A box per photo takes the clicks (image glyphs are not hit-tested) and outlines the chosen.
+    boxes = p.rect(
+        "cx", 0.5, "dw", "dh", source=source, fill_alpha=0, line_color="#1f77b4",
+        line_width="line",
+    )  # fmt: skip
+    # Selection is only the click: nothing dims.
+    boxes.nonselection_glyph = boxes.glyph.clone()
+    boxes.selection_glyph = boxes.glyph.clone()
+    photos.nonselection_glyph = photos.glyph.clone()
+    p.add_tools(TapTool(renderers=[boxes]))
+    source.selected.js_on_change(
+        "indices",
+        CustomJS(
+            args={"choice": choice, "strip": source},
+            code="const i = strip.selected.indices; if (i.length) {"
+            " choice.value = String(strip.data.slot[i[0]]); strip.selected.indices = []; }",
+        ),
+    )
+    return p, {"strip": source, "strip_photos": stored["images_photos"], "strip_shape": list(shape)}
+
+
 def _text(name: str, text: str, width: int) -> Div:
     """A named Div that shows ``text`` literally (labels and ids from a bundle are never HTML)."""
     div = text_box(None, None, text, width=width)
@@ -383,8 +454,9 @@ def image_panel(
                 "note": note,
             }
         )
+    strip, strip_args = _strip(choice, stored, runs_js[0]["photo_shape"], len(ids), shared)
     draw = CustomJS(
-        args={"choice": choice, "runs": runs_js},
+        args={"choice": choice, "runs": runs_js, **strip_args},
         code=js_code("compare_images"),
         module=True,
     )
@@ -408,6 +480,7 @@ def image_panel(
         heading,
         _text("images_panel_note", said, 900),
         row(choice, column(Div(text="&nbsp;"), row(back, forward))),
+        *([strip] if strip is not None else []),
         row(*columns),
         name="compare_images",
     )

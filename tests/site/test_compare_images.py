@@ -13,6 +13,7 @@ from jaxvit_interp.compare import UNSHARED_IMAGES, compare_images
 from jaxvit_interp.site.comparison import build_comparison_document
 from jaxvit_interp.site.comparison_images import (
     NO_EXPLANATIONS,
+    STRIP,
     decode_maps,
     encode_maps,
     explain_note,
@@ -262,6 +263,16 @@ def test_runs_sharing_no_image_show_their_own_first_images(site_seed):
     assert explain_note(0, False) == NO_EXPLANATIONS
 
 
+def _wait_outlined(page, j: int) -> None:
+    """Wait for the page's code to have drawn image ``j`` (CustomJS runs asynchronously): the
+    strip outlines it, and the strip is drawn first, every run's column in the same call."""
+    page.wait_for_function(
+        """(j) => { const d = Bokeh.documents[0].get_model_by_name('images_strip').data;
+          return Array.from(d.slot).some((k, i) => k === j && d.line[i] > 0); }""",
+        arg=j,
+    )
+
+
 @pytest.mark.slow
 def test_choosing_another_image_redraws_every_runs_maps(panel_runs, browser, tmp_path, site_seed):
     names = ["vit", EVIL, "probe"]
@@ -285,6 +296,7 @@ def test_choosing_another_image_redraws_every_runs_maps(panel_runs, browser, tmp
                 "String(j); }",
                 j,
             )
+            _wait_outlined(page, j)
             drawn = page.evaluate(
                 """(count) => {
                   const doc = Bokeh.documents[0], out = [];
@@ -324,6 +336,21 @@ def test_choosing_another_image_redraws_every_runs_maps(panel_runs, browser, tmp
                     assert (got["note"] == "") == (v["maps"] is not None)
                 else:
                     assert got["note"] == NO_EXPLANATIONS
+        # The strip shows the chosen image's page, the chosen one outlined; a click chooses.
+        strip = page.evaluate(
+            "() => { const d = Bokeh.documents[0].get_model_by_name('images_strip').data;"
+            " return {slot: Array.from(d.slot), line: Array.from(d.line)}; }"
+        )
+        assert strip["slot"] == list(range(min(STRIP, n)))  # image 0 is chosen last
+        assert [k for k, w in zip(strip["slot"], strip["line"]) if w > 0] == [0]
+        k = int(rng.integers(1, len(strip["slot"])))
+        page.evaluate(
+            "(k) => { Bokeh.documents[0].get_model_by_name('images_strip').selected.indices = [k]; }",
+            k,
+        )
+        _wait_outlined(page, strip["slot"][k])
+        chosen = page.evaluate("() => Bokeh.documents[0].get_model_by_name('images_select').value")
+        assert chosen == str(strip["slot"][k])
         assert page.evaluate("() => window.__xss") is None
         assert problems == []
     finally:

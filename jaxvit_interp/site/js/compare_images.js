@@ -15,9 +15,24 @@ function decode(codes, at, length, lo, hi) {
   return Array.from({length}, (_, p) => lo + codes[at * length + p] * (hi - lo) / LEVELS);
 }
 
-export default function drawImages({choice, runs}) {
+// The strip of photos: the page of STRIP holding image j, j outlined (comparison_images.strip_data).
+const STRIP = 12, STRIP_GAP = 0.12;
+function drawStrip(strip, photos, [TH, TW], j, count, ndarray) {
+  const start = Math.floor(j / STRIP) * STRIP;
+  const slots = Array.from({length: Math.min(STRIP, count - start)}, (_, i) => start + i);
+  const rgba = photos.data.rgba, width = TW / Math.max(TH, TW);
+  const image = slots.map((k) => ndarray(new Uint32Array(rgba.buffer,
+    rgba.byteOffset + k * TH * TW * 4, TH * TW), {dtype: "uint32", shape: [TH, TW]}));
+  strip.data = {image, slot: slots, x: slots.map((_, i) => i * (1 + STRIP_GAP)),
+    y: slots.map(() => 0), dw: slots.map(() => width), dh: slots.map(() => TH / Math.max(TH, TW)),
+    cx: slots.map((_, i) => i * (1 + STRIP_GAP) + width / 2),
+    line: slots.map((k) => k === j ? 2.5 : 0)};
+}
+
+export default function drawImages({choice, runs, strip, strip_photos, strip_shape}) {
   const {ndarray} = Bokeh.require("core/util/ndarray");
   const j = Number(choice.value);
+  if (strip) drawStrip(strip, strip_photos, strip_shape, j, choice.options.length, ndarray);
   for (const run of runs) {
     const t = run.table.data;
     const [GH, GW] = run.grid, P = GH * GW;
