@@ -2,18 +2,22 @@
 one chosen image, side by side.
 
 The images are those every run holds, matched by id (:func:`~jaxvit_interp.compare.
-compare_images`), in the first run's order; a menu (and its previous / next buttons) chooses one.
-For the chosen image each run has a column: the image's photo under the run's rollout map, on the
-run's own patch grid, in view D4's overlay style (the same palette, each map scaled to its own
-maximum); a small panel per explanation method where the run has the explanations part and the
-image is one it explained (view F1's style, each map scaled to its own range); and the prediction
-in words (class, probability, and whether it is the label where the run knows it). When the runs
-share no image, each column shows its own run's first images, and the panel says so.
+compare_images`), in the first run's order; a menu (its previous / next buttons, and a strip of
+the photos of :data:`STRIP` images at a time, the chosen one's page) chooses one: a menu of 1,000
+entries stays usable where 1,000 thumbnails side by side would not. For the chosen image each
+run has a column: the image's photo under the run's rollout map, on the run's own patch grid, in
+view D4's overlay style (the same palette, each map scaled to its own maximum); a small map per
+explanation method where the run has the explanations part and the image is one it explained
+(view F1's style, each map scaled to its own range; a run's maps share one plot, since a page of
+several runs opens faster with fewer plots); and the prediction in words (class, probability, and
+whether it is the label where the run knows it). When the runs share no image, each column shows
+its own run's first images, and the panel says so (and has no strip).
 
 Everything the page needs for every image is stored once, compactly, in named
 ``ColumnDataSource`` columns (BokehJS decodes NumPy arrays of these types as typed arrays):
 
-- the menu ``images_select``: an entry per image shown, its id (runs sharing no image: its
+- the menu ``images_select`` (its value: the chosen image's place) and the strip
+  ``images_strip``: an entry per image shown, its id (runs sharing no image: its
   place, and each run's own id in ``text``);
 - ``images_run_{r}``: a row per image for run ``r``: its row in the run (``image``), its
   prediction in words (``text``), the rollout map's range (``rollout_lo``, ``rollout_hi``), its

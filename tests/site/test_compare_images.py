@@ -248,6 +248,7 @@ def test_runs_sharing_no_image_show_their_own_first_images(site_seed):
     rng = np.random.default_rng([site_seed, 11])
     bundles = _runs(rng, [f"a-{i}" for i in range(20)], [f"b-{i}" for i in range(5)],
                     [f"c-{i}" for i in range(30)])  # fmt: skip
+    del bundles[2].parts["rollout"]  # a bundle from before the rollout stage
     doc = build_comparison_document(bundles, ["a", "b", "c"], ["a", "b", "c"])
     note = doc.get_model_by_name("images_panel_note").text
     assert note.startswith("The runs share no image")
@@ -261,6 +262,11 @@ def test_runs_sharing_no_image_show_their_own_first_images(site_seed):
         assert table["text"][0].startswith(f"image {bundle.meta['image_ids'][0]}: ")
         assert doc.get_model_by_name(f"images_photos_{r}") is not None
     assert explain_note(0, False) == NO_EXPLANATIONS
+    assert len(_source(doc, "images_rollout_2")["code"]) == 0
+    assert (
+        doc.get_model_by_name("images_rollout_plot_2").title.text == "no rollout part in this run"
+    )
+    assert doc.get_model_by_name("images_strip") is None
 
 
 def _wait_outlined(page, j: int) -> None:
@@ -352,6 +358,59 @@ def test_choosing_another_image_redraws_every_runs_maps(panel_runs, browser, tmp
         chosen = page.evaluate("() => Bokeh.documents[0].get_model_by_name('images_select').value")
         assert chosen == str(strip["slot"][k])
         assert page.evaluate("() => window.__xss") is None
+        assert problems == []
+    finally:
+        page.close()
+
+
+@pytest.mark.slow
+def test_runs_sharing_no_image_redraw_their_own_images(browser, tmp_path, site_seed):
+    rng = np.random.default_rng([site_seed, 13])
+    bundles = _runs(rng, [f"a-{i}" for i in range(20)], [f"b-{i}" for i in range(5)],
+                    [f"c-{i}" for i in range(30)])  # fmt: skip
+    del bundles[1].parts["rollout"]
+    doc = build_comparison_document(bundles, ["a", "b", "c"], ["a", "b", "c"])
+    path = tmp_path / "index.html"
+    path.write_text(file_html(doc, resources=INLINE, title=doc.title), encoding="utf-8")
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else 0)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    try:
+        page.goto(path.resolve().as_uri())
+        page.wait_for_function("() => window.Bokeh && Bokeh.documents[0]?.is_idle")
+        j = int(rng.integers(5, UNSHARED_IMAGES))  # past the 5 images of run b
+        page.evaluate(
+            "(j) => { Bokeh.documents[0].get_model_by_name('images_select').value = String(j); }",
+            j,
+        )
+        # Without a strip, wait for the last column's text (drawn last) to be image j's.
+        want = _source(doc, "images_run_2")["text"][j]
+        page.wait_for_function(
+            "(t) => Bokeh.documents[0].get_model_by_name('images_text_2').text === t", arg=want
+        )
+        comparison = compare_images(bundles)
+        for r, bundle in enumerate(bundles):
+            row = min(j, len(bundle.meta["image_ids"]) - 1)
+            text = page.evaluate(
+                f"() => Bokeh.documents[0].get_model_by_name('images_text_{r}').text"
+            )
+            assert text.startswith(f"image {bundle.meta['image_ids'][row]}: ")
+            photo = page.evaluate(
+                f"() => Array.from(Bokeh.documents[0].get_model_by_name('images_photo_{r}')"
+                ".data.image[0])"
+            )
+            assert (
+                photo
+                == pack_thumbnails(bundle["images"]["thumbnails"][[row]], 48)[0].ravel().tolist()
+            )
+            heat = page.evaluate(
+                f"() => Array.from(Bokeh.documents[0].get_model_by_name('images_cells_{r}').data.heat)"
+            )
+            if "rollout" in bundle.parts:
+                _close(heat, np.asarray(bundle["rollout"]["map"][row], np.float64).reshape(-1))
+            else:
+                assert heat == [0] * (comparison.runs[r].grid[0] * comparison.runs[r].grid[1])
         assert problems == []
     finally:
         page.close()
