@@ -211,7 +211,7 @@ def explained_count(bundle: ResultsBundle) -> int:
 
 
 def explain_note(count: int, explained: bool) -> str:
-    """What a run's explanation panels say of an image (the page's code says the same)."""
+    """What a run's explanation panels say of an image (the page's code shows these strings)."""
     if not count:
         return NO_EXPLANATIONS
     return "" if explained else f"this image is not one of the {count} images the run explained"
@@ -353,7 +353,11 @@ def _strip(choice: Select, stored: dict, shape, count: int, shared: bool):
             " choice.value = String(strip.data.slot[i[0]]); strip.selected.indices = []; }",
         ),
     )
-    return p, {"strip": source, "strip_photos": stored["images_photos"], "strip_shape": list(shape)}
+    return p, {
+        "strip": source,
+        "strip_photos": stored["images_photos"],
+        "strip_layout": {"shape": list(shape), "page": STRIP, "gap": STRIP_GAP},
+    }
 
 
 def _text(name: str, text: str, width: int) -> Div:
@@ -449,7 +453,8 @@ def image_panel(
                 "photo_shape": shape,
                 "grid": [gh, gw],
                 "methods": len(run.methods),
-                "explained": count,
+                # What the explanation panels say of an image not explained, and of one explained.
+                "notes": [explain_note(count, False), explain_note(count, True)],
                 "photo": photo,
                 "cells": cells,
                 "mapper": mapper,

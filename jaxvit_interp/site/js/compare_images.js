@@ -4,35 +4,31 @@
 // range), decoded from uint8 codes as lo + code (hi - lo) / 255, and its prediction in words.
 
 const LEVELS = 255;
-const NO_EXPLANATIONS = "no explanations part in this run";
-
-// The explanation panels' note (comparison_images.explain_note says the same).
-const explainNote = (count, explained) => !count ? NO_EXPLANATIONS
-  : explained ? "" : `this image is not one of the ${count} images the run explained`;
 
 // Map `at` of `length` codes, read back into values.
 function decode(codes, at, length, lo, hi) {
   return Array.from({length}, (_, p) => lo + codes[at * length + p] * (hi - lo) / LEVELS);
 }
 
-// The strip of photos: the page of STRIP holding image j, j outlined (comparison_images.strip_data).
-const STRIP = 12, STRIP_GAP = 0.12;
-function drawStrip(strip, photos, [TH, TW], j, count, ndarray) {
+// The strip of photos: the page holding image j, j outlined (comparison_images.strip_data;
+// `layout`: the photos' shape, the images a page and the gap between them).
+function drawStrip(strip, photos, layout, j, count, ndarray) {
+  const [TH, TW] = layout.shape, STRIP = layout.page, GAP = layout.gap;
   const start = Math.floor(j / STRIP) * STRIP;
   const slots = Array.from({length: Math.min(STRIP, count - start)}, (_, i) => start + i);
   const rgba = photos.data.rgba, width = TW / Math.max(TH, TW);
   const image = slots.map((k) => ndarray(new Uint32Array(rgba.buffer,
     rgba.byteOffset + k * TH * TW * 4, TH * TW), {dtype: "uint32", shape: [TH, TW]}));
-  strip.data = {image, slot: slots, x: slots.map((_, i) => i * (1 + STRIP_GAP)),
+  strip.data = {image, slot: slots, x: slots.map((_, i) => i * (1 + GAP)),
     y: slots.map(() => 0), dw: slots.map(() => width), dh: slots.map(() => TH / Math.max(TH, TW)),
-    cx: slots.map((_, i) => i * (1 + STRIP_GAP) + width / 2),
+    cx: slots.map((_, i) => i * (1 + GAP) + width / 2),
     line: slots.map((k) => k === j ? 2.5 : 0)};
 }
 
-export default function drawImages({choice, runs, strip, strip_photos, strip_shape}) {
+export default function drawImages({choice, runs, strip, strip_photos, strip_layout}) {
   const {ndarray} = Bokeh.require("core/util/ndarray");
   const j = Number(choice.value);
-  if (strip) drawStrip(strip, strip_photos, strip_shape, j, choice.options.length, ndarray);
+  if (strip) drawStrip(strip, strip_photos, strip_layout, j, choice.options.length, ndarray);
   for (const run of runs) {
     const t = run.table.data;
     const [GH, GW] = run.grid, P = GH * GW;
@@ -67,6 +63,6 @@ export default function drawImages({choice, runs, strip, strip_photos, strip_sha
     }
     run.cells.data = cells;
     run.text.text = t.text[j];
-    run.note.text = explainNote(run.explained, row >= 0);
+    run.note.text = run.notes[row >= 0 ? 1 : 0];
   }
 }
