@@ -26,9 +26,11 @@ Everything the page needs for every image is stored once, compactly, in named
 - ``images_rollout_{r}``: ``code``, uint8, a map of ``gh * gw`` codes per image, row-major;
 - ``images_explain_{r}`` (``code``, uint8, ``method * gh * gw`` per explained image) and
   ``images_explain_range_{r}`` (``lo``, ``hi``, float32, a row per explained image and method);
-- ``images_photos``: ``rgba``, the photos as packed RGBA ``uint32`` rows of at most
-  :data:`PHOTO_SIZE` pixels a side (the analysis's thumbnails, shrunk), once for every run when
-  the runs share the images (the first run's), one table per run (``images_photos_{r}``) when not.
+- ``images_photos``: ``jpeg``, the photos as JPEG ``data:`` URLs (the analysis's thumbnails,
+  at most :data:`PHOTO_SIZE` pixels a side, quality :data:`PHOTO_QUALITY`; the browser decodes
+  them natively, and a JPEG is a quarter to a sixth of the packed RGBA the single-model page
+  draws its thumbnails from), once for every run when the runs share the images (the first
+  run's), one table per run (``images_photos_{r}``) when not.
 
 A map is coded to its own range: ``code = round(255 (v - lo) / (hi - lo))``, read back as
 ``lo + code (hi - lo) / 255`` (:func:`encode_maps`, :func:`decode_maps`), within ``(hi - lo) /
@@ -60,12 +62,15 @@ from bokeh.transform import dodge
 from jaxvit_interp.bundle import ResultsBundle
 from jaxvit_interp.compare import ImageComparison, RunImages, compare_images
 from jaxvit_interp.site.callbacks import js_code
+from jaxvit_interp.site.records import jpeg_data_url
 from jaxvit_interp.site.sources import pack_thumbnails
 from jaxvit_interp.site.views.common import FONT, patch_cells, plot, text_box
 from jaxvit_interp.site.views.pattern import HEAT_PALETTE
 
-# The photos' longest side in pixels: 9,216 bytes an image (RGBA), stored once for all runs.
+# The photos' longest side in pixels (the analysis's thumbnails' size) and their JPEG quality:
+# 2-3.5 kB an image as a data URL at 48 px, stored once for all runs.
 PHOTO_SIZE = 48
+PHOTO_QUALITY = 90
 # A run's rollout panel in pixels a side (the grid's longer side).
 ROLLOUT_PX = 200
 # The chooser's strip: photos a page, their side in pixels, and the gap between them (a share).
@@ -119,10 +124,18 @@ def prediction_text(run: RunImages, j: int, *, with_id: bool) -> str:
     return head + f"{text}; label {label}: {verdict}"
 
 
-def _photos(bundle: ResultsBundle, index: np.ndarray, size: int) -> np.ndarray:
-    """``[n, h, w]`` packed RGBA photos of the bundle's images ``index``."""
+def photo_pixels(bundle: ResultsBundle, index, size: int = PHOTO_SIZE) -> np.ndarray:
+    """``[n, h, w, 3]`` uint8: the photos of the bundle's images ``index`` as the panel stores
+    them (before JPEG): their thumbnails shrunk to ``size`` a side as the single-model page
+    shrinks them (:func:`~jaxvit_interp.site.sources.pack_thumbnails`)."""
     thumbnails = np.asarray(bundle["images"]["thumbnails"][np.asarray(index, np.int64)])
-    return pack_thumbnails(thumbnails, size)
+    packed = pack_thumbnails(thumbnails, size)
+    return packed.view(np.uint8).reshape(*packed.shape, 4)[..., :3]  # little-endian: R first
+
+
+def _photos(bundle: ResultsBundle, index, size: int) -> list[str]:
+    """The photos of the bundle's images ``index`` as JPEG ``data:`` URLs."""
+    return [jpeg_data_url(p, PHOTO_QUALITY) for p in photo_pixels(bundle, index, size)]
 
 
 def panel_tables(
@@ -134,8 +147,7 @@ def panel_tables(
     first = comparison.runs[0]
     if comparison.shared:
         menu = list(first.ids)
-        photos = _photos(bundles[0], first.index, photo_size)
-        tables["images_photos"] = {"rgba": photos.reshape(-1)}
+        tables["images_photos"] = {"jpeg": _photos(bundles[0], first.index, photo_size)}
     else:
         count = max(len(run.index) for run in comparison.runs)
         menu = [f"image {j + 1} of each run" for j in range(count)]
@@ -145,8 +157,7 @@ def panel_tables(
         # A run with fewer images than the menu (runs sharing none) repeats its last one.
         at = np.minimum(np.arange(count), n - 1) if n else np.zeros(count, np.int64)
         if not comparison.shared:
-            photos = _photos(bundle, run.index, photo_size)
-            tables[f"images_photos_{r}"] = {"rgba": photos.reshape(-1)}
+            tables[f"images_photos_{r}"] = {"jpeg": _photos(bundle, run.index, photo_size)}
         table: dict[str, Any] = {
             "image": run.index[at].astype(np.int32),
             "text": [prediction_text(run, int(j), with_id=not comparison.shared) for j in at],
@@ -217,17 +228,11 @@ def explain_note(count: int, explained: bool) -> str:
     return "" if explained else f"this image is not one of the {count} images the run explained"
 
 
-def _photo_data(tables: dict, r: int, shared: bool, shape, grid, j: int) -> dict[str, list]:
-    th, tw = shape
-    rgba = tables["images_photos" if shared else f"images_photos_{r}"]["rgba"]
+def _photo_data(tables: dict, r: int, shared: bool, grid, j: int) -> dict[str, list]:
+    """Run ``r``'s photo source while image ``j`` is chosen: its JPEG over the patch grid."""
+    urls = tables["images_photos" if shared else f"images_photos_{r}"]["jpeg"]
     k = int(tables[f"images_run_{r}"]["photo"][j])
-    return {
-        "image": [rgba[k * th * tw : (k + 1) * th * tw].reshape(th, tw)],
-        "x": [0],
-        "y": [0],
-        "dw": [grid[1]],
-        "dh": [grid[0]],
-    }
+    return {"url": [urls[k]], "x": [0], "y": [grid[0]], "w": [grid[1]], "h": [grid[0]]}
 
 
 def _explain_plot(r: int, run: RunImages, tables: dict, photo, cells):
@@ -262,7 +267,7 @@ def _explain_plot(r: int, run: RunImages, tables: dict, photo, cells):
     mappers, names = [], {"x": [], "y": [], "text": []}
     for m, method in enumerate(run.methods):
         x0, y0 = (m % EXPLAIN_ACROSS) * (gw + gap), -(m // EXPLAIN_ACROSS) * (gh + label)
-        q.image_rgba(image="image", x=x0, y=y0, dw="dw", dh="dh", source=photo, origin="top_left")
+        q.image_url(url="url", x=x0, y=y0 + gh, w="w", h="h", anchor="top_left", source=photo)
         lo = float(ranges["lo"][row_ * M + m]) if row_ >= 0 else 0.0
         hi = float(ranges["hi"][row_ * M + m]) if row_ >= 0 else 1.0
         mapper = LinearColorMapper(palette=HEAT_PALETTE, low=lo, high=hi if hi > lo else lo + 1)
@@ -290,20 +295,21 @@ def _explain_plot(r: int, run: RunImages, tables: dict, photo, cells):
     return q, mappers
 
 
-def strip_data(photos: np.ndarray, shape, count: int, j: int) -> dict[str, list]:
-    """The strip's columns while image ``j`` is chosen: the :data:`STRIP` images of its page,
+def strip_data(photos: list[str], shape, count: int, j: int) -> dict[str, list]:
+    """The strip's columns while image ``j`` is chosen: the :data:`STRIP` photos of its page,
     side by side (``slot``: each one's place in the menu; ``line``: the chosen one's outline)."""
     th, tw = shape
     start = (j // STRIP) * STRIP
     slots = list(range(start, min(start + STRIP, count)))
-    width = tw / max(th, tw)
+    width, height = tw / max(th, tw), th / max(th, tw)
     return {
-        "image": [photos[k * th * tw : (k + 1) * th * tw].reshape(th, tw) for k in slots],
+        "url": [photos[k] for k in slots],
         "x": [i * (1 + STRIP_GAP) for i in range(len(slots))],
-        "y": [0.0] * len(slots),
-        "dw": [width] * len(slots),
-        "dh": [th / max(th, tw)] * len(slots),
+        "y": [height] * len(slots),
+        "w": [width] * len(slots),
+        "h": [height] * len(slots),
         "cx": [i * (1 + STRIP_GAP) + width / 2 for i in range(len(slots))],
+        "cy": [height / 2] * len(slots),
         "slot": slots,
         "line": [2.5 if k == j else 0.0 for k in slots],
     }
@@ -316,7 +322,7 @@ def _strip(choice: Select, stored: dict, shape, count: int, shared: bool):
     if not shared:
         return None, {}
     source = ColumnDataSource(
-        strip_data(np.asarray(stored["images_photos"].data["rgba"]), shape, count, 0),
+        strip_data(stored["images_photos"].data["jpeg"], shape, count, 0),
         name="images_strip",
     )
     side = STRIP_PX
@@ -332,18 +338,15 @@ def _strip(choice: Select, stored: dict, shape, count: int, shared: bool):
     )
     p.xaxis.visible = p.yaxis.visible = False
     p.grid.visible = False
-    photos = p.image_rgba(
-        image="image", x="x", y="y", dw="dw", dh="dh", source=source, origin="top_left"
-    )
+    p.image_url(url="url", x="x", y="y", w="w", h="h", anchor="top_left", source=source)
     # A box per photo takes the clicks (image glyphs are not hit-tested) and outlines the chosen.
     boxes = p.rect(
-        "cx", 0.5, "dw", "dh", source=source, fill_alpha=0, line_color="#1f77b4",
+        "cx", "cy", "w", "h", source=source, fill_alpha=0, line_color="#1f77b4",
         line_width="line",
     )  # fmt: skip
     # Selection is only the click: nothing dims.
     boxes.nonselection_glyph = boxes.glyph.clone()
     boxes.selection_glyph = boxes.glyph.clone()
-    photos.nonselection_glyph = photos.glyph.clone()
     p.add_tools(TapTool(renderers=[boxes]))
     source.selected.js_on_change(
         "indices",
@@ -397,11 +400,9 @@ def image_panel(
     ):
         gh, gw = run.grid
         photos = stored["images_photos" if shared else f"images_photos_{r}"]
-        # Shared images: every run shows the first run's photos.
-        owner = bundles[0] if shared else bundle
-        shape = list(_photos(owner, [0], photo_size).shape[1:])
-        photo = ColumnDataSource(_photo_data(tables, r, shared, shape, run.grid, 0),
-                                 name=f"images_photo_{r}")  # fmt: skip
+        photo = ColumnDataSource(
+            _photo_data(tables, r, shared, run.grid, 0), name=f"images_photo_{r}"
+        )
         first = _cells(tables, r, run, 0)
         cells = ColumnDataSource(patch_cells(gh, gw, **first), name=f"images_cells_{r}")
         scale = ROLLOUT_PX / max(gh, gw)
@@ -417,7 +418,7 @@ def image_panel(
         )
         p.xaxis.visible = p.yaxis.visible = False
         p.grid.visible = False
-        p.image_rgba(image="image", x="x", y="y", dw="dw", dh="dh", source=photo, origin="top_left")
+        p.image_url(url="url", x="x", y="y", w="w", h="h", anchor="top_left", source=photo)
         top = max(first["heat"]) if first["heat"] else 0.0
         mapper = LinearColorMapper(palette=HEAT_PALETTE, low=0, high=top if top > 0 else 1)
         cell = p.rect(
@@ -450,7 +451,6 @@ def image_panel(
                 "explain": stored[f"images_explain_{r}"],
                 "explain_range": stored[f"images_explain_range_{r}"],
                 "photos": photos,
-                "photo_shape": shape,
                 "grid": [gh, gw],
                 "methods": len(run.methods),
                 # What the explanation panels say of an image not explained, and of one explained.
@@ -463,7 +463,8 @@ def image_panel(
                 "note": note,
             }
         )
-    strip, strip_args = _strip(choice, stored, runs_js[0]["photo_shape"], len(ids), shared)
+    shape = photo_pixels(bundles[0], [0], photo_size).shape[1:3]
+    strip, strip_args = _strip(choice, stored, shape, len(ids), shared)
     draw = CustomJS(
         args={"choice": choice, "runs": runs_js, **strip_args},
         code=js_code("compare_images"),

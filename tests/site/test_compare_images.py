@@ -4,10 +4,14 @@ Chromium, choosing another image redraws every run's column with that image's ma
 
 from __future__ import annotations
 
+import base64
+import io
+
 import numpy as np
 import pytest
 from bokeh.embed import file_html
 from bokeh.resources import INLINE
+from PIL import Image
 
 from jaxvit_interp.compare import UNSHARED_IMAGES, compare_images
 from jaxvit_interp.site.comparison import build_comparison_document
@@ -18,7 +22,6 @@ from jaxvit_interp.site.comparison_images import (
     encode_maps,
     explain_note,
 )
-from jaxvit_interp.site.sources import pack_thumbnails
 from jaxvit_interp.site.synthetic import synthetic_bundle
 
 # A name meant to break out of HTML, as an image id and a run name.
@@ -162,6 +165,17 @@ def _source(doc, name: str) -> dict:
     return doc.get_model_by_name(name).data
 
 
+def _is_photo_of(url: str, bundle, row: int) -> None:
+    """``url`` is a JPEG of the bundle's thumbnail ``row`` (tiny synthetic thumbnails are stored
+    at their size): within JPEG's error of it, and nearer it than any other image's."""
+    assert url.startswith("data:image/jpeg;base64,")
+    decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
+    pixels = np.asarray(decoded, np.float64)
+    thumbnails = np.asarray(bundle["images"]["thumbnails"], np.float64)
+    error = np.abs(thumbnails - pixels).mean(axis=(1, 2, 3))
+    assert error[row] <= 8 and int(np.argmin(error)) == row, (error[row], error.min())
+
+
 def _menu(doc) -> list[str]:
     return [label for _, label in doc.get_model_by_name("images_select").options]
 
@@ -204,11 +218,9 @@ def test_the_pages_tables_hold_each_runs_values_for_a_random_shared_image(panel_
     assert shared
     j = int(np.random.default_rng(site_seed).integers(len(comparison.match.shared)))
     assert _menu(doc) == comparison.match.shared
-    th, tw = pack_thumbnails(panel_runs[0]["images"]["thumbnails"][:1], 48).shape[1:]
-    first_row = comparison.runs[0].index[j]
-    photo = pack_thumbnails(panel_runs[0]["images"]["thumbnails"][[first_row]], 48)[0]
-    stored = np.asarray(_source(doc, "images_photos")["rgba"])
-    np.testing.assert_array_equal(stored[j * th * tw : (j + 1) * th * tw].reshape(th, tw), photo)
+    photos = _source(doc, "images_photos")["jpeg"]
+    assert len(photos) == len(comparison.match.shared)
+    _is_photo_of(photos[j], panel_runs[0], comparison.runs[0].index[j])
     for r, (bundle, values) in enumerate(zip(panel_runs, want)):
         v, run = values[j], comparison.runs[r]
         rollout, maps = _stored_image(doc, r, j, run.grid, len(run.methods))
@@ -308,10 +320,10 @@ def test_choosing_another_image_redraws_every_runs_maps(panel_runs, browser, tmp
                   const doc = Bokeh.documents[0], out = [];
                   for (let r = 0; r < count; r++) {
                     const d = doc.get_model_by_name(`images_cells_${r}`).data;
-                    const photo = doc.get_model_by_name(`images_photo_${r}`).data.image[0];
+                    const photo = doc.get_model_by_name(`images_photo_${r}`).data.url[0];
                     out.push({
                       cells: Object.fromEntries(Object.entries(d).map(([k, v]) => [k, Array.from(v)])),
-                      photo: Array.from(photo),
+                      photo,
                       text: doc.get_model_by_name(`images_text_${r}`).text,
                       note: doc.get_model_by_name(`images_explain_note_${r}`).text,
                     });
@@ -320,11 +332,9 @@ def test_choosing_another_image_redraws_every_runs_maps(panel_runs, browser, tmp
                 }""",
                 len(panel_runs),
             )
-            first_row = comparison.runs[0].index[j]
-            photo = pack_thumbnails(panel_runs[0]["images"]["thumbnails"][[first_row]], 48)[0]
             for r, (run, values, got) in enumerate(zip(comparison.runs, want, drawn)):
                 v = values[j]
-                assert got["photo"] == photo.reshape(-1).tolist()
+                assert got["photo"] == _source(doc, "images_photos")["jpeg"][j]
                 heat = np.asarray(got["cells"]["heat"])
                 _close(heat, np.asarray(v["rollout"], np.float64).reshape(-1))
                 top = np.max(heat)
@@ -397,13 +407,9 @@ def test_runs_sharing_no_image_redraw_their_own_images(browser, tmp_path, site_s
             )
             assert text.startswith(f"image {bundle.meta['image_ids'][row]}: ")
             photo = page.evaluate(
-                f"() => Array.from(Bokeh.documents[0].get_model_by_name('images_photo_{r}')"
-                ".data.image[0])"
+                f"() => Bokeh.documents[0].get_model_by_name('images_photo_{r}').data.url[0]"
             )
-            assert (
-                photo
-                == pack_thumbnails(bundle["images"]["thumbnails"][[row]], 48)[0].ravel().tolist()
-            )
+            _is_photo_of(photo, bundle, row)
             heat = page.evaluate(
                 f"() => Array.from(Bokeh.documents[0].get_model_by_name('images_cells_{r}').data.heat)"
             )

@@ -1,7 +1,8 @@
 // The comparison page's per-image panel (site/comparison_images.py): when an image is chosen in
-// the menu, each run's column is redrawn from the run's compact tables: its photo, its rollout
-// map (D4's overlay: scaled to its maximum) and each explanation map (F1's: scaled to its own
-// range), decoded from uint8 codes as lo + code (hi - lo) / 255, and its prediction in words.
+// the menu, each run's column is redrawn from the run's compact tables: its photo (a JPEG data
+// URL, which the browser decodes), its rollout map (D4's overlay: scaled to its maximum) and each
+// explanation map (F1's: scaled to its own range), decoded from uint8 codes as
+// lo + code (hi - lo) / 255, and its prediction in words.
 
 const LEVELS = 255;
 
@@ -12,31 +13,25 @@ function decode(codes, at, length, lo, hi) {
 
 // The strip of photos: the page holding image j, j outlined (comparison_images.strip_data;
 // `layout`: the photos' shape, the images a page and the gap between them).
-function drawStrip(strip, photos, layout, j, count, ndarray) {
+function drawStrip(strip, photos, layout, j, count) {
   const [TH, TW] = layout.shape, STRIP = layout.page, GAP = layout.gap;
   const start = Math.floor(j / STRIP) * STRIP;
   const slots = Array.from({length: Math.min(STRIP, count - start)}, (_, i) => start + i);
-  const rgba = photos.data.rgba, width = TW / Math.max(TH, TW);
-  const image = slots.map((k) => ndarray(new Uint32Array(rgba.buffer,
-    rgba.byteOffset + k * TH * TW * 4, TH * TW), {dtype: "uint32", shape: [TH, TW]}));
-  strip.data = {image, slot: slots, x: slots.map((_, i) => i * (1 + GAP)),
-    y: slots.map(() => 0), dw: slots.map(() => width), dh: slots.map(() => TH / Math.max(TH, TW)),
-    cx: slots.map((_, i) => i * (1 + GAP) + width / 2),
+  const w = TW / Math.max(TH, TW), h = TH / Math.max(TH, TW);
+  const x = slots.map((_, i) => i * (1 + GAP));
+  strip.data = {url: slots.map((k) => photos.data.jpeg[k]), slot: slots, x,
+    y: slots.map(() => h), w: slots.map(() => w), h: slots.map(() => h),
+    cx: x.map((v) => v + w / 2), cy: slots.map(() => h / 2),
     line: slots.map((k) => k === j ? 2.5 : 0)};
 }
 
 export default function drawImages({choice, runs, strip, strip_photos, strip_layout}) {
-  const {ndarray} = Bokeh.require("core/util/ndarray");
   const j = Number(choice.value);
-  if (strip) drawStrip(strip, strip_photos, strip_layout, j, choice.options.length, ndarray);
+  if (strip) drawStrip(strip, strip_photos, strip_layout, j, choice.options.length);
   for (const run of runs) {
     const t = run.table.data;
     const [GH, GW] = run.grid, P = GH * GW;
-    const [TH, TW] = run.photo_shape;
-    const rgba = run.photos.data.rgba, k = t.photo[j];
-    const pixels = new Uint32Array(rgba.buffer, rgba.byteOffset + k * TH * TW * 4, TH * TW);
-    run.photo.data = {image: [ndarray(pixels, {dtype: "uint32", shape: [TH, TW]})],
-                      x: [0], y: [0], dw: [GW], dh: [GH]};
+    run.photo.data = {url: [run.photos.data.jpeg[t.photo[j]]], x: [0], y: [GH], w: [GW], h: [GH]};
     const cells = {...run.cells.data};
     const codes = run.rollout.data.code;
     const heat = codes.length ? decode(codes, j, P, t.rollout_lo[j], t.rollout_hi[j])
