@@ -235,48 +235,43 @@ def _photo_data(tables: dict, r: int, shared: bool, grid, j: int) -> dict[str, l
     return {"url": [urls[k]], "x": [0], "y": [grid[0]], "w": [grid[1]], "h": [grid[0]]}
 
 
-def _explain_plot(r: int, run: RunImages, tables: dict, photo, cells):
-    """Run ``r``'s explanation maps, :data:`EXPLAIN_ACROSS` a row in one plot (one plot per run
-    rather than per method: a page of several runs opens faster with fewer plots), each over the
-    photo in F1's style with its own colour mapper; ``(None, [])`` for a run without them."""
+def _explain_maps(p, run: RunImages, tables: dict, r: int, photo, cells) -> list:
+    """Draw run ``r``'s explanation maps into its rollout plot ``p``, under the rollout map and
+    as wide, :data:`EXPLAIN_ACROSS` a row, each over the photo in F1's style with its own colour
+    mapper (in the rollout's plot rather than plots of their own: a page of several runs opens
+    faster with fewer plots); returns the mappers (none for a run without the maps)."""
     if not run.methods:
-        return None, []
+        return []
     gh, gw = run.grid
     M = len(run.methods)
+    px = ROLLOUT_PX / max(gh, gw)  # screen pixels a patch of the rollout map takes
     across, rows = min(M, EXPLAIN_ACROSS), -(-M // EXPLAIN_ACROSS)
-    gap, label = 0.2 * max(gh, gw), 0.3 * max(gh, gw)
-    x_end, y_start = across * (gw + gap) - gap, -(rows - 1) * (gh + label)
-    # As wide as the run's rollout plot; a method's name cut to what fits above its map.
-    px = ROLLOUT_PX / max(gh, gw) * gw / x_end
-    chars = max(4, int((gw + gap) * px / LABEL_CHAR_PX))
-    q = plot(
-        "explanation maps",
-        None,
-        None,
-        name=f"images_explain_plot_{r}",
-        frame_width=int(x_end * px),
-        frame_height=int((gh + label - y_start) * px),
-        x_range=Range1d(0, x_end),
-        y_range=Range1d(y_start, gh + label),
-    )
-    q.min_border_right = 4
-    q.xaxis.visible = q.yaxis.visible = False
-    q.grid.visible = False
+    gap, label, header = 8 / px, 14 / px, 20 / px  # in the plot's units, patches
+    shrink = (gw - (EXPLAIN_ACROSS - 1) * gap) / (EXPLAIN_ACROSS * gw)  # a map's patch
+    width, height = gw * shrink, gh * shrink
+    chars = max(4, int((width + gap) * px / LABEL_CHAR_PX))
+    cells.data = {
+        **cells.data,
+        "sx": [(c + 0.5) * shrink for c in cells.data["col"]],
+        "sy": [(gh - r_ - 0.5) * shrink for r_ in cells.data["row"]],
+    }
     table, ranges = tables[f"images_run_{r}"], tables[f"images_explain_range_{r}"]
     row_ = int(table["explain_row"][0])
-    mappers, names = [], {"x": [], "y": [], "text": []}
+    names: dict[str, list] = {"x": [0.0], "y": [-0.9 * header], "text": ["explanation maps"]}
+    mappers = []
     for m, method in enumerate(run.methods):
-        x0, y0 = (m % EXPLAIN_ACROSS) * (gw + gap), -(m // EXPLAIN_ACROSS) * (gh + label)
-        q.image_url(url="url", x=x0, y=y0 + gh, w="w", h="h", anchor="top_left", source=photo)
+        x0 = (m % across) * (width + gap)
+        top = -header - (m // across) * (label + height + gap) - label
+        p.image_url(url="url", x=x0, y=top, w=width, h=height, anchor="top_left", source=photo)
         lo = float(ranges["lo"][row_ * M + m]) if row_ >= 0 else 0.0
         hi = float(ranges["hi"][row_ * M + m]) if row_ >= 0 else 1.0
         mapper = LinearColorMapper(palette=HEAT_PALETTE, low=lo, high=hi if hi > lo else lo + 1)
-        g = q.rect(
-            dodge("x", x0), dodge("y", y0), 1, 1, source=cells,
+        g = p.rect(
+            dodge("sx", x0), dodge("sy", top - height), shrink, shrink, source=cells,
             fill_color={"field": f"heat_{m}", "transform": mapper},
             fill_alpha=f"alpha_{m}", line_color="#ffffff", line_alpha=0.35,
         )  # fmt: skip
-        q.add_tools(
+        p.add_tools(
             HoverTool(
                 renderers=[g],
                 tooltips=[
@@ -288,11 +283,14 @@ def _explain_plot(r: int, run: RunImages, tables: dict, photo, cells):
         )
         mappers.append(mapper)
         names["x"].append(x0)
-        names["y"].append(y0 + gh + 0.05 * label)
+        names["y"].append(top + 0.1 * label)
         names["text"].append(method if len(method) <= chars else method[: chars - 1] + "…")
-    q.text("x", "y", "text", source=ColumnDataSource(names), text_font_size="10px",
+    p.text("x", "y", "text", source=ColumnDataSource(names), text_font_size="10px",
            text_color="#555", text_baseline="bottom")  # fmt: skip
-    return q, mappers
+    bottom = -header - rows * (label + height) - (rows - 1) * gap - gap
+    p.y_range.start = bottom
+    p.frame_height = int(round((gh - bottom) * px))
+    return mappers
 
 
 def strip_data(photos: list[str], shape, count: int, j: int) -> dict[str, list]:
@@ -363,9 +361,9 @@ def _strip(choice: Select, stored: dict, shape, count: int, shared: bool):
     }
 
 
-def _text(name: str, text: str, width: int) -> Div:
+def _text(name: str, text: str, width: int, **kwargs) -> Div:
     """A named Div that shows ``text`` literally (labels and ids from a bundle are never HTML)."""
-    div = text_box(None, None, text, width=width)
+    div = text_box(None, None, text, width=width, **kwargs)
     div.name = name
     return div
 
@@ -432,18 +430,18 @@ def image_panel(
             )
         )
         width = int(gw * scale) + 50
-        maps, mappers = _explain_plot(r, run, tables, photo, cells)
-        text = _text(f"images_text_{r}", tables[f"images_run_{r}"]["text"][0], width)
+        mappers = _explain_maps(p, run, tables, r, photo, cells)
+        # Two lines each, whatever they say: the runs' plots stay side by side at one height.
+        text = _text(f"images_text_{r}", tables[f"images_run_{r}"]["text"][0], width, height=34)
         explained = int(tables[f"images_run_{r}"]["explain_row"][0]) >= 0
         count = explained_count(bundle)
-        note = _text(f"images_explain_note_{r}", explain_note(count, explained), width)
+        note = _text(f"images_explain_note_{r}", explain_note(count, explained), width, height=34)
         title = Div(
             text=f'<span style="font:600 13px {FONT}"><span style="color:{colour}">&#9632;</span> '
             f"{html.escape(name)}</span>",
             width=width,
         )
-        parts = [title, text, p, note] + ([maps] if maps is not None else [])
-        columns.append(column(*parts, width=width))
+        columns.append(column(title, text, note, p, width=width))
         runs_js.append(
             {
                 "table": stored[f"images_run_{r}"],
