@@ -6,10 +6,10 @@ compare_images`), in the first run's order; a menu (its previous / next buttons,
 the photos of :data:`STRIP` images at a time, the chosen one's page) chooses one: a menu of 1,000
 entries stays usable where 1,000 thumbnails side by side would not. For the chosen image each
 run has a column: the image's photo under the run's rollout map, on the run's own patch grid, in
-view D4's overlay style (the same palette, each map scaled to its own maximum); a small map per
-explanation method where the run has the explanations part and the image is one it explained
-(view F1's style, each map scaled to its own range; a run's maps share one plot, since a page of
-several runs opens faster with fewer plots); and the prediction in words (class, probability, and
+view D4's overlay style (the same palette, each map scaled to its own maximum); under it, in the
+same plot (a page of several runs opens faster with fewer plots), a small map per explanation
+method where the run has the explanations part and the image is one it explained (view F1's
+style, each map scaled to its own range); and the prediction in words (class, probability, and
 whether it is the label where the run knows it). When the runs share no image, each column shows
 its own run's first images, and the panel says so (and has no strip).
 
@@ -28,8 +28,8 @@ Everything the page needs for every image is stored once, compactly, in named
   ``images_explain_range_{r}`` (``lo``, ``hi``, float32, a row per explained image and method);
 - ``images_photos``: ``jpeg``, the photos as JPEG ``data:`` URLs (the analysis's thumbnails,
   at most :data:`PHOTO_SIZE` pixels a side, quality :data:`PHOTO_QUALITY`; the browser decodes
-  them natively, and a JPEG is a quarter to a sixth of the packed RGBA the single-model page
-  draws its thumbnails from), once for every run when the runs share the images (the first
+  them natively; at 48 px a photo measured 2.0-3.4 kB, against 12.3 kB of base64 packed RGBA,
+  the single-model page's thumbnails' encoding), once for every run when the runs share the images (the first
   run's), one table per run (``images_photos_{r}``) when not.
 
 A map is coded to its own range: ``code = round(255 (v - lo) / (hi - lo))``, read back as
