@@ -35,13 +35,14 @@ def _ids(rng, count: int, pool: int) -> list[str]:
 
 def _runs(rng, ids_a, ids_b, ids_c) -> list:
     """Three runs unlike each other: a 4x4 classifier with CLS and the explanations part, a 6x6
-    backbone without CLS, and a 4x4 classifier whose labels are its own predictions."""
+    backbone of patch 14 without CLS, and a 4x4 classifier whose labels are its own predictions."""
     a = synthetic_bundle(
         rng, num_images=len(ids_a), image_ids=ids_a, grid=(4, 4), explain_images=len(ids_a) // 2
     )
     b = synthetic_bundle(
-        rng, num_images=len(ids_b), image_ids=ids_b, grid=(6, 6), has_cls=False, num_classes=0
-    )
+        rng, num_images=len(ids_b), image_ids=ids_b, grid=(6, 6), patch_size=14, has_cls=False,
+        num_classes=0,
+    )  # fmt: skip
     c = synthetic_bundle(rng, num_images=len(ids_c), image_ids=ids_c, grid=(4, 4), num_classes=7)
     c.meta["labels_are_predictions"] = True
     return [a, b, c]
@@ -85,8 +86,7 @@ def _check(comparison, bundles):
     assert comparison.shared == shared
     for run, bundle, values in zip(comparison.runs, bundles, want):
         assert run.ids == [v["id"] for v in values]
-        config = bundle.meta["config"]
-        assert run.grid == (config["image_size"][0], config["image_size"][1])  # patch size 1
+        assert run.grid == bundle["rollout"]["map"].shape[1:]
         for j, v in enumerate(values):
             np.testing.assert_array_equal(run.rollout[j], v["rollout"])
             if v["predicted"] is None:
