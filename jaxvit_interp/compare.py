@@ -17,6 +17,10 @@ quantities.SCHEMA`); nothing is measured again. The comparison site
   a patch pays each special token, grouped by kind (``cls``, ``distillation``, ``registers``: the
   sum over the registers).
 - Image matching: the images of the runs matched by id (``meta["image_ids"]``).
+- Per image, side by side: for each image the runs share (or, when they share none, each run's
+  own first images), each run's rollout map on its own patch grid, its prediction and its
+  probability, the label where the run knows it, and the explanation maps where the run has an
+  ``explanations`` part (:func:`compare_images`).
 
 A part a run lacks gives ``None`` for what it would have given, never an error: a run without a
 ``strength`` part simply has no curve in the per-layer plots.
@@ -34,14 +38,19 @@ from jaxvit_interp.importance.pruning import CURVE_ORDERS
 __all__ = [
     "IMPORTANCE_METRICS",
     "SPECIAL_KINDS",
+    "UNSHARED_IMAGES",
+    "ImageComparison",
     "ImageMatch",
+    "RunImages",
     "RunSummary",
+    "compare_images",
     "importance_spread",
     "layer_profiles",
     "match_images",
     "mean_hop",
     "relative_depth",
     "removable_heads",
+    "run_images",
     "special_token_mass",
     "summarize_run",
 ]
@@ -54,6 +63,8 @@ SPECIAL_KINDS = ("cls", "distillation", "registers")
 # Pruning orders whose removable head counts are compared (the random order is a baseline of one
 # run's curves, not a property of the model's ranking).
 REMOVABLE_ORDERS = ("importance", "greedy")
+# Runs that share no image: each run's own first images the per-image comparison shows.
+UNSHARED_IMAGES = 12
 
 
 def relative_depth(num_layers: int) -> np.ndarray:
@@ -236,3 +247,132 @@ def match_images(image_ids: list[list[str]]) -> ImageMatch:
     common = set(ids[0]).intersection(*map(set, ids[1:]))
     shared = [i for i in ids[0] if i in common]
     return ImageMatch(shared=shared, same=all(set(run) == set(ids[0]) for run in ids))
+
+
+@dataclasses.dataclass
+class RunImages:
+    """One run's side of the per-image comparison: its values for each image shown.
+
+    Attributes:
+      index: ``[n]`` the images' rows in the run's bundle.
+      ids: the images' ids (``meta["image_ids"]``).
+      grid: the run's patch grid ``(gh, gw)``: runs of other patch or image sizes keep their own.
+      rollout: ``[n, gh, gw]`` the rollout map (``rollout/map``); None without a rollout part.
+      class_names: the run's classes (empty for a backbone).
+      predicted: ``[n]`` the predicted class (``images/predictions``); None for a backbone
+        (``num_classes`` 0), which predicts nothing.
+      probability: ``[n]`` the predicted class's probability (``images/probs``); None likewise.
+      label: ``[n]`` the label; None where the run does not know it (a backbone, or labels that
+        are the model's own predictions, ``meta["labels_are_predictions"]``).
+      methods: the explanation methods (``meta["explanations"]["methods"]``), empty without an
+        ``explanations`` part.
+      explain_row: ``[n]`` each image's row in the explanations part (``S_explain``), -1 where
+        the image is not one of the explained ones (all -1 without the part).
+      explain_maps: ``[n, method, gh, gw]`` the explanation maps (``explanations/maps``), NaN
+        for images not explained; None without the part.
+    """
+
+    index: np.ndarray
+    ids: list[str]
+    grid: tuple[int, int]
+    rollout: np.ndarray | None
+    class_names: list[str]
+    predicted: np.ndarray | None
+    probability: np.ndarray | None
+    label: np.ndarray | None
+    methods: list[str]
+    explain_row: np.ndarray
+    explain_maps: np.ndarray | None
+
+    @property
+    def correct(self) -> np.ndarray | None:
+        """``[n]`` whether the prediction is the label; None where either is unknown."""
+        if self.predicted is None or self.label is None:
+            return None
+        return self.predicted == self.label
+
+
+def run_images(bundle: ResultsBundle, index) -> RunImages:
+    """The :class:`RunImages` of ``bundle`` at its image rows ``index``."""
+    index = np.asarray(index, np.int64).reshape(-1)
+    meta, images = bundle.meta, bundle["images"]
+    config = meta["config"]
+    grid = (
+        config["image_size"][0] // config["patch_size"][0],
+        config["image_size"][1] // config["patch_size"][1],
+    )
+    ids = [str(meta["image_ids"][i]) for i in index]
+    rollout = None
+    if "rollout" in bundle.parts:
+        rollout = np.asarray(bundle["rollout"]["map"][index], np.float32)
+    class_names = [str(c) for c in meta.get("class_names") or []]
+    predicted = probability = label = None
+    if class_names:  # a backbone (num_classes 0) has no classifier: nothing is predicted
+        predicted = np.asarray(images["predictions"][index], np.int64)
+        probability = np.asarray(images["probs"][index, predicted], np.float32)
+        if not meta.get("labels_are_predictions", False):
+            label = np.asarray(images["labels"][index], np.int64)
+    methods: list[str] = []
+    explain_row = np.full(len(index), -1, np.int64)
+    explain_maps = None
+    if "explanations" in bundle.parts:
+        part = bundle["explanations"]
+        methods = [str(m) for m in (meta.get("explanations") or {})["methods"]]
+        row_of = {int(image): row for row, image in enumerate(part["image_index"])}
+        explain_row = np.array([row_of.get(int(i), -1) for i in index], np.int64)
+        maps = np.asarray(part["maps"], np.float32)
+        explain_maps = np.full((len(index), *maps.shape[1:]), np.nan, np.float32)
+        explained = explain_row >= 0
+        explain_maps[explained] = maps[explain_row[explained]]
+    return RunImages(
+        index=index,
+        ids=ids,
+        grid=grid,
+        rollout=rollout,
+        class_names=class_names,
+        predicted=predicted,
+        probability=probability,
+        label=label,
+        methods=methods,
+        explain_row=explain_row,
+        explain_maps=explain_maps,
+    )
+
+
+@dataclasses.dataclass
+class ImageComparison:
+    """The images shown side by side, and each run's values for them.
+
+    Attributes:
+      match: how the runs' images match (:func:`match_images`).
+      shared: the runs share images: image ``j`` of every run is the same image (the ``j``-th
+        of ``match.shared``); otherwise each run shows its own first images.
+      runs: each run's :class:`RunImages`, in the runs' order.
+    """
+
+    match: ImageMatch
+    shared: bool
+    runs: list[RunImages]
+
+
+def compare_images(
+    bundles: list[ResultsBundle], *, unshared_images: int = UNSHARED_IMAGES
+) -> ImageComparison:
+    """Each run's values for the images the runs share, matched by id, in the first run's
+    order; when they share none, for each run's own first ``unshared_images`` images."""
+    ids = [[str(i) for i in b.meta["image_ids"]] for b in bundles]
+    match = match_images(ids)
+    if match.shared:
+        rows = []
+        for run in ids:
+            first: dict[str, int] = {}
+            for row, image in enumerate(run):
+                first.setdefault(image, row)  # an id listed twice: its first image
+            rows.append([first[i] for i in match.shared])
+    else:
+        rows = [list(range(min(unshared_images, len(run)))) for run in ids]
+    return ImageComparison(
+        match=match,
+        shared=bool(match.shared),
+        runs=[run_images(b, r) for b, r in zip(bundles, rows)],
+    )

@@ -7,8 +7,10 @@ Layout of ``out_dir``:
   of head importance per run; the attention patches pay each kind of special token; a table of
   each run's shape, the heads carrying half of the importance and the heads removable before
   accuracy falls (where the run has a head-set stage); and which images the runs share. One
-  colour per run; every legend names the run and its checkpoint. Everything drawn is a summary
-  of values the bundles hold (:mod:`jaxvit_interp.compare`), computed here once.
+  colour per run; every legend names the run and its checkpoint. Below them, per image, each
+  run's rollout, explanation maps and prediction side by side
+  (:mod:`~jaxvit_interp.site.comparison_images`), and the shared pattern space. Everything drawn
+  is a summary of values the bundles hold (:mod:`jaxvit_interp.compare`), computed here once.
 - ``models/<name>/``: each run's full single-model site, written by
   :func:`~jaxvit_interp.site.document.build_site` unchanged but for a link above its title back
   to the comparison (``back_link``); the page's model menu (the switcher) and its links open
@@ -22,10 +24,6 @@ Every run is checked before anything is written: fewer than two runs, a folder t
 results bundle or one of a version this package does not read is refused with an error naming
 the run. The model sites are written first and ``index.html`` last, so a reader never finds a
 comparison page whose model links lead nowhere.
-
-Left for later (issue 27's second half): the per-image side-by-side view of each run's rollout
-and prediction, a further panel of :func:`build_comparison_document`, fed by further fields of
-:class:`~jaxvit_interp.compare.RunSummary`.
 """
 
 from __future__ import annotations
@@ -57,6 +55,7 @@ from jaxvit_interp.patterns.shared import (
     load_or_compute,
 )
 from jaxvit_interp.progress import ProgressArg
+from jaxvit_interp.site.comparison_images import image_panel
 from jaxvit_interp.site.comparison_patterns import shared_patterns_panel
 from jaxvit_interp.site.document import INDEX_FILE, build_site
 from jaxvit_interp.site.views.common import FONT
@@ -343,6 +342,7 @@ def build_comparison_document(
             _spread_figure(labels, summaries, colours),
             _special_figure(names, labels, summaries, colours),
         ),
+        image_panel(bundles, names, colours),
         *(
             []
             if shared_patterns is None
