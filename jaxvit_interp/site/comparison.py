@@ -7,23 +7,28 @@ Layout of ``out_dir``:
   of head importance per run; the attention patches pay each kind of special token; a table of
   each run's shape, the heads carrying half of the importance and the heads removable before
   accuracy falls (where the run has a head-set stage); and which images the runs share. One
-  colour per run; every legend names the run and its checkpoint. Below them, per image, each
-  run's rollout, explanation maps and prediction side by side
-  (:mod:`~jaxvit_interp.site.comparison_images`), and the shared pattern space. Everything drawn
-  is a summary of values the bundles hold (:mod:`jaxvit_interp.compare`), computed here once.
+  colour per run; every legend names the run and its checkpoint. Everything drawn is a summary
+  of values the bundles hold (:mod:`jaxvit_interp.compare`), computed here once.
+- ``images.html``: per image, each run's rollout, explanation maps and prediction side by side
+  (:mod:`~jaxvit_interp.site.comparison_images`).
+- ``patterns.html``: the runs' shared pattern space (:mod:`~jaxvit_interp.site.comparison_patterns`),
+  where the site has one.
 - ``models/<name>/``: each run's full single-model site, written by
   :func:`~jaxvit_interp.site.document.build_site` unchanged but for a link above its title back
   to the comparison (``back_link``); the page's model menu (the switcher) and its links open
   them. ``<name>`` is the run's name made safe for a folder.
-- ``shared-patterns/``: the runs' shared pattern space
-  (:mod:`jaxvit_interp.patterns.shared`), drawn by the page's last panel
-  (:mod:`~jaxvit_interp.site.comparison_patterns`); built again for the same runs and settings,
-  the site reads it back instead of training again.
+- ``shared-patterns/``: the runs' shared pattern space (:mod:`jaxvit_interp.patterns.shared`),
+  drawn by ``patterns.html``; built again for the same runs and settings, the site reads it
+  back instead of training again.
+
+The three comparison pages are separate files, linked from each other's heading, because each
+panel is dozens of plots: one page holding all three took 4.3-4.8 s to open for five
+ViT-B/16-sized runs (``benchmarks/compare_site_large.py``), each page alone opens within 3 s.
 
 Every run is checked before anything is written: fewer than two runs, a folder that is not a
 results bundle or one of a version this package does not read is refused with an error naming
-the run. The model sites are written first and ``index.html`` last, so a reader never finds a
-comparison page whose model links lead nowhere.
+the run. The model sites and the other pages are written first and ``index.html`` last, so a
+reader never finds a comparison page whose links lead nowhere.
 """
 
 from __future__ import annotations
@@ -62,6 +67,9 @@ from jaxvit_interp.site.views.common import FONT
 from jaxvit_interp.storage import write_text
 
 MODELS_DIR = "models"
+# The comparison's pages beside index.html: per image side by side, and the shared pattern space.
+IMAGES_FILE = "images.html"
+PATTERNS_FILE = "patterns.html"
 # The per-layer profiles the page plots, with their axis titles.
 LAYER_PLOTS = {
     "entropy": "mean head entropy (nats)",
@@ -300,32 +308,56 @@ def _switcher(names, folders) -> tuple[Select, Div]:
     return select, Div(text=f'<span style="font:12px {FONT}">{links}</span>', name="model_links")
 
 
+def _styles(bundles: list[ResultsBundle], names: list[str]) -> tuple[list[str], list[str]]:
+    """Each run's colour and legend label, the same on every page."""
+    colours = [Category10_10[i % len(Category10_10)] for i in range(len(bundles))]
+    return colours, [_legend_label(n, b) for n, b in zip(names, bundles)]
+
+
+def _heading(title: str, current: str, patterns_page: bool) -> Div:
+    """The page's title and the links to the comparison's other pages (``current`` unlinked)."""
+    pages = [(INDEX_FILE, "summary"), (IMAGES_FILE, "per image, side by side")]
+    if patterns_page:
+        pages.append((PATTERNS_FILE, "shared pattern space"))
+    links = " | ".join(
+        f"<b>{label}</b>" if file == current else f'<a href="{file}">{label}</a>'
+        for file, label in pages
+    )
+    return Div(
+        text=f'<div style="font:600 20px {FONT};color:#1f2328">{html.escape(title)}</div>'
+        f'<div style="font:13px {FONT};margin-top:4px">Pages: {links}</div>',
+        name="compare_title",
+    )
+
+
+def _document(title: str, layout) -> Document:
+    doc = Document()
+    doc.title = title
+    doc.add_root(layout)
+    doc.validate()
+    return doc
+
+
 def build_comparison_document(
     bundles: list[ResultsBundle],
     names: list[str],
     folders: list[str],
     *,
     title: str | None = None,
-    shared_patterns: SharedPatternSpace | None = None,
+    patterns_page: bool = False,
 ) -> Document:
-    """The comparison page as a validated Bokeh ``Document``.
+    """The comparison's summary page (``index.html``) as a validated Bokeh ``Document``.
 
     Args:
       bundles: the runs, checked.
       names: each run's name (legends, table, menu).
       folders: each run's folder under ``models/`` (the menu's links).
       title: the page's title; by default, the runs' names.
-      shared_patterns: the runs' shared pattern space, drawn as the page's last panel; None:
-        no such panel.
+      patterns_page: the site has a shared pattern space page to link to.
     """
     summaries = [summarize_run(b) for b in bundles]
-    colours = [Category10_10[i % len(Category10_10)] for i in range(len(bundles))]
-    labels = [_legend_label(n, b) for n, b in zip(names, bundles)]
+    colours, labels = _styles(bundles, names)
     title = title or "Attention compared: " + ", ".join(names)
-    heading = Div(
-        text=f'<div style="font:600 20px {FONT};color:#1f2328">{html.escape(title)}</div>',
-        name="compare_title",
-    )
     note = Div(
         text=f'<div style="font:12px {FONT};color:#555">{html.escape(_images_note(names, bundles))}'
         "</div>",
@@ -333,7 +365,7 @@ def build_comparison_document(
     )
     select, links = _switcher(names, folders)
     layout = column(
-        heading,
+        _heading(title, INDEX_FILE, patterns_page),
         note,
         row(select, links),
         _table(names, bundles, summaries, colours),
@@ -342,19 +374,48 @@ def build_comparison_document(
             _spread_figure(labels, summaries, colours),
             _special_figure(names, labels, summaries, colours),
         ),
-        image_panel(bundles, names, colours),
-        *(
-            []
-            if shared_patterns is None
-            else [shared_patterns_panel(shared_patterns, labels, colours)]
-        ),
         name="comparison",
     )
-    doc = Document()
-    doc.title = title
-    doc.add_root(layout)
-    doc.validate()
-    return doc
+    return _document(title, layout)
+
+
+def build_images_document(
+    bundles: list[ResultsBundle],
+    names: list[str],
+    *,
+    title: str | None = None,
+    patterns_page: bool = False,
+) -> Document:
+    """The comparison's per-image page (``images.html``): each run's rollout, explanation maps
+    and prediction for a chosen image, side by side
+    (:func:`~jaxvit_interp.site.comparison_images.image_panel`)."""
+    colours, _ = _styles(bundles, names)
+    title = title or "Attention compared: " + ", ".join(names)
+    layout = column(
+        _heading(title, IMAGES_FILE, patterns_page),
+        image_panel(bundles, names, colours),
+        name="comparison",
+    )
+    return _document(title, layout)
+
+
+def build_patterns_document(
+    space: SharedPatternSpace,
+    bundles: list[ResultsBundle],
+    names: list[str],
+    *,
+    title: str | None = None,
+) -> Document:
+    """The comparison's shared pattern space page (``patterns.html``)
+    (:func:`~jaxvit_interp.site.comparison_patterns.shared_patterns_panel`)."""
+    colours, labels = _styles(bundles, names)
+    title = title or "Attention compared: " + ", ".join(names)
+    layout = column(
+        _heading(title, PATTERNS_FILE, True),
+        shared_patterns_panel(space, labels, colours),
+        name="comparison",
+    )
+    return _document(title, layout)
 
 
 def build_comparison_site(
@@ -379,7 +440,7 @@ def build_comparison_site(
       title: the comparison page's title.
       shared_patterns: compute the runs' shared pattern space (or read it back from
         ``out_dir/shared-patterns/`` when it was computed there for the same runs and
-        ``pattern_settings``) and draw it; False: no such panel.
+        ``pattern_settings``) and draw it in ``patterns.html``; False: no such page.
       pattern_settings: how the shared pattern space is built
         (:class:`~jaxvit_interp.patterns.shared.SharedPatternSettings`; None: the defaults).
       progress: reports the shared pattern space's work
@@ -407,10 +468,25 @@ def build_comparison_site(
             progress=progress,
             note=note,
         )
-    doc = build_comparison_document(bundles, names, folders, title=title, shared_patterns=shared)
+    with_patterns = shared is not None
+    pages = {
+        INDEX_FILE: build_comparison_document(
+            bundles, names, folders, title=title, patterns_page=with_patterns
+        ),
+        IMAGES_FILE: build_images_document(
+            bundles, names, title=title, patterns_page=with_patterns
+        ),
+    }
+    if with_patterns:
+        pages[PATTERNS_FILE] = build_patterns_document(shared, bundles, names, title=title)
+    elif (out_dir / PATTERNS_FILE).exists():
+        (out_dir / PATTERNS_FILE).unlink()  # an earlier build's, of a space this one left out
     # Each model's site sits two folders below the page: its link back leads there.
     back = (f"../../{INDEX_FILE}", f"back to the comparison of {len(bundles)} models")
     for bundle, folder in zip(bundles, folders):
         build_site(bundle, out_dir / MODELS_DIR / folder, back_link=back, **site_options)
-    page = file_html(doc, resources=INLINE, title=doc.title)
-    return write_text(out_dir / INDEX_FILE, page)
+    # index.html last: its links lead to pages already written.
+    for file in sorted(pages, key=lambda f: f == INDEX_FILE):
+        doc = pages[file]
+        written = write_text(out_dir / file, file_html(doc, resources=INLINE, title=doc.title))
+    return written

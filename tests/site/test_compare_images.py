@@ -14,7 +14,7 @@ from bokeh.resources import INLINE
 from PIL import Image
 
 from jaxvit_interp.compare import UNSHARED_IMAGES, compare_images
-from jaxvit_interp.site.comparison import build_comparison_document
+from jaxvit_interp.site.comparison import build_images_document
 from jaxvit_interp.site.comparison_images import (
     NO_EXPLANATIONS,
     STRIP,
@@ -212,7 +212,7 @@ def _close(got, want):
 
 def test_the_pages_tables_hold_each_runs_values_for_a_random_shared_image(panel_runs, site_seed):
     names = ["vit", EVIL, "probe"]
-    doc = build_comparison_document(panel_runs, names, ["a", "b", "c"])
+    doc = build_images_document(panel_runs, names)
     comparison = compare_images(panel_runs)
     shared, want = _expected(panel_runs)
     assert shared
@@ -261,7 +261,7 @@ def test_runs_sharing_no_image_show_their_own_first_images(site_seed):
     bundles = _runs(rng, [f"a-{i}" for i in range(20)], [f"b-{i}" for i in range(5)],
                     [f"c-{i}" for i in range(30)])  # fmt: skip
     del bundles[2].parts["rollout"]  # a bundle from before the rollout stage
-    doc = build_comparison_document(bundles, ["a", "b", "c"], ["a", "b", "c"])
+    doc = build_images_document(bundles, ["a", "b", "c"])
     note = doc.get_model_by_name("images_panel_note").text
     assert note.startswith("The runs share no image")
     menu = _menu(doc)
@@ -294,8 +294,8 @@ def _wait_outlined(page, j: int) -> None:
 @pytest.mark.slow
 def test_choosing_another_image_redraws_every_runs_maps(panel_runs, browser, tmp_path, site_seed):
     names = ["vit", EVIL, "probe"]
-    doc = build_comparison_document(panel_runs, names, ["a", "b", "c"])
-    path = tmp_path / "index.html"
+    doc = build_images_document(panel_runs, names)
+    path = tmp_path / "images.html"
     path.write_text(file_html(doc, resources=INLINE, title=doc.title), encoding="utf-8")
     comparison = compare_images(panel_runs)
     shared, want = _expected(panel_runs)
@@ -379,8 +379,8 @@ def test_runs_sharing_no_image_redraw_their_own_images(browser, tmp_path, site_s
     bundles = _runs(rng, [f"a-{i}" for i in range(20)], [f"b-{i}" for i in range(5)],
                     [f"c-{i}" for i in range(30)])  # fmt: skip
     del bundles[1].parts["rollout"]
-    doc = build_comparison_document(bundles, ["a", "b", "c"], ["a", "b", "c"])
-    path = tmp_path / "index.html"
+    doc = build_images_document(bundles, ["a", "b", "c"])
+    path = tmp_path / "images.html"
     path.write_text(file_html(doc, resources=INLINE, title=doc.title), encoding="utf-8")
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
     problems: list[str] = []

@@ -102,7 +102,8 @@ def test_a_run_compared_with_itself_is_nearest_to_itself(
         np.testing.assert_array_equal(tables[0], tables[1])
         assert tables[0].sum() == L * H
 
-    page = _open(browser, out / "index.html")
+    assert "patterns.html" in (out / "index.html").read_text()  # the summary links to it
+    page = _open(browser, out / "patterns.html")
     try:
         note = page.evaluate(
             "() => Bokeh.documents[0].get_model_by_name('shared_patterns_note').text"
@@ -153,9 +154,15 @@ def test_a_run_compared_with_itself_is_nearest_to_itself(
     skipped = tmp_path / "skipped"
     assert main(["site", *folders[:2], "--out", str(skipped), "--no-shared-patterns"]) == 0
     assert not (skipped / SHARED_DIR).exists()
-    assert "shared_patterns_note" not in (skipped / "index.html").read_text()
+    assert not (skipped / "patterns.html").exists()
+    assert "patterns.html" not in (skipped / "index.html").read_text()
 
 
-def test_without_a_space_the_page_has_no_such_panel(bundle):
-    doc = build_comparison_document([bundle, bundle], ["a", "b"], ["a", "b"])
-    assert doc.get_model_by_name("shared_patterns") is None
+def test_the_summary_links_the_pattern_page_only_when_there_is_one(bundle):
+    def links(**options):
+        doc = build_comparison_document([bundle, bundle], ["a", "b"], ["a", "b"], **options)
+        return doc.get_model_by_name("compare_title").text
+
+    assert "patterns.html" not in links()
+    assert 'href="patterns.html"' in links(patterns_page=True)
+    assert 'href="images.html"' in links()
