@@ -302,7 +302,7 @@ def _compression(level: int):
 
 
 def build_site(
-    bundle: ResultsBundle,
+    bundle: ResultsBundle | list[ResultsBundle] | tuple[ResultsBundle, ...],
     out_dir: str | Path,
     *,
     title: str | None = None,
@@ -321,7 +321,21 @@ def build_site(
     ``thumbnail_size``). ``back_link``: ``(href, text)`` of a link above the title back to
     the page the site belongs to (:func:`build_document`). Other files in ``out_dir`` are left
     alone. Returns the path of ``index.html``.
+
+    Given a list of bundles, writes their comparison site instead
+    (:func:`~jaxvit_interp.site.comparison.build_comparison_site`, its runs named ``run-1``,
+    ``run-2``, ...; every option but ``back_link`` goes to each run's own site, ``title`` to the
+    comparison pages).
     """
+    if isinstance(bundle, (list, tuple)):
+        from jaxvit_interp.site.comparison import build_comparison_site  # imports this module
+
+        if back_link is not None:
+            raise InputError("back_link is for one model's site, not a comparison of several")
+        return build_comparison_site(
+            list(bundle), out_dir, title=title, max_attention_images=max_attention_images,
+            compression=compression, layout=layout, **options,
+        )  # fmt: skip
     if layout not in LAYOUTS:
         raise InputError(f"site layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     metrics, default_metric = _check_options(

@@ -243,3 +243,22 @@ def test_runs_that_cannot_be_compared_are_refused_before_anything_is_written(
     with pytest.raises(InputError, match="run b is not a results bundle"):
         build_comparison_site([runs["vit"], {"meta": {}}], out, names=["a", "b"])
     assert not out.exists()
+
+
+def test_build_site_given_several_bundles_writes_their_comparison(runs, tmp_path):
+    from jaxvit_interp.site import build_site
+
+    first, second = runs["vit"], runs["dino"]
+    index = build_site([first, second], tmp_path / "site", layout="single", shared_patterns=False)
+    assert index == tmp_path / "site" / "index.html"
+    for page in ("index.html", "images.html", "models/run-1/index.html", "models/run-2/index.html"):
+        assert (tmp_path / "site" / page).is_file()
+    assert not (tmp_path / "site" / "patterns.html").exists()
+    # Each run's own site is the single-model site, with its link back to the comparison.
+    assert (
+        "back to the comparison of 2 models"
+        in (tmp_path / "site/models/run-1/index.html").read_text()
+    )
+    with pytest.raises(InputError, match="back_link"):
+        build_site([first, second], tmp_path / "other", back_link=("../x.html", "x"))
+    assert not (tmp_path / "other").exists()
