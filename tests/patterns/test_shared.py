@@ -269,12 +269,12 @@ def test_a_stored_space_that_is_not_what_its_index_says_is_refused(runs, tmp_pat
 
 def test_runs_without_stored_attention_give_an_empty_space_the_page_explains(runs):
     from jaxvit_interp.patterns.shared import shared_pattern_space
-    from jaxvit_interp.site.comparison import build_comparison_document
+    from jaxvit_interp.site.comparison import build_patterns_document
 
     bare = runs["bare"]
     space = shared_pattern_space([bare, bare], ["x", "y"], TINY, progress=False)
     assert space.kinds == {} and space.missing == {"attention": ["x", "y"]}
-    doc = build_comparison_document([bare, bare], ["x", "y"], ["x", "y"], shared_patterns=space)
+    doc = build_patterns_document(space, [bare, bare], ["x", "y"])
     note = doc.get_model_by_name("shared_patterns_note").text
     assert "No stored attention, so no patterns: x, y." in note
     assert doc.get_model_by_name("shared_patch") is None
