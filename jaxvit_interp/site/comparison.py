@@ -330,6 +330,11 @@ def _heading(title: str, current: str, patterns_page: bool) -> Div:
     )
 
 
+def _title(title: str | None, names: list[str]) -> str:
+    """The pages' title: the caller's, or the runs' names."""
+    return title or "Attention compared: " + ", ".join(names)
+
+
 def _document(title: str, layout) -> Document:
     doc = Document()
     doc.title = title
@@ -357,7 +362,7 @@ def build_comparison_document(
     """
     summaries = [summarize_run(b) for b in bundles]
     colours, labels = _styles(bundles, names)
-    title = title or "Attention compared: " + ", ".join(names)
+    title = _title(title, names)
     note = Div(
         text=f'<div style="font:12px {FONT};color:#555">{html.escape(_images_note(names, bundles))}'
         "</div>",
@@ -390,7 +395,7 @@ def build_images_document(
     and prediction for a chosen image, side by side
     (:func:`~jaxvit_interp.site.comparison_images.image_panel`)."""
     colours, _ = _styles(bundles, names)
-    title = title or "Attention compared: " + ", ".join(names)
+    title = _title(title, names)
     layout = column(
         _heading(title, IMAGES_FILE, patterns_page),
         image_panel(bundles, names, colours),
@@ -409,7 +414,7 @@ def build_patterns_document(
     """The comparison's shared pattern space page (``patterns.html``)
     (:func:`~jaxvit_interp.site.comparison_patterns.shared_patterns_panel`)."""
     colours, labels = _styles(bundles, names)
-    title = title or "Attention compared: " + ", ".join(names)
+    title = _title(title, names)
     layout = column(
         _heading(title, PATTERNS_FILE, True),
         shared_patterns_panel(space, labels, colours),
