@@ -416,3 +416,16 @@ def text_problems(texts: list[dict], gap: float = 1.0, slack: float = 1.5) -> li
                         f"{items[j]['renderer']} text {items[j]['text']!r}"
                     )
     return problems
+
+
+def open_comparison_page(browser, path):
+    """A comparison page (any of its three), opened and drawn; its console errors and warnings
+    are kept in ``page.problems``."""
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else 0)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(path.resolve().as_uri())
+    page.wait_for_function("() => window.Bokeh && Bokeh.documents[0]?.is_idle")
+    page.problems = problems
+    return page

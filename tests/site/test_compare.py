@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+from sitepage import open_comparison_page
 
 from jaxvit_interp.bundle import INDEX_FILE as BUNDLE_INDEX
 from jaxvit_interp.cli import main
@@ -125,18 +126,6 @@ def test_images_are_matched_by_id():
     assert match_images([["a"], ["b"]]).distributions_only
 
 
-def _open(browser, path):
-    """The comparison page, opened and drawn; its console errors and warnings are recorded."""
-    page = browser.new_page(viewport={"width": 1500, "height": 1100})
-    problems: list[str] = []
-    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else 0)
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.goto(path.resolve().as_uri())
-    page.wait_for_function("() => window.Bokeh && Bokeh.documents[0]?.is_idle")
-    page.problems = problems
-    return page
-
-
 def _note(page) -> str:
     """What the page says of the runs' images."""
     return page.evaluate("() => Bokeh.documents[0].get_model_by_name('images_note').text")
@@ -158,7 +147,7 @@ def test_a_run_compared_with_itself_draws_identical_curves(runs, browser, tmp_pa
     index = build_comparison_site(
         [bundle, bundle], tmp_path / "site", names=["a", "a<b>"], shared_patterns=False
     )  # the shared pattern space: tests/site/test_compare_shared.py
-    page = _open(browser, index)
+    page = open_comparison_page(browser, index)
     try:
         want = _reference(bundle)
         for kind, fields in (("layers", ("depth", "entropy", "distance", "hop")),
@@ -185,7 +174,7 @@ def test_the_command_compares_unlike_runs_and_links_each_models_site(runs, brows
     out = tmp_path / "site"
     command = ["site", *folders, "--out", str(out), "--layout", "single", "--no-shared-patterns"]
     assert main(command) == 0
-    page = _open(browser, out / "index.html")
+    page = open_comparison_page(browser, out / "index.html")
     try:
         assert page.problems == []
         for i, bundle in enumerate(runs.values()):

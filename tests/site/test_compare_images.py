@@ -12,6 +12,7 @@ import pytest
 from bokeh.embed import file_html
 from bokeh.resources import INLINE
 from PIL import Image
+from sitepage import open_comparison_page
 
 from jaxvit_interp.compare import UNSHARED_IMAGES, compare_images
 from jaxvit_interp.site.comparison import build_images_document
@@ -300,13 +301,8 @@ def test_choosing_another_image_redraws_every_runs_maps(panel_runs, browser, tmp
     comparison = compare_images(panel_runs)
     shared, want = _expected(panel_runs)
     n = len(comparison.match.shared)
-    page = browser.new_page(viewport={"width": 1500, "height": 1100})
-    problems: list[str] = []
-    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else 0)
-    page.on("pageerror", lambda e: problems.append(str(e)))
+    page = open_comparison_page(browser, path)
     try:
-        page.goto(path.resolve().as_uri())
-        page.wait_for_function("() => window.Bokeh && Bokeh.documents[0]?.is_idle")
         rng = np.random.default_rng(site_seed)
         for j in (int(rng.integers(1, n)), 0):  # another image, then back to the first
             page.evaluate(
@@ -368,7 +364,7 @@ def test_choosing_another_image_redraws_every_runs_maps(panel_runs, browser, tmp
         chosen = page.evaluate("() => Bokeh.documents[0].get_model_by_name('images_select').value")
         assert chosen == str(strip["slot"][k])
         assert page.evaluate("() => window.__xss") is None
-        assert problems == []
+        assert page.problems == []
     finally:
         page.close()
 
@@ -382,13 +378,8 @@ def test_runs_sharing_no_image_redraw_their_own_images(browser, tmp_path, site_s
     doc = build_images_document(bundles, ["a", "b", "c"])
     path = tmp_path / "images.html"
     path.write_text(file_html(doc, resources=INLINE, title=doc.title), encoding="utf-8")
-    page = browser.new_page(viewport={"width": 1500, "height": 1100})
-    problems: list[str] = []
-    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else 0)
-    page.on("pageerror", lambda e: problems.append(str(e)))
+    page = open_comparison_page(browser, path)
     try:
-        page.goto(path.resolve().as_uri())
-        page.wait_for_function("() => window.Bokeh && Bokeh.documents[0]?.is_idle")
         j = int(rng.integers(5, UNSHARED_IMAGES))  # past the 5 images of run b
         page.evaluate(
             "(j) => { Bokeh.documents[0].get_model_by_name('images_select').value = String(j); }",
@@ -417,6 +408,6 @@ def test_runs_sharing_no_image_redraw_their_own_images(browser, tmp_path, site_s
                 _close(heat, np.asarray(bundle["rollout"]["map"][row], np.float64).reshape(-1))
             else:
                 assert heat == [0] * (comparison.runs[r].grid[0] * comparison.runs[r].grid[1])
-        assert problems == []
+        assert page.problems == []
     finally:
         page.close()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sitepage import open_comparison_page
 
 from jaxvit_interp.bundle import save_bundle
 from jaxvit_interp.cli import main
@@ -34,17 +35,6 @@ def bundle(site_seed):
     return synthetic_bundle(
         np.random.default_rng(site_seed), num_layers=3, num_heads=2, grid=(4, 4), patch_size=16
     )
-
-
-def _open(browser, path):
-    page = browser.new_page(viewport={"width": 1500, "height": 1100})
-    problems: list[str] = []
-    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else 0)
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.goto(path.resolve().as_uri())
-    page.wait_for_function("() => window.Bokeh && Bokeh.documents[0]?.is_idle")
-    page.problems = problems
-    return page
 
 
 def _selected(page, name: str) -> list[int]:
@@ -103,7 +93,7 @@ def test_a_run_compared_with_itself_is_nearest_to_itself(
         assert tables[0].sum() == L * H
 
     assert "patterns.html" in (out / "index.html").read_text()  # the summary links to it
-    page = _open(browser, out / "patterns.html")
+    page = open_comparison_page(browser, out / "patterns.html")
     try:
         note = page.evaluate(
             "() => Bokeh.documents[0].get_model_by_name('shared_patterns_note').text"
