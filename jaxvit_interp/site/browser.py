@@ -21,12 +21,14 @@ CHROMIUM_ENV = "JAXVIT_CHROMIUM"
 
 # True once BokehJS has built and drawn every root (the document's "idle" state), the page's
 # code has computed its state, which it first does when the document is ready, and no image
-# record is on its way (loading or decoding).
-DRAWN_JS = """() => {
+# record is on its way (loading or decoding): the opening state, views A-D, drawn.
+OPENED_JS = """() => {
   const doc = window.Bokeh && Bokeh.documents[0];
   return !!(doc && doc.is_idle && doc.get_model_by_name("state")?.data.image?.length
             && !(window.jaxvitRecords && window.jaxvitRecords.pending > 0));
 }"""
+# True once, besides, the views drawn after the opening state (E and F) are drawn.
+DRAWN_JS = f"""() => ({OPENED_JS})() && !(window.jaxvitDeferred?.pending > 0)"""
 # Resolves with the start time (performance.now()'s clock) of the second animation frame from
 # now: BokehJS draws what changed in the first.
 NEXT_FRAMES_JS = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"

@@ -52,3 +52,9 @@ def global_callback(args: dict[str, Any]) -> CustomJS:
 
 def cls_query_callback(args: dict[str, Any]) -> CustomJS:
     return _module("cls_query", args)
+
+
+def deferred_views_callback(views, state) -> CustomJS:
+    """The callback that adds the views held in the ``views`` row's tags (E and F) to its
+    children once the opening state is drawn (``js/deferred_views.js``)."""
+    return _module("deferred_views", {"views": views, "state": state})

@@ -214,12 +214,14 @@ def build_document(
     data = prepare_site_data(
         bundle, max_attention_images=max_attention_images, thumbnail_size=thumbnail_size
     )
-    return _document(bundle, data, title, metrics, default_metric, default_kind, back_link)
+    doc, _ = _document(bundle, data, title, metrics, default_metric, default_kind, back_link)
+    return doc
 
 
 def _document(
     bundle, data: SiteData, title, metrics, default_metric, default_kind, back_link=None
-) -> Document:
+) -> tuple[Document, int]:
+    """The document, and how many of its views are drawn after the opening state."""
     sources = make_sources(data)
     ctx = Context(
         data=data,
@@ -240,12 +242,12 @@ def _document(
     view_d = pattern.build(ctx)
     view_e = head_sets.build(ctx, bundle)
     view_f = explanations.build(ctx)  # E and F with the bundle's parts only
-    optional = [view for view in (view_e, view_f) if view is not None]
-    layout = column(
-        _header(ctx, title, bundle, back_link),
-        wrap(view_a, column(view_b, view_c), view_d, *optional),
-        name="site",
-    )
+    # E and F are drawn after the opening state (js/deferred_views.js): the page opens with A-D.
+    # Held in the row's tags until then, they are in the document (its code updates them, and
+    # `doc.get_model_by_name` finds them) without BokehJS building their views.
+    deferred = [view for view in (view_e, view_f) if view is not None]
+    views = wrap(view_a, column(view_b, view_c), view_d, name="views", tags=deferred)
+    layout = column(_header(ctx, title, bundle, back_link), views, name="site")
 
     first = _initial_head(data, default_metric)
     modes = data.info["pruning_modes"]
@@ -278,8 +280,10 @@ def _document(
     doc.title = title
     doc.add_root(layout)
     doc.js_on_event(DocumentReady, update)
+    if deferred:
+        doc.js_on_event(DocumentReady, callbacks.deferred_views_callback(views, state))
     doc.validate()
-    return doc
+    return doc, len(deferred)
 
 
 @contextlib.contextmanager
@@ -367,12 +371,15 @@ def build_site(
             data_dir = out_dir / f"{DATA_PREFIX}{build}"
             staging.rename(data_dir)  # complete before index.html names it
             data.info["records"].update(inline=False, folder=f"{data_dir.name}/{RECORDS_DIR}")
-        doc = _document(bundle, data, title, metrics, default_metric, default_kind, back_link)
+        doc, deferred = _document(
+            bundle, data, title, metrics, default_metric, default_kind, back_link
+        )
         with _compression(compression):
             page = file_html(doc, resources=INLINE, title=doc.title)
         # First in <head>, before BokehJS (whose inline code may spell "</head>" itself).
         charset = '<meta charset="utf-8">'
-        page = page.replace(charset, charset + "\n" + REGISTRY_SCRIPT, 1)
+        head = REGISTRY_SCRIPT + deferred_script(deferred)
+        page = page.replace(charset, charset + "\n" + head, 1)
         if layout == "single":
             inline = "".join(
                 f"<script>{(records / record_name(i)).read_text('utf-8')}</script>\n"
@@ -389,6 +396,12 @@ def build_site(
     for old in out_dir.glob(f".{DATA_PREFIX}*"):
         shutil.rmtree(old, ignore_errors=True)  # left by an interrupted build
     return path
+
+
+def deferred_script(pending: int) -> str:
+    """The page's count of views drawn after the opening state (``js/deferred_views.js``),
+    set in its head, before BokehJS runs, so that whoever waits for them never reads it unset."""
+    return f"<script>window.jaxvitDeferred = {{pending: {pending}}};</script>\n"
 
 
 def _before_last(text: str, marker: str, insert: str) -> str:

@@ -15,6 +15,7 @@ from jaxvit_interp.quantities import ENTROPY_BINS
 from jaxvit_interp.site.browser import FIND_VIEW_JS
 from jaxvit_interp.site.document import build_site
 from jaxvit_interp.site.sources import ID_CHARS, METRIC_INFO, short_name
+from jaxvit_interp.site.synthetic import synthetic_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -610,3 +611,43 @@ def test_fewer_classes_than_five_keep_a_shorter_top_k(tmp_path, open_page, rng):
     assert top["name"] == [names[c] for c in bundle["partial"]["top5_classes"][0, lay, h, mode]]
     assert top["y"] == [3, 2, 1]
     assert site.problems == []
+
+
+def test_views_e_and_f_join_the_page_after_its_opening_state(tmp_path, browser, rng):
+    """The page opens with A-D; E and F, held back in the views row, are added once the opening
+    state is drawn, and the page's count of views to come falls from 2 to 0. A backbone site,
+    without E and F, counts none."""
+    from jaxvit_interp.site.browser import DRAWN_JS, OPENED_JS, open_site
+
+    bundle = make_bundle(
+        rng, num_layers=2, num_heads=2, grid=(3, 3), set_images=4, explain_images=3
+    )
+    path = build_site(bundle, tmp_path / "site")
+    assert "window.jaxvitDeferred = {pending: 2}" in path.read_text()
+    page = browser.new_page()
+    try:
+        page.goto(path.resolve().as_uri())
+        page.wait_for_function(OPENED_JS, timeout=30000)
+        page.wait_for_function(DRAWN_JS, timeout=30000)
+        names = page.evaluate(
+            """() => Bokeh.documents[0].get_model_by_name("views").children.map(c => c.name)"""
+        )
+        assert names == ["view_A", None, "view_D", "view_E", "view_F"], names
+        for name in ("view_E", "view_F", "explain_curves_deletion"):
+            drawn = page.evaluate(f"(n) => ({FIND_VIEW_JS})(n)?.has_finished() ?? null", name)
+            assert drawn is True, name
+        assert page.evaluate("() => window.jaxvitDeferred.pending") == 0
+    finally:
+        page.close()
+
+    backbone = synthetic_bundle(rng, num_layers=2, num_heads=2, grid=(3, 3), num_classes=0)
+    path = build_site(backbone, tmp_path / "backbone")
+    assert "window.jaxvitDeferred = {pending: 0}" in path.read_text()
+    page = open_site(browser, path)
+    try:
+        names = page.evaluate(
+            """() => Bokeh.documents[0].get_model_by_name("views").children.map(c => c.name)"""
+        )
+        assert names == ["view_A", None, "view_D"], names
+    finally:
+        page.close()

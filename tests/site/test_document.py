@@ -200,7 +200,8 @@ def test_options_choose_the_opening_selections(bundle):
 
 def test_the_page_code_runs_once_the_document_is_ready(bundle):
     doc = build_document(bundle)
-    (ready,) = doc.callbacks.js_event_callbacks["document_ready"]
+    ready, deferred = doc.callbacks.js_event_callbacks["document_ready"]
+    assert "drawDeferred" in deferred.code  # views E and F, after the opening state
     update = doc.get_model_by_name("images").selected.js_property_callbacks["change:indices"][0]
     assert ready is update
     assert ready.module is True and "export default function update" in ready.code
