@@ -266,6 +266,8 @@ def _document(
             models[name].selected.js_on_change("indices", update)
     ctx.models["metric_select"].js_on_change("value", update)
     ctx.models["kind_toggle"].js_on_change("active", update)
+    if "patching_pair" in ctx.models:  # B5's menu, with the bundle's patching part
+        ctx.models["patching_pair"].js_on_change("value", update)
     records.js_on_change("data", update)
     search_args = {k: models[k] for k in ("images", "search", "search_status")}
     search_args["has_classifier"] = data.info["has_classifier"]

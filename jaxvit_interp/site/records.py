@@ -69,8 +69,10 @@ NOT_SHOWN = {
     ("explanations", "image_index"),
     ("explanations", "labels"),
     ("explanations", "head_area"),
-    # The patching stage's per-pair arrays: the page shows the means over the pairs (B5).
-    *(("patching", name) for name in SCHEMA["patching"] if not name.endswith("_mean")),
+    # The patching stage's patched p(y) per pair and head: B5 shows the scores (the means over
+    # the pairs, or a chosen pair's), and the title each pair's unpatched p(y).
+    ("patching", "denoising_prob"),
+    ("patching", "noising_prob"),
     *(("importance", f"{m}_class_{what}") for m in METRIC_NAMES for what in CLASS_ARRAYS),
     # The same of each further ablation kind's metrics and of the direct attribution.
     *(("importance", name) for name in SCHEMA["importance"] if "_class_" in name),

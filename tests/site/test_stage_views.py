@@ -52,8 +52,21 @@ def test_the_patching_panel_shows_the_part_and_only_with_it(kinds_run):
         name = f"patching/{direction}_score_mean"
         want = part[f"{direction}_score_mean"].reshape(-1)
         np.testing.assert_allclose(heads[name], want, atol=1e-7)
+        # What B5 opens with: the means, in the columns the page rewrites for a chosen pair.
+        np.testing.assert_allclose(heads[f"patching_shown_{direction}"], want, atol=1e-7)
     note = doc.get_model_by_name("patching_note").text
     assert f"{len(part['pairs'])} pairs" in note and f"{int(part['defined'].sum())} pairs" in note
+    # The menu: the mean, then every pair by its images' ids, the unscored ones said so.
+    menu = doc.get_model_by_name("patching_pair")
+    ids = bundle.meta["image_ids"]
+    assert menu.value == "mean"
+    assert menu.options[0] == ("mean", f"mean over the {int(part['defined'].sum())} scored pairs")
+    assert [value for value, _ in menu.options[1:]] == [str(p) for p in range(len(part["pairs"]))]
+    for (_, label), (clean, corrupt), scored in zip(
+        menu.options[1:], part["pairs"], part["defined"], strict=True
+    ):
+        assert f"{ids[clean]} -> {ids[corrupt]}" in label
+        assert ("not scored" in label) == (not scored)
     plain = build_document(_without(bundle, "patching"))
     assert plain.get_model_by_name("patching_plot") is None
     assert not any(k.startswith("patching") for k in plain.get_model_by_name("heads").data)
@@ -80,5 +93,32 @@ def test_a_click_on_a_point_chooses_its_head(kinds_run, open_page, tmp_path, wid
     j = next(i for i in range(len(noising)) if i != k and np.isfinite(noising[i]))
     site.click("patching_plot", j + 0.18, float(noising[j]))
     assert site.selected("heads") == [j] and site.state()["head"] == j
+    # B5's menu: one pair's own scores in both directions, its ids in the title; then the means.
+    patching = bundle["patching"]
+    pair = int(np.random.default_rng().integers(len(patching["pairs"])))
+    menu = site.page.locator("select", has=site.page.locator("option", has_text="pair 1:"))
+    menu.select_option(index=pair + 1)
+    site.page.wait_for_function(
+        "() => Bokeh.documents[0].get_model_by_name('patching_title').text.includes('pair')"
+    )
+    heads = site.data("heads")
+    ids = bundle.meta["image_ids"]
+    clean, corrupt = patching["pairs"][pair]
+    for direction in ("denoising", "noising"):
+        np.testing.assert_allclose(
+            np.asarray(heads[f"patching_shown_{direction}"], np.float64),
+            patching[f"{direction}_score"][pair].reshape(-1),
+            atol=1e-6,
+        )
+    title = site.prop("patching_title", "text")
+    assert f"pair {pair + 1}: {ids[clean]} -> {ids[corrupt]}" in title, title
+    assert f"{float(patching['prob_clean'][pair]):.3f} clean" in title, title
+    menu.select_option(index=0)
+    site.page.wait_for_function(
+        "() => Bokeh.documents[0].get_model_by_name('patching_title').text.includes('mean')"
+    )
+    np.testing.assert_allclose(
+        np.asarray(site.data("heads")["patching_shown_noising"], np.float64), noising, atol=1e-6
+    )
     assert site.layout_problems() == []
     assert site.problems == []

@@ -84,6 +84,10 @@ export const TEXTS = {
   explain_more_ids: "{ids} and {more} more",
   // Two lines: a metric of an ablation kind and a class scope are too long for one.
   explain_heads_x: "importance: {metric}\n{scope}",
+  patching_mean: "activation patching: mean normalised score per head",
+  patching_pair: "activation patching, pair {n}: {clean} -> {corrupt} (p(y) {p_clean} clean, " +
+    "{p_corrupt} corrupted{unscored})",
+  patching_unscored: "; too close to score",
 };
 // The explained images' ids F's note lists at most; a count says how many more there are.
 const EXPLAIN_IDS = 12;
@@ -814,11 +818,42 @@ function drawExplanations(page, s) {
     : s.image >= 0 ? fill("explain_not_explained", {id, n, ids}) : fill("explain_global", {n, ids}));
 }
 
+// B5: every head's patching scores, both directions: their means over the scored pairs, or the
+// pair chosen in the menu.
+function drawPatching(page) {
+  const {info, images, heads} = page;
+  // Only a bundle with the patching part has B5 (the page's models are looked up, not taken).
+  const patching_pair = page.patching_pair, patching_title = page.patching_title;
+  if (!patching_pair) return;
+  const LH = info.num_layers * info.num_heads, choice = patching_pair.value;
+  const pair = choice === "mean" ? null : Number(choice);
+  const columns = {};
+  for (const direction of ["denoising", "noising"]) {
+    const shown = new Array(LH);
+    for (let j = 0; j < LH; j++) {
+      shown[j] = pair === null
+        ? value(page, "patching", `${direction}_score_mean`, headAt(info, j))
+        : value(page, "patching", `${direction}_score`, {P: pair, ...headAt(info, j)});
+    }
+    columns[`patching_shown_${direction}`] = shown;
+  }
+  heads.data = {...heads.data, ...columns};
+  if (pair === null) { setText(patching_title, "text", fill("patching_mean", {})); return; }
+  const at = (cc) => value(page, "patching", "pairs", {P: pair, cc});
+  setText(patching_title, "text", fill("patching_pair", {
+    n: pair + 1, clean: images.data.id[at(0)], corrupt: images.data.id[at(1)],
+    p_clean: fixed(value(page, "patching", "prob_clean", {P: pair}), 3),
+    p_corrupt: fixed(value(page, "patching", "prob_corrupt", {P: pair}), 3),
+    unscored: value(page, "patching", "defined", {P: pair}) ? "" : TEXTS.patching_unscored,
+  }));
+}
+
 export default function update(page) {
   const s = readState(page);
   if (s === null) return;
   drawImageInfo(page, s);
   drawHeads(page, s);
+  drawPatching(page);
   drawPartial(page, s);
   drawStrength(page, s);
   drawEmbedding(page, s);
