@@ -674,7 +674,10 @@ def _site_from_spec(args, spec_path: str) -> int:
     model = _load_model(str(spec.model))
     labels_csv = str(spec.labels) if spec.labels else None
     max_images = args.max_images if args.max_images is not None else spec.max_images
-    _analyze_images(run, str(spec.images), labels_csv, max_images, model, spec.analysis, args)
+    pairs_csv = str(spec.patching_pairs) if spec.patching_pairs else None
+    _analyze_images(
+        run, str(spec.images), labels_csv, max_images, model, spec.analysis, args, pairs_csv
+    )
     options = spec.site_options()
     if args.title:
         options["title"] = args.title
@@ -708,8 +711,9 @@ def _site_comparison_from_spec(args, spec) -> int:
         max_images = model.max_images
         if args.max_images is not None:
             max_images = min(max_images, args.max_images)
+        pairs_csv = str(model.patching_pairs) if model.patching_pairs else None
         _analyze_images(
-            run, str(model.images), labels_csv, max_images, loaded, model.analysis, args
+            run, str(model.images), labels_csv, max_images, loaded, model.analysis, args, pairs_csv
         )
         del loaded
     options = spec.site_options()

@@ -7,6 +7,8 @@ Example (``sites/digits.toml``)::
                                       # relative to this file
     images = "builtin:digits"         # the built-in's held-out images, or an image folder
     # labels = "labels.csv"           # optional CSV of image ids and labels
+    # patching_pairs = "pairs.csv"    # optional CSV of clean,corrupted image files (an image
+                                      # folder's): activation patching, view B5
     max_images = 300                  # images analysed and shown in the overview
 
     [analysis]                        # AnalysisSettings: the keys, defaults and checks of
@@ -49,7 +51,8 @@ instead of the top-level ``model``: one run each, on one comparison site
     [model.analysis]                  # [analysis] keys of its own over the shared ones
     seed = 1
 
-A table's keys are checked as the top-level ones are, and named ``model[2].images``,
+A table may give its own ``labels`` and ``patching_pairs`` (of its own image folder) over the
+top-level ones. A table's keys are checked as the top-level ones are, and named ``model[2].images``,
 ``model[2].analysis.seed`` (tables counted from 1). A single ``[[model]]`` table, a top-level
 ``model`` beside the tables, two tables of one name or a table without ``name`` or ``model`` is
 refused. Everything is read and every file checked before any analysis starts.
@@ -91,8 +94,9 @@ class SiteModel:
     Attributes:
       name: the run's name on the comparison page, and its folders (``runs/<name>`` of
         ``site build``, ``models/<name>`` of the site).
-      model, images, labels, max_images, analysis: as :class:`SiteSpec`'s, the table's own where
-        it gives them, else the top-level ones (``[model.analysis]`` keys over ``[analysis]``'s).
+      model, images, labels, patching_pairs, max_images, analysis: as :class:`SiteSpec`'s, the
+        table's own where it gives them, else the top-level ones (``[model.analysis]`` keys over
+        ``[analysis]``'s).
     """
 
     name: str
@@ -101,6 +105,7 @@ class SiteModel:
     labels: Path | None
     max_images: int
     analysis: AnalysisSettings
+    patching_pairs: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -117,6 +122,9 @@ class SiteSpec:
       model: a built-in (``"builtin:digits"``, ``"builtin:shapes"``) or the checkpoint path.
       images: a built-in's held-out images (as ``model``) or the image folder.
       labels: the labels CSV, or ``None``.
+      patching_pairs: the CSV of image pairs (``clean,corrupted`` files of the image folder) the
+        analysis patches (``analyze --patching-pairs``; view B5), or ``None``. Its rows and files
+        are checked when the spec is read.
       max_images: images analysed and shown.
       analysis: the :class:`~jaxvit_interp.pipeline.settings.AnalysisSettings` of the
         ``[analysis]`` table (its ``attention_images`` is also how many images' attention
@@ -144,6 +152,7 @@ class SiteSpec:
     thumbnail_size: int | None
     compression: int
     models: tuple[SiteModel, ...] = ()
+    patching_pairs: Path | None = None
 
     def site_options(self) -> dict[str, Any]:
         """Keyword arguments of :func:`jaxvit_interp.site.build_site` this spec fixes (of
@@ -169,6 +178,7 @@ _TOP: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "model": (str, ...),
     "images": (str, ...),
     "labels": (str, None),
+    "patching_pairs": (str, None),
     "max_images": (int, 300),
 }
 # The top level of a comparison spec: its images are a default the tables may each replace.
@@ -183,6 +193,7 @@ _MODEL: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "model": (str, ...),
     "images": (str, None),
     "labels": (str, None),
+    "patching_pairs": (str, None),
     "max_images": (int, None),
 }
 _TABLES: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
@@ -268,6 +279,27 @@ def _source(
         raise SiteSpecError(f"{where}: {shown} = {value!r} must be a folder ({path})")
     if folder is False and not path.is_file():
         raise SiteSpecError(f"{where}: {shown} = {value!r} must be a file ({path})")
+    return path
+
+
+def _pairs(where: Path, value: str | None, images: str | Path, prefix: str = "") -> Path | None:
+    """The patching pairs' CSV resolved against the spec's folder, its rows and files checked
+    against the image folder ``images`` (``prefix`` names the table that gives the key)."""
+    if value is None:
+        return None
+    from jaxvit_interp.data.images import read_pairs_csv
+
+    shown = f"{prefix}patching_pairs = {value!r}"
+    if isinstance(images, str):  # a built-in's held-out images, which are not files
+        raise SiteSpecError(
+            f"{where}: {shown} names image files, and images = {images!r} has none: give an "
+            "image folder"
+        )
+    path = _source(where, "patching_pairs", value, folder=False, builtin_ok=False, prefix=prefix)
+    try:
+        read_pairs_csv(images, path)
+    except InputError as err:
+        raise SiteSpecError(f"{where}: {shown}: {err}") from None
     return path
 
 
@@ -389,11 +421,18 @@ def _model_tables(where: Path, raw: dict, top: dict, views: dict) -> tuple[SiteM
         labels = given["labels"] if given["labels"] is not None else top["labels"]
         # A key the table gives is named as its; a default as the top level's.
         in_table = {key: prefix if given[key] is not None else "" for key in _MODEL}
+        images = _source(where, "images", images, folder=True, prefix=in_table["images"])
+        pairs = (
+            given["patching_pairs"]
+            if given["patching_pairs"] is not None
+            else top["patching_pairs"]
+        )
         models.append(
             SiteModel(
                 name=name,
                 model=_source(where, "model", given["model"], folder=None, prefix=prefix),
-                images=_source(where, "images", images, folder=True, prefix=in_table["images"]),
+                images=images,
+                patching_pairs=_pairs(where, pairs, images, in_table["patching_pairs"]),
                 labels=(
                     _source(
                         where,
@@ -474,11 +513,15 @@ def load_site_spec(path: str | Path) -> SiteSpec:
         thumbnail_size = _thumbnails(where, views["thumbnail_size"], analysis)
         model = _source(where, "model", top["model"], folder=None)
     images = top["images"]
+    if images is not None:
+        images = _source(where, "images", images, folder=True)
     return SiteSpec(
         path=where.resolve(),
         title=top["title"],
         model=model,
-        images=_source(where, "images", images, folder=True) if images is not None else None,
+        images=images,
+        # A comparison's tables check the pairs against their own images.
+        patching_pairs=None if several else _pairs(where, top["patching_pairs"], images),
         labels=(
             _source(where, "labels", top["labels"], folder=False, builtin_ok=False)
             if top["labels"] is not None

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import html
 import shutil
 
 import numpy as np
@@ -145,3 +146,30 @@ def test_pairs_with_the_builtin_digits_are_refused(tmp_path, capsys):
     )  # fmt: skip
     assert_one_line_error(result, "--patching-pairs", "builtin:digits")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_site_spec_names_the_pairs(tmp_path, tiny_checkpoint, rng, capsys):
+    """``patching_pairs`` in a site spec, a path beside it: ``site build`` patches those pairs
+    as ``analyze --patching-pairs`` does, and the page has B5 with its menu of the pairs."""
+    from jaxvit_interp import load_checkpoint
+
+    folder = _folder(tmp_path / "pics", rng)
+    (tmp_path / "pairs.csv").write_text("clean,corrupted\n4.png,2.png\n1.png,5.png\n")
+    spec = tmp_path / "site.toml"
+    spec.write_text(
+        f'model = "{tiny_checkpoint}"\nimages = "pics"\npatching_pairs = "pairs.csv"\n'
+        "max_images = 8\n[analysis]\nchunk_images = 4\npartial_images = 0\n"
+        'attention_images = 0\npattern_samples = 64\nclusters = 3\nprojection = "tsne"\n'
+    )
+    out = tmp_path / "site"
+    result = run_main(capsys, "site", "build", spec, "--out", out, "--quiet")
+    assert result.returncode == 0, result.stderr
+    bundle = load_bundle(out / "run")
+    ids = bundle.meta["image_ids"]
+    pairs = bundle["patching"]["pairs"].astype(np.int64)
+    assert [[ids[c], ids[k]] for c, k in pairs] == [["4.png", "2.png"], ["1.png", "5.png"]]
+    _, params = load_checkpoint(tiny_checkpoint)
+    images = load_image_folder(folder, TINY, progress=False).images
+    _assert_equals_library(bundle["patching"], params, images, None, pairs, atol=1e-5)
+    page = html.unescape((out / "index.html").read_text())  # the document's JSON, escaped
+    assert "patching_pair" in page and "pair 2: 1.png -> 5.png" in page

@@ -193,3 +193,56 @@ def test_the_page_thumbnails_follow_the_runs_unless_the_views_shrink_them(tmp_pa
         write(tmp_path, MINIMAL + "[analysis]\nthumbnail_size = 96\n[views]\nthumbnail_size = 40\n")
     )
     assert spec.analysis.thumbnail_size == 96 and spec.site_options()["thumbnail_size"] == 40
+
+
+def test_patching_pairs_are_read_and_checked_with_the_spec(tmp_path):
+    """The pairs' CSV resolves against the spec's folder and is checked against the image
+    folder when the spec is read: a built-in's images, a missing CSV, a bad column or a file
+    that is not in the folder is named with the key."""
+    images = tmp_path / "pics"
+    images.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        (images / name).write_bytes(b"")
+    (tmp_path / "pairs.csv").write_text("clean,corrupted\na.png,b.png\nc.png,a.png\n")
+    head = 'model = "builtin:digits"\nimages = "pics"\n'
+    spec = load_site_spec(write(tmp_path, head + 'patching_pairs = "pairs.csv"\n'))
+    assert spec.patching_pairs == tmp_path / "pairs.csv"
+    assert load_site_spec(write(tmp_path, head)).patching_pairs is None
+
+    (tmp_path / "gone.csv").write_text("clean,corrupted\na.png,gone.png\n")
+    (tmp_path / "other.csv").write_text("clean,other\na.png,b.png\n")
+    for text, needle in [
+        (
+            MINIMAL + 'patching_pairs = "pairs.csv"\n',
+            "patching_pairs = 'pairs.csv' names image files, and images = 'builtin:digits' "
+            "has none",
+        ),
+        (head + 'patching_pairs = "nope.csv"\n', "patching_pairs = 'nope.csv': no such file"),
+        (head + 'patching_pairs = "gone.csv"\n', r"patching_pairs = 'gone.csv': .*'gone.png'"),
+        (head + 'patching_pairs = "other.csv"\n', "patching_pairs = 'other.csv': .*corrupted"),
+        (head + "patching_pairs = 3\n", "patching_pairs must be of type str, got 3"),
+    ]:
+        path = write(tmp_path, text)
+        with pytest.raises(SiteSpecError, match=needle) as err:
+            load_site_spec(path)
+        assert str(path) in str(err.value)
+
+
+def test_a_comparison_table_patches_its_own_pairs(tmp_path):
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"{folder}.png").write_bytes(b"")
+        (tmp_path / folder / "x.png").write_bytes(b"")
+    (tmp_path / "one.csv").write_text("clean,corrupted\none.png,x.png\n")
+    (tmp_path / "two.csv").write_text("clean,corrupted\ntwo.png,x.png\n")
+    text = (
+        'images = "one"\npatching_pairs = "one.csv"\n'
+        '[[model]]\nname = "a"\nmodel = "builtin:digits"\n'
+        '[[model]]\nname = "b"\nmodel = "builtin:digits"\nimages = "two"\n'
+    )
+    with pytest.raises(SiteSpecError, match=r"patching_pairs = 'one.csv': .*'one.png'"):
+        load_site_spec(write(tmp_path, text))  # the shared pairs are not in b's folder
+    a, b = load_site_spec(write(tmp_path, text + 'patching_pairs = "two.csv"\n')).models
+    assert (a.patching_pairs, b.patching_pairs) == (tmp_path / "one.csv", tmp_path / "two.csv")
+    with pytest.raises(SiteSpecError, match=r"model\[2\]\.patching_pairs = 'one.csv'"):
+        load_site_spec(write(tmp_path, text + 'patching_pairs = "one.csv"\n'))

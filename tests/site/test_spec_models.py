@@ -288,6 +288,7 @@ def test_site_build_runs_each_table_into_its_folder_and_links_each_site_back(
 def test_site_build_refuses_a_run_folder_holding_something_else_before_any_analysis(
     tmp_path, capsys
 ):
+    run_main = _run_main()  # puts the command-line helpers on the path
     from clitools import assert_one_line_error
 
     spec = write(tmp_path, 'images = "builtin:digits"\n[[model]]\nname = "a"\nmodel = '
@@ -295,7 +296,7 @@ def test_site_build_refuses_a_run_folder_holding_something_else_before_any_analy
     taken = tmp_path / "site" / "runs" / "b"
     taken.mkdir(parents=True)
     (taken / "notes.txt").write_text("mine")
-    result = _run_main()(capsys, "site", "build", spec, "--out", tmp_path / "site")
+    result = run_main(capsys, "site", "build", spec, "--out", tmp_path / "site")
     assert_one_line_error(result, str(taken), "not empty")
     assert "model 1 of 2" not in result.stderr
     assert not (tmp_path / "site" / "runs" / "a").exists()
