@@ -672,6 +672,7 @@ def _site_from_spec(args, spec_path: str) -> int:
     out = Path(args.out)
     run = out / "run"
     model = _load_model(str(spec.model))
+    spec.check_views_for(model.config.num_classes, f"model = {str(spec.model)!r}")
     labels_csv = str(spec.labels) if spec.labels else None
     max_images = args.max_images if args.max_images is not None else spec.max_images
     pairs_csv = str(spec.patching_pairs) if spec.patching_pairs else None
@@ -707,6 +708,8 @@ def _site_comparison_from_spec(args, spec) -> int:
                 file=sys.stderr,
             )
         loaded = _load_model(str(model.model))
+        # Before its analysis; the runs before it are kept, and read back when run again.
+        spec.check_views_for(loaded.config.num_classes, f"model[{number}] ({model.model})")
         labels_csv = str(model.labels) if model.labels else None
         max_images = model.max_images
         if args.max_images is not None:

@@ -71,7 +71,7 @@ from jaxvit_interp.errors import InputError
 from jaxvit_interp.model.checkpoint.errors import CheckpointError
 from jaxvit_interp.model.checkpoint.hub import is_hub_name, parse_hub_name
 from jaxvit_interp.pipeline.settings import ALL_IMAGES, AnalysisSettings
-from jaxvit_interp.quantities import METRIC_NAMES, PATTERN_KINDS
+from jaxvit_interp.quantities import METRIC_NAMES, PATTERN_KINDS, model_metrics
 
 # Top-level keys of earlier specs, now analysis settings.
 MOVED = ("attention_images", "partial_images")
@@ -153,6 +153,24 @@ class SiteSpec:
     compression: int
     models: tuple[SiteModel, ...] = ()
     patching_pairs: Path | None = None
+
+    def check_views_for(self, num_classes: int, which: str) -> None:
+        """Refuse, before its analysis, a model the ``[views]`` cannot be drawn for: a backbone
+        without a classifier (``num_classes`` 0) has ``layer`` and ``repr`` only, so a
+        ``default_metric`` or a ``metrics`` list that needs logits would fail once the site is
+        written, after the analysis. ``which`` names the model (``model[2] (builtin:x)``)."""
+        have = model_metrics(num_classes)
+        if self.default_metric is not None and self.default_metric not in have:
+            raise SiteSpecError(
+                f"{self.path}: views.default_metric = {self.default_metric!r} needs a "
+                f"classifier, and {which} is a backbone without one (its metrics: "
+                f"{', '.join(have)}); give views.default_metric one of those, or leave it out"
+            )
+        if not set(self.metrics) & set(have):
+            raise SiteSpecError(
+                f"{self.path}: views.metrics = {list(self.metrics)} has none of the metrics of "
+                f"{which}, a backbone without a classifier ({', '.join(have)})"
+            )
 
     def site_options(self) -> dict[str, Any]:
         """Keyword arguments of :func:`jaxvit_interp.site.build_site` this spec fixes (of

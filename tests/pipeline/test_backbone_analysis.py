@@ -135,3 +135,26 @@ def test_the_page_shows_the_backbone_and_its_special_tokens(run, tmp_path):
         assert site.text("image_info").startswith(f"Chosen image: {bundle.meta['image_ids'][2]}")
         assert "label" not in site.text("image_info")
         assert site.problems == []
+
+
+@pytest.mark.parametrize(
+    ("views", "needle"),
+    [
+        ('default_metric = "prob"', "views.default_metric = 'prob' needs a classifier"),
+        ('metrics = ["kl", "prob"]', "views.metrics = ['kl', 'prob'] has none of the metrics"),
+    ],
+)
+def test_a_site_spec_whose_views_need_a_classifier_is_refused_before_the_analysis(
+    tmp_path, capsys, views, needle
+):
+    """A spec naming a backbone, whose [views] need logits, is refused once the model is read,
+    naming the spec, the model and the metrics it has, before any run folder is made."""
+    from clitools import assert_one_line_error, run_main
+
+    save_checkpoint(tmp_path / "tower", BACKBONE, init_params(BACKBONE, 3))
+    (tmp_path / "pictures").mkdir()
+    spec = tmp_path / "site.toml"
+    spec.write_text(f'model = "tower"\nimages = "pictures"\n[views]\n{views}\n')
+    result = run_main(capsys, "site", "build", spec, "--out", tmp_path / "site")
+    assert_one_line_error(result, str(spec), needle, "model = ", "layer, repr")
+    assert not (tmp_path / "site").exists()
