@@ -13,11 +13,18 @@ a. Marker. Each head's attention to the marker patch (CLS row, and the mean over
 b. Touch. Each head's 1-hop strength (``model_strength_over_images``), against its
    class-specific importance for ``touching``.
 c. Count. Each head's attention distance and its attention mass beyond hop 1, against its
-   class-specific importance for ``two`` / ``three`` / ``four``.
+   class-specific importance for ``two`` / ``three`` / ``four``. Those two measures average over
+   every query row, blank patches included; a count needs attention that reaches every square,
+   so three more measures read the attention where the squares are (each square is one patch),
+   on the count images: the CLS row's mass on the squares, how evenly it covers them (the least
+   square's share of the CLS row's attention to the squares, times the number of squares: 1 when
+   every square gets the same, 0 when one is missed), and each square's attention to the other
+   squares (which stand at least one blank patch apart: a reach of 2 hops or more).
 
 For each pair of head scores: the Spearman correlation over the 24 heads (with its p-value), the
-overlap of the top 4 heads of each (chance: 4 x 4 / 24 = 0.67), and where the top head of the
-first score ranks in the second. Then the spread of head entropy, shapes model against digits
+overlap of the top 4 heads of each (chance: 4 x 4 / 24 = 0.67; with the chance of an overlap at
+least that large between two random sets of 4), and where the top head of the first score ranks
+in the second. Then the spread of head entropy, shapes model against digits
 model, and the accuracy each class group keeps when its top 4 heads by importance are removed
 together, against 4 random heads.
 
@@ -32,13 +39,16 @@ import platform
 import time
 
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import hypergeom, spearmanr
 
 from jaxvit_interp.data.builtin_models import DIGITS, SHAPES
 from jaxvit_interp.data.shapes import (
+    BACKGROUND,
     CLASS_NAMES,
     COUNT_CLASSES,
+    GRID,
     MARKER_CLASSES,
+    SQUARE,
     TOUCHING_CLASS,
     load_shapes,
     remove_marker,
@@ -65,12 +75,15 @@ def compare(name_a: str, a: np.ndarray, name_b: str, b: np.ndarray) -> dict:
     order_b = np.argsort(-np.nan_to_num(b.ravel(), nan=-np.inf), kind="stable")
     best_a = int(np.nanargmax(a.ravel()))
     heads = a.shape[1]
+    overlap = len(top_set(a) & top_set(b))
     return {
         "a": name_a,
         "b": name_b,
         "spearman": float(rho),
         "p_value": float(p),
-        "top_overlap": len(top_set(a) & top_set(b)),
+        "top_overlap": overlap,
+        # The chance of so large an overlap between two random top sets (hypergeometric).
+        "top_overlap_p": float(hypergeom.sf(overlap - 1, a.size, TOP, TOP)),
         "top_a": [divmod(i, heads) for i in sorted(top_set(a))],
         "top_b": [divmod(i, heads) for i in sorted(top_set(b))],
         "rank_in_b_of_top_a": int(np.nonzero(order_b == best_a)[0][0]) + 1,
@@ -87,6 +100,44 @@ def attention_to_marker(config, params, images) -> tuple[np.ndarray, np.ndarray]
         cls_row.append(attention[:, :, :, 0, MARKER_TOKEN])
         all_rows.append(attention[:, :, :, :, MARKER_TOKEN].mean(-1))
     return np.concatenate(cls_row).mean(0), np.concatenate(all_rows).mean(0)
+
+
+def square_patches(images: np.ndarray) -> np.ndarray:
+    """``[images, patches]`` whether each 2x2 patch holds ink (a square, or the marker)."""
+    n, side = len(images), GRID
+    blocks = images.reshape(n, side, SQUARE, side, SQUARE)
+    return (blocks > BACKGROUND).any(axis=(2, 4)).reshape(n, side * side)
+
+
+def attention_to_squares(config, params, images) -> dict[str, np.ndarray]:
+    """Per head ``[layer, head]``, means over ``images`` (count images: squares only, no marker):
+    the CLS row's mass on the squares, its cover of them (the least square's share of that mass,
+    times their number), each square's mass on the other squares, and the entropy of the CLS
+    row's attention over the patches (renormalised; ln 64 = 4.16 when uniform), which needs no
+    knowledge of where the squares are."""
+    mass, cover, between, entropy = [], [], [], []
+    for start in range(0, len(images), 100):
+        batch = images[start : start + 100]
+        attention = np.asarray(run_model(config, params, batch).attention)  # [B, L, H, N, N]
+        occupied = square_patches(batch)
+        cls = attention[:, :, :, 0, 1:].astype(np.float64)
+        cls /= cls.sum(-1, keepdims=True)
+        entropy.append(-(cls * np.log(np.maximum(cls, 1e-30))).sum(-1))  # [B, L, H]
+        for b, where in enumerate(occupied):
+            tokens = np.flatnonzero(where) + 1  # after CLS
+            to_squares = attention[b, :, :, 0][..., tokens]  # [L, H, squares]
+            total = to_squares.sum(-1)
+            mass.append(total)
+            cover.append(to_squares.min(-1) * len(tokens) / np.maximum(total, 1e-12))
+            rows = attention[b][:, :, tokens][..., tokens]  # [L, H, squares, squares]
+            others = rows.sum(-1) - np.diagonal(rows, axis1=-2, axis2=-1)
+            between.append(others.mean(-1))
+    return {
+        "mass": np.mean(mass, axis=0),
+        "cover": np.mean(cover, axis=0),
+        "between": np.mean(between, axis=0),
+        "cls_entropy": np.concatenate(entropy).mean(0),
+    }
 
 
 def group_accuracy_without(config, params, images, labels, heads, classes) -> float:
@@ -151,6 +202,7 @@ def main() -> None:
         execution=QUIET,
     )
     cls_row, all_rows = attention_to_marker(config, params, marker_images)
+    squares = attention_to_squares(config, params, images[np.isin(labels, counting)])
 
     specific = {
         name: np.nanmean(specificity[cls], axis=0) for name, cls in groups.items()
@@ -172,7 +224,15 @@ def main() -> None:
         compare("attention distance", distance, "count specificity", specific["count"]),
         compare("mass beyond hop 1", beyond_one_hop, "count specificity", specific["count"]),
         compare("attention distance", distance, "touching specificity", specific["touching"]),
-    ]
+        compare("CLS mass on the squares", squares["mass"], "count specificity", specific["count"]),
+        compare("CLS cover of the squares", squares["cover"], "count specificity",
+                specific["count"]),
+        compare("square-to-square attention", squares["between"], "count specificity",
+                specific["count"]),
+        compare("CLS-row entropy (count images)", squares["cls_entropy"], "count specificity",
+                specific["count"]),
+    ]  # fmt: skip
+    report["squares"] = {name: np.round(v, 4).tolist() for name, v in squares.items()}
 
     # Removing each group's top heads (by its specificity) together, against random sets.
     draws = np.random.default_rng(0)
@@ -214,7 +274,7 @@ def main() -> None:
     for c in report["comparisons"]:
         print(
             f"{c['a']:>30} vs {c['b']:<24} spearman {c['spearman']:+.2f} (p {c['p_value']:.2g})"
-            f"  top-{TOP} overlap {c['top_overlap']}/{TOP}  top head {c['top_a_head']} ranks "
+            f"  top-{TOP} overlap {c['top_overlap']}/{TOP} (p {c['top_overlap_p']:.2g})  top head {c['top_a_head']} ranks "
             f"{c['rank_in_b_of_top_a']} (top a {c['top_a']}, top b {c['top_b']})"
         )
     for name, r in removal.items():
