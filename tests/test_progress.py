@@ -104,7 +104,7 @@ def test_a_stage_that_fails_says_where_it_stopped():
 
 
 def test_shares_move_their_callers_stage_by_their_weight(rng):
-    lines = []
+    lines, dones = [], []
     parent = LogLines(100, "whole", every=0.0, write=lines.append)
     weights = rng.dirichlet(np.ones(5)) * 100
     for w in weights:
@@ -113,12 +113,21 @@ def test_shares_move_their_callers_stage_by_their_weight(rng):
         child = start_progress(parent.share(w), total=steps, desc="inner")
         for k in range(steps):
             child.update(1)
+            dones.append(parent.done)
             assert parent.done == pytest.approx(start + w * (k + 1) / steps)
         child.close()
         assert parent.done == pytest.approx(start + w)
     assert parent.done == pytest.approx(100)
     assert not any("inner" in line for line in lines)  # a share shows nothing of its own
-    assert sum(1 for line in lines if LINE.match(line)) >= 5
+    # The parent's own rule, followed here: a line once 5 points have passed since the last
+    # one, none at the total (the end line says that).
+    expected, last = [], 0.0
+    for done in dones:
+        if done < 100 * (1 - 1e-9) and done - last >= 5:
+            expected.append(round(done))
+            last = done
+    shown = [int(m["pct"]) for line in lines if (m := LINE.match(line))]
+    assert len(shown) == len(expected), (shown, expected)
 
 
 def test_a_share_is_filled_when_its_callee_ends_early_but_not_when_it_fails():

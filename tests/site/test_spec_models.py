@@ -5,6 +5,7 @@ DIR/runs/<name>, writes the comparison, and each model's site links back to it."
 from __future__ import annotations
 
 import tomllib
+import types
 from pathlib import Path
 
 import numpy as np
@@ -219,15 +220,19 @@ def test_site_build_runs_each_table_into_its_folder_and_links_each_site_back(
 
     asked = []
 
+    class Loaded:  # what the command reads of a loaded model before its analysis
+        def __init__(self, source):
+            self.source, self.config = source, types.SimpleNamespace(num_classes=10)
+
     def analyze(run, source, labels_csv, max_images, model, settings, args, pairs_csv=None):
-        asked.append((run, source, model, max_images, settings.seed))
+        asked.append((run, source, f"loaded {model.source}", max_images, settings.seed))
         bundle = synthetic_bundle(
             rng, num_images=max_images, num_layers=2, num_heads=2, partial_images=2,
             attention_images=2, image_ids=[f"{source}-{i}" for i in range(max_images)],
         )  # fmt: skip
         save_bundle(bundle, run)
 
-    monkeypatch.setattr(cli, "_load_model", lambda source, *a, **k: f"loaded {source}")
+    monkeypatch.setattr(cli, "_load_model", lambda source, *a, **k: Loaded(source))
     monkeypatch.setattr(cli, "_analyze_images", analyze)
     for folder in ("one", "two"):
         (tmp_path / folder).mkdir()
