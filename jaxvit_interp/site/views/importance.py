@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from bokeh.layouts import column
 from bokeh.models import (
+    BasicTickFormatter,
     ColorBar,
     ColumnDataSource,
     FactorRange,
@@ -225,7 +226,11 @@ def build(ctx: Context):
     t.yaxis.ticker = list(range(1, top_k + 1))
     t.yaxis.major_label_overrides = {top_k + 1 - r: f"#{r}" for r in range(1, top_k + 1)}
     t.xaxis.axis_label = "probability"
-    t.xaxis.ticker.desired_num_ticks = 4  # labels of small probabilities are long (1.5e-3)
+    # Labels of small probabilities are long: an unsure model's top five near 2e-3 gave ticks
+    # every 5e-4 whose scientific labels (2.000e-3) ran together. Fewer ticks, written as
+    # decimals down to 1e-4 ("0.002"), fit the plot.
+    t.xaxis.ticker.desired_num_ticks = 3
+    t.xaxis.formatter = BasicTickFormatter(power_limit_low=-4)
     t.grid.visible = False
     ranks = t.hbar(
         y="y", right="prob", height=0.7, source=top5, fill_color="#c6dbef", line_color="#9ecae1"
