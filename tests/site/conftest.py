@@ -45,9 +45,12 @@ def tiny_site(tiny_bundle, tmp_path_factory):
 
 
 @pytest.fixture
-def open_page(browser, tmp_path):
-    """Open a site; the final state of every opened page is saved as a screenshot in tmp_path."""
+def open_page(browser, tmp_path, site_seed):
+    """Open a site; the final state of every opened page is saved as a screenshot in tmp_path,
+    and the seed of the session's shared sites is printed again (a failure's output shows it,
+    where the fixture's own line went to whichever test made it first)."""
     pages = []
+    print(f"site fixtures: JAXVIT_TEST_SEED={site_seed}")
 
     def _open(path, **options):  # options of open_site: width, height, ...
         page = open_site(browser, path, **options)
