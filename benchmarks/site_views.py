@@ -16,6 +16,7 @@ and without both. Each is opened in a fresh page of headless Chromium (the media
 
     python benchmarks/site_views.py                   # 1,000 images
     python benchmarks/site_views.py --images 200      # a quicker look
+    PYTHONPATH=OLD_CHECKOUT python benchmarks/site_views.py   # an older package, for comparison
 
 Target: the site opens within 3 s.
 """
@@ -34,7 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from jaxvit_interp.bundle import ResultsBundle, load_bundle
-from jaxvit_interp.site.browser import DRAWN_JS, NEXT_FRAMES_JS, OPENED_JS, chromium
+from jaxvit_interp.site.browser import DRAWN_JS, NEXT_FRAMES_JS, chromium
+
+try:
+    from jaxvit_interp.site.browser import OPENED_JS
+except ImportError:  # a package from before E and F were deferred: open and complete are one
+    OPENED_JS = DRAWN_JS
 from jaxvit_interp.site.document import build_site
 from jaxvit_interp.site.synthetic import synthetic_bundle
 

@@ -214,14 +214,12 @@ def build_document(
     data = prepare_site_data(
         bundle, max_attention_images=max_attention_images, thumbnail_size=thumbnail_size
     )
-    doc, _ = _document(bundle, data, title, metrics, default_metric, default_kind, back_link)
-    return doc
+    return _document(bundle, data, title, metrics, default_metric, default_kind, back_link)
 
 
 def _document(
     bundle, data: SiteData, title, metrics, default_metric, default_kind, back_link=None
-) -> tuple[Document, int]:
-    """The document, and how many of its views are drawn after the opening state."""
+) -> Document:
     sources = make_sources(data)
     ctx = Context(
         data=data,
@@ -285,7 +283,7 @@ def _document(
     if deferred:
         doc.js_on_event(DocumentReady, callbacks.deferred_views_callback(views, state))
     doc.validate()
-    return doc, len(deferred)
+    return doc
 
 
 @contextlib.contextmanager
@@ -373,14 +371,12 @@ def build_site(
             data_dir = out_dir / f"{DATA_PREFIX}{build}"
             staging.rename(data_dir)  # complete before index.html names it
             data.info["records"].update(inline=False, folder=f"{data_dir.name}/{RECORDS_DIR}")
-        doc, deferred = _document(
-            bundle, data, title, metrics, default_metric, default_kind, back_link
-        )
+        doc = _document(bundle, data, title, metrics, default_metric, default_kind, back_link)
         with _compression(compression):
             page = file_html(doc, resources=INLINE, title=doc.title)
         # First in <head>, before BokehJS (whose inline code may spell "</head>" itself).
         charset = '<meta charset="utf-8">'
-        head = REGISTRY_SCRIPT + deferred_script(deferred)
+        head = REGISTRY_SCRIPT + deferred_script(doc)
         page = page.replace(charset, charset + "\n" + head, 1)
         if layout == "single":
             inline = "".join(
@@ -400,9 +396,11 @@ def build_site(
     return path
 
 
-def deferred_script(pending: int) -> str:
-    """The page's count of views drawn after the opening state (``js/deferred_views.js``),
-    set in its head, before BokehJS runs, so that whoever waits for them never reads it unset."""
+def deferred_script(doc: Document) -> str:
+    """The page's count of views drawn after the opening state (those the ``views`` row holds in
+    its tags, ``js/deferred_views.js``), set in its head, before BokehJS runs, so that whoever
+    waits for them never reads it unset."""
+    pending = len(doc.get_model_by_name("views").tags)
     return f"<script>window.jaxvitDeferred = {{pending: {pending}}};</script>\n"
 
 

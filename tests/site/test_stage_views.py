@@ -110,6 +110,14 @@ def test_a_click_on_a_point_chooses_its_head(kinds_run, open_page, tmp_path, wid
             patching[f"{direction}_score"][pair].reshape(-1),
             atol=1e-6,
         )
+    # Another head chosen: the chosen pair's scores stay (the menu, not the head, picks them).
+    site.set_selected("heads", [k])
+    np.testing.assert_allclose(
+        np.asarray(site.data("heads")["patching_shown_denoising"], np.float64),
+        patching["denoising_score"][pair].reshape(-1),
+        atol=1e-6,
+    )
+    assert site.state()["patching_pair"] == str(pair)
     title = site.prop("patching_title", "text")
     assert f"pair {pair + 1}: {ids[clean]} -> {ids[corrupt]}" in title, title
     assert f"{float(patching['prob_clean'][pair]):.3f} clean" in title, title

@@ -819,13 +819,15 @@ function drawExplanations(page, s) {
 }
 
 // B5: every head's patching scores, both directions: their means over the scored pairs, or the
-// pair chosen in the menu.
+// pair chosen in the menu. Rewritten only when the choice changes (the state records it): a
+// change of the heads source redraws every view that draws heads.
 function drawPatching(page) {
   const {info, images, heads} = page;
   // Only a bundle with the patching part has B5 (the page's models are looked up, not taken).
   const patching_pair = page.patching_pair, patching_title = page.patching_title;
   if (!patching_pair) return;
   const LH = info.num_layers * info.num_heads, choice = patching_pair.value;
+  if (page.state.data.patching_pair?.[0] === choice) return;
   const pair = choice === "mean" ? null : Number(choice);
   const columns = {};
   for (const direction of ["denoising", "noising"]) {
@@ -863,5 +865,5 @@ export default function update(page) {
   drawExplanations(page, s);
   page.state.data = {image: [s.image], head: [s.k], mode: [s.mode], query: [s.query],
                      metric: [s.metric], kind: [s.kind || ""], class_cell: [s.classCell],
-                     pair_cell: [s.pairCell]};
+                     pair_cell: [s.pairCell], patching_pair: [page.patching_pair?.value ?? ""]};
 }
